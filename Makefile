@@ -1,0 +1,37 @@
+# The two quick-start commands live here: `make demo` and `make test`.
+# Everything else (Python venv, Kafka jars, InfluxDB build, Mosquitto) is installed on first use
+# and cached outside the clone (LARDER_CACHE, default ~/.cache/larder).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+.PHONY: demo test lint bench-quick stack-up stack-down venv
+
+$(STAMP): pyproject.toml
+	@echo "==> Python environment in $(VENV) (pip cache reused across clones)"
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	@$(VENV)/bin/pip install -q --upgrade pip
+	@$(VENV)/bin/pip install -q -e '.[dev,bench]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	@$(VENV)/bin/larder demo
+
+test: $(STAMP)
+	@$(VENV)/bin/larder stack up
+	@$(VENV)/bin/ruff check pipeline simulators tests benchmarks
+	@$(VENV)/bin/mypy
+	@$(VENV)/bin/pytest -q -p no:cacheprovider tests
+
+lint: $(STAMP)
+	@$(VENV)/bin/ruff check pipeline simulators tests benchmarks
+	@$(VENV)/bin/mypy
+
+stack-up: $(STAMP)
+	@$(VENV)/bin/larder stack up
+
+stack-down: $(STAMP)
+	@$(VENV)/bin/larder stack down

@@ -1,0 +1,1 @@
+"""Deployment assets: the Kafka pom and log config used by `larder stack`, and the production compose file."""

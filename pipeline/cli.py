@@ -1,0 +1,108 @@
+"""The `larder` command. Settings are read here, at the edge, and passed down."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.settings import Settings, load_settings
+
+console = Console(stderr=True)
+app = typer.Typer(
+    help="Larder: food-safety sensor pipeline (MQTT/hooks -> Kafka -> Faust detectors -> alerts, InfluxDB).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+stack_app = typer.Typer(
+    help="Install, start, check and stop the local stack (Kafka, InfluxDB, Mosquitto).", no_args_is_help=True
+)
+app.add_typer(stack_app, name="stack")
+
+SiteOpt = Annotated[
+    Path | None,
+    typer.Option("--sites", "-s", help="site configuration file (contract 5); default $LARDER_SITE_CONFIG"),
+]
+
+
+def settings_for(sites: Path | None = None) -> Settings:
+    return load_settings(**({"site_config": sites} if sites else {}))
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+@stack_app.command("up")
+def stack_up(sites: SiteOpt = None) -> None:
+    """Install what is missing (cached), start Kafka, InfluxDB and Mosquitto, wait until healthy."""
+    from pipeline import stack
+
+    settings = settings_for(sites)
+    try:
+        statuses = stack.up(settings, report=lambda m: console.print(f"[cyan]>[/] {m}"))
+    except stack.StackError as exc:
+        raise fail(str(exc)) from None
+    _print_status(statuses)
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop the services `stack up` started; leaves no process behind. Data is kept."""
+    from pipeline import stack
+
+    stack.down(settings_for(), report=lambda m: console.print(f"[cyan]>[/] {m}"))
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Show each service's health, address, pid and log. Exit code 1 if any is unhealthy."""
+    from pipeline import stack
+
+    statuses = stack.status(settings_for())
+    _print_status(statuses)
+    if not all(s.healthy for s in statuses):
+        raise typer.Exit(1)
+
+
+@stack_app.command("logs")
+def stack_logs(
+    service: Annotated[str, typer.Argument(help="kafka, influxdb or mosquitto")],
+    lines: Annotated[int, typer.Option("-n", help="lines to show")] = 50,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines")] = False,
+) -> None:
+    """Print the end of a service's log."""
+    from pipeline import stack
+
+    logs = {s.name: s.log for s in stack.status(settings_for())}
+    if service not in logs:
+        raise fail(f"unknown service {service!r}; choose one of {', '.join(logs)}")
+    path = logs[service]
+    if not os.path.exists(path):
+        raise fail(f"no log yet at {path}")
+    subprocess.run(["tail", f"-n{lines}", *(["-F"] if follow else []), path], check=False)
+
+
+def _print_status(statuses: list) -> None:  # type: ignore[type-arg]
+    table = Table(title="larder stack")
+    for col in ("service", "health", "address", "pid", "log"):
+        table.add_column(col)
+    for s in statuses:
+        health = "[green]healthy[/]" if s.healthy else "[red]down[/]"
+        table.add_row(s.name, health, s.address, str(s.pid or ("external" if not s.managed else "-")), s.log)
+    Console().print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""The one place that turns bytes into Python values and back (orjson).
+
+Everything that crosses a process boundary — Kafka records, hook bodies, webhooks, replay files — goes
+through these two functions, so number formatting and timestamp encoding are identical everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+JSONDecodeError = orjson.JSONDecodeError
+
+_OPTS = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value, option=_OPTS)
+
+
+def loads(data: bytes | bytearray | memoryview | str) -> Any:
+    return orjson.loads(data)

@@ -1,0 +1,158 @@
+"""The one settings object, read at the edge (CLI entry points, test fixtures) and passed down.
+
+Every field can be set from the environment with the ``LARDER_`` prefix; nested groups use ``__``,
+e.g. ``LARDER_KAFKA__PORT=19092`` or ``LARDER_INFLUX__URL=https://eu-central-1-1.aws.cloud2.influxdata.com``.
+Secrets that the local stack generates (InfluxDB password, bridge MQTT password, ack-link key) live in
+``<state_dir>/secrets.json`` (mode 0600) and are merged in by :func:`load_settings` unless the
+environment already sets them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline import serde
+
+
+def _default_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "larder"
+
+
+def _default_state() -> Path:
+    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "larder"
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Group):
+    version: str = "4.1.1"
+    host: str = "127.0.0.1"
+    port: int = 9092
+    controller_port: int = 9093
+    heap_mb: int = Field(512, le=512, description="the broker's -Xmx; the local stack is capped at 512 MB")
+    bootstrap: str | None = Field(None, description="external brokers; when set, `stack` does not manage Kafka")
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.bootstrap or f"{self.host}:{self.port}"
+
+
+class InfluxSettings(_Group):
+    version: str = "1.8.10"
+    host: str = "127.0.0.1"
+    port: int = 8086
+    rpc_port: int = 8088
+    url: str | None = Field(None, description="external InfluxDB (2.x/Cloud); when set, `stack` does not manage it")
+    database: str = "larder"
+    retention_policy: str = "autogen"
+    org: str = "-"
+    user: str = "larder"
+    password: SecretStr | None = None
+    token: SecretStr | None = Field(None, description="InfluxDB 2.x token; defaults to user:password (1.8)")
+    bucket_override: str | None = Field(None, alias="bucket")
+
+    @property
+    def base_url(self) -> str:
+        return self.url or f"http://{self.host}:{self.port}"
+
+    @property
+    def bucket(self) -> str:
+        return self.bucket_override or f"{self.database}/{self.retention_policy}"
+
+    def token_value(self) -> str:
+        if self.token is not None:
+            return self.token.get_secret_value()
+        password = self.password.get_secret_value() if self.password else ""
+        return f"{self.user}:{password}"
+
+
+class MqttSettings(_Group):
+    host: str = "127.0.0.1"
+    port: int = 1883
+    bridge_user: str = "larder-bridge"
+    bridge_password: SecretStr | None = None
+    # Mosquitto drops queued QoS 1 messages past 1,000 per client by default; a bridge that is away for a
+    # few minutes at fleet rates needs far more. 2 M messages / 512 MiB is ~30 min of 1,000 readings/s.
+    max_queued_messages: int = 2_000_000
+    max_queued_bytes: int = 512 * 1024 * 1024
+    external: bool = Field(False, description="the broker is run elsewhere; `stack` does not manage it")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LARDER_", env_nested_delimiter="__", frozen=True, extra="ignore")
+
+    cache_dir: Path = Field(default_factory=_default_cache, description="downloads and builds, reusable")
+    state_dir: Path = Field(default_factory=_default_state, description="data, logs, generated configs")
+    site_config: Path = Field(Path("sites.yaml"), description="contract 5: sites, devices, cameras, recipients")
+    topic_prefix: str = "larder"
+    readings_partitions: int = 4
+    kafka: KafkaSettings = KafkaSettings()
+    influx: InfluxSettings = InfluxSettings()
+    mqtt: MqttSettings = MqttSettings()
+    ack_key: SecretStr | None = None
+
+    @cached_property
+    def data_dir(self) -> Path:
+        return self.state_dir / "data"
+
+    @cached_property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @cached_property
+    def conf_dir(self) -> Path:
+        return self.state_dir / "conf"
+
+
+_SECRET_FIELDS = {
+    ("influx", "password"): 24,
+    ("mqtt", "bridge_password"): 24,
+    ("", "ack_key"): 32,
+}
+
+
+def secrets_path(state_dir: Path) -> Path:
+    return state_dir / "secrets.json"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, filling generated secrets from the state folder.
+
+    Missing secrets are generated once and kept (0600), so every process on the machine agrees on them.
+    """
+    base = Settings(**overrides)  # type: ignore[arg-type]
+    path = secrets_path(base.state_dir)
+    stored: dict[str, str] = serde.loads(path.read_bytes()) if path.exists() else {}
+    changed = False
+    update: dict[str, dict[str, object] | object] = {}
+    for (group, name), size in _SECRET_FIELDS.items():
+        key = f"{group}.{name}" if group else name
+        current = getattr(getattr(base, group), name) if group else getattr(base, name)
+        if current is not None:
+            continue
+        if key not in stored:
+            stored[key] = secrets.token_urlsafe(size)
+            changed = True
+        if group:
+            grp = update.setdefault(group, getattr(base, group).model_dump(by_alias=True))
+            assert isinstance(grp, dict)
+            grp[name] = stored[key]
+        else:
+            update[name] = stored[key]
+    if changed:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(serde.dumps(stored))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+    if not update:
+        return base
+    return Settings(**{**base.model_dump(by_alias=True), **update})  # type: ignore[arg-type]

@@ -1,0 +1,274 @@
+"""Contract 5: the site configuration file (YAML), validated on load with errors that name file, line, field.
+
+One file describes every site: its assets (cold rooms, trucks, fridges) with their temperature profile and
+overrides, the devices that watch them, the kitchens and their cameras, the people to tell by role, and how
+alerts escalate. Device and camera secrets are either inline (``secret:``) or a reference
+(``secret_ref: env:NAME`` or ``secret_ref: file:/path``) so the file itself can be committed.
+
+The complete, commented example is ``examples/sites.yaml``; the README documents every field.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import time as dtime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError
+
+from pipeline.schemas import Id
+
+Role = Literal["operator", "site_manager", "station", "district"]
+Channel = Literal["sms", "webhook", "dingtalk", "wecom"]
+ROLES: tuple[Role, ...] = ("operator", "site_manager", "station", "district")
+
+
+class SiteConfigError(ValueError):
+    """A site file that cannot be used; ``str()`` lists each problem as ``file:line: field: message``."""
+
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _parse_hhmm(value: str) -> dtime:
+    try:
+        hh, mm = value.strip().split(":")
+        return dtime(int(hh), int(mm))
+    except ValueError as exc:
+        raise ValueError(f"expected HH:MM, got {value!r}") from exc
+
+
+class TimeWindow(_Model):
+    """A daily local-time window ``"HH:MM-HH:MM"``; an end before the start wraps past midnight."""
+
+    start: dtime
+    end: dtime
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if "-" not in value:
+                raise ValueError(f"expected 'HH:MM-HH:MM', got {value!r}")
+            a, b = value.split("-", 1)
+            return {"start": _parse_hhmm(a), "end": _parse_hhmm(b)}
+        return value
+
+    def contains(self, t: dtime) -> bool:
+        if self.start <= self.end:
+            return self.start <= t < self.end
+        return t >= self.start or t < self.end
+
+
+class SecretRef(_Model):
+    secret: str | None = Field(None, min_length=8, repr=False)
+    secret_ref: str | None = Field(None, pattern=r"^(env|file):.+$")
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> SecretRef:
+        if (self.secret is None) == (self.secret_ref is None):
+            raise ValueError("give exactly one of 'secret' or 'secret_ref' (env:NAME or file:/path)")
+        return self
+
+    def resolve_secret(self) -> str:
+        if self.secret is not None:
+            return self.secret
+        assert self.secret_ref is not None
+        kind, _, ref = self.secret_ref.partition(":")
+        if kind == "env":
+            value = os.environ.get(ref)
+            if value is None:
+                raise KeyError(f"secret_ref {self.secret_ref}: environment variable {ref} is not set")
+            return value
+        return Path(ref).read_text().strip()
+
+
+class Device(SecretRef):
+    asset: Id
+    interval_s: float = Field(60.0, gt=0, description="how often the device reports; liveness uses k x this")
+
+
+class Asset(_Model):
+    name: str = ""
+    kind: Literal["cold_room", "freezer", "reefer_truck", "fridge", "display", "pharma_fridge", "other"] = "other"
+    profile: str = "chilled"
+    #: Per-asset rule overrides, merged over the profile (see :mod:`pipeline.profiles`).
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    defrost_schedule: list[TimeWindow] = Field(default_factory=list)
+
+
+class Kitchen(_Model):
+    name: str = ""
+    service_hours: list[TimeWindow] = Field(default_factory=list)
+    #: Kitchen rule overrides (unattended T1/T2, hygiene thresholds), see :mod:`pipeline.profiles`.
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class Camera(SecretRef):
+    kitchen: Id
+    zone: str = "cook"
+
+
+class Recipient(_Model):
+    name: str
+    phone: str | None = Field(None, pattern=r"^\+?[0-9 ()-]{5,20}$")
+    webhook: str | None = None
+    dingtalk: str | None = None
+    wecom: str | None = None
+    channels: list[Channel] = Field(default_factory=lambda: list[Channel](["sms"]))
+
+
+class EscalationStep(_Model):
+    after_min: float = Field(ge=0, description="minutes after opening, while unacknowledged")
+    roles: list[Role]
+
+
+class EscalationPolicy(_Model):
+    warning: list[EscalationStep] = Field(
+        default_factory=lambda: [
+            EscalationStep(after_min=0, roles=["operator"]),
+            EscalationStep(after_min=15, roles=["site_manager"]),
+            EscalationStep(after_min=60, roles=["station"]),
+        ]
+    )
+    critical: list[EscalationStep] = Field(
+        default_factory=lambda: [
+            EscalationStep(after_min=0, roles=["operator", "site_manager"]),
+            EscalationStep(after_min=10, roles=["station"]),
+            EscalationStep(after_min=30, roles=["district"]),
+        ]
+    )
+    reminder_min: float = Field(30, gt=0, description="repeat to the current step while unacknowledged")
+
+
+class Site(_Model):
+    name: str = ""
+    timezone: str = "Asia/Shanghai"
+    station: str = Field("", description="the 市场监管所 (market supervision station) responsible")
+    district: str = Field("", description="the district market supervision bureau")
+    quiet_hours: TimeWindow | None = None
+    assets: dict[Id, Asset] = Field(default_factory=dict)
+    devices: dict[Id, Device] = Field(default_factory=dict)
+    kitchens: dict[Id, Kitchen] = Field(default_factory=dict)
+    cameras: dict[Id, Camera] = Field(default_factory=dict)
+    recipients: dict[Role, list[Recipient]] = Field(default_factory=dict)
+    escalation: EscalationPolicy = Field(default_factory=lambda: EscalationPolicy())
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _references(self) -> Site:
+        for dev_id, dev in self.devices.items():
+            if dev.asset not in self.assets:
+                raise ValueError(f"device {dev_id} names asset {dev.asset!r}, which this site does not have")
+        for cam_id, cam in self.cameras.items():
+            if cam.kitchen not in self.kitchens:
+                raise ValueError(f"camera {cam_id} names kitchen {cam.kitchen!r}, which this site does not have")
+        return self
+
+
+class SiteConfig(_Model):
+    version: Literal[1] = 1
+    #: Custom profiles by name; built-ins (chilled, frozen, kitchen_fridge, pharma) need no entry.
+    profiles: dict[Id, dict[str, Any]] = Field(default_factory=dict)
+    sites: dict[Id, Site] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _globally_unique(self) -> SiteConfig:
+        seen: dict[str, str] = {}
+        for site_id, site in self.sites.items():
+            for dev in [*site.devices, *site.cameras]:
+                if dev in seen:
+                    raise ValueError(
+                        f"{dev} is declared in site {seen[dev]} and in site {site_id}; "
+                        "device and camera ids are MQTT/hook usernames and must be unique"
+                    )
+                seen[dev] = site_id
+        return self
+
+    # -- lookups used by the bridge, hooks and agents ----------------------------------------------------------
+
+    def devices(self) -> Iterator[tuple[str, str, Device]]:
+        for site_id, site in self.sites.items():
+            for dev_id, dev in site.devices.items():
+                yield dev_id, site_id, dev
+
+    def cameras(self) -> Iterator[tuple[str, str, Camera]]:
+        for site_id, site in self.sites.items():
+            for cam_id, cam in site.cameras.items():
+                yield cam_id, site_id, cam
+
+    def device_secrets(self) -> dict[str, str]:
+        return {dev_id: dev.resolve_secret() for dev_id, _, dev in self.devices()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading with line numbers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _line_of(doc: Any, loc: tuple[int | str, ...]) -> int | None:
+    """Follow a pydantic error location through ruamel's round-trip nodes to a 1-based line number."""
+    node, line = doc, None
+    for part in loc:
+        if isinstance(node, CommentedMap) and part in node:
+            pos = node.lc.key(part)
+            line = pos[0] + 1
+            node = node[part]
+        elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
+            line = node.lc.item(part)[0] + 1
+            node = node[part]
+        else:
+            break
+    return line
+
+
+def parse(text: str, path: Path) -> SiteConfig:
+    yaml = YAML(typ="rt")
+    try:
+        doc = yaml.load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark else "?"
+        raise SiteConfigError(path, [f"{path}:{line}: not valid YAML: {exc.problem}"]) from None
+    if doc is None:
+        doc = CommentedMap()
+    try:
+        return SiteConfig.model_validate(doc)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            line = _line_of(doc, loc)
+            field = ".".join(str(p) for p in loc) or "(top level)"
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{path}:{line if line else '?'}: {field}: {msg}")
+        raise SiteConfigError(path, problems) from None
+
+
+def load(path: Path) -> SiteConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SiteConfigError(path, [f"{path}: no such site configuration file"]) from None
+    return parse(text, path)

@@ -1,0 +1,212 @@
+"""`larder stack`: install on first use, start, health-check and stop the real local services.
+
+Kafka (KRaft, Maven Central jars), InfluxDB 1.8.10 (built from the Go module proxy) and Mosquitto (apt), all
+on 127.0.0.1, data and logs under ``settings.state_dir``, downloads and builds under ``settings.cache_dir``.
+``up`` is idempotent: a healthy running service is left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from pipeline.settings import Settings
+from pipeline.stack import influx, kafka, mosquitto
+from pipeline.stack.process import StackError, port_open, read_pid, stop_pid, tail, wait_until
+from pipeline.topics import Topics
+
+Report = Callable[[str], None]
+
+__all__ = ["ServiceStatus", "StackError", "down", "ensure_topics", "status", "up"]
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    address: str
+    pid: int | None
+    healthy: bool
+    managed: bool
+    log: str
+    detail: str = ""
+
+
+def _kafka_healthy(settings: Settings) -> bool:
+    host, _, port = settings.kafka.bootstrap_servers.split(",")[0].rpartition(":")
+    if not port_open(host, int(port)):
+        return False
+    return asyncio.run(_kafka_metadata(settings))
+
+
+async def _kafka_metadata(settings: Settings) -> bool:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers, request_timeout_ms=3000)
+    try:
+        await admin.start()
+        await admin.list_topics()
+        return True
+    except Exception:
+        return False
+    finally:
+        await admin.close()
+
+
+def _mqtt_healthy(settings: Settings) -> bool:
+    return port_open(settings.mqtt.host, settings.mqtt.port)
+
+
+def status(settings: Settings) -> list[ServiceStatus]:
+    k, i, m = settings.kafka, settings.influx, settings.mqtt
+    return [
+        ServiceStatus(
+            "kafka",
+            k.bootstrap_servers,
+            read_pid(kafka.paths(settings)["pid"]),
+            _kafka_healthy(settings),
+            k.bootstrap is None,
+            str(kafka.paths(settings)["log"]),
+        ),
+        ServiceStatus(
+            "influxdb",
+            i.base_url,
+            read_pid(influx.paths(settings)["pid"]),
+            influx.healthy(settings),
+            i.url is None,
+            str(influx.paths(settings)["log"]),
+        ),
+        ServiceStatus(
+            "mosquitto",
+            f"mqtt://{m.host}:{m.port}",
+            read_pid(mosquitto.paths(settings)["pid"]),
+            _mqtt_healthy(settings),
+            not m.external,
+            str(mosquitto.paths(settings)["log"]),
+        ),
+    ]
+
+
+def _device_secrets(settings: Settings) -> Mapping[str, str]:
+    from pipeline import siteconfig
+
+    if not settings.site_config.exists():
+        return {}
+    return siteconfig.load(settings.site_config).device_secrets()
+
+
+def up(settings: Settings, report: Report = print, *, create_topics: bool = True) -> list[ServiceStatus]:
+    """Install what is missing, start what is not running, wait until all three answer."""
+    for d in (settings.cache_dir, settings.data_dir, settings.log_dir, settings.conf_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+
+    if not settings.mqtt.external:
+        _step(report, "mosquitto", "installing from apt", lambda: mosquitto.install(settings))
+    if settings.kafka.bootstrap is None:
+        _step(
+            report,
+            "kafka",
+            f"fetching Kafka {settings.kafka.version} jars with Maven",
+            lambda: kafka.install(settings),
+        )
+    if settings.influx.url is None:
+        _step(
+            report,
+            "influxdb",
+            f"building InfluxDB {settings.influx.version} with go install (~1 min)",
+            lambda: influx.install(settings),
+        )
+
+    # Start all three first, then wait: Kafka's JVM start overlaps the others.
+    if settings.kafka.bootstrap is None and not _kafka_healthy(settings):
+        _start_fresh(settings, "kafka", kafka.paths(settings), lambda: kafka.start(settings), report)
+    if settings.influx.url is None and not influx.healthy(settings):
+        _start_fresh(settings, "influxdb", influx.paths(settings), lambda: influx.start(settings), report)
+    if not settings.mqtt.external:
+        devices = _device_secrets(settings)
+        if _mqtt_healthy(settings) and read_pid(mosquitto.paths(settings)["pid"]):
+            mosquitto.write_auth(settings, devices)  # picks up site-config changes via SIGHUP
+        elif not _mqtt_healthy(settings):
+            _start_fresh(
+                settings,
+                "mosquitto",
+                mosquitto.paths(settings),
+                lambda: mosquitto.start(settings, devices),
+                report,
+            )
+        else:
+            raise StackError(
+                f"port {settings.mqtt.port} is taken by a Mosquitto that larder did not start; "
+                "stop it (systemctl stop mosquitto) or set LARDER_MQTT__PORT"
+            )
+
+    _wait(report, "kafka", lambda: _kafka_healthy(settings), 60, kafka.paths(settings))
+    _wait(report, "influxdb", lambda: influx.healthy(settings), 30, influx.paths(settings))
+    influx.bootstrap(settings)
+    _wait(report, "mosquitto", lambda: _mqtt_healthy(settings), 15, mosquitto.paths(settings))
+    if create_topics:
+        created = asyncio.run(ensure_topics(settings))
+        if created:
+            report(f"kafka: created topics {', '.join(created)}")
+    report(f"stack up in {time.monotonic() - t0:.1f} s")
+    return status(settings)
+
+
+def _step(report: Report, name: str, what: str, action: Callable[[], bool]) -> None:
+    t = time.monotonic()
+    report(f"{name}: checking install")
+    if action():
+        report(f"{name}: {what} - done in {time.monotonic() - t:.1f} s")
+
+
+def _start_fresh(settings: Settings, name: str, paths: dict, start: Callable[[], int], report: Report) -> None:  # type: ignore[type-arg]
+    stale = read_pid(paths["pid"])
+    if stale:
+        report(f"{name}: pid {stale} is not answering; restarting it")
+        stop_pid(stale)
+    pid = start()
+    report(f"{name}: started (pid {pid}), log {paths['log']}")
+
+
+def _wait(report: Report, name: str, check: Callable[[], bool], timeout: float, paths: dict) -> None:  # type: ignore[type-arg]
+    if not wait_until(check, timeout=timeout, interval=0.3):
+        raise StackError(
+            f"{name} did not become healthy within {timeout:.0f} s; log {paths['log']}:\n{tail(paths['log'])}"
+        )
+    report(f"{name}: healthy")
+
+
+def down(settings: Settings, report: Report = print) -> None:
+    for name, paths in (
+        ("mosquitto", mosquitto.paths(settings)),
+        ("kafka", kafka.paths(settings)),
+        ("influxdb", influx.paths(settings)),
+    ):
+        pid = read_pid(paths["pid"])
+        if pid is None:
+            report(f"{name}: not running")
+            continue
+        stop_pid(pid, timeout=30)
+        paths["pid"].unlink(missing_ok=True)
+        report(f"{name}: stopped (pid {pid})")
+
+
+async def ensure_topics(settings: Settings, topics: Topics | None = None) -> list[str]:
+    """Create Larder's topics with their configured partition counts; returns the ones it created."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    topics = topics or Topics(settings.topic_prefix, settings.readings_partitions)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [s for s in topics.specs() if s.name not in existing]
+        if missing:
+            await admin.create_topics(
+                [NewTopic(s.name, s.partitions, 1, topic_configs=dict(s.config)) for s in missing]
+            )
+        return [s.name for s in missing]
+    finally:
+        await admin.close()

@@ -1,0 +1,117 @@
+"""Shared fixtures: the real local stack, started once per session, with isolated resources per test.
+
+The session fixture reuses a healthy running stack (``larder stack up`` beforehand makes test runs faster) or
+starts one, and stops at the end only what it started itself (set ``LARDER_KEEP_STACK=1`` to keep it).
+Each test gets its own topic prefix and its own InfluxDB database, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from pipeline import stack
+from pipeline.settings import Settings, load_settings
+from pipeline.stack import influx, mosquitto
+from pipeline.topics import Topics
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def live_stack(settings: Settings) -> Iterator[Settings]:
+    """The real Kafka, InfluxDB and Mosquitto on loopback; brought up once for the whole session."""
+    was_up = all(s.healthy for s in stack.status(settings))
+    if not was_up:
+        stack.up(settings, report=lambda m: print(f"[stack] {m}"))
+    yield settings
+    if not was_up and not os.environ.get("LARDER_KEEP_STACK"):
+        stack.down(settings, report=lambda m: print(f"[stack] {m}"))
+
+
+@pytest.fixture
+async def topics(live_stack: Settings) -> AsyncIterator[Topics]:
+    """Larder's topics under a prefix of this test's own, created before and deleted after."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    t = Topics(prefix=f"t{uuid.uuid4().hex[:10]}", partitions=live_stack.readings_partitions)
+    await stack.ensure_topics(live_stack, t)
+    yield t
+    admin = AIOKafkaAdminClient(bootstrap_servers=live_stack.kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        doomed = [name for name in existing if name.startswith(t.prefix)]
+        if doomed:
+            await admin.delete_topics(doomed)
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def influx_bucket(live_stack: Settings) -> Iterator[str]:
+    """A fresh InfluxDB database for this test; yields its v2 bucket name ``<db>/autogen``."""
+    name = f"t{uuid.uuid4().hex[:10]}"
+    influx.create_database(live_stack, name)
+    yield f"{name}/autogen"
+    influx.drop_database(live_stack, name)
+
+
+@dataclass(frozen=True)
+class MqttCredentials:
+    username: str
+    password: str
+
+
+_registered: dict[str, str] = {}
+
+
+@pytest.fixture
+def mqtt_devices(live_stack: Settings) -> Callable[[int], list[MqttCredentials]]:
+    """Register ``n`` throwaway devices in Mosquitto's password file (SIGHUP reload) and return them."""
+
+    def make(n: int) -> list[MqttCredentials]:
+        new = [MqttCredentials(f"dev-{uuid.uuid4().hex[:10]}", secrets.token_urlsafe(12)) for _ in range(n)]
+        _registered.update({c.username: c.password for c in new})
+        mosquitto.write_auth(live_stack, _registered)
+        _wait_login(live_stack, new[-1])
+        return new
+
+    return make
+
+
+def _wait_login(settings: Settings, cred: MqttCredentials, timeout: float = 5.0) -> None:
+    """SIGHUP reload is asynchronous; wait until the newest credentials are accepted."""
+    import paho.mqtt.client as mqtt
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{uuid.uuid4().hex[:6]}")
+        c.username_pw_set(cred.username, cred.password)
+        try:
+            rc = c.connect(settings.mqtt.host, settings.mqtt.port)
+            c.loop(timeout=0.5)
+            ok = rc == 0 and c.is_connected()
+        except OSError:
+            ok = False
+        finally:
+            c.disconnect()
+        if ok:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"mosquitto did not accept {cred.username} within {timeout} s after SIGHUP")
+
+
+@pytest.fixture
+def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
+    return asyncio.DefaultEventLoopPolicy()

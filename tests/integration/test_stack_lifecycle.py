@@ -1,0 +1,57 @@
+"""`larder stack up/status/down` on a second, isolated stack (other ports, other state folder): up is
+idempotent, status reports three healthy services, down leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.settings import Settings
+from pipeline.stack.process import pid_alive
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _larder(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_isolated_stack_up_status_down(live_stack: Settings, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "LARDER_STATE_DIR": str(tmp_path / "state"),
+        "LARDER_CACHE_DIR": str(live_stack.cache_dir),  # reuse the built artefacts: warm start
+        "LARDER_KAFKA__PORT": "29092",
+        "LARDER_KAFKA__CONTROLLER_PORT": "29093",
+        "LARDER_INFLUX__PORT": "28086",
+        "LARDER_INFLUX__RPC_PORT": "28088",
+        "LARDER_MQTT__PORT": "21883",
+        "COLUMNS": "200",
+    }
+    try:
+        first = _larder(env, "stack", "up")
+        assert first.returncode == 0, first.stderr
+        again = _larder(env, "stack", "up")
+        assert again.returncode == 0, again.stderr
+        assert "started" not in again.stderr, "a second `up` must not restart healthy services"
+        status = _larder(env, "stack", "status")
+        assert status.returncode == 0, status.stdout + status.stderr
+        for addr in ("127.0.0.1:29092", "127.0.0.1:28086", "127.0.0.1:21883"):
+            assert addr in status.stdout
+        assert status.stdout.count("healthy") == 3
+        pids = [int(p.read_text()) for p in (tmp_path / "state" / "run").glob("*.pid")]
+        assert len(pids) == 3
+    finally:
+        down = _larder(env, "stack", "down")
+    assert down.returncode == 0, down.stderr
+    for pid in pids:
+        # A zombie waiting for init to reap it is not a running process.
+        assert not pid_alive(pid), f"pid {pid} survived `stack down`"
+    after = _larder(env, "stack", "status")
+    assert after.returncode == 1 and "down" in after.stdout
