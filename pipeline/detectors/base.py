@@ -1,0 +1,46 @@
+"""The protocol every detector follows, and the output type they share.
+
+A detector is a value object holding its (frozen) configuration, with three pure functions:
+
+* ``initial()`` -> a fresh state for one subject (a device, a kitchen);
+* ``on_event(state, event, now_ms)`` -> ``(state, outputs)`` for one reading or camera event;
+* ``on_tick(state, now_ms)`` -> ``(state, outputs)`` when time passes with no event (timers).
+
+Rules:
+
+* State is an immutable, serialisable value (a frozen dataclass or pydantic model made of plain values) so
+  the agent can compare ``new is old`` to skip a table write when nothing changed, and store it in a Faust
+  table changelog (``state_to_bytes`` / ``state_from_bytes``).
+* Everything is in event time: alert times are the event time at which the condition's deadline was met
+  (e.g. ``opened_at = breach_start + delay``), never ``now_ms`` itself. ``now_ms`` only decides *whether* a
+  deadline has passed. Hence a timer that runs late, or a replay at any speed, gives identical outputs.
+* ``on_event`` first brings the state up to the event's time (firing any deadline that passed before it), so
+  the outputs do not depend on whether a tick happened to arrive between two events.
+* Outputs are :class:`pipeline.schemas.Alert` (lifecycle ``open``/``resolved``, deterministic ids from
+  :func:`pipeline.schemas.alert_id`) and :class:`pipeline.schemas.Annotation` (masked intervals, gaps, late
+  data), in event-time order.
+"""
+
+from __future__ import annotations
+
+from typing import Generic, Protocol, TypeVar
+
+from pipeline.schemas import Alert, Annotation
+
+Output = Alert | Annotation
+S = TypeVar("S")
+E_contra = TypeVar("E_contra", contravariant=True)
+
+
+class Detector(Protocol, Generic[S, E_contra]):
+    name: str
+
+    def initial(self) -> S: ...
+
+    def on_event(self, state: S, event: E_contra, now_ms: int) -> tuple[S, list[Output]]: ...
+
+    def on_tick(self, state: S, now_ms: int) -> tuple[S, list[Output]]: ...
+
+    def state_to_bytes(self, state: S) -> bytes: ...
+
+    def state_from_bytes(self, data: bytes) -> S: ...
