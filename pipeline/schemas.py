@@ -221,15 +221,19 @@ BATCH_VERSION = 1
 class RecordBatch(BaseModel):
     """The value of one Kafka record on the readings and kitchen-events topics (version 1).
 
-    ``{"v": 1, "kind": "readings", "items": [<Reading>, ...]}``. Every item of one record belongs to the
+    ``{"v": 1, "kind": "readings", "items": [<Reading>, ...]}``, or
+    ``{"v": 1, "kind": "tick", "now_ms": ...}``. Every item of one record belongs to the
     record's partition (``murmur2(key) mod partitions`` with key = device id for readings, kitchen id for
     kitchen events), so a subject's items keep their order and any Kafka client finds its partition. The
     Kafka record key is the key of the first item; consumers must use each item's own key.
     """
 
     v: Literal[1] = 1
-    kind: Literal["readings", "kitchen_events"]
-    items: list[dict[str, Any]]
+    kind: Literal["readings", "kitchen_events", "tick"]
+    items: list[dict[str, Any]] = Field(default_factory=list)
+    #: Only on ``tick`` records: the replay clock's time. Replay publishes one tick into every partition once
+    #: everything sent before that instant is in Kafka, so timers fire at the recording's times.
+    now_ms: int | None = None
 
 
 class DeadLetter(BaseModel):
