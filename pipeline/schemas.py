@@ -24,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictFloat,
     StrictInt,
 )
 
@@ -93,9 +94,10 @@ class DeviceReading(BaseModel):
 
     ts: EventTime
     seq: StrictInt = Field(ge=0)
-    temp_c: float = Field(ge=TEMP_MIN_C, le=TEMP_MAX_C)
-    humidity: float | None = Field(None, ge=0, le=100)
-    battery: float | None = Field(None, ge=0, le=1)
+    # Strict numbers: the contract says "number", so "3.4" (a string) or true is a wrong type, not a reading.
+    temp_c: StrictFloat = Field(ge=TEMP_MIN_C, le=TEMP_MAX_C)
+    humidity: StrictFloat | None = Field(None, ge=0, le=100)
+    battery: StrictFloat | None = Field(None, ge=0, le=1)
     door_open: StrictBool | None = None
     defrost: StrictBool | None = None
 

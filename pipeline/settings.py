@@ -86,6 +86,20 @@ class MqttSettings(_Group):
     external: bool = Field(False, description="the broker is run elsewhere; `stack` does not manage it")
 
 
+class IngestSettings(_Group):
+    """`larder bridge` and `larder hooks` (see docs/ingest.md)."""
+
+    linger_ms: float = Field(5.0, ge=0, description="how long the bridge gathers readings before producing")
+    max_inflight: int = Field(20_000, gt=0, description="bridge: readings received but not yet acked to MQTT")
+    max_batch_items: int = Field(2_000, gt=0, description="most items in one Kafka record (RecordBatch)")
+    future_skew_s: float = Field(300.0, ge=0, description="readings/events further in the future are refused")
+    bridge_instance: str = Field("1", description="MQTT client id suffix; each bridge instance needs its own")
+    bridge_metrics_port: int = 9480
+    hooks_host: str = "127.0.0.1"
+    hooks_port: int = 8480
+    hooks_dedup_size: int = Field(100_000, gt=0, description="(camera, event id) pairs the hooks remember")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LARDER_", env_nested_delimiter="__", frozen=True, extra="ignore")
 
@@ -97,6 +111,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     influx: InfluxSettings = InfluxSettings()
     mqtt: MqttSettings = MqttSettings()
+    ingest: IngestSettings = IngestSettings()
     ack_key: SecretStr | None = None
 
     @cached_property
