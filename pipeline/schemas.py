@@ -66,7 +66,10 @@ def _parse_ts(value: Any) -> Any:
     if isinstance(value, int | float):
         if not math.isfinite(value):
             raise ValueError("ts must be finite")
-        return datetime.fromtimestamp(value, tz=UTC)
+        try:
+            return datetime.fromtimestamp(value, tz=UTC)
+        except (OverflowError, OSError, ValueError) as exc:  # year past 9999 or before 1: not a time
+            raise ValueError(f"ts is out of range: {value!r}") from exc
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
@@ -324,6 +327,58 @@ class Annotation(BaseModel):
     start_ms: int
     end_ms: int
     detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class Ack(BaseModel):
+    """An acknowledgement on the acks topic (keyed by site): who owns the alert now and the corrective action.
+
+    ``token_id`` names the ack link that was used, so a replayed link is refused; ``via`` says how it came in.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    v: Literal[1] = 1
+    alert_id: str
+    site: str
+    by: str = Field(max_length=200)
+    role: str | None = None
+    via: Literal["link", "api", "sms"]
+    note: str = Field("", max_length=2000, description="corrective action, kept for HACCP records")
+    at_ms: int
+    token_id: str | None = None
+
+
+class Delivery(BaseModel):
+    """One record of the delivery ledger on the deliveries topic (keyed by ``message_id``), version 1.
+
+    ``planned`` is written (acks=all) before the first send and carries the notification keys
+    ``<alert>|<step>|<recipient>`` the message covers and its exact text, so a restarted notifier resends the
+    same message with the same idempotency key and never plans those keys again. ``attempt`` records every try
+    (channel, status, latency); ``delivered`` / ``failed`` close the message. See docs/alerts.md.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    v: Literal[1] = 1
+    kind: Literal["planned", "attempt", "delivered", "failed"]
+    message_id: str
+    at_ms: int
+    recipient: str = Field(description="recipient id (a hash; names and addresses stay in the site file)")
+    recipient_name: str = ""
+    role: str = ""
+    site: str = Field("", description="the site, or '*' for a message about several sites")
+    rule: str = Field("", description="the rule, or '*' for a message about several rules")
+    severity: str = ""
+    keys: list[str] = Field(default_factory=list)
+    alert_ids: list[str] = Field(default_factory=list)
+    channels: list[str] = Field(default_factory=list, description="planned: primary first, then fallbacks")
+    text: str = ""
+    channel: str | None = None
+    status: Literal["ok", "retry", "error", "skipped"] | None = None
+    http_status: int | None = None
+    latency_ms: float | None = None
+    attempt: int | None = None
+    error: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------

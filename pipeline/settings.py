@@ -13,6 +13,7 @@ import os
 import secrets
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -100,6 +101,37 @@ class IngestSettings(_Group):
     hooks_dedup_size: int = Field(100_000, gt=0, description="(camera, event id) pairs the hooks remember")
 
 
+class NotifySettings(_Group):
+    """`larder notifier`, `larder sink` and `larder api`: alert delivery and the InfluxDB sink (docs/alerts.md)."""
+
+    sms_driver: Literal["http", "twilio"] = Field("http", description="generic templated HTTP gateway or Twilio")
+    sms_url: str = Field("http://127.0.0.1:9400/sms", description="http driver: POST target; twilio: API base URL")
+    sms_template: str = Field(
+        '{"to": "{to}", "text": "{text}", "id": "{id}"}',
+        description="http driver: JSON body; {to} {text} {id} in string values are replaced",
+    )
+    sms_token: SecretStr | None = Field(None, description="http driver: sent as 'Authorization: Bearer <token>'")
+    twilio_account_sid: str = ""
+    twilio_auth_token: SecretStr | None = None
+    twilio_from: str = ""
+    webhook_secret: SecretStr | None = Field(None, description="HMAC key for webhooks without their own secret")
+    sms_reply_token: SecretStr | None = Field(None, description="shared secret the SMS gateway puts in reply URLs")
+    public_url: str = Field("http://127.0.0.1:8490", description="base of the ack links in messages")
+    api_host: str = "127.0.0.1"
+    api_port: int = 8490
+    link_ttl_s: int = Field(24 * 3600, gt=0, description="how long an ack link stays valid")
+    group_window_s: float = Field(30.0, ge=0, description="notifications to one recipient within this go together")
+    rate_limit: int = Field(6, gt=0, description="messages per recipient per rate window (overflow is merged)")
+    rate_window_s: float = Field(3600.0, gt=0)
+    summary_over: int = Field(5, gt=0, description="a message about more alerts than this becomes a summary")
+    attempts_before_fallback: int = Field(3, gt=0)
+    backoff_s: float = Field(1.0, gt=0, description="first retry delay; doubles up to backoff_max_s")
+    backoff_max_s: float = Field(60.0, gt=0)
+    http_timeout_s: float = Field(10.0, gt=0)
+    sink_batch: int = Field(5_000, gt=0, description="points per InfluxDB write")
+    sink_gzip: bool = True
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LARDER_", env_nested_delimiter="__", frozen=True, extra="ignore")
 
@@ -112,6 +144,7 @@ class Settings(BaseSettings):
     influx: InfluxSettings = InfluxSettings()
     mqtt: MqttSettings = MqttSettings()
     ingest: IngestSettings = IngestSettings()
+    notify: NotifySettings = NotifySettings()
     ack_key: SecretStr | None = None
 
     @cached_property

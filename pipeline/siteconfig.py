@@ -127,6 +127,10 @@ class Recipient(_Model):
     dingtalk: str | None = None
     wecom: str | None = None
     channels: list[Channel] = Field(default_factory=lambda: list[Channel](["sms"]))
+    #: HMAC key for this recipient's webhook (``env:NAME`` or ``file:/path``); else notify.webhook_secret.
+    webhook_secret_ref: str | None = Field(None, pattern=r"^(env|file):.+$")
+    #: Messages per notify.rate_window_s for this recipient; else notify.rate_limit.
+    rate_limit: int | None = Field(None, gt=0)
 
 
 class EscalationStep(_Model):
