@@ -90,6 +90,25 @@ def stack_logs(
     subprocess.run(["tail", f"-n{lines}", *(["-F"] if follow else []), path], check=False)
 
 
+@stack_app.command("render-mosquitto")
+def stack_render_mosquitto(
+    out: Annotated[Path, typer.Option(help="folder for mosquitto.conf, passwd and acl")],
+    data: Annotated[Path, typer.Option(help="the broker's persistence folder, as the broker sees it")],
+    sites: SiteOpt = None,
+) -> None:
+    """Write Mosquitto's config, password file and ACL for a broker run elsewhere (deploy/compose.yaml)."""
+    from pipeline import siteconfig
+    from pipeline.stack import mosquitto
+
+    settings = settings_for(sites)
+    try:
+        devices = siteconfig.load(settings.site_config).device_secrets()
+    except siteconfig.SiteConfigError as exc:
+        raise fail(str(exc)) from None
+    mosquitto.render_for_container(settings, devices, out, data)
+    console.print(f"wrote {out}/mosquitto.conf, passwd ({len(devices)} devices + bridge) and acl")
+
+
 def _print_status(statuses: list) -> None:  # type: ignore[type-arg]
     table = Table(title="larder stack")
     for col in ("service", "health", "address", "pid", "log"):

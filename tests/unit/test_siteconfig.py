@@ -1,0 +1,77 @@
+"""Contract 5: the example file loads, and mistakes are reported with file, line and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline import siteconfig
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sites.yaml"
+
+
+def test_example_site_file_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DEV_001", "DEV_002", "DEV_003", "CAM_07"):
+        monkeypatch.setenv(f"LARDER_SECRET_{name}", f"secret-{name.lower()}")
+    cfg = siteconfig.load(EXAMPLE)
+    assert [d for d, _, _ in cfg.devices()] == ["dev-001", "dev-002", "dev-003"]
+    assert cfg.device_secrets()["dev-002"] == "secret-dev_002"
+    site = cfg.sites["S01"]
+    assert site.quiet_hours is not None and site.quiet_hours.start.hour == 22
+    assert site.escalation.critical[0].roles == ["operator", "site_manager"]
+
+
+def _problems(text: str) -> list[str]:
+    with pytest.raises(siteconfig.SiteConfigError) as err:
+        siteconfig.parse(text, Path("sites.yaml"))
+    return err.value.problems
+
+
+def test_error_names_line_and_field() -> None:
+    text = """version: 1
+sites:
+  S01:
+    assets:
+      cr-1: { profile: chilled }
+    devices:
+      dev-1:
+        asset: cr-1
+        interval_s: -5
+        secret: "long-enough-secret"
+"""
+    assert _problems(text) == ["sites.yaml:9: sites.S01.devices.dev-1.interval_s: Input should be greater than 0"]
+
+
+def test_dangling_asset_and_duplicate_ids_are_refused() -> None:
+    text = """sites:
+  A:
+    assets: {a1: {}}
+    devices:
+      d1: {asset: nope, secret: "0123456789"}
+"""
+    (problem,) = _problems(text)
+    assert problem.startswith("sites.yaml:2: sites.A:") and "asset 'nope'" in problem
+    dup = """sites:
+  A:
+    assets: {a1: {}}
+    devices: {d1: {asset: a1, secret: "0123456789"}}
+  B:
+    assets: {a1: {}}
+    devices: {d1: {asset: a1, secret: "0123456789"}}
+"""
+    (problem,) = _problems(dup)
+    assert "d1 is declared in site A and in site B" in problem
+
+
+def test_bad_yaml_and_missing_file() -> None:
+    (problem,) = _problems("sites:\n  A: [unclosed\n")
+    assert problem.startswith("sites.yaml:3: not valid YAML")
+    with pytest.raises(siteconfig.SiteConfigError, match="no such site configuration file"):
+        siteconfig.load(Path("/nonexistent/sites.yaml"))
+
+
+def test_secret_must_be_given_once() -> None:
+    text = "sites:\n  A:\n    assets: {a1: {}}\n    devices:\n      d1: {asset: a1}\n"
+    (problem,) = _problems(text)
+    assert "exactly one of 'secret' or 'secret_ref'" in problem and problem.startswith("sites.yaml:5:")
