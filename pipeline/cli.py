@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.ingest import commands as _ingest_commands
 from pipeline.settings import Settings, load_settings
 
 console = Console(stderr=True)
@@ -24,6 +25,7 @@ stack_app = typer.Typer(
     help="Install, start, check and stop the local stack (Kafka, InfluxDB, Mosquitto).", no_args_is_help=True
 )
 app.add_typer(stack_app, name="stack")
+_ingest_commands.register(app)  # larder devices ..., larder bridge, larder hooks
 
 SiteOpt = Annotated[
     Path | None,

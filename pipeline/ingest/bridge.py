@@ -1,0 +1,342 @@
+"""`larder bridge`: MQTT (contract 1) -> validated, enriched record batches on Kafka, or the dead-letter topic.
+
+How a reading travels, and why nothing is lost when any process dies:
+
+1. paho's network thread receives a QoS 1 message (manual ack: the broker keeps it as unacknowledged) and
+   appends ``(topic, payload, mid, qos, dup)`` to a list under a lock. That is all it does per message.
+2. Every ``linger_ms`` the asyncio side swaps the whole list out in one step, validates each payload
+   (:mod:`pipeline.ingest.validate`), enriches it from the registry, and groups readings by their partition,
+   ``murmur2(device) mod partitions``. Each group becomes one Kafka record (``RecordBatch``) produced to its
+   explicit partition by an idempotent ``acks=all`` producer; refusals become dead letters.
+3. Once Kafka acknowledged every record of a tick, the tick's messages are acknowledged to the broker
+   (``client.ack(mid, qos)``). A crash before that point makes the broker redeliver them to the persistent
+   session: duplicates are possible (the worker de-duplicates by (device, seq)), losses are not.
+
+The broker does not bound a manual-ack client's unacknowledged messages, so the bridge does: past
+``max_inflight`` the paho thread waits in its callback, which stops it reading the socket (TCP back-pressure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections import Counter as Tally
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from pipeline import serde
+from pipeline.ingest import metrics
+from pipeline.ingest.deadletter import dead_letter
+from pipeline.ingest.registry import ReloadingRegistry
+from pipeline.ingest.validate import BAD_TOPIC, UNKNOWN_DEVICE, validate_device_payload
+from pipeline.partitioner import partition_for
+from pipeline.settings import Settings
+from pipeline.topics import Topics
+
+log = logging.getLogger(__name__)
+
+_PREFIX = "larder/v1/devices/"
+_SUFFIX = "/readings"
+SUBSCRIPTION = "larder/v1/devices/+/readings"
+
+
+def device_of(topic: str) -> str | None:
+    if topic.startswith(_PREFIX) and topic.endswith(_SUFFIX):
+        device = topic[len(_PREFIX) : -len(_SUFFIX)]
+        if device and "/" not in device:
+            return device
+    return None
+
+
+def make_producer(settings: Settings, **extra: Any) -> AIOKafkaProducer:
+    """Idempotent, acks=all: a retried send never duplicates within a producer session, and an ack means
+    every in-sync replica has the record."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=0,  # the bridge already batched; waiting more only adds latency
+        max_request_size=4 * 1024 * 1024,
+        max_batch_size=1024 * 1024,
+        request_timeout_ms=30_000,
+        **extra,
+    )
+
+
+@dataclass
+class _Record:
+    topic: str
+    key: bytes
+    value: bytes
+    partition: int
+    items: int
+    source_kind: str  # "readings" or "deadletter"
+
+
+class Bridge:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: ReloadingRegistry,
+        topics: Topics | None = None,
+        *,
+        instance: str | None = None,
+        group: str | None = None,
+    ) -> None:
+        ing = settings.ingest
+        self.settings = settings
+        self.registry = registry
+        self.topics = topics or Topics(prefix=settings.topic_prefix, partitions=settings.readings_partitions)
+        self.instance = instance or ing.bridge_instance
+        self.group = group or ing.bridge_group
+        self.client_id = f"larder-bridge-{self.instance}"
+        self.linger_s = ing.linger_ms / 1000
+        self.max_inflight = ing.max_inflight
+        self.max_items = ing.max_batch_items
+        self.skew_ms = int(ing.future_skew_s * 1000)
+        self._cond = threading.Condition()
+        self._pending: list[tuple[str, bytes, int, int, bool]] = []
+        self._inflight = 0
+        self._stopping = False
+        self._connected = threading.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.accepted = 0
+        self.dead_lettered = 0
+        self.partitions = 0
+        self.producer: AIOKafkaProducer | None = None
+        self.client = self._make_client()
+
+    # -- the paho side (network thread) ------------------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        m = self.settings.mqtt
+        c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=False,  # a persistent session: the broker queues readings while the bridge is away
+            protocol=mqtt.MQTTv311,
+            manual_ack=True,
+        )
+        assert m.bridge_password is not None, "load settings with load_settings()"
+        c.username_pw_set(m.bridge_user, m.bridge_password.get_secret_value())
+        c.max_inflight_messages_set(1000)
+        c.reconnect_delay_set(min_delay=1, max_delay=5)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        return c
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        if rc.is_failure:
+            log.error("MQTT connect refused: %s", rc)
+            return
+        client.subscribe(f"$share/{self.group}/{SUBSCRIPTION}", qos=1)
+        self._connected.set()
+        log.info(
+            "connected to mqtt://%s:%s as %s (session present: %s)",
+            self.settings.mqtt.host,
+            self.settings.mqtt.port,
+            self.client_id,
+            flags.session_present,
+        )
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        self._connected.clear()
+        if not self._stopping:
+            log.warning("MQTT connection lost (%s); reconnecting, the broker keeps the session", rc)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._cond:
+            self._pending.append((msg.topic, bytes(msg.payload), msg.mid, msg.qos, msg.dup))
+            self._inflight += 1
+            # Back-pressure: holding paho's thread here stops it reading the socket.
+            while self._inflight >= self.max_inflight and not self._stopping:
+                self._cond.wait(0.5)
+
+    # -- the asyncio side --------------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, on_progress: Callable[[Bridge], None] | None = None) -> None:
+        self.producer = make_producer(self.settings)
+        await self.producer.start()
+        try:
+            parts = await self.producer.partitions_for(self.topics.readings)
+            if not parts:
+                raise RuntimeError(f"topic {self.topics.readings} does not exist; run `larder stack up`")
+            self.partitions = len(parts)
+            m = self.settings.mqtt
+            self.client.connect_async(m.host, m.port, keepalive=30)
+            self.client.loop_start()
+            last_reload = last_progress = time.monotonic()
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.linger_s)
+                await self.tick()
+                now = time.monotonic()
+                if now - last_reload >= 1.0:
+                    last_reload = now
+                    self.registry.reload()
+                if on_progress and now - last_progress >= 10.0:
+                    last_progress = now
+                    on_progress(self)
+            await self.drain()
+        finally:
+            self._stopping = True
+            with self._cond:
+                self._cond.notify_all()
+            self.client.disconnect()
+            self.client.loop_stop()
+            await self.producer.stop()
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Produce what is pending and wait for Kafka to acknowledge everything in flight."""
+        await self.tick()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    async def tick(self) -> None:
+        with self._cond:
+            if not self._pending:
+                return
+            batch, self._pending = self._pending, []
+        now = int(time.time() * 1000)
+        reg = self.registry.current
+        groups: dict[int, list[dict[str, Any]]] = {}
+        records: list[_Record] = []
+        reasons: Tally[str] = Tally()
+        dups = 0
+        dl_topic = self.topics.deadletter
+        for topic, payload, _mid, _qos, dup in batch:
+            if dup:
+                dups += 1
+            device = device_of(topic)
+            info = reg.devices.get(device) if device is not None else None
+            if info is None:
+                code = BAD_TOPIC if device is None else UNKNOWN_DEVICE
+                reason = (
+                    f"device {device} is not in the site configuration"
+                    if device is not None
+                    else f"not a readings topic: {topic}"
+                )
+                value = dead_letter(
+                    source="mqtt",
+                    reason_code=code,
+                    reason=reason,
+                    arrived_ms=now,
+                    payload=payload,
+                    device=device,
+                    mqtt_topic=topic,
+                )
+                records.append(_Record(dl_topic, (device or "").encode(), value, 0, 1, "deadletter"))
+                reasons[code] += 1
+                continue
+            base: dict[str, Any] = {**info.base, "received_ms": now}
+            items, refusals = validate_device_payload(payload, base, now, self.skew_ms)
+            if items:
+                p = partition_for(device, self.partitions)  # type: ignore[arg-type]
+                group = groups.get(p)
+                if group is None:
+                    groups[p] = items
+                else:
+                    group.extend(items)
+            for r in refusals:
+                value = dead_letter(
+                    source="mqtt",
+                    reason_code=r.reason_code,
+                    reason=r.reason,
+                    arrived_ms=now,
+                    payload=r.payload,
+                    device=device,
+                    mqtt_topic=topic,
+                    index=r.index,
+                )
+                records.append(_Record(dl_topic, device.encode(), value, 0, 1, "deadletter"))  # type: ignore[union-attr]
+                reasons[r.reason_code] += 1
+        n_items = 0
+        for p, items in groups.items():
+            for i in range(0, len(items), self.max_items):
+                chunk = items[i : i + self.max_items]
+                value = serde.dumps({"v": 1, "kind": "readings", "items": chunk})
+                records.append(
+                    _Record(self.topics.readings, chunk[0]["device"].encode(), value, p, len(chunk), "readings")
+                )
+                metrics.BATCH_SIZE.labels("mqtt").observe(len(chunk))
+                n_items += len(chunk)
+        acks = [(mid, qos) for _t, _p, mid, qos, _d in batch]
+        futures = await self._send(records)
+        task = asyncio.create_task(self._complete(records, futures, acks, n_items, reasons, time.perf_counter()))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if dups:
+            metrics.DUPLICATES.labels("mqtt").inc(dups)
+
+    async def _send(self, records: list[_Record]) -> list[asyncio.Future[Any]]:
+        assert self.producer is not None
+        return [await self.producer.send(r.topic, r.value, key=r.key, partition=r.partition) for r in records]
+
+    async def _complete(
+        self,
+        records: list[_Record],
+        futures: list[asyncio.Future[Any]],
+        acks: list[tuple[int, int]],
+        n_items: int,
+        reasons: Tally[str],
+        t0: float,
+    ) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await asyncio.gather(*futures)
+                break
+            except KafkaError as exc:
+                # Not acknowledged to MQTT yet, so nothing is lost; send the tick again (duplicates possible).
+                log.warning("Kafka did not acknowledge a batch (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                try:
+                    futures = await self._send(records)
+                except KafkaError as exc2:
+                    log.warning("re-send failed (%s)", exc2)
+                    futures = []
+                    continue
+        metrics.PRODUCE_SECONDS.labels("mqtt").observe(time.perf_counter() - t0)
+        for mid, qos in acks:
+            if qos:
+                self.client.ack(mid, qos)
+        with self._cond:
+            self._inflight -= len(acks)
+            self._cond.notify_all()
+        metrics.INFLIGHT.set(self._inflight)
+        self.accepted += n_items
+        metrics.ACCEPTED.labels("mqtt").inc(n_items)
+        for code, n in reasons.items():
+            self.dead_lettered += n
+            metrics.DEAD_LETTERED.labels("mqtt", code).inc(n)
+
+
+async def serve(settings: Settings, *, on_progress: Callable[[Bridge], None] | None = None, **kwargs: Any) -> None:
+    """Run one bridge until SIGINT/SIGTERM; SIGHUP re-reads the site configuration."""
+    from prometheus_client import start_http_server
+
+    registry = ReloadingRegistry(settings.site_config)
+    bridge = Bridge(settings, registry, **kwargs)
+    if settings.ingest.bridge_metrics_port:
+        start_http_server(settings.ingest.bridge_metrics_port, addr="127.0.0.1")
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: registry.reload(force=True))
+    await bridge.run(stop, on_progress)

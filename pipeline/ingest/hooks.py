@@ -1,0 +1,254 @@
+"""`larder hooks`: signed camera events (contract 2) -> kitchen-event record batches on Kafka.
+
+``POST /v1/kitchen/events`` with ``X-Larder-Camera``, ``X-Larder-Timestamp`` and
+``X-Larder-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<raw body>")>``.
+
+* 401 ``{"error": reason_code, "reason": ...}``: unknown camera, missing/bad headers, a timestamp more than
+  300 s from now, a wrong signature (compared in constant time). Nothing of an unauthenticated request is
+  kept: it could be anyone's bytes.
+* 400: the camera is authenticated but the body (or some events of it) is malformed. The bad parts go to the
+  dead-letter topic with the reason; valid events of the same batch are still produced. The body lists
+  ``rejected: [{index, reason_code, reason}]``.
+* 202 ``{"accepted": n, "duplicates": d, "duplicate": bool}`` once every new event is in Kafka (acks=all).
+  A replayed (camera, event_id) seen by this process is not produced again and answers 202 with
+  ``duplicate: true``: the camera must stop retrying, and the worker's exact de-dup covers other processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import signal
+import time
+from collections import OrderedDict
+from typing import Any
+
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from pipeline import serde
+from pipeline.ingest import metrics
+from pipeline.ingest.bridge import make_producer
+from pipeline.ingest.deadletter import dead_letter
+from pipeline.ingest.registry import ReloadingRegistry
+from pipeline.ingest.validate import (
+    BATCH_TOO_LARGE,
+    FUTURE_TIMESTAMP,
+    MISSING_FIELD,
+    NOT_JSON,
+    UNEXPECTED_FIELD,
+    WRONG_TYPE,
+    parse_json,
+    reason_code_for,
+)
+from pipeline.partitioner import partition_for
+from pipeline.schemas import HOOK_PATH, HOOK_TIMESTAMP_WINDOW_S, MAX_HOOK_BATCH, CameraEvent, to_ms
+from pipeline.settings import Settings
+from pipeline.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+def sign(secret: bytes, timestamp: str, body: bytes) -> str:
+    """The contract-2 signature header value (also what cameras, replay and tests compute)."""
+    return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+class SeenEvents:
+    """Bounded LRU of (camera, event_id): best-effort de-dup for one process."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        if key in self._seen:
+            self._seen.move_to_end(key)
+            return True
+        return False
+
+    def add(self, key: tuple[str, str]) -> None:
+        self._seen[key] = None
+        self._seen.move_to_end(key)
+        while len(self._seen) > self.size:
+            self._seen.popitem(last=False)
+
+
+def _refuse(status: int, code: str, reason: str, **extra: Any) -> web.Response:
+    metrics.HOOK_REQUESTS.labels(str(status)).inc()
+    return web.json_response({"error": code, "reason": reason, **extra}, status=status)
+
+
+def validate_events(
+    body: bytes, now_ms: int, skew_ms: int
+) -> tuple[list[tuple[int, CameraEvent]], list[tuple[int | None, str, str, bytes]]]:
+    """Body -> ([(index, event)], [(index, reason_code, reason, bytes)]). Pure."""
+    obj, err = parse_json(body)
+    if err is not None:
+        return [], [(None, NOT_JSON, err, body)]
+    if isinstance(obj, dict) and "events" in obj:
+        events = obj["events"]
+        if not isinstance(events, list) or not events:
+            return [], [(None, WRONG_TYPE, "events: expected a non-empty JSON array", body)]
+        if len(events) > MAX_HOOK_BATCH:
+            return [], [(None, BATCH_TOO_LARGE, f"events: {len(events)} events, at most {MAX_HOOK_BATCH}", body)]
+        if len(obj) > 1:
+            return [], [(None, UNEXPECTED_FIELD, "unexpected field(s) next to events", body)]
+        elements: list[tuple[int | None, Any]] = list(enumerate(events))
+    else:
+        elements = [(None, obj)]
+    ok: list[tuple[int, CameraEvent]] = []
+    bad: list[tuple[int | None, str, str, bytes]] = []
+    for index, element in elements:
+        raw = body if index is None else serde.dumps(element)
+        try:
+            event = CameraEvent.model_validate(element)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            bad.append((index, reason_code_for(first), f"{loc}: {first['msg']}" if loc else first["msg"], raw))
+            continue
+        except ValueError as exc:  # model_post_init: person_count without count
+            bad.append((index, MISSING_FIELD, str(exc), raw))
+            continue
+        ts_ms = to_ms(event.ts)
+        if ts_ms > now_ms + skew_ms:
+            bad.append((index, FUTURE_TIMESTAMP, f"ts: {ts_ms - now_ms} ms in the future", raw))
+            continue
+        ok.append((index if index is not None else 0, event))
+    return ok, bad
+
+
+class Hooks:
+    def __init__(self, settings: Settings, registry: ReloadingRegistry, topics: Topics | None = None) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.topics = topics or Topics(prefix=settings.topic_prefix, partitions=settings.readings_partitions)
+        self.seen = SeenEvents(settings.ingest.hooks_dedup_size)
+        self.skew_ms = int(settings.ingest.future_skew_s * 1000)
+        self.producer: AIOKafkaProducer | None = None
+        self.partitions = 0
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=2 * 1024 * 1024)
+        app.router.add_post(HOOK_PATH, self.handle)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/healthz", self.health)
+        app.cleanup_ctx.append(self._producer_ctx)
+        app.on_startup.append(self._on_startup)
+        return app
+
+    async def _on_startup(self, app: web.Application) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not in the main thread (tests)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: self.registry.reload(force=True))
+
+    async def _producer_ctx(self, app: web.Application) -> Any:
+        self.producer = make_producer(self.settings)
+        await self.producer.start()
+        parts = await self.producer.partitions_for(self.topics.kitchen_events)
+        if not parts:
+            raise RuntimeError(f"topic {self.topics.kitchen_events} does not exist; run `larder stack up`")
+        self.partitions = len(parts)
+        yield
+        await self.producer.stop()
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def handle(self, request: web.Request) -> web.Response:
+        received_ms = int(time.time() * 1000)
+        self.registry.reload()  # a stat() per request: new cameras work without a restart
+        camera = request.headers.get("X-Larder-Camera", "")
+        ts_header = request.headers.get("X-Larder-Timestamp", "")
+        signature = request.headers.get("X-Larder-Signature", "")
+        info = self.registry.current.cameras.get(camera)
+        if info is None:
+            return _refuse(401, "unknown_camera", "X-Larder-Camera names no camera in the site configuration")
+        try:
+            sent_s = float(ts_header)
+        except ValueError:
+            return _refuse(401, "bad_timestamp", "X-Larder-Timestamp must be Unix seconds")
+        if not abs(received_ms / 1000 - sent_s) <= HOOK_TIMESTAMP_WINDOW_S:
+            return _refuse(
+                401, "stale_timestamp", f"X-Larder-Timestamp is more than {HOOK_TIMESTAMP_WINDOW_S} s from now"
+            )
+        body = await request.read()
+        expected = sign(info.secret, ts_header, body)
+        if not hmac.compare_digest(expected.encode(), signature.encode()):
+            return _refuse(401, "bad_signature", "X-Larder-Signature does not match the body and timestamp")
+
+        ok, bad = validate_events(body, received_ms, self.skew_ms)
+        fresh: list[dict[str, Any]] = []
+        duplicates = 0
+        keys_seen: set[tuple[str, str]] = set()
+        for _, event in ok:
+            key = (camera, event.event_id)
+            if key in self.seen or key in keys_seen:
+                duplicates += 1
+                continue
+            keys_seen.add(key)
+            item = {
+                "camera": camera,
+                "site": info.site,
+                "kitchen": info.kitchen,
+                **event.model_dump(mode="json", exclude_none=True, exclude={"ts"}),
+                "ts_ms": to_ms(event.ts),
+                "received_ms": received_ms,
+            }
+            fresh.append(item)
+        assert self.producer is not None
+        futures = []
+        t0 = time.perf_counter()
+        if fresh:
+            value = serde.dumps({"v": 1, "kind": "kitchen_events", "items": fresh})
+            p = partition_for(info.kitchen, self.partitions)
+            futures.append(
+                await self.producer.send(self.topics.kitchen_events, value, key=info.kitchen.encode(), partition=p)
+            )
+            metrics.BATCH_SIZE.labels("hook").observe(len(fresh))
+        for index, code, reason, raw in bad:
+            dl = dead_letter(
+                source="hook",
+                reason_code=code,
+                reason=reason,
+                arrived_ms=received_ms,
+                payload=raw,
+                camera=camera,
+                index=index,
+            )
+            futures.append(await self.producer.send(self.topics.deadletter, dl, key=camera.encode()))
+        for fut in futures:
+            await fut  # 202 only once Kafka (acks=all) has every record
+        if futures:
+            metrics.PRODUCE_SECONDS.labels("hook").observe(time.perf_counter() - t0)
+        for item in fresh:
+            self.seen.add((camera, item["event_id"]))
+        metrics.ACCEPTED.labels("hook").inc(len(fresh))
+        if duplicates:
+            metrics.DUPLICATES.labels("hook").inc(duplicates)
+        for _, code, _, _ in bad:
+            metrics.DEAD_LETTERED.labels("hook", code).inc()
+        if bad:
+            rejected = [{"index": i, "reason_code": c, "reason": r} for i, c, r, _ in bad]
+            return _refuse(400, bad[0][1], bad[0][2], rejected=rejected, accepted=len(fresh), duplicates=duplicates)
+        metrics.HOOK_REQUESTS.labels("202").inc()
+        return web.json_response(
+            {"accepted": len(fresh), "duplicates": duplicates, "duplicate": not fresh and duplicates > 0},
+            status=202,
+        )
+
+
+def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
+    registry = ReloadingRegistry(settings.site_config)
+    hooks = Hooks(settings, registry)
+    host = host or settings.ingest.hooks_host
+    port = port if port is not None else settings.ingest.hooks_port
+    web.run_app(hooks.app(), host=host, port=port, print=lambda m: log.info("%s", m), access_log=None)
