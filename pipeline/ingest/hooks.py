@@ -39,6 +39,7 @@ from pipeline.ingest.registry import ReloadingRegistry
 from pipeline.ingest.validate import (
     BATCH_TOO_LARGE,
     FUTURE_TIMESTAMP,
+    INVALID,
     MISSING_FIELD,
     NOT_JSON,
     UNEXPECTED_FIELD,
@@ -111,7 +112,10 @@ def validate_events(
         except ValidationError as exc:
             first = exc.errors()[0]
             loc = ".".join(str(p) for p in first["loc"])
-            bad.append((index, reason_code_for(first), f"{loc}: {first['msg']}" if loc else first["msg"], raw))
+            code = reason_code_for(first)
+            if code == INVALID and "'count'" in first["msg"]:
+                code = MISSING_FIELD
+            bad.append((index, code, f"{loc}: {first['msg']}" if loc else first["msg"], raw))
             continue
         except ValueError as exc:  # model_post_init: person_count without count
             bad.append((index, MISSING_FIELD, str(exc), raw))
