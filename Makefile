@@ -5,6 +5,7 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+LINT_DIRS := $(wildcard pipeline simulators tests benchmarks)
 
 .PHONY: demo test lint bench-quick stack-up stack-down venv
 
@@ -22,12 +23,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	@$(VENV)/bin/larder stack up
-	@$(VENV)/bin/ruff check pipeline simulators tests benchmarks
+	@$(VENV)/bin/ruff check $(LINT_DIRS)
 	@$(VENV)/bin/mypy
 	@$(VENV)/bin/pytest -q -p no:cacheprovider tests
 
 lint: $(STAMP)
-	@$(VENV)/bin/ruff check pipeline simulators tests benchmarks
+	@$(VENV)/bin/ruff check $(LINT_DIRS)
 	@$(VENV)/bin/mypy
 
 stack-up: $(STAMP)
