@@ -6,6 +6,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 LINT_DIRS := $(wildcard pipeline simulators tests benchmarks)
+TYPED_DIRS := $(wildcard pipeline simulators benchmarks)
 
 .PHONY: demo test lint bench-quick stack-up stack-down venv
 
@@ -24,12 +25,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	@$(VENV)/bin/larder stack up
 	@$(VENV)/bin/ruff check $(LINT_DIRS)
-	@$(VENV)/bin/mypy
+	@$(VENV)/bin/mypy $(TYPED_DIRS)
 	@$(VENV)/bin/pytest -q -p no:cacheprovider tests
 
 lint: $(STAMP)
 	@$(VENV)/bin/ruff check $(LINT_DIRS)
-	@$(VENV)/bin/mypy
+	@$(VENV)/bin/mypy $(TYPED_DIRS)
 
 stack-up: $(STAMP)
 	@$(VENV)/bin/larder stack up
