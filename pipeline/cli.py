@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.alerts import commands as _alerts_commands
 from pipeline.ingest import commands as _ingest_commands
 from pipeline.settings import Settings, load_settings
 
@@ -26,6 +27,7 @@ stack_app = typer.Typer(
 )
 app.add_typer(stack_app, name="stack")
 _ingest_commands.register(app)  # larder devices ..., larder bridge, larder hooks
+_alerts_commands.register(app)  # larder notifier, larder sink, larder api
 
 SiteOpt = Annotated[
     Path | None,

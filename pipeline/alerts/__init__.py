@@ -1,0 +1,1 @@
+"""Alert delivery: routing, escalation, acknowledgement and the channels (docs/alerts.md)."""

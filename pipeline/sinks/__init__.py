@@ -1,0 +1,1 @@
+"""Sinks: Kafka topics into InfluxDB (docs/alerts.md has the schema)."""

@@ -1,0 +1,198 @@
+"""`larder sink`: everything on Kafka lands in InfluxDB exactly once per point, and nothing is lost.
+
+One consumer group reads the readings, kitchen-events, alerts, annotations and deliveries topics. Each poll
+becomes line protocol (:mod:`pipeline.sinks.lineproto`), is written in batches of ``notify.sink_batch`` points
+(gzip optional) and **only then** are the Kafka offsets committed. While InfluxDB is away the sink keeps
+retrying the same batch with capped exponential backoff and reads nothing new: an outage is back-pressure
+(consumer lag), never loss. After a crash, the batch that was written but not committed is read and written
+again, which is harmless because a point with the same series and timestamp overwrites itself.
+
+A record that cannot be decoded is logged and skipped (with a count), never retried forever: it would block its
+partition. A point InfluxDB refuses as malformed (HTTP 400, e.g. a field type conflict) is dropped the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError
+from influxdb_client import InfluxDBClient, WritePrecision
+from influxdb_client.client.write_api import SYNCHRONOUS
+from influxdb_client.rest import ApiException
+from pydantic import ValidationError
+
+from pipeline import serde
+from pipeline.schemas import Alert, Annotation, Delivery
+from pipeline.settings import Settings
+from pipeline.sinks import lineproto
+from pipeline.topics import Topics
+
+log = logging.getLogger("larder.sink")
+
+
+@dataclass
+class SinkStats:
+    points: int = 0
+    records: int = 0
+    batches: int = 0
+    retries: int = 0
+    skipped: int = 0
+    dropped_points: int = 0
+    last_error: str = ""
+    started: float = field(default_factory=time.monotonic)
+
+
+class InfluxWriter:
+    """A blocking influxdb-client write API used from a worker thread; retries are the caller's business."""
+
+    def __init__(self, settings: Settings, bucket: str | None = None) -> None:
+        i = settings.influx
+        self.bucket = bucket or i.bucket
+        self._client = InfluxDBClient(
+            url=i.base_url,
+            token=i.token_value(),
+            org=i.org,
+            enable_gzip=settings.notify.sink_gzip,
+            timeout=30_000,
+            retries=False,  # our loop retries, with backoff and without giving up
+        )
+        self._api = self._client.write_api(write_options=SYNCHRONOUS)
+
+    def write(self, lines: list[str], precision: str) -> None:
+        # WritePrecision.MS/NS are plain strings; the stub types them as the class.
+        self._api.write(self.bucket, record=lines, write_precision=cast(WritePrecision, precision))
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _permanent(exc: BaseException) -> bool:
+    """400 = InfluxDB parsed the batch and refused points (type conflict, bad line): retrying cannot help."""
+    return isinstance(exc, ApiException) and exc.status == 400
+
+
+class InfluxSink:
+    def __init__(
+        self,
+        settings: Settings,
+        topics: Topics,
+        *,
+        bucket: str | None = None,
+        group_id: str = "larder-sink",
+        progress: Callable[[SinkStats], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.topics = topics
+        self.writer = InfluxWriter(settings, bucket)
+        self.group_id = group_id
+        self.stats = SinkStats()
+        self._progress = progress
+        self._n = settings.notify
+
+    def _lines(self, topic: str, value: bytes) -> tuple[list[str], list[str]]:
+        """(millisecond lines, nanosecond lines) for one Kafka record."""
+        t = self.topics
+        data: Any = serde.loads(value)
+        if topic in (t.readings, t.kitchen_events):
+            return list(lineproto.batch_lines(data)), []
+        if topic == t.alerts:
+            return [], [lineproto.alert_line(Alert.model_validate(data))]
+        if topic == t.annotations:
+            return [], [lineproto.annotation_line(Annotation.model_validate(data))]
+        if topic == t.deliveries:
+            return [], [lineproto.delivery_line(Delivery.model_validate(data))]
+        return [], []
+
+    async def _write_all(self, lines: list[str], precision: str, stop: asyncio.Event) -> bool:
+        """Write ``lines`` in chunks, retrying each chunk until InfluxDB takes it. False if stopped first."""
+        size = self._n.sink_batch
+        for start in range(0, len(lines), size):
+            chunk = lines[start : start + size]
+            delay = self._n.backoff_s
+            while True:
+                try:
+                    await asyncio.to_thread(self.writer.write, chunk, precision)
+                    self.stats.points += len(chunk)
+                    self.stats.batches += 1
+                    break
+                except Exception as exc:
+                    if _permanent(exc):
+                        self.stats.dropped_points += len(chunk)
+                        log.error("InfluxDB refused %d points as malformed: %s", len(chunk), str(exc)[:300])
+                        break
+                    self.stats.retries += 1
+                    self.stats.last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+                    log.warning("InfluxDB write failed (%s); retrying in %.1f s", self.stats.last_error, delay)
+                    try:
+                        await asyncio.wait_for(stop.wait(), timeout=delay)
+                        return False
+                    except TimeoutError:
+                        pass
+                    delay = min(delay * 2, self._n.backoff_max_s)
+        return True
+
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> SinkStats:
+        t = self.topics
+        consumer = AIOKafkaConsumer(
+            t.readings,
+            t.kitchen_events,
+            t.alerts,
+            t.annotations,
+            t.deliveries,
+            bootstrap_servers=self.settings.kafka.bootstrap_servers,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # While InfluxDB is down the sink does not poll; without this the group would evict it after 5 min
+            # and another member would re-read the same batch (harmless, but pointless churn).
+            max_poll_interval_ms=24 * 3600 * 1000,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        await consumer.start()
+        if ready is not None:
+            ready.set()
+        last_report = time.monotonic()
+        try:
+            while not stop.is_set():
+                polled = await consumer.getmany(timeout_ms=500, max_records=2_000)
+                if not polled:
+                    continue
+                ms_lines: list[str] = []
+                ns_lines: list[str] = []
+                offsets: dict[TopicPartition, int] = {}
+                for tp, records in polled.items():
+                    for rec in records:
+                        self.stats.records += 1
+                        if rec.value is None:
+                            continue
+                        try:
+                            a, b = self._lines(tp.topic, rec.value)
+                        except (ValueError, ValidationError, KeyError, TypeError) as exc:
+                            self.stats.skipped += 1
+                            log.error("skipping undecodable record %s@%d: %s", tp, rec.offset, str(exc)[:200])
+                            continue
+                        ms_lines.extend(a)
+                        ns_lines.extend(b)
+                    offsets[tp] = records[-1].offset + 1
+                if not await self._write_all(ms_lines, WritePrecision.MS, stop):
+                    break
+                if not await self._write_all(ns_lines, WritePrecision.NS, stop):
+                    break
+                try:
+                    await consumer.commit(offsets)
+                except CommitFailedError as exc:
+                    # A rebalance took the partitions away; their new owner re-writes the same points (idempotent).
+                    log.warning("offset commit refused after rebalance: %s", exc)
+                if self._progress and time.monotonic() - last_report > 5:
+                    last_report = time.monotonic()
+                    self._progress(self.stats)
+        finally:
+            await consumer.stop()
+            self.writer.close()
+        return self.stats

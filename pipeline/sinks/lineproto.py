@@ -1,0 +1,213 @@
+"""The one place that turns Larder's Kafka records into InfluxDB line protocol (schema in docs/alerts.md).
+
+Measurements:
+
+* ``reading`` -- tags ``site, asset, device, profile``; fields ``temp_c, humidity, battery, door_open, defrost,
+  seq, delay_ms``; time = the reading's own ``ts_ms``.
+* ``alert`` -- one point per lifecycle transition; tags ``site, rule, severity, state, subject``; fields
+  ``alert_id, step, age_s, by, role, via, note, evidence``; time = the transition's ``at_ms``.
+* ``annotation`` -- tags ``site, subject, kind``; fields ``end_ms, duration_s, detail``; time = ``start_ms``.
+* ``delivery`` -- one point per ledger record (planned, each attempt, delivered/failed); tags ``site, rule,
+  severity, role, channel, kind, status``; fields ``message_id, recipient, alerts, attempt, http_status,
+  latency_ms, error``; time = ``at_ms``.
+
+Why every point is idempotent: InfluxDB keeps one value per (series, timestamp, field), so writing a point again
+overwrites it. Readings are unique per device and ``ts_ms``. Alert, annotation and delivery points of one series
+may share a millisecond (two alerts of a site opened by the same reading, a message to three people), so their
+timestamps carry a deterministic sub-millisecond offset derived from what makes them unique (alert id + state +
+step, message id + record kind + attempt): distinct records never collide, the same record always lands on the
+same nanosecond.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pipeline import serde
+from pipeline.schemas import Alert, Annotation, Delivery
+
+NS_PER_MS = 1_000_000
+
+
+def _tag(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ").replace("\n", " ")
+
+
+def _str_field(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _field(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return f"{value}i"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        return _str_field(value)
+    return _str_field(serde.dumps(value).decode())
+
+
+def line(measurement: str, tags: Mapping[str, str | None], fields: Mapping[str, Any], ts: int) -> str | None:
+    """One line; empty tags are left out, ``None`` fields are left out, and a point without fields is ``None``."""
+    tag_part = "".join(f",{k}={_tag(v)}" for k, v in sorted(tags.items()) if v)
+    rendered = [(k, _field(v)) for k, v in fields.items()]
+    field_part = ",".join(f"{k}={v}" for k, v in rendered if v is not None)
+    if not field_part:
+        return None
+    return f"{_tag(measurement)}{tag_part} {field_part} {ts}"
+
+
+def sub_ms(ms: int, *discriminator: object) -> int:
+    """``ms`` in nanoseconds plus a stable offset below one millisecond, unique per discriminator."""
+    digest = hashlib.blake2b("|".join(map(str, discriminator)).encode(), digest_size=8).digest()
+    return ms * NS_PER_MS + int.from_bytes(digest, "big") % NS_PER_MS
+
+
+# -- readings: written with millisecond precision ------------------------------------------------------------
+
+
+def reading_line(item: Mapping[str, Any]) -> str | None:
+    """A Reading item of a RecordBatch (a dict, as decoded from Kafka), timestamp in **milliseconds**."""
+    received = item.get("received_ms")
+    ts = int(item["ts_ms"])
+    return line(
+        "reading",
+        {
+            "site": item.get("site"),
+            "asset": item.get("asset"),
+            "device": item.get("device"),
+            "profile": item.get("profile"),
+        },
+        {
+            "temp_c": _float(item.get("temp_c")),
+            "humidity": _float(item.get("humidity")),
+            "battery": _float(item.get("battery")),
+            "door_open": item.get("door_open"),
+            "defrost": item.get("defrost"),
+            "seq": _int(item.get("seq")),
+            "delay_ms": int(received) - ts if isinstance(received, int) else None,
+        },
+        ts,
+    )
+
+
+def kitchen_event_line(item: Mapping[str, Any]) -> str | None:
+    """A KitchenEvent item (milliseconds); ``event_id`` is a field, so two events in one ms need distinct types."""
+    return line(
+        "kitchen_event",
+        {
+            "site": item.get("site"),
+            "kitchen": item.get("kitchen"),
+            "camera": item.get("camera"),
+            "type": item.get("type"),
+        },
+        {
+            "event_id": item.get("event_id"),
+            "zone": item.get("zone"),
+            "confidence": _float(item.get("confidence")),
+            "count": _int(item.get("count")),
+        },
+        int(item["ts_ms"]),
+    )
+
+
+def _float(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def _int(v: Any) -> int | None:
+    return int(v) if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+# -- everything else: nanosecond precision with the sub-millisecond discriminator -----------------------------
+
+
+def alert_line(alert: Alert) -> str:
+    ev = alert.evidence
+    step = ev.get("step") if isinstance(ev.get("step"), int) else None
+    opened_ms = ev.get("opened_ms")
+    age_s = (alert.at_ms - opened_ms) / 1000 if isinstance(opened_ms, int) else None
+    out = line(
+        "alert",
+        {
+            "site": alert.site,
+            "rule": alert.rule,
+            "severity": alert.severity.value,
+            "state": alert.state.value,
+            "subject": alert.subject,
+        },
+        {
+            "alert_id": alert.alert_id,
+            "step": step,
+            "age_s": age_s,
+            "by": ev.get("by") if alert.state.value == "acknowledged" else None,
+            "role": ev.get("role") if alert.state.value == "acknowledged" else None,
+            "via": ev.get("via") if alert.state.value == "acknowledged" else None,
+            "note": ev.get("note") if alert.state.value == "acknowledged" else None,
+            "evidence": serde.dumps(ev).decode(),
+        },
+        sub_ms(alert.at_ms, alert.alert_id, alert.state.value, step),
+    )
+    assert out is not None  # alert_id is always a field
+    return out
+
+
+def annotation_line(a: Annotation) -> str:
+    out = line(
+        "annotation",
+        {"site": a.site, "subject": a.subject, "kind": a.kind},
+        {
+            "end_ms": a.end_ms,
+            "duration_s": (a.end_ms - a.start_ms) / 1000,
+            "detail": serde.dumps(a.detail).decode(),
+        },
+        sub_ms(a.start_ms, a.kind, a.subject, a.end_ms),
+    )
+    assert out is not None
+    return out
+
+
+def delivery_line(d: Delivery) -> str:
+    out = line(
+        "delivery",
+        {
+            "site": d.site,
+            "rule": d.rule,
+            "severity": d.severity,
+            "role": d.role,
+            "channel": d.channel or (d.channels[0] if d.channels else ""),
+            "kind": d.kind,
+            "status": d.status,
+        },
+        {
+            "message_id": d.message_id,
+            "recipient": d.recipient,
+            "alerts": len(d.alert_ids) if d.kind == "planned" else None,
+            "alert_ids": ",".join(d.alert_ids) if d.alert_ids else None,
+            "attempt": d.attempt,
+            "http_status": d.http_status,
+            "latency_ms": d.latency_ms,
+            "error": d.error,
+        },
+        sub_ms(d.at_ms, d.message_id, d.kind, d.attempt, d.channel),
+    )
+    assert out is not None
+    return out
+
+
+def batch_lines(value: Mapping[str, Any]) -> Iterable[str]:
+    """Lines for one RecordBatch record of the readings or kitchen-events topic; ticks give none."""
+    kind = value.get("kind")
+    make = reading_line if kind == "readings" else kitchen_event_line if kind == "kitchen_events" else None
+    if make is None:
+        return
+    for item in value.get("items", ()):
+        out = make(item)
+        if out is not None:
+            yield out

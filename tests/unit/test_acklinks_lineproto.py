@@ -1,0 +1,103 @@
+"""Ack-link tokens (forged, expired, malformed) and line protocol (escaping, idempotent timestamps)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.alerts import acklinks
+from pipeline.schemas import Alert, AlertState, Delivery, Severity
+from pipeline.sinks import lineproto
+
+KEY = "k" * 32
+MID = "m0123456789abcdef"
+
+
+def test_token_roundtrip_and_length() -> None:
+    token = acklinks.issue(KEY, MID, 2_000_000_000)
+    assert len(token) == 32 and "=" not in token
+    claims = acklinks.verify(KEY, token, 1_999_999_999)
+    assert claims.message_id == MID and claims.expires_s == 2_000_000_000
+
+
+def test_expired_token_is_refused() -> None:
+    token = acklinks.issue(KEY, MID, 1_000)
+    with pytest.raises(acklinks.InvalidToken) as err:
+        acklinks.verify(KEY, token, 1_000)
+    assert err.value.reason is acklinks.TokenError.EXPIRED
+
+
+@pytest.mark.parametrize("tamper", ["other-key", "flip-expiry", "flip-message"])
+def test_forged_token_is_refused(tamper: str) -> None:
+    token = acklinks.issue(KEY, MID, 2_000_000_000)
+    if tamper == "other-key":
+        token = acklinks.issue("x" * 32, MID, 2_000_000_000)
+    else:
+        import base64
+
+        raw = bytearray(base64.urlsafe_b64decode(token + "=="))
+        raw[9 if tamper == "flip-expiry" else 0] ^= 0x01
+        token = base64.urlsafe_b64encode(bytes(raw)).decode().rstrip("=")
+    with pytest.raises(acklinks.InvalidToken) as err:
+        acklinks.verify(KEY, token, 1_000)
+    assert err.value.reason is acklinks.TokenError.FORGED
+
+
+@pytest.mark.parametrize("token", ["", "abc", "!!!!", "A" * 200])
+def test_malformed_token_is_refused(token: str) -> None:
+    with pytest.raises(acklinks.InvalidToken):
+        acklinks.verify(KEY, token, 0)
+
+
+def test_reading_line_escapes_and_uses_milliseconds() -> None:
+    item = {
+        "device": "dev 1,a=b",
+        "site": "S1",
+        "asset": "cold room",
+        "profile": "chilled",
+        "seq": 7,
+        "ts_ms": 1_700_000_000_123,
+        "temp_c": 3,
+        "humidity": None,
+        "door_open": False,
+        "received_ms": 1_700_000_000_200,
+    }
+    out = lineproto.reading_line(item)
+    assert out == (
+        r"reading,asset=cold\ room,device=dev\ 1\,a\=b,profile=chilled,site=S1 "
+        "temp_c=3.0,door_open=false,seq=7i,delay_ms=77i 1700000000123"
+    )
+
+
+def test_string_fields_escape_quotes_and_newlines() -> None:
+    out = lineproto.line("m", {"t": "x"}, {"note": 'said "ok"\nthen left\\'}, 5)
+    assert out == 'm,t=x note="said \\"ok\\"\\nthen left\\\\" 5'
+    assert lineproto.line("m", {}, {"a": None}, 5) is None
+
+
+def _alert(state: AlertState, step: int | None = None) -> Alert:
+    return Alert(
+        alert_id="al-1",
+        rule="coldchain.high",
+        severity=Severity.WARNING,
+        site="S1",
+        subject="d1",
+        state=state,
+        opened_at="2026-11-23T02:00:00.000Z",
+        at_ms=1_800_000_000_000,
+        evidence={"step": step, "opened_ms": 1_800_000_000_000} if step is not None else {},
+    )
+
+
+def test_alert_points_are_stable_and_distinct_within_one_millisecond() -> None:
+    a, b = _alert(AlertState.OPEN), _alert(AlertState.ESCALATED, 1)
+    ta, tb = (int(lineproto.alert_line(x).rsplit(" ", 1)[1]) for x in (a, b))
+    assert ta // 1_000_000 == tb // 1_000_000 == 1_800_000_000_000
+    assert ta != tb
+    assert lineproto.alert_line(a) == lineproto.alert_line(a), "a rewrite lands on the same point"
+
+
+def test_delivery_attempts_do_not_collide() -> None:
+    base = Delivery(kind="attempt", message_id="m1", at_ms=5, recipient="rcp-1", channel="sms", status="retry")
+    lines = {lineproto.delivery_line(base.model_copy(update={"attempt": n})) for n in range(1, 50)}
+    stamps = {ln.rsplit(" ", 1)[1] for ln in lines}
+    assert len(stamps) == 49
