@@ -217,12 +217,19 @@ class Bridge:
         records: list[_Record] = []
         reasons: Tally[str] = Tally()
         dups = 0
+        rechecked = False
         dl_topic = self.topics.deadletter
         for topic, payload, _mid, _qos, dup in batch:
             if dup:
                 dups += 1
             device = device_of(topic)
             info = reg.devices.get(device) if device is not None else None
+            if info is None and device is not None and not rechecked:
+                # A device added a moment ago may publish before the next poll: look at the file once now.
+                rechecked = True
+                if self.registry.reload():
+                    reg = self.registry.current
+                    info = reg.devices.get(device)
             if info is None:
                 code = BAD_TOPIC if device is None else UNKNOWN_DEVICE
                 reason = (
