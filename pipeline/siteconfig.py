@@ -21,6 +21,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
+from pipeline.detectors.rules import DeviceRuleSet, KitchenRuleSet, ProfileDef
 from pipeline.schemas import Id
 
 Role = Literal["operator", "site_manager", "station", "district"]
@@ -103,8 +104,8 @@ class Asset(_Model):
     name: str = ""
     kind: Literal["cold_room", "freezer", "reefer_truck", "fridge", "display", "pharma_fridge", "other"] = "other"
     profile: str = "chilled"
-    #: Per-asset rule overrides, merged over the profile (see :mod:`pipeline.profiles`).
-    overrides: dict[str, Any] = Field(default_factory=dict)
+    #: Per-asset rule overrides, merged key by key over the profile (see :mod:`pipeline.profiles`).
+    overrides: DeviceRuleSet = Field(default_factory=DeviceRuleSet)
     defrost_schedule: list[TimeWindow] = Field(default_factory=list)
 
 
@@ -112,7 +113,7 @@ class Kitchen(_Model):
     name: str = ""
     service_hours: list[TimeWindow] = Field(default_factory=list)
     #: Kitchen rule overrides (unattended T1/T2, hygiene thresholds), see :mod:`pipeline.profiles`.
-    overrides: dict[str, Any] = Field(default_factory=dict)
+    overrides: KitchenRuleSet = Field(default_factory=KitchenRuleSet)
 
 
 class Camera(SecretRef):
@@ -156,6 +157,11 @@ class EscalationPolicy(_Model):
     reminder_min: float = Field(30, gt=0, description="repeat to the current step while unacknowledged")
 
 
+class SiteOverrides(_Model):
+    device: DeviceRuleSet = Field(default_factory=DeviceRuleSet)
+    kitchen: KitchenRuleSet = Field(default_factory=KitchenRuleSet)
+
+
 class Site(_Model):
     name: str = ""
     timezone: str = "Asia/Shanghai"
@@ -168,6 +174,8 @@ class Site(_Model):
     cameras: dict[Id, Camera] = Field(default_factory=dict)
     recipients: dict[Role, list[Recipient]] = Field(default_factory=dict)
     escalation: EscalationPolicy = Field(default_factory=lambda: EscalationPolicy())
+    #: Rule overrides for every asset (``device``) and kitchen (``kitchen``) of the site, under the asset's own.
+    overrides: SiteOverrides = Field(default_factory=lambda: SiteOverrides())
 
     @field_validator("timezone")
     @classmethod
@@ -194,7 +202,7 @@ class Site(_Model):
 class SiteConfig(_Model):
     version: Literal[1] = 1
     #: Custom profiles by name; built-ins (chilled, frozen, kitchen_fridge, pharma) need no entry.
-    profiles: dict[Id, dict[str, Any]] = Field(default_factory=dict)
+    profiles: dict[Id, ProfileDef] = Field(default_factory=dict)
     sites: dict[Id, Site] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -208,6 +216,19 @@ class SiteConfig(_Model):
                         "device and camera ids are MQTT/hook usernames and must be unique"
                     )
                 seen[dev] = site_id
+        return self
+
+    @model_validator(mode="after")
+    def _rules_resolve(self) -> SiteConfig:
+        # Profiles and overrides merge only here; a bad profile name or a merge that breaks a rule names the asset.
+        from pipeline.profiles import ProfileError, resolve_device_rules
+
+        for site_id, site in self.sites.items():
+            for dev_id, dev in site.devices.items():
+                try:
+                    resolve_device_rules(self, site_id, dev_id)
+                except (ProfileError, ValidationError) as exc:
+                    raise ValueError(f"site {site_id} asset {dev.asset} (device {dev_id}): {exc}") from None
         return self
 
     # -- lookups used by the bridge, hooks and agents ----------------------------------------------------------
