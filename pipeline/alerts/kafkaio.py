@@ -19,7 +19,7 @@ async def _partitions(consumer: AIOKafkaConsumer, topics: Iterable[str]) -> list
         for _ in range(50):
             if parts:
                 break
-            await consumer.topics()  # refreshes metadata
+            await consumer._client.force_metadata_update()  # no public call refreshes a group-less consumer
             await asyncio.sleep(0.1)
             parts = consumer.partitions_for_topic(topic)
         if not parts:
