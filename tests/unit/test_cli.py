@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
 import pytest
 import typer.main
 from ruamel.yaml import YAML
@@ -15,16 +14,16 @@ from pipeline.cli import app
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+def _paths(group: object, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    # Typer ships its own click fork, so sub-groups are recognised by their `commands`, not by click's classes.
     out = []
-    for name, cmd in group.commands.items():
+    for name, cmd in getattr(group, "commands", {}).items():
         out.append((*prefix, name))
-        if isinstance(cmd, click.Group):
-            out.extend(_paths(cmd, (*prefix, name)))
+        out.extend(_paths(cmd, (*prefix, name)))
     return out
 
 
-COMMANDS = _paths(typer.main.get_command(app))  # type: ignore[arg-type]
+COMMANDS = _paths(typer.main.get_command(app))
 
 
 @pytest.mark.parametrize("path", COMMANDS, ids=" ".join)
