@@ -98,6 +98,23 @@ def profile_patch(cfg: SiteConfig | None, name: str, _seen: tuple[str, ...] = ()
     return _merge(profile_patch(cfg, base, (*_seen, name)), patch)
 
 
+def device_rules_from(*patches: dict[str, Any], **context: Any) -> DeviceRules:
+    """Defaults, then each patch in order (key by key), then the per-device context (site, device, ...)."""
+    merged = DeviceRuleSet().model_dump(mode="json")
+    for patch in patches:
+        merged = _merge(merged, patch)
+    DeviceRuleSet.model_validate(merged)  # the rule set alone, so a bad merge names a rule field
+    return DeviceRules.model_validate(merged | context)
+
+
+def kitchen_rules_from(*patches: dict[str, Any], **context: Any) -> KitchenRules:
+    merged = KitchenRuleSet().model_dump(mode="json")
+    for patch in patches:
+        merged = _merge(merged, patch)
+    KitchenRuleSet.model_validate(merged)
+    return KitchenRules.model_validate(merged | context)
+
+
 def _windows(windows: list[TimeWindow]) -> tuple[tuple[int, int], ...]:
     return tuple((w.start.hour * 60 + w.start.minute, w.end.hour * 60 + w.end.minute) for w in windows)
 
@@ -107,19 +124,16 @@ def resolve_device_rules(cfg: SiteConfig, site_id: str, device_id: str) -> Devic
     site = cfg.sites[site_id]
     dev = site.devices[device_id]
     asset = site.assets[dev.asset]
-    merged = _merge(profile_patch(cfg, asset.profile), patch_of(site.overrides.device))
-    merged = _merge(merged, patch_of(asset.overrides))
-    DeviceRuleSet.model_validate(merged)  # the rule set alone, so a bad merge names a rule field
-    return DeviceRules.model_validate(
-        merged
-        | {
-            "site": site_id,
-            "device": device_id,
-            "profile": asset.profile,
-            "timezone": site.timezone,
-            "interval_s": dev.interval_s,
-            "defrost_schedule": _windows(asset.defrost_schedule),
-        }
+    return device_rules_from(
+        profile_patch(cfg, asset.profile),
+        patch_of(site.overrides.device),
+        patch_of(asset.overrides),
+        site=site_id,
+        device=device_id,
+        profile=asset.profile,
+        timezone=site.timezone,
+        interval_s=dev.interval_s,
+        defrost_schedule=_windows(asset.defrost_schedule),
     )
 
 
@@ -127,15 +141,12 @@ def resolve_kitchen_rules(cfg: SiteConfig, site_id: str, kitchen_id: str) -> Kit
     """The rules for one kitchen: defaults, then ``site.overrides.kitchen``, then ``kitchen.overrides``."""
     site = cfg.sites[site_id]
     kitchen = site.kitchens[kitchen_id]
-    defaults = KitchenRuleSet().model_dump(mode="json")  # so a partial hygiene severity map adds to the defaults
-    merged = _merge(_merge(defaults, patch_of(site.overrides.kitchen)), patch_of(kitchen.overrides))
-    KitchenRuleSet.model_validate(merged)
-    return KitchenRules.model_validate(
-        merged
-        | {
-            "site": site_id,
-            "kitchen": kitchen_id,
-            "timezone": site.timezone,
-            "service_hours": _windows(kitchen.service_hours),
-        }
+    # Starting from the full defaults also makes a partial hygiene severity map add to the default one.
+    return kitchen_rules_from(
+        patch_of(site.overrides.kitchen),
+        patch_of(kitchen.overrides),
+        site=site_id,
+        kitchen=kitchen_id,
+        timezone=site.timezone,
+        service_hours=_windows(kitchen.service_hours),
     )

@@ -103,6 +103,8 @@ class DeviceState(NamedTuple):
     #: (bucket index, completed (weight, ms) pairs flattened, current weight, current ms, accounted-to, opened)
     mkt: tuple[int, tuple[float, ...], float, int, int, int | None] | None = None
     late_count: int = 0
+    #: The next timer deadline, cached so a tick that fires nothing is O(1) (derived; recomputed on change).
+    due: int | None = None
 
 
 def _ms(minutes: float) -> int:
@@ -207,10 +209,8 @@ class DeviceDetector:
         if target <= state.frontier:
             return state, []
         buf = state.buf
-        if not (buf and buf[0][0] < target):
-            d = _Work(self, state).next_deadline()
-            if d is None or d > target:
-                return state, []
+        if not (buf and buf[0][0] < target) and (state.due is None or state.due > target):
+            return state, []
         w = _Work(self, state)
         w.release(target)
         return w.freeze(), w.out
@@ -330,13 +330,14 @@ def _dur_min(a: int, b: int) -> float:
 class _Work:
     """A mutable working copy of :class:`DeviceState` for one call; :meth:`freeze` makes the new state."""
 
-    __slots__ = (*DeviceState._fields, "d", "now", "out", "orig")
+    __slots__ = (*DeviceState._fields, "d", "due_ok", "now", "orig", "out")
 
     def __init__(self, d: DeviceDetector, s: DeviceState) -> None:
         self.d = d
         self.orig = s
         self.out: list[Output] = []
         self.now = s.frontier
+        self.due_ok = True
         (
             self.frontier,
             self.max_ts,
@@ -360,6 +361,7 @@ class _Work:
             self.cum,
             self.mkt,
             self.late_count,
+            self.due,
         ) = s
 
     def freeze(self) -> DeviceState:
@@ -386,6 +388,7 @@ class _Work:
             self.cum,
             self.mkt,
             self.late_count,
+            self.due if self.due_ok else self.next_deadline(),
         )
         return self.orig if new == self.orig else new
 
@@ -409,11 +412,12 @@ class _Work:
             self.frontier = target
 
     def advance(self, t: int) -> None:
-        while True:
-            dl = self.next_deadline()
-            if dl is None or dl > t:
-                break
+        dl = self.due if self.due_ok else self.next_deadline()
+        while dl is not None and dl <= t:
             self.fire(dl)
+            dl = self.next_deadline()
+        self.due = dl
+        self.due_ok = True
         if t > self.now:
             self.now = t
 
@@ -689,6 +693,7 @@ class _Work:
         d = self.d
         t, _seq, x, door, defrost, battery = item
         self.now = t
+        self.due_ok = False
         prev = self.last_ts
         if self.cum is not None or (d.cum_on and prev != NEG):
             self._cum_account(t)

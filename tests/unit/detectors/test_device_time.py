@@ -1,0 +1,155 @@
+"""Lateness, de-duplication, ticks, liveness, state identity and size."""
+
+from __future__ import annotations
+
+from pipeline.detectors.device import DeviceDetector
+from pipeline.detectors.run import run_device_stream
+from pipeline.schemas import AlertState, Reading, Severity
+
+from .helpers import T0, Feeder, M, device_rules, minute_of, reading, summary
+
+_QUIET = {"cumulative": {"limit": None}, "mkt": {"limit": None}, "rate_of_rise": {"limit_c_per_min": None}}
+
+
+def _det(**patch: object) -> DeviceDetector:
+    return DeviceDetector(device_rules(**(_QUIET | patch)))
+
+
+def test_out_of_order_within_lateness_changes_nothing() -> None:
+    det = _det(allowed_lateness_min=3)
+    temps = [4.0] * 5 + [9.0] * 20 + [4.0] * 15
+    in_order = [reading(i, t) for i, t in enumerate(temps)]
+    shuffled = list(in_order)
+    for i in range(0, len(shuffled) - 2, 3):  # swap neighbours: each arrives at most 2 min late
+        shuffled[i], shuffled[i + 2] = shuffled[i + 2], shuffled[i]
+    a = run_device_stream(det, in_order, final_ms=T0 + 60 * M)
+    b = run_device_stream(det, shuffled, final_ms=T0 + 60 * M)
+    assert a == b
+    assert ("coldchain.high", "open", "warning", 20.0) in summary(a)
+
+
+def test_a_reading_beyond_the_lateness_is_annotated_and_counted_not_applied() -> None:
+    f = Feeder(_det(allowed_lateness_min=1))
+    f.series(0, 10, 4.0)  # frontier now at 9 (10 - 1)
+    before = f.state
+    late = f.r(5.5, 30.0, seq=5500, now_min=10)
+    assert [o.kind for o in late] == ["late"]  # type: ignore[union-attr]
+    ann = late[0]
+    assert ann.detail["late_by_ms"] == 3.5 * M and ann.detail["late_count"] == 1  # type: ignore[union-attr]
+    assert ann.detail["outside_levels"] == ["coldchain.high", "coldchain.high_high"]  # type: ignore[union-attr]
+    assert f.state.late_count == 1 and f.state.conds == before.conds
+    f.series(11, 60, 4.0)
+    assert f.alerts() == []
+
+
+def test_exact_duplicate_by_seq_returns_the_same_state() -> None:
+    det = _det(allowed_lateness_min=1)
+    s = det.initial()
+    s, _ = det.on_reading_dict(s, reading(0, 4.0, seq=7), T0)
+    s2, out = det.on_reading_dict(s, reading(0, 4.0, seq=7), T0)
+    assert s2 is s and out == []
+    # A duplicate long after it was processed is still recognised (not reported late).
+    for i in range(1, 50):
+        s, _ = det.on_reading_dict(s, reading(i, 4.0, seq=7 + i), T0 + i * M)
+    s3, out = det.on_reading_dict(s, reading(0, 4.0, seq=7), T0 + 50 * M)
+    assert s3 is s and out == []
+
+
+def test_restarted_sequence_counter_is_accepted() -> None:
+    det = _det()
+    s = det.initial()
+    for i in range(5):
+        s, _ = det.on_reading_dict(s, reading(i, 4.0, seq=10_000 + i), T0 + i * M)
+    s2, _ = det.on_reading_dict(s, reading(5, 4.0, seq=0), T0 + 5 * M)
+    assert s2 is not s and s2.seq_max == 0
+
+
+def test_reading_model_and_dict_paths_agree() -> None:
+    det = _det()
+    rows = [reading(i, 9.0 if 3 < i < 30 else 4.0) for i in range(40)]
+    models = [Reading(device="dev-1", site="S01", asset="a", profile="chilled", received_ms=0, **r) for r in rows]
+    assert run_device_stream(det, rows, final_ms=T0 + 50 * M) == run_device_stream(det, models, final_ms=T0 + 50 * M)
+
+
+def test_tick_that_fires_nothing_returns_the_same_state() -> None:
+    det = _det(allowed_lateness_min=1)
+    s = det.initial()
+    s, _ = det.on_reading_dict(s, reading(0, 4.0), T0)
+    s, _ = det.on_tick(s, T0 + 2 * M)  # processes the reading
+    s2, out = det.on_tick(s, T0 + 2 * M + 500)
+    assert s2 is s and out == []
+
+
+def test_offline_after_k_intervals_fires_from_a_tick_at_the_deadline() -> None:
+    f = Feeder(_det())  # interval 60 s, k = 2, lateness 0
+    f.r(0, 4.0)
+    assert f.tick(2 - 1 / M) == []
+    assert [a.rule for a in f.tick(2)] == ["liveness.offline"]  # the deadline is exactly 2 x 60 s
+    f.tick(3)
+    (offline,) = f.alerts("liveness.offline")
+    assert minute_of(offline.at_ms) == 2 and offline.severity is Severity.WARNING
+    f.r(10, 4.0)
+    f.tick(11)
+    resolved = f.alerts("liveness.offline")[-1]
+    assert resolved.state is AlertState.RESOLVED and minute_of(resolved.at_ms) == 10
+
+
+def test_offline_deadline_waits_for_the_lateness() -> None:
+    f = Feeder(_det(allowed_lateness_min=1))
+    f.r(0, 4.0)
+    f.tick(2.5)
+    assert f.alerts() == []  # frontier 1.5 < deadline 2
+    f.tick(3)
+    assert minute_of(f.alerts("liveness.offline")[0].at_ms) == 2
+
+
+def test_gap_is_a_compliance_finding_even_when_filled_later() -> None:
+    f = Feeder(_det(allowed_lateness_min=1))
+    f.series(0, 5, 4.0)
+    f.tick(30)  # live view: no data since 5; the frontier is at 29
+    # store-and-forward upload fills the gap: 6..28 are late (the finding stays), 29 is not
+    for m in range(6, 30):
+        f.r(m, 4.0, now_min=31)
+    f.r(31, 4.0, now_min=31)
+    f.tick(33)
+    gap = f.alerts("liveness.gap")
+    assert [(a.state.value, minute_of(a.at_ms), a.notify) for a in gap] == [
+        ("open", 20.0, False),
+        ("resolved", 29.0, False),
+    ]
+    (finding,) = f.annotations("compliance_gap")
+    assert (minute_of(finding.start_ms), minute_of(finding.end_ms)) == (5.0, 29.0)
+    assert len(f.annotations("late")) == 23 and f.state.late_count == 23
+
+
+def test_stuck_sensor_and_recovery() -> None:
+    f = Feeder(_det(liveness={"stuck_min": 60}))
+    f.series(0, 70, 4.2)
+    f.r(71, 4.3)
+    f.tick(72)
+    stuck = f.alerts("liveness.stuck")
+    assert [(a.state.value, minute_of(a.at_ms)) for a in stuck] == [("open", 60.0), ("resolved", 71.0)]
+
+
+def test_battery_low_with_hysteresis() -> None:
+    f = Feeder(_det())
+    f.r(0, 4.0, battery=0.25)
+    f.r(1, 4.0, battery=0.19)
+    f.r(2, 4.0, battery=0.22)  # < 0.2 + 0.05: still low
+    f.r(3, 4.0, battery=0.9)
+    f.tick(4)
+    bat = f.alerts("liveness.battery_low")
+    assert [(a.state.value, minute_of(a.at_ms), a.notify) for a in bat] == [
+        ("open", 1.0, True),
+        ("resolved", 3.0, False),
+    ]
+
+
+def test_state_round_trips_and_stays_small() -> None:
+    det = DeviceDetector(device_rules())  # everything on: MKT, cumulative, rate of rise
+    f = Feeder(det)
+    for m in range(0, 3 * 24 * 60, 1):
+        f.r(m, 4.0 + (m % 97) / 10, battery=0.8, door_open=(m % 300) < 3)
+    raw = det.state_to_bytes(f.state)
+    assert len(raw) <= 2048, len(raw)
+    assert det.state_from_bytes(raw) == f.state
