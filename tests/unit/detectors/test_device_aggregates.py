@@ -53,7 +53,7 @@ def test_cumulative_below_direction_and_resolution_when_the_window_slides() -> N
     f.series(0, 90, -1.0)
     f.series(91, 600, 4.0)
     alerts = f.alerts("coldchain.cumulative")
-    assert [(a.state.value, minute_of(a.at_ms)) for a in alerts][0] == ("open", 60.0)
+    assert (alerts[0].state.value, minute_of(alerts[0].at_ms)) == ("open", 60.0)
     # 240-min window = 24 buckets of 10 min (the current one + 23 before). Exposure was minutes 0..91; at the
     # boundary 270 the window starts at 40, leaving 51 min < 60 of exposure: resolved there, not before.
     assert alerts[1].state is AlertState.RESOLVED and minute_of(alerts[1].at_ms) == 270
