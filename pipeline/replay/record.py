@@ -1,0 +1,216 @@
+"""`larder record`: capture what arrives into a contract-3 replay file.
+
+* Device messages: a plain (non-shared) MQTT subscription to ``larder/v1/devices/+/readings`` as the bridge
+  user, so the recorder sees every publish exactly as the device sent it (payload bytes, store-and-forward
+  batches intact) without taking messages away from the bridges' shared subscription. ``at`` = arrival.
+* Camera events: the hook is an HTTP endpoint, so there is nothing to subscribe to; the recorder reads what
+  the hook accepted from the kitchen-events topic (and what it refused from the dead-letter topic) and writes
+  each request back as its contract-2 body. ``at`` = when the hook received it (``received_ms``).
+
+Lines are written in ``at`` order through a short reorder buffer (the two sources arrive with different
+latencies). Start the recorder before the traffic you want to capture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import heapq
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import paho.mqtt.client as mqtt
+
+from pipeline import serde
+from pipeline.schemas import ms_to_iso
+from pipeline.settings import Settings
+from pipeline.topics import Topics
+from simulators.core import Line
+
+REORDER_MS = 3000
+
+
+@dataclass
+class RecordStats:
+    mqtt: int = 0
+    hooks: int = 0
+    lines: int = 0
+    first_ms: int | None = None
+    last_ms: int | None = None
+
+
+def event_body(item: dict[str, Any]) -> dict[str, Any]:
+    """A stored kitchen event back in its contract-2 form."""
+    body: dict[str, Any] = {"event_id": item["event_id"], "ts": ms_to_iso(item["ts_ms"]), "type": item["type"]}
+    for k in ("zone", "confidence", "count", "image_url"):
+        if item.get(k) is not None:
+            body[k] = item[k]
+    return body
+
+
+class Recorder:
+    def __init__(self, settings: Settings, topics: Topics, out: IO[bytes]) -> None:
+        self.settings = settings
+        self.topics = topics
+        self.out = out
+        self.stats = RecordStats()
+        self._heap: list[tuple[int, int, Line]] = []
+        self._n = 0
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self._error: str | None = None
+
+    # -- collecting -------------------------------------------------------------------------------------------
+
+    def _push(self, line: Line) -> None:
+        with self._lock:
+            self._n += 1
+            heapq.heappush(self._heap, (line.at_ms, self._n, line))
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        now = time.time_ns() // 1_000_000
+        parts = msg.topic.split("/")
+        device = parts[3] if len(parts) == 5 else ""
+        try:
+            payload: Any = serde.loads(msg.payload)
+        except Exception:
+            # Not JSON: keep it as a string so a replay sends the same bad message to the dead-letter path.
+            payload = bytes(msg.payload).decode("utf-8", "replace")
+        self.stats.mqtt += 1
+        self._push(Line(now, "mqtt", device, payload))
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
+        if rc.is_failure:
+            self._error = f"MQTT refused the recorder: {rc}"
+        else:
+            client.subscribe("larder/v1/devices/+/readings", qos=1)
+        self._connected.set()
+
+    def _on_kitchen(self, value: bytes) -> None:
+        rec = serde.loads(value)
+        if rec.get("kind") != "kitchen_events":
+            return
+        by_request: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for it in rec.get("items", ()):
+            by_request.setdefault((it["camera"], it["received_ms"]), []).append(event_body(it))
+        for (camera, at), events in by_request.items():
+            self.stats.hooks += 1
+            body: Any = events[0] if len(events) == 1 else {"events": events}
+            self._push(Line(at, "hook", camera, body))
+
+    def _on_dead(self, value: bytes) -> None:
+        dl = serde.loads(value)
+        if dl.get("source") != "hook" or not dl.get("camera") or dl.get("index") is not None:
+            return
+        raw = base64.b64decode(dl["payload_b64"])
+        try:
+            body: Any = serde.loads(raw)
+        except Exception:
+            body = raw.decode("utf-8", "replace")
+        self.stats.hooks += 1
+        self._push(Line(dl["arrived_ms"], "hook", dl["camera"], body))
+
+    # -- writing ----------------------------------------------------------------------------------------------
+
+    def flush(self, upto_ms: int | None) -> None:
+        with self._lock:
+            while self._heap and (upto_ms is None or self._heap[0][0] <= upto_ms):
+                _, _, line = heapq.heappop(self._heap)
+                self.out.write(line.dumps() + b"\n")
+                self.stats.lines += 1
+                self.stats.first_ms = self.stats.first_ms if self.stats.first_ms is not None else line.at_ms
+                self.stats.last_ms = line.at_ms
+        self.out.flush()
+
+    async def run(
+        self,
+        stop: asyncio.Event,
+        *,
+        ready: Callable[[], None] | None = None,
+        on_progress: Callable[[RecordStats], None] | None = None,
+    ) -> RecordStats:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        m = self.settings.mqtt
+        assert m.bridge_password is not None, "load settings with load_settings()"
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"larder-recorder-{uuid.uuid4().hex[:6]}", clean_session=True
+        )
+        client.username_pw_set(m.bridge_user, m.bridge_password.get_secret_value())
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka.bootstrap_servers, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            parts = [
+                TopicPartition(t, p)
+                for t in (self.topics.kitchen_events, self.topics.deadletter)
+                for p in sorted(consumer.partitions_for_topic(t) or ())
+            ]
+            if parts:
+                consumer.assign(parts)
+                await consumer.seek_to_end(*parts)
+                for tp in parts:
+                    await consumer.position(tp)
+            client.connect(m.host, m.port, keepalive=30)
+            client.loop_start()
+            await asyncio.get_running_loop().run_in_executor(None, self._connected.wait, 10)
+            if self._error or not self._connected.is_set():
+                raise RuntimeError(self._error or f"cannot reach the MQTT broker at {m.host}:{m.port}")
+            await asyncio.sleep(0.2)  # let the SUBACK land before saying we are recording
+            if ready:
+                ready()
+            while not stop.is_set():
+                if parts:
+                    batch = await consumer.getmany(timeout_ms=200)
+                    for tp, records in batch.items():
+                        for r in records:
+                            if r.value is None:
+                                continue
+                            if tp.topic == self.topics.kitchen_events:
+                                self._on_kitchen(r.value)
+                            else:
+                                self._on_dead(r.value)
+                else:
+                    await asyncio.sleep(0.2)
+                self.flush(time.time_ns() // 1_000_000 - REORDER_MS)
+                if on_progress:
+                    on_progress(self.stats)
+            # Drain what the hooks accepted just before the stop.
+            if parts:
+                batch = await consumer.getmany(timeout_ms=500)
+                for tp, records in batch.items():
+                    for r in records:
+                        if r.value is not None:
+                            (self._on_kitchen if tp.topic == self.topics.kitchen_events else self._on_dead)(r.value)
+        finally:
+            client.disconnect()
+            client.loop_stop()
+            await consumer.stop()
+        self.flush(None)
+        return self.stats
+
+
+async def record(
+    settings: Settings,
+    topics: Topics,
+    path: Path,
+    stop: asyncio.Event,
+    *,
+    end_line: bool = True,
+    ready: Callable[[], None] | None = None,
+    on_progress: Callable[[RecordStats], None] | None = None,
+) -> RecordStats:
+    """Record into ``path`` until ``stop`` is set; finish with an ``end`` line at the stop time."""
+    with path.open("wb") as out:
+        rec = Recorder(settings, topics, out)
+        stats = await rec.run(stop, ready=ready, on_progress=on_progress)
+        if end_line:
+            out.write(Line(time.time_ns() // 1_000_000, "end").dumps() + b"\n")
+            stats.lines += 1
+    return stats

@@ -1,0 +1,194 @@
+"""One run through the real path: register the simulated devices, (optionally) start the pipeline's processes,
+send, wait until the worker has processed everything, read the alert timeline, score it against the truth."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.replay.score import Score, score
+from pipeline.replay.send import Progress, SendStats, drive
+from pipeline.replay.timeline import read_alerts, wait_processed
+from pipeline.schemas import Alert, AlertState
+from pipeline.settings import Settings
+from pipeline.siteconfig import SiteConfig
+from pipeline.topics import Topics
+from simulators.core import Line, Truth
+
+
+@dataclass
+class RunResult:
+    topics: Topics
+    stats: SendStats
+    alerts: list[Alert]
+    score: Score | None
+    processed_wait_s: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def fresh_prefix(tag: str = "sim") -> str:
+    return f"{tag}{uuid.uuid4().hex[:8]}"
+
+
+def secrets_of(config: SiteConfig) -> tuple[dict[str, str], dict[str, str]]:
+    devices = config.device_secrets()
+    cameras = {cam_id: cam.resolve_secret() for cam_id, _, cam in config.cameras()}
+    return devices, cameras
+
+
+def register_devices(settings: Settings, config: SiteConfig) -> None:
+    """Let the simulated devices log in to the broker, keeping every device of the configured site file."""
+    from pipeline import siteconfig
+    from pipeline.stack import mosquitto
+
+    if settings.mqtt.external:
+        return  # an external broker's credentials are not ours to write
+    devices: dict[str, str] = {}
+    if settings.site_config.exists():
+        # An unusable site file must not stop a simulation; its devices keep what the broker has.
+        with contextlib.suppress(Exception):
+            devices.update(siteconfig.load(settings.site_config).device_secrets())
+    devices.update(config.device_secrets())
+    mosquitto.write_auth(settings, devices)
+
+
+class AlertWatch:
+    """Counts alert events while a run is in progress (for the live display)."""
+
+    def __init__(self, settings: Settings, topics: Topics) -> None:
+        self.settings = settings
+        self.topics = topics
+        self.opened = 0
+        self.resolved = 0
+        self.latest: list[Alert] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaConsumer
+
+        self._c = AIOKafkaConsumer(
+            self.topics.alerts,
+            bootstrap_servers=self.settings.kafka.bootstrap_servers,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+        )
+        await self._c.start()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        from pipeline import serde
+
+        while True:
+            batch = await self._c.getmany(timeout_ms=300)
+            for records in batch.values():
+                for r in records:
+                    if r.value is None:
+                        continue
+                    a = Alert.model_validate(serde.loads(r.value))
+                    if a.state is AlertState.OPEN:
+                        self.opened += 1
+                        self.latest = [*self.latest[-4:], a]
+                    elif a.state is AlertState.RESOLVED:
+                        self.resolved += 1
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._c.stop()
+
+
+async def run_lines(
+    settings: Settings,
+    topics: Topics,
+    lines: Iterable[Line],
+    config: SiteConfig,
+    *,
+    hooks_url: str,
+    speed: float | None = None,
+    ticks: bool = True,
+    tick_every_s: float = 10.0,
+    truth: list[Truth] | None = None,
+    on_progress: Progress | None = None,
+    watch: AlertWatch | None = None,
+    process_timeout_s: float = 180.0,
+) -> RunResult:
+    devices, cameras = secrets_of(config)
+    t0 = time.monotonic()
+    stats = await drive(
+        settings,
+        topics,
+        lines,
+        device_secrets=devices,
+        camera_secrets=cameras,
+        hooks_url=hooks_url,
+        speed=speed,
+        ticks=ticks,
+        tick_every_s=tick_every_s,
+        on_progress=on_progress,
+    )
+    t1 = time.monotonic()
+    waited = await wait_processed(settings, topics, timeout=process_timeout_s)
+    alerts = await read_alerts(settings, topics)
+    sc = score(truth, alerts) if truth is not None else None
+    return RunResult(topics, stats, alerts, sc, waited, {"send_s": t1 - t0, "drain_s": time.monotonic() - t1})
+
+
+def run_with_services(
+    settings: Settings,
+    lines: Iterable[Line],
+    config: SiteConfig,
+    config_path: Path,
+    *,
+    prefix: str | None = None,
+    clock: str = "replay",
+    speed: float | None = None,
+    tick_every_s: float = 10.0,
+    truth: list[Truth] | None = None,
+    on_progress: Progress | None = None,
+    report: Callable[[str], None] = lambda _m: None,
+    names: tuple[str, ...] | None = None,
+    during: Callable[[AlertWatch], Any] | None = None,
+) -> RunResult:
+    """Start bridge + hooks + worker for ``config`` on fresh topics, send ``lines``, collect and score."""
+    from pipeline import stack
+    from pipeline.services import CORE, Services
+
+    topics = Topics(prefix or fresh_prefix(), settings.readings_partitions)
+    asyncio.run(stack.ensure_topics(settings, topics))
+    register_devices(settings, config)
+    svc = Services(settings, config_path, topics.prefix, clock=clock, names=names or CORE, report=report)
+    svc.start()
+    try:
+
+        async def go() -> RunResult:
+            watch = AlertWatch(settings, topics)
+            await watch.start()
+            try:
+                return await run_lines(
+                    settings,
+                    topics,
+                    lines,
+                    config,
+                    hooks_url=svc.hooks_url,
+                    speed=speed,
+                    ticks=clock == "replay",
+                    tick_every_s=tick_every_s,
+                    truth=truth,
+                    on_progress=on_progress,
+                    watch=watch,
+                )
+            finally:
+                await watch.stop()
+
+        return asyncio.run(go())
+    finally:
+        svc.stop()

@@ -1,0 +1,211 @@
+"""Start the pipeline's own processes (bridge, hooks, worker, notifier, sink) as subprocesses, wait until each
+is ready, stop them cleanly. Used by `larder demo`, `larder simulate/replay --start-services`, the benchmarks
+and the end-to-end tests, so every one of them runs the real `larder` commands, not an in-process imitation.
+
+Each process gets its settings through ``LARDER_*`` environment variables (site file, topic prefix, free
+ports), its log under ``<state dir>/logs/services/``, and its own process group so stopping it leaves nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.settings import Settings
+from pipeline.stack.process import StackError, port_open, tail
+
+#: The processes a full pipeline has, in start order. Optional ones start only if their command exists.
+ALL = ("bridge", "hooks", "worker", "notifier", "sink")
+CORE = ("bridge", "hooks", "worker")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def larder_argv() -> list[str]:
+    """How to run the `larder` command from this interpreter (works from a fresh venv without PATH)."""
+    exe = Path(sys.executable).with_name("larder")
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("larder")
+    return [found] if found else [sys.executable, "-m", "pipeline.cli"]
+
+
+def available_commands() -> set[str]:
+    """The verbs the installed `larder` offers (others' pieces may not have landed in this checkout)."""
+    import typer.main
+
+    from pipeline.cli import app
+
+    group = typer.main.get_command(app)
+    return set(getattr(group, "commands", {}))
+
+
+@dataclass
+class Process:
+    name: str
+    argv: list[str]
+    log: Path
+    ready: Callable[[Process], bool]
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class Services:
+    """A running set of pipeline processes against one stack, one site file and one topic prefix."""
+
+    settings: Settings
+    site_config: Path
+    topic_prefix: str
+    clock: str = "replay"
+    names: Sequence[str] = CORE
+    hooks_port: int = field(default_factory=free_port)
+    #: A fixed MQTT client id and shared-subscription group: the bridge's persistent session is reused from run
+    #: to run instead of leaving a new queue behind in the broker each time.
+    bridge_instance: str = "sim"
+    extra_env: dict[str, str] = field(default_factory=dict)
+    processes: list[Process] = field(default_factory=list)
+    report: Callable[[str], None] = lambda _m: None
+
+    @property
+    def hooks_url(self) -> str:
+        return f"http://127.0.0.1:{self.hooks_port}"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.settings.log_dir / "services"
+
+    def env(self) -> dict[str, str]:
+        s = self.settings
+        return {
+            **os.environ,
+            "LARDER_STATE_DIR": str(s.state_dir),
+            "LARDER_SITE_CONFIG": str(self.site_config),
+            "LARDER_TOPIC_PREFIX": self.topic_prefix,
+            "LARDER_READINGS_PARTITIONS": str(s.readings_partitions),
+            "LARDER_KAFKA__PORT": str(s.kafka.port),
+            "LARDER_KAFKA__CONTROLLER_PORT": str(s.kafka.controller_port),
+            "LARDER_INFLUX__PORT": str(s.influx.port),
+            "LARDER_INFLUX__RPC_PORT": str(s.influx.rpc_port),
+            "LARDER_MQTT__PORT": str(s.mqtt.port),
+            "LARDER_INGEST__HOOKS_PORT": str(self.hooks_port),
+            "LARDER_INGEST__BRIDGE_METRICS_PORT": "0",
+            "LARDER_INGEST__BRIDGE_INSTANCE": self.bridge_instance,
+            "LARDER_INGEST__BRIDGE_GROUP": f"larder-{self.bridge_instance}",
+            "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
+        }
+
+    def _spec(self, name: str) -> Process:
+        base = larder_argv()
+        log = self.log_dir / f"{self.topic_prefix}-{name}.log"
+        if name == "bridge":
+            return Process(name, [*base, "bridge", "-v"], log, _log_says("connected to mqtt"))
+        if name == "hooks":
+            return Process(name, [*base, "hooks"], log, lambda _p: port_open("127.0.0.1", self.hooks_port))
+        if name == "worker":
+            argv = [*base, "worker", "--clock", self.clock, "--store", "memory", "-l", "warn"]
+            return Process(name, argv, log, _log_says("assigned"))
+        # notifier / sink: ready once they have run for a moment without exiting.
+        return Process(name, [*base, name], log, lambda p: time.monotonic() - p.started_at > 3.0)
+
+    def start(self, timeout: float = 90.0) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        have = available_commands()
+        missing = [n for n in self.names if n in CORE and n not in have]
+        if missing:
+            raise StackError(f"this checkout has no `larder {' / '.join(missing)}` yet; cannot run the pipeline")
+        env = self.env()
+        for name in self.names:
+            if name not in have:
+                self.report(f"{name}: not part of this checkout, skipped")
+                continue
+            p = self._spec(name)
+            p.log.write_bytes(b"")
+            with open(p.log, "ab") as log:
+                p.proc = subprocess.Popen(
+                    p.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                )
+            p.started_at = time.monotonic()
+            self.processes.append(p)
+            self.report(f"{name}: started (pid {p.proc.pid}), log {p.log}")
+        deadline = time.monotonic() + timeout
+        for p in self.processes:
+            while not p.ready(p):
+                if not p.alive:
+                    self.stop()
+                    raise StackError(f"larder {p.name} exited during start-up; log {p.log}:\n{tail(p.log)}")
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise StackError(f"larder {p.name} not ready within {timeout:.0f} s; log {p.log}:\n{tail(p.log)}")
+                time.sleep(0.2)
+            self.report(f"{p.name}: ready after {time.monotonic() - p.started_at:.1f} s")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM each process group (reverse order: the worker drains before the bridge goes), then SIGKILL."""
+        for p in reversed(self.processes):
+            if p.proc is None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.proc.pid, signal.SIGTERM)
+            try:
+                p.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.proc.pid, signal.SIGKILL)
+                p.proc.wait(5)
+        self.processes = []
+
+    def check_alive(self) -> None:
+        for p in self.processes:
+            if not p.alive:
+                raise StackError(f"larder {p.name} died; log {p.log}:\n{tail(p.log)}")
+
+    def __enter__(self) -> Services:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _log_says(text: str) -> Callable[[Process], bool]:
+    return lambda p: text in p.log_text()
+
+
+@contextlib.contextmanager
+def running(settings: Settings, site_config: Path, topic_prefix: str, **kw: object) -> Iterator[Services]:
+    svc = Services(settings, site_config, topic_prefix, **kw)  # type: ignore[arg-type]
+    svc.start()
+    try:
+        yield svc
+    finally:
+        svc.stop()
