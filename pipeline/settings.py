@@ -96,6 +96,9 @@ class IngestSettings(_Group):
     future_skew_s: float = Field(300.0, ge=0, description="readings/events further in the future are refused")
     bridge_instance: str = Field("1", description="MQTT client id suffix; each bridge instance needs its own")
     bridge_group: str = Field("larder", description="MQTT shared-subscription group the bridges split load in")
+    bridge_shared: bool = Field(
+        True, description="shared subscription (scale out); false: one bridge owns the plain subscription"
+    )
     bridge_metrics_port: int = 9480
     hooks_host: str = "127.0.0.1"
     hooks_port: int = 8480

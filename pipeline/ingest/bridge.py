@@ -99,6 +99,10 @@ class Bridge:
         self.instance = instance or ing.bridge_instance
         self.group = group or ing.bridge_group
         self.client_id = f"larder-bridge-{self.instance}"
+        # Shared: several bridges split the load. Mosquitto 2.0.11 drops what is routed to a shared member whose
+        # session was restored from disk and has not reconnected yet (docs/ingest.md); a plain subscription
+        # keeps those, so a single bridge that must survive broker restarts can use it.
+        self.subscription = f"$share/{self.group}/{SUBSCRIPTION}" if ing.bridge_shared else SUBSCRIPTION
         self.linger_s = ing.linger_ms / 1000
         self.max_inflight = ing.max_inflight
         self.max_items = ing.max_batch_items
@@ -129,7 +133,7 @@ class Bridge:
         assert m.bridge_password is not None, "load settings with load_settings()"
         c.username_pw_set(m.bridge_user, m.bridge_password.get_secret_value())
         c.max_inflight_messages_set(1000)
-        c.reconnect_delay_set(min_delay=1, max_delay=5)
+        c.reconnect_delay_set(min_delay=0.2, max_delay=2)  # be back before the backlog grows
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
@@ -139,7 +143,7 @@ class Bridge:
         if rc.is_failure:
             log.error("MQTT connect refused: %s", rc)
             return
-        client.subscribe(f"$share/{self.group}/{SUBSCRIPTION}", qos=1)
+        client.subscribe(self.subscription, qos=1)
         self._connected.set()
         log.info(
             "connected to mqtt://%s:%s as %s (session present: %s)",

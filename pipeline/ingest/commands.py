@@ -146,6 +146,13 @@ def bridge(
     metrics_port: Annotated[
         int | None, typer.Option("--metrics-port", help="Prometheus /metrics port; 0 turns it off")
     ] = None,
+    shared: Annotated[
+        bool | None,
+        typer.Option(
+            "--shared/--exclusive",
+            help="shared subscription (several bridges split the load; default) or a plain one (one bridge)",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the MQTT -> Kafka bridge (contract 1) until Ctrl-C; SIGHUP re-reads the site file."""
@@ -153,14 +160,13 @@ def bridge(
 
     _logging(verbose)
     settings = _settings(sites)
-    if metrics_port is not None or instance is not None:
-        ing = settings.ingest.model_copy(
-            update={
-                **({"bridge_metrics_port": metrics_port} if metrics_port is not None else {}),
-                **({"bridge_instance": instance} if instance is not None else {}),
-            }
-        )
-        settings = settings.model_copy(update={"ingest": ing})
+    update = {
+        k: v
+        for k, v in (("bridge_metrics_port", metrics_port), ("bridge_instance", instance), ("bridge_shared", shared))
+        if v is not None
+    }
+    if update:
+        settings = settings.model_copy(update={"ingest": settings.ingest.model_copy(update=update)})
 
     def progress(b: Bridge) -> None:
         console.print(
