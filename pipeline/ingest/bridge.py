@@ -133,7 +133,7 @@ class Bridge:
         assert m.bridge_password is not None, "load settings with load_settings()"
         c.username_pw_set(m.bridge_user, m.bridge_password.get_secret_value())
         c.max_inflight_messages_set(1000)
-        c.reconnect_delay_set(min_delay=0.2, max_delay=2)  # be back before the backlog grows
+        c.reconnect_delay_set(min_delay=1, max_delay=2)  # be back before the backlog grows
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
