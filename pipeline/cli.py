@@ -13,6 +13,7 @@ from rich.table import Table
 
 from pipeline.alerts import commands as _alerts_commands
 from pipeline.ingest import commands as _ingest_commands
+from pipeline.replay import commands as _replay_commands
 from pipeline.settings import Settings, load_settings
 
 console = Console(stderr=True)
@@ -28,6 +29,7 @@ stack_app = typer.Typer(
 app.add_typer(stack_app, name="stack")
 _ingest_commands.register(app)  # larder devices ..., larder bridge, larder hooks
 _alerts_commands.register(app)  # larder notifier, larder sink, larder api
+_replay_commands.register(app)  # larder simulate, larder record, larder replay, larder demo
 
 SiteOpt = Annotated[
     Path | None,

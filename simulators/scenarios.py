@@ -265,6 +265,17 @@ def _store_and_forward(p: Params) -> tuple[list[DeviceSim], list[KitchenSim]]:
     return b.out()
 
 
+def _demo(p: Params) -> tuple[list[DeviceSim], list[KitchenSim]]:
+    b = _Builder(p)
+    for i in range(p.sites):
+        s = p.site(i)
+        b.cold_room(s, 1, faults=(Fault("compressor", p.at(1.5), p.at(4)),))
+        b.cold_room(s, 2, faults=(Fault("door", p.at(2), p.at(2) + 20 * MIN),), physics=_QUIET_DOOR)
+        b.cold_room(s, 3, faults=(Fault("offline", p.at(3), p.at(3.5)),))
+        b.kitchen(s, step_aways=((p.at(3.5), 9 * 60.0),), violations=(p.at(2.6), p.at(2.7)))
+    return b.out()
+
+
 def _dead_battery(p: Params) -> tuple[list[DeviceSim], list[KitchenSim]]:
     b = _Builder(p)
     for i in range(p.sites):
@@ -278,6 +289,14 @@ _QUIET_DOOR = Physics(door_rate_per_h=0.0)
 LIBRARY: dict[str, Spec] = {
     s.name: s
     for s in (
+        Spec(
+            "demo",
+            "One site in 6 hours: a compressor fails, a door is left open, a logger loses its network for 30 min, "
+            "a cook leaves the stove on, two hygiene violations.",
+            1,
+            6 * 3600,
+            _demo,
+        ),
         Spec(
             "quiet-week",
             "A normal week: defrost cycles, routine door openings, lunch and dinner service, AI false positives. "
@@ -403,7 +422,7 @@ def build(
     )
     doc = site_document(seed, devices, kitchens)
     config = SiteConfig.model_validate(doc)
-    return Scenario(name, spec.description, config, p.start_ms, p.end_ms, merge(streams), truth, doc)
+    return Scenario(name, spec.description, config, p.start_ms, p.end_ms, list(merge(streams)), truth, doc)
 
 
 def _truth_key(t: Truth) -> tuple[int, str, str]:

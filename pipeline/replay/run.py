@@ -156,7 +156,7 @@ def run_with_services(
     on_progress: Progress | None = None,
     report: Callable[[str], None] = lambda _m: None,
     names: tuple[str, ...] | None = None,
-    during: Callable[[AlertWatch], Any] | None = None,
+    on_watch: Callable[[AlertWatch], Any] | None = None,
 ) -> RunResult:
     """Start bridge + hooks + worker for ``config`` on fresh topics, send ``lines``, collect and score."""
     from pipeline import stack
@@ -172,6 +172,8 @@ def run_with_services(
         async def go() -> RunResult:
             watch = AlertWatch(settings, topics)
             await watch.start()
+            if on_watch is not None:
+                on_watch(watch)
             try:
                 return await run_lines(
                     settings,
