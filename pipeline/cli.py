@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.agents.commands import worker as _worker_command
 from pipeline.alerts import commands as _alerts_commands
 from pipeline.ingest import commands as _ingest_commands
 from pipeline.replay import commands as _replay_commands
@@ -30,6 +31,7 @@ app.add_typer(stack_app, name="stack")
 _ingest_commands.register(app)  # larder devices ..., larder bridge, larder hooks
 _alerts_commands.register(app)  # larder notifier, larder sink, larder api
 _replay_commands.register(app)  # larder simulate, larder record, larder replay, larder demo
+app.command("worker")(_worker_command)  # larder worker: the Faust detection agents
 
 SiteOpt = Annotated[
     Path | None,

@@ -1,0 +1,264 @@
+"""The Faust app of `larder worker`: one agent and one changelogged table per concern, thin over :class:`Runner`.
+
+Layout (see ``docs/agents.md``):
+
+* app id ``<topic prefix>-worker``: the consumer group and the changelog topic names derive from the topic
+  prefix, so tests and deployments with different prefixes never share state;
+* per concern (devices: cold chain + liveness; kitchens) an agent on its record-batch topic and a table
+  ``<concern>-state`` (bytes -> bytes, ``use_partitioner=True``, as many partitions as the source), keyed by
+  the subject id, co-partitioned with the source by Kafka's default partitioner;
+* outputs: alerts to ``Topics.alerts`` and annotations to ``Topics.annotations`` (key = site, value = the
+  model's JSON), bad items to ``Topics.deadletter``;
+* timers: live, a 1 s ``app.timer`` publishes a ``tick`` record into every source partition this worker owns;
+  replay (``--clock replay``), only the replay tool's ticks count. Either way timers run when the agent reads
+  a tick, in stream context and in log order, so a re-run after a crash re-derives the same outputs.
+
+Processing guarantee: at-least-once with deterministic alert ids and ordered durability: a record's outputs
+are awaited (acked by Kafka) *before* the states they came from are written to the table, and Faust flushes
+the changelog before it commits the input offset. A crash can therefore repeat an output (same alert id and
+state, consumers de-duplicate by id) but never lose one, and never restore a state that claims an output was
+sent when it was not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import faust
+from faust.types import TP
+
+from pipeline import serde
+from pipeline.agents.core import Concern, Result, Runner, Stats, encode_output, tick_record
+from pipeline.clock import Clock, WallClock
+from pipeline.settings import Settings
+from pipeline.topics import Topics
+
+log = logging.getLogger(__name__)
+
+ClockMode = Literal["live", "replay"]
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """Worker tuning; the defaults are production's, tests shorten the intervals."""
+
+    store: Literal["rocksdb", "memory"] = "rocksdb"
+    #: Local table files; defaults to ``settings.data_dir / "worker"``. Two workers on one host need two.
+    data_dir: Path | None = None
+    clock: ClockMode = "live"
+    tick_interval_s: float = 1.0
+    commit_interval_s: float = 2.8
+    commit_every: int = 10_000
+    session_timeout_s: float = 30.0
+    heartbeat_interval_s: float = 3.0
+    standby_replicas: int = 1
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+
+
+class Outputs(Protocol):
+    async def publish(self, result: Result) -> None: ...
+
+
+@dataclass
+class KafkaOutputs:
+    """Sends a record's outputs and dead letters and waits until Kafka has acknowledged all of them."""
+
+    app: faust.App
+    topics: Topics
+    _channels: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for which, name in (
+            ("alerts", self.topics.alerts),
+            ("annotations", self.topics.annotations),
+            ("deadletter", self.topics.deadletter),
+        ):
+            self._channels[which] = self.app.topic(
+                name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+            )
+
+    async def publish(self, result: Result) -> None:
+        if not result.outputs and not result.dead_letters:
+            return
+        pending = []
+        for output in result.outputs:
+            which, key, value = encode_output(output)
+            # force=True: send now. Faust would otherwise attach the message to the current event and send it
+            # only at commit time, and we must know it is in Kafka before the table changes.
+            pending.append(await self._channels[which].send(key=key, value=value, force=True))
+        for dead in result.dead_letters:
+            value = serde.dumps(dead.model_dump(mode="json"))
+            pending.append(await self._channels["deadletter"].send(key=None, value=value, force=True))
+        await asyncio.gather(*pending)
+
+
+@dataclass
+class ListOutputs:
+    """Collects outputs in memory (unit tests with ``agent.test_context()``)."""
+
+    results: list[Result] = field(default_factory=list)
+
+    async def publish(self, result: Result) -> None:
+        self.results.append(result)
+
+
+@dataclass
+class WorkerApp:
+    app: faust.App
+    topics: Topics
+    options: WorkerOptions
+    runners: dict[str, Runner[Any, Any]]
+    agents: dict[str, Any]
+    tables: dict[str, Any]
+    sources: dict[str, Any]
+
+    def stats(self) -> dict[str, Stats]:
+        return {name: r.stats for name, r in self.runners.items()}
+
+
+ConcernFactory = Callable[[Settings], Concern[Any, Any]]
+
+
+def make_app(
+    settings: Settings,
+    topics: Topics,
+    concerns: Iterable[Concern[Any, Any]],
+    options: WorkerOptions | None = None,
+    *,
+    outputs: Outputs | None = None,
+    clock: Clock | None = None,
+    announce: Callable[[str], None] | None = None,
+) -> WorkerApp:
+    """Build the Faust app (not started). ``outputs`` defaults to Kafka; ``clock`` to wall time (live ticks);
+    ``announce`` receives one line per completed rebalance (the partitions this worker now owns)."""
+    options = options or WorkerOptions()
+    clock = clock or WallClock()
+    app_id = f"{topics.prefix}-worker"
+    data_dir = options.data_dir or settings.data_dir / "worker"
+    app = faust.App(
+        app_id,
+        broker=[f"kafka://{b.strip()}" for b in settings.kafka.bootstrap_servers.split(",")],
+        store=f"{options.store}://",
+        datadir=str(data_dir),
+        topic_partitions=topics.partitions,
+        processing_guarantee=options.processing_guarantee,
+        broker_commit_interval=options.commit_interval_s,
+        broker_commit_every=options.commit_every,
+        broker_session_timeout=options.session_timeout_s,
+        broker_heartbeat_interval=options.heartbeat_interval_s,
+        table_standby_replicas=options.standby_replicas,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        autodiscover=False,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    sink: Outputs = outputs or KafkaOutputs(app, topics)
+    # One lock for all agents and rebalance handlers: a record's read-modify-publish-write of its subjects'
+    # states must not interleave with another coroutine touching the same cache.
+    lock = asyncio.Lock()
+    runners: dict[str, Runner[Any, Any]] = {}
+    agents: dict[str, Any] = {}
+    tables: dict[str, Any] = {}
+    sources: dict[str, Any] = {}
+    source_names: dict[str, str] = {}
+
+    def arrived_ms() -> int:
+        return WallClock().now_ms()
+
+    for concern in concerns:
+        source_name = topics.readings if concern.kind == "readings" else topics.kitchen_events
+        source = app.topic(
+            source_name,
+            partitions=topics.partitions,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+        table = app.Table(
+            f"{concern.name}-state",
+            default=None,
+            key_type=bytes,
+            value_type=bytes,
+            partitions=topics.partitions,
+            use_partitioner=True,
+        )
+        runner: Runner[Any, Any] = Runner(concern, table, topics.partitions, arrived_ms=arrived_ms)
+        runners[concern.name] = runner
+        tables[concern.name] = table
+        sources[concern.name] = source
+        source_names[concern.name] = source_name
+        agents[concern.name] = app.agent(source, name=f"{concern.name}-agent")(
+            _agent_body(app, source_name, runner, table, sink, lock, outputs is None)
+        )
+
+    async def on_revoked(sender: Any, revoked: set[TP], *_: Any, **__: Any) -> None:
+        async with lock:
+            for name, runner in runners.items():
+                runner.forget(tp.partition for tp in revoked if tp.topic == source_names[name])
+
+    app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+
+    async def on_rebalanced(sender: Any, *_: Any, **__: Any) -> None:
+        # After table recovery, before the streams resume: the line operators (and tests) wait for.
+        if announce is not None:
+            actives = app.assignor.assigned_actives()
+            owned = {name: sorted(tp.partition for tp in actives if tp.topic == source_names[name]) for name in runners}
+            announce("assigned " + " ".join(f"{name}={','.join(map(str, ps)) or '-'}" for name, ps in owned.items()))
+
+    app.on_rebalance_complete.connect(on_rebalanced)  # type: ignore[arg-type]
+
+    if options.clock == "live":
+
+        async def live_clock() -> None:
+            """Publish the wall clock into every owned source partition; the agents run timers on reading it."""
+            if app.rebalancing or not app.consumer:
+                return
+            now = clock.now_ms()
+            actives = sorted(app.assignor.assigned_actives())
+            for name, source in sources.items():
+                for tp in actives:
+                    if tp.topic == source_names[name]:
+                        await source.send(key=None, value=tick_record(now), partition=tp.partition, force=True)
+
+        app.timer(options.tick_interval_s, name="larder-live-clock")(live_clock)
+
+    return WorkerApp(app, topics, options, runners, agents, tables, sources)
+
+
+def _agent_body(
+    app: faust.App,
+    source_name: str,
+    runner: Runner[Any, Any],
+    table: Any,
+    sink: Outputs,
+    lock: asyncio.Lock,
+    flush_after_outputs: bool,
+) -> Callable[[Any], Any]:
+    def owned() -> set[int]:
+        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == source_name}
+
+    async def agent(stream: Any) -> None:
+        async for event in stream.events():
+            partition = event.message.partition
+            async with lock:
+                if not runner.loaded(partition):
+                    # First record of this partition since the assignment: decode every stored state of the
+                    # owned partitions once, so ticks reach subjects that have gone silent.
+                    n = runner.load(table.items(), owned() | {partition})
+                    log.info("%s: loaded %d states for partitions %s", source_name, n, sorted(owned()))
+                result = runner.on_record(event.value, partition)
+                await sink.publish(result)
+                runner.flush()
+                if result.outputs and flush_after_outputs:
+                    # Shrinks the one window where a crash repeats an output (sent, but the state saying so
+                    # not yet in the changelog) from "until the producer buffer drains" to one round trip.
+                    await app.producer.flush()
+
+    return agent

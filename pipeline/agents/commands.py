@@ -1,0 +1,118 @@
+"""`larder worker`: run the Faust detection agents (devices: cold chain + liveness; kitchens)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from pipeline.agents.core import Concern
+from pipeline.settings import Settings, load_settings
+from pipeline.topics import Topics
+
+console = Console(stderr=True)
+
+DEFAULT_CONCERNS = "pipeline.agents.devices:concerns,pipeline.agents.kitchen:concerns"
+LOG_LEVELS = ("crit", "error", "warn", "info", "debug")
+
+
+def load_concerns(spec: str, settings: Settings) -> list[Concern[Any, Any]]:
+    """``module:function`` entries, comma separated; each function takes the settings and returns concerns."""
+    found: list[Concern[Any, Any]] = []
+    for entry in filter(None, (s.strip() for s in spec.split(","))):
+        module_name, _, attr = entry.partition(":")
+        if not attr:
+            raise ValueError(f"--concerns entry {entry!r} is not module:function")
+        factory = getattr(importlib.import_module(module_name), attr)
+        found.extend(factory(settings))
+    names = [c.name for c in found]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two concerns share a name: {names}")
+    return found
+
+
+def worker(
+    sites: Annotated[
+        Path | None, typer.Option("--sites", "-s", help="site configuration file; default $LARDER_SITE_CONFIG")
+    ] = None,
+    clock: Annotated[
+        str,
+        typer.Option(
+            "--clock",
+            help="live: timers follow the wall clock (the worker publishes 1 s ticks); "
+            "replay: timers follow the tick records `larder replay` writes",
+        ),
+    ] = "live",
+    log_level: Annotated[str, typer.Option("--log-level", "-l", help=f"one of {', '.join(LOG_LEVELS)}")] = "warn",
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="local table files (RocksDB); default <state dir>/data/worker"),
+    ] = None,
+    store: Annotated[str, typer.Option("--store", help="rocksdb (default) or memory")] = "rocksdb",
+    tick_interval: Annotated[float, typer.Option("--tick-interval", help="live clock period, seconds")] = 1.0,
+    commit_interval: Annotated[float, typer.Option("--commit-interval", help="offset commit period, s")] = 2.8,
+    session_timeout: Annotated[
+        float, typer.Option("--session-timeout", help="seconds before a dead worker's partitions move")
+    ] = 30.0,
+    heartbeat_interval: Annotated[float, typer.Option("--heartbeat-interval", help="seconds")] = 3.0,
+    concerns: Annotated[
+        str, typer.Option("--concerns", help="module:function list building the detectors", hidden=True)
+    ] = DEFAULT_CONCERNS,
+) -> None:
+    """Run the detection agents until interrupted (Ctrl-C / SIGTERM stop cleanly; state is in Kafka)."""
+    import faust
+
+    from pipeline.agents.app import ClockMode, WorkerOptions, make_app
+
+    if clock not in ("live", "replay"):
+        raise _fail(f"--clock must be live or replay, not {clock!r}")
+    if log_level not in LOG_LEVELS:
+        raise _fail(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+    if store not in ("rocksdb", "memory"):
+        raise _fail("--store must be rocksdb or memory")
+    settings = load_settings(**({"site_config": sites} if sites else {}))
+    topics = Topics(settings.topic_prefix, settings.readings_partitions)
+    try:
+        found = load_concerns(concerns, settings)
+    except Exception as exc:  # a site file or rule error: say which, don't dump a trace
+        raise _fail(f"cannot build the detectors: {exc}") from None
+    mode: ClockMode = "live" if clock == "live" else "replay"
+    options = WorkerOptions(
+        store="rocksdb" if store == "rocksdb" else "memory",
+        data_dir=data_dir,
+        clock=mode,
+        tick_interval_s=tick_interval,
+        commit_interval_s=commit_interval,
+        session_timeout_s=session_timeout,
+        heartbeat_interval_s=heartbeat_interval,
+    )
+    # Topics must exist before the agents subscribe (an agent whose topic is missing may never subscribe).
+    from pipeline.stack import ensure_topics
+
+    loop = asyncio.new_event_loop()
+    try:
+        created = loop.run_until_complete(ensure_topics(settings, topics))
+    except Exception as exc:
+        raise _fail(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}") from None
+    finally:
+        loop.close()
+    if created:
+        console.print(f"[cyan]>[/] created topics {', '.join(created)}")
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    wapp = make_app(settings, topics, found, options, announce=lambda line: console.print(f"[cyan]>[/] {line}"))
+    console.print(
+        f"[cyan]>[/] worker {wapp.app.conf.id}: {', '.join(c.name for c in found)} on "
+        f"{settings.kafka.bootstrap_servers}, clock {mode}, store {store}"
+    )
+    logging.getLogger("pipeline").setLevel(log_level.upper().replace("WARN", "WARNING").replace("CRIT", "CRITICAL"))
+    faust.Worker(wapp.app, loglevel=log_level, quiet=True).execute_from_commandline()
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(2)

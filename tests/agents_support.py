@@ -1,0 +1,263 @@
+"""A small detector that follows the protocol of :mod:`pipeline.detectors.base`, for testing the agents' plumbing
+independently of the production rules: a temperature above ``limit`` for ``delay_ms`` opens
+``test.high`` (opened at breach start + delay, fired by an event or a tick), a reading at or below resolves it;
+(device, seq) duplicates are annotated and change nothing. Also: a readings batch builder and an oracle that
+runs the detector over the same records without Kafka."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from pipeline import serde
+from pipeline.agents.core import Concern, Result, Runner
+from pipeline.detectors.base import Output
+from pipeline.partitioner import partition_for
+from pipeline.schemas import (
+    Alert,
+    AlertState,
+    Annotation,
+    KitchenEvent,
+    KitchenEventType,
+    Reading,
+    Severity,
+    alert_id,
+    ms_to_iso,
+)
+
+RULE = "test.high"
+
+
+@dataclass(frozen=True)
+class ThresholdState:
+    last_seq: int = -1
+    breach_start_ms: int | None = None
+    open_id: str | None = None
+    opened_ms: int | None = None
+    site: str = ""
+
+
+@dataclass(frozen=True)
+class ThresholdDetector:
+    limit: float = 8.0
+    delay_ms: int = 60_000
+    #: One detector per subject (cheap here), so a tick can name the subject in the alert.
+    subject: str = ""
+    name: str = "threshold"
+
+    def initial(self) -> ThresholdState:
+        return ThresholdState()
+
+    def _open(self, s: ThresholdState, subject: str) -> tuple[ThresholdState, list[Output]]:
+        assert s.breach_start_ms is not None
+        opened = s.breach_start_ms + self.delay_ms
+        aid = alert_id(RULE, subject, opened)
+        alert = Alert(
+            alert_id=aid,
+            rule=RULE,
+            severity=Severity.WARNING,
+            site=s.site,
+            subject=subject,
+            state=AlertState.OPEN,
+            opened_at=ms_to_iso(opened),
+            at_ms=opened,
+            evidence={"breach_start_ms": s.breach_start_ms},
+        )
+        return replace(s, open_id=aid, opened_ms=opened), [alert]
+
+    def _due(self, s: ThresholdState, now_ms: int) -> bool:
+        return s.breach_start_ms is not None and s.open_id is None and now_ms >= s.breach_start_ms + self.delay_ms
+
+    def on_event(self, state: ThresholdState, event: Reading, now_ms: int) -> tuple[ThresholdState, list[Output]]:
+        if event.seq <= state.last_seq:
+            note = Annotation(
+                kind="duplicate", site=event.site, subject=event.device, start_ms=event.ts_ms, end_ms=event.ts_ms
+            )
+            return state, [note]
+        s = replace(state, last_seq=event.seq, site=event.site)
+        out: list[Output] = []
+        if self._due(s, event.ts_ms):
+            s, out = self._open(s, event.device)
+        if event.temp_c > self.limit:
+            if s.breach_start_ms is None:
+                s = replace(s, breach_start_ms=event.ts_ms)
+            if self._due(s, event.ts_ms):
+                s, more = self._open(s, event.device)
+                out += more
+        else:
+            if s.open_id is not None:
+                assert s.opened_ms is not None
+                out.append(
+                    Alert(
+                        alert_id=s.open_id,
+                        rule=RULE,
+                        severity=Severity.WARNING,
+                        site=s.site,
+                        subject=event.device,
+                        state=AlertState.RESOLVED,
+                        opened_at=ms_to_iso(s.opened_ms),
+                        resolved_at=ms_to_iso(event.ts_ms),
+                        at_ms=event.ts_ms,
+                    )
+                )
+            s = replace(s, breach_start_ms=None, open_id=None, opened_ms=None)
+        return s, out
+
+    def on_tick(self, state: ThresholdState, now_ms: int) -> tuple[ThresholdState, list[Output]]:
+        if self._due(state, now_ms):
+            return self._open(state, self.subject)
+        return state, []
+
+    def state_to_bytes(self, state: ThresholdState) -> bytes:
+        return serde.dumps(asdict(state))
+
+    def state_from_bytes(self, data: bytes) -> ThresholdState:
+        return ThresholdState(**serde.loads(data))
+
+
+def threshold_concern(limit: float = 8.0, delay_ms: int = 60_000) -> Concern[ThresholdState, Reading]:
+    return Concern(
+        name="devices",
+        kind="readings",
+        key_field="device",
+        time_field="ts_ms",
+        on_item=lambda det, state, item, now: det.on_event(state, Reading.model_validate(item), now),
+        detector_for=lambda subject, _event: ThresholdDetector(limit=limit, delay_ms=delay_ms, subject=subject),
+        origin="mqtt",
+        origin_field="device",
+    )
+
+
+def concerns(_settings: Any = None) -> list[Concern[Any, Any]]:
+    """Entry point for ``larder worker --concerns tests.agents_support:concerns``."""
+    return [threshold_concern()]
+
+
+def reading(device: str, seq: int, ts_ms: int, temp_c: float, site: str = "S01") -> dict[str, Any]:
+    return Reading(
+        device=device, site=site, asset="a1", profile="chilled", seq=seq, ts_ms=ts_ms, temp_c=temp_c, received_ms=ts_ms
+    ).model_dump(mode="json", exclude_none=True)
+
+
+def batches(items: list[dict[str, Any]], partitions: int, per_record: int = 500) -> list[tuple[int, bytes]]:
+    """Group items by partition (keeping order) into RecordBatch values: [(partition, value), ...]."""
+    by_p: dict[int, list[dict[str, Any]]] = {}
+    for it in items:
+        by_p.setdefault(partition_for(it["device"], partitions), []).append(it)
+    out: list[tuple[int, bytes]] = []
+    for p, its in sorted(by_p.items()):
+        for i in range(0, len(its), per_record):
+            out.append((p, serde.dumps({"v": 1, "kind": "readings", "items": its[i : i + per_record]})))
+    return out
+
+
+def tick(now_ms: int) -> bytes:
+    return serde.dumps({"v": 1, "kind": "tick", "now_ms": now_ms})
+
+
+def oracle(records: list[tuple[int, bytes]], partitions: int, concern: Concern[Any, Any] | None = None) -> Result:
+    """The uninterrupted run: the same Runner over a dict, partition by partition in record order."""
+    runner: Runner[Any, Any] = Runner(concern or threshold_concern(), {}, partitions, arrived_ms=lambda: 0)
+    total = Result()
+    for p, value in records:
+        r = runner.on_record(value, p)
+        total.outputs += r.outputs
+        total.dead_letters += r.dead_letters
+        runner.flush()
+    return total
+
+
+# -- the production detectors --------------------------------------------------------------------------------
+
+SITE = "S01"
+#: Devices report every 5 min: the chilled profile's 60 min start-up mask is 12 steps, its 15 min delay 3.
+STEP_MS = 300_000
+
+
+def write_sites(path: Path, devices: list[str], kitchens: tuple[str, ...] = ("k1",)) -> Path:
+    """A site file declaring ``devices`` (chilled cold room, 5 min interval) and kitchens with one camera each."""
+    lines = [
+        "version: 1",
+        "sites:",
+        f"  {SITE}:",
+        "    timezone: Asia/Shanghai",
+        "    assets:",
+        "      cr-1: { kind: cold_room, profile: chilled }",
+        "    devices:",
+        *[f"      {d}: {{ asset: cr-1, interval_s: {STEP_MS // 1000}, secret: s3cret-{d} }}" for d in devices],
+        "    kitchens:",
+        *[f"      {k}: {{ name: kitchen {k} }}" for k in kitchens],
+        "    cameras:",
+        *[f"      cam-{k}: {{ kitchen: {k}, zone: cook, secret: s3cret-cam-{k} }}" for k in kitchens],
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def device_reading(device: str, seq: int, ts_ms: int, temp_c: float) -> dict[str, Any]:
+    return Reading(
+        device=device,
+        site=SITE,
+        asset="cr-1",
+        profile="chilled",
+        seq=seq,
+        ts_ms=ts_ms,
+        temp_c=temp_c,
+        received_ms=ts_ms,
+    ).model_dump(mode="json", exclude_none=True)
+
+
+def kitchen_event(kitchen: str, event_id: str, ts_ms: int, type_: str, **extra: Any) -> dict[str, Any]:
+    return KitchenEvent(
+        camera=f"cam-{kitchen}",
+        site=SITE,
+        kitchen=kitchen,
+        event_id=event_id,
+        ts_ms=ts_ms,
+        type=KitchenEventType(type_),
+        zone="cook",
+        received_ms=ts_ms,
+        **extra,
+    ).model_dump(mode="json", exclude_none=True)
+
+
+def kitchen_batches(items: list[dict[str, Any]], partitions: int) -> list[tuple[int, bytes]]:
+    by_p: dict[int, list[dict[str, Any]]] = {}
+    for it in items:
+        by_p.setdefault(partition_for(it["kitchen"], partitions), []).append(it)
+    return [(p, serde.dumps({"v": 1, "kind": "kitchen_events", "items": its})) for p, its in sorted(by_p.items())]
+
+
+def cold_chain_scenario(
+    devices: int, steps: int, partitions: int, t0: int, seed: int = 7
+) -> list[list[tuple[int, bytes]]]:
+    """Per step (5 min): one readings record per partition, then a tick per partition half a step later.
+
+    After the start-up mask (12 steps) each device has a breach (10 °C on a chilled asset: ``coldchain.high``
+    after 15 min) of random length, so alerts open and resolve and some are under way at any cut; a few
+    devices go silent (``liveness.*``, opened by ticks alone).
+    """
+    rng = random.Random(seed)
+    plan = []
+    for i in range(devices):
+        start = rng.randrange(13, max(14, steps - 2))
+        plan.append((f"dev-{i:04d}", start, start + rng.randrange(2, 10), rng.random() < 0.05))
+    out: list[list[tuple[int, bytes]]] = []
+    for step in range(steps):
+        ts = t0 + step * STEP_MS
+        items = []
+        for dev, a, b, silent in plan:
+            if silent and step > a:
+                continue
+            jitter = int(dev[-4:]) * 7 % 1000
+            items.append(device_reading(dev, step, ts + jitter, 10.0 if a <= step < b else 4.0))
+        recs = batches(items, partitions)
+        recs += [(p, tick(ts + STEP_MS // 2)) for p in range(partitions)]
+        out.append(recs)
+    return out
+
+
+def device_names(devices: int) -> list[str]:
+    return [f"dev-{i:04d}" for i in range(devices)]
