@@ -60,6 +60,9 @@ def worker(
         float, typer.Option("--session-timeout", help="seconds before a dead worker's partitions move")
     ] = 30.0,
     heartbeat_interval: Annotated[float, typer.Option("--heartbeat-interval", help="seconds")] = 3.0,
+    metrics_port: Annotated[
+        int, typer.Option("--metrics-port", help="serve Prometheus metrics on 127.0.0.1:PORT (0: off)")
+    ] = 0,
     concerns: Annotated[
         str, typer.Option("--concerns", help="module:function list building the detectors", hidden=True)
     ] = DEFAULT_CONCERNS,
@@ -109,6 +112,10 @@ def worker(
         f"[cyan]>[/] worker {wapp.app.conf.id}: {', '.join(c.name for c in found)} on "
         f"{settings.kafka.bootstrap_servers}, clock {mode}, store {store}"
     )
+    if metrics_port:
+        from pipeline.agents.metrics import serve
+
+        serve(wapp.runners, metrics_port)
     logging.getLogger("pipeline").setLevel(log_level.upper().replace("WARN", "WARNING").replace("CRIT", "CRITICAL"))
     faust.Worker(wapp.app, loglevel=log_level, quiet=True).execute_from_commandline()
 

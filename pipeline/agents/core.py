@@ -180,6 +180,7 @@ class Runner(Generic[S, E]):
         dirty = self._dirty
         outputs = result.outputs
         clock = self._clock.get(partition, 0)
+        duplicates = 0
         on_item, key_field, time_field, n = concern.on_item, concern.key_field, concern.time_field, self.partitions
         for item in items:
             try:
@@ -202,9 +203,14 @@ class Runner(Generic[S, E]):
             if new is not state:
                 cache[key] = new
                 dirty[key] = new
+            elif not outs:
+                # The detectors' contract: a (device, seq) / (camera, event_id) duplicate returns the very same
+                # state and no outputs (anything else at least moves the de-dup window or a buffer).
+                duplicates += 1
             if outs:
                 outputs.extend(outs)
         self.stats.items += len(items)
+        self.stats.duplicates += duplicates
         self._count(outputs)
 
     def tick(self, partition: int, now_ms: int, result: Result | None = None) -> Result:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -230,7 +232,8 @@ async def test_batches_in_alerts_out(live_stack: Settings, topics: Topics, tmp_p
         (0, b"not json"),
         (1, serde.dumps({"v": 1, "kind": "readings", "items": [{"device": "dev-0001"}]})),
     ]
-    worker = Worker(topics, tmp_path, "w", "--clock", "replay").start()
+    port = _free_port()
+    worker = Worker(topics, tmp_path, "w", "--clock", "replay", "--metrics-port", str(port)).start()
     try:
         await worker.assigned()
         async with (
@@ -251,6 +254,11 @@ async def test_batches_in_alerts_out(live_stack: Settings, topics: Topics, tmp_p
         assert all(d["source"] == "mqtt" for d in dead.values)
         assert {v["site"] for v in alerts.values} == {"S01"}
         assert any(v["rule"].startswith("kitchen.") for v in alerts.values)
+        metrics = _scrape(port)
+        assert metrics['larder_worker_duplicates_total{concern="devices"}'] == len(serde.loads(resent[0][1])["items"])
+        assert metrics['larder_worker_dead_letters_total{concern="devices"}'] == 2
+        assert metrics['larder_worker_items_total{concern="kitchens"}'] == 2
+        assert metrics['larder_worker_subjects{concern="devices"}'] == 60
     finally:
         worker.stop()
     assert worker.proc is not None and worker.proc.returncode == 0, "\n".join(worker.lines()[-20:])
@@ -343,6 +351,18 @@ async def test_rebalance_survivor_restores_state(
     finally:
         a.stop()
         b.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _scrape(port: int) -> dict[str, float]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return {k: float(v) for k, _, v in (ln.rpartition(" ") for ln in text.splitlines() if ln and ln[0] != "#")}
 
 
 def _rules(steps: list[list[tuple[int, bytes]]], partitions: int, sites: Path) -> set[str]:

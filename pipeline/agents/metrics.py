@@ -1,0 +1,48 @@
+"""Prometheus metrics of `larder worker`, read from the runners' counters at scrape time (nothing is done per
+reading on the hot path)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import fields
+from typing import Any
+
+from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from pipeline.agents.core import Runner, Stats
+
+_HELP = {
+    "records": "Kafka records (record batches) consumed",
+    "items": "readings / camera events processed",
+    "ticks": "tick records processed (timers run)",
+    "duplicates": "items that were exact duplicates (device, seq) / (camera, event_id)",
+    "alerts": "alert lifecycle events produced",
+    "annotations": "annotations produced",
+    "table_writes": "state table writes (changelog records)",
+    "dead_letters": "records or items refused to the dead-letter topic",
+}
+
+
+class RunnerCollector(Collector):
+    def __init__(self, runners: Callable[[], dict[str, Runner[Any, Any]]]) -> None:
+        self._runners = runners
+
+    def collect(self) -> Iterator[Any]:
+        runners = self._runners()
+        for f in fields(Stats):
+            family = CounterMetricFamily(f"larder_worker_{f.name}", _HELP[f.name], labels=["concern"])
+            for name, runner in runners.items():
+                family.add_metric([name], getattr(runner.stats, f.name))
+            yield family
+        subjects = GaugeMetricFamily("larder_worker_subjects", "subjects with state on this worker", labels=["concern"])
+        for name, runner in runners.items():
+            subjects.add_metric([name], runner.subjects())
+        yield subjects
+
+
+def serve(runners: dict[str, Runner[Any, Any]], port: int, host: str = "127.0.0.1") -> None:
+    from prometheus_client import start_http_server
+
+    REGISTRY.register(RunnerCollector(lambda: runners))
+    start_http_server(port, addr=host)

@@ -1,0 +1,178 @@
+"""The agents' plumbing without Kafka: the Runner (state cache, table writes only on change, ticks, dead
+letters, restart from the store) and the Faust agent itself through ``agent.test_context()`` (memory store)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from pipeline import serde
+from pipeline.agents.app import ListOutputs, WorkerOptions, make_app
+from pipeline.agents.core import Runner, encode_output
+from pipeline.agents.devices import device_concern
+from pipeline.partitioner import partition_for
+from pipeline.schemas import Alert
+from pipeline.settings import Settings
+from pipeline.siteconfig import load
+from pipeline.topics import Topics
+from tests.agents_support import (
+    batches,
+    cold_chain_scenario,
+    device_names,
+    device_reading,
+    oracle,
+    reading,
+    threshold_concern,
+    tick,
+    write_sites,
+)
+
+P = 4
+T0 = 1_700_000_000_000
+
+
+def alerts_of(outputs: list[Any]) -> list[tuple[str, str, int]]:
+    return [(o.alert_id, o.state.value, o.at_ms) for o in outputs if isinstance(o, Alert)]
+
+
+class CountingStore(dict[bytes, bytes]):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.writes += 1
+        super().__setitem__(key, value)
+
+
+def test_event_and_tick_paths_open_at_the_deadline_and_write_only_changes() -> None:
+    store = CountingStore()
+    runner: Runner[Any, Any] = Runner(threshold_concern(delay_ms=60_000), store, P, arrived_ms=lambda: 0)
+    dev = "d1"
+    p = partition_for(dev, P)
+    [(_, rec)] = batches([reading(dev, 0, T0, 9.0), reading(dev, 1, T0 + 10_000, 9.5)], P)
+    assert runner.on_record(rec, p).outputs == []
+    assert runner.flush() == 1, "two readings of one device in one record: one table write"
+    # Nothing due yet: the tick leaves the state object alone, so nothing is written.
+    assert runner.tick(p, T0 + 30_000).outputs == [] and runner.flush() == 0
+    # The tick that passes the deadline opens the alert at the deadline, not at the tick's time.
+    [alert] = runner.tick(p, T0 + 600_000).outputs
+    assert isinstance(alert, Alert) and alert.at_ms == T0 + 60_000 and alert.subject == dev
+    assert runner.flush() == 1 and store.writes == 2
+    assert runner.stats.alerts == 1 and runner.stats.table_writes == 2
+
+
+def test_duplicates_are_counted_and_change_nothing(tmp_path: Path) -> None:
+    site = write_sites(tmp_path / "sites.yaml", ["dev-0001"])
+    runner: Runner[Any, Any] = Runner(device_concern(load(site)), {}, P, arrived_ms=lambda: 0)
+
+    items = [device_reading("dev-0001", i, T0 + i * 60_000, 4.0) for i in range(5)]
+    [(p, rec)] = batches(items, P)
+    runner.on_record(rec, p)
+    runner.flush()
+    again = runner.on_record(rec, p)
+    assert again.outputs == [] and runner.flush() == 0
+    assert runner.stats.duplicates == 5 and runner.stats.items == 10
+
+
+def test_bad_records_and_items_are_dead_lettered_not_raised() -> None:
+    runner: Runner[Any, Any] = Runner(threshold_concern(), {}, P, arrived_ms=lambda: 42)
+    good = reading("d1", 0, T0, 4.0)
+    wrong_partition = next(d for d in (f"x{i}" for i in range(50)) if partition_for(d, P) != partition_for("d1", P))
+    p = partition_for("d1", P)
+    cases = {
+        b"{not json": "worker.bad_record",
+        serde.dumps({"v": 2, "kind": "readings", "items": []}): "worker.bad_record",
+        serde.dumps({"v": 1, "kind": "kitchen_events", "items": []}): "worker.bad_record",
+        serde.dumps({"v": 1, "kind": "tick"}): "worker.bad_tick",
+        serde.dumps({"v": 1, "kind": "readings", "items": [{"device": "d1", "seq": 1}]}): "worker.bad_item",
+        serde.dumps({"v": 1, "kind": "readings", "items": [{**good, "device": wrong_partition}]}): "worker.bad_item",
+    }
+    for value, code in cases.items():
+        [dead] = runner.on_record(value, p).dead_letters
+        assert dead.reason_code == code and dead.source == "mqtt" and dead.arrived_ms == 42
+    # The good item next to a bad one is still processed.
+    mixed = serde.dumps({"v": 1, "kind": "readings", "items": [{"device": "d1"}, good]})
+    result = runner.on_record(mixed, p)
+    assert len(result.dead_letters) == 1 and runner.flush() == 1
+    assert runner.stats.dead_letters == len(cases) + 1
+
+
+def test_restart_from_the_store_gives_the_uninterrupted_outputs(tmp_path: Path) -> None:
+    """Cut the stream anywhere, rebuild a runner from the stored bytes: the same alerts as one run."""
+    sites = write_sites(tmp_path / "sites.yaml", device_names(30))
+    concern = device_concern(load(sites))
+    records = [r for step in cold_chain_scenario(30, 30, P, T0) for r in step]
+    want = alerts_of(oracle(records, P, concern).outputs)
+    assert len(want) > 10
+    for cut in (len(records) // 3, len(records) // 2 + 1):
+        store: dict[bytes, bytes] = {}
+        first: Runner[Any, Any] = Runner(concern, store, P, arrived_ms=lambda: 0)
+        got: list[Any] = []
+        for p, value in records[:cut]:
+            got += first.on_record(value, p).outputs
+            first.flush()
+        second: Runner[Any, Any] = Runner(concern, store, P, arrived_ms=lambda: 0)
+        assert second.load(store.items(), range(P)) == len(store)
+        for p, value in records[cut:]:
+            got += second.on_record(value, p).outputs
+            second.flush()
+        assert sorted(alerts_of(got)) == sorted(want)
+
+
+def test_ticks_visit_subjects_in_order_and_forget_drops_partitions() -> None:
+    runner: Runner[Any, Any] = Runner(threshold_concern(delay_ms=5_000), {}, 1, arrived_ms=lambda: 0)
+    [(_, rec)] = batches([reading(d, 0, T0, 20.0) for d in ("zeta", "alpha", "mid")], 1)
+    runner.on_record(rec, 0)
+    assert [o.subject for o in runner.tick(0, T0 + 5_000).outputs] == ["alpha", "mid", "zeta"]
+    runner.forget([0])
+    assert runner.subjects() == 0 and not runner.loaded(0)
+
+
+def test_output_records_are_keyed_by_site() -> None:
+    runner: Runner[Any, Any] = Runner(threshold_concern(delay_ms=0), {}, P, arrived_ms=lambda: 0)
+    [(p, rec)] = batches([reading("d1", 0, T0, 20.0, site="S07")], P)
+    [alert] = runner.on_record(rec, p).outputs
+    which, key, value = encode_output(alert)
+    assert (which, key) == ("alerts", b"S07")
+    assert serde.loads(value)["alert_id"] == alert.alert_id  # type: ignore[union-attr]
+
+
+@pytest.mark.timeout(30)
+async def test_faust_agent_with_test_context(tmp_path: Path) -> None:
+    """The real agent body (table, cache, outputs) on Faust's test channel with the memory store."""
+    outputs = ListOutputs()
+    topics = Topics(prefix="unit", partitions=P)
+    worker = make_app(
+        Settings(state_dir=tmp_path),
+        topics,
+        [threshold_concern(delay_ms=60_000)],
+        WorkerOptions(store="memory", clock="replay"),
+        outputs=outputs,
+    )
+    worker.app.finalize()
+    table = worker.tables["devices"]
+    changelog: list[tuple[bytes, bytes]] = []
+
+    def send_changelog(partition: int | None, key: bytes, value: bytes, *_: Any, **__: Any) -> Any:
+        # The changelog producer is Kafka's; here we only record what the table would send.
+        changelog.append((key, value))
+        return SimpleNamespace(message=SimpleNamespace(partition=partition_for(key.decode(), P)))
+
+    table.send_changelog = send_changelog
+    records = batches([reading("d1", i, T0 + i * 30_000, 10.0) for i in range(4)], P, per_record=2)
+    p = records[0][0]
+    async with worker.agents["devices"].test_context() as agent:
+        for partition, value in records:
+            await agent.put(value, partition=partition)
+        await agent.put(tick(T0 + 600_000), partition=p)
+        await agent.put(records[0][1], partition=p)  # a redelivered record: duplicates only
+    alerts = [o for r in outputs.results for o in r.outputs if isinstance(o, Alert)]
+    assert [(a.state.value, a.at_ms) for a in alerts] == [("open", T0 + 60_000)]
+    assert [k for k, _ in changelog] == [b"d1", b"d1"], "one write per record that changed the state"
+    assert table[b"d1"] == changelog[-1][1]
+    stats = worker.runners["devices"].stats
+    assert (stats.records, stats.items, stats.ticks, stats.duplicates) == (4, 6, 1, 2)
