@@ -176,3 +176,24 @@ async def test_faust_agent_with_test_context(tmp_path: Path) -> None:
     assert table[b"d1"] == changelog[-1][1]
     stats = worker.runners["devices"].stats
     assert (stats.records, stats.items, stats.ticks, stats.duplicates) == (4, 6, 1, 2)
+
+
+def test_shared_rule_classes_behave_like_one_detector_per_device(tmp_path: Path) -> None:
+    """devices.py shares one resolved rule set per (site, asset, interval); outputs must not change."""
+    from pipeline.detectors.device import DeviceDetector
+    from pipeline.detectors.run import run_device_stream
+    from pipeline.profiles import resolve_device_rules
+
+    names = device_names(12)
+    cfg = load(write_sites(tmp_path / "sites.yaml", names))
+    records = [r for step in cold_chain_scenario(12, 30, 1, T0) for r in step]
+    got = oracle(records, 1, device_concern(cfg)).outputs
+    want: list[Any] = []
+    items = [it for _, v in records for it in serde.loads(v).get("items", [])]
+    ticks = [serde.loads(v)["now_ms"] for _, v in records if serde.loads(v)["kind"] == "tick"]
+    for name in names:
+        mine = [it for it in items if it["device"] == name]
+        det = DeviceDetector(resolve_device_rules(cfg, "S01", name))
+        want += run_device_stream(det, mine, ticks)
+    assert sorted(alerts_of(got)) == sorted(alerts_of(want)) and len(alerts_of(got)) > 5
+    assert {o.subject for o in got} == set(names)
