@@ -1,0 +1,481 @@
+"""End-to-end benchmark: simulated devices -> MQTT -> bridge -> Kafka -> Faust worker -> alerts -> webhook,
+and readings -> InfluxDB, every service real and on this machine.
+
+    python -m benchmarks.e2e            # full run (~6 min): latency, saturation ramp, device scale
+    python -m benchmarks.e2e --quick    # < 1 min: the pipeline keeps up with no loss; prints the figures
+
+What it measures, each printed and written to ``benchmarks/results/e2e-<stamp>.json`` (+ a lag plot PNG):
+
+* **latency**: MQTT publish of an out-of-range reading -> signed webhook received, with the rule delays and
+  the notifier's grouping window set to zero for this measure; p50/p99 at a steady 1,000 readings/s;
+* **saturation**: a ramp of offered rates; for each, readings/s acknowledged end to end (bridge acks after
+  Kafka), whether the worker's and the sink's consumer lag stayed bounded, CPU and RSS per process;
+* **scale**: the same at 1k and 10k devices (one MQTT connection each), worker RSS per device.
+
+No assertion on a timing: ``--quick`` fails only if the pipeline lost readings or was left behind (lag not
+drained), which is a correctness property, and prints the figures for the CI log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+from aiohttp import web
+from ruamel.yaml import YAML
+
+from benchmarks.loadgen import LoadGenerator
+from pipeline import serde, stack
+from pipeline.services import Services
+from pipeline.settings import Settings, load_settings
+from pipeline.stack import influx, mosquitto
+from pipeline.stack.process import read_pid
+from pipeline.topics import Topics
+
+RESULTS = Path(__file__).parent / "results"
+NORMAL_C = 4.0
+EXCURSION_C = 15.0  # above the chilled high_high limit (12 °C) and high (8 °C)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Site file and webhook receiver
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def write_site_file(path: Path, devices: list[tuple[str, str]], webhook_url: str, per_site: int = 100) -> None:
+    """Sites of ``per_site`` devices each, one asset per device, on a zero-delay profile, one webhook operator."""
+    sites: dict[str, Any] = {}
+    for i, (dev, secret) in enumerate(devices):
+        site_id = f"B{i // per_site:05d}"
+        site = sites.setdefault(
+            site_id,
+            {
+                "name": f"bench site {site_id}",
+                "assets": {},
+                "devices": {},
+                "recipients": {"operator": [{"name": "bench", "webhook": webhook_url, "channels": ["webhook"]}]},
+                "escalation": {
+                    "warning": [{"after_min": 0, "roles": ["operator"]}],
+                    "critical": [{"after_min": 0, "roles": ["operator"]}],
+                },
+            },
+        )
+        site["assets"][f"a-{dev}"] = {"profile": "bench"}
+        site["devices"][dev] = {"asset": f"a-{dev}", "interval_s": 30, "secret": secret}
+    doc = {
+        "version": 1,
+        "profiles": {
+            "bench": {
+                "base": "chilled",
+                "high": {"limit": 8.0, "delay_min": 0},
+                "high_high": {"limit": 12.0, "delay_min": 0},
+                "masks": {"startup_min": 0},
+                # Readings are buffered for the allowed lateness before rules see them; for the latency measure
+                # (rule delays zero) that buffer is zero too.
+                "allowed_lateness_min": 0,
+            }
+        },
+        "sites": sites,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        YAML().dump(doc, fh)
+
+
+@dataclass
+class Received:
+    at: float
+    alerts: list[dict[str, Any]]
+
+
+class WebhookReceiver:
+    """Plays the supervisors' webhook endpoint: records when each alert arrived."""
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/hook", self._hook)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def _hook(self, request: web.Request) -> web.Response:
+        now = time.time()
+        body = serde.loads(await request.read())
+        self.received.append(Received(now, list(_alerts_in(body))))
+        return web.json_response({"ok": True})
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+
+
+def _alerts_in(body: Any) -> Iterator[dict[str, Any]]:
+    """Webhook bodies carry one alert record or a group of them; find every contract-4 record inside."""
+    if isinstance(body, dict):
+        if "alert_id" in body and "subject" in body:
+            yield body
+            return
+        for v in body.values():
+            yield from _alerts_in(v)
+    elif isinstance(body, list):
+        for v in body:
+            yield from _alerts_in(v)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sampling: consumer lag, CPU and RSS per process
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    t: float
+    offered: float
+    acked: int
+    lag: dict[str, int]
+    cpu: dict[str, float]
+    rss_mb: dict[str, float]
+
+
+class Sampler:
+    def __init__(self, settings: Settings, topics: Topics, groups: dict[str, list[str]], procs: dict[str, int]) -> None:
+        self.settings, self.topics, self.groups = settings, topics, groups
+        self.procs = {name: psutil.Process(pid) for name, pid in procs.items() if psutil.pid_exists(pid)}
+        for p in self.procs.values():
+            p.cpu_percent(None)
+        self.samples: list[Sample] = []
+        self._admin: Any = None
+        self._consumer: Any = None
+
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        self._admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka.bootstrap_servers)
+        await self._admin.start()
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka.bootstrap_servers)
+        await self._consumer.start()
+
+    async def lag(self) -> dict[str, int]:
+        from aiokafka.structs import TopicPartition
+
+        out: dict[str, int] = {}
+        for group, topic_names in self.groups.items():
+            committed = await self._admin.list_consumer_group_offsets(group)
+            tps = [TopicPartition(t, p) for t in topic_names for p in range(self.topics.partitions)]
+            ends = await self._consumer.end_offsets(tps)
+            out[group] = sum(max(0, ends[tp] - (committed[tp].offset if tp in committed else 0)) for tp in tps)
+        return out
+
+    async def sample(self, offered: float, acked: int) -> Sample:
+        cpu, rss = {}, {}
+        for name, p in self.procs.items():
+            with contextlib.suppress(psutil.Error):
+                tree = [p, *p.children(recursive=True)]
+                cpu[name] = sum(q.cpu_percent(None) for q in tree)
+                rss[name] = sum(q.memory_info().rss for q in tree) / 1e6
+        s = Sample(time.time(), offered, acked, await self.lag(), cpu, rss)
+        self.samples.append(s)
+        return s
+
+    async def stop(self) -> None:
+        if self._admin:
+            await self._admin.close()
+        if self._consumer:
+            await self._consumer.stop()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Phase:
+    name: str
+    devices: int
+    offered_rate: float
+    duration_s: float
+    published: int = 0
+    acked: int = 0
+    ack_rate: float = 0.0
+    lag_end: dict[str, int] = field(default_factory=dict)
+    lag_max: dict[str, int] = field(default_factory=dict)
+    drained_s: float | None = None
+    cpu_pct: dict[str, float] = field(default_factory=dict)
+    rss_mb: dict[str, float] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Bench:
+    def __init__(self, settings: Settings, quick: bool) -> None:
+        self.settings, self.quick = settings, quick
+        self.prefix = f"bench{uuid.uuid4().hex[:6]}"
+        self.topics = Topics(self.prefix, settings.readings_partitions)
+        self.phases: list[Phase] = []
+        self.samples: list[Sample] = []
+
+    async def run_phase(
+        self, phase: Phase, lg: LoadGenerator, sampler: Sampler, excursion_every: int = 0, drain_timeout: float = 60
+    ) -> Phase:
+        """Offer ``phase.offered_rate`` readings/s; every ``excursion_every``-th reading is out of range (and the
+        device's next one is back in range, so the alert resolves and the next excursion opens a new one)."""
+        counter = {"n": 0}
+        in_excursion: set[str] = set()
+
+        def value(dev: Any, _now: float) -> float:
+            counter["n"] += 1
+            if dev.device_id in in_excursion:
+                in_excursion.discard(dev.device_id)
+                return NORMAL_C
+            if excursion_every and counter["n"] % excursion_every == 0:
+                in_excursion.add(dev.device_id)
+                return EXCURSION_C
+            return NORMAL_C
+
+        pub0, ack0 = lg.stats.published, lg.stats.acked
+        t0 = time.time()
+        task = asyncio.create_task(lg.run_rate(phase.offered_rate, phase.duration_s, value))
+        while not task.done():
+            await asyncio.sleep(1.0)
+            s = await sampler.sample(phase.offered_rate, lg.stats.acked)
+            print(
+                f"  [{phase.name}] {time.time() - t0:5.1f}s acked {lg.stats.acked - ack0:>9,}  lag {s.lag}", flush=True
+            )
+        await task
+        send_s = time.time() - t0
+        await lg.wait_acked(drain_timeout)
+        phase.published = lg.stats.published - pub0
+        phase.acked = lg.stats.acked - ack0
+        phase.ack_rate = phase.acked / send_s
+        window = [s for s in sampler.samples if s.t >= t0]
+        phase.lag_max = {g: max((s.lag.get(g, 0) for s in window), default=0) for g in sampler.groups}
+        phase.cpu_pct = {k: round(statistics.fmean(s.cpu.get(k, 0.0) for s in window), 1) for k in sampler.procs}
+        phase.rss_mb = {k: round(max(s.rss_mb.get(k, 0.0) for s in window), 1) for k in sampler.procs}
+        # Drained: how long after the last publish until every group's lag is zero.
+        t_end = time.time()
+        while time.time() - t_end < drain_timeout:
+            s = await sampler.sample(0, lg.stats.acked)
+            if all(v == 0 for v in s.lag.values()):
+                phase.drained_s = round(time.time() - t_end, 1)
+                break
+            await asyncio.sleep(0.5)
+        phase.lag_end = sampler.samples[-1].lag
+        self.phases.append(phase)
+        return phase
+
+    async def run(self, device_counts: list[int], ramp: list[float], latency_rate: float, phase_s: float) -> None:
+        s = self.settings
+        await asyncio.to_thread(stack.up, s, lambda m: print(f"[stack] {m}"))
+        await stack.ensure_topics(s, self.topics)
+        receiver = WebhookReceiver()
+        hook_url = await receiver.start()
+        max_devices = max(device_counts)
+        devices = [(f"bd-{i:06d}", secrets.token_urlsafe(12)) for i in range(max_devices)]
+        site_file = s.state_dir / "bench" / f"{self.prefix}-sites.yaml"
+        write_site_file(site_file, devices, hook_url)
+        mosquitto.write_auth(s, dict(devices))
+        await asyncio.sleep(1.0)  # SIGHUP reload
+        influx.create_database(s, self.prefix)  # the run's own database, so counts are exact
+        env = {
+            "LARDER_NOTIFY__GROUP_WINDOW_S": "0",
+            "LARDER_NOTIFY__RATE_LIMIT": "1000000",
+            "LARDER_INFLUX__DATABASE": self.prefix,
+        }
+        services = Services(
+            s,
+            site_file,
+            self.prefix,
+            clock="live",
+            names=("bridge", "worker", "notifier", "sink"),
+            bridge_instance=self.prefix,
+            extra_env=env,
+            report=lambda m: print(f"[services] {m}"),
+        )
+        await asyncio.to_thread(services.start)
+        try:
+            procs = {p.name: p.proc.pid for p in services.processes if p.proc is not None}
+            for name, pidfile in (("kafka", "kafka.pid"), ("influxdb", "influxdb.pid"), ("mosquitto", "mosquitto.pid")):
+                pid = read_pid(s.state_dir / "run" / pidfile)
+                if pid:
+                    procs[name] = pid
+            procs["loadgen"] = os.getpid()
+            groups = {
+                f"{self.prefix}-worker": [self.topics.readings],
+                "larder-sink": [self.topics.readings],
+            }
+            sampler = Sampler(s, self.topics, groups, procs)
+            await sampler.start()
+            try:
+                for n in sorted(device_counts):
+                    lg = LoadGenerator(s.mqtt.host, s.mqtt.port, devices[:n])
+                    t = time.time()
+                    await lg.connect(progress=lambda c: print(f"  connected {c:,}", flush=True))
+                    print(f"[scale {n:,}] {n:,} device connections in {time.time() - t:.1f} s", flush=True)
+                    if n == min(device_counts):
+                        before = len(receiver.received)
+                        ph = await self.run_phase(
+                            Phase(f"latency@{latency_rate:g}/s", n, latency_rate, phase_s),
+                            lg,
+                            sampler,
+                            excursion_every=max(1, int(latency_rate // 20)),
+                        )
+                        await asyncio.sleep(3.0)  # last webhooks
+                        ph.latency_ms = self._latencies(lg, receiver.received[before:])
+                        print(f"[latency] {ph.latency_ms}", flush=True)
+                        for rate in ramp:
+                            await self.run_phase(Phase(f"ramp@{rate:g}/s", n, rate, phase_s), lg, sampler)
+                    else:
+                        rate = ramp[-1] if ramp else latency_rate
+                        await self.run_phase(Phase(f"scale{n}@{rate:g}/s", n, rate, phase_s), lg, sampler)
+                    await lg.close()
+            finally:
+                self.samples = sampler.samples
+                await sampler.stop()
+        finally:
+            await asyncio.to_thread(services.stop)
+            await receiver.stop()
+
+    def _latencies(self, lg: LoadGenerator, received: list[Received]) -> dict[str, float]:
+        from pipeline.schemas import to_ms
+
+        sent_by_ts: dict[tuple[str, int], float] = {}
+        for (dev, _seq), t in lg.stats.sent_at.items():
+            sent_by_ts[(dev, int(t * 1000))] = t
+        lat: list[float] = []
+        seen: set[str] = set()
+        for r in received:
+            for a in r.alerts:
+                if a.get("state") != "open" or a["alert_id"] in seen:
+                    continue
+                seen.add(a["alert_id"])
+                from datetime import datetime
+
+                opened = to_ms(datetime.fromisoformat(a["opened_at"].replace("Z", "+00:00")))
+                sent = _nearest(sent_by_ts, a["subject"], opened)
+                if sent is not None:
+                    lat.append((r.at - sent) * 1000)
+        return {
+            "n": len(lat),
+            "p50": round(_pct(lat, 0.5), 1),
+            "p99": round(_pct(lat, 0.99), 1),
+            "max": round(max(lat), 1) if lat else float("nan"),
+        }
+
+    def report(self) -> dict[str, Any]:
+        out = {
+            "machine": {
+                "cpus": psutil.cpu_count(),
+                "mem_gb": round(psutil.virtual_memory().total / 1e9, 1),
+                "python": sys.version.split()[0],
+            },
+            "quick": self.quick,
+            "phases": [asdict(p) for p in self.phases],
+        }
+        RESULTS.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        (RESULTS / f"e2e-{stamp}.json").write_text(json.dumps(out, indent=2))
+        self._plot(RESULTS / f"e2e-{stamp}-lag.png")
+        print(
+            "\n| phase | devices | offered/s | acked/s | max lag worker / sink (records) | drained after | "
+            "CPU % bridge / worker / sink / mosquitto / kafka | RSS MB worker |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        for p in self.phases:
+            lags = " / ".join(str(v) for v in p.lag_max.values())
+            cpu = " / ".join(str(p.cpu_pct.get(k, "-")) for k in ("bridge", "worker", "sink", "mosquitto", "kafka"))
+            drained = f"{p.drained_s} s" if p.drained_s is not None else "not drained"
+            print(
+                f"| {p.name} | {p.devices:,} | {p.offered_rate:,.0f} | {p.ack_rate:,.0f} | {lags} | "
+                f"{drained} | {cpu} | {p.rss_mb.get('worker', '-')} |"
+            )
+        for p in self.phases:
+            if p.latency_ms:
+                print(f"\nlatency publish -> webhook at {p.offered_rate:g} readings/s: {p.latency_ms}")
+        print(f"\nresults: {RESULTS / f'e2e-{stamp}.json'}")
+        return out
+
+    def _plot(self, path: Path) -> None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return
+        if not self.samples:
+            return
+        t0 = self.samples[0].t
+        fig, ax = plt.subplots(figsize=(9, 4))
+        for g in self.samples[0].lag:
+            ax.plot([s.t - t0 for s in self.samples], [s.lag.get(g, 0) for s in self.samples], label=f"lag {g}")
+        ax2 = ax.twinx()
+        ax2.plot([s.t - t0 for s in self.samples], [s.offered for s in self.samples], "k--", label="offered/s")
+        ax.set_xlabel("seconds")
+        ax.set_ylabel("consumer lag (Kafka records)")
+        ax2.set_ylabel("offered readings/s")
+        ax.legend(loc="upper left")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+
+
+def _nearest(sent: dict[tuple[str, int], float], device: str, ts_ms: int) -> float | None:
+    for delta in (0, -1, 1):
+        if (device, ts_ms + delta) in sent:
+            return sent[(device, ts_ms + delta)]
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="< 1 min: keeps up, no loss; prints figures")
+    ap.add_argument("--devices", default=None, help="comma-separated device counts (default 1000,10000)")
+    ap.add_argument("--ramp", default=None, help="comma-separated offered rates (default 5000,10000,20000,30000)")
+    ap.add_argument("--phase-s", type=float, default=None, help="seconds per phase (default 20; quick 8)")
+    args = ap.parse_args()
+    settings = load_settings()
+    quick = args.quick
+    devices = [int(x) for x in (args.devices or ("500" if quick else "1000,10000")).split(",")]
+    ramp = [float(x) for x in (args.ramp or ("3000" if quick else "5000,10000,20000,30000")).split(",")]
+    phase_s = args.phase_s or (8.0 if quick else 20.0)
+    bench = Bench(settings, quick)
+    asyncio.run(bench.run(devices, ramp, 1000.0, phase_s))
+    out = bench.report()
+    lost = [p["name"] for p in out["phases"] if p["acked"] < p["published"]]
+    behind = [p["name"] for p in out["phases"] if p["drained_s"] is None]
+    if lost or behind:
+        print(f"FAILED: readings not acknowledged in {lost}; lag not drained in {behind}")
+        sys.exit(1)
+    print("OK: every published reading was acknowledged after Kafka, and every consumer caught up")
+
+
+if __name__ == "__main__":
+    main()
