@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import struct
 import threading
 import time
 from collections import Counter as Tally
@@ -70,6 +71,27 @@ def make_producer(settings: Settings, **extra: Any) -> AIOKafkaProducer:
         request_timeout_ms=30_000,
         **extra,
     )
+
+
+_PUBACK = struct.Struct("!BBH")
+
+
+def ack_many(client: mqtt.Client, mids: list[int]) -> None:
+    """PUBACK many QoS 1 messages with one queued write.
+
+    ``client.ack(mid, 1)`` queues one 4-byte packet and wakes paho's thread through its socket pair, per
+    message: a syscall and a thread hand-off each. PUBACKs are plain concatenable frames on the wire, so the
+    whole tick's acks go out as one buffer. Falls back to ``ack()`` if paho's internals ever change.
+    """
+    if not mids:
+        return
+    queue = getattr(client, "_packet_queue", None)
+    if queue is None:
+        for mid in mids:
+            client.ack(mid, 1)
+        return
+    packet = b"".join(_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid in mids)
+    queue(mqtt.PUBACK, packet, 0, 1)
 
 
 @dataclass
@@ -323,9 +345,7 @@ class Bridge:
                     futures = []
                     continue
         metrics.PRODUCE_SECONDS.labels("mqtt").observe(time.perf_counter() - t0)
-        for mid, qos in acks:
-            if qos:
-                self.client.ack(mid, qos)
+        ack_many(self.client, [mid for mid, qos in acks if qos == 1])
         with self._cond:
             self._inflight -= len(acks)
             self._cond.notify_all()
