@@ -117,8 +117,9 @@ class Notifier:
                 self.ledger.apply(Delivery.model_validate_json(rec.value))
 
         await read_to_end(s, [self.topics.deliveries], on_delivery)
-        for d in sorted(self.ledger.planned.values(), key=lambda d: d.at_ms):
-            self.state = self.router.on_planned(self.state, d.recipient, d.keys, d.at_ms)
+        self.state = self.router.on_planned_many(
+            self.state, [(d.recipient, d.keys, d.at_ms) for d in self.ledger.planned.values()]
+        )
 
         actions: list[Action] = []
 

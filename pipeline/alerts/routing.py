@@ -155,6 +155,7 @@ class Track:
     acked: bool = False
     resolved_ms: int | None = None
     notified: frozenset[str] = frozenset()  # person ids that were sent something about this alert
+    next_ms: int = 0  # nothing can happen before this (next step or reminder): idle ticks skip the track
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,7 @@ class Router:
         if alert.state is AlertState.ESCALATED:
             step = alert.evidence.get("step")
             if isinstance(step, int) and step > track.step:
-                track = replace(track, step=step, step_ms=alert.at_ms, reminders=0)
+                track = replace(track, step=step, step_ms=alert.at_ms, reminders=0, next_ms=0)
             return self._put(state, track), []
         if alert.state is AlertState.ACKNOWLEDGED:
             return self._put(state, replace(track, acked=True)), []
@@ -291,13 +292,21 @@ class Router:
 
     def on_planned(self, state: RouterState, person_id: str, keys: list[str], at_ms: int) -> RouterState:
         """Rebuild: a message that was planned before a restart (its keys are done, it counts for the rate)."""
+        return self.on_planned_many(state, [(person_id, keys, at_ms)])
+
+    def on_planned_many(self, state: RouterState, records: list[tuple[str, list[str], int]]) -> RouterState:
+        """:meth:`on_planned` for a whole ledger at once (one copy of the state, not one per record)."""
         tracks = dict(state.tracks)
-        for key in keys:
-            aid = key.split("|", 1)[0]
-            if aid in tracks:
-                tracks[aid] = replace(tracks[aid], notified=tracks[aid].notified | {person_id})
-        sent = (*state.sent.get(person_id, ()), at_ms)
-        return replace(state, tracks=tracks, planned=state.planned | set(keys), sent={**state.sent, person_id: sent})
+        planned = set(state.planned)
+        sent = dict(state.sent)
+        for person_id, keys, at_ms in sorted(records, key=lambda r: r[2]):
+            for key in keys:
+                aid = key.split("|", 1)[0]
+                if aid in tracks:
+                    tracks[aid] = replace(tracks[aid], notified=tracks[aid].notified | {person_id})
+            planned.update(keys)
+            sent[person_id] = (*sent.get(person_id, ()), at_ms)
+        return replace(state, tracks=tracks, planned=frozenset(planned), sent=sent)
 
     def on_tick(self, state: RouterState, now_ms: int) -> tuple[RouterState, list[Action]]:
         actions: list[Action] = []
@@ -343,8 +352,9 @@ class Router:
         return replace(state, outbox={**state.outbox, person.id: (*waiting, item)})
 
     def _advance(self, state: RouterState, track: Track, now_ms: int) -> tuple[RouterState, list[Action]]:
+        original = track
         alert = track.alert
-        if track.acked or track.resolved_ms is not None or not alert.notify:
+        if track.acked or track.resolved_ms is not None or not alert.notify or track.next_ms > now_ms:
             return state, []
         policy = self.config.sites.get(alert.site)
         steps = policy.steps.get(alert.severity.value, ()) if policy else ()
@@ -377,10 +387,24 @@ class Router:
                         state = self._enqueue(
                             state, person, alert, "reminder", track.step, now_ms, policy, tag=f"{track.step}r{due}"
                         )
-        return self._put(state, track), actions
+        upcoming = [track.opened_ms + s.after_ms for s in steps[track.step + 1 :]]
+        if track.step >= 0 and policy.reminder_ms > 0:
+            upcoming.append(track.step_ms + (track.reminders + 1) * policy.reminder_ms)
+        nxt = min(upcoming, default=2**62)
+        if nxt != track.next_ms:
+            track = replace(track, next_ms=nxt)
+        # Most ticks change nothing; copying the tracks map only on change keeps a tick O(alerts).
+        return (state if track is original else self._put(state, track)), actions
 
     def _flush(self, state: RouterState, now_ms: int) -> tuple[RouterState, list[Action]]:
         cfg = self.config
+        window = cfg.group_window_ms
+        if not any(
+            p.not_before_ms <= now_ms and max(p.enqueued_ms, p.not_before_ms) + window <= now_ms
+            for items in state.outbox.values()
+            for p in items
+        ):
+            return state, []
         outbox = dict(state.outbox)
         sent = dict(state.sent)
         tracks = dict(state.tracks)
@@ -433,8 +457,13 @@ class Router:
         if not old:
             return state
         waiting = {p.alert.alert_id for items in state.outbox.values() for p in items}
-        tracks = {aid: t for aid, t in state.tracks.items() if aid not in old or aid in waiting}
-        return replace(state, tracks=tracks)
+        gone = set(old) - waiting
+        if not gone:
+            return state
+        tracks = {aid: t for aid, t in state.tracks.items() if aid not in gone}
+        # Their keys can never be planned again (the tracks are resolved), so the ledger's memory can go too.
+        planned = frozenset(k for k in state.planned if k.split("|", 1)[0] not in gone)
+        return replace(state, tracks=tracks, planned=planned)
 
 
 def _opened_ms(alert: Alert) -> int:

@@ -94,6 +94,10 @@ class InfluxSink:
         self.stats = SinkStats()
         self._progress = progress
         self._n = settings.notify
+        #: Chunks written at once; 2 keeps both cores busy (our decoding, InfluxDB's parsing) on a small box.
+        self.concurrency = 2
+        #: Kafka records per poll: readings records hold hundreds of readings, so this bounds memory per poll.
+        self.max_records = 200
 
     def _lines(self, topic: str, value: bytes) -> tuple[list[str], list[str]]:
         """(millisecond lines, nanosecond lines) for one Kafka record."""
@@ -109,33 +113,75 @@ class InfluxSink:
             return [], [lineproto.delivery_line(Delivery.model_validate(data))]
         return [], []
 
-    async def _write_all(self, lines: list[str], precision: str, stop: asyncio.Event) -> bool:
-        """Write ``lines`` in chunks, retrying each chunk until InfluxDB takes it. False if stopped first."""
-        size = self._n.sink_batch
-        for start in range(0, len(lines), size):
-            chunk = lines[start : start + size]
-            delay = self._n.backoff_s
-            while True:
+    async def _write_chunk(self, chunk: list[str], precision: str, stop: asyncio.Event) -> bool:
+        """Write one chunk, retrying until InfluxDB takes it. False if stopped first."""
+        delay = self._n.backoff_s
+        while True:
+            try:
+                await asyncio.to_thread(self.writer.write, chunk, precision)
+                self.stats.points += len(chunk)
+                self.stats.batches += 1
+                return True
+            except Exception as exc:
+                if _permanent(exc):
+                    self.stats.dropped_points += len(chunk)
+                    log.error("InfluxDB refused %d points as malformed: %s", len(chunk), str(exc)[:300])
+                    return True
+                self.stats.retries += 1
+                self.stats.last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+                log.warning("InfluxDB write failed (%s); retrying in %.1f s", self.stats.last_error, delay)
                 try:
-                    await asyncio.to_thread(self.writer.write, chunk, precision)
-                    self.stats.points += len(chunk)
-                    self.stats.batches += 1
-                    break
-                except Exception as exc:
-                    if _permanent(exc):
-                        self.stats.dropped_points += len(chunk)
-                        log.error("InfluxDB refused %d points as malformed: %s", len(chunk), str(exc)[:300])
-                        break
-                    self.stats.retries += 1
-                    self.stats.last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
-                    log.warning("InfluxDB write failed (%s); retrying in %.1f s", self.stats.last_error, delay)
-                    try:
-                        await asyncio.wait_for(stop.wait(), timeout=delay)
-                        return False
-                    except TimeoutError:
-                        pass
-                    delay = min(delay * 2, self._n.backoff_max_s)
-        return True
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                    return False
+                except TimeoutError:
+                    pass
+                delay = min(delay * 2, self._n.backoff_max_s)
+
+    async def _handle(self, polled: dict[TopicPartition, list[Any]], stop: asyncio.Event) -> bool:
+        """Lines for one poll, written in chunks; True once InfluxDB acknowledged every chunk.
+
+        Up to ``concurrency`` chunks are in flight (each in a thread) while the next chunk's lines are built, so
+        decoding here overlaps InfluxDB's parsing there. Order between chunks does not matter: every point is
+        keyed by series and time.
+        """
+        size = self._n.sink_batch
+        slots = asyncio.Semaphore(self.concurrency)
+        tasks: list[asyncio.Task[bool]] = []
+
+        async def write(chunk: list[str], precision: str) -> bool:
+            try:
+                return await self._write_chunk(chunk, precision, stop)
+            finally:
+                slots.release()
+
+        async def submit(chunk: list[str], precision: str) -> None:
+            await slots.acquire()
+            tasks.append(asyncio.create_task(write(chunk, precision)))
+            await asyncio.sleep(0)  # let the write start its thread before building more lines
+
+        ms_lines: list[str] = []
+        ns_lines: list[str] = []
+        for tp, records in polled.items():
+            for rec in records:
+                self.stats.records += 1
+                if rec.value is None:
+                    continue
+                try:
+                    a, b = self._lines(tp.topic, rec.value)
+                except (ValueError, ValidationError, KeyError, TypeError) as exc:
+                    self.stats.skipped += 1
+                    log.error("skipping undecodable record %s@%d: %s", tp, rec.offset, str(exc)[:200])
+                    continue
+                ms_lines.extend(a)
+                ns_lines.extend(b)
+                if len(ms_lines) >= size:
+                    await submit(ms_lines[:size], WritePrecision.MS)
+                    ms_lines = ms_lines[size:]
+        for lines, precision in ((ms_lines, WritePrecision.MS), (ns_lines, WritePrecision.NS)):
+            for start in range(0, len(lines), size):
+                await submit(lines[start : start + size], precision)
+        results = await asyncio.gather(*tasks)
+        return all(results)
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> SinkStats:
         t = self.topics
@@ -160,35 +206,15 @@ class InfluxSink:
         last_report = time.monotonic()
         try:
             while not stop.is_set():
-                polled = await consumer.getmany(timeout_ms=500, max_records=2_000)
-                if not polled:
-                    continue
-                ms_lines: list[str] = []
-                ns_lines: list[str] = []
-                offsets: dict[TopicPartition, int] = {}
-                for tp, records in polled.items():
-                    for rec in records:
-                        self.stats.records += 1
-                        if rec.value is None:
-                            continue
-                        try:
-                            a, b = self._lines(tp.topic, rec.value)
-                        except (ValueError, ValidationError, KeyError, TypeError) as exc:
-                            self.stats.skipped += 1
-                            log.error("skipping undecodable record %s@%d: %s", tp, rec.offset, str(exc)[:200])
-                            continue
-                        ms_lines.extend(a)
-                        ns_lines.extend(b)
-                    offsets[tp] = records[-1].offset + 1
-                if not await self._write_all(ms_lines, WritePrecision.MS, stop):
-                    break
-                if not await self._write_all(ns_lines, WritePrecision.NS, stop):
-                    break
-                try:
-                    await consumer.commit(offsets)
-                except CommitFailedError as exc:
-                    # A rebalance took the partitions away; their new owner re-writes the same points (idempotent).
-                    log.warning("offset commit refused after rebalance: %s", exc)
+                polled = await consumer.getmany(timeout_ms=500, max_records=self.max_records)
+                if polled and not await self._handle(polled, stop):
+                    break  # stopped while InfluxDB was refusing: these offsets stay uncommitted
+                if polled:
+                    try:
+                        await consumer.commit({tp: recs[-1].offset + 1 for tp, recs in polled.items()})
+                    except CommitFailedError as exc:
+                        # A rebalance took the partitions away; their new owner re-writes the same points.
+                        log.warning("offset commit refused after rebalance: %s", exc)
                 if self._progress and time.monotonic() - last_report > 5:
                     last_report = time.monotonic()
                     self._progress(self.stats)

@@ -101,3 +101,16 @@ def test_delivery_attempts_do_not_collide() -> None:
     lines = {lineproto.delivery_line(base.model_copy(update={"attempt": n})) for n in range(1, 50)}
     stamps = {ln.rsplit(" ", 1)[1] for ln in lines}
     assert len(stamps) == 49
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"device": "d", "site": "S", "asset": "a", "profile": "p", "seq": 1, "ts_ms": 5, "temp_c": -3.25},
+        {"device": "d x", "site": "S=1", "ts_ms": 5, "temp_c": 4, "battery": 0.5, "defrost": True, "received_ms": 9},
+        {"device": "d", "ts_ms": 5, "humidity": 61, "door_open": False, "seq": True, "received_ms": False},
+        {"device": "d", "ts_ms": 5},
+    ],
+)
+def test_fast_reading_line_equals_the_generic_builder(item: dict) -> None:  # type: ignore[type-arg]
+    assert lineproto.reading_line(item) == lineproto.reading_line_generic(item)
