@@ -28,6 +28,7 @@ import re
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from pydantic import ValidationError
 
@@ -289,6 +290,14 @@ class AckApi:
                 acks = await self._acknowledge(msg, pending, by=msg.recipient_name, note=note, via="sms")
                 return web.json_response({"ok": True, "acknowledged": [a.alert_id for a in acks]})
         return web.json_response({"ok": False, "reason": "no message with that code was sent to this number"})
+
+
+class RedactingAccessLog(AbstractAccessLogger):
+    """Access log without credentials: ack tokens in paths and every query string (the SMS reply token) are cut."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        path = re.sub(r"^/a/[^/]+", "/a/<token>", request.path)
+        self.logger.info('%s "%s %s" %d %.1f ms', request.remote, request.method, path, response.status, time * 1000)
 
 
 def _page(status: int, title: str, body: str, *, raw: bool = False) -> web.Response:

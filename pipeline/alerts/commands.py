@@ -116,7 +116,7 @@ def api(
     """Serve ack links (mobile page), POST /v1/alerts/{id}/ack and the SMS reply webhook."""
     from aiohttp import web
 
-    from pipeline.alerts.api import AckApi
+    from pipeline.alerts.api import AckApi, RedactingAccessLog
     from pipeline.alerts.notifier import routing_config
 
     _logging(verbose)
@@ -124,7 +124,13 @@ def api(
     n = settings.notify
     service = AckApi(settings, topics, routing_config(settings, config))
     console.print(f"[cyan]>[/] ack API on http://{host or n.api_host}:{port or n.api_port} (links: {n.public_url})")
-    web.run_app(service.app(), host=host or n.api_host, port=port or n.api_port, print=None)
+    web.run_app(
+        service.app(),
+        host=host or n.api_host,
+        port=port or n.api_port,
+        print=None,
+        access_log_class=RedactingAccessLog,
+    )
 
 
 def register(app: typer.Typer) -> None:
