@@ -492,10 +492,17 @@ class _Work:
             return None
         fresh = last + d.hold
 
+        now = self.now
+
         def take(x: int | None) -> None:
+            # A deadline that passed while the data was stale (door still open when data returns) fires at the
+            # first instant it is known, never in the past: outputs stay in event-time order.
             nonlocal best
-            if x is not None and (best is None or x < best):
-                best = x
+            if x is not None:
+                if x < now:
+                    x = now
+                if best is None or x < best:
+                    best = x
 
         if self.offline_open is None:
             take(last + d.hold)
@@ -572,7 +579,7 @@ class _Work:
         fresh = last + d.hold
         if self.mask is not None or d.sched:
             self.update_mask(t)
-        if self.offline_open is None and last + d.hold == t:
+        if self.offline_open is None and last + d.hold <= t:
             self.offline_open = t
             self.out.append(
                 d.alert(
@@ -590,7 +597,7 @@ class _Work:
                     },
                 )
             )
-        if self.gap_open is None and last + d.gap_ms == t:
+        if self.gap_open is None and last + d.gap_ms <= t:
             self.gap_open = t
             self.out.append(
                 d.alert(
@@ -605,7 +612,7 @@ class _Work:
             )
         if self.door_since is not None:
             ds = self.door_since
-            if self.door_warn is None and d.door_warn_ms is not None and ds + d.door_warn_ms == t <= fresh:
+            if self.door_warn is None and d.door_warn_ms is not None and ds + d.door_warn_ms <= min(t, fresh):
                 self.door_warn = t
                 self.out.append(
                     d.alert(
@@ -618,7 +625,7 @@ class _Work:
                         {"door_open_since": ms_to_iso(ds), "open_min": _dur_min(ds, t), "stage": "warning"},
                     )
                 )
-            if self.door_crit is None and d.door_crit_ms is not None and ds + d.door_crit_ms == t <= fresh:
+            if self.door_crit is None and d.door_crit_ms is not None and ds + d.door_crit_ms <= min(t, fresh):
                 self.door_crit = t
                 self.out.append(
                     d.alert(
@@ -638,12 +645,12 @@ class _Work:
                 if c is None:
                     continue
                 x = self._cond_deadline(slot, c, mask_end)
-                if x != t or x > fresh:
+                if x is None or x > t or x > fresh:
                     continue
                 conds[slot] = self._cond_fire(slot, c, t)
             self.conds = tuple(conds)
         st = self.stuck
-        if st is not None and st[2] is None and d.stuck_ms is not None and st[1] + d.stuck_ms == t <= fresh:
+        if st is not None and st[2] is None and d.stuck_ms is not None and st[1] + d.stuck_ms <= min(t, fresh):
             self.stuck = (st[0], st[1], t)
             self.out.append(
                 d.alert(
@@ -660,7 +667,7 @@ class _Work:
             self._cum_account(t)
             self._cum_check(t)
         mk = self.mkt
-        if mk is not None and (mk[0] + 1) * d.mkt_bucket == t:
+        if mk is not None and (mk[0] + 1) * d.mkt_bucket <= t:
             self._mkt_boundary(t)
 
     def _cond_fire(self, slot: int, c: Cond, t: int) -> Cond | None:
