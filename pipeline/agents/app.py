@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,10 @@ class WorkerOptions:
     heartbeat_interval_s: float = 3.0
     standby_replicas: int = 1
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    #: Changed states are written to the table at most this long after the record that changed them...
+    flush_interval_s: float = 1.0
+    #: ...or after this many records of the partition, whichever comes first (bounds the re-read work).
+    flush_records: int = 200
 
 
 class Outputs(Protocol):
@@ -154,6 +159,9 @@ def make_app(
         table_standby_replicas=options.standby_replicas,
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
+        # Records are acked only once their states are in the table (coalesced writes): waiting for "all
+        # streams empty" at a rebalance or stop would wait for the next record. Unacked ones are re-read.
+        stream_wait_empty=False,
         autodiscover=False,
         key_serializer="raw",
         value_serializer="raw",
@@ -167,6 +175,7 @@ def make_app(
     tables: dict[str, Any] = {}
     sources: dict[str, Any] = {}
     source_names: dict[str, str] = {}
+    pendings: dict[str, Pending] = {}
 
     def arrived_ms() -> int:
         return WallClock().now_ms()
@@ -190,18 +199,21 @@ def make_app(
             use_partitioner=True,
         )
         runner: Runner[Any, Any] = Runner(concern, table, topics.partitions, arrived_ms=arrived_ms)
+        pending = pendings[concern.name] = Pending()
         runners[concern.name] = runner
         tables[concern.name] = table
         sources[concern.name] = source
         source_names[concern.name] = source_name
         agents[concern.name] = app.agent(source, name=f"{concern.name}-agent")(
-            _agent_body(app, source_name, runner, table, sink, lock, outputs is None)
+            _agent_body(app, source_name, runner, table, sink, lock, pending, options)
         )
 
     async def on_revoked(sender: Any, revoked: set[TP], *_: Any, **__: Any) -> None:
         async with lock:
             for name, runner in runners.items():
-                runner.forget(tp.partition for tp in revoked if tp.topic == source_names[name])
+                gone = [tp.partition for tp in revoked if tp.topic == source_names[name]]
+                runner.forget(gone)
+                pendings[name].drop(gone)
 
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
 
@@ -232,6 +244,21 @@ def make_app(
     return WorkerApp(app, topics, options, runners, agents, tables, sources)
 
 
+@dataclass
+class Pending:
+    """Events of a partition whose state changes are not yet in the table: acked (committable) only once they
+    are, so a committed offset never runs ahead of the changelog."""
+
+    events: dict[int, list[Any]] = field(default_factory=dict)
+    since: dict[int, float] = field(default_factory=dict)
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        # Revoked: never acked, so their records are read again, by the new owner, from the committed offset.
+        for p in partitions:
+            self.events.pop(p, None)
+            self.since.pop(p, None)
+
+
 def _agent_body(
     app: faust.App,
     source_name: str,
@@ -239,13 +266,15 @@ def _agent_body(
     table: Any,
     sink: Outputs,
     lock: asyncio.Lock,
-    flush_after_outputs: bool,
+    pending: Pending,
+    options: WorkerOptions,
 ) -> Callable[[Any], Any]:
     def owned() -> set[int]:
         return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == source_name}
 
     async def agent(stream: Any) -> None:
-        async for event in stream.events():
+        manual = stream.noack()
+        async for event in manual.events():
             partition = event.message.partition
             async with lock:
                 if not runner.loaded(partition):
@@ -255,10 +284,23 @@ def _agent_body(
                     log.info("%s: loaded %d states for partitions %s", source_name, n, sorted(owned()))
                 result = runner.on_record(event.value, partition)
                 await sink.publish(result)
-                runner.flush()
-                if result.outputs and flush_after_outputs:
-                    # Shrinks the one window where a crash repeats an output (sent, but the state saying so
-                    # not yet in the changelog) from "until the producer buffer drains" to one round trip.
-                    await app.producer.flush()
+                if result.outputs:
+                    # The subjects that just produced outputs are written now, ahead of the ack: the only
+                    # window where a crash repeats an output is until these writes reach the changelog. A
+                    # state ahead of the committed offset is safe: the records read again are exact
+                    # duplicates to it (seq / event_id de-dup) and ticks before its frontier do nothing.
+                    runner.flush(partition, {o.subject.encode() for o in result.outputs})
+                events = pending.events.setdefault(partition, [])
+                events.append(event)
+                now = time.monotonic()
+                started = pending.since.setdefault(partition, now)
+                if now - started >= options.flush_interval_s or len(events) >= options.flush_records:
+                    # Coalesced: one table write per changed subject per interval, not per record batch. The
+                    # writes happen here, in stream context, because the RocksDB store files a write under
+                    # the current event's partition (always this one: items and ticks are per partition).
+                    runner.flush(partition)
+                    for done in events:
+                        await manual.ack(done)
+                    pending.drop([partition])
 
     return agent

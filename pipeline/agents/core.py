@@ -92,7 +92,10 @@ class Result:
 class Runner(Generic[S, E]):
     """Detector dispatch plus a decoded-state cache for the subjects of the partitions this worker owns."""
 
-    def __init__(self, concern: Concern[S, E], store: StateStore, partitions: int, *, arrived_ms: Callable[[], int]):
+    def __init__(
+        self, concern: Concern[S, E], store: StateStore | None, partitions: int, *, arrived_ms: Callable[[], int]
+    ):
+        """``store=None`` keeps states only in memory (benchmarks' Python ceiling, no durability)."""
         self.concern = concern
         self.store = store
         self.partitions = partitions
@@ -105,8 +108,8 @@ class Runner(Generic[S, E]):
         self._detectors: dict[bytes, Detector[S, E]] = {}
         #: partition -> latest tick time seen (the log's clock for that partition).
         self._clock: dict[int, int] = {}
-        #: states changed by the record being processed, written by :meth:`flush`.
-        self._dirty: dict[bytes, S] = {}
+        #: partition -> states changed since that partition's last :meth:`flush`.
+        self._dirty: dict[int, dict[bytes, S]] = {}
 
     # -- partition ownership ---------------------------------------------------------------------------------
 
@@ -138,6 +141,7 @@ class Runner(Generic[S, E]):
                 self._detectors.pop(key, None)
             self._clock.pop(p, None)
             self._loaded.discard(p)
+            self._dirty.pop(p, None)
 
     def subjects(self) -> int:
         return sum(len(c) for c in self._cache.values())
@@ -177,7 +181,7 @@ class Runner(Generic[S, E]):
     def _on_items(self, items: list[Any], partition: int, result: Result) -> None:
         concern = self.concern
         cache = self._cache.setdefault(partition, {})
-        dirty = self._dirty
+        dirty = self._dirty.setdefault(partition, {})
         outputs = result.outputs
         clock = self._clock.get(partition, 0)
         duplicates = 0
@@ -232,22 +236,35 @@ class Runner(Generic[S, E]):
                 continue
             if new is not state:
                 cache[key] = new
-                self._dirty[key] = new
+                self._dirty.setdefault(partition, {})[key] = new
             result.outputs.extend(outs)
         self._count(result.outputs)
         return result
 
-    def flush(self) -> int:
-        """Write the states changed since the last flush to the store; call after the outputs are durable."""
-        if not self._dirty:
-            return 0
+    def flush(self, partition: int | None = None, keys: Iterable[bytes] | None = None) -> int:
+        """Write changed states to the store: of one partition (all when ``None``), only ``keys`` if given.
+
+        Call it after the outputs of the records that changed them are durable (see :mod:`pipeline.agents.app`
+        for when the agent does).
+        """
+        n = 0
         store = self.store
-        for key, state in self._dirty.items():
-            store[key] = self._detector(key, None).state_to_bytes(state)
-        n = len(self._dirty)
-        self._dirty.clear()
-        self.stats.table_writes += n
+        for p in [partition] if partition is not None else list(self._dirty):
+            dirty = self._dirty.get(p)
+            if not dirty:
+                continue
+            chosen = list(dirty) if keys is None else [k for k in keys if k in dirty]
+            for key in chosen:
+                state = dirty.pop(key)
+                if store is not None:
+                    store[key] = self._detector(key, None).state_to_bytes(state)
+            n += len(chosen)
+        if store is not None:
+            self.stats.table_writes += n
         return n
+
+    def dirty(self, partition: int) -> int:
+        return len(self._dirty.get(partition, ()))
 
     def states(self, partition: int) -> Iterator[tuple[bytes, S]]:
         return iter(sorted(self._cache.get(partition, {}).items()))
@@ -274,7 +291,7 @@ class Runner(Generic[S, E]):
 
     def _state(self, key: bytes, item: dict[str, Any], partition: int) -> S:
         detector = self._detector(key, item)
-        stored = None if partition in self._loaded else self.store.get(key)
+        stored = None if partition in self._loaded or self.store is None else self.store.get(key)
         return detector.initial() if stored is None else detector.state_from_bytes(stored)
 
     def _dead(self, payload: bytes, code: str, reason: str, item: Any) -> DeadLetter:

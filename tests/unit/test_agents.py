@@ -172,7 +172,8 @@ async def test_faust_agent_with_test_context(tmp_path: Path) -> None:
         await agent.put(records[0][1], partition=p)  # a redelivered record: duplicates only
     alerts = [o for r in outputs.results for o in r.outputs if isinstance(o, Alert)]
     assert [(a.state.value, a.at_ms) for a in alerts] == [("open", T0 + 60_000)]
-    assert [k for k, _ in changelog] == [b"d1", b"d1"], "one write per record that changed the state"
+    # Writes are coalesced per flush interval; the subject that produced an output is written at once.
+    assert [k for k, _ in changelog] == [b"d1"]
     assert table[b"d1"] == changelog[-1][1]
     stats = worker.runners["devices"].stats
     assert (stats.records, stats.items, stats.ticks, stats.duplicates) == (4, 6, 1, 2)
