@@ -31,11 +31,11 @@ from tests.alerts_support import (
 )
 from tests.integration.ingest_support import free_port
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
-
 #: The issue asks for a 2-minute gateway outage; the default run uses a shorter one (CI time) through the very
 #: same mechanism. LARDER_TEST_GATEWAY_OUTAGE_S=120 runs the full-length version.
 GATEWAY_OUTAGE_S = float(os.environ.get("LARDER_TEST_GATEWAY_OUTAGE_S", "12"))
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180 + 2 * GATEWAY_OUTAGE_S)]
 
 ONLY_OPERATOR = {"warning": [{"after_min": 0, "roles": ["operator"]}], "reminder_min": 600}
 
