@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,9 +84,9 @@ class Services:
     clock: str = "replay"
     names: Sequence[str] = CORE
     hooks_port: int = field(default_factory=free_port)
-    #: A fixed MQTT client id and shared-subscription group: the bridge's persistent session is reused from run
-    #: to run instead of leaving a new queue behind in the broker each time.
-    bridge_instance: str = "sim"
+    #: The bridge's MQTT client id and shared-subscription group are fresh for each run (a session left over from
+    #: another run may hold that run's unacknowledged messages); :meth:`stop` deletes the session again.
+    bridge_instance: str = field(default_factory=lambda: f"sim-{uuid.uuid4().hex[:8]}")
     extra_env: dict[str, str] = field(default_factory=dict)
     processes: list[Process] = field(default_factory=list)
     report: Callable[[str], None] = lambda _m: None
@@ -182,7 +183,26 @@ class Services:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.proc.pid, signal.SIGKILL)
                 p.proc.wait(5)
+        if any(p.name == "bridge" for p in self.processes):
+            self._forget_bridge_session()
         self.processes = []
+
+    def _forget_bridge_session(self) -> None:
+        """Log in once with the bridge's client id and a clean session: the broker drops the persistent one,
+        so finished runs leave no queue behind that would collect every later reading."""
+        import paho.mqtt.client as mqtt
+
+        m = self.settings.mqtt
+        if m.bridge_password is None:
+            return
+        c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"larder-bridge-{self.bridge_instance}", clean_session=True
+        )
+        c.username_pw_set(m.bridge_user, m.bridge_password.get_secret_value())
+        with contextlib.suppress(OSError):
+            c.connect(m.host, m.port, keepalive=10)
+            c.loop(timeout=1.0)
+            c.disconnect()
 
     def check_alive(self) -> None:
         for p in self.processes:

@@ -427,3 +427,27 @@ def build(
 
 def _truth_key(t: Truth) -> tuple[int, str, str]:
     return (t.opened_at_ms, t.rule, t.subject)
+
+
+def combine(names: list[str], *, seed: int = 1, end_ms: int | None = None) -> tuple[Scenario, dict[str, str]]:
+    """Several library scenarios as one fleet (site ids prefixed ``z01``, ``z02``, ...) so a single run of the
+    pipeline exercises them all; returns the scenario and {prefix: scenario name}.
+
+    Each keeps its own duration and all of them *end* together (a scenario that ended early would leave silent
+    devices behind, i.e. offline alerts, while the others run on)."""
+    longest = max(LIBRARY[n].default_duration_s for n in names)
+    end = end_ms if end_ms is not None else DEFAULT_START_MS + int(longest * 1000)
+    parts = {
+        f"z{i + 1:02d}": build(
+            n, seed=seed, start_ms=end - int(LIBRARY[n].default_duration_s * 1000), prefix=f"z{i + 1:02d}"
+        )
+        for i, n in enumerate(names)
+    }
+    doc: dict[str, Any] = {"version": 1, "sites": {}}
+    for sc in parts.values():
+        doc["sites"].update(sc.config_doc["sites"])
+    start = min(sc.start_ms for sc in parts.values())
+    lines = list(merge([[x for x in sc.lines if x.kind != "end"] for sc in parts.values()]))
+    truth = sorted((t for sc in parts.values() for t in sc.truth), key=_truth_key)
+    combined = Scenario("+".join(names), "combined", SiteConfig.model_validate(doc), start, end, lines, truth, doc)
+    return combined, {p: sc.name for p, sc in parts.items()}
