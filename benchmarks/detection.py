@@ -82,7 +82,7 @@ def write_site_yaml(path: Path, devices: list[str]) -> None:
 def readings(devices: list[str], n: int, seed: int = 1) -> list[dict[str, Any]]:
     """``n`` readings, round-robin over the devices every 5 min of event time; ~2% of device-steps breach."""
     rng = random.Random(seed)
-    out = []
+    out: list[dict[str, Any]] = []
     steps = -(-n // len(devices))
     breach = {(rng.randrange(len(devices)), rng.randrange(steps)) for _ in range(max(1, len(devices) * steps // 50))}
     for step in range(steps):

@@ -7,6 +7,7 @@ rate of rise, MKT, door flag, battery). Prints µs per reading and the serialise
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from pipeline.detectors.device import DeviceDetector
 from pipeline.profiles import BUILTIN_PROFILES, device_rules_from
@@ -17,7 +18,7 @@ T0 = 1_795_305_600_000
 
 def main(n: int = 200_000) -> None:
     det = DeviceDetector(device_rules_from(BUILTIN_PROFILES["chilled"], site="S", device="d", profile="chilled"))
-    items = [
+    items: list[dict[str, Any]] = [
         {"ts_ms": T0 + i * M, "seq": i, "temp_c": 4.0 + (i % 7) * 0.1, "battery": 0.9, "door_open": False}
         for i in range(n)
     ]

@@ -216,6 +216,15 @@ class SiteConfig(_Model):
                         "device and camera ids are MQTT/hook usernames and must be unique"
                     )
                 seen[dev] = site_id
+        kitchens: dict[str, str] = {}
+        for site_id, site in self.sites.items():
+            for kitchen in site.kitchens:
+                if kitchen in kitchens:
+                    raise ValueError(
+                        f"kitchen {kitchen} is declared in site {kitchens[kitchen]} and in site {site_id}; kitchen ids "
+                        "key the kitchen-events partitions and the worker's kitchen state, so they must be unique"
+                    )
+                kitchens[kitchen] = site_id
         return self
 
     @model_validator(mode="after")

@@ -181,7 +181,9 @@ autosave_interval 30
 # bound keeps them (see MqttSettings.max_queued_messages).
 max_queued_messages {m.max_queued_messages}
 max_queued_bytes {m.max_queued_bytes}
-max_inflight_messages 1000
+# The bridge acks only after Kafka has the batch, so the broker's in-flight window is what keeps the pipe
+# full; the bridge bounds its own unacknowledged readings (ingest.max_inflight), the broker matches it.
+max_inflight_messages {settings.ingest.max_inflight}
 max_packet_size 1048576
 log_dest stdout
 log_type error

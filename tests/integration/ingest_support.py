@@ -217,7 +217,7 @@ class Flood:
         c.username_pw_set(dev, secret)
         c.max_inflight_messages_set(500)
         c.max_queued_messages_set(0)
-        c.reconnect_delay_set(0.2, 1)
+        c.reconnect_delay_set(1, 1)  # paho takes whole seconds
         c.on_publish = on_publish
         c.connect(self.settings.mqtt.host, self.settings.mqtt.port, keepalive=30)
         c.loop_start()

@@ -75,3 +75,14 @@ def test_secret_must_be_given_once() -> None:
     text = "sites:\n  A:\n    assets: {a1: {}}\n    devices:\n      d1: {asset: a1}\n"
     (problem,) = _problems(text)
     assert "exactly one of 'secret' or 'secret_ref'" in problem and problem.startswith("sites.yaml:5:")
+
+
+def test_kitchen_ids_are_unique_across_sites() -> None:
+    text = """sites:
+  A:
+    kitchens: {k1: {}}
+  B:
+    kitchens: {k1: {}}
+"""
+    (problem,) = _problems(text)
+    assert "kitchen k1 is declared in site A and in site B" in problem
