@@ -54,7 +54,10 @@ def worker(
         typer.Option("--data-dir", help="local table files (RocksDB); default <state dir>/data/worker"),
     ] = None,
     store: Annotated[str, typer.Option("--store", help="rocksdb (default) or memory")] = "rocksdb",
-    tick_interval: Annotated[float, typer.Option("--tick-interval", help="live clock period, seconds")] = 1.0,
+    tick_interval: Annotated[
+        float,
+        typer.Option("--tick-interval", envvar="LARDER_WORKER_TICK_INTERVAL", help="live clock period, seconds"),
+    ] = 1.0,
     commit_interval: Annotated[float, typer.Option("--commit-interval", help="offset commit period, s")] = 2.8,
     session_timeout: Annotated[
         float, typer.Option("--session-timeout", help="seconds before a dead worker's partitions move")
