@@ -12,6 +12,9 @@ Layout (see ``docs/agents.md``):
 * timers: live, a 1 s ``app.timer`` publishes a ``tick`` record into every source partition this worker owns;
   replay (``--clock replay``), only the replay tool's ticks count. Either way timers run when the agent reads
   a tick, in stream context and in log order, so a re-run after a crash re-derives the same outputs.
+* coalesced table writes: a record is acked only once its changed states are in the table; a partition's
+  held records are released by the agent on a later record, or by the ``larder-flush-idle`` timer when the
+  partition has gone quiet (otherwise an idle input would never be committed).
 
 Processing guarantee: at-least-once with deterministic alert ids and ordered durability: a record's outputs
 are awaited (acked by Kafka) *before* the states they came from are written to the table, and Faust flushes
@@ -23,14 +26,17 @@ sent when it was not.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import faust
+from faust.streams import _current_event
 from faust.types import TP
 
 from pipeline import serde
@@ -226,6 +232,21 @@ def make_app(
 
     app.on_rebalance_complete.connect(on_rebalanced)  # type: ignore[arg-type]
 
+    async def flush_idle() -> None:
+        """Release the partitions whose held records have waited ``flush_interval_s``: the agents do it only
+        when a record arrives, so without this an idle partition (replay finished, or nothing but ticks) would
+        never get its states written nor its offset committed."""
+        if app.rebalancing or not app.consumer:
+            return  # revoked partitions' held records are re-read by their next owner; nothing to save
+        now = time.monotonic()
+        async with lock:
+            for name, pending in pendings.items():
+                for partition, started in list(pending.since.items()):
+                    if now - started >= options.flush_interval_s:
+                        await pending.release(runners[name], partition)
+
+    app.timer(max(0.05, options.flush_interval_s / 2), name="larder-flush-idle")(flush_idle)
+
     if options.clock == "live":
 
         async def live_clock() -> None:
@@ -251,6 +272,25 @@ class Pending:
 
     events: dict[int, list[Any]] = field(default_factory=dict)
     since: dict[int, float] = field(default_factory=dict)
+    #: The agent's manual-ack stream's ``ack``, set when the agent starts.
+    ack: Callable[[Any], Awaitable[bool]] | None = None
+
+    async def release(self, runner: Runner[Any, Any], partition: int) -> None:
+        """Write the partition's changed states to the table, then ack its held records (call under the lock).
+
+        Faust flushes the producer (the changelog writes) before it commits offsets, so the committed offset
+        never runs ahead of the saved states."""
+        events = self.events.get(partition)
+        if not events:
+            return
+        assert self.ack is not None, "events are held only by a running agent"
+        # The RocksDB store files a write under the *current event's* partition; the agent is in stream
+        # context, the idle timer is not. A held record of this very partition is the correct context.
+        with _event_context(events[-1]):
+            runner.flush(partition)
+        for done in events:
+            await self.ack(done)
+        self.drop([partition])
 
     def drop(self, partitions: Iterable[int]) -> None:
         # Revoked: never acked, so their records are read again, by the new owner, from the committed offset.
@@ -274,6 +314,7 @@ def _agent_body(
 
     async def agent(stream: Any) -> None:
         manual = stream.noack()
+        pending.ack = manual.ack
         async for event in manual.events():
             partition = event.message.partition
             async with lock:
@@ -295,12 +336,21 @@ def _agent_body(
                 now = time.monotonic()
                 started = pending.since.setdefault(partition, now)
                 if now - started >= options.flush_interval_s or len(events) >= options.flush_records:
-                    # Coalesced: one table write per changed subject per interval, not per record batch. The
-                    # writes happen here, in stream context, because the RocksDB store files a write under
-                    # the current event's partition (always this one: items and ticks are per partition).
-                    runner.flush(partition)
-                    for done in events:
-                        await manual.ack(done)
-                    pending.drop([partition])
+                    # Coalesced: one table write per changed subject per interval, not per record batch. A
+                    # partition that goes quiet is released by the ``larder-flush-idle`` timer instead.
+                    await pending.release(runner, partition)
 
     return agent
+
+
+@contextlib.contextmanager
+def _event_context(event: Any) -> Iterator[None]:
+    """Make ``event`` Faust's current event for the block (what a stream sets while it yields the event).
+
+    Faust has no public way to do this outside a stream; the context variable is reset on exit so the
+    caller's context (a timer's) is unchanged."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)

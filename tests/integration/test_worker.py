@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pipeline import serde
 from pipeline.agents.devices import device_concern
 from pipeline.agents.kitchen import kitchen_concern
+from pipeline.replay.timeline import wait_processed
 from pipeline.settings import Settings
 from pipeline.siteconfig import load
 from pipeline.topics import Topics
@@ -146,6 +147,7 @@ class Collector:
             topic, bootstrap_servers=settings.kafka.bootstrap_servers, auto_offset_reset="earliest"
         )
         self.values: list[dict[str, Any]] = []
+        self.keys: list[bytes | None] = []
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Collector:
@@ -158,6 +160,7 @@ class Collector:
             batch = await self.consumer.getmany(timeout_ms=200)
             for msgs in batch.values():
                 self.values.extend(serde.loads(m.value) for m in msgs)
+                self.keys.extend(m.key for m in msgs)
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._task is not None
@@ -289,6 +292,33 @@ async def test_live_clock_ticks_open_alerts_of_silent_devices(
         assert offline[0]["at_ms"] == want[0].at_ms < now - 60_000
     finally:
         worker.stop()
+
+
+@pytest.mark.parametrize("clock", ["replay", "live"])
+async def test_idle_input_commits_everything(
+    live_stack: Settings, topics: Topics, tmp_path: Path, sites: Path, clock: str
+) -> None:
+    """Records held for a coalesced table write must be released when the input goes quiet: after the last
+    batch the worker group's committed offsets reach the end offsets within a few seconds (replay: nothing
+    arrives any more; live: only the worker's own ticks), and every device's state is in the changelog."""
+    steps = cold_chain_scenario(devices=40, steps=3, partitions=topics.partitions, t0=T0)
+    devices = {it["device"].encode() for step in steps for _, v in step for it in serde.loads(v).get("items", [])}
+    worker = Worker(topics, tmp_path, "w", "--clock", clock, "--tick-interval", "0.5").start()
+    try:
+        await worker.assigned()
+        changelog = f"{topics.prefix}-worker-devices-state-changelog"
+        async with Collector(live_stack, changelog) as states:
+            for step in steps:  # a few batches well inside one flush interval, then silence
+                await produce(live_stack, topics.readings, step)
+                await asyncio.sleep(0.1)
+            waited = await wait_processed(live_stack, topics, timeout=15)
+            print(f"{clock}: committed the end offsets {waited:.1f} s after the last batch")
+            assert waited < 8, "held records were not released while the input was idle"
+        # Offsets commit only after the changelog is flushed, so the states are all there by now.
+        assert devices <= set(states.keys)
+    finally:
+        worker.stop()
+    assert worker.proc is not None and worker.proc.returncode == 0, "\n".join(worker.lines()[-20:])
 
 
 async def test_kill9_restart_loses_and_duplicates_nothing(
