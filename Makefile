@@ -27,6 +27,7 @@ test: $(STAMP)
 	@$(VENV)/bin/ruff check $(LINT_DIRS)
 	@$(VENV)/bin/mypy $(TYPED_DIRS)
 	@$(VENV)/bin/pytest -q -p no:cacheprovider tests
+	@$(VENV)/bin/python -m benchmarks.e2e --quick
 
 lint: $(STAMP)
 	@$(VENV)/bin/ruff check $(LINT_DIRS)

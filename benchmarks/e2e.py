@@ -174,6 +174,7 @@ class Sampler:
         for p in self.procs.values():
             p.cpu_percent(None)
         self.samples: list[Sample] = []
+        self.readings_in_influx = 0
         self._admin: Any = None
         self._consumer: Any = None
 
@@ -186,16 +187,36 @@ class Sampler:
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka.bootstrap_servers)
         await self._consumer.start()
 
-    async def lag(self) -> dict[str, int]:
+    async def _offsets(self) -> tuple[dict[str, dict[Any, int]], dict[Any, int]]:
         from aiokafka.structs import TopicPartition
 
-        out: dict[str, int] = {}
-        for group, topic_names in self.groups.items():
-            committed = await self._admin.list_consumer_group_offsets(group)
-            tps = [TopicPartition(t, p) for t in topic_names for p in range(self.topics.partitions)]
-            ends = await self._consumer.end_offsets(tps)
-            out[group] = sum(max(0, ends[tp] - (committed[tp].offset if tp in committed else 0)) for tp in tps)
-        return out
+        committed: dict[str, dict[Any, int]] = {}
+        tps = sorted(
+            {TopicPartition(t, p) for ts in self.groups.values() for t in ts for p in range(self.topics.partitions)}
+        )
+        ends = await self._consumer.end_offsets(tps)
+        for group in self.groups:
+            got = await self._admin.list_consumer_group_offsets(group)
+            committed[group] = {tp: (got[tp].offset if tp in got else 0) for tp in tps}
+        return committed, ends
+
+    async def lag(self) -> dict[str, int]:
+        committed, ends = await self._offsets()
+        return {
+            g: sum(max(0, ends[tp] - committed[g][tp]) for tp in ends if tp.topic in self.groups[g])
+            for g in self.groups
+        }
+
+    async def end_offsets(self) -> dict[Any, int]:
+        return (await self._offsets())[1]
+
+    async def caught_up(self, target: dict[Any, int]) -> bool:
+        """Every group has committed past ``target`` (end offsets when publishing stopped). Lag itself never reads
+        zero in live mode: the worker writes a clock tick into each partition every tick interval."""
+        committed, _ = await self._offsets()
+        return all(
+            committed[g][tp] >= off for g in self.groups for tp, off in target.items() if tp.topic in self.groups[g]
+        )
 
     async def sample(self, offered: float, acked: int) -> Sample:
         cpu, rss = {}, {}
@@ -289,11 +310,13 @@ class Bench:
         phase.lag_max = {g: max((s.lag.get(g, 0) for s in window), default=0) for g in sampler.groups}
         phase.cpu_pct = {k: round(statistics.fmean(s.cpu.get(k, 0.0) for s in window), 1) for k in sampler.procs}
         phase.rss_mb = {k: round(max(s.rss_mb.get(k, 0.0) for s in window), 1) for k in sampler.procs}
-        # Drained: how long after the last publish until every group's lag is zero.
+        # Drained: how long after the last acknowledged publish until every group committed past the end offsets
+        # as they stood then.
         t_end = time.time()
+        target = await sampler.end_offsets()
         while time.time() - t_end < drain_timeout:
-            s = await sampler.sample(0, lg.stats.acked)
-            if all(v == 0 for v in s.lag.values()):
+            await sampler.sample(0, lg.stats.acked)
+            if await sampler.caught_up(target):
                 phase.drained_s = round(time.time() - t_end, 1)
                 break
             await asyncio.sleep(0.5)
@@ -370,12 +393,34 @@ class Bench:
                         rate = ramp[-1] if ramp else latency_rate
                         await self.run_phase(Phase(f"scale{n}@{rate:g}/s", n, rate, phase_s), lg, sampler)
                     await lg.close()
+                self.readings_in_influx = await asyncio.to_thread(self._count_influx, sum(p.acked for p in self.phases))
             finally:
                 self.samples = sampler.samples
                 await sampler.stop()
         finally:
             await asyncio.to_thread(services.stop)
             await receiver.stop()
+
+    def _count_influx(self, expected: int, timeout: float = 60) -> int:
+        """Readings the sink wrote to this run's database (one point per device and timestamp)."""
+        from influxdb_client import InfluxDBClient
+
+        i = self.settings.influx
+        flux = (
+            f'from(bucket: "{self.prefix}/autogen") |> range(start: 2000-01-01T00:00:00Z) '
+            '|> filter(fn: (r) => r._measurement == "reading" and r._field == "temp_c") |> group() |> count()'
+        )
+        deadline = time.monotonic() + timeout
+        count = 0
+        with InfluxDBClient(url=i.base_url, token=i.token_value(), org=i.org, timeout=60_000) as client:
+            while time.monotonic() < deadline:
+                tables = client.query_api().query(flux)
+                count = sum(int(r.get_value()) for t in tables for r in t.records)
+                if count >= expected:
+                    break
+                time.sleep(1.0)
+        print(f"[influx] {count:,} readings in InfluxDB, {expected:,} acknowledged by the bridge", flush=True)
+        return count
 
     def _latencies(self, lg: LoadGenerator, received: list[Received]) -> dict[str, float]:
         from pipeline.schemas import to_ms
@@ -412,6 +457,7 @@ class Bench:
             },
             "quick": self.quick,
             "phases": [asdict(p) for p in self.phases],
+            "readings_in_influx": self.readings_in_influx,
         }
         RESULTS.mkdir(exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -484,10 +530,14 @@ def main() -> None:
     out = bench.report()
     lost = [p["name"] for p in out["phases"] if p["acked"] < p["published"]]
     behind = [p["name"] for p in out["phases"] if p["drained_s"] is None]
-    if lost or behind:
-        print(f"FAILED: readings not acknowledged in {lost}; lag not drained in {behind}")
+    acked = sum(p["acked"] for p in out["phases"])
+    if lost or behind or out["readings_in_influx"] != acked:
+        print(
+            f"FAILED: readings not acknowledged in {lost}; lag not drained in {behind}; "
+            f"{out['readings_in_influx']:,} of {acked:,} acknowledged readings in InfluxDB"
+        )
         sys.exit(1)
-    print("OK: every published reading was acknowledged after Kafka, and every consumer caught up")
+    print(f"OK: all {acked:,} readings acknowledged after Kafka and in InfluxDB once; every consumer caught up")
 
 
 if __name__ == "__main__":
