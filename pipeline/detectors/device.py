@@ -17,8 +17,10 @@ tick time in replay. It only moves the *frontier* (below); every alert carries e
 Event time, lateness and the frontier
 -------------------------------------
 Readings are not processed on arrival: they wait in a small buffer in the state, sorted by ``(ts, seq)``, until
-the frontier passes them. The frontier ``P`` only moves forward; it becomes
-``max(event ts seen, now_ms) - allowed_lateness`` whenever something is committed: a buffered reading with
+the frontier passes them. The frontier ``P`` only moves forward; it becomes ``max event ts seen - allowed_lateness``
+when a reading arrives and ``max(event ts seen, now_ms) - allowed_lateness`` on a tick, whenever something is
+committed (a reading never moves it by ``now_ms``: the rest of a store-and-forward batch may still be coming,
+so one silence stays one offline alert): a buffered reading with
 ``ts < P`` is processed, or a timer with deadline ``<= P`` fires (offline, gap, level delays, ...). Timers fire
 before a reading with the same time (a reading at exactly ``since + delay`` does not cancel the alert).
 
@@ -271,7 +273,11 @@ class DeviceDetector:
         # Arrivals are usually in order: append; otherwise re-sort the small buffer.
         buf = (*buf, item) if not buf or (ts, seq) >= buf[-1][:2] else tuple(sorted((*buf, item), key=_buf_key))
         max_ts = ts if ts > state.max_ts else state.max_ts
-        target = max(max_ts, now_ms) - self.lateness
+        # A reading moves the frontier by event time only; ``now_ms`` moves it on ticks. A store-and-forward batch
+        # arrives item by item long after its readings were taken: moving to ``now_ms - lateness`` after its
+        # first item would fire offline/gap deadlines the rest of the batch is about to disprove (an offline
+        # alert resolving and re-opening within one upload) and turn the rest of the batch into late data.
+        target = max_ts - self.lateness
         if target <= state.frontier and len(buf) <= BUFFER_MAX:
             return state._replace(seq_max=sm, seq_bits=bits, buf=buf, max_ts=max_ts), []
         w = _Work(self, state)

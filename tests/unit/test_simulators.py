@@ -82,8 +82,7 @@ def test_pure_detectors_meet_the_ground_truth(name: str) -> None:
 
 def test_scenarios_say_what_they_inject() -> None:
     truths = {
-        name: {t.rule.rsplit(".", 1)[0] if "hygiene" in t.rule else t.rule for t in build(name).truth}
-        for name in SHORT
+        name: {t.rule.rsplit(".", 1)[0] if "hygiene" in t.rule else t.rule for t in build(name).truth} for name in SHORT
     }
     assert truths["compressor-failure"] == {R.HIGH}
     assert R.DOOR in truths["door-left-open"]
@@ -153,3 +152,17 @@ def test_secrets_are_generated_and_distinct() -> None:
     sc = build("skewed-clock")
     secrets = sc.config.device_secrets()
     assert len(set(secrets.values())) == len(secrets) and all(len(s) >= 16 for s in secrets.values())
+
+
+@pytest.mark.parametrize("name", ["store-and-forward", "truck-coverage-gaps", "dead-battery", "demo"])
+def test_one_offline_alert_per_silence(name: str) -> None:
+    """The scorer accepts any number of alerts inside a truth; liveness must not flap: a silence (even one filled
+    later by a store-and-forward upload) is exactly one ``liveness.offline`` (one ``liveness.gap`` if long)."""
+    sc = build(name)
+    alerts = detect(sc.config, sc.iter_lines(), tick_every_s=10)
+    for rule in (R.OFFLINE, R.GAP):
+        opened = sorted((a.subject, a.opened_at) for a in alerts if a.rule == rule and a.state.value == "open")
+        resolved = sorted((a.subject, a.opened_at) for a in alerts if a.rule == rule and a.state.value == "resolved")
+        truths = sorted(t.subject for t in sc.truth if t.rule == rule)
+        assert sorted(s for s, _ in opened) == truths, (rule, opened)
+        assert len(set(resolved)) == len(resolved) and set(resolved) <= set(opened)
