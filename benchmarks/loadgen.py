@@ -56,6 +56,7 @@ class Device:
     reader: asyncio.StreamReader | None = None
     writer: asyncio.StreamWriter | None = None
     next_pid: int = 1
+    last_ts: float = 0.0
     unacked: dict[int, int] = field(default_factory=dict)  # pid -> seq
 
 
@@ -112,7 +113,11 @@ class LoadGenerator:
     def publish(self, dev: Device, ts: float, temp_c: float, **extra: object) -> None:
         assert dev.writer is not None
         dev.seq += 1
-        payload = serde.dumps({"ts": round(ts, 3), "seq": dev.seq, "temp_c": temp_c, **extra})
+        # A real logger never stamps two readings with the same millisecond; when a starved generator catches
+        # up in a burst, keep each device's timestamps strictly increasing (InfluxDB would merge equal ones).
+        ts = max(round(ts, 3), round(dev.last_ts + 0.001, 3))
+        dev.last_ts = ts
+        payload = serde.dumps({"ts": ts, "seq": dev.seq, "temp_c": temp_c, **extra})
         pid = dev.next_pid
         dev.next_pid = pid % 65535 + 1
         dev.unacked[pid] = dev.seq
