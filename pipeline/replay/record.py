@@ -147,10 +147,14 @@ class Recorder:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka.bootstrap_servers, enable_auto_commit=False)
         await consumer.start()
         try:
+            # Larder creates its topics with known partition counts; a fresh aiokafka consumer's
+            # partitions_for_topic() is None until it has metadata, which made the recorder capture no events.
+            wanted = (self.topics.kitchen_events, self.topics.deadletter)
             parts = [
-                TopicPartition(t, p)
-                for t in (self.topics.kitchen_events, self.topics.deadletter)
-                for p in sorted(consumer.partitions_for_topic(t) or ())
+                TopicPartition(spec.name, p)
+                for spec in self.topics.specs()
+                if spec.name in wanted
+                for p in range(spec.partitions)
             ]
             if parts:
                 consumer.assign(parts)
