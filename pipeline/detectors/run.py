@@ -8,7 +8,7 @@ without ticks is processed purely by event time). After the last reading the rem
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from pipeline.detectors.base import Output
@@ -22,6 +22,38 @@ def _as_dict(x: Reading | KitchenEvent | dict[str, Any]) -> dict[str, Any]:
     return x if isinstance(x, dict) else x.model_dump(mode="json")
 
 
+def _run(
+    initial: Any,
+    step: Callable[[Any, dict[str, Any], int], tuple[Any, list[Output]]],
+    tick: Callable[[Any, int], tuple[Any, list[Output]]],
+    items: Iterable[Reading | KitchenEvent | dict[str, Any]],
+    ticks: Sequence[int],
+    final_ms: int | None,
+) -> list[Output]:
+    """Interleave ``ticks`` with the items by time (see the module docstring) and collect every output."""
+    state = initial
+    out: list[Output] = []
+    pending = sorted(ticks)
+    i = 0
+    now = pending[0] if pending else 0
+    for item in items:
+        d = _as_dict(item)
+        while i < len(pending) and pending[i] <= d["ts_ms"]:
+            now = pending[i]
+            state, o = tick(state, now)
+            out += o
+            i += 1
+        state, o = step(state, d, now)
+        out += o
+    for now in pending[i:]:
+        state, o = tick(state, now)
+        out += o
+    if final_ms is not None:
+        state, o = tick(state, final_ms)
+        out += o
+    return out
+
+
 def run_device_stream(
     rules: DeviceRules | DeviceDetector,
     readings: Iterable[Reading | dict[str, Any]],
@@ -30,27 +62,7 @@ def run_device_stream(
 ) -> list[Output]:
     """Every output of one device's stream, in the order the detector emitted them."""
     det = rules if isinstance(rules, DeviceDetector) else DeviceDetector(rules)
-    state = det.initial()
-    out: list[Output] = []
-    pending = sorted(ticks)
-    i = 0
-    now = pending[0] if pending else 0
-    for r in readings:
-        d = _as_dict(r)
-        while i < len(pending) and pending[i] <= d["ts_ms"]:
-            now = pending[i]
-            state, o = det.on_tick(state, now)
-            out += o
-            i += 1
-        state, o = det.on_reading_dict(state, d, now)
-        out += o
-    for now in pending[i:]:
-        state, o = det.on_tick(state, now)
-        out += o
-    if final_ms is not None:
-        state, o = det.on_tick(state, final_ms)
-        out += o
-    return out
+    return _run(det.initial(), det.on_reading_dict, det.on_tick, readings, ticks, final_ms)
 
 
 def run_kitchen_stream(
@@ -61,24 +73,4 @@ def run_kitchen_stream(
 ) -> list[Output]:
     """The same for one kitchen's camera events."""
     det = rules if isinstance(rules, KitchenDetector) else KitchenDetector(rules)
-    state = det.initial()
-    out: list[Output] = []
-    pending = sorted(ticks)
-    i = 0
-    now = pending[0] if pending else 0
-    for e in events:
-        d = _as_dict(e)
-        while i < len(pending) and pending[i] <= d["ts_ms"]:
-            now = pending[i]
-            state, o = det.on_tick(state, now)
-            out += o
-            i += 1
-        state, o = det.on_event_dict(state, d, now)
-        out += o
-    for now in pending[i:]:
-        state, o = det.on_tick(state, now)
-        out += o
-    if final_ms is not None:
-        state, o = det.on_tick(state, final_ms)
-        out += o
-    return out
+    return _run(det.initial(), det.on_event_dict, det.on_tick, events, ticks, final_ms)
