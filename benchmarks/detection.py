@@ -146,13 +146,22 @@ def metric(port: int, name: str) -> float:
 
 
 async def run_faust(
-    settings: Settings, topics: Topics, sites: Path, batches: list[tuple[int, bytes, bytes]], n: int, tmp: Path
+    settings: Settings,
+    topics: Topics,
+    sites: Path,
+    batches: list[tuple[int, bytes, bytes]],
+    n: int,
+    tmp: Path,
+    profile: Path | None = None,
 ) -> dict[str, float]:
     port = 19000 + os.getpid() % 1000
     log = tmp / "worker.log"
     env = {**os.environ, "LARDER_TOPIC_PREFIX": topics.prefix, "LARDER_READINGS_PARTITIONS": str(topics.partitions)}
     args = [sys.executable, "-m", "pipeline.cli", "worker", "--sites", str(sites), "--clock", "replay"]
     args += ["--data-dir", str(tmp / "faust"), "--metrics-port", str(port), "-l", "warn"]
+    if profile is not None:  # py-spy samples the whole worker; collapsed stacks, one line per stack
+        spy = str(Path(sys.executable).parent / "py-spy")
+        args = [spy, "record", "-r", "250", "-f", "raw", "-o", str(profile), "--", *args]
     with log.open("wb") as out:
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -162,6 +171,8 @@ async def run_faust(
                 raise RuntimeError("worker did not start:\n" + log.read_text(errors="replace")[-3000:])
             await asyncio.sleep(0.2)
         ps = psutil.Process(proc.pid)
+        if profile is not None:
+            ps = ps.children()[0]
         await asyncio.sleep(1.0)
         rss0 = ps.memory_info().rss
         await produce(settings, topics.readings, [(p, k, v) for p, k, v in batches])
@@ -189,7 +200,11 @@ async def run_faust(
             "rss_delta": rss1 - rss0,
         }
     finally:
-        proc.terminate()
+        # Under py-spy, stop the worker itself: py-spy writes its profile when its target exits.
+        for child in psutil.Process(proc.pid).children() if profile is not None else []:
+            child.terminate()
+        if profile is None:
+            proc.terminate()
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
@@ -331,7 +346,7 @@ def run(args: argparse.Namespace) -> None:
         write_site_yaml(sites, devices)
         cfg = SiteConfig.model_validate(site_doc(devices))
         step(f"faust: `larder worker` over {len(batches):,} record batches")
-        faust = asyncio.run(run_faust(settings, topics, sites, batches, n, tmp))
+        faust = asyncio.run(run_faust(settings, topics, sites, batches, n, tmp, args.profile))
         step(f"plain aiokafka loop over the same {len(batches):,} records")
         plain = asyncio.run(run_plain(settings, topics.readings, cfg, topics.partitions, n))
         quix: dict[str, float] | None = None
@@ -395,6 +410,7 @@ def main() -> None:
     parser.add_argument("--readings", type=int, default=500_000)
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--skip-quix", action="store_true")
+    parser.add_argument("--profile", type=Path, help="run the Faust worker under py-spy; collapsed stacks to FILE")
     args = parser.parse_args()
     if args.quick:
         args.readings, args.devices = 100_000, 2_000

@@ -40,6 +40,7 @@ from faust.streams import _current_event
 from faust.types import TP
 
 from pipeline import serde
+from pipeline.agents.changelog import KafkaBatches, SendBatch, TableWriter
 from pipeline.agents.core import Concern, Result, Runner, Stats, encode_output, tick_record
 from pipeline.clock import Clock, WallClock
 from pipeline.settings import Settings
@@ -79,32 +80,22 @@ class Outputs(Protocol):
 class KafkaOutputs:
     """Sends a record's outputs and dead letters and waits until Kafka has acknowledged all of them."""
 
-    app: faust.App
+    producer: KafkaBatches
     topics: Topics
-    _channels: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for which, name in (
-            ("alerts", self.topics.alerts),
-            ("annotations", self.topics.annotations),
-            ("deadletter", self.topics.deadletter),
-        ):
-            self._channels[which] = self.app.topic(
-                name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-            )
 
     async def publish(self, result: Result) -> None:
         if not result.outputs and not result.dead_letters:
             return
+        names = {"alerts": self.topics.alerts, "annotations": self.topics.annotations}
+        send = self.producer.send_one
+        # Sent now and awaited: we must know the outputs are in Kafka before the states that produced them
+        # are written to the table.
         pending = []
         for output in result.outputs:
             which, key, value = encode_output(output)
-            # force=True: send now. Faust would otherwise attach the message to the current event and send it
-            # only at commit time, and we must know it is in Kafka before the table changes.
-            pending.append(await self._channels[which].send(key=key, value=value, force=True))
+            pending.append(await send(names[which], key, value))
         for dead in result.dead_letters:
-            value = serde.dumps(dead.model_dump(mode="json"))
-            pending.append(await self._channels["deadletter"].send(key=None, value=value, force=True))
+            pending.append(await send(self.topics.deadletter, None, serde.dumps(dead.model_dump(mode="json"))))
         await asyncio.gather(*pending)
 
 
@@ -144,9 +135,11 @@ def make_app(
     outputs: Outputs | None = None,
     clock: Clock | None = None,
     announce: Callable[[str], None] | None = None,
+    changelog: SendBatch | None = None,
 ) -> WorkerApp:
     """Build the Faust app (not started). ``outputs`` defaults to Kafka; ``clock`` to wall time (live ticks);
-    ``announce`` receives one line per completed rebalance (the partitions this worker now owns)."""
+    ``announce`` receives one line per completed rebalance (the partitions this worker now owns);
+    ``changelog`` sends the tables' changelog batches (default: Kafka, :class:`KafkaBatches`)."""
     options = options or WorkerOptions()
     clock = clock or WallClock()
     app_id = f"{topics.prefix}-worker"
@@ -172,7 +165,14 @@ def make_app(
         key_serializer="raw",
         value_serializer="raw",
     )
-    sink: Outputs = outputs or KafkaOutputs(app, topics)
+    producer = KafkaBatches(settings)
+
+    async def stop_producer(sender: Any, **_: Any) -> None:
+        await producer.stop()  # after the consumer stopped: nothing writes any more
+
+    app.on_before_shutdown.connect(stop_producer)  # type: ignore[arg-type]
+    sink: Outputs = outputs or KafkaOutputs(producer, topics)
+    changelog = changelog or producer.send
     # One lock for all agents and rebalance handlers: a record's read-modify-publish-write of its subjects'
     # states must not interleave with another coroutine touching the same cache.
     lock = asyncio.Lock()
@@ -205,7 +205,7 @@ def make_app(
             use_partitioner=True,
         )
         runner: Runner[Any, Any] = Runner(concern, table, topics.partitions, arrived_ms=arrived_ms)
-        pending = pendings[concern.name] = Pending()
+        pending = pendings[concern.name] = Pending(TableWriter(table, changelog))
         runners[concern.name] = runner
         tables[concern.name] = table
         sources[concern.name] = source
@@ -220,6 +220,7 @@ def make_app(
                 gone = [tp.partition for tp in revoked if tp.topic == source_names[name]]
                 runner.forget(gone)
                 pendings[name].drop(gone)
+                pendings[name].writer.drop(gone)
 
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
 
@@ -270,24 +271,23 @@ class Pending:
     """Events of a partition whose state changes are not yet in the table: acked (committable) only once they
     are, so a committed offset never runs ahead of the changelog."""
 
+    writer: TableWriter
     events: dict[int, list[Any]] = field(default_factory=dict)
     since: dict[int, float] = field(default_factory=dict)
     #: The agent's manual-ack stream's ``ack``, set when the agent starts.
     ack: Callable[[Any], Awaitable[bool]] | None = None
 
     async def release(self, runner: Runner[Any, Any], partition: int) -> None:
-        """Write the partition's changed states to the table, then ack its held records (call under the lock).
-
-        Faust flushes the producer (the changelog writes) before it commits offsets, so the committed offset
-        never runs ahead of the saved states."""
+        """Write the partition's changed states to the table, wait until Kafka has them, then ack its held
+        records (call under the lock): the committed offset never runs ahead of the saved states."""
         events = self.events.get(partition)
         if not events:
             return
         assert self.ack is not None, "events are held only by a running agent"
         # The RocksDB store files a write under the *current event's* partition; the agent is in stream
         # context, the idle timer is not. A held record of this very partition is the correct context.
-        with _event_context(events[-1]):
-            runner.flush(partition)
+        await self.writer.write(partition, runner.take(partition), lambda: _event_context(events[-1]))
+        await self.writer.settle(partition)
         for done in events:
             await self.ack(done)
         self.drop([partition])
@@ -330,7 +330,8 @@ def _agent_body(
                     # window where a crash repeats an output is until these writes reach the changelog. A
                     # state ahead of the committed offset is safe: the records read again are exact
                     # duplicates to it (seq / event_id de-dup) and ticks before its frontier do nothing.
-                    runner.flush(partition, {o.subject.encode() for o in result.outputs})
+                    subjects = {o.subject.encode() for o in result.outputs}
+                    await pending.writer.write(partition, runner.take(partition, subjects), contextlib.nullcontext)
                 events = pending.events.setdefault(partition, [])
                 events.append(event)
                 now = time.monotonic()

@@ -245,23 +245,33 @@ class Runner(Generic[S, E]):
         """Write changed states to the store: of one partition (all when ``None``), only ``keys`` if given.
 
         Call it after the outputs of the records that changed them are durable (see :mod:`pipeline.agents.app`
-        for when the agent does).
+        for when the agent does). With no store (the benchmark's ceiling) the states are only marked clean.
         """
         n = 0
         store = self.store
         for p in [partition] if partition is not None else list(self._dirty):
-            dirty = self._dirty.get(p)
-            if not dirty:
+            if store is None:
+                dirty = self._dirty.get(p, {})
+                chosen = list(dirty) if keys is None else [k for k in keys if k in dirty]
+                for key in chosen:
+                    del dirty[key]
+                n += len(chosen)
                 continue
-            chosen = list(dirty) if keys is None else [k for k in keys if k in dirty]
-            for key in chosen:
-                state = dirty.pop(key)
-                if store is not None:
-                    store[key] = self._detector(key, None).state_to_bytes(state)
-            n += len(chosen)
-        if store is not None:
-            self.stats.table_writes += n
+            for key, value in self.take(p, keys):
+                store[key] = value
+                n += 1
         return n
+
+    def take(self, partition: int, keys: Iterable[bytes] | None = None) -> list[tuple[bytes, bytes]]:
+        """Remove the partition's changed states (only ``keys`` if given) and return them encoded for the store;
+        the caller writes them (the worker in bulk, :mod:`pipeline.agents.changelog`)."""
+        dirty = self._dirty.get(partition)
+        if not dirty:
+            return []
+        chosen = list(dirty) if keys is None else [k for k in keys if k in dirty]
+        out = [(key, self._detector(key, None).state_to_bytes(dirty.pop(key))) for key in chosen]
+        self.stats.table_writes += len(out)
+        return out
 
     def dirty(self, partition: int) -> int:
         return len(self._dirty.get(partition, ()))

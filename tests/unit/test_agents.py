@@ -3,8 +3,8 @@ letters, restart from the store) and the Faust agent itself through ``agent.test
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -146,23 +146,25 @@ async def test_faust_agent_with_test_context(tmp_path: Path) -> None:
     """The real agent body (table, cache, outputs) on Faust's test channel with the memory store."""
     outputs = ListOutputs()
     topics = Topics(prefix="unit", partitions=P)
+    changelog: list[tuple[str, int, bytes, bytes]] = []
+
+    async def send_changelog(topic: str, partition: int, records: list[tuple[bytes, bytes]]) -> Any:
+        # The changelog producer is Kafka's; here we only record what the worker would send, in one batch.
+        changelog.extend((topic, partition, k, v) for k, v in records)
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        done.set_result(len(changelog) - 1)
+        return done
+
     worker = make_app(
         Settings(state_dir=tmp_path),
         topics,
         [threshold_concern(delay_ms=60_000)],
         WorkerOptions(store="memory", clock="replay"),
         outputs=outputs,
+        changelog=send_changelog,
     )
     worker.app.finalize()
     table = worker.tables["devices"]
-    changelog: list[tuple[bytes, bytes]] = []
-
-    def send_changelog(partition: int | None, key: bytes, value: bytes, *_: Any, **__: Any) -> Any:
-        # The changelog producer is Kafka's; here we only record what the table would send.
-        changelog.append((key, value))
-        return SimpleNamespace(message=SimpleNamespace(partition=partition_for(key.decode(), P)))
-
-    table.send_changelog = send_changelog
     records = batches([reading("d1", i, T0 + i * 30_000, 10.0) for i in range(4)], P, per_record=2)
     p = records[0][0]
     async with worker.agents["devices"].test_context() as agent:
@@ -173,8 +175,8 @@ async def test_faust_agent_with_test_context(tmp_path: Path) -> None:
     alerts = [o for r in outputs.results for o in r.outputs if isinstance(o, Alert)]
     assert [(a.state.value, a.at_ms) for a in alerts] == [("open", T0 + 60_000)]
     # Writes are coalesced per flush interval; the subject that produced an output is written at once.
-    assert [k for k, _ in changelog] == [b"d1"]
-    assert table[b"d1"] == changelog[-1][1]
+    assert [(t, p_, k) for t, p_, k, _ in changelog] == [(table.changelog_topic.get_topic_name(), p, b"d1")]
+    assert table[b"d1"] == changelog[-1][3]
     stats = worker.runners["devices"].stats
     assert (stats.records, stats.items, stats.ticks, stats.duplicates) == (4, 6, 1, 2)
 

@@ -1,0 +1,157 @@
+"""Table writes in bulk: a partition's changed states go into the table's local store and, as one Kafka record
+batch, onto the table's changelog partition.
+
+Why not ``table[key] = value``: Faust sends one changelog message per key through its ProducerBuffer (a
+FutureMessage, a queue hop, one aiokafka ``send`` and, with nothing else queued, one produce request each), then
+records the persisted offset in RocksDB once per message. py-spy put that path at ~40% of the worker's CPU
+under load, more than the detectors (``BENCHMARKS.md``, Detection). Here a flush of N states costs N local
+store writes, N appends to one record batch (aiokafka's C batch builder) and one produce request.
+
+The records are exactly the ones Faust would have written (same topic, key, value, and partition: tables are
+co-partitioned with their source, ``pipeline.agents.core.Runner`` refuses an item of another partition), so
+Faust's recovery and standby replicas read them as their own; the persisted offset is recorded once per batch.
+
+Durability order is the caller's (``pipeline.agents.app``): :meth:`TableWriter.write` hands the batch to the
+producer, :meth:`TableWriter.settle` waits until Kafka has it, and only then are the records that changed those
+states acknowledged (committable). A batch Kafka refuses is sent again until it is accepted: the same
+key/value pairs, so a repeat is harmless on a compacted changelog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from faust.types import TP
+
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: ``(topic, partition, [(key, value), ...])`` -> a future resolving to the offset of the *last* record sent.
+SendBatch = Callable[[str, int, list[tuple[bytes, bytes]]], Awaitable["asyncio.Future[int]"]]
+#: Runs the local store write in the context it needs (the RocksDB store files a write under the current
+#: event's partition).
+StoreContext = Callable[[], contextlib.AbstractContextManager[Any]]
+
+#: Broker default ``message.max.bytes`` is 1 MiB; stay under it.
+MAX_BATCH_BYTES = 1_000_000
+
+
+class KafkaBatches:
+    """The worker's own idempotent ``acks=all`` producer: changelog writes as aiokafka record batches, and the
+    outputs one record each (Faust's ``Topic.send`` costs ~100 µs a message; aiokafka's ``send`` ~15 µs)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._producer: AIOKafkaProducer | None = None
+        self._starting = asyncio.Lock()
+
+    async def _ensure(self) -> AIOKafkaProducer:
+        async with self._starting:
+            if self._producer is None:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self._settings.kafka.bootstrap_servers,
+                    acks="all",
+                    enable_idempotence=True,
+                    max_batch_size=MAX_BATCH_BYTES,
+                    max_request_size=4 * MAX_BATCH_BYTES,
+                    linger_ms=0,
+                )
+                await producer.start()
+                self._producer = producer
+            return self._producer
+
+    async def send_one(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
+        """One record, partitioned by its key (Kafka's default partitioner); the future resolves on Kafka's ack."""
+        producer = await self._ensure()
+        return await producer.send(topic, value, key=key)
+
+    async def send(self, topic: str, partition: int, records: list[tuple[bytes, bytes]]) -> asyncio.Future[int]:
+        producer = await self._ensure()
+        sent: list[tuple[asyncio.Future[Any], int]] = []
+        batch = producer.create_batch()
+        count = 0
+        for key, value in records:
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                sent.append((await producer.send_batch(batch, topic, partition=partition), count))
+                batch, count = producer.create_batch(), 0
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    raise ValueError(f"a {len(value)}-byte state does not fit in a {MAX_BATCH_BYTES}-byte batch")
+            count += 1
+        if count:
+            sent.append((await producer.send_batch(batch, topic, partition=partition), count))
+        return asyncio.ensure_future(_last_offset(sent))
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+
+async def _last_offset(sent: list[tuple[asyncio.Future[Any], int]]) -> int:
+    metas = await asyncio.gather(*(f for f, _ in sent))
+    return int(metas[-1].offset) + sent[-1][1] - 1
+
+
+class TableWriter:
+    """Bulk writes into one Faust table: local store now, changelog in one record batch, settled on demand."""
+
+    def __init__(self, table: Any, send: SendBatch, *, retry_s: float = 0.5) -> None:
+        self.table = table
+        self._send = send
+        self._retry_s = retry_s
+        #: partition -> batches handed to the producer and not yet settled: (records, future of last offset).
+        self._inflight: dict[int, list[tuple[list[tuple[bytes, bytes]], asyncio.Future[int]]]] = {}
+
+    @property
+    def topic(self) -> str:
+        return str(self.table.changelog_topic.get_topic_name())
+
+    async def write(self, partition: int, records: list[tuple[bytes, bytes]], context: StoreContext) -> None:
+        """Write ``records`` (key, state bytes) of ``partition`` to the local store and send them to the changelog."""
+        if not records:
+            return
+        store = self.table.data
+        with context():
+            for key, value in records:
+                store[key] = value
+        future = await self._send(self.topic, partition, records)
+        self._inflight.setdefault(partition, []).append((records, future))
+
+    async def settle(self, partition: int) -> None:
+        """Return once Kafka has every batch written for ``partition``; record the persisted offset."""
+        inflight = self._inflight.pop(partition, [])
+        last = -1
+        for records, future in inflight:
+            delay = self._retry_s
+            while True:
+                try:
+                    last = max(last, await future)
+                    break
+                except KafkaError as exc:
+                    log.warning("changelog batch for partition %d not acknowledged (%s); resending", partition, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    with contextlib.suppress(KafkaError):
+                        future = await self._send(self.topic, partition, records)
+        if last >= 0:
+            # Recovery resumes from here instead of re-reading the whole changelog partition.
+            self.table.data.set_persisted_offset(TP(self.topic, partition), last)
+
+    def drop(self, partitions: list[int]) -> None:
+        """Forget revoked partitions' unsettled batches (their records were never acked: they are re-read)."""
+        for p in partitions:
+            for _records, future in self._inflight.pop(p, []):
+                future.add_done_callback(_quiet)
+
+
+def _quiet(future: asyncio.Future[int]) -> None:
+    # Nobody awaits a dropped batch; retrieve its exception so asyncio does not report it as lost.
+    if not future.cancelled():
+        future.exception()
