@@ -390,8 +390,8 @@ def run(args: argparse.Namespace) -> None:
     lines += [
         "",
         f"- Faust / quix-streams: {faust['rate'] / quix['rate']:.1f}x." if quix else "- quix-streams skipped.",
-        f"- Faust worker: {faust['writes']:,.0f} table writes (coalesced: one per changed device per second; at once "
-        f"for a device with an output) in "
+        f"- Faust worker: {faust['writes']:,.0f} table writes (coalesced: one per changed device per flush "
+        "interval, 2.8 s; at once for a device with an output) in "
         f"{faust['seconds']:.2f} s, {faust['cpu_s']:.2f} s CPU; (Faust time - plain time) / writes = "
         f"{(faust['seconds'] - plain['seconds']) / max(1, faust['writes']) * 1e6:.1f} µs per write, an upper "
         "bound of what a changelogged table write costs (it also holds Faust's per-record overhead).",

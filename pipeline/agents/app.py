@@ -12,15 +12,16 @@ Layout (see ``docs/agents.md``):
 * timers: live, a 1 s ``app.timer`` publishes a ``tick`` record into every source partition this worker owns;
   replay (``--clock replay``), only the replay tool's ticks count. Either way timers run when the agent reads
   a tick, in stream context and in log order, so a re-run after a crash re-derives the same outputs.
-* coalesced table writes: a record is acked only once its changed states are in the table; a partition's
-  held records are released by the agent on a later record, or by the ``larder-flush-idle`` timer when the
-  partition has gone quiet (otherwise an idle input would never be committed).
+* coalesced table writes: a record is acked only once its changed states are in the table (local store and
+  changelog, written in bulk by :mod:`pipeline.agents.changelog`); a partition's held records are released
+  by the agent on a later record once ``flush_interval_s`` passed, or by the ``larder-flush-idle`` timer when
+  the partition has gone quiet (otherwise an idle input would never be committed).
 
 Processing guarantee: at-least-once with deterministic alert ids and ordered durability: a record's outputs
-are awaited (acked by Kafka) *before* the states they came from are written to the table, and Faust flushes
-the changelog before it commits the input offset. A crash can therefore repeat an output (same alert id and
-state, consumers de-duplicate by id) but never lose one, and never restore a state that claims an output was
-sent when it was not.
+are awaited (acked by Kafka) *before* the states they came from are written to the table, and the changelog
+batches are awaited before the records that changed those states are acked (committable). A crash can
+therefore repeat an output (same alert id and state, consumers de-duplicate by id) but never lose one, and
+never restore a state that claims an output was sent when it was not.
 """
 
 from __future__ import annotations
@@ -66,10 +67,13 @@ class WorkerOptions:
     heartbeat_interval_s: float = 3.0
     standby_replicas: int = 1
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
-    #: Changed states are written to the table at most this long after the record that changed them...
-    flush_interval_s: float = 1.0
-    #: ...or after this many records of the partition, whichever comes first (bounds the re-read work).
+    #: Changed states are written to the table at most this long after the record that changed them (the
+    #: commit interval: Kafka Streams likewise flushes its caching stores at commit time)...
+    flush_interval_s: float = 2.8
+    #: ...or after this many records of the partition, whichever comes first (bounds the re-read work)...
     flush_records: int = 200
+    #: ...or once the partition has had no record for this long (an idle input is committed promptly).
+    flush_idle_s: float = 0.5
 
 
 class Outputs(Protocol):
@@ -234,19 +238,21 @@ def make_app(
     app.on_rebalance_complete.connect(on_rebalanced)  # type: ignore[arg-type]
 
     async def flush_idle() -> None:
-        """Release the partitions whose held records have waited ``flush_interval_s``: the agents do it only
-        when a record arrives, so without this an idle partition (replay finished, or nothing but ticks) would
-        never get its states written nor its offset committed."""
+        """Release the partitions that went quiet (``flush_idle_s``) or whose held records have waited
+        ``flush_interval_s``: the agents release only when a record arrives, so without this an idle partition
+        (replay finished, or nothing but ticks) would never get its states written nor its offset committed."""
         if app.rebalancing or not app.consumer:
             return  # revoked partitions' held records are re-read by their next owner; nothing to save
         now = time.monotonic()
         async with lock:
             for name, pending in pendings.items():
                 for partition, started in list(pending.since.items()):
-                    if now - started >= options.flush_interval_s:
+                    quiet = now - pending.last.get(partition, started) >= options.flush_idle_s
+                    if quiet or now - started >= options.flush_interval_s:
                         await pending.release(runners[name], partition)
 
-    app.timer(max(0.05, options.flush_interval_s / 2), name="larder-flush-idle")(flush_idle)
+    period = min(options.flush_idle_s, options.flush_interval_s) / 2
+    app.timer(max(0.05, period), name="larder-flush-idle")(flush_idle)
 
     if options.clock == "live":
 
@@ -274,6 +280,8 @@ class Pending:
     writer: TableWriter
     events: dict[int, list[Any]] = field(default_factory=dict)
     since: dict[int, float] = field(default_factory=dict)
+    #: partition -> when its latest held record arrived.
+    last: dict[int, float] = field(default_factory=dict)
     #: The agent's manual-ack stream's ``ack``, set when the agent starts.
     ack: Callable[[Any], Awaitable[bool]] | None = None
 
@@ -297,6 +305,7 @@ class Pending:
         for p in partitions:
             self.events.pop(p, None)
             self.since.pop(p, None)
+            self.last.pop(p, None)
 
 
 def _agent_body(
@@ -334,7 +343,7 @@ def _agent_body(
                     await pending.writer.write(partition, runner.take(partition, subjects), contextlib.nullcontext)
                 events = pending.events.setdefault(partition, [])
                 events.append(event)
-                now = time.monotonic()
+                now = pending.last[partition] = time.monotonic()
                 started = pending.since.setdefault(partition, now)
                 if now - started >= options.flush_interval_s or len(events) >= options.flush_records:
                     # Coalesced: one table write per changed subject per interval, not per record batch. A
