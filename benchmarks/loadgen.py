@@ -2,7 +2,7 @@
 
 Why not paho: contract 1 lets a device publish only as itself, so 100,000 simulated devices are 100,000 MQTT
 connections. A paho client per device costs a thread-safe object, a socket pair and ~50 KB; this generator
-keeps one asyncio stream per device (~5 KB) and speaks the four packets it needs (CONNECT/CONNACK,
+keeps one asyncio protocol per device (a few KB) and speaks the four packets it needs (CONNECT/CONNACK,
 PUBLISH/PUBACK). It is a benchmark tool, not part of the product: the product's device path is tested with
 `mosquitto_pub` and paho.
 
@@ -49,24 +49,56 @@ def publish_packet(topic: str, pid: int, payload: bytes) -> bytes:
 
 
 @dataclass
-class Device:
-    device_id: str
-    secret: str
-    seq: int = 0
-    reader: asyncio.StreamReader | None = None
-    writer: asyncio.StreamWriter | None = None
-    next_pid: int = 1
-    last_ts: float = 0.0
-    unacked: dict[int, int] = field(default_factory=dict)  # pid -> seq
-
-
-@dataclass
 class LoadStats:
     connected: int = 0
     published: int = 0
     acked: int = 0
     refused: int = 0
     sent_at: dict[tuple[str, int], float] = field(default_factory=dict)
+
+
+class _Connection(asyncio.Protocol):
+    """One device's MQTT connection. A protocol, not a stream: PUBACKs are parsed in ``data_received``, with no
+    reader task and no future per acknowledgement (the generator shares the 2 cores with the pipeline)."""
+
+    def __init__(self, device: Device, stats: LoadStats) -> None:
+        self.device, self.stats = device, stats
+        self.transport: asyncio.Transport | None = None
+        self.connack: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._buf = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf + data if self._buf else data
+        i, n = 0, len(buf)
+        unacked = self.device.unacked
+        # Mosquitto sends this client only CONNACK (0x20 0x02 flags rc) and PUBACK (0x40 0x02 pid), 4 bytes each.
+        while n - i >= 4:
+            kind = buf[i]
+            if kind == 0x40:
+                if unacked.pop((buf[i + 2] << 8) | buf[i + 3], None) is not None:
+                    self.stats.acked += 1
+            elif kind == 0x20 and not self.connack.done():
+                self.connack.set_result(buf[i + 3])
+            i += 4
+        self._buf = buf[i:]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.connack.done():
+            self.connack.set_exception(exc or ConnectionError("connection closed before CONNACK"))
+
+
+@dataclass
+class Device:
+    device_id: str
+    secret: str
+    seq: int = 0
+    conn: _Connection | None = None
+    next_pid: int = 1
+    last_ts: float = 0.0
+    unacked: dict[int, int] = field(default_factory=dict)  # pid -> seq
 
 
 class LoadGenerator:
@@ -77,41 +109,30 @@ class LoadGenerator:
         self.devices = [Device(d, s) for d, s in devices]
         self.stats = LoadStats()
         self.record_times = record_times
-        self._readers: list[asyncio.Task[None]] = []
 
     async def connect(self, concurrency: int = 200, progress: Callable[[int], None] | None = None) -> None:
         sem = asyncio.Semaphore(concurrency)
+        loop = asyncio.get_running_loop()
 
         async def one(dev: Device) -> None:
             async with sem:
-                reader, writer = await asyncio.open_connection(self.host, self.port, limit=1 << 16)
-                writer.write(connect_packet(f"lg-{dev.device_id}", dev.device_id, dev.secret))
-                await writer.drain()
-                hdr = await reader.readexactly(4)
-                if hdr[0] != 0x20 or hdr[3] != 0:
+                _, conn = await loop.create_connection(lambda: _Connection(dev, self.stats), self.host, self.port)
+                assert conn.transport is not None
+                conn.transport.write(connect_packet(f"lg-{dev.device_id}", dev.device_id, dev.secret))
+                rc = await conn.connack
+                if rc != 0:
                     self.stats.refused += 1
-                    writer.close()
-                    raise ConnectionRefusedError(f"{dev.device_id}: CONNACK return code {hdr[3]}")
-                dev.reader, dev.writer = reader, writer
+                    conn.transport.close()
+                    raise ConnectionRefusedError(f"{dev.device_id}: CONNACK return code {rc}")
+                dev.conn = conn
                 self.stats.connected += 1
                 if progress and self.stats.connected % 1000 == 0:
                     progress(self.stats.connected)
-                self._readers.append(asyncio.create_task(self._read_acks(dev)))
 
         await asyncio.gather(*(one(d) for d in self.devices))
 
-    async def _read_acks(self, dev: Device) -> None:
-        assert dev.reader is not None
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            while True:
-                head = await dev.reader.readexactly(4)
-                if head[0] & 0xF0 == 0x40:  # PUBACK: 0x40 0x02 pid
-                    pid = struct.unpack("!H", head[2:4])[0]
-                    if dev.unacked.pop(pid, None) is not None:
-                        self.stats.acked += 1
-
     def publish(self, dev: Device, ts: float, temp_c: float, **extra: object) -> None:
-        assert dev.writer is not None
+        assert dev.conn is not None and dev.conn.transport is not None
         dev.seq += 1
         # A real logger never stamps two readings with the same millisecond; when a starved generator catches
         # up in a burst, keep each device's timestamps strictly increasing (InfluxDB would merge equal ones).
@@ -121,7 +142,7 @@ class LoadGenerator:
         pid = dev.next_pid
         dev.next_pid = pid % 65535 + 1
         dev.unacked[pid] = dev.seq
-        dev.writer.write(publish_packet(f"larder/v1/devices/{dev.device_id}/readings", pid, payload))
+        dev.conn.transport.write(publish_packet(f"larder/v1/devices/{dev.device_id}/readings", pid, payload))
         self.stats.published += 1
         if self.record_times:
             self.stats.sent_at[(dev.device_id, dev.seq)] = time.time()
@@ -153,11 +174,9 @@ class LoadGenerator:
         return self.stats.acked >= self.stats.published
 
     async def close(self) -> None:
-        for t in self._readers:
-            t.cancel()
         for d in self.devices:
-            if d.writer is not None:
+            if d.conn is not None and d.conn.transport is not None:
                 with contextlib.suppress(Exception):
-                    d.writer.write(b"\xe0\x00")  # DISCONNECT
-                    d.writer.close()
+                    d.conn.transport.write(b"\xe0\x00")  # DISCONNECT
+                    d.conn.transport.close()
         await asyncio.sleep(0)

@@ -251,8 +251,10 @@ def make_app(
                     if quiet or now - started >= options.flush_interval_s:
                         await pending.release(runners[name], partition)
 
-    period = min(options.flush_idle_s, options.flush_interval_s) / 2
-    app.timer(max(0.05, period), name="larder-flush-idle")(flush_idle)
+    # Not faster than 0.5 s: a release can take a few hundred ms (thousands of states, then Kafka's ack), and
+    # Faust warns about a timer that outruns its period.
+    period = max(0.5, min(options.flush_idle_s, options.flush_interval_s) / 2)
+    app.timer(period, name="larder-flush-idle")(flush_idle)
 
     if options.clock == "live":
 
