@@ -50,6 +50,10 @@ from pipeline.topics import Topics
 RESULTS = Path(__file__).parent / "results"
 NORMAL_C = 4.0
 EXCURSION_C = 15.0  # above the chilled high_high limit (12 °C) and high (8 °C)
+#: The bench profile's allowed lateness and the worker's live clock period: a reading reaches the rules once the
+#: clock passes its time + the lateness, so these two set the floor of the publish -> webhook latency.
+LATENESS_MS = 100
+TICK_S = 0.05
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -86,8 +90,9 @@ def write_site_file(path: Path, devices: list[tuple[str, str]], webhook_url: str
                 "high_high": {"limit": 12.0, "delay_min": 0},
                 "masks": {"startup_min": 0},
                 # Readings wait for the allowed lateness before rules see them (default 1 min); for the latency
-                # measure (rule delays zero) it is 300 ms, above the bridge -> Kafka transit time.
-                "allowed_lateness_min": 0.005,
+                # measure (rule delays zero) it is LATENESS_MS, above the bridge -> Kafka transit time (p99
+                # ~10 ms at 1,000/s; a later reading is still processed, counted as late).
+                "allowed_lateness_min": LATENESS_MS / 60_000,
             }
         },
         "sites": sites,
@@ -342,9 +347,8 @@ class Bench:
             "LARDER_NOTIFY__RATE_LIMIT": "1000000",
             "LARDER_INFLUX__DATABASE": self.prefix,
             "LARDER_NOTIFY__WEBHOOK_SECRET": receiver.secret,
-            # Alerts leave the detector once the live clock passes ts + allowed lateness; a 100 ms clock and a
-            # 300 ms lateness (the bench profile) bound that wait for the latency measure.
-            "LARDER_WORKER_TICK_INTERVAL": "0.1",
+            # Alerts leave the detector once the live clock passes ts + allowed lateness (LATENESS_MS, TICK_S).
+            "LARDER_WORKER_TICK_INTERVAL": str(TICK_S),
         }
         services = Services(
             s,
@@ -385,7 +389,8 @@ class Bench:
                             excursion_every=max(1, int(latency_rate // 20)),
                         )
                         await asyncio.sleep(3.0)  # last webhooks
-                        ph.latency_ms = self._latencies(lg, receiver.received[before:])
+                        stamps = await self._kafka_times()
+                        ph.latency_ms = self._latencies(lg, receiver.received[before:], stamps)
                         print(f"[latency] {ph.latency_ms}", flush=True)
                         for rate in ramp:
                             await self.run_phase(Phase(f"ramp@{rate:g}/s", n, rate, phase_s), lg, sampler)
@@ -422,31 +427,86 @@ class Bench:
         print(f"[influx] {count:,} readings in InfluxDB, {expected:,} acknowledged by the bridge", flush=True)
         return count
 
-    def _latencies(self, lg: LoadGenerator, received: list[Received]) -> dict[str, float]:
+    async def _kafka_times(self) -> tuple[dict[tuple[str, int], int], dict[str, int]]:
+        """When each reading's batch record and each open alert's record were produced (Kafka CreateTime, ms):
+        the two intermediate points of the publish -> webhook path."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka.bootstrap_servers, enable_auto_commit=False, fetch_max_wait_ms=100
+        )
+        await consumer.start()
+        readings: dict[tuple[str, int], int] = {}
+        alerts: dict[str, int] = {}
+        try:
+            n = self.topics.partitions
+            tps = [TopicPartition(t, p) for t in (self.topics.readings, self.topics.alerts) for p in range(n)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+
+            async def behind() -> bool:
+                return any([await consumer.position(tp) < ends[tp] for tp in tps])
+
+            while await behind():
+                for tp, recs in (await consumer.getmany(timeout_ms=500)).items():
+                    for rec in recs:
+                        body = serde.loads(rec.value)
+                        if tp.topic == self.topics.alerts:
+                            if body.get("state") == "open":
+                                alerts.setdefault(body["alert_id"], rec.timestamp)
+                        elif body.get("kind") == "readings":
+                            for it in body["items"]:
+                                readings.setdefault((it["device"], it["seq"]), rec.timestamp)
+        finally:
+            await consumer.stop()
+        return readings, alerts
+
+    def _latencies(
+        self,
+        lg: LoadGenerator,
+        received: list[Received],
+        stamps: tuple[dict[tuple[str, int], int], dict[str, int]],
+    ) -> dict[str, float]:
+        """Publish -> webhook per alert, and its three stages: publish -> batch in Kafka (bridge), -> alert in
+        Kafka (worker, which holds a reading for the allowed lateness), -> webhook received (notifier)."""
+        from datetime import datetime
+
         from pipeline.schemas import to_ms
 
-        sent_by_ts: dict[tuple[str, int], float] = {}
-        for (dev, _seq), t in lg.stats.sent_at.items():
-            sent_by_ts[(dev, int(t * 1000))] = t
+        in_kafka, alert_made = stamps
+        sent_by_ts: dict[tuple[str, int], tuple[int, float]] = {}
+        for (dev, seq), t in lg.stats.sent_at.items():
+            sent_by_ts[(dev, int(t * 1000))] = (seq, t)
         lat: list[float] = []
+        stages: dict[str, list[float]] = {"bridge": [], "worker": [], "notifier": []}
         seen: set[str] = set()
         for r in received:
             for a in r.alerts:
                 if a.get("state") != "open" or a["alert_id"] in seen:
                     continue
                 seen.add(a["alert_id"])
-                from datetime import datetime
-
                 opened = to_ms(datetime.fromisoformat(a["opened_at"].replace("Z", "+00:00")))
-                sent = _nearest(sent_by_ts, a["subject"], opened)
-                if sent is not None:
-                    lat.append((r.at - sent) * 1000)
-        return {
+                found = _nearest(sent_by_ts, a["subject"], opened)
+                if found is None:
+                    continue
+                seq, sent = found
+                lat.append((r.at - sent) * 1000)
+                batch_ms, alert_ms = in_kafka.get((a["subject"], seq)), alert_made.get(a["alert_id"])
+                if batch_ms is not None and alert_ms is not None:
+                    stages["bridge"].append(batch_ms - sent * 1000)
+                    stages["worker"].append(alert_ms - batch_ms)
+                    stages["notifier"].append(r.at * 1000 - alert_ms)
+        out: dict[str, float] = {
             "n": len(lat),
             "p50": round(_pct(lat, 0.5), 1),
             "p99": round(_pct(lat, 0.99), 1),
             "max": round(max(lat), 1) if lat else float("nan"),
         }
+        for name, values in stages.items():
+            out[f"{name}_p50"] = round(_pct(values, 0.5), 1)
+            out[f"{name}_p99"] = round(_pct(values, 0.99), 1)
+        return out
 
     def report(self) -> dict[str, Any]:
         out = {
@@ -506,7 +566,7 @@ class Bench:
         fig.savefig(path, dpi=100)
 
 
-def _nearest(sent: dict[tuple[str, int], float], device: str, ts_ms: int) -> float | None:
+def _nearest(sent: dict[tuple[str, int], tuple[int, float]], device: str, ts_ms: int) -> tuple[int, float] | None:
     for delta in (0, -1, 1):
         if (device, ts_ms + delta) in sent:
             return sent[(device, ts_ms + delta)]

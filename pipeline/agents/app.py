@@ -259,15 +259,15 @@ def make_app(
     if options.clock == "live":
 
         async def live_clock() -> None:
-            """Publish the wall clock into every owned source partition; the agents run timers on reading it."""
+            """Publish the wall clock into every owned source partition; the agents run timers on reading it.
+            All partitions' ticks go out at once and are not awaited: the next tick supersedes a lost one."""
             if app.rebalancing or not app.consumer:
                 return
-            now = clock.now_ms()
-            actives = sorted(app.assignor.assigned_actives())
-            for name, source in sources.items():
-                for tp in actives:
-                    if tp.topic == source_names[name]:
-                        await source.send(key=None, value=tick_record(now), partition=tp.partition, force=True)
+            record = tick_record(clock.now_ms())
+            actives = app.assignor.assigned_actives()
+            for name in sources:
+                for p in sorted(tp.partition for tp in actives if tp.topic == source_names[name]):
+                    await producer.send_to(source_names[name], p, record)
 
         app.timer(options.tick_interval_s, name="larder-live-clock")(live_clock)
 

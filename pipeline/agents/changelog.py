@@ -72,6 +72,13 @@ class KafkaBatches:
         producer = await self._ensure()
         return await producer.send(topic, value, key=key)
 
+    async def send_to(self, topic: str, partition: int, value: bytes) -> asyncio.Future[Any]:
+        """One keyless record to an explicit partition (the live clock's ticks), not awaited by the caller."""
+        producer = await self._ensure()
+        future = await producer.send(topic, value, partition=partition)
+        future.add_done_callback(_quiet)
+        return future
+
     async def send(self, topic: str, partition: int, records: list[tuple[bytes, bytes]]) -> asyncio.Future[int]:
         producer = await self._ensure()
         sent: list[tuple[asyncio.Future[Any], int]] = []
