@@ -358,6 +358,7 @@ class Bench:
             names=("bridge", "worker", "notifier", "sink"),
             bridge_instance=self.prefix,
             extra_env=env,
+            worker_store="rocksdb",  # as in production
             report=lambda m: print(f"[services] {m}"),
         )
         await asyncio.to_thread(services.start)

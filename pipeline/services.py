@@ -88,6 +88,8 @@ class Services:
     #: another run may hold that run's unacknowledged messages); :meth:`stop` deletes the session again.
     bridge_instance: str = field(default_factory=lambda: f"sim-{uuid.uuid4().hex[:8]}")
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: Demo, tests and replay keep worker state in memory (changelogs still in Kafka); benchmarks use RocksDB.
+    worker_store: str = "memory"
     processes: list[Process] = field(default_factory=list)
     report: Callable[[str], None] = lambda _m: None
 
@@ -128,7 +130,7 @@ class Services:
         if name == "hooks":
             return Process(name, [*base, "hooks"], log, lambda _p: port_open("127.0.0.1", self.hooks_port))
         if name == "worker":
-            argv = [*base, "worker", "--clock", self.clock, "--store", "memory", "-l", "warn"]
+            argv = [*base, "worker", "--clock", self.clock, "--store", self.worker_store, "-l", "warn"]
             return Process(name, argv, log, _log_says("assigned"))
         # notifier / sink: ready once they have run for a moment without exiting.
         return Process(name, [*base, name], log, lambda p: time.monotonic() - p.started_at > 3.0)
