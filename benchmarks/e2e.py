@@ -526,12 +526,14 @@ class Bench:
         self._plot(RESULTS / f"e2e-{stamp}-lag.png")
         print(
             "\n| phase | devices | offered/s | acked/s | max lag worker / sink (records) | drained after | "
-            "CPU % bridge / worker / sink / mosquitto / kafka | RSS MB worker |"
+            "CPU % bridge / worker / sink / notifier / mosquitto / kafka / influxdb / loadgen | RSS MB worker |"
         )
         print("|---|---|---|---|---|---|---|---|")
         for p in self.phases:
             lags = " / ".join(str(v) for v in p.lag_max.values())
-            cpu = " / ".join(str(p.cpu_pct.get(k, "-")) for k in ("bridge", "worker", "sink", "mosquitto", "kafka"))
+            cpu = " / ".join(
+                str(p.cpu_pct.get(k, "-")) for k in ("bridge", "worker", "sink", "notifier", "mosquitto", "kafka", "influxdb", "loadgen")
+            )
             drained = f"{p.drained_s} s" if p.drained_s is not None else "not drained"
             print(
                 f"| {p.name} | {p.devices:,} | {p.offered_rate:,.0f} | {p.ack_rate:,.0f} | {lags} | "
