@@ -531,9 +531,8 @@ class Bench:
         print("|---|---|---|---|---|---|---|---|")
         for p in self.phases:
             lags = " / ".join(str(v) for v in p.lag_max.values())
-            cpu = " / ".join(
-                str(p.cpu_pct.get(k, "-")) for k in ("bridge", "worker", "sink", "notifier", "mosquitto", "kafka", "influxdb", "loadgen")
-            )
+            procs = ("bridge", "worker", "sink", "notifier", "mosquitto", "kafka", "influxdb", "loadgen")
+            cpu = " / ".join(str(p.cpu_pct.get(k, "-")) for k in procs)
             drained = f"{p.drained_s} s" if p.drained_s is not None else "not drained"
             print(
                 f"| {p.name} | {p.devices:,} | {p.offered_rate:,.0f} | {p.ack_rate:,.0f} | {lags} | "
