@@ -175,6 +175,14 @@ def make_app(
         await producer.stop()  # after the consumer stopped: nothing writes any more
 
     app.on_before_shutdown.connect(stop_producer)  # type: ignore[arg-type]
+
+    async def start_producer() -> None:
+        # At start-up, not on the first output: connecting and the idempotent producer's id request take ~1 s,
+        # which the first alert would otherwise wait for.
+        await producer.start()
+
+    if outputs is None:
+        app.task(start_producer)
     sink: Outputs = outputs or KafkaOutputs(producer, topics)
     changelog = changelog or producer.send
     # One lock for all agents and rebalance handlers: a record's read-modify-publish-write of its subjects'
@@ -320,9 +328,6 @@ def _agent_body(
     pending: Pending,
     options: WorkerOptions,
 ) -> Callable[[Any], Any]:
-    def owned() -> set[int]:
-        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == source_name}
-
     async def agent(stream: Any) -> None:
         manual = stream.noack()
         pending.ack = manual.ack
@@ -330,10 +335,12 @@ def _agent_body(
             partition = event.message.partition
             async with lock:
                 if not runner.loaded(partition):
-                    # First record of this partition since the assignment: decode every stored state of the
-                    # owned partitions once, so ticks reach subjects that have gone silent.
-                    n = runner.load(table.items(), owned() | {partition})
-                    log.info("%s: loaded %d states for partitions %s", source_name, n, sorted(owned()))
+                    # First record of this partition since the assignment: decode its stored states once, so
+                    # ticks reach subjects that have gone silent. This partition only: another newly assigned
+                    # one may still be recovering its table (a record buffered before the rebalance can arrive
+                    # meanwhile), and loading it now would mark half-restored states as complete.
+                    n = runner.load(table.items(), {partition})
+                    log.info("%s: loaded %d states for partition %d", source_name, n, partition)
                 result = runner.on_record(event.value, partition)
                 await sink.publish(result)
                 if result.outputs:

@@ -52,6 +52,9 @@ class KafkaBatches:
         self._producer: AIOKafkaProducer | None = None
         self._starting = asyncio.Lock()
 
+    async def start(self) -> None:
+        await self._ensure()
+
     async def _ensure(self) -> AIOKafkaProducer:
         async with self._starting:
             if self._producer is None:

@@ -40,7 +40,8 @@ def test_a_packet_split_across_reads_is_completed_by_the_next_one() -> None:
     a, b = socket.socketpair()
     seen: list[tuple[str, bytes]] = []
     c = client_on(a, seen)
-    first, second = publish("larder/v1/devices/x/readings", b"one", 1), publish("larder/v1/devices/y/readings", b"two", 2)
+    first = publish("larder/v1/devices/x/readings", b"one", 1)
+    second = publish("larder/v1/devices/y/readings", b"two", 2)
     wire = first + second
     b.sendall(wire[: len(first) + 3])  # the second packet's header and one byte of its body
     c.loop_read()
