@@ -57,7 +57,8 @@ class WorkerOptions:
     """Worker tuning; the defaults are production's, tests shorten the intervals."""
 
     store: Literal["rocksdb", "memory"] = "rocksdb"
-    #: Local table files; defaults to ``settings.data_dir / "worker"``. Two workers on one host need two.
+    #: Local table files; defaults to ``settings.data_dir / "worker" / <app id>``. Two workers of one app on one
+    #: host need two.
     data_dir: Path | None = None
     clock: ClockMode = "live"
     tick_interval_s: float = 1.0
@@ -147,7 +148,10 @@ def make_app(
     options = options or WorkerOptions()
     clock = clock or WallClock()
     app_id = f"{topics.prefix}-worker"
-    data_dir = options.data_dir or settings.data_dir / "worker"
+    # Faust names a table's RocksDB files after the table alone (``devices-state-<partition>.db``), not the app:
+    # one folder per app id, or a worker with another topic prefix would open this one's files (and Faust
+    # refuses a persisted offset beyond its own changelog's end).
+    data_dir = options.data_dir or settings.data_dir / "worker" / app_id
     app = faust.App(
         app_id,
         broker=[f"kafka://{b.strip()}" for b in settings.kafka.bootstrap_servers.split(",")],
@@ -238,9 +242,18 @@ def make_app(
 
     async def on_rebalanced(sender: Any, *_: Any, **__: Any) -> None:
         # After table recovery, before the streams resume: the line operators (and tests) wait for.
+        actives = app.assignor.assigned_actives()
+        owned = {name: sorted(tp.partition for tp in actives if tp.topic == source_names[name]) for name in runners}
+        async with lock:
+            for name, runner in runners.items():
+                # A record buffered before a revocation can still reach the agent after it and re-populate the
+                # cache of a partition this worker no longer owns; were that partition assigned back later
+                # without a revocation in between, those stale states would be used instead of the table's.
+                gone = runner.held_partitions() - set(owned[name])
+                runner.forget(gone)
+                pendings[name].drop(gone)
+                pendings[name].writer.drop(list(gone))
         if announce is not None:
-            actives = app.assignor.assigned_actives()
-            owned = {name: sorted(tp.partition for tp in actives if tp.topic == source_names[name]) for name in runners}
             announce("assigned " + " ".join(f"{name}={','.join(map(str, ps)) or '-'}" for name, ps in owned.items()))
 
     app.on_rebalance_complete.connect(on_rebalanced)  # type: ignore[arg-type]

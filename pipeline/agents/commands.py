@@ -52,7 +52,7 @@ def worker(
     log_level: Annotated[str, typer.Option("--log-level", "-l", help=f"one of {', '.join(LOG_LEVELS)}")] = "warn",
     data_dir: Annotated[
         Path | None,
-        typer.Option("--data-dir", help="local table files (RocksDB); default <state dir>/data/worker"),
+        typer.Option("--data-dir", help="local table files (RocksDB); default <state dir>/data/worker/<app id>"),
     ] = None,
     store: Annotated[str, typer.Option("--store", help="rocksdb (default) or memory")] = "rocksdb",
     tick_interval: Annotated[

@@ -143,6 +143,10 @@ class Runner(Generic[S, E]):
             self._loaded.discard(p)
             self._dirty.pop(p, None)
 
+    def held_partitions(self) -> set[int]:
+        """Partitions this runner holds anything of (states, clock, loaded flag)."""
+        return set(self._cache) | self._loaded | set(self._clock) | set(self._dirty)
+
     def subjects(self) -> int:
         return sum(len(c) for c in self._cache.values())
 
@@ -301,7 +305,9 @@ class Runner(Generic[S, E]):
 
     def _state(self, key: bytes, item: dict[str, Any], partition: int) -> S:
         detector = self._detector(key, item)
-        stored = None if partition in self._loaded or self.store is None else self.store.get(key)
+        # Looked up even in a loaded partition: a subject missing from the cache costs one table read, and the
+        # state the table has is never replaced by a fresh one because the load snapshot lacked it.
+        stored = None if self.store is None else self.store.get(key)
         return detector.initial() if stored is None else detector.state_from_bytes(stored)
 
     def _dead(self, payload: bytes, code: str, reason: str, item: Any) -> DeadLetter:
