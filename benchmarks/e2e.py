@@ -25,6 +25,7 @@ import hmac
 import json
 import os
 import secrets
+import shutil
 import statistics
 import sys
 import time
@@ -38,11 +39,12 @@ import psutil
 from aiohttp import web
 from ruamel.yaml import YAML
 
-from benchmarks.loadgen import LoadGenerator
+from benchmarks.loadgen import CompiledLoadGenerator, LoadGenerator, build_compiled
 from pipeline import serde, stack
 from pipeline.alerts.channels.webhook import sign
 from pipeline.services import Services
 from pipeline.settings import Settings, load_settings
+from pipeline.siteconfig import load
 from pipeline.stack import influx, mosquitto
 from pipeline.stack.process import read_pid
 from pipeline.topics import Topics
@@ -54,6 +56,9 @@ EXCURSION_C = 15.0  # above the chilled high_high limit (12 °C) and high (8 °C
 #: clock passes its time + the lateness, so these two set the floor of the publish -> webhook latency.
 LATENESS_MS = 100
 TICK_S = 0.05
+#: Readings of the run replayed through the three detection-stage consumers (Faust, plain loop, quix-streams).
+BASELINE_READINGS = 300_000
+BASELINE_READINGS_QUICK = 20_000
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -179,7 +184,6 @@ class Sampler:
         for p in self.procs.values():
             p.cpu_percent(None)
         self.samples: list[Sample] = []
-        self.readings_in_influx = 0
         self._admin: Any = None
         self._consumer: Any = None
 
@@ -234,6 +238,12 @@ class Sampler:
         self.samples.append(s)
         return s
 
+    def track(self, name: str, pid: int) -> None:
+        """Sample ``name`` from process ``pid`` from now on (the load generator changes between phases)."""
+        proc = psutil.Process(pid)
+        proc.cpu_percent(None)
+        self.procs[name] = proc
+
     async def stop(self) -> None:
         if self._admin:
             await self._admin.close()
@@ -271,12 +281,15 @@ def _pct(values: list[float], q: float) -> float:
 
 
 class Bench:
-    def __init__(self, settings: Settings, quick: bool) -> None:
-        self.settings, self.quick = settings, quick
+    def __init__(self, settings: Settings, quick: bool, loadgen: str = "compiled") -> None:
+        self.settings, self.quick, self.loadgen = settings, quick, loadgen
         self.prefix = f"bench{uuid.uuid4().hex[:6]}"
         self.topics = Topics(self.prefix, settings.readings_partitions)
         self.phases: list[Phase] = []
         self.samples: list[Sample] = []
+        self.readings_in_influx = 0
+        self.baselines: dict[str, float] = {}
+        self._base: tuple[Topics, str, Path, int, Path] | None = None
 
     async def run_phase(
         self, phase: Phase, lg: LoadGenerator, sampler: Sampler, excursion_every: int = 0, drain_timeout: float = 60
@@ -377,11 +390,11 @@ class Bench:
             await sampler.start()
             try:
                 for n in sorted(device_counts):
-                    lg = LoadGenerator(s.mqtt.host, s.mqtt.port, devices[:n])
-                    t = time.time()
-                    await lg.connect(progress=lambda c: print(f"  connected {c:,}", flush=True))
-                    print(f"[scale {n:,}] {n:,} device connections in {time.time() - t:.1f} s", flush=True)
                     if n == min(device_counts):
+                        # The latency phase needs each reading's send time and chosen excursions: Python's
+                        # generator, at 1,000/s its CPU is small.
+                        lg = await self._connect(LoadGenerator(s.mqtt.host, s.mqtt.port, devices[:n]), n)
+                        sampler.track("loadgen", os.getpid())
                         before = len(receiver.received)
                         ph = await self.run_phase(
                             Phase(f"latency@{latency_rate:g}/s", n, latency_rate, phase_s),
@@ -393,12 +406,19 @@ class Bench:
                         stamps = await self._kafka_times()
                         ph.latency_ms = self._latencies(lg, receiver.received[before:], stamps)
                         print(f"[latency] {ph.latency_ms}", flush=True)
+                        await lg.close()
+                        if not ramp:
+                            continue
+                    throughput = await self._connect(self._throughput_generator(devices[:n]), n)
+                    if isinstance(throughput, CompiledLoadGenerator):
+                        sampler.track("loadgen", throughput.pid)
+                    if n == min(device_counts):
                         for rate in ramp:
-                            await self.run_phase(Phase(f"ramp@{rate:g}/s", n, rate, phase_s), lg, sampler)
+                            await self.run_phase(Phase(f"ramp@{rate:g}/s", n, rate, phase_s), throughput, sampler)
                     else:
                         rate = ramp[-1] if ramp else latency_rate
-                        await self.run_phase(Phase(f"scale{n}@{rate:g}/s", n, rate, phase_s), lg, sampler)
-                    await lg.close()
+                        await self.run_phase(Phase(f"scale{n}@{rate:g}/s", n, rate, phase_s), throughput, sampler)
+                    await throughput.close()
                 self.readings_in_influx = await asyncio.to_thread(self._count_influx, sum(p.acked for p in self.phases))
             finally:
                 self.samples = sampler.samples
@@ -406,6 +426,103 @@ class Bench:
         finally:
             await asyncio.to_thread(services.stop)
             await receiver.stop()
+        # After the services stopped: the three consumers get the machine to themselves, one after the other.
+        self.baselines = await self._baselines(site_file)
+
+    def _throughput_generator(self, devices: list[tuple[str, str]]) -> LoadGenerator | CompiledLoadGenerator:
+        m = self.settings.mqtt
+        if self.loadgen == "python":
+            return LoadGenerator(m.host, m.port, devices, record_times=False)
+        return CompiledLoadGenerator(build_compiled(self.settings.cache_dir), m.host, m.port, devices)
+
+    async def _connect(self, lg: Any, n: int) -> Any:
+        t = time.time()
+        await lg.connect(progress=lambda c: print(f"  connected {c:,}", flush=True))
+        print(f"[{type(lg).__name__}] {n:,} device connections in {time.time() - t:.1f} s", flush=True)
+        return lg
+
+    async def _baselines(self, site_file: Path) -> dict[str, float]:
+        """The detection stage three ways over the readings this run carried (the record batches the bridge
+        made of the MQTT publishes, live ticks included): Faust `larder worker` with RocksDB tables and the
+        plain aiokafka loop here, quix-streams in :meth:`quix_baseline` (it needs the main thread), each on the
+        same production detectors (``benchmarks.detection``)."""
+        from benchmarks import detection
+
+        cap = BASELINE_READINGS_QUICK if self.quick else BASELINE_READINGS
+        records, n = await self._recorded(cap)
+        if not n:
+            return {}
+        topics = Topics(f"{self.prefix}-base", self.topics.partitions)
+        single = f"{topics.prefix}.single-readings.v1"
+        tmp = self.settings.state_dir / "bench" / topics.prefix
+        tmp.mkdir(parents=True, exist_ok=True)
+        self._base = (topics, single, site_file, n, tmp)
+        await detection.prepare(self.settings, topics, single)
+        print(f"[baselines] {n:,} readings in {len(records):,} records of this run, three consumers", flush=True)
+        faust = await detection.run_faust(self.settings, topics, site_file, records, n, tmp)
+        plain = await detection.run_plain(self.settings, topics.readings, load(site_file), topics.partitions, n)
+        items = [it for _p, _k, v in records for it in _items(v)]
+        await detection.produce(self.settings, single, [(None, it["device"].encode(), serde.dumps(it)) for it in items])
+        return {"readings": n, "faust": faust["rate"], "plain": plain["rate"]}
+
+    def quix_baseline(self) -> None:
+        """The quix-streams consumer over the same readings (one per record), then the baselines' cleanup."""
+        from benchmarks import detection
+
+        if self._base is None:
+            return
+        topics, single, site_file, n, tmp = self._base
+        try:
+            if self.baselines:
+                self.baselines["quix"] = detection.run_quix(self.settings, single, load(site_file), n, tmp)["rate"]
+                print(f"[baselines] {self.baselines}", flush=True)
+        finally:
+            asyncio.run(detection.cleanup(self.settings, topics.prefix))
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    async def _recorded(self, cap: int) -> tuple[list[tuple[int, bytes, bytes]], int]:
+        """The last record batches of this run's readings topic holding ~``cap`` readings (the saturation
+        phases, where throughput matters), an equal share per partition, in log order per partition:
+        ``[(partition, key, value)]`` and the number of readings in them."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka.bootstrap_servers, enable_auto_commit=False)
+        await consumer.start()
+        out: list[tuple[int, bytes, bytes]] = []
+        n = 0
+        try:
+            tps = [TopicPartition(self.topics.readings, p) for p in range(self.topics.partitions)]
+            consumer.assign(tps)
+            ends = await consumer.end_offsets(tps)
+            share = cap // len(tps)
+            for tp in tps:
+                # Read back from the end in growing steps until the partition's share is covered, then keep
+                # the newest records that hold it.
+                window = 64
+                tail: list[tuple[bytes, bytes, int]] = []
+                while True:
+                    start = max(0, ends[tp] - window)
+                    consumer.seek(tp, start)
+                    tail = []
+                    while await consumer.position(tp) < ends[tp]:
+                        for rec in (await consumer.getmany(tp, timeout_ms=500)).get(tp, []):
+                            if rec.offset < ends[tp]:
+                                tail.append((rec.key or b"", rec.value, len(_items(rec.value))))
+                    if start == 0 or sum(c for *_, c in tail) >= share:
+                        break
+                    window *= 4
+                kept: list[tuple[int, bytes, bytes]] = []
+                got = 0
+                for key, value, count in reversed(tail):
+                    if got >= share:
+                        break
+                    kept.append((tp.partition, key, value))
+                    got += count
+                out.extend(reversed(kept))
+                n += got
+        finally:
+            await consumer.stop()
+        return out, n
 
     def _count_influx(self, expected: int, timeout: float = 60) -> int:
         """Readings the sink wrote to this run's database (one point per device and timestamp)."""
@@ -517,8 +634,10 @@ class Bench:
                 "python": sys.version.split()[0],
             },
             "quick": self.quick,
+            "loadgen": self.loadgen,
             "phases": [asdict(p) for p in self.phases],
             "readings_in_influx": self.readings_in_influx,
+            "baselines": self.baselines,
         }
         RESULTS.mkdir(exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -541,6 +660,17 @@ class Bench:
         for p in self.phases:
             if p.latency_ms:
                 print(f"\nlatency publish -> webhook at {p.offered_rate:g} readings/s: {p.latency_ms}")
+        b = self.baselines
+        if "quix" in b:
+            print(
+                f"\ndetection stage on this run's last {b['readings']:,.0f} readings, same detectors, one after "
+                "another:\n\n| consumer | readings/s | vs plain loop |\n|---|---|---|\n"
+                f"| Faust `larder worker` (RocksDB tables, changelogs) | {b['faust']:,.0f} | "
+                f"{b['faust'] / b['plain']:.0%} |\n"
+                f"| plain aiokafka loop (dict, no durability) | {b['plain']:,.0f} | 100% |\n"
+                f"| quix-streams (one reading per record) | {b['quix']:,.0f} | {b['quix'] / b['plain']:.0%} |\n\n"
+                f"Faust / quix-streams: {b['faust'] / b['quix']:.1f}x"
+            )
         print(f"\nresults: {RESULTS / f'e2e-{stamp}.json'}")
         return out
 
@@ -568,6 +698,11 @@ class Bench:
         fig.savefig(path, dpi=100)
 
 
+def _items(value: bytes) -> list[dict[str, Any]]:
+    body = serde.loads(value)
+    return list(body["items"]) if body.get("kind") == "readings" else []
+
+
 def _nearest(sent: dict[tuple[str, int], tuple[int, float]], device: str, ts_ms: int) -> tuple[int, float] | None:
     for delta in (0, -1, 1):
         if (device, ts_ms + delta) in sent:
@@ -580,6 +715,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="< 1 min: keeps up, no loss; prints figures")
     ap.add_argument("--devices", default=None, help="comma-separated device counts (default 1000,10000)")
     ap.add_argument("--ramp", default=None, help="comma-separated offered rates (default 5000,10000,20000,30000)")
+    ap.add_argument(
+        "--loadgen",
+        choices=("compiled", "python"),
+        default="compiled",
+        help="generator of the throughput phases: benchmarks/loadgen_go (default) or benchmarks/loadgen.py",
+    )
     ap.add_argument("--phase-s", type=float, default=None, help="seconds per phase (default 20; quick 8)")
     args = ap.parse_args()
     settings = load_settings()
@@ -587,8 +728,11 @@ def main() -> None:
     devices = [int(x) for x in (args.devices or ("500" if quick else "1000,10000")).split(",")]
     ramp = [float(x) for x in (args.ramp or ("3000" if quick else "5000,10000,20000,30000")).split(",")]
     phase_s = args.phase_s or (8.0 if quick else 20.0)
-    bench = Bench(settings, quick)
-    asyncio.run(bench.run(devices, ramp, 1000.0, phase_s))
+    bench = Bench(settings, quick, args.loadgen)
+    try:
+        asyncio.run(bench.run(devices, ramp, 1000.0, phase_s))
+    finally:
+        bench.quix_baseline()
     out = bench.report()
     lost = [p["name"] for p in out["phases"] if p["acked"] < p["published"]]
     behind = [p["name"] for p in out["phases"] if p["drained_s"] is None]

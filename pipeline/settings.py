@@ -134,6 +134,9 @@ class NotifySettings(_Group):
     http_timeout_s: float = Field(10.0, gt=0)
     sink_batch: int = Field(5_000, gt=0, description="points per InfluxDB write")
     sink_gzip: bool = True
+    sink_linger_ms: int = Field(
+        200, ge=0, description="the broker may hold the sink's fetch this long to fill it: fewer, larger writes"
+    )
 
 
 class Settings(BaseSettings):

@@ -42,6 +42,7 @@ from faust.types import TP
 
 from pipeline import serde
 from pipeline.agents.changelog import KafkaBatches, SendBatch, TableWriter
+from pipeline.agents.continuity import Continuity
 from pipeline.agents.core import Concern, Result, Runner, Stats, encode_output, tick_record
 from pipeline.clock import Clock, WallClock
 from pipeline.settings import Settings
@@ -198,6 +199,7 @@ def make_app(
     sources: dict[str, Any] = {}
     source_names: dict[str, str] = {}
     pendings: dict[str, Pending] = {}
+    continuities: dict[str, Continuity] = {}
 
     def arrived_ms() -> int:
         return WallClock().now_ms()
@@ -226,14 +228,16 @@ def make_app(
         tables[concern.name] = table
         sources[concern.name] = source
         source_names[concern.name] = source_name
+        continuity = continuities[concern.name] = Continuity()
         agents[concern.name] = app.agent(source, name=f"{concern.name}-agent")(
-            _agent_body(app, source_name, runner, table, sink, lock, pending, options)
+            _agent_body(app, source_name, runner, table, sink, lock, pending, options, continuity)
         )
 
     async def on_revoked(sender: Any, revoked: set[TP], *_: Any, **__: Any) -> None:
         async with lock:
             for name, runner in runners.items():
                 gone = [tp.partition for tp in revoked if tp.topic == source_names[name]]
+                continuities[name].forget(tp for tp in revoked if tp.topic == source_names[name])
                 runner.forget(gone)
                 pendings[name].drop(gone)
                 pendings[name].writer.drop(gone)
@@ -276,6 +280,19 @@ def make_app(
     # Faust warns about a timer that outruns its period.
     period = max(0.5, min(options.flush_idle_s, options.flush_interval_s) / 2)
     app.timer(period, name="larder-flush-idle")(flush_idle)
+
+    async def watch_continuity() -> None:
+        """Rewind partitions whose fetch position ran past records the agent never received (see
+        :mod:`pipeline.agents.continuity`), once the agent has waited ``stall_s`` for its next event."""
+        if app.rebalancing or not app.consumer:
+            return
+        actives = app.assignor.assigned_actives()
+        for name, continuity in continuities.items():
+            if continuity.stalled():
+                for tp in sorted(tp for tp in actives if tp.topic == source_names[name]):
+                    await continuity.rewind(app.consumer, tp, continuity.expected.get(tp))
+
+    app.timer(1.0, name="larder-continuity")(watch_continuity)
 
     if options.clock == "live":
 
@@ -340,12 +357,23 @@ def _agent_body(
     lock: asyncio.Lock,
     pending: Pending,
     options: WorkerOptions,
+    continuity: Continuity,
 ) -> Callable[[Any], Any]:
     async def agent(stream: Any) -> None:
         manual = stream.noack()
         pending.ack = manual.ack
+        continuity.idle_since = time.monotonic()
         async for event in manual.events():
-            partition = event.message.partition
+            continuity.idle_since = None
+            message = event.message
+            rewind_to = continuity.admit(message.tp, message.offset)
+            if rewind_to is not None:
+                # Records before this one never arrived: skip it (not acked) and read them all again in order.
+                if rewind_to >= 0:
+                    await continuity.rewind(app.consumer, message.tp, rewind_to)
+                continuity.idle_since = time.monotonic()
+                continue
+            partition = message.partition
             async with lock:
                 if not runner.loaded(partition):
                     # First record of this partition since the assignment: decode its stored states once, so
@@ -371,6 +399,7 @@ def _agent_body(
                     # Coalesced: one table write per changed subject per interval, not per record batch. A
                     # partition that goes quiet is released by the ``larder-flush-idle`` timer instead.
                     await pending.release(runner, partition)
+            continuity.idle_since = time.monotonic()
 
     return agent
 

@@ -14,17 +14,18 @@ partition. A point InfluxDB refuses as malformed (HTTP 400, e.g. a field type co
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError
 from influxdb_client import InfluxDBClient, WritePrecision
-from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
+from influxdb_client.service.write_service import WriteService
 from pydantic import ValidationError
 
 from pipeline import serde
@@ -49,24 +50,41 @@ class SinkStats:
 
 
 class InfluxWriter:
-    """A blocking influxdb-client write API used from a worker thread; retries are the caller's business."""
+    """Blocking v2 writes of ready line protocol, used from a worker thread; retries are the caller's business.
+
+    Straight through the client's generated ``WriteService`` rather than ``write_api``: the lines are already
+    line protocol, so the write API's per-line type dispatch and its gzip at zlib's level 9 are pure cost
+    (3.4 µs a line here, against 0.45 µs at level 1 for 8x instead of 10.5x smaller bodies).
+    """
 
     def __init__(self, settings: Settings, bucket: str | None = None) -> None:
         i = settings.influx
         self.bucket = bucket or i.bucket
+        self._org = i.org
+        self._gzip = settings.notify.sink_gzip
         self._client = InfluxDBClient(
             url=i.base_url,
             token=i.token_value(),
             org=i.org,
-            enable_gzip=settings.notify.sink_gzip,
             timeout=30_000,
             retries=False,  # our loop retries, with backoff and without giving up
         )
-        self._api = self._client.write_api(write_options=SYNCHRONOUS)
+        self._service = WriteService(self._client.api_client)
 
     def write(self, lines: list[str], precision: str) -> None:
-        # WritePrecision.MS/NS are plain strings; the stub types them as the class.
-        self._api.write(self.bucket, record=lines, write_precision=cast(WritePrecision, precision))
+        body = "\n".join(lines).encode()
+        extra = {}
+        if self._gzip:
+            body = gzip.compress(body, compresslevel=1)
+            extra["content_encoding"] = "gzip"
+        self._service.post_write(
+            org=self._org,
+            bucket=self.bucket,
+            body=body,
+            precision=precision,
+            content_type="text/plain; charset=utf-8",
+            **extra,
+        )
 
     def close(self) -> None:
         self._client.close()
@@ -199,6 +217,11 @@ class InfluxSink:
             # and another member would re-read the same batch (harmless, but pointless churn).
             max_poll_interval_ms=24 * 3600 * 1000,
             max_partition_fetch_bytes=8 * 1024 * 1024,
+            # InfluxDB's cost per write request is large next to its cost per point: at a few thousand readings
+            # a second, polling as fast as possible writes a few hundred points a time. Let the broker gather
+            # ~256 KiB (~2,000 readings) or wait sink_linger_ms, whichever first.
+            fetch_min_bytes=256 * 1024,
+            fetch_max_wait_ms=self._n.sink_linger_ms,
         )
         await consumer.start()
         if ready is not None:

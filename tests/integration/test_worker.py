@@ -68,7 +68,8 @@ class Worker:
             "--heartbeat-interval",
             "1",
             "-l",
-            "warn",
+            # LARDER_TEST_WORKER_LOG=info keeps Faust's rebalance and recovery steps in the workers' logs.
+            os.environ.get("LARDER_TEST_WORKER_LOG", "warn"),
             *args,
         ]
         self.env = {

@@ -1,0 +1,3 @@
+module larder.dev/benchmarks/loadgen
+
+go 1.21

@@ -1,0 +1,142 @@
+"""Continuity of a partition's offsets at the agent: gaps and stalls lead to a rewind, re-deliveries do not."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.agents.continuity import Continuity
+
+
+@dataclass(frozen=True)
+class TP:
+    topic: str
+    partition: int
+
+
+A, B = TP("readings", 0), TP("readings", 1)
+
+
+def test_in_order_and_redelivered_events_are_processed() -> None:
+    c = Continuity()
+    assert [c.admit(A, o) for o in (5, 6, 7)] == [None, None, None]
+    assert c.admit(A, 6) is None, "a re-delivery from the committed offset is processed (detectors de-dup)"
+    assert c.expected[A] == 8
+    assert c.admit(B, 40) is None, "the first event after an assignment sets the expectation"
+
+
+def test_a_gap_skips_until_the_missing_offset_is_read_again() -> None:
+    c = Continuity(retry_s=60)
+    c.admit(A, 5)
+    assert c.admit(A, 9) == 6, "offsets 6-8 never arrived: rewind to 6, this event is skipped"
+    c.rewound_at[A] = 1e18  # just rewound
+    assert c.admit(A, 10) == -1, "fetched before the seek: skipped, read again later"
+    assert c.admit(A, 6) is None
+    assert [c.admit(A, o) for o in (7, 8, 9, 10)] == [None] * 4
+    assert c.expected[A] == 11 and A not in c.rewinding
+
+
+def test_still_skipping_after_retry_s_rewinds_again() -> None:
+    c = Continuity(retry_s=0.0)
+    c.admit(A, 5)
+    assert c.admit(A, 9) == 6
+    assert c.admit(A, 10) == 6, "Faust dropped the re-read records: seek again"
+
+
+def test_forget_on_revocation() -> None:
+    c = Continuity()
+    c.admit(A, 5)
+    c.admit(A, 9)
+    c.forget([A])
+    assert c.admit(A, 100) is None
+
+
+def test_stalled_only_after_waiting_stall_s() -> None:
+    c = Continuity(stall_s=2.0)
+    assert not c.stalled(now=10.0), "processing (never idle yet)"
+    c.idle_since = 10.0
+    assert not c.stalled(now=11.9)
+    assert c.stalled(now=12.0)
+
+
+# -- rewind, against a fake of the consumer thread's aiokafka state ------------------------------------------
+
+
+@dataclass
+class FakeKafka:
+    positions: dict[TP, int]
+    beginning: int = 0
+    committed_offsets: dict[TP, int] = field(default_factory=dict)
+    seeks: list[tuple[TP, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        kafka = self
+
+        class Assignment:
+            def state_value(self, tp: TP) -> Any:
+                return type("State", (), {"position": kafka.positions[tp]})()
+
+        subscription = type("Sub", (), {"assignment": Assignment()})()
+        self._fetcher = type("F", (), {"_subscriptions": type("S", (), {"subscription": subscription})()})()
+
+    def assignment(self) -> set[TP]:
+        return set(self.positions)
+
+    async def committed(self, tp: TP) -> int | None:
+        return self.committed_offsets.get(tp)
+
+    async def beginning_offsets(self, tps: list[TP]) -> dict[TP, int]:
+        return {tp: self.beginning for tp in tps}
+
+    def seek(self, tp: TP, offset: int) -> None:
+        self.seeks.append((tp, offset))
+        self.positions[tp] = offset
+
+
+class FakeConsumer:
+    def __init__(self, kafka: FakeKafka) -> None:
+        kafka_ = kafka
+
+        class Thread:
+            def _ensure_consumer(self) -> FakeKafka:
+                return kafka_
+
+            async def call_thread(self, fun: Any) -> Any:
+                return await fun()
+
+        self._thread = Thread()
+        self._read_offset: dict[TP, int | None] = {}
+
+
+async def test_rewind_seeks_back_and_resets_the_read_offset() -> None:
+    kafka = FakeKafka({A: 80})
+    consumer = FakeConsumer(kafka)
+    c = Continuity()
+    assert await c.rewind(consumer, A, 62)
+    assert kafka.seeks == [(A, 62)] and consumer._read_offset[A] == 62
+    assert c.rewinding[A] == 62 and c.rewinds == 1
+
+
+async def test_rewind_to_the_committed_offset_when_nothing_arrived() -> None:
+    kafka = FakeKafka({A: 80, B: 80}, committed_offsets={A: 44})
+    c = Continuity()
+    assert await c.rewind(FakeConsumer(kafka), A, None)
+    assert not await c.rewind(FakeConsumer(kafka), B, None), "no committed offset: nothing known, leave it"
+    assert kafka.seeks == [(A, 44)]
+
+
+async def test_a_partition_at_its_committed_offset_expects_it_next() -> None:
+    kafka = FakeKafka({A: 44}, committed_offsets={A: 44})
+    c = Continuity()
+    assert not await c.rewind(FakeConsumer(kafka), A, None)
+    assert c.expected[A] == 44, "verified once: later checks need no committed-offset request"
+
+
+async def test_no_rewind_when_not_past_revoked_or_deleted() -> None:
+    kafka = FakeKafka({A: 62}, beginning=70)
+    c = Continuity()
+    assert not await c.rewind(FakeConsumer(kafka), A, 62), "position not past the offset: nothing to do"
+    assert not await c.rewind(FakeConsumer(kafka), B, 10), "not assigned (revoked)"
+    kafka.positions[A] = 90
+    assert await c.rewind(FakeConsumer(kafka), A, 62)
+    assert kafka.seeks == [(A, 70)], "records deleted by retention: from the first one retained"
