@@ -8,6 +8,7 @@ Each test gets its own topic prefix and its own InfluxDB database, so tests neve
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import secrets
 import time
@@ -30,12 +31,27 @@ def settings() -> Settings:
 
 @pytest.fixture(scope="session")
 def live_stack(settings: Settings) -> Iterator[Settings]:
-    """The real Kafka, InfluxDB and Mosquitto on loopback; brought up once for the whole session."""
-    was_up = all(s.healthy for s in stack.status(settings))
-    if not was_up:
-        stack.up(settings, report=lambda m: print(f"[stack] {m}"))
-    yield settings
-    if not was_up and not os.environ.get("LARDER_KEEP_STACK"):
+    """The real Kafka, InfluxDB and Mosquitto on loopback; brought up once for the whole session.
+
+    Test sessions running at the same time share the stack through a lock file: one at a time checks and
+    starts it (two ``stack up`` at once would start two influxd, one of them losing the port), and the
+    session that started it stops it only if no other session still holds the lock."""
+    lock = settings.state_dir / "run" / "test-sessions.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        was_up = all(s.healthy for s in stack.status(settings))
+        if not was_up:
+            stack.up(settings, report=lambda m: print(f"[stack] {m}"))
+        fcntl.flock(fh, fcntl.LOCK_SH)
+        yield settings
+        if was_up or os.environ.get("LARDER_KEEP_STACK"):
+            return
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("[stack] left running: another test session is using it")
+            return
         stack.down(settings, report=lambda m: print(f"[stack] {m}"))
 
 

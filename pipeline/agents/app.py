@@ -42,7 +42,7 @@ from faust.types import TP
 
 from pipeline import serde
 from pipeline.agents.changelog import KafkaBatches, SendBatch, TableWriter
-from pipeline.agents.continuity import Continuity
+from pipeline.agents.continuity import AckGate, Continuity
 from pipeline.agents.core import Concern, Result, Runner, Stats, encode_output, tick_record
 from pipeline.clock import Clock, WallClock
 from pipeline.settings import Settings
@@ -174,6 +174,16 @@ def make_app(
         key_serializer="raw",
         value_serializer="raw",
     )
+    gate = AckGate({topics.readings, topics.kitchen_events})
+    new_consumer = app._new_consumer
+
+    def gated_consumer() -> Any:
+        consumer = new_consumer()
+        gate.install(consumer)
+        return consumer
+
+    # Faust acks the events its streams skip around a rebalance; see AckGate.
+    app._new_consumer = gated_consumer  # type: ignore[method-assign]
     producer = KafkaBatches(settings)
 
     async def stop_producer(sender: Any, **_: Any) -> None:
@@ -223,7 +233,7 @@ def make_app(
             use_partitioner=True,
         )
         runner: Runner[Any, Any] = Runner(concern, table, topics.partitions, arrived_ms=arrived_ms)
-        pending = pendings[concern.name] = Pending(TableWriter(table, changelog))
+        pending = pendings[concern.name] = Pending(TableWriter(table, changelog), gate=gate)
         runners[concern.name] = runner
         tables[concern.name] = table
         sources[concern.name] = source
@@ -257,6 +267,12 @@ def make_app(
                 runner.forget(gone)
                 pendings[name].drop(gone)
                 pendings[name].writer.drop(list(gone))
+        # Stalls are measured from here: before, Faust was holding deliveries back on purpose (recovery).
+        now = time.monotonic()
+        for continuity in continuities.values():
+            continuity.suspects.clear()
+            if continuity.idle_since is not None:
+                continuity.idle_since = now
         if announce is not None:
             announce("assigned " + " ".join(f"{name}={','.join(map(str, ps)) or '-'}" for name, ps in owned.items()))
 
@@ -284,13 +300,24 @@ def make_app(
     async def watch_continuity() -> None:
         """Rewind partitions whose fetch position ran past records the agent never received (see
         :mod:`pipeline.agents.continuity`), once the agent has waited ``stall_s`` for its next event."""
-        if app.rebalancing or not app.consumer:
+        consumer = app.consumer
+        recovering = getattr(app, "in_recovery", False)  # set by Faust's Recovery service
+        held = app.rebalancing or recovering or not getattr(consumer, "flow_active", True)
+        if held or not app.flow_control.is_active():
+            # Faust holds deliveries back on purpose and seeks to the committed offsets afterwards.
+            for continuity in continuities.values():
+                continuity.suspects.clear()
             return
         actives = app.assignor.assigned_actives()
         for name, continuity in continuities.items():
-            if continuity.stalled():
+            if not continuity.stalled():
+                continuity.suspects.clear()  # the agent is getting events: start looking afresh
+            else:
                 for tp in sorted(tp for tp in actives if tp.topic == source_names[name]):
-                    await continuity.rewind(app.consumer, tp, continuity.expected.get(tp))
+                    try:
+                        await continuity.check(consumer, tp)
+                    except Exception:  # a safety net must never take the worker down
+                        log.exception("%s: continuity check failed", tp)
 
     app.timer(1.0, name="larder-continuity")(watch_continuity)
 
@@ -324,6 +351,7 @@ class Pending:
     last: dict[int, float] = field(default_factory=dict)
     #: The agent's manual-ack stream's ``ack``, set when the agent starts.
     ack: Callable[[Any], Awaitable[bool]] | None = None
+    gate: AckGate | None = None
 
     async def release(self, runner: Runner[Any, Any], partition: int) -> None:
         """Write the partition's changed states to the table, wait until Kafka has them, then ack its held
@@ -337,7 +365,11 @@ class Pending:
         await self.writer.write(partition, runner.take(partition), lambda: _event_context(events[-1]))
         await self.writer.settle(partition)
         for done in events:
-            await self.ack(done)
+            if self.gate is None:
+                await self.ack(done)
+                continue
+            with self.gate.allow(done.message):
+                await self.ack(done)
         self.drop([partition])
 
     def drop(self, partitions: Iterable[int]) -> None:
@@ -370,7 +402,7 @@ def _agent_body(
             if rewind_to is not None:
                 # Records before this one never arrived: skip it (not acked) and read them all again in order.
                 if rewind_to >= 0:
-                    await continuity.rewind(app.consumer, message.tp, rewind_to)
+                    await continuity.rewind(app.consumer, message.tp, rewind_to, arrived=message.offset)
                 continuity.idle_since = time.monotonic()
                 continue
             partition = message.partition

@@ -18,7 +18,9 @@ So the agent checks continuity itself, per partition:
   is processed: the detectors de-duplicate by (device, seq) / (camera, event id).
 * **a stall**: the agent has been waiting for its next event for ``stall_s`` while a partition's fetch
   position is past the next expected offset (or past the group's committed offset, when nothing of the
-  partition arrived since it was assigned): the partition is rewound there.
+  partition arrived since it was assigned): the partition is rewound there. If its position is not past it
+  but the log holds records from there on, the partition is stuck (left paused, or its fetch never resumed):
+  it is resumed, in Faust and in aiokafka, and sought to that offset.
 
 Rewinding clamps to the partition's first retained offset, and happens on the consumer's thread in one step
 (assignment, position, seek), so a partition revoked or seeked meanwhile is left alone.
@@ -26,8 +28,10 @@ Rewinding clamps to the partition's first retained offset, and happens on the co
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +55,8 @@ class Continuity:
     #: When the agent last finished an event and began waiting for the next (None while it is processing).
     idle_since: float | None = None
     rewinds: int = 0
+    #: partition -> ((fetch position, expected offset), when first seen so) while it looks stalled.
+    suspects: dict[Any, tuple[tuple[int | None, int | None], float]] = field(default_factory=dict)
 
     def forget(self, tps: Any) -> None:
         """The partitions were revoked or (re)assigned: Faust restarts them from the committed offset."""
@@ -58,6 +64,7 @@ class Continuity:
             self.expected.pop(tp, None)
             self.rewinding.pop(tp, None)
             self.rewound_at.pop(tp, None)
+            self.suspects.pop(tp, None)
 
     def admit(self, tp: Any, offset: int) -> int | None:
         """``None`` to process the event; else skip it (not acked) and, if >= 0, rewind the partition there."""
@@ -82,48 +89,170 @@ class Continuity:
         now = time.monotonic() if now is None else now
         return self.idle_since is not None and now - self.idle_since >= self.stall_s
 
-    async def rewind(self, consumer: Any, tp: Any, offset: int | None) -> bool:
-        """Seek ``tp`` back to ``offset`` (``None``: its committed offset) if its fetch position is past it;
-        False when there was nothing to do."""
+    async def check(self, consumer: Any, tp: Any, now: float | None = None) -> bool:
+        """Rewind ``tp`` if it has looked stalled, unchanged, for ``stall_s`` (call while :meth:`stalled`).
+
+        A single look is not enough: right after a rebalance the agent has been idle for a while and records
+        may be between the fetch and the agent for a moment. Looking is cheap (the fetch position read
+        without a round trip to the consumer's thread); only a partition still stalled ``stall_s`` later
+        costs a thread call (and, if nothing arrived since its assignment, a committed-offset request)."""
+        now = time.monotonic() if now is None else now
+        kafka = getattr(consumer._thread, "_consumer", None)
+        if kafka is None:
+            return False
+        position = _position(kafka, tp)
+        if position is None:
+            self.suspects.pop(tp, None)  # not fetching (revoked, or awaiting its offset reset)
+            return False
+        expected = self.expected.get(tp)
+        if expected is not None and position == expected:
+            highwater = consumer.highwater(tp)
+            if highwater is not None and highwater <= position:
+                self.suspects.pop(tp, None)  # all caught up
+                return False
+        look = (position, expected)
+        seen = self.suspects.get(tp)
+        if seen is None or seen[0] != look:
+            self.suspects[tp] = (look, now)
+            return False
+        if now - seen[1] < self.stall_s:
+            return False
+        del self.suspects[tp]
+        return await self.rewind(consumer, tp, expected)
+
+    async def rewind(self, consumer: Any, tp: Any, offset: int | None, *, arrived: int | None = None) -> bool:
+        """Make ``tp`` deliver again from ``offset`` (``None``: its committed offset) if records from there on
+        were fetched and never delivered, or are waiting in the log while nothing arrives; False when there
+        was nothing to do. ``arrived``: the offset whose arrival showed a gap (the agent's check)."""
         thread = consumer._thread
 
         def position(kafka: Any) -> int | None:
-            if tp not in kafka.assignment():
-                return None  # revoked: its new owner reads from the committed offset
-            pos: int | None = kafka._fetcher._subscriptions.subscription.assignment.state_value(tp).position
-            return pos
+            return _position(kafka, tp)
 
-        async def seek_back() -> tuple[int | None, int | None]:
-            """(offset sought back to or None, the start it was checked against or None if unknown)."""
+        async def seek_back() -> tuple[str, int | None, int | None]:
+            """("skipped", target, old position) | ("stuck", target, end offset) | ("ok", expected, None)."""
             kafka = thread._ensure_consumer()
             start = offset if offset is not None else await kafka.committed(tp)
             before = position(kafka)
-            if start is None or before is None or before <= start:
-                return None, start
+            if start is None or before is None:
+                return "ok", None, None
+            if before <= start and arrived is not None:
+                return "ok", None, None  # sought back already (Faust's own seek): the records will come again
+            if before <= start:
+                # Nothing fetched past it. Records waiting in the log while the agent sits idle are stuck too
+                # (a partition left paused, or a fetch that never resumed).
+                end = (await kafka.end_offsets([tp]))[tp]
+                if end <= start or position(kafka) != before:
+                    return "ok", start, None
+                kafka.resume(tp)
+                kafka.seek(tp, start)
+                return "stuck", start, end
             target = max(start, (await kafka.beginning_offsets([tp]))[tp])  # retention may have deleted some
             # No await from here: the check and the seek are one step on the consumer's thread.
             if position(kafka) != before or before <= target:
-                return None, None  # moved meanwhile (Faust's own seek): leave it
+                return "ok", None, None  # moved meanwhile (Faust's own seek): leave it
             kafka.seek(tp, target)
-            return target, before
+            return "skipped", target, before
 
         self.rewound_at[tp] = time.monotonic()
-        target, checked = await thread.call_thread(seek_back)
-        if target is None:
-            if offset is None and checked is not None:
-                # Nothing fetched past the committed offset: that is the next offset the agent must see.
-                self.expected.setdefault(tp, checked)
+        verdict, target, other = await thread.call_thread(seek_back)
+        if verdict == "ok" or target is None:
+            if offset is None and target is not None:
+                # Nothing pending past the committed offset: that is the next offset the agent must see.
+                self.expected.setdefault(tp, target)
             return False
-        before = checked
+        if verdict == "stuck":
+            log.warning(
+                "%s[%d]: records %d..%d are in the log but none reached the agent (Faust active=%s paused=%s); "
+                "resuming and re-reading from offset %d",
+                tp.topic,
+                tp.partition,
+                target,
+                (other or target) - 1,
+                tp in (consumer._active_partitions or ()),
+                tp in consumer._paused_partitions,
+                target,
+            )
+            consumer.resume_partitions({tp})
+        elif arrived is not None:
+            log.warning(
+                "%s[%d]: offset %d arrived while %d was expected; re-reading from offset %d",
+                tp.topic,
+                tp.partition,
+                arrived,
+                target,
+                target,
+            )
+        else:
+            log.warning(
+                "%s[%d]: %d records fetched but never delivered to the agent; re-reading from offset %d",
+                tp.topic,
+                tp.partition,
+                (other or target) - target,
+                target,
+            )
         # What Faust's own seek does: its fetch loop drops records below the read offset as already seen.
         consumer._read_offset[tp] = target
         self.rewinding[tp] = target
         self.rewinds += 1
-        log.warning(
-            "%s[%d]: %d records fetched but never delivered to the agent; re-reading from offset %d",
-            tp.topic,
-            tp.partition,
-            (before or target) - target,
-            target,
-        )
         return True
+
+
+def _position(kafka: Any, tp: Any) -> int | None:
+    """aiokafka's fetch position of ``tp``; None if not assigned (revoked) or awaiting its offset reset."""
+    if tp not in kafka.assignment():
+        return None
+    state = kafka._fetcher._subscriptions.subscription.assignment.state_value(tp)
+    if state is None or not state.has_valid_position:
+        return None
+    pos: int = state.position
+    return pos
+
+
+class AckGate:
+    """Only the agent's own acks make a source record committable.
+
+    Faust acks the events its streams *skip* as if they had been processed (``Stream._py_aiter``: ``if event
+    is not None and (do_ack or value is skipped_value): event.ack()``), even on a ``noack()`` stream, and it
+    skips every event that arrives while flow control is paused or that carries a stale generation, i.e.
+    around each rebalance. Those acks let the group's committed offset pass records no agent ever saw: a
+    failover survivor committed the killed worker's partitions to their end offsets and never processed
+    them. The gate refuses acks of source-topic messages the agent is not acking itself; the records stay
+    uncommitted and :class:`Continuity` has them read again.
+    """
+
+    def __init__(self, topics: set[str]) -> None:
+        self.topics = topics
+        self.refused = 0
+        self._allowed: set[int] = set()
+        self._warned: set[tuple[str, int]] = set()
+
+    def install(self, consumer: Any) -> None:
+        ack = consumer.ack
+
+        def gated_ack(message: Any) -> bool:
+            if message.topic in self.topics and id(message) not in self._allowed:
+                self.refused += 1
+                where = (message.topic, message.partition)
+                if where not in self._warned:
+                    self._warned.add(where)
+                    log.warning(
+                        "%s[%d]: Faust acked offset %d without the agent (a skipped event); not committing it",
+                        message.topic,
+                        message.partition,
+                        message.offset,
+                    )
+                return False
+            result: bool = ack(message)
+            return result
+
+        consumer.ack = gated_ack
+
+    @contextlib.contextmanager
+    def allow(self, message: Any) -> Iterator[None]:
+        """The agent acks ``message`` inside this block."""
+        self._allowed.add(id(message))
+        try:
+            yield
+        finally:
+            self._allowed.discard(id(message))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.agents.continuity import Continuity
+from pipeline.agents.continuity import AckGate, Continuity
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,8 @@ class FakeKafka:
     positions: dict[TP, int]
     beginning: int = 0
     committed_offsets: dict[TP, int] = field(default_factory=dict)
+    ends: dict[TP, int] = field(default_factory=dict)
+    resumed: list[TP] = field(default_factory=list)
     seeks: list[tuple[TP, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -74,7 +76,7 @@ class FakeKafka:
 
         class Assignment:
             def state_value(self, tp: TP) -> Any:
-                return type("State", (), {"position": kafka.positions[tp]})()
+                return type("State", (), {"position": kafka.positions[tp], "has_valid_position": True})()
 
         subscription = type("Sub", (), {"assignment": Assignment()})()
         self._fetcher = type("F", (), {"_subscriptions": type("S", (), {"subscription": subscription})()})()
@@ -84,6 +86,12 @@ class FakeKafka:
 
     async def committed(self, tp: TP) -> int | None:
         return self.committed_offsets.get(tp)
+
+    async def end_offsets(self, tps: list[TP]) -> dict[TP, int]:
+        return {tp: self.ends.get(tp, self.positions[tp]) for tp in tps}
+
+    def resume(self, tp: TP) -> None:
+        self.resumed.append(tp)
 
     async def beginning_offsets(self, tps: list[TP]) -> dict[TP, int]:
         return {tp: self.beginning for tp in tps}
@@ -98,6 +106,8 @@ class FakeConsumer:
         kafka_ = kafka
 
         class Thread:
+            _consumer = kafka_
+
             def _ensure_consumer(self) -> FakeKafka:
                 return kafka_
 
@@ -106,6 +116,15 @@ class FakeConsumer:
 
         self._thread = Thread()
         self._read_offset: dict[TP, int | None] = {}
+        self._active_partitions: set[TP] = set()
+        self._paused_partitions: set[TP] = set()
+
+    def highwater(self, tp: TP) -> int | None:
+        return self._thread._consumer.ends.get(tp)
+
+    def resume_partitions(self, tps: set[TP]) -> None:
+        self._active_partitions |= tps
+        self._paused_partitions -= tps
 
 
 async def test_rewind_seeks_back_and_resets_the_read_offset() -> None:
@@ -140,3 +159,71 @@ async def test_no_rewind_when_not_past_revoked_or_deleted() -> None:
     kafka.positions[A] = 90
     assert await c.rewind(FakeConsumer(kafka), A, 62)
     assert kafka.seeks == [(A, 70)], "records deleted by retention: from the first one retained"
+
+
+async def test_records_waiting_in_the_log_with_nothing_fetched_are_a_stuck_partition() -> None:
+    kafka = FakeKafka({A: 44}, committed_offsets={A: 44}, ends={A: 80})
+    consumer = FakeConsumer(kafka)
+    consumer._paused_partitions.add(A)
+    c = Continuity()
+    assert await c.rewind(consumer, A, None)
+    assert kafka.resumed == [A] and kafka.seeks == [(A, 44)]
+    assert A in consumer._active_partitions and A not in consumer._paused_partitions
+    assert c.rewinding[A] == 44
+
+
+async def test_check_acts_only_on_a_stall_unchanged_for_stall_s() -> None:
+    kafka = FakeKafka({A: 80, B: 30}, ends={A: 80, B: 30})
+    consumer = FakeConsumer(kafka)
+    c = Continuity(stall_s=2.0)
+    c.expected.update({A: 62, B: 30})
+    assert not await c.check(consumer, A, now=100.0), "first look: maybe records on their way to the agent"
+    assert not await c.check(consumer, B, now=100.0), "caught up"
+    assert not await c.check(consumer, A, now=101.0)
+    assert await c.check(consumer, A, now=102.0), "unchanged for stall_s: rewind"
+    assert kafka.seeks == [(A, 62)]
+    assert B not in c.suspects
+
+
+async def test_check_forgets_a_suspect_that_moved() -> None:
+    kafka = FakeKafka({A: 80}, ends={A: 90})
+    consumer = FakeConsumer(kafka)
+    c = Continuity(stall_s=2.0)
+    c.expected[A] = 62
+    assert not await c.check(consumer, A, now=100.0)
+    c.expected[A] = 70  # the agent got records meanwhile
+    assert not await c.check(consumer, A, now=102.5)
+    assert kafka.seeks == []
+
+
+@dataclass
+class Msg:
+    topic: str
+    partition: int
+    offset: int
+
+
+def test_ack_gate_commits_only_what_the_agent_acks() -> None:
+    acked: list[Msg] = []
+
+    class Consumer:
+        def ack(self, message: Msg) -> bool:
+            acked.append(message)
+            return True
+
+    consumer = Consumer()
+    gate = AckGate({"readings"})
+    gate.install(consumer)
+    skipped, processed, changelog = Msg("readings", 0, 5), Msg("readings", 0, 6), Msg("state-changelog", 0, 1)
+    assert consumer.ack(skipped) is False, "Faust acking a skipped event: refused"
+    with gate.allow(processed):
+        assert consumer.ack(processed) is True
+    assert consumer.ack(changelog) is True, "other topics are not gated"
+    assert acked == [processed, changelog] and gate.refused == 1
+
+
+async def test_a_gap_already_sought_back_by_faust_needs_no_seek() -> None:
+    kafka = FakeKafka({A: 50}, ends={A: 80})
+    c = Continuity()
+    assert not await c.rewind(FakeConsumer(kafka), A, 58, arrived=70), "position 50 <= 58: records come again"
+    assert kafka.seeks == [] and kafka.resumed == []
