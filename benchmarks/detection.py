@@ -227,7 +227,8 @@ async def run_plain(settings: Settings, topic: str, cfg: SiteConfig, partitions:
     t_first = 0.0
     try:
         while runner.stats.items < n:
-            batch = await consumer.getmany(timeout_ms=500)
+            # Bounded batches: a whole fetch processed without yielding starves the consumer's heartbeat.
+            batch = await consumer.getmany(timeout_ms=500, max_records=100)
             if batch and not t_first:
                 t_first = time.perf_counter()
             for tp, msgs in batch.items():
