@@ -365,10 +365,7 @@ class Pending:
         await self.writer.write(partition, runner.take(partition), lambda: _event_context(events[-1]))
         await self.writer.settle(partition)
         for done in events:
-            if self.gate is None:
-                await self.ack(done)
-                continue
-            with self.gate.allow(done.message):
+            with self.gate.allow(done.message) if self.gate else contextlib.nullcontext():
                 await self.ack(done)
         self.drop([partition])
 

@@ -126,14 +126,11 @@ class Continuity:
         was nothing to do. ``arrived``: the offset whose arrival showed a gap (the agent's check)."""
         thread = consumer._thread
 
-        def position(kafka: Any) -> int | None:
-            return _position(kafka, tp)
-
         async def seek_back() -> tuple[str, int | None, int | None]:
             """("skipped", target, old position) | ("stuck", target, end offset) | ("ok", expected, None)."""
             kafka = thread._ensure_consumer()
             start = offset if offset is not None else await kafka.committed(tp)
-            before = position(kafka)
+            before = _position(kafka, tp)
             if start is None or before is None:
                 return "ok", None, None
             if before <= start and arrived is not None:
@@ -142,14 +139,14 @@ class Continuity:
                 # Nothing fetched past it. Records waiting in the log while the agent sits idle are stuck too
                 # (a partition left paused, or a fetch that never resumed).
                 end = (await kafka.end_offsets([tp]))[tp]
-                if end <= start or position(kafka) != before:
+                if end <= start or _position(kafka, tp) != before:
                     return "ok", start, None
                 kafka.resume(tp)
                 kafka.seek(tp, start)
                 return "stuck", start, end
             target = max(start, (await kafka.beginning_offsets([tp]))[tp])  # retention may have deleted some
             # No await from here: the check and the seek are one step on the consumer's thread.
-            if position(kafka) != before or before <= target:
+            if _position(kafka, tp) != before or before <= target:
                 return "ok", None, None  # moved meanwhile (Faust's own seek): leave it
             kafka.seek(tp, target)
             return "skipped", target, before
