@@ -2,8 +2,9 @@
 
 How a reading travels, and why nothing is lost when any process dies:
 
-1. paho's network thread receives a QoS 1 message (manual ack: the broker keeps it as unacknowledged) and
-   appends ``(topic, payload, mid, qos, dup)`` to a list under a lock. That is all it does per message.
+1. paho's network thread receives QoS 1 messages (manual ack: the broker keeps them as unacknowledged) and
+   appends every ``(topic, payload, mid, qos, dup)`` it decoded from one socket read to a list, under one
+   lock (:mod:`pipeline.ingest.mqttclient`). That is all it does with them.
 2. Every ``linger_ms`` the asyncio side swaps the whole list out in one step, validates each payload
    (:mod:`pipeline.ingest.validate`), enriches it from the registry, and groups readings by their partition,
    ``murmur2(device) mod partitions``. Each group becomes one Kafka record (``RecordBatch``) produced to its
@@ -13,7 +14,8 @@ How a reading travels, and why nothing is lost when any process dies:
    session: duplicates are possible (the worker de-duplicates by (device, seq)), losses are not.
 
 The broker does not bound a manual-ack client's unacknowledged messages, so the bridge does: past
-``max_inflight`` the paho thread waits in its callback, which stops it reading the socket (TCP back-pressure).
+``max_inflight`` the paho thread waits in its callback, which stops it reading the socket (TCP back-pressure);
+the bound is exceeded by at most one socket read's worth of messages (256 KiB).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from aiokafka.errors import KafkaError
 from pipeline import serde
 from pipeline.ingest import metrics
 from pipeline.ingest.deadletter import dead_letter
-from pipeline.ingest.mqttclient import BufferedClient
+from pipeline.ingest.mqttclient import BufferedClient, Publish
 from pipeline.ingest.registry import ReloadingRegistry
 from pipeline.ingest.validate import BAD_TOPIC, UNKNOWN_DEVICE, validate_device_payload
 from pipeline.partitioner import partition_for
@@ -131,7 +133,7 @@ class Bridge:
         self.max_items = ing.max_batch_items
         self.skew_ms = int(ing.future_skew_s * 1000)
         self._cond = threading.Condition()
-        self._pending: list[tuple[str, bytes, int, int, bool]] = []
+        self._pending: list[Publish] = []
         self._inflight = 0
         self._stopping = False
         self._connected = threading.Event()
@@ -146,13 +148,15 @@ class Bridge:
 
     def _make_client(self) -> mqtt.Client:
         m = self.settings.mqtt
-        # paho with chunked socket reads (pipeline.ingest.mqttclient): same protocol code, fewer syscalls.
+        # paho with chunked socket reads and QoS 1 PUBLISHes handed over a socket read at a time
+        # (pipeline.ingest.mqttclient): same protocol code, fewer syscalls, one lock per read.
         c = BufferedClient(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             clean_session=False,  # a persistent session: the broker queues readings while the bridge is away
             protocol=mqtt.MQTTv311,
             manual_ack=True,
+            on_publishes=self._on_publishes,
         )
         assert m.bridge_password is not None, "load settings with load_settings()"
         c.username_pw_set(m.bridge_user, m.bridge_password.get_secret_value())
@@ -183,9 +187,13 @@ class Bridge:
             log.warning("MQTT connection lost (%s); reconnecting, the broker keeps the session", rc)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        # The odd message paho parses itself (the first of a read, or one split across reads).
+        self._on_publishes([(msg.topic, bytes(msg.payload), msg.mid, msg.qos, msg.dup)])
+
+    def _on_publishes(self, batch: list[Publish]) -> None:
         with self._cond:
-            self._pending.append((msg.topic, bytes(msg.payload), msg.mid, msg.qos, msg.dup))
-            self._inflight += 1
+            self._pending.extend(batch)
+            self._inflight += len(batch)
             # Back-pressure: holding paho's thread here stops it reading the socket.
             while self._inflight >= self.max_inflight and not self._stopping:
                 self._cond.wait(0.5)

@@ -86,8 +86,18 @@ def parse_json(payload: bytes) -> tuple[Any, str | None]:
 _OPTIONAL_NUMBERS = (("humidity", 0.0, 100.0), ("battery", 0.0, 1.0))
 
 
+_UNIX_MAX = 253_402_300_799.0  # 9999-12-31T23:59:59Z: datetime's last second
+
+
 def _event_ms(value: Any) -> int:
     """The same conversion the pydantic path applies (schemas._parse_ts, then to_ms)."""
+    t = type(value)
+    if (t is float or t is int) and 0 <= value <= _UNIX_MAX:
+        # Unix seconds, the common case, without building a datetime (1.7 µs of the bridge's ~7 µs a reading):
+        # datetime.fromtimestamp rounds to whole microseconds half-to-even, timestamp() divides them back.
+        frac, whole = math.modf(value)
+        us = round(frac * 1e6)
+        return int((int(whole) * 1_000_000 + us) / 1_000_000 * 1000)
     try:
         return to_ms(_parse_ts(value))
     except (OverflowError, OSError) as exc:

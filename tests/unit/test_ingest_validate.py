@@ -177,3 +177,25 @@ def test_non_finite_floats_from_lenient_json_agree() -> None:
             assert fast == ref
             assert fast[1][0][0] == "not_finite", (field, token)
     assert math.isfinite(3.0)
+
+
+_HALF_US = [1_795_290_000 + k / 1e6 + 0.5e-6 for k in range(0, 1_000_000, 99_991)]
+_EDGES = [0, 0.0, 1e-7, 0.9999995, 1_795_289_999.9999995, 253_402_300_799, 253_402_300_799.9, 5e-324]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.floats(-1e12, 1e12, allow_nan=False) | st.integers(-(10**12), 10**12) | st.sampled_from(_HALF_US + _EDGES))
+def test_unix_seconds_convert_like_the_datetime_path(ts: float) -> None:
+    """The bridge converts numeric ``ts`` without a datetime; the ms (or the refusal) must be the model's."""
+    from pipeline.ingest.validate import _event_ms
+    from pipeline.schemas import _parse_ts, to_ms
+
+    try:
+        expected: int | str = to_ms(_parse_ts(ts))
+    except (ValueError, OverflowError, OSError):
+        expected = "refused"
+    try:
+        got: int | str = _event_ms(ts)
+    except ValueError:
+        got = "refused"
+    assert got == expected
