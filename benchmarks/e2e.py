@@ -26,6 +26,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import statistics
 import sys
 import time
@@ -39,6 +40,7 @@ import psutil
 from aiohttp import web
 from ruamel.yaml import YAML
 
+from benchmarks import quiet
 from benchmarks.loadgen import CompiledLoadGenerator, LoadGenerator, build_compiled
 from pipeline import serde, stack
 from pipeline.alerts.channels.webhook import sign
@@ -289,6 +291,7 @@ class Bench:
         self.samples: list[Sample] = []
         self.readings_in_influx = 0
         self.baselines: dict[str, float] = {}
+        self.noise: list[str] = []
         self._base: tuple[Topics, str, Path, int, Path] | None = None
 
     async def run_phase(
@@ -465,7 +468,7 @@ class Bench:
         await detection.produce(self.settings, single, [(None, it["device"].encode(), serde.dumps(it)) for it in items])
         return {"readings": n, "faust": faust["rate"], "plain": plain["rate"]}
 
-    def quix_baseline(self) -> None:
+    def quix_baseline(self, measure: bool = True) -> None:
         """The quix-streams consumer over the same readings (one per record), then the baselines' cleanup."""
         from benchmarks import detection
 
@@ -473,7 +476,7 @@ class Bench:
             return
         topics, single, site_file, n, tmp = self._base
         try:
-            if self.baselines:
+            if measure and self.baselines:
                 self.baselines["quix"] = detection.run_quix(self.settings, single, load(site_file), n, tmp)["rate"]
                 print(f"[baselines] {self.baselines}", flush=True)
         finally:
@@ -637,6 +640,7 @@ class Bench:
                 "python": sys.version.split()[0],
             },
             "quick": self.quick,
+            "not_quiet": self.noise,
             "loadgen": self.loadgen,
             "phases": [asdict(p) for p in self.phases],
             "readings_in_influx": self.readings_in_influx,
@@ -713,6 +717,10 @@ def _nearest(sent: dict[tuple[str, int], tuple[int, float]], device: str, ts_ms:
     return None
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="< 1 min: keeps up, no loss; prints figures")
@@ -732,10 +740,19 @@ def main() -> None:
     ramp = [float(x) for x in (args.ramp or ("3000" if quick else "5000,10000,20000,30000")).split(",")]
     phase_s = args.phase_s or (8.0 if quick else 20.0)
     bench = Bench(settings, quick, args.loadgen)
+    bench.noise = quiet.check(settings)
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, through the finally blocks that stop the services:
+    # they run in their own process groups, and left running they skew every later measurement.
+    signal.signal(signal.SIGTERM, _interrupt)
+    interrupted = False
     try:
         asyncio.run(bench.run(devices, ramp, 1000.0, phase_s))
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
-        bench.quix_baseline()
+        bench.quix_baseline(measure=not interrupted)
+    if interrupted:
+        sys.exit("interrupted: services stopped, no figures")
     out = bench.report()
     lost = [p["name"] for p in out["phases"] if p["acked"] < p["published"]]
     behind = [p["name"] for p in out["phases"] if p["drained_s"] is None]

@@ -124,6 +124,8 @@ class WorkerApp:
     agents: dict[str, Any]
     tables: dict[str, Any]
     sources: dict[str, Any]
+    gate: AckGate | None = None
+    continuities: dict[str, Continuity] = field(default_factory=dict)
 
     def stats(self) -> dict[str, Stats]:
         return {name: r.stats for name, r in self.runners.items()}
@@ -336,7 +338,7 @@ def make_app(
 
         app.timer(options.tick_interval_s, name="larder-live-clock")(live_clock)
 
-    return WorkerApp(app, topics, options, runners, agents, tables, sources)
+    return WorkerApp(app, topics, options, runners, agents, tables, sources, gate, continuities)
 
 
 @dataclass

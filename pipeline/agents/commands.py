@@ -119,7 +119,7 @@ def worker(
     if metrics_port:
         from pipeline.agents.metrics import serve
 
-        serve(wapp.runners, metrics_port)
+        serve(wapp, metrics_port)
     logging.getLogger("pipeline").setLevel(log_level.upper().replace("WARN", "WARNING").replace("CRIT", "CRITICAL"))
     fworker = faust.Worker(wapp.app, loglevel=log_level, quiet=True)
     # Faust's progress spinner sets the *root* logger to DEBUG (its handler spins on every record), so every

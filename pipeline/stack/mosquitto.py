@@ -69,6 +69,18 @@ def paths(settings: Settings) -> dict[str, Path]:
     }
 
 
+def persisted_bytes(settings: Settings) -> int:
+    """Size of the broker's last autosave: mostly messages queued for persistent sessions that are away.
+
+    Large means a subscriber that will not come back (an interrupted benchmark, a retired bridge instance)
+    still collects every reading; Mosquitto rewrites the whole file every autosave, stalling for seconds.
+    """
+    try:
+        return (paths(settings)["data"] / "mosquitto.db").stat().st_size
+    except OSError:
+        return 0
+
+
 def binary() -> str | None:
     return shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 

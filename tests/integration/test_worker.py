@@ -263,6 +263,8 @@ async def test_batches_in_alerts_out(live_stack: Settings, topics: Topics, tmp_p
         assert metrics['larder_worker_dead_letters_total{concern="devices"}'] == 2
         assert metrics['larder_worker_items_total{concern="kitchens"}'] == 2
         assert metrics['larder_worker_subjects{concern="devices"}'] == 60
+        assert 'larder_worker_rewinds_total{concern="devices"}' in metrics
+        assert "larder_worker_skip_acks_refused_total" in metrics
     finally:
         worker.stop()
     assert worker.proc is not None and worker.proc.returncode == 0, "\n".join(worker.lines()[-20:])

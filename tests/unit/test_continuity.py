@@ -227,3 +227,23 @@ async def test_a_gap_already_sought_back_by_faust_needs_no_seek() -> None:
     c = Continuity()
     assert not await c.rewind(FakeConsumer(kafka), A, 58, arrived=70), "position 50 <= 58: records come again"
     assert kafka.seeks == [] and kafka.resumed == []
+
+
+def test_repairs_are_exported_as_prometheus_counters() -> None:
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from pipeline.agents.metrics import RunnerCollector
+
+    devices, kitchens = Continuity(), Continuity()
+    devices.rewinds, kitchens.rewinds = 3, 0
+    gate = AckGate({"readings"})
+    gate.refused = 7
+    wapp = SimpleNamespace(runners={}, continuities={"devices": devices, "kitchens": kitchens}, gate=gate)
+    registry = CollectorRegistry()
+    registry.register(RunnerCollector(lambda: wapp))  # type: ignore[arg-type,return-value]
+    text = generate_latest(registry).decode()
+    assert 'larder_worker_rewinds_total{concern="devices"} 3.0' in text
+    assert 'larder_worker_rewinds_total{concern="kitchens"} 0.0' in text
+    assert "larder_worker_skip_acks_refused_total 7.0" in text
