@@ -27,6 +27,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import statistics
 import sys
 import time
@@ -174,14 +175,28 @@ class Sample:
     t: float
     offered: float
     acked: int
+    #: readings the bridge has had acknowledged by Kafka (its larder_ingest_accepted_total), cumulative
+    in_kafka: int
+    #: readings of the current phase acked by Mosquitto and not yet in Kafka
+    bridge_backlog: int
     lag: dict[str, int]
     cpu: dict[str, float]
     rss_mb: dict[str, float]
 
 
 class Sampler:
-    def __init__(self, settings: Settings, topics: Topics, groups: dict[str, list[str]], procs: dict[str, int]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        topics: Topics,
+        groups: dict[str, list[str]],
+        procs: dict[str, int],
+        bridge_metrics: str,
+    ) -> None:
         self.settings, self.topics, self.groups = settings, topics, groups
+        self.bridge_metrics = bridge_metrics
+        #: (load generator acks, bridge's readings in Kafka) when the current phase began
+        self.phase_base = (0, 0)
         self.procs = {name: psutil.Process(pid) for name, pid in procs.items() if psutil.pid_exists(pid)}
         for p in self.procs.values():
             p.cpu_percent(None)
@@ -229,6 +244,18 @@ class Sampler:
             committed[g][tp] >= off for g in self.groups for tp, off in target.items() if tp.topic in self.groups[g]
         )
 
+    async def in_kafka(self) -> int:
+        """Readings the bridge got into Kafka (acks=all), from its Prometheus endpoint. The load generator's acks
+        come from Mosquitto, which acknowledges on receipt: a bridge falling behind shows only here."""
+        import httpx
+
+        async with httpx.AsyncClient() as client:
+            text = (await client.get(self.bridge_metrics, timeout=5)).text
+        for line in text.splitlines():
+            if line.startswith('larder_ingest_accepted_total{source="mqtt"}'):
+                return int(float(line.split()[-1]))
+        return 0
+
     async def sample(self, offered: float, acked: int) -> Sample:
         cpu, rss = {}, {}
         for name, p in self.procs.items():
@@ -236,7 +263,9 @@ class Sampler:
                 tree = [p, *p.children(recursive=True)]
                 cpu[name] = sum(q.cpu_percent(None) for q in tree)
                 rss[name] = sum(q.memory_info().rss for q in tree) / 1e6
-        s = Sample(time.time(), offered, acked, await self.lag(), cpu, rss)
+        in_kafka = await self.in_kafka()
+        backlog = (acked - self.phase_base[0]) - (in_kafka - self.phase_base[1])
+        s = Sample(time.time(), offered, acked, in_kafka, backlog, await self.lag(), cpu, rss)
         self.samples.append(s)
         return s
 
@@ -264,9 +293,15 @@ class Phase:
     devices: int
     offered_rate: float
     duration_s: float
+    #: readings per MQTT message: 1, or a store-and-forward upload ({"readings": [...]})
+    batch: int = 1
     published: int = 0
+    #: acknowledged by Mosquitto to the load generator (on receipt)
     acked: int = 0
     ack_rate: float = 0.0
+    #: taken into Kafka by the bridge while the phase published, and its largest backlog (acked - in Kafka)
+    in_kafka_rate: float = 0.0
+    bridge_backlog_max: int = 0
     lag_end: dict[str, int] = field(default_factory=dict)
     lag_max: dict[str, int] = field(default_factory=dict)
     drained_s: float | None = None
@@ -295,7 +330,12 @@ class Bench:
         self._base: tuple[Topics, str, Path, int, Path] | None = None
 
     async def run_phase(
-        self, phase: Phase, lg: LoadGenerator, sampler: Sampler, excursion_every: int = 0, drain_timeout: float = 60
+        self,
+        phase: Phase,
+        lg: LoadGenerator | CompiledLoadGenerator,
+        sampler: Sampler,
+        excursion_every: int = 0,
+        drain_timeout: float = 60,
     ) -> Phase:
         """Offer ``phase.offered_rate`` readings/s; every ``excursion_every``-th reading is out of range (and the
         device's next one is back in range, so the alert resolves and the next excursion opens a new one)."""
@@ -313,31 +353,44 @@ class Bench:
             return NORMAL_C
 
         pub0, ack0 = lg.stats.published, lg.stats.acked
+        kafka0 = await sampler.in_kafka()
+        sampler.phase_base = (ack0, kafka0)
         t0 = time.time()
-        task = asyncio.create_task(lg.run_rate(phase.offered_rate, phase.duration_s, value))
+        if phase.batch > 1:
+            assert isinstance(lg, CompiledLoadGenerator), "uploads need the compiled generator"
+            task = asyncio.create_task(lg.run_rate(phase.offered_rate, phase.duration_s, batch=phase.batch))
+        else:
+            task = asyncio.create_task(lg.run_rate(phase.offered_rate, phase.duration_s, value))
         while not task.done():
             await asyncio.sleep(1.0)
             s = await sampler.sample(phase.offered_rate, lg.stats.acked)
             print(
-                f"  [{phase.name}] {time.time() - t0:5.1f}s acked {lg.stats.acked - ack0:>9,}  lag {s.lag}", flush=True
+                f"  [{phase.name}] {time.time() - t0:5.1f}s acked {lg.stats.acked - ack0:>9,}  "
+                f"in Kafka {s.in_kafka - kafka0:>9,}  lag {s.lag}",
+                flush=True,
             )
         await task
         send_s = time.time() - t0
+        in_kafka_sent = await sampler.in_kafka() - kafka0
         await lg.wait_acked(drain_timeout)
         phase.published = lg.stats.published - pub0
         phase.acked = lg.stats.acked - ack0
         phase.ack_rate = phase.acked / send_s
+        phase.in_kafka_rate = in_kafka_sent / send_s
         window = [s for s in sampler.samples if s.t >= t0]
+        phase.bridge_backlog_max = max((s.bridge_backlog for s in window), default=0)
         phase.lag_max = {g: max((s.lag.get(g, 0) for s in window), default=0) for g in sampler.groups}
         phase.cpu_pct = {k: round(statistics.fmean(s.cpu.get(k, 0.0) for s in window), 1) for k in sampler.procs}
         phase.rss_mb = {k: round(max(s.rss_mb.get(k, 0.0) for s in window), 1) for k in sampler.procs}
-        # Drained: how long after the last acknowledged publish until every group committed past the end offsets
-        # as they stood then.
+        # Drained: how long after the last acknowledged publish until the bridge has every acknowledged reading
+        # in Kafka and then every group committed past the end offsets as they stood at that point.
         t_end = time.time()
-        target = await sampler.end_offsets()
+        target: dict[Any, int] | None = None
         while time.time() - t_end < drain_timeout:
-            await sampler.sample(0, lg.stats.acked)
-            if await sampler.caught_up(target):
+            s = await sampler.sample(0, lg.stats.acked)
+            if target is None and s.in_kafka - kafka0 >= phase.acked:
+                target = await sampler.end_offsets()
+            if target is not None and await sampler.caught_up(target):
                 phase.drained_s = round(time.time() - t_end, 1)
                 break
             await asyncio.sleep(0.5)
@@ -345,12 +398,21 @@ class Bench:
         self.phases.append(phase)
         return phase
 
-    async def run(self, device_counts: list[int], ramp: list[float], latency_rate: float, phase_s: float) -> None:
+    async def run(
+        self,
+        device_counts: list[int],
+        ramp: list[float],
+        latency_rate: float,
+        phase_s: float,
+        uploads: list[float] = (),  # type: ignore[assignment]
+        upload_batch: int = 10,
+    ) -> None:
         s = self.settings
         await asyncio.to_thread(stack.up, s, lambda m: print(f"[stack] {m}"))
         await stack.ensure_topics(s, self.topics)
         receiver = WebhookReceiver()
         hook_url = await receiver.start()
+        metrics_port = _free_port()
         max_devices = max(device_counts)
         devices = [(f"bd-{i:06d}", secrets.token_urlsafe(12)) for i in range(max_devices)]
         site_file = s.state_dir / "bench" / f"{self.prefix}-sites.yaml"
@@ -365,6 +427,7 @@ class Bench:
             "LARDER_NOTIFY__WEBHOOK_SECRET": receiver.secret,
             # Alerts leave the detector once the live clock passes ts + allowed lateness (LATENESS_MS, TICK_S).
             "LARDER_WORKER_TICK_INTERVAL": str(TICK_S),
+            "LARDER_INGEST__BRIDGE_METRICS_PORT": str(metrics_port),
         }
         services = Services(
             s,
@@ -389,7 +452,7 @@ class Bench:
                 f"{self.prefix}-worker": [self.topics.readings],
                 "larder-sink": [self.topics.readings],
             }
-            sampler = Sampler(s, self.topics, groups, procs)
+            sampler = Sampler(s, self.topics, groups, procs, f"http://127.0.0.1:{metrics_port}/metrics")
             await sampler.start()
             try:
                 for n in sorted(device_counts):
@@ -421,6 +484,13 @@ class Bench:
                     else:
                         rate = ramp[-1] if ramp else latency_rate
                         await self.run_phase(Phase(f"scale{n}@{rate:g}/s", n, rate, phase_s), throughput, sampler)
+                    if n == max(device_counts) and isinstance(throughput, CompiledLoadGenerator):
+                        # Loggers that sample more often than they connect upload store-and-forward batches:
+                        # the same readings/s in a tenth of the MQTT messages.
+                        for rate in uploads:
+                            name = f"upload{upload_batch}x{n}@{rate:g}/s"
+                            phase = Phase(name, n, rate, phase_s, batch=upload_batch)
+                            await self.run_phase(phase, throughput, sampler)
                     await throughput.close()
                 self.readings_in_influx = await asyncio.to_thread(self._count_influx, sum(p.acked for p in self.phases))
             finally:
@@ -651,17 +721,19 @@ class Bench:
         (RESULTS / f"e2e-{stamp}.json").write_text(json.dumps(out, indent=2))
         self._plot(RESULTS / f"e2e-{stamp}-lag.png")
         print(
-            "\n| phase | devices | offered/s | acked/s | max lag worker / sink (records) | drained after | "
+            "\n| phase | devices | offered/s | acked by Mosquitto /s | into Kafka by the bridge /s | "
+            "max bridge backlog (readings) | max lag worker / sink (records) | drained after | "
             "CPU % bridge / worker / sink / notifier / mosquitto / kafka / influxdb / loadgen | RSS MB worker |"
         )
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for p in self.phases:
             lags = " / ".join(str(v) for v in p.lag_max.values())
             procs = ("bridge", "worker", "sink", "notifier", "mosquitto", "kafka", "influxdb", "loadgen")
             cpu = " / ".join(str(p.cpu_pct.get(k, "-")) for k in procs)
             drained = f"{p.drained_s} s" if p.drained_s is not None else "not drained"
             print(
-                f"| {p.name} | {p.devices:,} | {p.offered_rate:,.0f} | {p.ack_rate:,.0f} | {lags} | "
+                f"| {p.name} | {p.devices:,} | {p.offered_rate:,.0f} | {p.ack_rate:,.0f} | {p.in_kafka_rate:,.0f} | "
+                f"{p.bridge_backlog_max:,} | {lags} | "
                 f"{drained} | {cpu} | {p.rss_mb.get('worker', '-')} |"
             )
         for p in self.phases:
@@ -692,15 +764,20 @@ class Bench:
         if not self.samples:
             return
         t0 = self.samples[0].t
-        fig, ax = plt.subplots(figsize=(9, 4))
+        ts = [s.t - t0 for s in self.samples]
+        fig, (ax, bx) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
         for g in self.samples[0].lag:
-            ax.plot([s.t - t0 for s in self.samples], [s.lag.get(g, 0) for s in self.samples], label=f"lag {g}")
-        ax2 = ax.twinx()
-        ax2.plot([s.t - t0 for s in self.samples], [s.offered for s in self.samples], "k--", label="offered/s")
-        ax.set_xlabel("seconds")
+            ax.plot(ts, [s.lag.get(g, 0) for s in self.samples], label=f"lag {g}")
         ax.set_ylabel("consumer lag (Kafka records)")
-        ax2.set_ylabel("offered readings/s")
         ax.legend(loc="upper left")
+        # Mosquitto acks on receipt; what it holds for the bridge is the ingest stage's own lag.
+        bx.plot(ts, [s.bridge_backlog for s in self.samples], label="bridge backlog (readings)")
+        bx.set_ylabel("readings acked by Mosquitto,\nnot yet in Kafka")
+        bx.set_xlabel("seconds")
+        bx2 = bx.twinx()
+        bx2.plot(ts, [s.offered for s in self.samples], "k--", label="offered/s")
+        bx2.set_ylabel("offered readings/s")
+        bx.legend(loc="upper left")
         fig.tight_layout()
         fig.savefig(path, dpi=100)
 
@@ -715,6 +792,12 @@ def _nearest(sent: dict[tuple[str, int], tuple[int, float]], device: str, ts_ms:
         if (device, ts_ms + delta) in sent:
             return sent[(device, ts_ms + delta)]
     return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -732,6 +815,13 @@ def main() -> None:
         default="compiled",
         help="generator of the throughput phases: benchmarks/loadgen_go (default) or benchmarks/loadgen.py",
     )
+    ap.add_argument(
+        "--uploads",
+        default=None,
+        help="comma-separated offered rates of store-and-forward phases at the largest device count "
+        "(default 20000,30000; none with --quick or --loadgen python)",
+    )
+    ap.add_argument("--upload-batch", type=int, default=10, help="readings per store-and-forward message (10)")
     ap.add_argument("--phase-s", type=float, default=None, help="seconds per phase (default 20; quick 8)")
     args = ap.parse_args()
     settings = load_settings()
@@ -739,6 +829,8 @@ def main() -> None:
     devices = [int(x) for x in (args.devices or ("500" if quick else "1000,10000")).split(",")]
     ramp = [float(x) for x in (args.ramp or ("3000" if quick else "5000,10000,20000,30000")).split(",")]
     phase_s = args.phase_s or (8.0 if quick else 20.0)
+    no_uploads = quick or args.loadgen == "python"
+    uploads = [float(x) for x in (args.uploads or ("" if no_uploads else "20000,30000")).split(",") if x]
     bench = Bench(settings, quick, args.loadgen)
     bench.noise = quiet.check(settings)
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, through the finally blocks that stop the services:
@@ -746,7 +838,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     interrupted = False
     try:
-        asyncio.run(bench.run(devices, ramp, 1000.0, phase_s))
+        asyncio.run(bench.run(devices, ramp, 1000.0, phase_s, uploads, args.upload_batch))
     except KeyboardInterrupt:
         interrupted = True
     finally:

@@ -247,9 +247,12 @@ class CompiledLoadGenerator:
                 await self._lines.put(line)
         await self._lines.put("")
 
-    async def run_rate(self, rate: float, duration_s: float, value: object = None, tick_s: float = 0.01) -> None:
+    async def run_rate(
+        self, rate: float, duration_s: float, value: object = None, tick_s: float = 0.01, batch: int = 1
+    ) -> None:
+        """``batch`` > 1: each message is a store-and-forward upload of that many readings (contract 1)."""
         assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write(f"rate {rate} {duration_s}\n".encode())
+        self.proc.stdin.write(f"rate {rate} {duration_s} {batch}\n".encode())
         await self.proc.stdin.drain()
         line = await asyncio.wait_for(self._lines.get(), duration_s + 60)
         if line != "done":

@@ -3,9 +3,11 @@
 // a fraction of its CPU, so the pipeline under test gets the cores (see BENCHMARKS.md, "End to end").
 //
 // It reads "device secret" lines on stdin, connects them all, prints "connected N", then obeys commands on
-// stdin: "rate R SECONDS" publishes R readings/s in total, round-robin over the devices, for SECONDS;
-// "stats" prints the counters; "quit" disconnects. While running it prints "stats PUBLISHED ACKED" every
-// 200 ms, and "done" when a rate command has finished.
+// stdin: "rate R SECONDS [BATCH]" publishes R readings/s in total, round-robin over the devices, for SECONDS,
+// BATCH readings per message (default 1: one reading per message; more: a store-and-forward upload,
+// {"readings": [...]}, as a logger that samples more often than it connects sends them); "stats" prints the
+// counters (in readings); "quit" disconnects. While running it prints "stats PUBLISHED ACKED" every 50 ms, and
+// "done" when a rate command has finished.
 package main
 
 import (
@@ -29,7 +31,7 @@ type device struct {
 	nextPID    uint16
 	lastMS     int64
 	mu         sync.Mutex
-	unacked    map[uint16]struct{}
+	unacked    map[uint16]int // packet id -> readings in that message
 }
 
 var published, acked atomic.Int64
@@ -78,7 +80,7 @@ func (d *device) connect(addr string) error {
 	if ack[0] != 0x20 || ack[3] != 0 {
 		return fmt.Errorf("%s: CONNACK return code %d", d.id, ack[3])
 	}
-	d.conn, d.nextPID, d.unacked = conn, 1, map[uint16]struct{}{}
+	d.conn, d.nextPID, d.unacked = conn, 1, map[uint16]int{}
 	go d.readAcks()
 	return nil
 }
@@ -94,28 +96,42 @@ func (d *device) readAcks() {
 		if pkt[0] == 0x40 {
 			pid := binary.BigEndian.Uint16(pkt[2:])
 			d.mu.Lock()
-			if _, ok := d.unacked[pid]; ok {
+			if n, ok := d.unacked[pid]; ok {
 				delete(d.unacked, pid)
-				acked.Add(1)
+				acked.Add(int64(n))
 			}
 			d.mu.Unlock()
 		}
 	}
 }
 
-func (d *device) publish(now time.Time, buf []byte) []byte {
-	d.seq++
-	ms := now.UnixMilli()
-	if ms <= d.lastMS { // strictly increasing per device, as a real logger stamps them
-		ms = d.lastMS + 1
+// publish sends one message of n readings (n > 1: a store-and-forward upload) stamped up to now.
+func (d *device) publish(now time.Time, n int, buf []byte) []byte {
+	var payload []byte
+	if n > 1 {
+		payload = append(payload, `{"readings":[`...)
 	}
-	d.lastMS = ms
-	payload := fmt.Sprintf(`{"ts":%d.%03d,"seq":%d,"temp_c":4.0}`, ms/1000, ms%1000, d.seq)
+	for k := 0; k < n; k++ {
+		d.seq++
+		// Strictly increasing per device, as a real logger stamps them; a batch's readings end at now.
+		ms := now.UnixMilli() - int64(n-1-k)
+		if ms <= d.lastMS {
+			ms = d.lastMS + 1
+		}
+		d.lastMS = ms
+		if k > 0 {
+			payload = append(payload, ',')
+		}
+		payload = fmt.Appendf(payload, `{"ts":%d.%03d,"seq":%d,"temp_c":4.0}`, ms/1000, ms%1000, d.seq)
+	}
+	if n > 1 {
+		payload = append(payload, "]}"...)
+	}
 	topic := "larder/v1/devices/" + d.id + "/readings"
 	pid := d.nextPID
 	d.nextPID = d.nextPID%65535 + 1
 	d.mu.Lock()
-	d.unacked[pid] = struct{}{}
+	d.unacked[pid] = n
 	d.mu.Unlock()
 	buf = append(buf[:0], 0x32)
 	buf = varint(buf, 2+len(topic)+2+len(payload))
@@ -126,13 +142,13 @@ func (d *device) publish(now time.Time, buf []byte) []byte {
 		fmt.Fprintf(os.Stderr, "%s: write: %v\n", d.id, err)
 		os.Exit(2)
 	}
-	published.Add(1)
+	published.Add(int64(n))
 	return buf
 }
 
 func report() { fmt.Printf("stats %d %d\n", published.Load(), acked.Load()) }
 
-func run(devs []*device, rate float64, seconds float64) {
+func run(devs []*device, rate float64, seconds float64, batch int) {
 	start := time.Now()
 	sent, i := int64(0), 0
 	buf := make([]byte, 0, 256)
@@ -145,12 +161,12 @@ func run(devs []*device, rate float64, seconds float64) {
 			break
 		}
 		due := int64(rate*elapsed) - sent
-		for ; due > 0; due-- {
-			buf = devs[i%len(devs)].publish(now, buf)
+		for ; due >= int64(batch); due -= int64(batch) {
+			buf = devs[i%len(devs)].publish(now, batch, buf)
 			i++
-			sent++
+			sent += int64(batch)
 		}
-		if now.Sub(lastReport) >= 200*time.Millisecond {
+		if now.Sub(lastReport) >= 50*time.Millisecond {
 			report()
 			lastReport = now
 		}
@@ -197,14 +213,18 @@ func main() {
 	for in.Scan() {
 		f := strings.Fields(in.Text())
 		switch {
-		case len(f) == 3 && f[0] == "rate":
+		case (len(f) == 3 || len(f) == 4) && f[0] == "rate":
 			rate, err1 := strconv.ParseFloat(f[1], 64)
 			secs, err2 := strconv.ParseFloat(f[2], 64)
-			if err1 != nil || err2 != nil {
-				fmt.Fprintln(os.Stderr, "usage: rate READINGS_PER_S SECONDS")
+			batch, err3 := 1, error(nil)
+			if len(f) == 4 {
+				batch, err3 = strconv.Atoi(f[3])
+			}
+			if err1 != nil || err2 != nil || err3 != nil || batch < 1 {
+				fmt.Fprintln(os.Stderr, "usage: rate READINGS_PER_S SECONDS [READINGS_PER_MESSAGE]")
 				continue
 			}
-			run(devs, rate, secs)
+			run(devs, rate, secs, batch)
 			fmt.Println("done")
 		case len(f) == 1 && f[0] == "stats":
 			report()
