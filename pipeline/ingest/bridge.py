@@ -5,7 +5,8 @@ How a reading travels, and why nothing is lost when any process dies:
 1. paho's network thread receives QoS 1 messages (manual ack: the broker keeps them as unacknowledged) and
    appends every ``(topic, payload, mid, qos, dup)`` it decoded from one socket read to a list, under one
    lock (:mod:`pipeline.ingest.mqttclient`). That is all it does with them.
-2. Every ``linger_ms`` the asyncio side swaps the whole list out in one step, validates each payload
+2. The first message into an empty list wakes the asyncio side, which waits ``linger_ms`` for more (an idle
+   bridge does not poll) and then swaps the whole list out in one step, validates each payload
    (:mod:`pipeline.ingest.validate`), enriches it from the registry, and groups readings by their partition,
    ``murmur2(device) mod partitions``. Each group becomes one Kafka record (``RecordBatch``) produced to its
    explicit partition by an idempotent ``acks=all`` producer; refusals become dead letters.
@@ -137,6 +138,8 @@ class Bridge:
         self._inflight = 0
         self._stopping = False
         self._connected = threading.Event()
+        self._arrived = asyncio.Event()  # set from paho's thread (call_soon_threadsafe) when _pending fills
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.accepted = 0
         self.dead_lettered = 0
@@ -192,6 +195,8 @@ class Bridge:
 
     def _on_publishes(self, batch: list[Publish]) -> None:
         with self._cond:
+            if not self._pending and self._loop is not None:
+                self._loop.call_soon_threadsafe(self._arrived.set)
             self._pending.extend(batch)
             self._inflight += len(batch)
             # Back-pressure: holding paho's thread here stops it reading the socket.
@@ -201,6 +206,19 @@ class Bridge:
     # -- the asyncio side --------------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event, on_progress: Callable[[Bridge], None] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+
+        async def wake_on_stop() -> None:
+            await stop.wait()
+            self._arrived.set()
+
+        waker = asyncio.create_task(wake_on_stop())
+        try:
+            await self._run(stop, on_progress)
+        finally:
+            waker.cancel()
+
+    async def _run(self, stop: asyncio.Event, on_progress: Callable[[Bridge], None] | None) -> None:
         self.producer = make_producer(self.settings)
         await self.producer.start()
         try:
@@ -213,8 +231,12 @@ class Bridge:
             self.client.loop_start()
             last_reload = last_progress = time.monotonic()
             while not stop.is_set():
+                # Asleep until a message arrives (or the once-a-second chores are due), then linger for more.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.linger_s)
+                    await asyncio.wait_for(self._arrived.wait(), 1.0)
+                self._arrived.clear()
+                if self._pending and not stop.is_set():
+                    await asyncio.sleep(self.linger_s)
                 await self.tick()
                 now = time.monotonic()
                 if now - last_reload >= 1.0:
