@@ -161,7 +161,7 @@ async def run_faust(
     args += ["--data-dir", str(tmp / "faust"), "--metrics-port", str(port), "-l", "warn"]
     if profile is not None:  # py-spy samples the whole worker; collapsed stacks, one line per stack
         spy = str(Path(sys.executable).parent / "py-spy")
-        args = [spy, "record", "-r", "250", "-f", "raw", "-o", str(profile), "--", *args]
+        args = [spy, "record", "--nonblocking", "-r", "250", "-f", "raw", "-o", str(profile), "--", *args]
     with log.open("wb") as out:
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:

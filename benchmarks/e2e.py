@@ -264,7 +264,8 @@ class Sampler:
                 cpu[name] = sum(q.cpu_percent(None) for q in tree)
                 rss[name] = sum(q.memory_info().rss for q in tree) / 1e6
         in_kafka = await self.in_kafka()
-        backlog = (acked - self.phase_base[0]) - (in_kafka - self.phase_base[1])
+        # Clamped: the compiled generator reports its acks every 50 ms, so they can trail the bridge's count.
+        backlog = max(0, (acked - self.phase_base[0]) - (in_kafka - self.phase_base[1]))
         s = Sample(time.time(), offered, acked, in_kafka, backlog, await self.lag(), cpu, rss)
         self.samples.append(s)
         return s

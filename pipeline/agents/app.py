@@ -72,8 +72,10 @@ class WorkerOptions:
     #: Changed states are written to the table at most this long after the record that changed them (the
     #: commit interval: Kafka Streams likewise flushes its caching stores at commit time)...
     flush_interval_s: float = 2.8
-    #: ...or after this many records of the partition, whichever comes first (bounds the re-read work)...
-    flush_records: int = 200
+    #: ...or once this many readings/events of the partition are held, whichever comes first (bounds the work
+    #: read again after a crash; counted in items, not records, so small record batches from a bridge at a
+    #: low linger do not multiply the table writes)...
+    flush_items: int = 20_000
     #: ...or once the partition has had no record for this long (an idle input is committed promptly).
     flush_idle_s: float = 0.5
 
@@ -349,6 +351,8 @@ class Pending:
     writer: TableWriter
     events: dict[int, list[Any]] = field(default_factory=dict)
     since: dict[int, float] = field(default_factory=dict)
+    #: partition -> readings/events in its held records.
+    items: dict[int, int] = field(default_factory=dict)
     #: partition -> when its latest held record arrived.
     last: dict[int, float] = field(default_factory=dict)
     #: The agent's manual-ack stream's ``ack``, set when the agent starts.
@@ -376,6 +380,7 @@ class Pending:
         for p in partitions:
             self.events.pop(p, None)
             self.since.pop(p, None)
+            self.items.pop(p, None)
             self.last.pop(p, None)
 
 
@@ -413,6 +418,7 @@ def _agent_body(
                     # meanwhile), and loading it now would mark half-restored states as complete.
                     n = runner.load(table.items(), {partition})
                     log.info("%s: loaded %d states for partition %d", source_name, n, partition)
+                items_before = runner.stats.items
                 result = runner.on_record(event.value, partition)
                 await sink.publish(result)
                 if result.outputs:
@@ -424,9 +430,10 @@ def _agent_body(
                     await pending.writer.write(partition, runner.take(partition, subjects), contextlib.nullcontext)
                 events = pending.events.setdefault(partition, [])
                 events.append(event)
+                held = pending.items[partition] = pending.items.get(partition, 0) + runner.stats.items - items_before
                 now = pending.last[partition] = time.monotonic()
                 started = pending.since.setdefault(partition, now)
-                if now - started >= options.flush_interval_s or len(events) >= options.flush_records:
+                if now - started >= options.flush_interval_s or held >= options.flush_items:
                     # Coalesced: one table write per changed subject per interval, not per record batch. A
                     # partition that goes quiet is released by the ``larder-flush-idle`` timer instead.
                     await pending.release(runner, partition)
