@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import shutil
 import struct
 import subprocess
 import time
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import serde
+from pipeline.stack.golang import go_binary, go_env
 
 
 def _varint(n: int) -> bytes:
@@ -198,9 +198,8 @@ def build_compiled(cache_dir: Path) -> Path:
     exe = cache_dir / "loadgen" / digest / "loadgen"
     if exe.exists():
         return exe
-    go = shutil.which("go") or "/usr/local/go/bin/go"
-    env = {**os.environ, "GOTOOLCHAIN": "local", "CGO_ENABLED": "0", "GOCACHE": str(cache_dir / "go" / "build")}
-    subprocess.run([go, "build", "-o", str(exe), "."], cwd=GO_SOURCE, env=env, check=True)
+    env = {**os.environ, **go_env(cache_dir)}
+    subprocess.run([go_binary(), "build", "-o", str(exe), "."], cwd=GO_SOURCE, env=env, check=True)
     return exe
 
 

@@ -7,12 +7,12 @@ unchanged. Authentication is on: the admin user is created on first start from t
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import httpx
 
 from pipeline.settings import Settings
+from pipeline.stack.golang import go_binary, go_env
 from pipeline.stack.process import StackError, run, start_daemon
 
 _MODULE = "github.com/influxdata/influxdb/cmd/influxd"
@@ -36,20 +36,9 @@ def install(settings: Settings) -> bool:
     exe = binary_path(settings)
     if exe.exists():
         return False
-    go = shutil.which("go") or next((g for g in ("/usr/local/go/bin/go",) if Path(g).exists()), None)
-    if not go:
-        raise StackError("Go is needed to build InfluxDB 1.8 from the module proxy: install golang")
-    cache = settings.cache_dir / "go"
     run(
-        [go, "install", f"{_MODULE}@v{settings.influx.version}"],
-        env={
-            "CGO_ENABLED": "0",
-            "GOTOOLCHAIN": "local",
-            "GOFLAGS": "-mod=mod",
-            "GOBIN": str(exe.parent),
-            "GOMODCACHE": str(cache / "mod"),
-            "GOCACHE": str(cache / "build"),
-        },
+        [go_binary(), "install", f"{_MODULE}@v{settings.influx.version}"],
+        env=go_env(settings.cache_dir, GOFLAGS="-mod=mod", GOBIN=str(exe.parent)),
         log_file=settings.log_dir / "install-influxdb.log",
         what=f"go install {_MODULE}@v{settings.influx.version}",
     )
