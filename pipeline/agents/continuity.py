@@ -35,6 +35,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka.structs import TopicPartition
+
 log = logging.getLogger(__name__)
 
 
@@ -141,7 +143,8 @@ class Continuity:
                 end = (await kafka.end_offsets([tp]))[tp]
                 if end <= start or _position(kafka, tp) != before:
                     return "ok", start, None
-                kafka.resume(tp)
+                # aiokafka's resume() refuses Faust's TP (another namedtuple of the same fields).
+                kafka.resume(TopicPartition(tp.topic, tp.partition))
                 kafka.seek(tp, start)
                 return "stuck", start, end
             target = max(start, (await kafka.beginning_offsets([tp]))[tp])  # retention may have deleted some
