@@ -1,16 +1,19 @@
 """End-to-end benchmark: simulated devices -> MQTT -> bridge -> Kafka -> Faust worker -> alerts -> webhook,
 and readings -> InfluxDB, every service real and on this machine.
 
-    python -m benchmarks.e2e            # full run (~6 min): latency, saturation ramp, device scale
-    python -m benchmarks.e2e --quick    # < 1 min: the pipeline keeps up with no loss; prints the figures
+    python -m benchmarks.e2e            # full run (~12 min): latency, saturation ramp, device scale, uploads
+    python -m benchmarks.e2e --quick    # ~1 min: the pipeline keeps up with no loss; prints the figures
 
 What it measures, each printed and written to ``benchmarks/results/e2e-<stamp>.json`` (+ a lag plot PNG):
 
 * **latency**: MQTT publish of an out-of-range reading -> signed webhook received, with the rule delays and
   the notifier's grouping window set to zero for this measure; p50/p99 at a steady 1,000 readings/s;
-* **saturation**: a ramp of offered rates; for each, readings/s acknowledged end to end (bridge acks after
-  Kafka), whether the worker's and the sink's consumer lag stayed bounded, CPU and RSS per process;
-* **scale**: the same at 1k and 10k devices (one MQTT connection each), worker RSS per device.
+* **saturation**: a ramp of offered rates; for each, readings/s acknowledged by Mosquitto (on receipt) and
+  readings/s the bridge got into Kafka (its ``larder_ingest_accepted_total``, after acks=all), the bridge's
+  backlog, whether the worker's and the sink's consumer lag stayed bounded, CPU and RSS per process;
+* **scale**: the same at 1k and 10k devices (one MQTT connection each), worker RSS per device;
+* **uploads**: store-and-forward messages of 10 readings at the largest device count (compiled generator);
+* **baselines**: the run's own last readings through Faust, a plain aiokafka loop and quix-streams.
 
 No assertion on a timing: ``--quick`` fails only if the pipeline lost readings or was left behind (lag not
 drained), which is a correctness property, and prints the figures for the CI log.
