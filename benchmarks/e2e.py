@@ -29,8 +29,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import statistics
 import sys
 import time
@@ -48,7 +46,7 @@ from benchmarks import quiet
 from benchmarks.loadgen import CompiledLoadGenerator, LoadGenerator, build_compiled
 from pipeline import serde, stack
 from pipeline.alerts.channels.webhook import sign
-from pipeline.services import Services
+from pipeline.services import Services, free_port
 from pipeline.settings import Settings, load_settings
 from pipeline.siteconfig import load
 from pipeline.stack import influx, mosquitto
@@ -424,7 +422,7 @@ class Bench:
         await stack.ensure_topics(s, self.topics)
         receiver = WebhookReceiver()
         hook_url = await receiver.start()
-        metrics_port = _free_port()
+        metrics_port = free_port()
         max_devices = max(device_counts)
         devices = [(f"bd-{i:06d}", secrets.token_urlsafe(12)) for i in range(max_devices)]
         site_file = s.state_dir / "bench" / f"{self.prefix}-sites.yaml"
@@ -806,16 +804,6 @@ def _nearest(sent: dict[tuple[str, int], tuple[int, float]], device: str, ts_ms:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="< 1 min: keeps up, no loss; prints figures")
@@ -845,9 +833,8 @@ def main() -> None:
     uploads = [float(x) for x in (args.uploads or ("" if no_uploads else "20000,30000")).split(",") if x]
     bench = Bench(settings, quick, args.loadgen)
     bench.noise = quiet.check(settings)
-    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, through the finally blocks that stop the services:
-    # they run in their own process groups, and left running they skew every later measurement.
-    signal.signal(signal.SIGTERM, _interrupt)
+    # The services run in their own process groups: left running they skew every later measurement.
+    quiet.unwind_on_sigterm()
     interrupted = False
     try:
         asyncio.run(bench.run(devices, ramp, 1000.0, phase_s, uploads, args.upload_batch))

@@ -19,7 +19,6 @@ import asyncio
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -271,19 +270,14 @@ def validation_cost() -> tuple[float, float]:
     return out[0], out[1]
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=200_000, help="readings per flood")
     ap.add_argument("--devices", type=int, default=8, help="publishing devices (one mosquitto_pub each)")
     args = ap.parse_args()
-    # SIGTERM unwinds like Ctrl-C, through the finally blocks that drop each subscriber's persistent session: a
-    # session left behind queues every later reading (up to Mosquitto's per-client limit, hundreds of MB) and
-    # its autosaves stall the broker for seconds, skewing every later run.
-    signal.signal(signal.SIGTERM, _interrupt)
+    # Each subscriber's persistent session is dropped in a finally block: left behind, it queues every later
+    # reading (up to Mosquitto's per-client limit, hundreds of MB) and its autosaves stall the broker.
+    quiet.unwind_on_sigterm()
     if args.n / args.devices > 50_000:
         ap.error("at most 50,000 lines per mosquitto_pub (STACK.md); raise --devices")
     for tool in ("mosquitto_pub", "mosquitto_sub"):

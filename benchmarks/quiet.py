@@ -6,7 +6,9 @@ for seconds. Benchmarks print these warnings before they start and with their fi
 from __future__ import annotations
 
 import os
+import signal
 import sys
+from typing import Any
 
 import psutil
 
@@ -38,3 +40,13 @@ def check(settings: Settings) -> list[str]:
     for w in found:
         print(f"WARNING: {w}", file=sys.stderr, flush=True)
     return found
+
+
+def unwind_on_sigterm() -> None:
+    """Make SIGTERM (a CI timeout, `kill`) unwind like Ctrl-C, through the benchmark's finally blocks, so an
+    interrupted run stops its services and drops its MQTT sessions instead of leaving them to the next one."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,17 +19,12 @@ import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline import serde
+from pipeline.services import free_port as free_port  # re-exported: the tests take it from here
 from pipeline.settings import Settings
 from pipeline.stack import mosquitto
 from pipeline.topics import Topics
 
 LARDER = str(Path(sys.executable).with_name("larder"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_site_file(path: Path, devices: dict[str, tuple[str, str]], cameras: dict[str, tuple[str, str]]) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from pipeline import serde
 from pipeline.agents.devices import device_concern
 from pipeline.agents.kitchen import kitchen_concern
 from pipeline.replay.timeline import wait_processed
+from pipeline.services import free_port
 from pipeline.settings import Settings
 from pipeline.siteconfig import load
 from pipeline.topics import Topics
@@ -236,7 +236,7 @@ async def test_batches_in_alerts_out(live_stack: Settings, topics: Topics, tmp_p
         (0, b"not json"),
         (1, serde.dumps({"v": 1, "kind": "readings", "items": [{"device": "dev-0001"}]})),
     ]
-    port = _free_port()
+    port = free_port()
     worker = Worker(topics, tmp_path, "w", "--clock", "replay", "--metrics-port", str(port)).start()
     try:
         await worker.assigned()
@@ -384,13 +384,6 @@ async def test_rebalance_survivor_restores_state(
     finally:
         a.stop()
         b.stop()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _scrape(port: int) -> dict[str, float]:

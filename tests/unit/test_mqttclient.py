@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
+import pytest
 
 from pipeline.ingest.mqttclient import BufferedClient, Publish
 
@@ -87,19 +89,27 @@ class Recorder:
 
 
 def batched_client(sock: socket.socket, rec: Recorder) -> BufferedClient:
-    c = BufferedClient(
-        mqtt.CallbackAPIVersion.VERSION2, client_id="t", manual_ack=True, on_publishes=rec.on_publishes
-    )
+    c = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, client_id="t", manual_ack=True, on_publishes=rec.on_publishes)
     c.on_message = rec.on_message
     sock.setblocking(False)
     c._sock = sock
     return c
 
 
-def test_publishes_in_one_read_are_handed_over_as_one_batch() -> None:
+@pytest.fixture
+def wire() -> Iterator[tuple[socket.socket, Recorder, BufferedClient]]:
+    """The broker's end of a socket pair, and a batching client on the other end with its recorder."""
     a, b = socket.socketpair()
     rec = Recorder()
-    c = batched_client(a, rec)
+    yield b, rec, batched_client(a, rec)
+    a.close()
+    b.close()
+
+
+def test_publishes_in_one_read_are_handed_over_as_one_batch(
+    wire: tuple[socket.socket, Recorder, BufferedClient],
+) -> None:
+    b, rec, c = wire
     b.sendall(b"".join(publish(f"larder/v1/devices/d{i}/readings", b'{"seq": %d}' % i, i + 1) for i in range(50)))
     assert c.loop_read() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
     # paho parses the packet that starts the read; the other 49 come in one list, in wire order.
@@ -108,20 +118,18 @@ def test_publishes_in_one_read_are_handed_over_as_one_batch() -> None:
     assert rec.order == [f"larder/v1/devices/d{i}/readings" for i in range(50)]
 
 
-def test_batched_decoding_matches_paho_for_long_payloads_and_dup_flags() -> None:
-    a, b = socket.socketpair()
-    rec = Recorder()
-    c = batched_client(a, rec)
+def test_batched_decoding_matches_paho_for_long_payloads_and_dup_flags(
+    wire: tuple[socket.socket, Recorder, BufferedClient],
+) -> None:
+    b, rec, c = wire
     big = b"x" * 20_000  # a three-byte remaining length
     b.sendall(publish("t/first", b"1", 1) + publish("t/big", big, 65535, dup=True) + publish("t/\u00e9", b"", 3))
     c.loop_read()
     assert rec.batches == [[("t/big", big, 65535, 1, True), ("t/\u00e9", b"", 3, 1, False)]]
 
 
-def test_other_packets_go_through_paho_in_wire_order() -> None:
-    a, b = socket.socketpair()
-    rec = Recorder()
-    c = batched_client(a, rec)
+def test_other_packets_go_through_paho_in_wire_order(wire: tuple[socket.socket, Recorder, BufferedClient]) -> None:
+    b, rec, c = wire
     qos0 = b"\x30" + remaining_length(2 + 4 + 4) + struct.pack("!H", 4) + b"t/q0" + b"zero"
     b.sendall(publish("t/a", b"a", 1) + publish("t/b", b"b", 2) + qos0 + publish("t/c", b"c", 3))
     c.loop_read()
@@ -129,10 +137,8 @@ def test_other_packets_go_through_paho_in_wire_order() -> None:
     assert rec.paho == [("t/a", b"a"), ("t/q0", b"zero")]
 
 
-def test_a_publish_split_across_reads_is_left_to_paho() -> None:
-    a, b = socket.socketpair()
-    rec = Recorder()
-    c = batched_client(a, rec)
+def test_a_publish_split_across_reads_is_left_to_paho(wire: tuple[socket.socket, Recorder, BufferedClient]) -> None:
+    b, rec, c = wire
     wire = b"".join(publish(f"t/{i}", b"p%d" % i, i + 1) for i in range(4))
     cut = len(wire) - 3
     b.sendall(wire[:cut])
@@ -144,10 +150,8 @@ def test_a_publish_split_across_reads_is_left_to_paho() -> None:
     assert rec.paho == [("t/0", b"p0"), ("t/3", b"p3")]
 
 
-def test_a_malformed_publish_is_paho_s_protocol_error() -> None:
-    a, b = socket.socketpair()
-    rec = Recorder()
-    c = batched_client(a, rec)
+def test_a_malformed_publish_is_paho_s_protocol_error(wire: tuple[socket.socket, Recorder, BufferedClient]) -> None:
+    b, rec, c = wire
     empty_topic = b"\x32\x04" + struct.pack("!H", 0) + struct.pack("!H", 7)
     b.sendall(publish("t/a", b"a", 1) + empty_topic)
     assert c.loop_read() != mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
