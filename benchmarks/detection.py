@@ -46,7 +46,7 @@ from pipeline.partitioner import partition_for
 from pipeline.schemas import Reading
 from pipeline.settings import Settings, load_settings
 from pipeline.siteconfig import SiteConfig
-from pipeline.stack import ensure_topics
+from pipeline.stack import delete_topics, ensure_topics, prefixed
 from pipeline.topics import Topics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -304,18 +304,6 @@ def memory_per_device(count: int, readings_each: int = 3) -> float:
 # -- main ------------------------------------------------------------------------------------------------------
 
 
-async def cleanup(settings: Settings, prefix: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
-    await admin.start()
-    try:
-        existing = await admin.list_topics()
-        doomed = [t for t in existing if t.startswith(prefix)]
-        if doomed:
-            await admin.delete_topics(doomed)
-    finally:
-        await admin.close()
-
-
 async def prepare(settings: Settings, topics: Topics, single: str) -> None:
     await ensure_topics(settings, topics)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
@@ -366,7 +354,7 @@ def run(args: argparse.Namespace) -> None:
             mem[size] = memory_per_device(size)
         step("done")
     finally:
-        asyncio.run(cleanup(settings, topics.prefix))
+        asyncio.run(delete_topics(settings, prefixed(topics.prefix)))
         shutil.rmtree(tmp, ignore_errors=True)
 
     lines = [

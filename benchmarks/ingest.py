@@ -202,20 +202,7 @@ class Bench:
             for p in procs:
                 clear_session(self.settings, p.client_id)
             self.env.procs.clear()
-            asyncio.run(_delete_topics(self.settings, topics.prefix))
-
-
-async def _delete_topics(settings: Settings, prefix: str) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
-    await admin.start()
-    try:
-        doomed = [t for t in await admin.list_topics() if t.startswith(prefix)]
-        if doomed:
-            await admin.delete_topics(doomed)
-    finally:
-        await admin.close()
+            asyncio.run(stack.delete_topics(self.settings, stack.prefixed(topics.prefix)))
 
 
 async def hook_rate(port: int, camera: str, secret: bytes, batch: int, seconds: float = 5.0) -> float:
@@ -321,7 +308,7 @@ def main() -> None:
             hook100 = asyncio.run(hook_rate(port, cam, secret.encode(), 100))
         finally:
             hooks.stop()
-            asyncio.run(_delete_topics(settings, topics.prefix))
+            asyncio.run(stack.delete_topics(settings, stack.prefixed(topics.prefix)))
         fast_us, ref_us = validation_cost()
 
     ms_live, paho_backlog, buffered_backlog = rows[0][2], rows[1][1], rows[2][1]

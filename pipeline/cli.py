@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Annotated
@@ -78,6 +79,44 @@ def stack_status() -> None:
     _print_status(statuses)
     if not all(s.healthy for s in statuses):
         raise typer.Exit(1)
+
+
+@stack_app.command(
+    "prune",
+    help=(
+        "Delete the Kafka topics, InfluxDB databases and workers' table files that tests, benchmarks and "
+        "simulations left behind.\n\n"
+        "Each of those runs on a prefix of its own and deletes it when it ends; an interrupted one leaves it "
+        "behind, and thousands of partitions make the broker's start after an unclean stop take minutes. "
+        "Without --prefix only scratch names go (t + 10 hex, b/bench + hex, sim/live/demo + 8 hex); the "
+        "pipeline's own topics and database are never touched."
+    ),
+)
+def stack_prune(
+    prefix: Annotated[
+        list[str] | None,
+        typer.Option("--prefix", "-p", help="delete this run's topics, database and table files instead (repeatable)"),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="only list what would be deleted")] = False,
+) -> None:
+    from pipeline import stack
+
+    try:
+        pruned = stack.prune(settings_for(), prefix, dry_run=dry_run)
+    except stack.StackError as exc:
+        raise fail(str(exc)) from None
+    except Exception as exc:  # a broker error is the answer the user needs, not a traceback
+        raise fail(f"could not list or delete: {exc!r}") from None
+    runs = sorted({re.split(r"[.-]", re.sub(r"^changelog__quix-[0-9a-f]+--", "", n))[0] for n in pruned.topics})
+    verb = "would delete" if dry_run else "deleted"
+    console.print(
+        f"{verb} {len(pruned.topics)} topics of {len(runs)} runs, {len(pruned.databases)} InfluxDB databases "
+        f"and {len(pruned.table_dirs)} workers' table folders"
+    )
+    names = sorted(set(runs) | set(pruned.databases) | {d.removesuffix("-worker") for d in pruned.table_dirs})
+    if names:
+        more = f" and {len(names) - 30} more" if len(names) > 30 else ""
+        console.print(f"runs: {', '.join(names[:30])}{more}")
 
 
 @stack_app.command("logs")

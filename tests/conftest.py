@@ -58,20 +58,10 @@ def live_stack(settings: Settings) -> Iterator[Settings]:
 @pytest.fixture
 async def topics(live_stack: Settings) -> AsyncIterator[Topics]:
     """Larder's topics under a prefix of this test's own, created before and deleted after."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
     t = Topics(prefix=f"t{uuid.uuid4().hex[:10]}", partitions=live_stack.readings_partitions)
     await stack.ensure_topics(live_stack, t)
     yield t
-    admin = AIOKafkaAdminClient(bootstrap_servers=live_stack.kafka.bootstrap_servers)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        doomed = [name for name in existing if name.startswith(t.prefix)]
-        if doomed:
-            await admin.delete_topics(doomed)
-    finally:
-        await admin.close()
+    await stack.delete_topics(live_stack, stack.prefixed(t.prefix))
 
 
 @pytest.fixture

@@ -36,9 +36,7 @@ _QOS1_PUBLISH = 0x32  # packet type PUBLISH (0x30) with QoS 1 (0x02); dup (0x08)
 
 
 class BufferedClient(mqtt.Client):
-    def __init__(
-        self, *args: Any, on_publishes: Callable[[list[Publish]], None] | None = None, **kwargs: Any
-    ) -> None:
+    def __init__(self, *args: Any, on_publishes: Callable[[list[Publish]], None] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._rbuf = b""
         self._rpos = 0

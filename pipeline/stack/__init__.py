@@ -8,18 +8,48 @@ on 127.0.0.1, data and logs under ``settings.state_dir``, downloads and builds u
 from __future__ import annotations
 
 import asyncio
+import re
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pipeline.settings import Settings
 from pipeline.stack import influx, kafka, mosquitto
-from pipeline.stack.process import StackError, port_open, read_pid, stop_pid, tail, wait_until
+from pipeline.stack.process import StackError, port_open, read_pid, stop_pid, tail, wait_for_service
 from pipeline.topics import Topics
 
 Report = Callable[[str], None]
 
-__all__ = ["ServiceStatus", "StackError", "down", "ensure_topics", "status", "up"]
+__all__ = [
+    "SCRATCH_DATABASE",
+    "SCRATCH_TOPIC",
+    "Pruned",
+    "ServiceStatus",
+    "StackError",
+    "delete_topics",
+    "down",
+    "ensure_topics",
+    "prefixed",
+    "prune",
+    "status",
+    "up",
+]
+
+# Topics of a run on a prefix of its own: tests (t + 10 hex), benchmarks (b/bench + hex), simulations and
+# replays on fresh topics (sim/live/demo + 8 hex), Faust's internal topics under them ("<prefix>-worker-..."),
+# and quix-streams' changelogs of the benchmark baseline ("changelog__quix-<hash>--<prefix>-..."). Each run
+# deletes its own; this finds what an interrupted run left behind (`larder stack prune`).
+_SCRATCH = r"(?:t[0-9a-f]{10}|b[0-9a-f]{8}|bench[0-9a-f]{6,8}|(?:sim|live|demo)[0-9a-f]{8})"
+SCRATCH_TOPIC = re.compile(rf"^(?:changelog__quix-[0-9a-f]+--)?{_SCRATCH}[.-]")
+# Tests and benchmarks also write to InfluxDB databases of the same names.
+SCRATCH_DATABASE = re.compile(rf"^{_SCRATCH}$")
+
+
+def prefixed(prefix: str) -> Callable[[str], bool]:
+    """Matches the topics of one prefix: its own, Faust's internal ones, quix-streams' changelogs."""
+    own = re.compile(rf"^(?:changelog__quix-[0-9a-f]+--)?{re.escape(prefix)}[.-]")
+    return lambda name: own.match(name) is not None
 
 
 @dataclass(frozen=True)
@@ -142,10 +172,20 @@ def up(settings: Settings, report: Report = print, *, create_topics: bool = True
                 "stop it (systemctl stop mosquitto) or set LARDER_MQTT__PORT"
             )
 
-    _wait(report, "kafka", lambda: _kafka_healthy(settings), 60, kafka.paths(settings))
-    _wait(report, "influxdb", lambda: influx.healthy(settings), 30, influx.paths(settings))
+    # A broker with thousands of partitions recovers them for minutes after an unclean stop, logging as it
+    # goes: wait while it makes progress rather than for a fixed time.
+    _wait(
+        report,
+        "kafka",
+        lambda: _kafka_healthy(settings),
+        kafka.paths(settings),
+        stall=120,
+        cap=1200,
+        progress=lambda: kafka.progress(settings),
+    )
+    _wait(report, "influxdb", lambda: influx.healthy(settings), influx.paths(settings), stall=60, cap=600)
     influx.bootstrap(settings)
-    _wait(report, "mosquitto", lambda: _mqtt_healthy(settings), 15, mosquitto.paths(settings))
+    _wait(report, "mosquitto", lambda: _mqtt_healthy(settings), mosquitto.paths(settings), stall=15, cap=60)
     if create_topics:
         created = asyncio.run(ensure_topics(settings))
         if created:
@@ -170,11 +210,30 @@ def _start_fresh(settings: Settings, name: str, paths: dict, start: Callable[[],
     report(f"{name}: started (pid {pid}), log {paths['log']}")
 
 
-def _wait(report: Report, name: str, check: Callable[[], bool], timeout: float, paths: dict) -> None:  # type: ignore[type-arg]
-    if not wait_until(check, timeout=timeout, interval=0.3):
-        raise StackError(
-            f"{name} did not become healthy within {timeout:.0f} s; log {paths['log']}:\n{tail(paths['log'])}"
-        )
+def _wait(
+    report: Report,
+    name: str,
+    check: Callable[[], bool],
+    paths: dict,  # type: ignore[type-arg]
+    *,
+    stall: float,
+    cap: float,
+    progress: Callable[[], str] | None = None,
+) -> None:
+    logs = [paths[k] for k in ("log", "out") if k in paths]
+    why = wait_for_service(
+        check,
+        pid=read_pid(paths["pid"]),
+        logs=logs,
+        stall_timeout=stall,
+        cap=cap,
+        on_wait=lambda s: report(
+            f"{name}: not answering yet after {s:.0f} s ({progress() if progress else 'starting'})"
+        ),
+    )
+    if why is not None:
+        tails = "\n".join(f"--- {p}:\n{tail(p)}" for p in logs if p.exists())
+        raise StackError(f"{name} did not become healthy: {why}.\n{tails}")
     report(f"{name}: healthy")
 
 
@@ -210,3 +269,67 @@ async def ensure_topics(settings: Settings, topics: Topics | None = None) -> lis
         return [s.name for s in missing]
     finally:
         await admin.close()
+
+
+async def delete_topics(settings: Settings, match: Callable[[str], bool], *, dry_run: bool = False) -> list[str]:
+    """Delete the topics ``match`` accepts; returns their names (sorted). Kafka's own topics are never touched."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers, request_timeout_ms=90_000)
+    await admin.start()
+    try:
+        doomed = sorted(t for t in await admin.list_topics() if not t.startswith("__") and match(t))
+        # One request per few hundred: a single DeleteTopics for thousands of partitions times out.
+        for i in range(0, 0 if dry_run else len(doomed), 200):
+            await admin.delete_topics(doomed[i : i + 200], timeout_ms=60_000)
+        return doomed
+    finally:
+        await admin.close()
+
+
+@dataclass(frozen=True)
+class Pruned:
+    topics: list[str]
+    databases: list[str]
+    table_dirs: list[str]
+
+
+def prune(settings: Settings, prefixes: list[str] | None = None, *, dry_run: bool = False) -> Pruned:
+    """Delete what runs on scratch prefixes left behind: topics, workers' local table files and, on the managed
+    InfluxDB, databases.
+
+    ``prefixes`` names runs explicitly; without it every scratch name (``SCRATCH_TOPIC``/``SCRATCH_DATABASE``)
+    goes. The pipeline's own prefix and database are refused either way.
+    """
+    if prefixes and settings.topic_prefix in prefixes:
+        raise StackError(f"refusing to delete the pipeline's own topics (prefix {settings.topic_prefix!r})")
+    if prefixes:
+        matchers = [prefixed(p) for p in prefixes]
+
+        def topic(name: str) -> bool:
+            return any(m(name) for m in matchers)
+
+        def run(name: str) -> bool:
+            return name in prefixes
+    else:
+
+        def topic(name: str) -> bool:
+            return SCRATCH_TOPIC.match(name) is not None
+
+        def run(name: str) -> bool:
+            return SCRATCH_DATABASE.match(name) is not None
+
+    topics = asyncio.run(delete_topics(settings, topic, dry_run=dry_run))
+    databases: list[str] = []
+    if settings.influx.url is None:  # an external InfluxDB's databases are its operator's
+        databases = sorted(d for d in influx.list_databases(settings) if d != settings.influx.database and run(d))
+        for d in [] if dry_run else databases:
+            influx.drop_database(settings, d)
+    # A worker's RocksDB files are named after its app id, "<prefix>-worker" (pipeline.agents.app).
+    tables = settings.data_dir / "worker"
+    table_dirs = sorted(
+        d.name for d in (tables.iterdir() if tables.is_dir() else []) if run(d.name.removesuffix("-worker"))
+    )
+    for d in [] if dry_run else table_dirs:
+        shutil.rmtree(tables / d, ignore_errors=True)
+    return Pruned(topics, databases, table_dirs)

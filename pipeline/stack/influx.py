@@ -128,6 +128,14 @@ def drop_database(settings: Settings, name: str) -> None:
     _query(settings, f'DROP DATABASE "{name}"')
 
 
+def list_databases(settings: Settings) -> list[str]:
+    r = _query(settings, "SHOW DATABASES")
+    if r.status_code != 200 or '"error"' in r.text:
+        raise StackError(f"SHOW DATABASES failed: {r.status_code} {r.text[:200]}")
+    series = r.json()["results"][0].get("series") or [{}]
+    return [row[0] for row in series[0].get("values") or []]
+
+
 def healthy(settings: Settings) -> bool:
     try:
         r = httpx.get(f"{settings.influx.base_url}/health", timeout=2)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import base64
+import os
+import re
 import shutil
 import uuid
 from importlib import resources
 from pathlib import Path
 
 from pipeline.settings import Settings
-from pipeline.stack.process import StackError, run, start_daemon
+from pipeline.stack.process import StackError, run, start_daemon, tail_bytes
 
 _MAVEN_DEP_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy-dependencies"
 
@@ -27,6 +29,8 @@ def paths(settings: Settings) -> dict[str, Path]:
         "conf": settings.conf_dir / "kafka" / "server.properties",
         "data": settings.data_dir / "kafka",
         "log": settings.log_dir / "kafka.log",
+        # The JVM's own stdout/stderr (errors before logging starts, crashes); the broker logs to "log".
+        "out": settings.log_dir / "kafka.out",
         "pid": settings.state_dir / "run" / "kafka.pid",
         "cluster_id": settings.data_dir / "kafka" / ".cluster-id",
     }
@@ -91,6 +95,8 @@ group.initial.rebalance.delay.ms=0
 # Topics are created explicitly by larder with their partition counts.
 auto.create.topics.enable=false
 log.retention.hours=168
+# After an unclean stop every partition is recovered; one thread per core instead of one in all.
+num.recovery.threads.per.data.dir={max(1, os.cpu_count() or 1)}
 """
 
 
@@ -105,7 +111,13 @@ def _java(settings: Settings, main: str, *args: str | Path, heap: bool = False) 
             "-XX:MaxGCPauseMillis=20",
             "-Djava.awt.headless=true",
         ]
-    opts += [f"-Dlog4j2.configurationFile={_asset('log4j2.xml')}", "-cp", f"{libs_dir(settings)}/*", main]
+    opts += [
+        f"-Dlog4j2.configurationFile={_asset('log4j2.xml')}",
+        f"-Dlarder.kafka.log={paths(settings)['log']}",
+        "-cp",
+        f"{libs_dir(settings)}/*",
+        main,
+    ]
     return [*opts, *args]
 
 
@@ -132,4 +144,16 @@ def start(settings: Settings) -> int:
             what="kafka storage format",
         )
         p["cluster_id"].write_text(cid)
-    return start_daemon(_java(settings, "kafka.Kafka", p["conf"], heap=True), pid_file=p["pid"], log_file=p["log"])
+    return start_daemon(_java(settings, "kafka.Kafka", p["conf"], heap=True), pid_file=p["pid"], log_file=p["out"])
+
+
+_LOADING = re.compile(rb"\((\d+)/(\d+) completed in ")
+
+
+def progress(settings: Settings) -> str:
+    """What a starting broker is doing, from its log: loading partitions (slow after an unclean stop)."""
+    found = _LOADING.findall(tail_bytes(paths(settings)["log"]))
+    if found:
+        done, total = found[-1]
+        return f"loading partitions {int(done):,}/{int(total):,}"
+    return "starting"

@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+ROLL_BYTES = 64 * 1024 * 1024
+
 
 class StackError(RuntimeError):
     """A service could not be installed or started; the message names the log to read."""
@@ -49,6 +51,9 @@ def start_daemon(
 ) -> int:
     """Start ``argv`` in its own session, output appended to ``log_file``; the pid goes to ``pid_file``."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
+    if file_size(log_file) > ROLL_BYTES:
+        # Mosquitto logs every connection; a load test writes tens of MB. One old file is kept per start.
+        log_file.replace(log_file.with_name(log_file.name + ".1"))
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
         proc = subprocess.Popen(
@@ -125,8 +130,65 @@ def run(
         raise StackError(f"{what} failed (exit {result.returncode}); see {log_file}:\n{tail(log_file)}")
 
 
-def tail(path: Path, lines: int = 15) -> str:
+def tail_bytes(path: Path, max_bytes: int = 64 * 1024) -> bytes:
+    """The end of ``path`` (service logs grow large; never read them whole)."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - max_bytes))
+            return fh.read()
     except FileNotFoundError:
+        return b""
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    if not path.exists():
         return "(no log)"
+    return "\n".join(tail_bytes(path).decode(errors="replace").splitlines()[-lines:])
+
+
+def file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def wait_for_service(
+    check: Callable[[], bool],
+    *,
+    pid: int | None,
+    logs: Sequence[Path],
+    stall_timeout: float,
+    cap: float,
+    on_wait: Callable[[float], None] | None = None,
+    interval: float = 0.3,
+    report_every: float = 10.0,
+) -> str | None:
+    """Wait for ``check``; None once it passes, else why not.
+
+    A service that is still writing its log is still working (Kafka loading thousands of partitions after an
+    unclean stop takes minutes), so this gives up only after ``stall_timeout`` seconds without log output, after
+    ``cap`` seconds in all, or at once when ``pid`` has exited. ``on_wait(elapsed)`` is called every
+    ``report_every`` seconds for progress output.
+    """
+    t0 = time.monotonic()
+    last_growth, sizes = t0, [file_size(p) for p in logs]
+    next_report = t0 + report_every
+    while True:
+        if check():
+            return None
+        now = time.monotonic()
+        if pid is not None and not pid_alive(pid):
+            return f"it exited after {now - t0:.0f} s"
+        grown = [file_size(p) for p in logs]
+        if grown != sizes:
+            last_growth, sizes = now, grown
+        if now - last_growth > stall_timeout:
+            return f"no answer and no log output for {stall_timeout:g} s"
+        if now - t0 > cap:
+            return f"no answer within {cap:g} s"
+        if on_wait is not None and now >= next_report:
+            on_wait(now - t0)
+            next_report = now + report_every
+        time.sleep(interval)

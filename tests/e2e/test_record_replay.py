@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from pipeline import stack
 from pipeline.replay.run import fresh_prefix, register_devices, run_lines, run_with_services
 from pipeline.replay.timeline import identity, read_alerts, wait_processed
 from pipeline.services import Services, larder_argv
@@ -103,8 +104,6 @@ def test_live_recording_replays_to_the_same_timeline(live_stack: Settings, tmp_p
     write_config(sites, doc)
     register_devices(live_stack, config)
     topics = Topics(fresh_prefix("live"), live_stack.readings_partitions)
-    from pipeline import stack
-
     asyncio.run(stack.ensure_topics(live_stack, topics))
     svc = Services(live_stack, sites, topics.prefix, clock="live")
     svc.start()
@@ -148,6 +147,8 @@ def test_live_recording_replays_to_the_same_timeline(live_stack: Settings, tmp_p
 
     one_x = run_with_services(live_stack, recorded, config, sites, speed=1.0, tick_every_s=1.0)
     fastest = run_with_services(live_stack, recorded, config, sites, speed=None, tick_every_s=10.0)
+    for prefix in (topics.prefix, one_x.topics.prefix, fastest.topics.prefix):
+        asyncio.run(stack.delete_topics(live_stack, stack.prefixed(prefix)))
     rules = {a.rule for a in live}
     assert {"coldchain.door_open", "liveness.offline", "kitchen.unattended", "kitchen.hygiene.no_hat"} <= rules
     assert upto(live) == upto(one_x.alerts) == upto(fastest.alerts)

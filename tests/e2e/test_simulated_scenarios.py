@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import stack
 from pipeline.replay.run import RunResult, run_with_services
 from pipeline.replay.score import score
 from pipeline.settings import Settings
@@ -39,19 +40,6 @@ def past_start(duration_s: float) -> int:
     return (int(time.time() * 1000) - int(duration_s * 1000) - 60_000) // DAY * DAY
 
 
-async def _drop_topics(settings: Settings, prefix: str) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
-    await admin.start()
-    try:
-        doomed = [t for t in await admin.list_topics() if t.startswith(prefix)]
-        if doomed:
-            await admin.delete_topics(doomed)
-    finally:
-        await admin.close()
-
-
 def _run(settings: Settings, sc: Scenario, folder: Path, tick_every_s: float) -> RunResult:
     write_config(folder / "sites.yaml", sc.config_doc)
     return run_with_services(
@@ -67,7 +55,7 @@ def fleet(
     sc, parts = combine(FLEET, end_ms=past_start(longest) + int(longest * 1000))
     result = _run(live_stack, sc, tmp_path_factory.mktemp("fleet"), 30.0)
     yield result, sc, parts
-    asyncio.run(_drop_topics(live_stack, result.topics.prefix))
+    asyncio.run(stack.delete_topics(live_stack, stack.prefixed(result.topics.prefix)))
 
 
 @pytest.mark.parametrize("name", FLEET)
@@ -102,4 +90,4 @@ def test_quiet_week_raises_no_alert(live_stack: Settings, tmp_path: Path) -> Non
         assert opened == [], [(a.rule, a.subject, a.opened_at) for a in opened]
         assert result.stats.readings_in_kafka >= result.stats.readings_sent > 20_000
     finally:
-        asyncio.run(_drop_topics(live_stack, result.topics.prefix))
+        asyncio.run(stack.delete_topics(live_stack, stack.prefixed(result.topics.prefix)))

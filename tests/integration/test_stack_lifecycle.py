@@ -1,9 +1,11 @@
 """`larder stack up/status/down` on a second, isolated stack (other ports, other state folder): up is
-idempotent, status reports three healthy services, down leaves no process behind."""
+idempotent, an unclean stop of the broker is recovered by the next up, status reports three healthy services,
+down leaves no process behind."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.settings import Settings
-from pipeline.stack.process import pid_alive
+from pipeline.stack.process import pid_alive, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -47,6 +49,20 @@ def test_isolated_stack_up_status_down(live_stack: Settings, tmp_path: Path) -> 
         assert status.stdout.count("healthy") == 3
         pids = [int(p.read_text()) for p in (tmp_path / "state" / "run").glob("*.pid")]
         assert len(pids) == 3
+        # The broker logs through log4j into a rolling kafka.log; the JVM's own output goes to kafka.out.
+        logs = tmp_path / "state" / "logs"
+        assert "Kafka Server started" in (logs / "kafka.log").read_text()
+        assert (logs / "kafka.out").exists()
+
+        # An unclean stop (what a reboot or a killed session does): `up` restarts the broker, which recovers.
+        kafka_pid = int((tmp_path / "state" / "run" / "kafka.pid").read_text())
+        os.killpg(kafka_pid, signal.SIGKILL)
+        assert wait_until(lambda: not pid_alive(kafka_pid), timeout=10)
+        after_kill = _larder(env, "stack", "up")
+        assert after_kill.returncode == 0, after_kill.stderr
+        assert "kafka: started" in after_kill.stderr and "kafka: healthy" in after_kill.stderr
+        pids = [int(p.read_text()) for p in (tmp_path / "state" / "run").glob("*.pid")]
+        assert kafka_pid not in pids and len(pids) == 3
     finally:
         down = _larder(env, "stack", "down")
     assert down.returncode == 0, down.stderr
