@@ -109,6 +109,20 @@ class DeviceState(NamedTuple):
     due: int | None = None
 
 
+def wake_time(buf: tuple[Any, ...], due: int | None, frontier: int, max_ts: int, lateness: int) -> int | None:
+    """When a tick has work: ``target = max(max_ts, now) - lateness`` must pass the frontier and reach the
+    first buffered event (``buf[0][0] < target``) or the next deadline (``due <= target``)."""
+    if buf:
+        first = buf[0][0] + 1
+        m = first if due is None or first < due else due
+    elif due is None:
+        return None
+    else:
+        m = due
+    need = max(m, frontier + 1) + lateness
+    return need if max_ts < need else NEG
+
+
 def _ms(minutes: float) -> int:
     return round(minutes * _MIN)
 
@@ -216,6 +230,12 @@ class DeviceDetector:
         w = _Work(self, state)
         w.release(target)
         return w.freeze(), w.out
+
+    def wake_ms(self, state: DeviceState) -> int | None:
+        """The earliest ``now_ms`` at which :meth:`on_tick` can change ``state``; ``None``: not before the next
+        reading. The runner's timer index leaves the device alone until then (the early returns of
+        :meth:`on_tick`, solved for ``now_ms``)."""
+        return wake_time(state.buf, state.due, state.frontier, state.max_ts, self.lateness)
 
     def state_to_bytes(self, state: DeviceState) -> bytes:
         return serde.dumps([*state[:3], format(state.seq_bits, "x"), *state[4:]])

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 from pipeline import serde
 from pipeline.detectors.base import Output
 from pipeline.detectors.calendar import window_state
+from pipeline.detectors.device import wake_time
 from pipeline.detectors.rules import KitchenRules
 from pipeline.schemas import (
     Alert,
@@ -151,6 +152,10 @@ class KitchenDetector:
         w = _KWork(self, state)
         w.release(target)
         return w.freeze(), w.out
+
+    def wake_ms(self, state: KitchenState) -> int | None:
+        """The earliest ``now_ms`` at which :meth:`on_tick` can change ``state`` (see the device detector's)."""
+        return wake_time(state.buf, _KWork(self, state).next_deadline(), state.frontier, state.max_ts, self.lateness)
 
     def state_to_bytes(self, state: KitchenState) -> bytes:
         return serde.dumps(list(state))

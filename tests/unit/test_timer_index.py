@@ -1,0 +1,167 @@
+"""The runner's timer index: a tick visits only the subjects whose timers are due, and that changes nothing.
+
+The reference is the same runner with the detectors' ``wake_ms`` hidden, which visits every subject on every
+tick (what the runner did before the index, and still does for a detector without ``wake_ms``). Random
+streams of readings and camera events — out of order, late, duplicated, with silences long enough for the
+offline and unattended timers — and ticks at random times must give the same outputs in the same order and
+the same states.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.agents.core import Concern, Runner
+from pipeline.agents.devices import device_concern
+from pipeline.agents.kitchen import kitchen_concern
+from pipeline.detectors.device import DeviceDetector
+from pipeline.siteconfig import load
+from tests.agents_support import (
+    STEP_MS,
+    batches,
+    device_reading,
+    kitchen_batches,
+    kitchen_event,
+    tick,
+    write_sites,
+)
+
+P = 2
+T0 = 1_700_000_000_000
+DEVICES = ("dev-0001", "dev-0002", "dev-0003", "dev-0004")
+KITCHENS = ("k1", "k2", "k3")
+KINDS = ("person_present", "person_absent", "stove_on", "stove_off", "no_hat", "smoking", "rodent")
+
+
+class VisitEveryTick:
+    """A detector without ``wake_ms``: the runner visits it on every tick."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "wake_ms":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+def without_index(concern: Concern[Any, Any]) -> Concern[Any, Any]:
+    def detector_for(key: str, item: dict[str, Any] | None) -> Any:
+        return VisitEveryTick(concern.detector_for(key, item))
+
+    return dataclasses.replace(concern, detector_for=detector_for)
+
+
+def run(concern: Concern[Any, Any], records: list[tuple[int, bytes]]) -> list[tuple[list[Any], dict[bytes, Any]]]:
+    """Per record: its outputs, in order, and every state after it (a visit skipped at a tick shows there,
+    even when a later event would have caught the subject up)."""
+    runner: Runner[Any, Any] = Runner(concern, {}, P, arrived_ms=lambda: 0)
+    steps: list[tuple[list[Any], dict[bytes, Any]]] = []
+    for p, value in records:
+        result = runner.on_record(value, p)
+        assert not result.dead_letters
+        runner.flush()
+        steps.append((result.outputs, {k: s for q in range(P) for k, s in runner.states(q)}))
+    return steps
+
+
+# One step: a record of events at some offset from the stream's clock, or a tick at some offset from the
+# latest events. Events sit at whole seconds past a minute, so ticks a millisecond either side of those hit
+# the deadlines' edges (the lateness and the rules' delays are whole minutes).
+minutes = st.integers(min_value=-30, max_value=240)
+near = st.integers(min_value=-2, max_value=20)
+edge = st.sampled_from([0, 1, -1, 999, 1_000, 1_001, 2_000, 3_001])
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("tick"), st.tuples(st.one_of(near, minutes), edge), st.integers(0, P - 1)),
+        st.tuples(st.just("data"), minutes, st.lists(st.tuples(st.integers(0, 3), st.integers(0, 9)), max_size=6)),
+    ),
+    max_size=40,
+)
+
+
+def device_records(plan: list[Any]) -> list[tuple[int, bytes]]:
+    records: list[tuple[int, bytes]] = []
+    clock = last = T0
+    seq = dict.fromkeys(DEVICES, 0)
+    for kind, offset, what in plan:
+        if kind == "tick":
+            at = last + offset[0] * 60_000 + offset[1]
+            records.append((what, tick(at)))
+            clock = max(clock, at)
+            continue
+        at = last = clock + offset * 60_000
+        items = []
+        for i, temp in what:
+            dev = DEVICES[i]
+            seq[dev] += 1 if temp != 9 else 0  # 9: resend the last seq (a QoS 1 duplicate)
+            items.append(device_reading(dev, seq[dev], at + i * 1_000, [4.0, 10.5, -30.0][temp % 3]))
+        records += batches(items, P)
+        clock = max(clock, at)
+    return records
+
+
+def kitchen_records(plan: list[Any]) -> list[tuple[int, bytes]]:
+    records: list[tuple[int, bytes]] = []
+    clock, n = T0, 0
+    for kind, offset, what in plan:
+        at = clock + offset[0] * 60_000 + offset[1] if kind == "tick" else clock + offset * 60_000
+        if kind == "tick":
+            records.append((what, tick(at)))
+            clock = max(clock, at)
+            continue
+        items = []
+        for i, k in what:
+            n += 1
+            items.append(kitchen_event(KITCHENS[i % 3], f"e{n if k != 9 else n - 1}", at + i * 1_000, KINDS[k % 7]))
+        records += kitchen_batches(items, P)
+        clock = max(clock, at)
+    return records
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(plan=steps)
+def test_device_ticks_with_the_index_equal_visiting_every_device(tmp_path: Path, plan: list[Any]) -> None:
+    concern = device_concern(load(write_sites(tmp_path / "sites.yaml", list(DEVICES))))
+    records = device_records(plan)
+    assert run(concern, records) == run(without_index(concern), records)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(plan=steps)
+def test_kitchen_ticks_with_the_index_equal_visiting_every_kitchen(tmp_path: Path, plan: list[Any]) -> None:
+    concern = kitchen_concern(load(write_sites(tmp_path / "sites.yaml", list(DEVICES), KITCHENS)))
+    records = kitchen_records(plan)
+    assert run(concern, records) == run(without_index(concern), records)
+
+
+def test_a_quiet_tick_visits_no_device(tmp_path: Path) -> None:
+    """The point of the index: with nothing due, a tick costs no detector call however many devices."""
+    concern = device_concern(load(write_sites(tmp_path / "sites.yaml", [f"dev-{i:04d}" for i in range(200)])))
+    calls = 0
+    real = DeviceDetector.on_tick
+
+    def counting(self: DeviceDetector, state: Any, now_ms: int) -> Any:
+        nonlocal calls
+        calls += 1
+        return real(self, state, now_ms)
+
+    runner: Runner[Any, Any] = Runner(concern, {}, 1, arrived_ms=lambda: 0)
+    for _p, value in batches([device_reading(f"dev-{i:04d}", 1, T0, 4.0) for i in range(200)], 1):
+        runner.on_record(value, 0)
+    DeviceDetector.on_tick = counting  # type: ignore[method-assign]
+    try:
+        runner.tick(0, T0 + STEP_MS)  # past the lateness: every device's reading is released once
+        first = calls
+        for k in range(1, 20):
+            runner.tick(0, T0 + STEP_MS + k * 1_000)  # nothing due before the offline deadlines
+        assert first == 200 and calls == first
+        runner.tick(0, T0 + 3 * 3_600_000)  # hours of silence: every device goes offline
+        assert calls == 400
+    finally:
+        DeviceDetector.on_tick = real  # type: ignore[method-assign]
