@@ -309,27 +309,26 @@ def prune(settings: Settings, prefixes: list[str] | None = None, *, dry_run: boo
         def topic(name: str) -> bool:
             return any(m(name) for m in matchers)
 
-        def run(name: str) -> bool:
+        def database(name: str) -> bool:
             return name in prefixes
     else:
 
         def topic(name: str) -> bool:
             return SCRATCH_TOPIC.match(name) is not None
 
-        def run(name: str) -> bool:
+        def database(name: str) -> bool:
             return SCRATCH_DATABASE.match(name) is not None
 
     topics = asyncio.run(delete_topics(settings, topic, dry_run=dry_run))
     databases: list[str] = []
     if settings.influx.url is None:  # an external InfluxDB's databases are its operator's
-        databases = sorted(d for d in influx.list_databases(settings) if d != settings.influx.database and run(d))
+        databases = sorted(d for d in influx.list_databases(settings) if d != settings.influx.database and database(d))
         for d in [] if dry_run else databases:
             influx.drop_database(settings, d)
-    # A worker's RocksDB files are named after its app id, "<prefix>-worker" (pipeline.agents.app).
+    # A worker's RocksDB files are named after its app id, "<prefix>-worker" (pipeline.agents.app): the
+    # topic rule fits them (a benchmark's baseline worker is "<prefix>-base-worker").
     tables = settings.data_dir / "worker"
-    table_dirs = sorted(
-        d.name for d in (tables.iterdir() if tables.is_dir() else []) if run(d.name.removesuffix("-worker"))
-    )
+    table_dirs = sorted(d.name for d in (tables.iterdir() if tables.is_dir() else []) if topic(d.name))
     for d in [] if dry_run else table_dirs:
         shutil.rmtree(tables / d, ignore_errors=True)
     return Pruned(topics, databases, table_dirs)

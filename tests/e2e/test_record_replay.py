@@ -148,7 +148,7 @@ def test_live_recording_replays_to_the_same_timeline(live_stack: Settings, tmp_p
     one_x = run_with_services(live_stack, recorded, config, sites, speed=1.0, tick_every_s=1.0)
     fastest = run_with_services(live_stack, recorded, config, sites, speed=None, tick_every_s=10.0)
     for prefix in (topics.prefix, one_x.topics.prefix, fastest.topics.prefix):
-        asyncio.run(stack.delete_topics(live_stack, stack.prefixed(prefix)))
+        stack.prune(live_stack, [prefix])  # topics and the worker's table files
     rules = {a.rule for a in live}
     assert {"coldchain.door_open", "liveness.offline", "kitchen.unattended", "kitchen.hygiene.no_hat"} <= rules
     assert upto(live) == upto(one_x.alerts) == upto(fastest.alerts)

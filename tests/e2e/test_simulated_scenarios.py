@@ -14,7 +14,6 @@ timer runs, not what it reports.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,7 +54,7 @@ def fleet(
     sc, parts = combine(FLEET, end_ms=past_start(longest) + int(longest * 1000))
     result = _run(live_stack, sc, tmp_path_factory.mktemp("fleet"), 30.0)
     yield result, sc, parts
-    asyncio.run(stack.delete_topics(live_stack, stack.prefixed(result.topics.prefix)))
+    stack.prune(live_stack, [result.topics.prefix])
 
 
 @pytest.mark.parametrize("name", FLEET)
@@ -90,4 +89,4 @@ def test_quiet_week_raises_no_alert(live_stack: Settings, tmp_path: Path) -> Non
         assert opened == [], [(a.rule, a.subject, a.opened_at) for a in opened]
         assert result.stats.readings_in_kafka >= result.stats.readings_sent > 20_000
     finally:
-        asyncio.run(stack.delete_topics(live_stack, stack.prefixed(result.topics.prefix)))
+        stack.prune(live_stack, [result.topics.prefix])
