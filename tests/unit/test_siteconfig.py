@@ -86,3 +86,27 @@ def test_kitchen_ids_are_unique_across_sites() -> None:
 """
     (problem,) = _problems(text)
     assert "kitchen k1 is declared in site A and in site B" in problem
+
+
+def test_the_fast_loader_reads_what_the_round_trip_loader_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """libyaml's parser (the fast path) with ruamel's YAML 1.2 resolver: times such as 22:00 stay strings (YAML
+    1.1 would read a sexagesimal 1320), yes/no/on/off stay strings, anchors and merge keys work."""
+    for name in ("DEV_001", "DEV_002", "DEV_003", "CAM_07"):
+        monkeypatch.setenv(f"LARDER_SECRET_{name}", f"secret-{name.lower()}")
+    tricky = """version: 1
+sites:
+  S01:
+    quiet_hours: 22:00-07:00
+    assets:
+      cr-1: &room { kind: cold_room, profile: chilled }
+      on: { <<: *room, name: yes }
+    devices:
+      dev-1: { asset: cr-1, interval_s: 0o17, secret: "long-enough-secret" }
+      no: { asset: "on", interval_s: 1_0, secret: off-is-a-secret-too }
+"""
+    fast = siteconfig.parse(tricky, EXAMPLE)
+    assert fast == siteconfig._parse_for_errors(tricky, EXAMPLE)
+    assert fast.sites["S01"].assets["on"].name == "yes" and fast.sites["S01"].assets["on"].profile == "chilled"
+    assert [(d, dev.interval_s) for d, _, dev in fast.devices()] == [("dev-1", 15.0), ("no", 10.0)]
+    assert fast.sites["S01"].quiet_hours is not None and fast.sites["S01"].quiet_hours.start.hour == 22
+    assert siteconfig.parse(EXAMPLE.read_text(), EXAMPLE) == siteconfig._parse_for_errors(EXAMPLE.read_text(), EXAMPLE)
