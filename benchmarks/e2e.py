@@ -9,8 +9,10 @@ What it measures, each printed and written to ``benchmarks/results/e2e-<stamp>.j
 * **latency**: MQTT publish of an out-of-range reading -> signed webhook received, with the rule delays and
   the notifier's grouping window set to zero for this measure; p50/p99 at a steady 1,000 readings/s;
 * **saturation**: a ramp of offered rates; for each, readings/s acknowledged by Mosquitto (on receipt) and
-  readings/s the bridge got into Kafka (its ``larder_ingest_accepted_total``, after acks=all), the bridge's
-  backlog, whether the worker's and the sink's consumer lag stayed bounded, CPU and RSS per process;
+  readings/s the bridge got into Kafka (its ``larder_ingest_accepted_total``, after acks=all), readings/s the
+  worker's detectors processed meanwhile (its ``larder_worker_items_total``: a phase is sustained when this
+  keeps pace with what went into Kafka), the bridge's backlog, whether the worker's and the sink's consumer lag
+  stayed bounded, CPU and RSS per process;
 * **scale**: the same at 1k and 10k devices (one MQTT connection each), worker RSS per device;
 * **uploads**: store-and-forward messages of 10 readings at the largest device count (compiled generator);
 * **baselines**: the run's own last readings through Faust, a plain aiokafka loop and quix-streams.
@@ -189,6 +191,17 @@ class Sample:
     rss_mb: dict[str, float]
 
 
+async def _counter(url: str, series: str) -> int:
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(url, timeout=5)).text
+    for line in text.splitlines():
+        if line.startswith(series):
+            return int(float(line.split()[-1]))
+    return 0
+
+
 class Sampler:
     def __init__(
         self,
@@ -197,9 +210,10 @@ class Sampler:
         groups: dict[str, list[str]],
         procs: dict[str, int],
         bridge_metrics: str,
+        worker_metrics: str,
     ) -> None:
         self.settings, self.topics, self.groups = settings, topics, groups
-        self.bridge_metrics = bridge_metrics
+        self.bridge_metrics, self.worker_metrics = bridge_metrics, worker_metrics
         #: (load generator acks, bridge's readings in Kafka) when the current phase began
         self.phase_base = (0, 0)
         self.procs = {name: psutil.Process(pid) for name, pid in procs.items() if psutil.pid_exists(pid)}
@@ -252,14 +266,11 @@ class Sampler:
     async def in_kafka(self) -> int:
         """Readings the bridge got into Kafka (acks=all), from its Prometheus endpoint. The load generator's acks
         come from Mosquitto, which acknowledges on receipt: a bridge falling behind shows only here."""
-        import httpx
+        return await _counter(self.bridge_metrics, 'larder_ingest_accepted_total{source="mqtt"}')
 
-        async with httpx.AsyncClient() as client:
-            text = (await client.get(self.bridge_metrics, timeout=5)).text
-        for line in text.splitlines():
-            if line.startswith('larder_ingest_accepted_total{source="mqtt"}'):
-                return int(float(line.split()[-1]))
-        return 0
+    async def worker_items(self) -> int:
+        """Readings the worker's detectors have processed (its ``larder_worker_items_total``), cumulative."""
+        return await _counter(self.worker_metrics, 'larder_worker_items_total{concern="devices"}')
 
     async def sample(self, offered: float, acked: int) -> Sample:
         cpu, rss = {}, {}
@@ -309,6 +320,9 @@ class Phase:
     #: taken into Kafka by the bridge while the phase published, and its largest backlog (acked - in Kafka)
     in_kafka_rate: float = 0.0
     bridge_backlog_max: int = 0
+    #: readings the worker's detectors processed while the phase published, per second: the pipeline sustains
+    #: the phase's rate if this keeps pace with in_kafka_rate
+    worker_rate: float = 0.0
     lag_end: dict[str, int] = field(default_factory=dict)
     lag_max: dict[str, int] = field(default_factory=dict)
     drained_s: float | None = None
@@ -361,6 +375,7 @@ class Bench:
 
         pub0, ack0 = lg.stats.published, lg.stats.acked
         kafka0 = await sampler.in_kafka()
+        items0 = await sampler.worker_items()
         sampler.phase_base = (ack0, kafka0)
         t0 = time.time()
         if phase.batch > 1:
@@ -382,11 +397,13 @@ class Bench:
         # writes wait in socket buffers when Mosquitto falls behind) are not the phase's throughput.
         acked_sent = lg.stats.acked - ack0
         in_kafka_sent = await sampler.in_kafka() - kafka0
+        processed_sent = await sampler.worker_items() - items0
         await lg.wait_acked(drain_timeout)
         phase.published = lg.stats.published - pub0
         phase.acked = lg.stats.acked - ack0
         phase.ack_rate = acked_sent / send_s
         phase.in_kafka_rate = in_kafka_sent / send_s
+        phase.worker_rate = processed_sent / send_s
         window = [s for s in sampler.samples if s.t >= t0]
         phase.bridge_backlog_max = max((s.bridge_backlog for s in window), default=0)
         phase.lag_max = {g: max((s.lag.get(g, 0) for s in window), default=0) for g in sampler.groups}
@@ -422,7 +439,7 @@ class Bench:
         await stack.ensure_topics(s, self.topics)
         receiver = WebhookReceiver()
         hook_url = await receiver.start()
-        metrics_port = free_port()
+        metrics_port, worker_metrics_port = free_port(), free_port()
         max_devices = max(device_counts)
         devices = [(f"bd-{i:06d}", secrets.token_urlsafe(12)) for i in range(max_devices)]
         site_file = s.state_dir / "bench" / f"{self.prefix}-sites.yaml"
@@ -438,6 +455,7 @@ class Bench:
             # Alerts leave the detector once the live clock passes ts + allowed lateness (LATENESS_MS, TICK_S).
             "LARDER_WORKER_TICK_INTERVAL": str(TICK_S),
             "LARDER_INGEST__BRIDGE_METRICS_PORT": str(metrics_port),
+            "LARDER_WORKER_METRICS_PORT": str(worker_metrics_port),
         }
         services = Services(
             s,
@@ -462,7 +480,14 @@ class Bench:
                 f"{self.prefix}-worker": [self.topics.readings],
                 "larder-sink": [self.topics.readings],
             }
-            sampler = Sampler(s, self.topics, groups, procs, f"http://127.0.0.1:{metrics_port}/metrics")
+            sampler = Sampler(
+                s,
+                self.topics,
+                groups,
+                procs,
+                f"http://127.0.0.1:{metrics_port}/metrics",
+                f"http://127.0.0.1:{worker_metrics_port}/metrics",
+            )
             await sampler.start()
             try:
                 for n in sorted(device_counts):
@@ -740,10 +765,11 @@ class Bench:
         self._plot(RESULTS / f"e2e-{stamp}-lag.png")
         print(
             "\n| phase | devices | offered/s | acked by Mosquitto /s | into Kafka by the bridge /s | "
-            "max bridge backlog (readings) | max lag worker / sink (records) | drained after | "
+            "processed by the worker /s | max bridge backlog (readings) | max lag worker / sink (records) | "
+            "drained after | "
             "CPU % bridge / worker / sink / notifier / mosquitto / kafka / influxdb / loadgen | RSS MB worker |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for p in self.phases:
             lags = " / ".join(str(v) for v in p.lag_max.values())
             procs = ("bridge", "worker", "sink", "notifier", "mosquitto", "kafka", "influxdb", "loadgen")
@@ -751,7 +777,7 @@ class Bench:
             drained = f"{p.drained_s} s" if p.drained_s is not None else "not drained"
             print(
                 f"| {p.name} | {p.devices:,} | {p.offered_rate:,.0f} | {p.ack_rate:,.0f} | {p.in_kafka_rate:,.0f} | "
-                f"{p.bridge_backlog_max:,} | {lags} | "
+                f"{p.worker_rate:,.0f} | {p.bridge_backlog_max:,} | {lags} | "
                 f"{drained} | {cpu} | {p.rss_mb.get('worker', '-')} |"
             )
         for p in self.phases:

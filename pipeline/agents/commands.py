@@ -65,7 +65,12 @@ def worker(
     ] = 30.0,
     heartbeat_interval: Annotated[float, typer.Option("--heartbeat-interval", help="seconds")] = 3.0,
     metrics_port: Annotated[
-        int, typer.Option("--metrics-port", help="serve Prometheus metrics on 127.0.0.1:PORT (0: off)")
+        int,
+        typer.Option(
+            "--metrics-port",
+            envvar="LARDER_WORKER_METRICS_PORT",
+            help="serve Prometheus metrics on 127.0.0.1:PORT (0: off)",
+        ),
     ] = 0,
     concerns: Annotated[
         str, typer.Option("--concerns", help="module:function list building the detectors", hidden=True)
