@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 #: The wake time of a subject whose detector cannot tell when its timers are due: every tick visits it.
 NEVER_SKIP = -(2**62)
+_UNSET: Any = object()
 
 S = TypeVar("S")
 E = TypeVar("E")
@@ -122,6 +123,9 @@ class Runner(Generic[S, E]):
         self._wakes: dict[int, list[tuple[int, bytes]]] = {}
         self._hint: dict[int, dict[bytes, int]] = {}
         self._touched: dict[int, set[bytes]] = {}
+        #: partition -> key -> its wake time as of its latest indexed state (absent: no timer)
+        self._exact: dict[int, dict[bytes, int]] = {}
+        self._wake_fns: dict[bytes, Any] = {}
 
     # -- partition ownership ---------------------------------------------------------------------------------
 
@@ -152,12 +156,14 @@ class Runner(Generic[S, E]):
         for p in partitions:
             for key in self._cache.pop(p, {}):
                 self._detectors.pop(key, None)
+                self._wake_fns.pop(key, None)
             self._clock.pop(p, None)
             self._loaded.discard(p)
             self._dirty.pop(p, None)
             self._wakes.pop(p, None)
             self._hint.pop(p, None)
             self._touched.pop(p, None)
+            self._exact.pop(p, None)
 
     def held_partitions(self) -> set[int]:
         """Partitions this runner holds anything of (states, clock, loaded flag)."""
@@ -277,21 +283,20 @@ class Runner(Generic[S, E]):
         cache = self._cache.get(partition, {})
         heap = self._wakes.setdefault(partition, [])
         hint = self._hint.setdefault(partition, {})
+        exact = self._exact.setdefault(partition, {})
         touched = self._touched.pop(partition, None)
         if touched:
             for key in touched:
-                self._index(key, cache.get(key), heap, hint)
+                self._index(key, cache.get(key), heap, hint, exact)
         due: list[bytes] = []
         while heap and heap[0][0] <= now_ms:
             wake, key = heapq.heappop(heap)
             if hint.get(key) != wake:
                 continue  # superseded by an earlier hint for the same key
             del hint[key]
-            state = cache.get(key)
-            if state is None:
-                continue
-            # The hint may be early (the state moved on since); only a wake time that has come is due.
-            true_wake = self._wake(key, state)
+            # Every changed state was re-indexed above, so ``exact`` holds its wake time now; the hint may be
+            # earlier (the state moved on since it was pushed): only a wake time that has come is due.
+            true_wake = exact.get(key)
             if true_wake is None:
                 continue
             if true_wake <= now_ms:
@@ -304,21 +309,29 @@ class Runner(Generic[S, E]):
             heapq.heapify(heap)
         return due
 
-    def _index(self, key: bytes, state: S | None, heap: list[tuple[int, bytes]], hint: dict[bytes, int]) -> None:
-        if state is None:
-            return
-        wake = self._wake(key, state)
+    def _index(
+        self,
+        key: bytes,
+        state: S | None,
+        heap: list[tuple[int, bytes]],
+        hint: dict[bytes, int],
+        exact: dict[bytes, int],
+    ) -> None:
+        wake = None if state is None else self._wake(key, state)
         if wake is None:
+            exact.pop(key, None)
             return  # no timer: an earlier hint, if any, pops and finds nothing to do
+        exact[key] = wake
         old = hint.get(key)
         if old is None or wake < old:
             heapq.heappush(heap, (wake, key))
             hint[key] = wake
 
     def _wake(self, key: bytes, state: S) -> int | None:
-        detector = self._detector(key, None)
-        wake_ms = getattr(detector, "wake_ms", None)
-        # A detector without a wake time is visited on every tick (always due).
+        wake_ms = self._wake_fns.get(key, _UNSET)
+        if wake_ms is _UNSET:
+            # A detector without a wake time is visited on every tick (always due).
+            wake_ms = self._wake_fns[key] = getattr(self._detector(key, None), "wake_ms", None)
         return NEVER_SKIP if wake_ms is None else wake_ms(state)
 
     def flush(self, partition: int | None = None, keys: Iterable[bytes] | None = None) -> int:
