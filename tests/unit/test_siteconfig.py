@@ -110,3 +110,21 @@ sites:
     assert [(d, dev.interval_s) for d, _, dev in fast.devices()] == [("dev-1", 15.0), ("no", 10.0)]
     assert fast.sites["S01"].quiet_hours is not None and fast.sites["S01"].quiet_hours.start.hour == 22
     assert siteconfig.parse(EXAMPLE.read_text(), EXAMPLE) == siteconfig._parse_for_errors(EXAMPLE.read_text(), EXAMPLE)
+
+
+def test_what_libyaml_refuses_falls_back_to_the_round_trip_loader() -> None:
+    """libyaml's scanner refuses ':' inside a plain scalar of a flow sequence; YAML 1.2 (ruamel) allows it, so
+    the fast path must hand such a file to the round-trip loader, not report an error."""
+    text = """version: 1
+sites:
+  S01:
+    kitchens:
+      k1: { name: main, service_hours: [06:00-09:00, 10:30-13:30] }
+"""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import MarkedYAMLError
+
+    with pytest.raises(MarkedYAMLError):
+        YAML(typ="safe", pure=False).load(text)
+    cfg = siteconfig.parse(text, Path("sites.yaml"))
+    assert [w.start.hour for w in cfg.sites["S01"].kitchens["k1"].service_hours] == [6, 10]
