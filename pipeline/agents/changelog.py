@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from faust.types import TP
 
+from pipeline.producer import MAX_BATCH_BYTES, durable_producer
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,6 @@ SendBatch = Callable[[str, int, list[tuple[bytes, bytes]]], Awaitable["asyncio.F
 #: Runs the local store write in the context it needs (the RocksDB store files a write under the current
 #: event's partition).
 StoreContext = Callable[[], contextlib.AbstractContextManager[Any]]
-
-#: Broker default ``message.max.bytes`` is 1 MiB; stay under it.
-MAX_BATCH_BYTES = 1_000_000
 
 
 class KafkaBatches:
@@ -58,14 +56,7 @@ class KafkaBatches:
     async def _ensure(self) -> AIOKafkaProducer:
         async with self._starting:
             if self._producer is None:
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self._settings.kafka.bootstrap_servers,
-                    acks="all",
-                    enable_idempotence=True,
-                    max_batch_size=MAX_BATCH_BYTES,
-                    max_request_size=4 * MAX_BATCH_BYTES,
-                    linger_ms=0,
-                )
+                producer = durable_producer(self._settings)
                 await producer.start()
                 self._producer = producer
             return self._producer

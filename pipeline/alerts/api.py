@@ -37,6 +37,7 @@ from pipeline.alerts import acklinks
 from pipeline.alerts.kafkaio import read_to_end, tail
 from pipeline.alerts.routing import RoutingConfig
 from pipeline.clock import Clock, WallClock
+from pipeline.producer import durable_producer
 from pipeline.schemas import Ack, Alert, AlertState, Delivery
 from pipeline.settings import Settings
 from pipeline.topics import Topics
@@ -113,7 +114,7 @@ class AckApi:
 
     async def _start(self, _app: web.Application) -> None:
         s = self.settings
-        self._producer = AIOKafkaProducer(bootstrap_servers=s.kafka.bootstrap_servers, acks="all")
+        self._producer = durable_producer(s)
         await self._producer.start()
         t = self.topics
         names = [t.deliveries, t.alerts, t.acks]

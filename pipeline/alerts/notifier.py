@@ -40,6 +40,7 @@ from pipeline.alerts.routing import (
     Transition,
 )
 from pipeline.clock import Clock, WallClock
+from pipeline.producer import durable_producer
 from pipeline.schemas import Ack, Alert, AlertState, Delivery
 from pipeline.settings import Settings
 from pipeline.siteconfig import SiteConfig
@@ -148,9 +149,7 @@ class Notifier:
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         s = self.settings
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=s.kafka.bootstrap_servers, acks="all", enable_idempotence=True
-        )
+        self._producer = durable_producer(s)
         await self._producer.start()
         self._http = httpx.AsyncClient(timeout=s.notify.http_timeout_s)
         try:

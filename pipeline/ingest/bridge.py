@@ -44,6 +44,7 @@ from pipeline.ingest.mqttclient import BufferedClient, Publish
 from pipeline.ingest.registry import ReloadingRegistry
 from pipeline.ingest.validate import BAD_TOPIC, UNKNOWN_DEVICE, validate_device_payload
 from pipeline.partitioner import partition_for
+from pipeline.producer import durable_producer
 from pipeline.settings import Settings
 from pipeline.topics import Topics
 
@@ -60,21 +61,6 @@ def device_of(topic: str) -> str | None:
         if device and "/" not in device:
             return device
     return None
-
-
-def make_producer(settings: Settings, **extra: Any) -> AIOKafkaProducer:
-    """Idempotent, acks=all: a retried send never duplicates within a producer session, and an ack means
-    every in-sync replica has the record."""
-    return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=0,  # the bridge already batched; waiting more only adds latency
-        max_request_size=4 * 1024 * 1024,
-        max_batch_size=1024 * 1024,
-        request_timeout_ms=30_000,
-        **extra,
-    )
 
 
 _PUBACK = struct.Struct("!BBH")
@@ -219,7 +205,7 @@ class Bridge:
             waker.cancel()
 
     async def _run(self, stop: asyncio.Event, on_progress: Callable[[Bridge], None] | None) -> None:
-        self.producer = make_producer(self.settings)
+        self.producer = durable_producer(self.settings)
         await self.producer.start()
         try:
             parts = await self.producer.partitions_for(self.topics.readings)

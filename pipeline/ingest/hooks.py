@@ -33,7 +33,6 @@ from pydantic import ValidationError
 
 from pipeline import serde
 from pipeline.ingest import metrics
-from pipeline.ingest.bridge import make_producer
 from pipeline.ingest.deadletter import dead_letter
 from pipeline.ingest.registry import ReloadingRegistry
 from pipeline.ingest.validate import (
@@ -48,6 +47,7 @@ from pipeline.ingest.validate import (
     reason_code_for,
 )
 from pipeline.partitioner import partition_for
+from pipeline.producer import durable_producer
 from pipeline.schemas import HOOK_PATH, HOOK_TIMESTAMP_WINDOW_S, MAX_HOOK_BATCH, CameraEvent, to_ms
 from pipeline.settings import Settings
 from pipeline.topics import Topics
@@ -152,7 +152,7 @@ class Hooks:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: self.registry.reload(force=True))
 
     async def _producer_ctx(self, app: web.Application) -> Any:
-        self.producer = make_producer(self.settings)
+        self.producer = durable_producer(self.settings)
         await self.producer.start()
         parts = await self.producer.partitions_for(self.topics.kitchen_events)
         if not parts:

@@ -301,12 +301,12 @@ async def drive(
     progress_every_s: float = 0.25,
 ) -> SendStats:
     """Send ``lines`` (in ``at`` order) through MQTT and the hook, ticking the replay clock; returns counts."""
-    from aiokafka import AIOKafkaProducer
+    from pipeline.producer import durable_producer
 
     stats = SendStats()
     pool = MqttPool(settings, device_secrets)
     watch = KafkaWatch(settings, topics)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all", linger_ms=0)
+    producer = durable_producer(settings)
     http = httpx.AsyncClient(base_url=hooks_url, timeout=30.0)
     await watch.start()
     await producer.start()

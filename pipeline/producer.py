@@ -1,0 +1,31 @@
+"""The one way the pipeline's processes make a Kafka producer.
+
+Idempotent with acks=all everywhere: a retried send never duplicates within a producer session, and an ack
+means every in-sync replica has the record, so a process may acknowledge its own input (an MQTT PUBACK, a
+202, a committed offset) once the future resolves. Callers tune batching only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from pipeline.settings import Settings
+
+#: Largest record batch a producer builds; the broker's default message.max.bytes is ~1 MB.
+MAX_BATCH_BYTES = 1_000_000
+
+
+def durable_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka.bootstrap_servers,
+        "acks": "all",
+        "enable_idempotence": True,
+        # Callers hand over batches they already made (bridge, hooks, table changelogs): waiting only adds latency.
+        "linger_ms": 0,
+        "max_batch_size": MAX_BATCH_BYTES,
+        "max_request_size": 4 * MAX_BATCH_BYTES,
+        "request_timeout_ms": 30_000,
+    }
+    return AIOKafkaProducer(**(options | overrides))
