@@ -34,6 +34,12 @@ log = logging.getLogger(__name__)
 #: The wake time of a subject whose detector cannot tell when its timers are due: every tick visits it.
 NEVER_SKIP = -(2**62)
 _UNSET: Any = object()
+#: A partition's ticks visit every subject after SWITCH_AFTER ticks in a row with more than VISIT_ALL_ABOVE of
+#: its subjects due, and go back to the timer index after SWITCH_AFTER in a row with fewer than INDEX_BELOW of
+#: them changed by the visit (measured: `python -m benchmarks.runner`, BENCHMARKS.md).
+VISIT_ALL_ABOVE = 0.3
+INDEX_BELOW = 0.15
+SWITCH_AFTER = 3
 
 S = TypeVar("S")
 E = TypeVar("E")
@@ -126,6 +132,10 @@ class Runner(Generic[S, E]):
         #: partition -> key -> its wake time as of its latest indexed state (absent: no timer)
         self._exact: dict[int, dict[bytes, int]] = {}
         self._wake_fns: dict[bytes, Any] = {}
+        #: partitions whose ticks visit every subject (no index kept), and each partition's run of ticks that
+        #: argue for switching (:meth:`_adapt`)
+        self._all_mode: set[int] = set()
+        self._streak: dict[int, int] = {}
 
     # -- partition ownership ---------------------------------------------------------------------------------
 
@@ -164,6 +174,8 @@ class Runner(Generic[S, E]):
             self._hint.pop(p, None)
             self._touched.pop(p, None)
             self._exact.pop(p, None)
+            self._all_mode.discard(p)
+            self._streak.pop(p, None)
 
     def held_partitions(self) -> set[int]:
         """Partitions this runner holds anything of (states, clock, loaded flag)."""
@@ -249,15 +261,20 @@ class Runner(Generic[S, E]):
     def tick(self, partition: int, now_ms: int, result: Result | None = None) -> Result:
         """Run the timers of ``partition``'s subjects at ``now_ms``, in subject order (deterministic).
 
-        Only subjects whose wake time has come are visited: for any other, ``on_tick`` would return the same
-        state and no outputs (the detectors' ``wake_ms`` contract), so the outputs are those of visiting all.
+        Only subjects whose wake time has come need a visit: for any other, ``on_tick`` returns the same state
+        and no outputs (the detectors' ``wake_ms`` contract), so the outputs are those of visiting all. Which
+        way is cheaper depends on the traffic, so each partition picks (see :meth:`_adapt`).
         """
         result = result or Result()
         self.stats.ticks += 1
         if now_ms > self._clock.get(partition, 0):
             self._clock[partition] = now_ms
         cache = self._cache.setdefault(partition, {})
-        for key in sorted(self._due(partition, now_ms)):
+        visit_all = partition in self._all_mode
+        keys = sorted(cache) if visit_all else sorted(self._due(partition, now_ms))
+        touched = self._touched.setdefault(partition, set())
+        changed = 0
+        for key in keys:
             state = cache.get(key)
             if state is None:
                 continue
@@ -270,13 +287,49 @@ class Runner(Generic[S, E]):
                 )
                 continue
             if new is not state:
+                changed += 1
                 cache[key] = new
                 self._dirty.setdefault(partition, {})[key] = new
             # Re-indexed at the next tick: a subject still due then (no progress) is visited again, as before.
-            self._touched.setdefault(partition, set()).add(key)
+            touched.add(key)
             result.outputs.extend(outs)
+        if visit_all:
+            touched.clear()  # no index to maintain
+        self._adapt(partition, len(cache), changed if visit_all else len(keys), visit_all)
         self._count(result.outputs)
         return result
+
+    def _adapt(self, partition: int, subjects: int, busy: int, visit_all: bool) -> None:
+        """Switch a partition between the timer index and visiting every subject, by how many subjects a tick
+        had work for. The index costs ~5 µs more per visit than a plain visit (heap, wake times), and a plain
+        visit of an idle subject ~2 µs: with most subjects busy at every tick (a reading per device between
+        two ticks) visiting all is cheaper; with few (readings every 10-60 s, 1 s ticks; uploads) the index
+        is, by far. A few ticks in a row decide, so a burst does not flip it back and forth."""
+        busy_ratio = busy / subjects if subjects else 0.0
+        streak = self._streak.get(partition, 0)
+        if visit_all:
+            streak = streak + 1 if busy_ratio < INDEX_BELOW else 0
+            if streak >= SWITCH_AFTER:
+                self._all_mode.discard(partition)
+                self._rebuild_index(partition)
+                streak = 0
+        else:
+            streak = streak + 1 if busy_ratio > VISIT_ALL_ABOVE else 0
+            if streak >= SWITCH_AFTER:
+                self._all_mode.add(partition)
+                for index in (self._wakes, self._hint, self._exact, self._touched):
+                    index.pop(partition, None)
+                streak = 0
+        self._streak[partition] = streak
+
+    def _rebuild_index(self, partition: int) -> None:
+        cache = self._cache.get(partition, {})
+        heap = self._wakes[partition] = []
+        hint = self._hint[partition] = {}
+        exact = self._exact[partition] = {}
+        self._touched[partition] = set()
+        for key, state in cache.items():
+            self._index(key, state, heap, hint, exact)
 
     def _due(self, partition: int, now_ms: int) -> list[bytes]:
         """Pop the subjects whose wake time is ``<= now_ms`` from the partition's timer index."""

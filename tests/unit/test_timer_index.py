@@ -13,9 +13,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.agents import core
 from pipeline.agents.core import Concern, Runner
 from pipeline.agents.devices import device_concern
 from pipeline.agents.kitchen import kitchen_concern
@@ -124,9 +126,22 @@ def kitchen_records(plan: list[Any]) -> list[tuple[int, bytes]]:
     return records
 
 
+@pytest.fixture(params=["adaptive", "flip-every-tick"])
+def switching(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """As configured, and with partitions switching between the index and visiting all at every chance, so the
+    switches themselves (dropping the index, rebuilding it from every state) meet the random streams."""
+    if request.param == "flip-every-tick":
+        monkeypatch.setattr(core, "SWITCH_AFTER", 1)
+        monkeypatch.setattr(core, "VISIT_ALL_ABOVE", 0.3)
+        monkeypatch.setattr(core, "INDEX_BELOW", 0.6)
+    return str(request.param)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(plan=steps)
-def test_device_ticks_with_the_index_equal_visiting_every_device(tmp_path: Path, plan: list[Any]) -> None:
+def test_device_ticks_with_the_index_equal_visiting_every_device(
+    tmp_path: Path, plan: list[Any], switching: str
+) -> None:
     concern = device_concern(load(write_sites(tmp_path / "sites.yaml", list(DEVICES))))
     records = device_records(plan)
     assert run(concern, records) == run(without_index(concern), records)
@@ -134,7 +149,9 @@ def test_device_ticks_with_the_index_equal_visiting_every_device(tmp_path: Path,
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(plan=steps)
-def test_kitchen_ticks_with_the_index_equal_visiting_every_kitchen(tmp_path: Path, plan: list[Any]) -> None:
+def test_kitchen_ticks_with_the_index_equal_visiting_every_kitchen(
+    tmp_path: Path, plan: list[Any], switching: str
+) -> None:
     concern = kitchen_concern(load(write_sites(tmp_path / "sites.yaml", list(DEVICES), KITCHENS)))
     records = kitchen_records(plan)
     assert run(concern, records) == run(without_index(concern), records)
@@ -165,3 +182,23 @@ def test_a_quiet_tick_visits_no_device(tmp_path: Path) -> None:
         assert calls == 400
     finally:
         DeviceDetector.on_tick = real  # type: ignore[method-assign]
+
+
+def test_dense_traffic_visits_all_and_sparse_traffic_goes_back_to_the_index(tmp_path: Path) -> None:
+    """A reading per device between every two ticks: the partition stops keeping the index; silence again:
+    it rebuilds it, and a quiet tick visits nobody."""
+    devices = [f"dev-{i:04d}" for i in range(50)]
+    concern = device_concern(load(write_sites(tmp_path / "sites.yaml", devices)))
+    runner: Runner[Any, Any] = Runner(concern, {}, 1, arrived_ms=lambda: 0)
+    t = T0
+    for step in range(1, 8):
+        t = T0 + step * STEP_MS
+        for _p, value in batches([device_reading(d, step, t, 4.0) for d in devices], 1):
+            runner.on_record(value, 0)
+        runner.tick(0, t + STEP_MS // 2)
+    assert 0 in runner._all_mode
+    quiet = t + STEP_MS // 2
+    for k in range(1, 5):
+        runner.tick(0, quiet + k * 1_000)  # nothing changes: back to the index after SWITCH_AFTER ticks
+    assert 0 not in runner._all_mode
+    assert runner._due(0, quiet + 10_000) == []
