@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 from pathlib import Path
 from typing import Annotated
@@ -107,7 +106,7 @@ def stack_prune(
         raise fail(str(exc)) from None
     except Exception as exc:  # a broker error is the answer the user needs, not a traceback
         raise fail(f"could not list or delete: {exc!r}") from None
-    runs = sorted({re.split(r"[.-]", re.sub(r"^changelog__quix-[0-9a-f]+--", "", n))[0] for n in pruned.topics})
+    runs = sorted({stack.run_of(n) for n in pruned.topics})
     verb = "would delete" if dry_run else "deleted"
     console.print(
         f"{verb} {len(pruned.topics)} topics of {len(runs)} runs, {len(pruned.databases)} InfluxDB databases "

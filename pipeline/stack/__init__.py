@@ -32,6 +32,7 @@ __all__ = [
     "ensure_topics",
     "prefixed",
     "prune",
+    "run_of",
     "status",
     "up",
 ]
@@ -41,15 +42,21 @@ __all__ = [
 # and quix-streams' changelogs of the benchmark baseline ("changelog__quix-<hash>--<prefix>-..."). Each run
 # deletes its own; this finds what an interrupted run left behind (`larder stack prune`).
 _SCRATCH = r"(?:t[0-9a-f]{10}|b[0-9a-f]{8}|bench[0-9a-f]{6,8}|(?:sim|live|demo)[0-9a-f]{8})"
-SCRATCH_TOPIC = re.compile(rf"^(?:changelog__quix-[0-9a-f]+--)?{_SCRATCH}[.-]")
+_QUIX_CHANGELOG = r"changelog__quix-[0-9a-f]+--"
+SCRATCH_TOPIC = re.compile(rf"^(?:{_QUIX_CHANGELOG})?{_SCRATCH}[.-]")
 # Tests and benchmarks also write to InfluxDB databases of the same names.
 SCRATCH_DATABASE = re.compile(rf"^{_SCRATCH}$")
 
 
 def prefixed(prefix: str) -> Callable[[str], bool]:
     """Matches the topics of one prefix: its own, Faust's internal ones, quix-streams' changelogs."""
-    own = re.compile(rf"^(?:changelog__quix-[0-9a-f]+--)?{re.escape(prefix)}[.-]")
+    own = re.compile(rf"^(?:{_QUIX_CHANGELOG})?{re.escape(prefix)}[.-]")
     return lambda name: own.match(name) is not None
+
+
+def run_of(topic: str) -> str:
+    """The prefix of the run a topic belongs to (``prefixed`` read backwards)."""
+    return re.split(r"[.-]", re.sub(rf"^{_QUIX_CHANGELOG}", "", topic))[0]
 
 
 @dataclass(frozen=True)

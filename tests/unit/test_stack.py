@@ -151,3 +151,11 @@ def test_a_services_large_log_is_rolled_at_start(tmp_path: Path, monkeypatch: py
     assert wait_for_service(lambda: not process.pid_alive(pid), pid=None, logs=[], stall_timeout=5, cap=5) is None
     assert (tmp_path / "svc.log.1").read_text() == "old output, more than ten bytes\n"
     assert log.read_text() == "new\n"
+
+
+def test_run_of_reads_prefixed_backwards() -> None:
+    from pipeline.stack import run_of
+
+    for name in ("bench13ccc9.alerts.v1", "bench13ccc9-worker-devices-state-changelog"):
+        assert run_of(name) == "bench13ccc9" and prefixed(run_of(name))(name)
+    assert run_of("changelog__quix-842115ed--bench13ccc9-base.single-readings.v1--default") == "bench13ccc9"
