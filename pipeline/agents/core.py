@@ -95,6 +95,22 @@ class Stats:
 
 
 @dataclass
+class _Timers:
+    """One partition's timer index. ``heap`` holds (wake, key) hints, each no later than the subject's true
+    wake time (``detector.wake_ms``); ``hint`` the earliest hint per key; ``exact`` each key's wake time as of
+    its latest indexed state (absent: no timer); ``touched`` the keys whose state changed since the last tick
+    (re-indexed then, once however many readings changed them). ``visit_all``: the partition's ticks visit
+    every subject and no index is kept; ``streak``: ticks in a row that argue for switching."""
+
+    heap: list[tuple[int, bytes]] = field(default_factory=list)
+    hint: dict[bytes, int] = field(default_factory=dict)
+    exact: dict[bytes, int] = field(default_factory=dict)
+    touched: set[bytes] = field(default_factory=set)
+    visit_all: bool = False
+    streak: int = 0
+
+
+@dataclass
 class Result:
     outputs: list[Output] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
@@ -121,21 +137,9 @@ class Runner(Generic[S, E]):
         self._clock: dict[int, int] = {}
         #: partition -> states changed since that partition's last :meth:`flush`.
         self._dirty: dict[int, dict[bytes, S]] = {}
-        # Timer index, so a tick visits the subjects whose timers are due instead of all of them (at 100k
-        # devices and one tick a second, visiting all is ~25% of a core). Per partition: a heap of
-        # (wake, key) hints, each no later than the subject's true wake time (``detector.wake_ms``); the
-        # earliest hint per key; and the keys whose state changed since the last tick (their wake is
-        # recomputed then, once however many readings changed them).
-        self._wakes: dict[int, list[tuple[int, bytes]]] = {}
-        self._hint: dict[int, dict[bytes, int]] = {}
-        self._touched: dict[int, set[bytes]] = {}
-        #: partition -> key -> its wake time as of its latest indexed state (absent: no timer)
-        self._exact: dict[int, dict[bytes, int]] = {}
+        #: partition -> its timer index (:class:`_Timers`), so a tick visits the subjects whose timers are due
+        self._timers: dict[int, _Timers] = {}
         self._wake_fns: dict[bytes, Any] = {}
-        #: partitions whose ticks visit every subject (no index kept), and each partition's run of ticks that
-        #: argue for switching (:meth:`_adapt`)
-        self._all_mode: set[int] = set()
-        self._streak: dict[int, int] = {}
 
     # -- partition ownership ---------------------------------------------------------------------------------
 
@@ -157,7 +161,7 @@ class Runner(Generic[S, E]):
             except Exception as exc:  # e.g. a device removed from the site file: keep its state, don't tick it
                 log.warning("%s: not loading the state of %s: %s", self.concern.name, key.decode(), exc)
                 continue
-            self._touched.setdefault(p, set()).add(key)
+            self._timers_of(p).touched.add(key)
             n += 1
         return n
 
@@ -170,12 +174,7 @@ class Runner(Generic[S, E]):
             self._clock.pop(p, None)
             self._loaded.discard(p)
             self._dirty.pop(p, None)
-            self._wakes.pop(p, None)
-            self._hint.pop(p, None)
-            self._touched.pop(p, None)
-            self._exact.pop(p, None)
-            self._all_mode.discard(p)
-            self._streak.pop(p, None)
+            self._timers.pop(p, None)
 
     def held_partitions(self) -> set[int]:
         """Partitions this runner holds anything of (states, clock, loaded flag)."""
@@ -220,7 +219,7 @@ class Runner(Generic[S, E]):
         concern = self.concern
         cache = self._cache.setdefault(partition, {})
         dirty = self._dirty.setdefault(partition, {})
-        touched = self._touched.setdefault(partition, set())
+        touched = self._timers_of(partition).touched
         outputs = result.outputs
         clock = self._clock.get(partition, 0)
         duplicates = 0
@@ -270,9 +269,10 @@ class Runner(Generic[S, E]):
         if now_ms > self._clock.get(partition, 0):
             self._clock[partition] = now_ms
         cache = self._cache.setdefault(partition, {})
-        visit_all = partition in self._all_mode
-        keys = sorted(cache) if visit_all else sorted(self._due(partition, now_ms))
-        touched = self._touched.setdefault(partition, set())
+        timers = self._timers_of(partition)
+        visit_all = timers.visit_all
+        keys = sorted(cache) if visit_all else sorted(self._due(timers, cache, now_ms))
+        touched = timers.touched
         changed = 0
         for key in keys:
             state = cache.get(key)
@@ -295,52 +295,42 @@ class Runner(Generic[S, E]):
             result.outputs.extend(outs)
         if visit_all:
             touched.clear()  # no index to maintain
-        self._adapt(partition, len(cache), changed if visit_all else len(keys), visit_all)
+        self._adapt(partition, cache, changed if visit_all else len(keys))
         self._count(result.outputs)
         return result
 
-    def _adapt(self, partition: int, subjects: int, busy: int, visit_all: bool) -> None:
+    def _timers_of(self, partition: int) -> _Timers:
+        timers = self._timers.get(partition)
+        if timers is None:
+            timers = self._timers[partition] = _Timers()
+        return timers
+
+    def _adapt(self, partition: int, cache: dict[bytes, S], busy: int) -> None:
         """Switch a partition between the timer index and visiting every subject, by how many subjects a tick
         had work for. The index costs ~5 µs more per visit than a plain visit (heap, wake times), and a plain
         visit of an idle subject ~2 µs: with most subjects busy at every tick (a reading per device between
         two ticks) visiting all is cheaper; with few (readings every 10-60 s, 1 s ticks; uploads) the index
         is, by far. A few ticks in a row decide, so a burst does not flip it back and forth."""
-        busy_ratio = busy / subjects if subjects else 0.0
-        streak = self._streak.get(partition, 0)
-        if visit_all:
-            streak = streak + 1 if busy_ratio < INDEX_BELOW else 0
-            if streak >= SWITCH_AFTER:
-                self._all_mode.discard(partition)
-                self._rebuild_index(partition)
-                streak = 0
+        timers = self._timers[partition]
+        busy_ratio = busy / len(cache) if cache else 0.0
+        if timers.visit_all:
+            timers.streak = timers.streak + 1 if busy_ratio < INDEX_BELOW else 0
+            if timers.streak >= SWITCH_AFTER:
+                # Rebuilt from every state: the wake times are exact again.
+                timers = self._timers[partition] = _Timers()
+                for key, state in cache.items():
+                    self._index(key, state, timers)
         else:
-            streak = streak + 1 if busy_ratio > VISIT_ALL_ABOVE else 0
-            if streak >= SWITCH_AFTER:
-                self._all_mode.add(partition)
-                for index in (self._wakes, self._hint, self._exact, self._touched):
-                    index.pop(partition, None)
-                streak = 0
-        self._streak[partition] = streak
+            timers.streak = timers.streak + 1 if busy_ratio > VISIT_ALL_ABOVE else 0
+            if timers.streak >= SWITCH_AFTER:
+                self._timers[partition] = _Timers(visit_all=True)  # no index kept
 
-    def _rebuild_index(self, partition: int) -> None:
-        cache = self._cache.get(partition, {})
-        heap = self._wakes[partition] = []
-        hint = self._hint[partition] = {}
-        exact = self._exact[partition] = {}
-        self._touched[partition] = set()
-        for key, state in cache.items():
-            self._index(key, state, heap, hint, exact)
-
-    def _due(self, partition: int, now_ms: int) -> list[bytes]:
+    def _due(self, timers: _Timers, cache: dict[bytes, S], now_ms: int) -> list[bytes]:
         """Pop the subjects whose wake time is ``<= now_ms`` from the partition's timer index."""
-        cache = self._cache.get(partition, {})
-        heap = self._wakes.setdefault(partition, [])
-        hint = self._hint.setdefault(partition, {})
-        exact = self._exact.setdefault(partition, {})
-        touched = self._touched.pop(partition, None)
-        if touched:
-            for key in touched:
-                self._index(key, cache.get(key), heap, hint, exact)
+        heap, hint, exact = timers.heap, timers.hint, timers.exact
+        touched, timers.touched = timers.touched, set()
+        for key in touched:
+            self._index(key, cache.get(key), timers)
         due: list[bytes] = []
         while heap and heap[0][0] <= now_ms:
             wake, key = heapq.heappop(heap)
@@ -362,23 +352,16 @@ class Runner(Generic[S, E]):
             heapq.heapify(heap)
         return due
 
-    def _index(
-        self,
-        key: bytes,
-        state: S | None,
-        heap: list[tuple[int, bytes]],
-        hint: dict[bytes, int],
-        exact: dict[bytes, int],
-    ) -> None:
+    def _index(self, key: bytes, state: S | None, timers: _Timers) -> None:
         wake = None if state is None else self._wake(key, state)
         if wake is None:
-            exact.pop(key, None)
+            timers.exact.pop(key, None)
             return  # no timer: an earlier hint, if any, pops and finds nothing to do
-        exact[key] = wake
-        old = hint.get(key)
+        timers.exact[key] = wake
+        old = timers.hint.get(key)
         if old is None or wake < old:
-            heapq.heappush(heap, (wake, key))
-            hint[key] = wake
+            heapq.heappush(timers.heap, (wake, key))
+            timers.hint[key] = wake
 
     def _wake(self, key: bytes, state: S) -> int | None:
         wake_ms = self._wake_fns.get(key, _UNSET)

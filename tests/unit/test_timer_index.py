@@ -196,9 +196,9 @@ def test_dense_traffic_visits_all_and_sparse_traffic_goes_back_to_the_index(tmp_
         for _p, value in batches([device_reading(d, step, t, 4.0) for d in devices], 1):
             runner.on_record(value, 0)
         runner.tick(0, t + STEP_MS // 2)
-    assert 0 in runner._all_mode
+    assert runner._timers[0].visit_all
     quiet = t + STEP_MS // 2
     for k in range(1, 5):
         runner.tick(0, quiet + k * 1_000)  # nothing changes: back to the index after SWITCH_AFTER ticks
-    assert 0 not in runner._all_mode
-    assert runner._due(0, quiet + 10_000) == []
+    assert not runner._timers[0].visit_all
+    assert runner._due(runner._timers[0], runner._cache[0], quiet + 10_000) == []
