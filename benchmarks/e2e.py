@@ -348,7 +348,7 @@ class Bench:
         self.readings_in_influx = 0
         self.baselines: dict[str, float] = {}
         self.noise: list[str] = []
-        self._base: tuple[Topics, str, Path, int, Path] | None = None
+        self._base: tuple[str, Path, int, Path] | None = None
 
     async def run_phase(
         self,
@@ -564,7 +564,7 @@ class Bench:
         single = f"{topics.prefix}.single-readings.v1"
         tmp = self.settings.state_dir / "bench" / topics.prefix
         tmp.mkdir(parents=True, exist_ok=True)
-        self._base = (topics, single, site_file, n, tmp)
+        self._base = (single, site_file, n, tmp)
         await detection.prepare(self.settings, topics, single)
         print(f"[baselines] {n:,} readings in {len(records):,} records of this run, three consumers", flush=True)
         faust = await detection.run_faust(self.settings, topics, site_file, records, n, tmp)
@@ -579,7 +579,7 @@ class Bench:
 
         if self._base is None:
             return
-        _topics, single, site_file, n, tmp = self._base
+        single, site_file, n, tmp = self._base
         try:
             if measure and self.baselines:
                 self.baselines["quix"] = detection.run_quix(self.settings, single, load(site_file), n, tmp)["rate"]
