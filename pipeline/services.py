@@ -9,6 +9,7 @@ ports), its log under ``<state dir>/logs/services/``, and its own process group 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -23,6 +24,8 @@ from pathlib import Path
 
 from pipeline.settings import Settings
 from pipeline.stack.process import StackError, port_open, tail
+
+log = logging.getLogger(__name__)
 
 #: The processes a full pipeline has, in start order. Optional ones start only if their command exists.
 ALL = ("bridge", "hooks", "worker", "notifier", "sink")
@@ -190,21 +193,16 @@ class Services:
         self.processes = []
 
     def _forget_bridge_session(self) -> None:
-        """Log in once with the bridge's client id and a clean session: the broker drops the persistent one,
-        so finished runs leave no queue behind that would collect every later reading."""
-        import paho.mqtt.client as mqtt
+        """Drop the bridge's persistent session: finished runs leave no queue behind that would collect every
+        later reading."""
+        from pipeline.ingest.bridge import forget_session
 
-        m = self.settings.mqtt
-        if m.bridge_password is None:
+        if self.settings.mqtt.bridge_password is None:
             return
-        c = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=f"larder-bridge-{self.bridge_instance}", clean_session=True
-        )
-        c.username_pw_set(m.bridge_user, m.bridge_password.get_secret_value())
-        with contextlib.suppress(OSError):
-            c.connect(m.host, m.port, keepalive=10)
-            c.loop(timeout=1.0)
-            c.disconnect()
+        try:
+            forget_session(self.settings, f"larder-bridge-{self.bridge_instance}")
+        except RuntimeError as exc:
+            log.warning("%s", exc)
 
     def check_alive(self) -> None:
         for p in self.processes:

@@ -17,6 +17,12 @@ How a reading travels, and why nothing is lost when any process dies:
 The broker does not bound a manual-ack client's unacknowledged messages, so the bridge does: past
 ``max_inflight`` the paho thread waits in its callback, which stops it reading the socket (TCP back-pressure);
 the bound is exceeded by at most one socket read's worth of messages (256 KiB).
+
+Retiring an instance (``retire=True``, ``larder bridge --retire``): a bridge keeps its persistent session when
+it stops, so that it finds its queue when it restarts; an instance that will not come back would keep
+collecting its share of every reading. Retiring logs in as the instance, unsubscribes (the broker routes
+nothing new to it), forwards what its session had queued through the same path as above until nothing has
+arrived for ``idle_s`` and every reading is acknowledged, then drops the session.
 """
 
 from __future__ import annotations
@@ -103,6 +109,8 @@ class Bridge:
         *,
         instance: str | None = None,
         group: str | None = None,
+        retire: bool = False,
+        idle_s: float = 3.0,
     ) -> None:
         ing = settings.ingest
         self.settings = settings
@@ -119,6 +127,12 @@ class Bridge:
         self.max_inflight = ing.max_inflight
         self.max_items = ing.max_batch_items
         self.skew_ms = int(ing.future_skew_s * 1000)
+        self.retire = retire
+        self.idle_s = idle_s
+        self.retired = False  # set once the queue is drained and the session dropped
+        self.session_present: bool | None = None  # what the broker said at the first CONNACK
+        self._unsubscribed = threading.Event()
+        self._last_arrival = time.monotonic()
         self._cond = threading.Condition()
         self._pending: list[Publish] = []
         self._inflight = 0
@@ -154,13 +168,22 @@ class Bridge:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_unsubscribe = self._on_unsubscribe
         return c
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         if rc.is_failure:
             log.error("MQTT connect refused: %s", rc)
             return
-        client.subscribe(self.subscription, qos=1)
+        if self.session_present is None:
+            self.session_present = bool(flags.session_present)
+        if self.retire:
+            # The session's subscription outlives the connection; dropping it here means the broker queues
+            # nothing new for this instance, while what it queued already is still delivered. Both filters:
+            # an instance retired with the other --shared/--exclusive flag than it ran with still stops.
+            client.unsubscribe(list(dict.fromkeys((self.subscription, SUBSCRIPTION))))
+        else:
+            client.subscribe(self.subscription, qos=1)
         self._connected.set()
         log.info(
             "connected to mqtt://%s:%s as %s (session present: %s)",
@@ -175,11 +198,15 @@ class Bridge:
         if not self._stopping:
             log.warning("MQTT connection lost (%s); reconnecting, the broker keeps the session", rc)
 
+    def _on_unsubscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any = None) -> None:
+        self._unsubscribed.set()
+
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         # The odd message paho parses itself (the first of a read, or one split across reads).
         self._on_publishes([(msg.topic, bytes(msg.payload), msg.mid, msg.qos, msg.dup)])
 
     def _on_publishes(self, batch: list[Publish]) -> None:
+        self._last_arrival = time.monotonic()
         with self._cond:
             if not self._pending and self._loop is not None:
                 self._loop.call_soon_threadsafe(self._arrived.set)
@@ -231,6 +258,8 @@ class Bridge:
                 if on_progress and now - last_progress >= 10.0:
                     last_progress = now
                     on_progress(self)
+                if self.retire and self._drained(now):
+                    break
             await self.drain()
         finally:
             self._stopping = True
@@ -239,6 +268,19 @@ class Bridge:
             self.client.disconnect()
             self.client.loop_stop()
             await self.producer.stop()
+        if self.retire and not stop.is_set():
+            forget_session(self.settings, self.client_id)
+            self.retired = True
+
+    def _drained(self, now: float) -> bool:
+        """Retiring: unsubscribed, nothing arrived for ``idle_s``, nothing waiting for Kafka or the broker."""
+        return (
+            self._unsubscribed.is_set()
+            and now - self._last_arrival >= self.idle_s
+            and not self._pending
+            and not self._tasks
+            and self._inflight == 0
+        )
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Produce what is pending and wait for Kafka to acknowledge everything in flight."""
@@ -375,8 +417,39 @@ class Bridge:
             metrics.DEAD_LETTERED.labels("mqtt", code).inc(n)
 
 
-async def serve(settings: Settings, *, on_progress: Callable[[Bridge], None] | None = None, **kwargs: Any) -> None:
-    """Run one bridge until SIGINT/SIGTERM; SIGHUP re-reads the site configuration."""
+def forget_session(settings: Settings, client_id: str, timeout: float = 10.0) -> None:
+    """Drop ``client_id``'s persistent session: one login with a clean session (MQTT 3.1.1) discards it, with
+    its subscription and anything still queued for it. Raises ``RuntimeError`` if the broker refuses."""
+    m = settings.mqtt
+    assert m.bridge_password is not None, "load settings with load_settings()"
+    done = threading.Event()
+    refused: list[str] = []
+
+    def on_connect(client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        if rc.is_failure:
+            refused.append(str(rc))
+        done.set()
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    c.username_pw_set(m.bridge_user, m.bridge_password.get_secret_value())
+    c.on_connect = on_connect
+    try:
+        c.connect(m.host, m.port, keepalive=10)
+    except OSError as exc:
+        raise RuntimeError(f"cannot reach mqtt://{m.host}:{m.port} to drop the session of {client_id}: {exc}") from exc
+    c.loop_start()
+    try:
+        if not done.wait(timeout) or refused:
+            why = refused[0] if refused else f"no CONNACK within {timeout:g} s"
+            raise RuntimeError(f"the broker did not drop the session of {client_id}: {why}")
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+async def serve(settings: Settings, *, on_progress: Callable[[Bridge], None] | None = None, **kwargs: Any) -> Bridge:
+    """Run one bridge until SIGINT/SIGTERM (or, retiring, until its queue is drained); SIGHUP re-reads the site
+    configuration."""
     from prometheus_client import start_http_server
 
     registry = ReloadingRegistry(settings.site_config)
@@ -389,3 +462,4 @@ async def serve(settings: Settings, *, on_progress: Callable[[Bridge], None] | N
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: registry.reload(force=True))
     await bridge.run(stop, on_progress)
+    return bridge

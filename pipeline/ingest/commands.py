@@ -153,9 +153,23 @@ def bridge(
             help="shared subscription (several bridges split the load; default) or a plain one (one bridge)",
         ),
     ] = None,
+    retire: Annotated[
+        bool,
+        typer.Option(
+            "--retire",
+            help="retire this instance for good: forward what its session has queued, then drop the session "
+            "(other instances keep running; see docs/ingest.md)",
+        ),
+    ] = False,
+    idle: Annotated[
+        float, typer.Option("--idle", min=0.5, help="with --retire: seconds without a message that mean drained")
+    ] = 3.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run the MQTT -> Kafka bridge (contract 1) until Ctrl-C; SIGHUP re-reads the site file."""
+    """Run the MQTT -> Kafka bridge (contract 1) until Ctrl-C; SIGHUP re-reads the site file.
+
+    With --retire, the instance unsubscribes, forwards its queued readings to Kafka, drops its persistent
+    session on the broker and exits: scale down without leaving a queue that collects readings forever."""
     from pipeline.ingest import bridge as bridge_mod
 
     _logging(verbose)
@@ -173,14 +187,30 @@ def bridge(
             f"[cyan]>[/] accepted {b.accepted:,} readings, dead-lettered {b.dead_lettered:,}, in flight {b.inflight:,}"
         )
 
+    name = settings.ingest.bridge_instance
     console.print(
-        f"[cyan]>[/] bridge {settings.ingest.bridge_instance}: mqtt://{settings.mqtt.host}:{settings.mqtt.port} -> "
-        f"{settings.kafka.bootstrap_servers} (topics {settings.topic_prefix}.*), sites {settings.site_config}"
+        f"[cyan]>[/] bridge {name}{' (retiring)' if retire else ''}: mqtt://{settings.mqtt.host}:{settings.mqtt.port}"
+        f" -> {settings.kafka.bootstrap_servers} (topics {settings.topic_prefix}.*), sites {settings.site_config}"
     )
     try:
-        asyncio.run(bridge_mod.serve(settings, on_progress=progress))
+        b = asyncio.run(bridge_mod.serve(settings, on_progress=progress, retire=retire, idle_s=idle))
     except RuntimeError as exc:
         raise _fail(str(exc)) from None
+    if not retire:
+        return
+    if not b.retired:
+        raise _fail(
+            f"interrupted: bridge {name} forwarded {b.accepted:,} readings and dead-lettered {b.dead_lettered:,}; "
+            "its session is kept with whatever is still queued. Run `larder bridge --retire` again to finish."
+        )
+    if not b.session_present:
+        console.print(
+            f"[yellow]![/] the broker had no session for bridge {name} (client id {b.client_id}): nothing to retire"
+        )
+    console.print(
+        f"[green]✓[/] bridge {name} retired: {b.accepted:,} queued readings forwarded to Kafka, "
+        f"{b.dead_lettered:,} dead-lettered; its session is dropped, the broker queues nothing more for it"
+    )
 
 
 def hooks(

@@ -3,6 +3,7 @@ processes, a QoS 1 flood publisher, and Kafka readers. Shared by the tests and b
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline import serde
+from pipeline.ingest.bridge import forget_session
 from pipeline.services import free_port as free_port  # re-exported: the tests take it from here
 from pipeline.settings import Settings
 from pipeline.stack import mosquitto
@@ -151,15 +153,8 @@ class Proc:
 
 def clear_session(settings: Settings, client_id: str) -> None:
     """Drop a bridge's persistent session so its shared-subscription membership does not outlive the test."""
-    assert settings.mqtt.bridge_password is not None
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-    c.username_pw_set(settings.mqtt.bridge_user, settings.mqtt.bridge_password.get_secret_value())
-    try:
-        c.connect(settings.mqtt.host, settings.mqtt.port)
-        c.loop(timeout=0.5)
-        c.disconnect()
-    except OSError:
-        pass
+    with contextlib.suppress(RuntimeError):
+        forget_session(settings, client_id)
 
 
 def reading(seq: int, ts: float | None = None, **extra: Any) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from pipeline.settings import Settings
 from pipeline.stack import mosquitto
 from pipeline.stack.process import read_pid
 from pipeline.topics import Topics
-from tests.integration.ingest_support import Flood, IngestEnv, Readings, make_env
+from tests.integration.ingest_support import LARDER, Flood, IngestEnv, Readings, make_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -106,3 +107,29 @@ async def test_bridge_away_while_20000_readings_are_published(env: IngestEnv) ->
     Flood(env.settings, [next((d, s) for d, (_, s) in env.devices.items())], 1, start_seq=5_000).start().wait()
     got = await _assert_all_arrive(env, 5_000, extra=1)
     assert max(got.pairs.values()) == 1, f"{sum(n - 1 for n in got.pairs.values())} redelivered after a clean stop"
+
+
+async def test_retired_instance_forwards_its_queue_and_leaves_no_session(env: IngestEnv) -> None:
+    env.bridge(instance=f"stays-{env.group}")
+    leaving = f"leaves-{env.group}"
+    env.bridge(instance=leaving).stop()  # away for good: the broker keeps routing its share to its session
+    # 50,000 readings, ~25,000 of them queued for the away instance: more than the broker's in-flight window
+    # (20,000), so the queue does not all precede the UNSUBACK on the wire and the rest trickle in as acks go
+    # back. Stopping at the UNSUBACK, or at the first lull, loses thousands (checked).
+    Flood(env.settings, [(d, s) for d, (_, s) in env.devices.items()], 12_500).start().wait()
+    before = await Readings().until(env.settings, env.topics, 50_000, timeout=8)
+    assert 0 < len(before.pairs) < 50_000, f"{len(before.pairs)}: the away instance should hold part of the flood"
+
+    retire = [LARDER, "bridge", "--instance", leaving, "--retire", "--idle", "1"]
+    # A small bound of the bridge's own: the queue arrives in many rounds of one socket read each.
+    small = env.env(LARDER_INGEST__MAX_INFLIGHT="100")
+    done = subprocess.run(retire, env=small, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"bridge {leaving} retired" in " ".join((done.stdout + done.stderr).split()), done.stderr
+    await _assert_all_arrive(env, 12_500)
+
+    # Its session is gone: a later flood goes wholly to the instance that stays, none of it queued elsewhere.
+    Flood(env.settings, [(d, s) for d, (_, s) in env.devices.items()], 500, start_seq=12_500).start().wait()
+    await _assert_all_arrive(env, 13_000, timeout=30)
+    again = subprocess.run(retire, env=small, capture_output=True, text=True, timeout=90)
+    assert again.returncode == 0 and "had no session" in " ".join((again.stdout + again.stderr).split()), again.stderr
