@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections import Counter
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -121,7 +122,8 @@ MALFORMED: list[tuple[str, bytes, str]] = [
 
 
 async def test_malformed_payloads_are_dead_lettered_and_valid_ones_pass(env: IngestEnv, tmp_path: Path) -> None:
-    env.bridge()
+    port = free_port()
+    env.bridge(LARDER_INGEST__BRIDGE_METRICS_PORT=str(port))
     dev, (_, secret) = next(iter(env.devices.items()))
     # An account the broker knows but the registry does not (e.g. removed from the site file).
     ghost = f"ghost-{dev}"
@@ -154,6 +156,12 @@ async def test_malformed_payloads_are_dead_lettered_and_valid_ones_pass(env: Ing
     got = await Readings().until(env.settings, env.topics, len(MALFORMED) + 3, timeout=20)
     assert sorted(got.pairs) == [(dev, s) for s in [*range(len(MALFORMED)), seq, seq + 2, seq + 3]]
     assert all(n == 1 for n in got.pairs.values())
+    # Operators see the same counts, by reason, on /metrics.
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    reasons = Counter([code for _, _, code in MALFORMED] + ["wrong_type", "unknown_device"])
+    for code, n in reasons.items():
+        assert f'larder_ingest_deadlettered_total{{reason="{code}",source="mqtt"}} {n}.0' in metrics, code
+    assert f'larder_ingest_accepted_total{{source="mqtt"}} {len(MALFORMED) + 3}.0' in metrics
 
 
 async def test_devices_add_while_running_is_picked_up(env: IngestEnv) -> None:

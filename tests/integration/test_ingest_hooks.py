@@ -6,6 +6,7 @@ import base64
 import json
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,14 @@ async def test_good_wrong_stale_and_replayed_signatures(env: IngestEnv) -> None:
     assert p == partition_for(kitchen, env.topics.partitions), "partitioned by kitchen id"
     assert first["ts_ms"] == 1_795_347_005_000
     assert await dead_letters(env.settings, env.topics, 1, timeout=1) == [], "unauthenticated bytes are not kept"
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for line in (
+        'larder_ingest_accepted_total{source="hook"} 101.0',
+        'larder_ingest_duplicates_total{source="hook"} 1.0',
+        'larder_hooks_requests_total{status="202"} 3.0',
+        'larder_hooks_requests_total{status="401"} 4.0',
+    ):
+        assert line in metrics, line
 
 
 async def test_malformed_bodies_from_a_camera_are_dead_lettered(env: IngestEnv) -> None:
