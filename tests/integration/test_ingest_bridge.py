@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import subprocess
-from collections import Counter
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
