@@ -147,6 +147,9 @@ class DeviceDetector:
     """Pure detector for one device. See the module docstring for the contract."""
 
     name = "device"
+    #: Arrivals that release nothing skip the working copy (:meth:`_arrive`); the property tests turn this
+    #: off to check the shortcuts against the general path, state by state.
+    shortcuts = True
 
     def __init__(self, config: DeviceRules) -> None:
         c = config
@@ -298,10 +301,17 @@ class DeviceDetector:
         # first item would fire offline/gap deadlines the rest of the batch is about to disprove (an offline
         # alert resolving and re-opening within one upload) and turn the rest of the batch into late data.
         target = max_ts - self.lateness
-        if target <= state.frontier and len(buf) <= BUFFER_MAX:
+        if len(buf) <= BUFFER_MAX and self.shortcuts:
             # Built positionally (frontier, max_ts, seq_max, seq_bits, buf, ...): half the cost of ``_replace``,
-            # and this is every reading's path.
-            return DeviceState(state.frontier, max_ts, sm, bits, buf, *state[5:]), []
+            # and these are nearly every reading's paths.
+            if target <= state.frontier:
+                return DeviceState(state.frontier, max_ts, sm, bits, buf, *state[5:]), []
+            due = state.due
+            if buf[0][0] >= target and (due is None or due > target):
+                # The newest reading moves the frontier and nothing is due before it: what ``release`` would do
+                # (no buffered reading, no deadline up to ``target``), without a working copy. A live reading
+                # taken after the last tick lands here, i.e. most of them.
+                return DeviceState(target, max_ts, sm, bits, buf, *state[5:]), []
         w = _Work(self, state)
         w.seq_max, w.seq_bits, w.buf, w.max_ts = sm, bits, buf, max_ts
         w.release(target)

@@ -202,3 +202,23 @@ def test_dense_traffic_visits_all_and_sparse_traffic_goes_back_to_the_index(tmp_
         runner.tick(0, quiet + k * 1_000)  # nothing changes: back to the index after SWITCH_AFTER ticks
     assert not runner._timers[0].visit_all
     assert runner._due(runner._timers[0], runner._cache[0], quiet + 10_000) == []
+
+
+def without_shortcuts(concern: Concern[Any, Any]) -> Concern[Any, Any]:
+    def detector_for(key: str, item: dict[str, Any] | None) -> Any:
+        detector = concern.detector_for(key, item)
+        detector.shortcuts = False
+        return detector
+
+    return dataclasses.replace(concern, detector_for=detector_for)
+
+
+@settings(max_examples=300, deadline=None)
+@given(plan=steps)
+def test_device_arrival_shortcuts_equal_the_general_path(tmp_path_factory: pytest.TempPathFactory, plan: Any) -> None:
+    """A reading that releases nothing skips the detector's working copy (before the frontier, or moving it
+    with nothing buffered or due before the new one): every output and every state as if it had not."""
+    sites = write_sites(tmp_path_factory.mktemp("sites") / "sites.yaml", list(DEVICES))
+    concern = device_concern(load(sites))
+    records = device_records(plan)
+    assert run(concern, records) == run(without_shortcuts(concern), records)
