@@ -272,14 +272,18 @@ class Runner(Generic[S, E]):
         timers = self._timers_of(partition)
         visit_all = timers.visit_all
         keys = sorted(cache) if visit_all else sorted(self._due(timers, cache, now_ms))
-        touched = timers.touched
+        # Visiting all, nothing is re-indexed: a throwaway set instead of the index's.
+        touched = set() if visit_all else timers.touched
+        dirty = self._dirty.setdefault(partition, {})
+        detectors, outputs = self._detectors, result.outputs
         changed = 0
         for key in keys:
             state = cache.get(key)
             if state is None:
                 continue
             try:
-                new, outs = self._detector(key, None).on_tick(state, now_ms)
+                detector = detectors.get(key) or self._detector(key, None)
+                new, outs = detector.on_tick(state, now_ms)
             except Exception as exc:
                 log.exception("%s: on_tick failed for %s", self.concern.name, key.decode())
                 result.dead_letters.append(
@@ -289,12 +293,13 @@ class Runner(Generic[S, E]):
             if new is not state:
                 changed += 1
                 cache[key] = new
-                self._dirty.setdefault(partition, {})[key] = new
+                dirty[key] = new
             # Re-indexed at the next tick: a subject still due then (no progress) is visited again, as before.
             touched.add(key)
-            result.outputs.extend(outs)
+            if outs:
+                outputs.extend(outs)
         if visit_all:
-            touched.clear()  # no index to maintain
+            timers.touched.clear()  # no index to maintain
         self._adapt(partition, cache, changed if visit_all else len(keys))
         self._count(result.outputs)
         return result
