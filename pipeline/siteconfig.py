@@ -231,14 +231,13 @@ class SiteConfig(_Model):
     @model_validator(mode="after")
     def _rules_resolve(self) -> SiteConfig:
         # Profiles and overrides merge only here; a bad profile name or a merge that breaks a rule names the asset.
-        from pipeline.profiles import ProfileError, resolve_device_rules
+        from pipeline.profiles import ProfileError, device_rules_key, resolve_device_rules
 
-        # A device's rules depend on its site, asset and interval only (its id is context): one resolution per
-        # such key, not per device (100,000 devices on a few assets: 13 s -> well under 1 s).
-        resolved: set[tuple[str, str, float]] = set()
+        # One resolution per rules key (site, profile or customised asset, interval), not per device.
+        resolved: set[tuple[str, str, str, float]] = set()
         for site_id, site in self.sites.items():
             for dev_id, dev in site.devices.items():
-                key = (site_id, dev.asset, dev.interval_s)
+                key = device_rules_key(self, site_id, dev_id)
                 if key in resolved:
                     continue
                 resolved.add(key)

@@ -14,7 +14,7 @@ from typing import Any
 
 from pipeline.agents.core import Concern
 from pipeline.detectors.device import DeviceDetector, DeviceState
-from pipeline.profiles import resolve_device_rules
+from pipeline.profiles import device_rules_key, resolve_device_rules
 from pipeline.settings import Settings
 from pipeline.siteconfig import SiteConfig, load
 
@@ -24,8 +24,8 @@ class UnknownSubject(LookupError):
 
 
 def device_concern(cfg: SiteConfig) -> Concern[DeviceState, Any]:
-    where = {dev_id: (site_id, dev.asset, dev.interval_s) for dev_id, site_id, dev in cfg.devices()}
-    classes: dict[tuple[str, str, float], type[DeviceDetector]] = {}
+    where = {dev_id: device_rules_key(cfg, site_id, dev_id) for dev_id, site_id, _ in cfg.devices()}
+    classes: dict[tuple[str, str, str, float], type[DeviceDetector]] = {}
 
     def detector_for(device: str, _item: dict[str, Any] | None) -> DeviceDetector:
         key = where.get(device)
@@ -54,8 +54,9 @@ def _shared_class(template: DeviceDetector) -> type[DeviceDetector]:
 
     Why: a ``DeviceDetector`` per device, as built from :func:`resolve_device_rules`, costs ~14 KB (its
     pydantic ``DeviceRules`` and ~45 derived fields) and ~1 ms to resolve; at 100k devices that is 1.4 GB
-    and 100 s of start-up. The rules depend only on (site, asset, reporting interval) — the inputs of
-    ``resolve_device_rules`` besides the id — so one resolution per such key suffices, and each device
+    and 100 s of start-up. The rules depend only on :func:`~pipeline.profiles.device_rules_key` (site,
+    profile or customised asset, reporting interval) — the inputs of ``resolve_device_rules`` besides the
+    id — so one resolution per such key suffices, and each device
     only needs its own ``site`` and ``subject`` (the only per-device fields the detector reads; ``config``
     is read for rule values only). Plain attribute lookups fall through to the class, so the detector's
     code runs unchanged and at the same speed.

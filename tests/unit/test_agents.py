@@ -19,6 +19,8 @@ from pipeline.settings import Settings
 from pipeline.siteconfig import load
 from pipeline.topics import Topics
 from tests.agents_support import (
+    SITE,
+    STEP_MS,
     batches,
     cold_chain_scenario,
     device_names,
@@ -200,3 +202,50 @@ def test_shared_rule_classes_behave_like_one_detector_per_device(tmp_path: Path)
         want += run_device_stream(det, mine, ticks)
     assert sorted(alerts_of(got)) == sorted(alerts_of(want)) and len(alerts_of(got)) > 5
     assert {o.subject for o in got} == set(names)
+
+
+def test_an_asset_per_device_resolves_once_per_profile_and_keeps_customised_assets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The usual layout, a logger per cold room: plain assets of one profile share one resolved rule set;
+    an asset with overrides or a defrost schedule, or another interval, gets its own. Outputs equal one
+    detector per device built from its own resolution."""
+    from pipeline.agents import devices as devices_mod
+    from pipeline.detectors.device import DeviceDetector
+    from pipeline.detectors.run import run_device_stream
+    from pipeline.profiles import resolve_device_rules
+
+    names = device_names(12)
+    special = {
+        names[0]: "{ kind: cold_room, profile: chilled, overrides: { high: { limit: 12.0 } } }",
+        names[1]: "{ kind: cold_room, profile: chilled, defrost_schedule: ['02:00-02:30'] }",
+        names[2]: "{ kind: freezer, profile: frozen }",
+    }
+    lines = ["version: 1", "sites:", f"  {SITE}:", "    assets:"]
+    lines += [f"      a-{d}: {special.get(d, '{ kind: cold_room, profile: chilled }')}" for d in names]
+    lines += ["    devices:"]
+    lines += [f"      {d}: {{ asset: a-{d}, interval_s: {STEP_MS // 1000}, secret: s3cret-{d} }}" for d in names[:-1]]
+    lines += [f"      {names[-1]}: {{ asset: a-{names[-1]}, interval_s: 60, secret: s3cret-last }}"]
+    (tmp_path / "sites.yaml").write_text("\n".join(lines) + "\n")
+    cfg = load(tmp_path / "sites.yaml")
+
+    resolutions: list[str] = []
+
+    def counting(cfg_: Any, site: str, device: str) -> Any:
+        resolutions.append(device)
+        return resolve_device_rules(cfg_, site, device)
+
+    monkeypatch.setattr(devices_mod, "resolve_device_rules", counting)
+    records = [r for step in cold_chain_scenario(12, 30, 1, T0) for r in step]
+    got = oracle(records, 1, device_concern(cfg)).outputs
+    # chilled plain (names[3..10]) once, the override, the schedule, the freezer, the other interval.
+    assert sorted(resolutions) == sorted([names[0], names[1], names[2], names[3], names[-1]])
+    want: list[Any] = []
+    items = [it for _, v in records for it in serde.loads(v).get("items", [])]
+    ticks = [serde.loads(v)["now_ms"] for _, v in records if serde.loads(v)["kind"] == "tick"]
+    for name in names:
+        det = DeviceDetector(resolve_device_rules(cfg, SITE, name))
+        want += run_device_stream(det, [it for it in items if it["device"] == name], ticks)
+    assert sorted(alerts_of(got)) == sorted(alerts_of(want)) and len(alerts_of(got)) > 5
+    high = {o.subject for o in got if isinstance(o, Alert) and o.rule == "coldchain.high"}
+    assert names[0] not in high and high & set(names[3:-1]), "10 °C breaches a chilled asset, not one limited at 12 °C"
