@@ -35,10 +35,18 @@ from pydantic import (
 #: EN 12830 measuring span for temperature recorders; anything outside is a broken sensor, not a reading.
 TEMP_MIN_C = -80.0
 TEMP_MAX_C = 85.0
+#: The largest integer a field may carry (``seq``, ``count``): Kafka consumers, the worker's state and InfluxDB
+#: read them as signed 64-bit integers.
+SEQ_MAX = 2**63 - 1
 #: Largest store-and-forward batch a device may send in one MQTT message (contract 1).
 MAX_DEVICE_BATCH = 1000
 #: Largest camera event batch in one hook request (contract 2).
 MAX_HOOK_BATCH = 1000
+#: Largest MQTT packet (Mosquitto's ``max_packet_size``) and hook request body. A refused one is kept whole in
+#: its dead letter (base64: 4/3 of it), and a record of its readings or events is about its size, both under
+#: Kafka's default ``message.max.bytes`` (1 MB). 1,000 readings of contract 1 take ~120 KB.
+MAX_MESSAGE_BYTES = 512 * 1024
+MAX_HOOK_BODY = MAX_MESSAGE_BYTES
 #: Hook requests whose X-Larder-Timestamp is further than this from now are refused (contract 2).
 HOOK_TIMESTAMP_WINDOW_S = 300
 #: Identifiers of devices, cameras, sites, assets and kitchens: they become MQTT usernames and topic levels.
@@ -96,7 +104,7 @@ class DeviceReading(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     ts: EventTime
-    seq: StrictInt = Field(ge=0)
+    seq: StrictInt = Field(ge=0, le=SEQ_MAX)
     # Strict numbers: the contract says "number", so "3.4" (a string) or true is a wrong type, not a reading.
     temp_c: StrictFloat = Field(ge=TEMP_MIN_C, le=TEMP_MAX_C)
     humidity: StrictFloat | None = Field(None, ge=0, le=100)
@@ -161,7 +169,7 @@ class CameraEvent(BaseModel):
     type: KitchenEventType
     zone: str | None = Field(None, max_length=64)
     confidence: float | None = Field(None, ge=0, le=1)
-    count: StrictInt | None = Field(None, ge=0)
+    count: StrictInt | None = Field(None, ge=0, le=SEQ_MAX)
     image_url: str | None = Field(None, max_length=2048)
 
     def model_post_init(self, __context: Any) -> None:

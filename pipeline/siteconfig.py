@@ -20,7 +20,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.reader import ReaderError
 
 from pipeline.detectors.rules import DeviceRuleSet, KitchenRuleSet, ProfileDef
 from pipeline.schemas import Id
@@ -295,7 +296,7 @@ def parse(text: str, path: Path) -> SiteConfig:
     try:
         doc = YAML(typ="safe", pure=False).load(text)
         return SiteConfig.model_validate({} if doc is None else doc)
-    except (MarkedYAMLError, ValidationError):
+    except (YAMLError, ValidationError):
         return _parse_for_errors(text, path)
 
 
@@ -307,6 +308,11 @@ def _parse_for_errors(text: str, path: Path) -> SiteConfig:
         mark = exc.problem_mark
         line = mark.line + 1 if mark else "?"
         raise SiteConfigError(path, [f"{path}:{line}: not valid YAML: {exc.problem}"]) from None
+    except ReaderError as exc:  # a character YAML does not allow (e.g. a control character)
+        line = text.count("\n", 0, exc.position) + 1
+        raise SiteConfigError(path, [f"{path}:{line}: not valid YAML: {exc.reason} {exc.character!r}"]) from None
+    except YAMLError as exc:
+        raise SiteConfigError(path, [f"{path}: not valid YAML: {exc}"]) from None
     if doc is None:
         doc = CommentedMap()
     try:
@@ -334,8 +340,21 @@ def load(path: Path) -> SiteConfig:
 
 @functools.lru_cache(maxsize=4)
 def _load(path: Path, _mtime_ns: int, _size: int) -> SiteConfig:
+    return parse(read_text(path), path)
+
+
+def read_text(path: Path) -> str:
+    """The site file's text; a missing, unreadable or non-UTF-8 file is a :class:`SiteConfigError` too."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise SiteConfigError(path, [f"{path}: no such site configuration file"]) from None
-    return parse(text, path)
+    except OSError as exc:
+        raise SiteConfigError(path, [f"{path}: cannot read it: {exc.strerror or exc}"]) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise SiteConfigError(
+            path, [f"{path}:{line}: not UTF-8 (byte {data[exc.start]:#04x}); save the file as UTF-8"]
+        ) from None

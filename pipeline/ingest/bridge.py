@@ -48,7 +48,7 @@ from pipeline.ingest import metrics
 from pipeline.ingest.deadletter import dead_letter
 from pipeline.ingest.mqttclient import BufferedClient, Publish
 from pipeline.ingest.registry import ReloadingRegistry
-from pipeline.ingest.validate import BAD_TOPIC, UNKNOWN_DEVICE, validate_device_payload
+from pipeline.ingest.validate import BAD_TOPIC, INVALID, UNKNOWN_DEVICE, Refusal, validate_device_payload
 from pipeline.partitioner import partition_for
 from pipeline.producer import durable_producer
 from pipeline.settings import Settings
@@ -336,7 +336,11 @@ class Bridge:
                 reasons[code] += 1
                 continue
             base: dict[str, Any] = {**info.base, "received_ms": now}
-            items, refusals = validate_device_payload(payload, base, now, self.skew_ms)
+            try:
+                items, refusals = validate_device_payload(payload, base, now, self.skew_ms)
+            except Exception as exc:  # a validator bug must neither stop the bridge nor lose the message
+                log.exception("could not validate a message from %s", device)
+                items, refusals = [], [Refusal(INVALID, f"could not be validated: {exc!r}", None, payload)]
             if items:
                 p = partition_for(device, self.partitions)  # type: ignore[arg-type]
                 group = groups.get(p)
@@ -368,7 +372,12 @@ class Bridge:
                 metrics.BATCH_SIZE.labels("mqtt").observe(len(chunk))
                 n_items += len(chunk)
         acks = [(mid, qos) for _t, _p, mid, qos, _d in batch]
-        futures = await self._send(records)
+        futures: list[asyncio.Future[Any]] | None
+        try:
+            futures = await self._send(records)
+        except KafkaError as exc:  # e.g. a batch not drained in time while Kafka is away: _complete retries
+            log.warning("Kafka did not take a batch (%s)", exc)
+            futures = None
         task = asyncio.create_task(self._complete(records, futures, acks, n_items, reasons, time.perf_counter()))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -382,28 +391,26 @@ class Bridge:
     async def _complete(
         self,
         records: list[_Record],
-        futures: list[asyncio.Future[Any]],
+        futures: list[asyncio.Future[Any]] | None,
         acks: list[tuple[int, int]],
         n_items: int,
         reasons: Tally[str],
         t0: float,
     ) -> None:
+        """Acknowledge a tick's messages to the broker once Kafka has every record of it; until then, send the
+        whole tick again (duplicates possible, losses not: the broker redelivers whatever is unacknowledged)."""
         delay = 0.5
         while True:
             try:
+                if futures is None:
+                    futures = await self._send(records)
                 await asyncio.gather(*futures)
                 break
             except KafkaError as exc:
-                # Not acknowledged to MQTT yet, so nothing is lost; send the tick again (duplicates possible).
-                log.warning("Kafka did not acknowledge a batch (%s); retrying in %.1f s", exc, delay)
+                log.warning("Kafka did not acknowledge a batch (%s); sending it again in %.1f s", exc, delay)
+                futures = None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-                try:
-                    futures = await self._send(records)
-                except KafkaError as exc2:
-                    log.warning("re-send failed (%s)", exc2)
-                    futures = []
-                    continue
         metrics.PRODUCE_SECONDS.labels("mqtt").observe(time.perf_counter() - t0)
         ack_many(self.client, [mid for mid, qos in acks if qos == 1])
         with self._cond:

@@ -28,6 +28,7 @@ from typing import Any
 
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
@@ -43,12 +44,20 @@ from pipeline.ingest.validate import (
     NOT_JSON,
     UNEXPECTED_FIELD,
     WRONG_TYPE,
+    element_bytes,
     parse_json,
     reason_code_for,
 )
 from pipeline.partitioner import partition_for
 from pipeline.producer import durable_producer
-from pipeline.schemas import HOOK_PATH, HOOK_TIMESTAMP_WINDOW_S, MAX_HOOK_BATCH, CameraEvent, to_ms
+from pipeline.schemas import (
+    HOOK_PATH,
+    HOOK_TIMESTAMP_WINDOW_S,
+    MAX_HOOK_BATCH,
+    MAX_HOOK_BODY,
+    CameraEvent,
+    to_ms,
+)
 from pipeline.settings import Settings
 from pipeline.topics import Topics
 
@@ -106,7 +115,7 @@ def validate_events(
     ok: list[tuple[int, CameraEvent]] = []
     bad: list[tuple[int | None, str, str, bytes]] = []
     for index, element in elements:
-        raw = body if index is None else serde.dumps(element)
+        raw = body if index is None else element_bytes(element)
         try:
             event = CameraEvent.model_validate(element)
         except ValidationError as exc:
@@ -139,7 +148,9 @@ class Hooks:
         self.partitions = 0
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=2 * 1024 * 1024)
+        # Bounded so that a request's record (and a dead letter of its body) stays under Kafka's default
+        # message.max.bytes (1 MB); a larger body gets aiohttp's 413.
+        app = web.Application(client_max_size=MAX_HOOK_BODY)
         app.router.add_post(HOOK_PATH, self.handle)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/healthz", self.health)
@@ -167,6 +178,41 @@ class Hooks:
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    async def _produce(
+        self,
+        camera: str,
+        kitchen: str,
+        fresh: list[dict[str, Any]],
+        bad: list[tuple[int | None, str, str, bytes]],
+        received_ms: int,
+    ) -> None:
+        """Send the accepted events (one record) and the dead letters; return once Kafka has every one."""
+        assert self.producer is not None
+        futures = []
+        t0 = time.perf_counter()
+        if fresh:
+            value = serde.dumps({"v": 1, "kind": "kitchen_events", "items": fresh})
+            p = partition_for(kitchen, self.partitions)
+            futures.append(
+                await self.producer.send(self.topics.kitchen_events, value, key=kitchen.encode(), partition=p)
+            )
+            metrics.BATCH_SIZE.labels("hook").observe(len(fresh))
+        for index, code, reason, raw in bad:
+            dl = dead_letter(
+                source="hook",
+                reason_code=code,
+                reason=reason,
+                arrived_ms=received_ms,
+                payload=raw,
+                camera=camera,
+                index=index,
+            )
+            futures.append(await self.producer.send(self.topics.deadletter, dl, key=camera.encode()))
+        for fut in futures:
+            await fut  # 202 only once Kafka (acks=all) has every record
+        if futures:
+            metrics.PRODUCE_SECONDS.labels("hook").observe(time.perf_counter() - t0)
+
     async def handle(self, request: web.Request) -> web.Response:
         received_ms = int(time.time() * 1000)
         self.registry.reload()  # a stat() per request: new cameras work without a restart
@@ -186,7 +232,8 @@ class Hooks:
             )
         body = await request.read()
         expected = sign(info.secret, ts_header, body)
-        if not hmac.compare_digest(expected.encode(), signature.encode()):
+        # surrogateescape: aiohttp keeps undecodable header bytes as surrogates; such a header is a bad signature.
+        if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "surrogateescape")):
             return _refuse(401, "bad_signature", "X-Larder-Signature does not match the body and timestamp")
 
         ok, bad = validate_events(body, received_ms, self.skew_ms)
@@ -208,31 +255,12 @@ class Hooks:
                 "received_ms": received_ms,
             }
             fresh.append(item)
-        assert self.producer is not None
-        futures = []
-        t0 = time.perf_counter()
-        if fresh:
-            value = serde.dumps({"v": 1, "kind": "kitchen_events", "items": fresh})
-            p = partition_for(info.kitchen, self.partitions)
-            futures.append(
-                await self.producer.send(self.topics.kitchen_events, value, key=info.kitchen.encode(), partition=p)
-            )
-            metrics.BATCH_SIZE.labels("hook").observe(len(fresh))
-        for index, code, reason, raw in bad:
-            dl = dead_letter(
-                source="hook",
-                reason_code=code,
-                reason=reason,
-                arrived_ms=received_ms,
-                payload=raw,
-                camera=camera,
-                index=index,
-            )
-            futures.append(await self.producer.send(self.topics.deadletter, dl, key=camera.encode()))
-        for fut in futures:
-            await fut  # 202 only once Kafka (acks=all) has every record
-        if futures:
-            metrics.PRODUCE_SECONDS.labels("hook").observe(time.perf_counter() - t0)
+        try:
+            await self._produce(camera, info.kitchen, fresh, bad, received_ms)
+        except KafkaError as exc:
+            # Nothing was confirmed: the camera sends the request again (the same event ids, de-duplicated).
+            log.warning("Kafka did not take a hook request from %s: %s", camera, exc)
+            return _refuse(503, "kafka_unavailable", "the events are not stored yet; send the request again")
         for item in fresh:
             self.seen.add((camera, item["event_id"]))
         metrics.ACCEPTED.labels("hook").inc(len(fresh))

@@ -108,6 +108,9 @@ class ReloadingRegistry:
         except SiteConfigError as exc:
             log.error("site configuration not reloaded, keeping the previous one:\n%s", exc)
             return False
+        except Exception:  # anything else the file provokes must not stop ingestion either
+            log.exception("site configuration %s not reloaded, keeping the previous one", self.path)
+            return False
         log.info(
             "registry loaded from %s: %d devices, %d cameras",
             self.path,
@@ -136,10 +139,7 @@ def _yaml() -> YAML:
 def _edit(path: Path, change: Any) -> SiteConfig:
     """Load with comments, apply ``change(doc)``, validate the result, then replace the file atomically."""
     yaml = _yaml()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SiteConfigError(path, [f"{path}: no such site configuration file"]) from None
+    text = siteconfig.read_text(path)
     siteconfig.parse(text, path)  # refuse to edit a file that is already broken; the errors name the lines
     doc = yaml.load(text)
     change(doc)

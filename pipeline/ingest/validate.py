@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from pipeline import serde
 from pipeline.schemas import (
     MAX_DEVICE_BATCH,
+    SEQ_MAX,
     TEMP_MAX_C,
     TEMP_MIN_C,
     DeviceBatch,
@@ -83,6 +84,15 @@ def parse_json(payload: bytes) -> tuple[Any, str | None]:
             return None, f"not JSON: {exc}"
 
 
+def element_bytes(element: Any) -> bytes:
+    """A refused batch element, serialised again for its dead letter. What Python's json read (NaN, integers
+    past 64 bits) only Python's json writes back."""
+    try:
+        return serde.dumps(element)
+    except TypeError:
+        return json.dumps(element).encode()
+
+
 _OPTIONAL_NUMBERS = (("humidity", 0.0, 100.0), ("battery", 0.0, 1.0))
 
 
@@ -125,6 +135,9 @@ def check_reading(obj: Any, now_ms: int, skew_ms: int) -> dict[str, Any] | tuple
         return WRONG_TYPE, f"seq: expected an integer, got {type(seq).__name__}"
     if seq < 0:
         return OUT_OF_RANGE, f"seq: must be >= 0, got {seq}"
+    if seq > SEQ_MAX:
+        # Only Python's json (the NaN fallback) reads such a number; orjson refuses the whole message.
+        return OUT_OF_RANGE, f"seq: must be <= {SEQ_MAX}, got {seq}"
     temp = obj.get("temp_c", _MISSING)
     if temp is _MISSING:
         return MISSING_FIELD, "temp_c: field required"
@@ -192,7 +205,7 @@ def validate_device_payload(
                 items.append({**base, **r})
             else:
                 code, reason = r  # type: ignore[misc]
-                refusals.append(Refusal(code, reason, i, serde.dumps(element)))
+                refusals.append(Refusal(code, reason, i, element_bytes(element)))
         return items, refusals
     r = check_reading(obj, now_ms, skew_ms)
     if type(r) is dict:
@@ -271,7 +284,7 @@ def validate_device_payload_reference(
             if isinstance(r, dict):
                 items.append({**base, **r})
             else:
-                refusals.append(Refusal(r[0], r[1], i, serde.dumps(element)))
+                refusals.append(Refusal(r[0], r[1], i, element_bytes(element)))
         return items, refusals
     r = check_reading_reference(obj, now_ms, skew_ms)
     if isinstance(r, dict):

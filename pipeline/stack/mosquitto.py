@@ -17,6 +17,7 @@ import signal
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from pipeline.schemas import MAX_MESSAGE_BYTES
 from pipeline.settings import Settings
 from pipeline.stack.process import StackError, read_pid, run, start_daemon
 
@@ -196,7 +197,8 @@ max_queued_bytes {m.max_queued_bytes}
 # The bridge acks only after Kafka has the batch, so the broker's in-flight window is what keeps the pipe
 # full; the bridge bounds its own unacknowledged readings (ingest.max_inflight), the broker matches it.
 max_inflight_messages {settings.ingest.max_inflight}
-max_packet_size 1048576
+# A refused message is dead-lettered whole: bounded so that its dead letter fits a Kafka record (schemas).
+max_packet_size {MAX_MESSAGE_BYTES}
 # Nagle's algorithm held QoS 1 acknowledgements back a median 44 ms in a burst of publishes; 0.7 ms without it.
 set_tcp_nodelay true
 log_dest stdout

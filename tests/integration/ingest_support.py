@@ -279,6 +279,32 @@ async def dead_letters(settings: Settings, topics: Topics, n: int, timeout: floa
     return got
 
 
+async def everything_in(settings: Settings, topic: str, timeout: float = 30.0) -> list[Any]:
+    """Every record of ``topic`` up to its end offsets now: for asserting that nothing is there, which a read
+    that simply times out cannot tell from a slow fetch."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic)
+        assert parts, f"topic {topic} does not exist"
+        tps = [TopicPartition(topic, p) for p in parts]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        got: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            assert time.monotonic() < deadline, f"{topic}: not read to its end offsets in {timeout} s"
+            for batch in (await consumer.getmany(timeout_ms=200)).values():
+                got += batch
+        return got
+    finally:
+        await consumer.stop()
+
+
 def make_env(settings: Settings, topics: Topics, workdir: Path, n_devices: int = 4, n_cameras: int = 1) -> IngestEnv:
     tag = uuid.uuid4().hex[:6]
     devices = {

@@ -123,6 +123,9 @@ def test_registry_enriches_from_the_file_and_reloads(site_file: Path) -> None:
     assert reg.current.devices["d1"].base == {"device": "d1", "site": "S1", "asset": "a1", "profile": "chilled"}
     assert reg.current.devices["d2"].profile == "frozen"
     assert reg.current.cameras["cam-1"].kitchen == "k1"
+    # The registry holds camera secrets (to check signatures), never device ones (Mosquitto checks those).
+    assert reg.current.cameras["cam-1"].secret == b"cam-secret-123"
+    assert "cam-secret-123" not in repr(reg.current) and "cam-secret-123" not in str(reg.current.cameras)
     assert "d1-secret-xyz" not in repr(reg.current), "secrets never show in logs or reprs"
     assert reg.reload() is False, "unchanged file, nothing to do"
 
@@ -158,6 +161,10 @@ def test_hook_signature_and_lru() -> None:
         (b'{"event_id": "e1", "ts": "2026-11-22T11:30:05Z", "type": "person_count"}', "missing_field"),
         (b'{"event_id": "e1", "ts": "2026-11-22T11:30:05Z", "type": "fire", "confidence": 2}', "out_of_range"),
         (b'{"event_id": "e1", "ts": "2099-11-22T11:30:05Z", "type": "fire"}', "future_timestamp"),
+        # NaN sends the body to Python's json, which reads this count as an integer (orjson: a float), and only
+        # it can write the element back for the dead letter.
+        (b'{"events": [{"event_id": "e1", "ts": "2026-11-22T11:30:05Z", "type": "person_count", '
+         b'"count": 99999999999999999999999, "x": NaN}]}', "out_of_range"),
     ],
 )
 def test_hook_body_validation(body: bytes, code: str) -> None:

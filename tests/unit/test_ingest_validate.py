@@ -59,6 +59,9 @@ CASES: list[tuple[str, bytes, str | None]] = [
     ("seq float", j({**GOOD, "seq": 17.0}), "wrong_type"),
     ("seq bool", j({**GOOD, "seq": True}), "wrong_type"),
     ("seq negative", j({**GOOD, "seq": -1}), "out_of_range"),
+    # Python's json (the fallback for NaN) reads integers of any size; past 64 bits nothing downstream could.
+    ("seq past 64 bits", b'{"ts": 1795290000, "seq": 99999999999999999999999, "temp_c": 3, "x": NaN}', "out_of_range"),
+    ("seq 2**63 - 1 ok", b'{"ts": 1795290000, "seq": 9223372036854775807, "temp_c": 3}', None),
     ("temp string", j({**GOOD, "temp_c": "3.4"}), "wrong_type"),
     ("temp bool", j({**GOOD, "temp_c": True}), "wrong_type"),
     ("temp null", j({**GOOD, "temp_c": None}), "wrong_type"),
@@ -108,6 +111,18 @@ def test_one_bad_reading_in_a_batch_refuses_only_itself() -> None:
     assert [i["seq"] for i in items] == [0, 1, 3]
     assert [(r[1], r[0]) for r in refusals] == [(2, "out_of_range"), (4, "wrong_type")]
     assert serde.loads(refusals[0][2])["temp_c"] == 999
+
+
+def test_a_batch_element_only_python_json_reads_is_dead_lettered_as_json() -> None:
+    """orjson refuses NaN and integers past 64 bits; the fallback reads them, and the refused element is
+    written back by Python's json, not lost to an encoding error (which would stop the bridge)."""
+    payload = b'{"readings": [{"ts": 1795290000, "seq": 99999999999999999999999, "x": NaN}, ' + j(GOOD) + b"]}"
+    fast, ref = both(payload)
+    assert fast == ref
+    items, refusals = fast
+    assert len(items) == 1 and [(r[0], r[1]) for r in refusals] == [("out_of_range", 0)]
+    assert refusals[0][2] == b'{"ts": 1795290000, "seq": 99999999999999999999999, "x": NaN}'
+    serde.dumps({"v": 1, "kind": "readings", "items": items})  # the accepted one encodes
 
 
 def test_items_are_readings_in_a_record_batch() -> None:
@@ -199,3 +214,21 @@ def test_unix_seconds_convert_like_the_datetime_path(ts: float) -> None:
     except ValueError:
         got = "refused"
     assert got == expected
+
+
+def test_the_largest_refused_message_fits_a_kafka_record(tmp_path: Any) -> None:
+    """Mosquitto refuses packets over MAX_MESSAGE_BYTES (and aiohttp hook bodies over it), so the biggest
+    dead letter, the bytes in base64 with their envelope, stays under Kafka's default message.max.bytes: a
+    refused message can always be kept (a bigger one would be retried for ever, blocking its bridge)."""
+    from pipeline.ingest.deadletter import dead_letter
+    from pipeline.schemas import MAX_HOOK_BODY, MAX_MESSAGE_BYTES
+    from pipeline.settings import load_settings
+    from pipeline.stack import mosquitto
+
+    letter = dead_letter(
+        source="mqtt", reason_code="not_json", reason="x" * 500, arrived_ms=NOW_MS, payload=b"\xff" * MAX_MESSAGE_BYTES,
+        device="d" * 64, mqtt_topic="larder/v1/devices/" + "d" * 64 + "/readings",
+    )  # fmt: skip
+    assert len(letter) < 1_000_000 and MAX_HOOK_BODY <= MAX_MESSAGE_BYTES
+    conf = mosquitto.render_conf(load_settings(state_dir=tmp_path), passwd=tmp_path, acl=tmp_path, data=tmp_path)
+    assert f"max_packet_size {MAX_MESSAGE_BYTES}\n" in conf

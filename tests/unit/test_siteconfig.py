@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,29 @@ sites:
         YAML(typ="safe", pure=False).load(text)
     cfg = siteconfig.parse(text, Path("sites.yaml"))
     assert [w.start.hour for w in cfg.sites["S01"].kitchens["k1"].service_hours] == [6, 10]
+
+
+def test_unreadable_undecodable_and_control_characters_are_site_config_errors(tmp_path: Path) -> None:
+    """Not only pydantic's and the YAML grammar's errors: what the reader refuses names the file and line too
+    (the bridge keeps its last good registry on a SiteConfigError; anything else would stop it)."""
+    good = "version: 1\nsites: {}\n"
+    cases = {
+        "gbk.yaml": (good + "# 冷库\n").encode("gbk"),  # a comment saved in the wrong encoding
+        "control.yaml": (good + "x: \x07\n").encode(),
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(siteconfig.SiteConfigError) as err:
+            siteconfig.load(tmp_path / name)
+        assert err.value.problems[0].startswith(f"{tmp_path / name}:3: "), err.value.problems
+    locked = tmp_path / "locked.yaml"
+    locked.write_text(good)
+    locked.chmod(0)
+    try:
+        if os.access(locked, os.R_OK):  # root reads anything: a directory is unreadable as a file for everyone
+            locked = tmp_path
+        with pytest.raises(siteconfig.SiteConfigError) as err:
+            siteconfig.load(locked)
+        assert "cannot read it" in err.value.problems[0]
+    finally:
+        (tmp_path / "locked.yaml").chmod(0o600)
