@@ -93,7 +93,12 @@ class IngestSettings(_Group):
     # 20 ms: at 20,000 readings/s that makes records of ~100 readings per partition, which cost the worker
     # 57 µs a reading against 81 µs at 5 ms (~25 a record; benchmarks.detection), for 15 ms more latency.
     linger_ms: float = Field(20.0, ge=0, description="how long the bridge gathers readings before producing")
-    max_inflight: int = Field(20_000, gt=0, description="bridge: readings received but not yet acked to MQTT")
+    max_inflight: int = Field(20_000, gt=0, description="bridge: messages received but not yet acked to MQTT")
+    max_inflight_bytes: int = Field(
+        64 * 1024 * 1024,
+        gt=0,
+        description="bridge: payload bytes of those messages (store-and-forward uploads carry up to 1,000 readings)",
+    )
     max_batch_items: int = Field(2_000, gt=0, description="most items in one Kafka record (RecordBatch)")
     future_skew_s: float = Field(300.0, ge=0, description="readings/events further in the future are refused")
     bridge_instance: str = Field("1", description="MQTT client id suffix; each bridge instance needs its own")

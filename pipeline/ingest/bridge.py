@@ -15,8 +15,9 @@ How a reading travels, and why nothing is lost when any process dies:
    session: duplicates are possible (the worker de-duplicates by (device, seq)), losses are not.
 
 The broker does not bound a manual-ack client's unacknowledged messages, so the bridge does: past
-``max_inflight`` the paho thread waits in its callback, which stops it reading the socket (TCP back-pressure);
-the bound is exceeded by at most one socket read's worth of messages (256 KiB).
+``max_inflight`` messages or ``max_inflight_bytes`` of payload (an upload carries up to 1,000 readings) the
+paho thread waits in its callback, which stops it reading the socket (TCP back-pressure); the bounds are
+exceeded by at most one socket read's worth of messages (256 KiB).
 
 Retiring an instance (``retire=True``, ``larder bridge --retire``): a bridge keeps its persistent session when
 it stops, so that it finds its queue when it restarts; an instance that will not come back would keep
@@ -125,6 +126,7 @@ class Bridge:
         self.subscription = f"$share/{self.group}/{SUBSCRIPTION}" if ing.bridge_shared else SUBSCRIPTION
         self.linger_s = ing.linger_ms / 1000
         self.max_inflight = ing.max_inflight
+        self.max_inflight_bytes = ing.max_inflight_bytes
         self.max_items = ing.max_batch_items
         self.skew_ms = int(ing.future_skew_s * 1000)
         self.retire = retire
@@ -136,6 +138,7 @@ class Bridge:
         self._cond = threading.Condition()
         self._pending: list[Publish] = []
         self._inflight = 0
+        self._inflight_bytes = 0
         self._stopping = False
         self._connected = threading.Event()
         self._arrived = asyncio.Event()  # set from paho's thread (call_soon_threadsafe) when _pending fills
@@ -212,8 +215,11 @@ class Bridge:
                 self._loop.call_soon_threadsafe(self._arrived.set)
             self._pending.extend(batch)
             self._inflight += len(batch)
+            self._inflight_bytes += sum(len(p[1]) for p in batch)
             # Back-pressure: holding paho's thread here stops it reading the socket.
-            while self._inflight >= self.max_inflight and not self._stopping:
+            while (
+                self._inflight >= self.max_inflight or self._inflight_bytes >= self.max_inflight_bytes
+            ) and not self._stopping:
                 self._cond.wait(0.5)
 
     # -- the asyncio side --------------------------------------------------------------------------------------
@@ -372,13 +378,17 @@ class Bridge:
                 metrics.BATCH_SIZE.labels("mqtt").observe(len(chunk))
                 n_items += len(chunk)
         acks = [(mid, qos) for _t, _p, mid, qos, _d in batch]
+        n_bytes = sum(len(p) for _t, p, _m, _q, _d in batch)
+        metrics.INFLIGHT.set(self._inflight)  # also while Kafka stalls, when nothing completes
         futures: list[asyncio.Future[Any]] | None
         try:
             futures = await self._send(records)
         except KafkaError as exc:  # e.g. a batch not drained in time while Kafka is away: _complete retries
             log.warning("Kafka did not take a batch (%s)", exc)
             futures = None
-        task = asyncio.create_task(self._complete(records, futures, acks, n_items, reasons, time.perf_counter()))
+        task = asyncio.create_task(
+            self._complete(records, futures, acks, n_bytes, n_items, reasons, time.perf_counter())
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         if dups:
@@ -393,6 +403,7 @@ class Bridge:
         records: list[_Record],
         futures: list[asyncio.Future[Any]] | None,
         acks: list[tuple[int, int]],
+        n_bytes: int,
         n_items: int,
         reasons: Tally[str],
         t0: float,
@@ -415,6 +426,7 @@ class Bridge:
         ack_many(self.client, [mid for mid, qos in acks if qos == 1])
         with self._cond:
             self._inflight -= len(acks)
+            self._inflight_bytes -= n_bytes
             self._cond.notify_all()
         metrics.INFLIGHT.set(self._inflight)
         self.accepted += n_items

@@ -133,3 +133,28 @@ async def test_a_message_the_validator_chokes_on_is_dead_lettered_not_fatal(
     letters = [serde.loads(v) for t, v in producer.landed if t == b.topics.deadletter]
     assert [(d["reason_code"], d["device"]) for d in letters] == [("invalid", "d1")]
     assert "a bug on one odd message" in letters[0]["reason"] and b.accepted == 4
+
+
+async def test_paho_s_thread_waits_while_the_payload_bytes_in_flight_are_over_their_bound(
+    bridge: tuple[Bridge, list[int]],
+) -> None:
+    """Uploads of 1,000 readings make a message count a poor bound on memory: bytes bound it too."""
+    import threading
+
+    b, acked = bridge
+    b.max_inflight_bytes = 1_000
+    upload = serde.dumps({"readings": [{"ts": 1795290000, "seq": i, "temp_c": 3.5} for i in range(40)]})
+    assert len(upload) > b.max_inflight_bytes
+    handed = threading.Event()
+    second = threading.Thread(
+        target=lambda: (b._on_publishes([("larder/v1/devices/d1/readings", upload, 1, 1, False)]), handed.set())
+    )
+    second.start()  # paho's thread, one socket read holding one upload: past the bound, it waits
+    await asyncio.sleep(0.3)
+    assert not handed.is_set() and b.inflight == 1
+    b.producer = FlakyProducer(["ok"])  # type: ignore[assignment]
+    await b.tick()
+    while b._tasks:
+        await asyncio.gather(*b._tasks)
+    await asyncio.to_thread(second.join, 5)
+    assert handed.is_set() and acked == [1] and b._inflight_bytes == 0 and b.accepted == 40
