@@ -51,11 +51,20 @@ def _apply(settings: Settings, config: object) -> None:
     from pipeline.stack import StackError
 
     try:
-        apply_auth(settings, config)  # type: ignore[arg-type]
-    except (StackError, OSError) as exc:
-        console.print(f"[yellow]warning:[/] site file saved, but Mosquitto's password file was not updated: {exc}")
-        return
-    console.print("[cyan]>[/] Mosquitto password file and ACL regenerated and reloaded (SIGHUP)")
+        reloaded = apply_auth(settings, config)  # type: ignore[arg-type]
+    except (StackError, OSError, KeyError) as exc:
+        why = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        raise _fail(
+            f"the site file is saved, but Mosquitto's password file was not updated: {why}. "
+            "Fix that, then run `larder stack up` (it regenerates the file)."
+        ) from None
+    if reloaded:
+        console.print("[cyan]>[/] Mosquitto password file and ACL regenerated and reloaded (SIGHUP)")
+    else:
+        console.print(
+            "[yellow]![/] Mosquitto password file and ACL regenerated; Mosquitto is not running, they apply when "
+            "it starts (`larder stack up`)"
+        )
 
 
 @devices_app.command("add")
@@ -75,6 +84,8 @@ def devices_add(
     if (asset is None) == (kitchen is None):
         raise _fail("give exactly one of --asset (a device) or --kitchen (a camera)")
     settings = _settings(sites)
+    if asset is not None and ident == settings.mqtt.bridge_user:
+        raise _fail(f"{ident!r} is the bridge's MQTT user name; choose another device id")
     value = secret or registry.new_secret()
     if len(value) < 8:
         raise _fail("--secret must be at least 8 characters")

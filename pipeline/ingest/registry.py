@@ -218,8 +218,9 @@ def rotate_secret(path: Path, ident: str, secret: str) -> SiteConfig:
     return _edit(path, change)
 
 
-def apply_auth(settings: Settings, config: SiteConfig, extra: dict[str, str] | None = None) -> None:
-    """Regenerate Mosquitto's password file and ACL from the site file and SIGHUP the broker."""
+def apply_auth(settings: Settings, config: SiteConfig, extra: dict[str, str] | None = None) -> bool:
+    """Regenerate Mosquitto's password file and ACL from the site file and SIGHUP the broker; returns whether
+    a running broker was reloaded. ``KeyError``: a ``secret_ref`` that does not resolve (message names it)."""
     from pipeline.stack import mosquitto
 
-    mosquitto.write_auth(settings, {**(extra or {}), **config.device_secrets()})
+    return mosquitto.write_auth(settings, {**(extra or {}), **config.device_secrets()})

@@ -147,11 +147,12 @@ def render_acl(bridge_user: str) -> str:
     )
 
 
-def write_auth(settings: Settings, devices: Mapping[str, str] | Iterable[tuple[str, str]]) -> None:
-    """Regenerate the password file and ACL from ``{device id: secret}`` and reload a running broker."""
+def write_auth(settings: Settings, devices: Mapping[str, str] | Iterable[tuple[str, str]]) -> bool:
+    """Regenerate the password file and ACL from ``{device id: secret}`` and reload a running broker.
+    Returns whether a broker was running to reload (otherwise the files apply when it starts)."""
     p = paths(settings)
     write_auth_files(settings, devices, passwd=p["passwd"], acl=p["acl"])
-    reload(settings)
+    return reload(settings)
 
 
 def write_auth_files(

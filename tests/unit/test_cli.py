@@ -52,3 +52,44 @@ def test_compose_uses_official_images() -> None:
     compose = YAML(typ="safe").load((ROOT / "deploy" / "compose.yaml").read_text())
     images = {svc.get("image") for svc in compose["services"].values()}
     assert {"apache/kafka:4.1.1", "influxdb:2.7", "eclipse-mosquitto:2.0"} <= images
+
+
+SITES = """version: 1
+sites:
+  S1:
+    assets:
+      a1: { profile: chilled }
+    devices:
+      d1: { asset: a1, secret: "d1-secret-xyz" }
+      d2: { asset: a1, secret_ref: "env:LARDER_TEST_UNSET_SECRET" }
+"""
+
+
+def test_devices_add_says_what_it_could_not_apply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No traceback and no false "reloaded": a secret_ref that does not resolve fails with its name; a
+    stopped broker is said to be stopped; the bridge's own user name is refused before the file changes."""
+    from pipeline.stack import mosquitto
+
+    monkeypatch.setenv("LARDER_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setattr(mosquitto, "_files_dir", lambda settings: tmp_path / "mosquitto")  # not /var/lib
+    monkeypatch.delenv("LARDER_TEST_UNSET_SECRET", raising=False)
+    sites = tmp_path / "sites.yaml"
+    sites.write_text(SITES)
+    run = CliRunner().invoke
+    args = ["devices", "add", "--site", "S1", "--asset", "a1", "--sites", str(sites)]
+
+    result = run(app, [*args, "d3", "--secret", "d3-secret-xyz"])
+    assert result.exit_code == 1, result.output
+    assert "LARDER_TEST_UNSET_SECRET" in result.output and "Traceback" not in result.output
+    assert "d3:" in sites.read_text(), "the file was saved; only the broker's file was not"
+
+    monkeypatch.setenv("LARDER_TEST_UNSET_SECRET", "d2-secret-xyz")
+    result = run(app, [*args, "d4", "--secret", "d4-secret-xyz"])
+    assert result.exit_code == 0, result.output
+    assert "not running" in " ".join(result.output.split()) and "reloaded (SIGHUP)" not in result.output
+    assert "d4:" in (tmp_path / "mosquitto" / "passwd").read_text()
+
+    before = sites.read_text()
+    result = run(app, [*args, "larder-bridge", "--secret", "xx-secret-xyz"])
+    assert result.exit_code == 1 and "bridge's MQTT user" in result.output
+    assert sites.read_text() == before
