@@ -289,9 +289,10 @@ def parse(text: str, path: Path) -> SiteConfig:
     """Validate the site file's text; :class:`SiteConfigError` names file, line and field of every problem.
 
     The fast path is libyaml's parser (``ruamel.yaml.clib``) with ruamel's YAML 1.2 resolver, the same values
-    as the round-trip loader at ~4x its speed (with one rule resolution per asset in the validator, 100,000
-    devices load in 16.6 s instead of 93 s, BENCHMARKS.md). It keeps no line numbers, so a file that does not
-    validate, or that libyaml refuses, is parsed again by the round-trip loader for its messages.
+    as the round-trip loader at ~4x its speed (with one rule resolution per rules key in the validator,
+    100,000 devices on a few assets load in 16.6 s instead of 93 s; with an asset each, 22.4 s of parsing and
+    2.1 s of validation: BENCHMARKS.md). It keeps no line numbers, so a file that does not validate, or that
+    libyaml refuses, is parsed again by the round-trip loader for its messages.
     """
     try:
         doc = YAML(typ="safe", pure=False).load(text)
