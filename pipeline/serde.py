@@ -19,5 +19,10 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value, option=_OPTS)
 
 
+def dumps_readable(value: Any) -> bytes:
+    """Indented, with a final newline: for files people read and diff (a JSON site file)."""
+    return orjson.dumps(value, option=_OPTS | orjson.OPT_INDENT_2) + b"\n"
+
+
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
     return orjson.loads(data)

@@ -23,6 +23,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.reader import ReaderError
 
+from pipeline import serde
 from pipeline.detectors.rules import DeviceRuleSet, KitchenRuleSet, ProfileDef
 from pipeline.schemas import Id
 
@@ -294,10 +295,30 @@ def parse(text: str, path: Path) -> SiteConfig:
     2.1 s of validation: BENCHMARKS.md). It keeps no line numbers, so a file that does not validate, or that
     libyaml refuses, is parsed again by the round-trip loader for its messages.
     """
+    if is_json(path):
+        return _parse_json(text, path)
     try:
         doc = YAML(typ="safe", pure=False).load(text)
         return SiteConfig.model_validate({} if doc is None else doc)
     except (YAMLError, ValidationError):
+        return _parse_for_errors(text, path)
+
+
+def is_json(path: Path) -> bool:
+    """A ``.json`` site file holds the same document as JSON: what a program generating a large fleet's file
+    writes, and parsed ~200x faster than YAML (100,000 devices: 0.1 s against 22 s)."""
+    return path.suffix.lower() == ".json"
+
+
+def _parse_json(text: str, path: Path) -> SiteConfig:
+    try:
+        doc = serde.loads(text)
+    except serde.JSONDecodeError as exc:
+        raise SiteConfigError(path, [f"{path}:{exc.lineno}: not valid JSON: {exc.msg} (column {exc.colno})"]) from None
+    try:
+        return SiteConfig.model_validate(doc)
+    except ValidationError:
+        # JSON is YAML 1.2: the round-trip loader reads the same document and knows every value's line.
         return _parse_for_errors(text, path)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
-from pipeline import siteconfig
+from pipeline import serde, siteconfig
 from pipeline.settings import Settings
 from pipeline.siteconfig import SiteConfig, SiteConfigError
 
@@ -137,15 +137,21 @@ def _yaml() -> YAML:
 
 
 def _edit(path: Path, change: Any) -> SiteConfig:
-    """Load with comments, apply ``change(doc)``, validate the result, then replace the file atomically."""
-    yaml = _yaml()
+    """Load with comments, apply ``change(doc)``, validate the result, then replace the file atomically. A
+    ``.json`` site file stays JSON (indented; JSON has no comments to keep)."""
     text = siteconfig.read_text(path)
     siteconfig.parse(text, path)  # refuse to edit a file that is already broken; the errors name the lines
-    doc = yaml.load(text)
-    change(doc)
-    out = StringIO()
-    yaml.dump(doc, out)
-    new_text = out.getvalue()
+    if siteconfig.is_json(path):
+        doc = serde.loads(text)
+        change(doc)
+        new_text = serde.dumps_readable(doc).decode()
+    else:
+        yaml = _yaml()
+        doc = yaml.load(text)
+        change(doc)
+        out = StringIO()
+        yaml.dump(doc, out)
+        new_text = out.getvalue()
     config = siteconfig.parse(new_text, path)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(new_text, encoding="utf-8")
@@ -154,13 +160,13 @@ def _edit(path: Path, change: Any) -> SiteConfig:
     return config
 
 
-def _site(doc: Any, path: Path, site: str) -> CommentedMap:
+def _site(doc: Any, path: Path, site: str) -> dict[str, Any]:
     sites = doc.get("sites") if isinstance(doc, dict) else None
     if not isinstance(sites, dict) or site not in sites:
         known = ", ".join(sites or {}) if isinstance(sites, dict) else ""
         raise SiteConfigError(path, [f"{path}: sites.{site}: no such site (known: {known or 'none'})"])
     node = sites[site]
-    assert isinstance(node, CommentedMap)
+    assert isinstance(node, dict)
     return node
 
 

@@ -170,3 +170,34 @@ def test_hook_signature_and_lru() -> None:
 def test_hook_body_validation(body: bytes, code: str) -> None:
     ok, bad = validate_events(body, 1_795_340_000_000, 300_000)
     assert ok == [] and [b[1] for b in bad] == [code]
+
+
+def test_a_json_site_file_loads_edits_and_reports_like_yaml(site_file: Path, tmp_path: Path) -> None:
+    """The same document as JSON (what a program writes for a large fleet): same config, edits stay JSON,
+    errors still name line and field."""
+    from ruamel.yaml import YAML
+
+    from pipeline import serde, siteconfig
+
+    as_json = tmp_path / "sites.json"
+    as_json.write_bytes(serde.dumps_readable(YAML(typ="safe").load(site_file.read_text())))
+    assert siteconfig.load(as_json) == siteconfig.load(site_file)
+
+    registry.add_device(as_json, "S2", "d9", "b1", "d9-secret-abc")
+    registry.rotate_secret(as_json, "d1", "d1-secret-new")
+    doc = serde.loads(as_json.read_bytes())  # still JSON
+    assert doc["sites"]["S2"]["devices"]["d9"] == {"asset": "b1", "secret": "d9-secret-abc"}
+    assert registry.load_registry(as_json).devices["d9"].profile == "pharma"
+
+    broken = as_json.read_text().replace('"asset": "b1"', '"asset": "nope"')
+    line = next(i for i, t in enumerate(broken.splitlines(), 1) if '"S2":' in t)  # a site-level check
+    as_json.write_text(broken)
+    with pytest.raises(SiteConfigError) as err:
+        siteconfig.load(as_json)
+    assert err.value.problems == [
+        f"{as_json}:{line}: sites.S2: device d9 names asset 'nope', which this site does not have"
+    ]
+    as_json.write_text('{\n  "version": 1,\n  "sites": {,}\n}\n')
+    with pytest.raises(SiteConfigError) as err:
+        siteconfig.load(as_json)
+    assert err.value.problems[0].startswith(f"{as_json}:3: not valid JSON")
