@@ -26,7 +26,6 @@ from aiokafka.errors import CommitFailedError
 from influxdb_client import InfluxDBClient, WritePrecision
 from influxdb_client.rest import ApiException
 from influxdb_client.service.write_service import WriteService
-from pydantic import ValidationError
 
 from pipeline import serde
 from pipeline.schemas import Alert, Annotation, Delivery
@@ -186,9 +185,11 @@ class InfluxSink:
                     continue
                 try:
                     a, b = self._lines(tp.topic, rec.value)
-                except (ValueError, ValidationError, KeyError, TypeError) as exc:
+                except Exception as exc:  # any shape of bad record: skipping it must not stop every topic
                     self.stats.skipped += 1
-                    log.error("skipping undecodable record %s@%d: %s", tp, rec.offset, str(exc)[:200])
+                    log.error(
+                        "skipping undecodable record %s@%d: %s: %s", tp, rec.offset, type(exc).__name__, str(exc)[:200]
+                    )
                     continue
                 ms_lines.extend(a)
                 ns_lines.extend(b)

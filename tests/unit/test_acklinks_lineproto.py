@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from pipeline.alerts import acklinks
@@ -114,3 +116,42 @@ def test_delivery_attempts_do_not_collide() -> None:
 )
 def test_fast_reading_line_equals_the_generic_builder(item: dict) -> None:  # type: ignore[type-arg]
     assert lineproto.reading_line(item) == lineproto.reading_line_generic(item)
+
+
+async def test_the_sink_skips_any_shape_of_bad_record_and_writes_the_rest(tmp_path: Any) -> None:
+    """The batch format is a contract other producers write to: a record of the wrong shape is skipped and
+    counted, never a crash (the sink would read it again after every restart and stop all topics)."""
+    import asyncio
+
+    from aiokafka import TopicPartition
+
+    from pipeline import serde
+    from pipeline.settings import load_settings
+    from pipeline.sinks.influx import InfluxSink
+    from pipeline.topics import Topics
+
+    topics = Topics(prefix="t", partitions=1)
+    sink = InfluxSink(load_settings(state_dir=tmp_path), topics)
+    written: list[str] = []
+
+    async def fake_write(chunk: list[str], precision: str, stop: asyncio.Event) -> bool:
+        written.extend(chunk)
+        return True
+
+    sink._write_chunk = fake_write  # type: ignore[method-assign]
+    good = {"device": "d1", "site": "S1", "asset": "a1", "profile": "chilled", "seq": 1, "ts_ms": 1, "temp_c": 3.5}
+    bad = [
+        [],
+        "x",
+        {"v": 1, "kind": "readings", "items": [1]},
+        {"v": 1, "kind": "readings", "items": [{**good, "device": 7}]},
+    ]
+    values = [serde.dumps(b) for b in bad] + [serde.dumps({"v": 1, "kind": "readings", "items": [good]})]
+
+    class Rec:
+        def __init__(self, offset: int, value: bytes) -> None:
+            self.offset, self.value = offset, value
+
+    polled = {TopicPartition(topics.readings, 0): [Rec(i, v) for i, v in enumerate(values)]}
+    assert await sink._handle(polled, asyncio.Event()) is True
+    assert sink.stats.skipped == len(bad) and len(written) == 1 and written[0].startswith("reading")
