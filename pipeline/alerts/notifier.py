@@ -22,11 +22,13 @@ from collections.abc import Callable
 
 import httpx
 from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from pipeline import serde
 from pipeline.alerts import acklinks, messages
 from pipeline.alerts.channels import Channel, OutMessage, build_channels
+from pipeline.alerts.channels.base import Outcome
 from pipeline.alerts.delivery_log import Ledger
 from pipeline.alerts.kafkaio import Offsets, read_to_end, tail
 from pipeline.alerts.routing import (
@@ -100,8 +102,18 @@ class Notifier:
     # -- Kafka out ---------------------------------------------------------------------------------------------
 
     async def _publish(self, topic: str, key: str, value: bytes) -> None:
+        """Until Kafka has the record: a delivery whose ledger record cannot be written must wait, not die
+        (its task would end with the message neither delivered nor failed)."""
         assert self._producer is not None
-        await self._producer.send_and_wait(topic, value, key=key.encode())
+        delay = 0.5
+        while True:
+            try:
+                await self._producer.send_and_wait(topic, value, key=key.encode())
+                return
+            except KafkaError as exc:
+                log.warning("Kafka did not take a record for %s (%s); retrying in %.1f s", topic, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def _record(self, d: Delivery) -> None:
         self.ledger.apply(d)
@@ -253,8 +265,13 @@ class Notifier:
         self._tasks[planned.message_id] = task
         mid = planned.message_id
 
-        def forget(_task: asyncio.Task[None]) -> None:
+        def forget(task: asyncio.Task[None]) -> None:
             self._tasks.pop(mid, None)
+            if task.cancelled() or task.exception() is None:
+                return
+            # A bug, not a refusal (those are outcomes): never drop the message silently; try again later.
+            log.error("delivery of %s stopped; retrying in 10 s", mid, exc_info=task.exception())
+            asyncio.get_running_loop().call_later(10.0, self._spawn, planned)
 
         task.add_done_callback(forget)
 
@@ -321,7 +338,12 @@ class Notifier:
                         self._say(f"{planned.message_id} dropped: its alerts were acknowledged or resolved first")
                         return
                     attempt += 1
-                    outcome = await channel.send(self._http, msg, person.recipient)
+                    try:
+                        outcome = await channel.send(self._http, msg, person.recipient)
+                    except Exception as exc:  # e.g. a malformed URL in the site file: this channel cannot work
+                        # The type only: the message of such an error may carry the URL and its token.
+                        log.warning("%s via %s: %s", planned.message_id, ch_name, type(exc).__name__)
+                        outcome = Outcome(False, retryable=False, error=f"{type(exc).__name__} (notifier log)")
                     status = "ok" if outcome.ok else ("retry" if outcome.retryable else "error")
                     await self._record(
                         self._follow(
