@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import faust
+from aiokafka.errors import KafkaError
 from faust.streams import _current_event
 from faust.types import TP
 
@@ -98,13 +99,22 @@ class KafkaOutputs:
         send = self.producer.send_one
         # Sent now and awaited: we must know the outputs are in Kafka before the states that produced them
         # are written to the table.
-        pending = []
-        for output in result.outputs:
-            which, key, value = encode_output(output)
-            pending.append(await send(names[which], key, value))
-        for dead in result.dead_letters:
-            pending.append(await send(self.topics.deadletter, None, serde.dumps(dead.model_dump(mode="json"))))
-        await asyncio.gather(*pending)
+        records: list[tuple[str, bytes | None, bytes]] = [encode_output(o) for o in result.outputs]
+        records += [("deadletter", None, serde.dumps(d.model_dump(mode="json"))) for d in result.dead_letters]
+        names["deadletter"] = self.topics.deadletter
+        delay = 0.5
+        while True:
+            # Until Kafka has every one: the runner already holds the states that produced them, so giving up
+            # here (the agent restarting past this record) would lose the alerts for good. Sent again whole
+            # after a failure; consumers de-duplicate by alert id and state.
+            try:
+                pending = [await send(names[which], key, value) for which, key, value in records]
+                await asyncio.gather(*pending)
+                return
+            except KafkaError as exc:
+                log.warning("Kafka did not take %d output(s) (%s); sending again in %.1f s", len(records), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
 
 @dataclass

@@ -185,10 +185,13 @@ class Runner(Generic[S, E]):
 
     # -- processing ------------------------------------------------------------------------------------------
 
-    def on_record(self, value: bytes, partition: int) -> Result:
+    def on_record(self, value: bytes | None, partition: int) -> Result:
         """Process one Kafka record of the source topic (a RecordBatch). Never raises on bad input."""
         self.stats.records += 1
         result = Result()
+        if value is None:  # a tombstone (a null value): other producers may write one to the topic
+            result.dead_letters.append(self._dead(b"", "worker.bad_record", "a record without a value", None))
+            return result
         try:
             batch = serde.loads(value)
             if not isinstance(batch, dict) or batch.get("v") != 1:
@@ -289,6 +292,7 @@ class Runner(Generic[S, E]):
                 result.dead_letters.append(
                     self._dead(key, "worker.tick_error", repr(exc), {self.concern.key_field: key.decode()})
                 )
+                touched.add(key)  # still due: visited again next tick, as when visiting every subject
                 continue
             if new is not state:
                 changed += 1

@@ -218,10 +218,22 @@ class DeviceDetector:
         )
 
     def on_reading_dict(self, state: DeviceState, d: dict[str, Any], now_ms: int) -> tuple[DeviceState, list[Output]]:
-        """Fast path for a RecordBatch item (the dict form of :class:`~pipeline.schemas.Reading`), no pydantic."""
-        return self._arrive(
-            state, d["ts_ms"], d["seq"], d["temp_c"], d.get("door_open"), d.get("defrost"), d.get("battery"), now_ms
-        )
+        """Fast path for a RecordBatch item (the dict form of :class:`~pipeline.schemas.Reading`), no pydantic.
+
+        Types are checked here, on arrival (``ValueError``: the runner dead-letters the item): a reading that is
+        buffered and fails only when released would fail every later call for its device."""
+        ts, seq, temp = d["ts_ms"], d["seq"], d["temp_c"]
+        door, defrost, battery = d.get("door_open"), d.get("defrost"), d.get("battery")
+        if (
+            type(ts) is not int
+            or type(seq) is not int
+            or (type(temp) is not float and type(temp) is not int)
+            or (door is not None and type(door) is not bool)
+            or (defrost is not None and type(defrost) is not bool)
+            or (battery is not None and type(battery) is not float and type(battery) is not int)
+        ):
+            raise ValueError("a reading needs integer ts_ms and seq, a numeric temp_c and battery, boolean flags")
+        return self._arrive(state, ts, seq, temp, door, defrost, battery, now_ms)
 
     def on_tick(self, state: DeviceState, now_ms: int) -> tuple[DeviceState, list[Output]]:
         target = max(state.max_ts, now_ms) - self.lateness

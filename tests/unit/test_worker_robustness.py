@@ -1,0 +1,86 @@
+"""What other producers may write to the worker's topics, and Kafka failing under it: a tombstone, a reading
+of the wrong types, outputs Kafka does not take at first. None of it may stop a device or lose an alert."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from aiokafka.errors import KafkaTimeoutError, NotEnoughReplicasError
+
+from pipeline import serde
+from pipeline.agents.app import KafkaOutputs
+from pipeline.agents.core import Runner
+from pipeline.agents.devices import device_concern
+from pipeline.siteconfig import load
+from pipeline.topics import Topics
+from tests.agents_support import STEP_MS, batches, device_reading, tick, write_sites
+
+T0 = 1_700_000_000_000
+
+
+def runner(tmp_path: Path) -> Runner[Any, Any]:
+    concern = device_concern(load(write_sites(tmp_path / "sites.yaml", ["dev-0001", "dev-0002"])))
+    return Runner(concern, {}, 1, arrived_ms=lambda: 0)
+
+
+def test_a_tombstone_is_dead_lettered(tmp_path: Path) -> None:
+    result = runner(tmp_path).on_record(None, 0)
+    assert [d.reason_code for d in result.dead_letters] == ["worker.bad_record"]
+
+
+def test_a_reading_of_the_wrong_types_is_refused_on_arrival_and_its_device_goes_on(tmp_path: Path) -> None:
+    r = runner(tmp_path)
+    bad = {**device_reading("dev-0001", 1, T0, 4.0), "temp_c": None}
+    good = [device_reading("dev-0001", s, T0 + s * STEP_MS, 4.0) for s in (2, 3)]
+    letters = [d for _, v in batches([bad, *good], 1) for d in r.on_record(v, 0).dead_letters]
+    assert [d.reason_code for d in letters] == ["worker.bad_item"], "the bad one only, at once"
+    outputs = []
+    for k in range(1, 40):  # hours of silence after: the device still goes offline
+        res = r.on_record(tick(T0 + 3 * STEP_MS + k * 10 * 60_000), 0)
+        assert not res.dead_letters
+        outputs += res.outputs
+    assert any(getattr(o, "rule", "") == "liveness.offline" and o.subject == "dev-0001" for o in outputs)
+
+
+class FlakyBatches:
+    """send_one raises first, then its futures fail, then Kafka takes everything."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.taken: list[tuple[str, bytes]] = []
+
+    async def send_one(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
+        self.calls += 1
+        if self.calls == 1:
+            raise KafkaTimeoutError()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.calls == 2:
+            fut.set_exception(NotEnoughReplicasError())
+        else:
+            fut.set_result(None)
+            self.taken.append((topic, value))
+        return fut
+
+
+async def test_outputs_kafka_does_not_take_at_first_are_sent_again(tmp_path: Path, monkeypatch: Any) -> None:
+    r = runner(tmp_path)
+    for _, v in batches([device_reading("dev-0001", 1, T0, 4.0)], 1):
+        r.on_record(v, 0)
+    result = r.on_record(tick(T0 + 100 * STEP_MS), 0)  # silence: offline alerts
+    assert result.outputs
+    monkeypatch.setattr(asyncio, "sleep", _no_wait)
+    batches_ = FlakyBatches()
+    topics = Topics(prefix="t", partitions=1)
+    await KafkaOutputs(batches_, topics).publish(result)  # type: ignore[arg-type]
+    sent = [serde.loads(v)["alert_id"] for t, v in batches_.taken if t == topics.alerts]
+    # All of them, some twice (the whole set is sent again after a failure; consumers de-duplicate by id).
+    assert set(sent) == {o.alert_id for o in result.outputs if hasattr(o, "alert_id")}
+
+
+_sleep = asyncio.sleep
+
+
+async def _no_wait(_delay: float) -> None:
+    await _sleep(0)
