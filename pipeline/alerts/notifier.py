@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 import httpx
 from aiokafka import AIOKafkaProducer, ConsumerRecord
@@ -145,6 +146,8 @@ class Notifier:
             actions.extend(acts)
 
         alert_end = await read_to_end(s, [self.topics.alerts], on_alert)
+        # Every alert the ledger names has its track now (or is older than the topic): the map did its job.
+        self.state = replace(self.state, notified_before={})
 
         def on_ack(rec: ConsumerRecord) -> None:
             try:

@@ -178,6 +178,9 @@ class RouterState:
     outbox: Mapping[str, tuple[Pending, ...]] = field(default_factory=dict)  # person id -> waiting
     planned: frozenset[str] = frozenset()  # notification keys ever planned
     sent: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # person id -> message times (rate window)
+    #: Rebuild: who the ledger says was notified about alerts whose open record is not read yet (the ledger is
+    #: read first); a track created for such an alert starts with them, so its resolution notice reaches them.
+    notified_before: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -244,7 +247,11 @@ class Router:
         if alert.state is AlertState.OPEN:
             if track is not None:
                 return state, []  # a duplicate open (replayed topic): nothing new
-            new = Track(alert=alert, opened_ms=_opened_ms(alert))
+            new = Track(
+                alert=alert,
+                opened_ms=_opened_ms(alert),
+                notified=state.notified_before.get(alert.alert_id, frozenset()),
+            )
             return replace(state, tracks={**state.tracks, alert.alert_id: new}), []
         if track is None:
             return state, []  # a transition for an alert we never saw opened (older than the topic's retention)
@@ -299,14 +306,17 @@ class Router:
         tracks = dict(state.tracks)
         planned = set(state.planned)
         sent = dict(state.sent)
+        before = dict(state.notified_before)
         for person_id, keys, at_ms in sorted(records, key=lambda r: r[2]):
             for key in keys:
                 aid = key.split("|", 1)[0]
                 if aid in tracks:
                     tracks[aid] = replace(tracks[aid], notified=tracks[aid].notified | {person_id})
+                else:
+                    before[aid] = before.get(aid, frozenset()) | {person_id}
             planned.update(keys)
             sent[person_id] = (*sent.get(person_id, ()), at_ms)
-        return replace(state, tracks=tracks, planned=frozenset(planned), sent=sent)
+        return replace(state, tracks=tracks, planned=frozenset(planned), sent=sent, notified_before=before)
 
     def on_tick(self, state: RouterState, now_ms: int) -> tuple[RouterState, list[Action]]:
         actions: list[Action] = []

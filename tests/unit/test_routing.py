@@ -261,6 +261,28 @@ def test_each_key_is_planned_once_even_after_a_rebuild() -> None:
     assert not [x for x in acts if isinstance(x, Transition)], "no repeated escalation"
 
 
+def test_after_a_rebuild_the_resolution_still_reaches_everyone_notified() -> None:
+    """The ledger is read before the alerts topic: who was notified must survive to the track created later,
+    or a resolution after a restart tells nobody."""
+    clock = ManualClock(T0)
+    r = router({"S1": site("S1")})
+    h = Harness(r, clock)
+    a = alert("S1", T0)
+    h.alert(a)
+    h.run_until(T0 + 20 * MINUTE_MS)
+    notified = {s.person.id for _, s in h.sends}
+    assert notified
+    state = r.on_planned_many(RouterState(), [(s.person.id, s.keys, s.at_ms) for _, s in h.sends])
+    for rec in [a, *h.transitions]:
+        state, _ = r.on_alert(state, rec, clock.now_ms())
+    resolved = a.model_copy(update={"state": AlertState.RESOLVED, "at_ms": clock.now_ms()})
+    state, _ = r.on_alert(state, resolved, clock.now_ms())
+    clock.advance(10 * MINUTE_MS)
+    state, acts = r.on_tick(state, clock.now_ms())
+    told = {x.person.id for x in acts if isinstance(x, Send) and any(p.kind == "resolved" for p in x.items)}
+    assert told == notified
+
+
 def test_info_and_silent_alerts_notify_nobody() -> None:
     clock = ManualClock(T0)
     h = Harness(router({"S1": site("S1")}), clock)
