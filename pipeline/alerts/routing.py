@@ -373,7 +373,15 @@ class Router:
         actions: list[Action] = []
         for i, step in enumerate(steps):
             deadline = track.opened_ms + step.after_ms
-            if i <= track.step or deadline > now_ms:
+            if deadline > now_ms:
+                continue
+            if i <= track.step:
+                # Entered already — maybe before a restart, with its notifications still in the outbox (quiet
+                # hours, the group window, a rate hold) and not in the ledger: queue what was never planned.
+                for role in step.roles:
+                    for person in policy.people.get(role, ()):
+                        kind = "open" if i == 0 else "escalated"
+                        state = self._enqueue(state, person, alert, kind, i, now_ms, policy)
                 continue
             track = replace(track, step=i, step_ms=deadline, reminders=0)
             if i > 0:

@@ -283,6 +283,42 @@ def test_after_a_rebuild_the_resolution_still_reaches_everyone_notified() -> Non
     assert told == notified
 
 
+def test_notifications_still_queued_at_a_restart_are_sent_after_it() -> None:
+    """Quiet hours hold an alert's step 0 and step 1 notifications until 07:00; the notifier restarts at 23:20
+    with nothing planned in the ledger and the escalated record in the alerts topic. The morning's messages
+    must be those of a run without the restart."""
+    start = int(datetime(2026, 11, 23, 15, 0, tzinfo=UTC).timestamp() * 1000)  # 23:00 in Shanghai
+    policy = site(
+        "S1",
+        quiet="22:00-07:00",
+        escalation={
+            "warning": [{"after_min": 0, "roles": ["operator"]}, {"after_min": 15, "roles": ["site_manager"]}],
+            "reminder_min": 600,
+        },
+    )
+    morning = int(datetime(2026, 11, 23, 23, 10, tzinfo=UTC).timestamp() * 1000)
+    clock = ManualClock(start)
+    r = router({"S1": policy})
+    h = Harness(r, clock)
+    a = alert("S1", start)
+    h.alert(a)
+    h.run_until(start + 20 * MINUTE_MS, step_ms=60 * S)
+    assert not h.sends and any(t.state is AlertState.ESCALATED for t in h.transitions), "held by quiet hours"
+
+    state = RouterState()  # the restart: nothing planned, the alerts topic folded again
+    for rec in [a, *h.transitions]:
+        state, _ = r.on_alert(state, rec, clock.now_ms())
+    after: list[tuple[str, list[str]]] = []
+    t = clock.now_ms()
+    while t < morning:
+        t += 60 * S
+        state, acts = r.on_tick(state, t)
+        after += [(x.person.role, sorted(p.key.split("|")[1] for p in x.items)) for x in acts if isinstance(x, Send)]
+    h.run_until(morning, step_ms=60 * S)
+    without = [(s.person.role, sorted(p.key.split("|")[1] for p in s.items)) for _, s in h.sends]
+    assert without and sorted(after) == sorted(without)
+
+
 def test_info_and_silent_alerts_notify_nobody() -> None:
     clock = ManualClock(T0)
     h = Harness(router({"S1": site("S1")}), clock)
