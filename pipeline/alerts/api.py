@@ -287,6 +287,9 @@ class AckApi:
             person = self.routing.person(msg.recipient)
             phone = person.recipient.phone if person else None
             if phone and _digits(phone) == _digits(sender):
+                if self.clock.now_ms() > msg.at_ms + self.settings.notify.link_ttl_s * 1000:
+                    # The reply code stands in for the message's link, so it expires with it (410 for a link).
+                    return web.json_response({"ok": False, "reason": "that message's ack code has expired"})
                 pending = [a for a in ReadModel.ackable(msg) if (mid, a) not in self.model.used]
                 acks = await self._acknowledge(msg, pending, by=msg.recipient_name, note=note, via="sms")
                 return web.json_response({"ok": True, "acknowledged": [a.alert_id for a in acks]})

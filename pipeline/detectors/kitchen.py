@@ -193,7 +193,10 @@ class KitchenDetector:
         buf = state.buf
         buf = (*buf, item) if not buf or item[:3] >= buf[-1][:3] else tuple(sorted((*buf, item), key=_key))
         max_ts = max(ts, state.max_ts)
-        target = max(max_ts, now_ms) - self.lateness
+        # Event time only, as for devices: an upload of a backlog arrives event by event long after it was
+        # recorded, and moving to ``now_ms - lateness`` after its first event would make the rest of it late
+        # (or not, depending on where the last tick fell: live and replay could differ). Ticks move it by now.
+        target = max_ts - self.lateness
         if target <= state.frontier and len(buf) <= BUFFER_MAX:
             return state._replace(seen=self._trim(seen, state.frontier), buf=buf, max_ts=max_ts), []
         w = _KWork(self, state)

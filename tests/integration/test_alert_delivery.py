@@ -14,6 +14,7 @@ from pipeline.alerts import acklinks
 from pipeline.alerts.api import AckApi
 from pipeline.alerts.kafkaio import read_to_end
 from pipeline.alerts.notifier import Notifier, routing_config
+from pipeline.clock import ManualClock
 from pipeline.schemas import Alert, AlertState, Delivery
 from pipeline.settings import Settings
 from pipeline.siteconfig import SiteConfig
@@ -108,7 +109,11 @@ async def test_gateway_500_outage_and_restart_deliver_every_notification_once(
     assert len(keys) == len(set(keys)) == n_sites
     retries = [d for d in ledger if d.kind == "attempt" and d.status == "retry"]
     assert retries and all(d.http_status == 500 and d.latency_ms is not None for d in retries)
-    assert max(d.attempt or 0 for d in ledger) >= 3, "attempt numbers continue across the restart"
+    # Attempt numbers continue across the restart: per message they strictly increase and never repeat (a
+    # repeat would give two attempts the same InfluxDB point and hide one).
+    for mid in {d.message_id for d in planned}:
+        numbers = [d.attempt for d in ledger if d.kind == "attempt" and d.message_id == mid]
+        assert numbers == sorted(set(numbers)) and len(numbers) >= 2, (mid, numbers)
 
 
 async def test_channels_formats_signatures_and_fallback(live_stack: Settings, topics: Topics) -> None:
@@ -273,6 +278,13 @@ async def test_ack_link_page_api_and_sms_reply_refuse_forged_expired_replayed(
                 reply_url, params={"token": reply_token}, json={"from": _phone(7), "text": f"ACK {code}"}
             )
             assert stranger.json()["ok"] is False
+            real_clock = api.clock  # a day later, the code has expired with the message's link
+            api.clock = ManualClock(real_clock.now_ms() + settings.notify.link_ttl_s * 1000 + 60_000)
+            late = await http.post(
+                reply_url, params={"token": reply_token}, json={"from": _phone(2), "text": f"ACK {code}"}
+            )
+            api.clock = real_clock
+            assert late.json() == {"ok": False, "reason": "that message's ack code has expired"}
             good = await http.post(
                 reply_url, params={"token": reply_token}, json={"from": _phone(2), "text": f"ack {code} fixed seal"}
             )

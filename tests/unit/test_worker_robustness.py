@@ -84,3 +84,35 @@ _sleep = asyncio.sleep
 
 async def _no_wait(_delay: float) -> None:
     await _sleep(0)
+
+
+def test_a_backlog_of_camera_events_does_not_depend_on_where_the_last_tick_fell(tmp_path: Path) -> None:
+    """An HTTP body of events recorded 10-20 min ago arrives in one record. Whether the previous tick was
+    long before or just before it, the events are the same and so must be the outputs (live and replay)."""
+    from pipeline.agents.kitchen import kitchen_concern
+    from tests.agents_support import kitchen_batches, kitchen_event
+
+    cfg = load(write_sites(tmp_path / "sites.yaml", ["dev-0001"], ("k1",)))
+    minute = 60_000
+
+    def run(last_tick: int) -> list[Any]:
+        r: Runner[Any, Any] = Runner(kitchen_concern(cfg), {}, 1, arrived_ms=lambda: 0)
+        outs: list[Any] = []
+        for _, v in kitchen_batches([kitchen_event("k1", "e0", T0, "person_present")], 1):
+            outs += r.on_record(v, 0).outputs
+        outs += r.on_record(tick(T0 + 2 * minute), 0).outputs
+        outs += r.on_record(tick(last_tick), 0).outputs
+        upload = T0 + 30 * minute
+        items = [
+            kitchen_event("k1", "e1", upload - 20 * minute, "person_absent"),
+            kitchen_event("k1", "e2", upload - 19 * minute, "stove_on"),
+            kitchen_event("k1", "e3", upload - 10 * minute, "no_hat"),
+        ]
+        for _, v in kitchen_batches(items, 1):
+            outs += r.on_record(v, 0).outputs
+        outs += r.on_record(tick(upload + 40 * minute), 0).outputs
+        return [o.model_dump(mode="json") for o in outs]
+
+    early, late = run(T0 + 3 * minute), run(T0 + 30 * minute)
+    assert early == late
+    assert not [o for o in late if o.get("kind") == "late"], "none of the backlog is late"
