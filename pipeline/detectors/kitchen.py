@@ -129,16 +129,30 @@ class KitchenDetector:
         return self._arrive(state, item, now_ms)
 
     def on_event_dict(self, state: KitchenState, d: dict[str, Any], now_ms: int) -> tuple[KitchenState, list[Output]]:
+        """Fast path for a RecordBatch item. Types are checked on arrival (``ValueError``: the runner
+        dead-letters the item): an event buffered with a bad field would fail every later call for its kitchen."""
         item: KItem = (
             d["ts_ms"],
             d["camera"],
             d["event_id"],
-            str(d["type"]),
+            d["type"],
             d.get("zone"),
             d.get("confidence"),
             d.get("count"),
             d.get("image_url"),
         )
+        ts, camera, event_id, kind, zone, confidence, count, image_url = item
+        if (
+            type(ts) is not int
+            or type(camera) is not str
+            or type(event_id) is not str
+            or type(kind) is not str
+            or (zone is not None and type(zone) is not str)
+            or (confidence is not None and type(confidence) is not float and type(confidence) is not int)
+            or (count is not None and type(count) is not int)
+            or (image_url is not None and type(image_url) is not str)
+        ):
+            raise ValueError("an event needs integer ts_ms and count, string ids, type and zone, numeric confidence")
         return self._arrive(state, item, now_ms)
 
     def on_tick(self, state: KitchenState, now_ms: int) -> tuple[KitchenState, list[Output]]:

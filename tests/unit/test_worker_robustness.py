@@ -116,3 +116,17 @@ def test_a_backlog_of_camera_events_does_not_depend_on_where_the_last_tick_fell(
     early, late = run(T0 + 3 * minute), run(T0 + 30 * minute)
     assert early == late
     assert not [o for o in late if o.get("kind") == "late"], "none of the backlog is late"
+
+
+def test_a_camera_event_of_the_wrong_types_is_refused_on_arrival_and_its_kitchen_goes_on(tmp_path: Path) -> None:
+    from pipeline.agents.kitchen import kitchen_concern
+    from tests.agents_support import kitchen_batches, kitchen_event
+
+    cfg = load(write_sites(tmp_path / "sites.yaml", ["dev-0001"], ("k1",)))
+    r: Runner[Any, Any] = Runner(kitchen_concern(cfg), {}, 1, arrived_ms=lambda: 0)
+    bad = {**kitchen_event("k1", "e1", T0, "no_hat"), "confidence": "high"}
+    good = [kitchen_event("k1", f"e{i}", T0 + i * 60_000, "no_hat") for i in range(2, 6)]
+    letters = [d for _, v in kitchen_batches([bad, *good], 1) for d in r.on_record(v, 0).dead_letters]
+    assert [d.reason_code for d in letters] == ["worker.bad_item"], "the bad one only, at once"
+    for k in range(1, 10):
+        assert not r.on_record(tick(T0 + k * 10 * 60_000), 0).dead_letters
