@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import faust
-from aiokafka.errors import KafkaError
 from faust.streams import _current_event
 from faust.types import TP
 
@@ -46,6 +45,7 @@ from pipeline.agents.changelog import KafkaBatches, SendBatch, TableWriter
 from pipeline.agents.continuity import AckGate, Continuity
 from pipeline.agents.core import Concern, Result, Runner, Stats, encode_output, tick_record
 from pipeline.clock import Clock, WallClock
+from pipeline.producer import until_kafka_takes
 from pipeline.settings import Settings
 from pipeline.topics import Topics
 
@@ -95,26 +95,20 @@ class KafkaOutputs:
     async def publish(self, result: Result) -> None:
         if not result.outputs and not result.dead_letters:
             return
-        names = {"alerts": self.topics.alerts, "annotations": self.topics.annotations}
+        t = self.topics
+        names = {"alerts": t.alerts, "annotations": t.annotations, "deadletter": t.deadletter}
         send = self.producer.send_one
         # Sent now and awaited: we must know the outputs are in Kafka before the states that produced them
         # are written to the table.
         records: list[tuple[str, bytes | None, bytes]] = [encode_output(o) for o in result.outputs]
         records += [("deadletter", None, serde.dumps(d.model_dump(mode="json"))) for d in result.dead_letters]
-        names["deadletter"] = self.topics.deadletter
-        delay = 0.5
-        while True:
-            # Until Kafka has every one: the runner already holds the states that produced them, so giving up
-            # here (the agent restarting past this record) would lose the alerts for good. Sent again whole
-            # after a failure; consumers de-duplicate by alert id and state.
-            try:
-                pending = [await send(names[which], key, value) for which, key, value in records]
-                await asyncio.gather(*pending)
-                return
-            except KafkaError as exc:
-                log.warning("Kafka did not take %d output(s) (%s); sending again in %.1f s", len(records), exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+
+        async def send_all() -> None:
+            await asyncio.gather(*[await send(names[which], key, value) for which, key, value in records])
+
+        # Until Kafka has every one: the runner already holds the states that produced them, so giving up here
+        # (the agent restarting past this record) would lose the alerts for good.
+        await until_kafka_takes(send_all, f"{len(records)} output(s)")
 
 
 @dataclass

@@ -23,7 +23,6 @@ from dataclasses import replace
 
 import httpx
 from aiokafka import AIOKafkaProducer, ConsumerRecord
-from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from pipeline import serde
@@ -43,7 +42,7 @@ from pipeline.alerts.routing import (
     Transition,
 )
 from pipeline.clock import Clock, WallClock
-from pipeline.producer import durable_producer
+from pipeline.producer import durable_producer, until_kafka_takes
 from pipeline.schemas import Ack, Alert, AlertState, Delivery
 from pipeline.settings import Settings
 from pipeline.siteconfig import SiteConfig
@@ -105,16 +104,9 @@ class Notifier:
     async def _publish(self, topic: str, key: str, value: bytes) -> None:
         """Until Kafka has the record: a delivery whose ledger record cannot be written must wait, not die
         (its task would end with the message neither delivered nor failed)."""
-        assert self._producer is not None
-        delay = 0.5
-        while True:
-            try:
-                await self._producer.send_and_wait(topic, value, key=key.encode())
-                return
-            except KafkaError as exc:
-                log.warning("Kafka did not take a record for %s (%s); retrying in %.1f s", topic, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        producer = self._producer
+        assert producer is not None
+        await until_kafka_takes(lambda: producer.send_and_wait(topic, value, key=key.encode()), f"a {topic} record")
 
     async def _record(self, d: Delivery) -> None:
         self.ledger.apply(d)

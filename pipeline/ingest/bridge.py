@@ -51,7 +51,7 @@ from pipeline.ingest.mqttclient import BufferedClient, Publish
 from pipeline.ingest.registry import ReloadingRegistry
 from pipeline.ingest.validate import BAD_TOPIC, INVALID, UNKNOWN_DEVICE, Refusal, validate_device_payload
 from pipeline.partitioner import partition_for
-from pipeline.producer import durable_producer
+from pipeline.producer import durable_producer, until_kafka_takes
 from pipeline.settings import Settings
 from pipeline.topics import Topics
 
@@ -139,6 +139,7 @@ class Bridge:
         self._pending: list[Publish] = []
         self._inflight = 0
         self._inflight_bytes = 0
+        self._pending_bytes = 0  # payload bytes of ``_pending``, handed to the tick that takes them
         self._stopping = False
         self._connected = threading.Event()
         self._arrived = asyncio.Event()  # set from paho's thread (call_soon_threadsafe) when _pending fills
@@ -213,9 +214,11 @@ class Bridge:
         with self._cond:
             if not self._pending and self._loop is not None:
                 self._loop.call_soon_threadsafe(self._arrived.set)
+            n_bytes = sum(len(p[1]) for p in batch)
             self._pending.extend(batch)
+            self._pending_bytes += n_bytes
             self._inflight += len(batch)
-            self._inflight_bytes += sum(len(p[1]) for p in batch)
+            self._inflight_bytes += n_bytes
             # Back-pressure: holding paho's thread here stops it reading the socket.
             while (
                 self._inflight >= self.max_inflight or self._inflight_bytes >= self.max_inflight_bytes
@@ -303,6 +306,7 @@ class Bridge:
             if not self._pending:
                 return
             batch, self._pending = self._pending, []
+            n_bytes, self._pending_bytes = self._pending_bytes, 0
         now = int(time.time() * 1000)
         reg = self.registry.current
         groups: dict[int, list[dict[str, Any]]] = {}
@@ -378,7 +382,6 @@ class Bridge:
                 metrics.BATCH_SIZE.labels("mqtt").observe(len(chunk))
                 n_items += len(chunk)
         acks = [(mid, qos) for _t, _p, mid, qos, _d in batch]
-        n_bytes = sum(len(p) for _t, p, _m, _q, _d in batch)
         metrics.INFLIGHT.set(self._inflight)  # also while Kafka stalls, when nothing completes
         futures: list[asyncio.Future[Any]] | None
         try:
@@ -410,18 +413,15 @@ class Bridge:
     ) -> None:
         """Acknowledge a tick's messages to the broker once Kafka has every record of it; until then, send the
         whole tick again (duplicates possible, losses not: the broker redelivers whatever is unacknowledged)."""
-        delay = 0.5
-        while True:
-            try:
-                if futures is None:
-                    futures = await self._send(records)
-                await asyncio.gather(*futures)
-                break
-            except KafkaError as exc:
-                log.warning("Kafka did not acknowledge a batch (%s); sending it again in %.1f s", exc, delay)
-                futures = None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        first = futures
+
+        async def send_all() -> None:
+            nonlocal first
+            sent = first if first is not None else await self._send(records)
+            first = None  # a retry sends the whole tick again
+            await asyncio.gather(*sent)
+
+        await until_kafka_takes(send_all, f"a batch of {len(records)} record(s)")
         metrics.PRODUCE_SECONDS.labels("mqtt").observe(time.perf_counter() - t0)
         ack_many(self.client, [mid for mid, qos in acks if qos == 1])
         with self._cond:
