@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,10 +225,11 @@ class Flood:
         assert not self.errors, self.errors
 
 
-async def consume(
-    settings: Settings, topic: str, on_record: Callable[[Any], None], done: Callable[[], bool], timeout: float = 60.0
-) -> None:
-    """Feed every record of ``topic``, from the beginning, to ``on_record`` until ``done()`` or the timeout."""
+@contextlib.asynccontextmanager
+async def _from_the_beginning(
+    settings: Settings, topic: str, timeout: float
+) -> AsyncIterator[tuple[AIOKafkaConsumer, list[TopicPartition]]]:
+    """A consumer assigned every partition of ``topic`` (waiting up to ``timeout`` for it), at the start."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -241,12 +242,21 @@ async def consume(
         tps = [TopicPartition(topic, p) for p in parts]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
+        yield consumer, tps
+    finally:
+        await consumer.stop()
+
+
+async def consume(
+    settings: Settings, topic: str, on_record: Callable[[Any], None], done: Callable[[], bool], timeout: float = 60.0
+) -> None:
+    """Feed every record of ``topic``, from the beginning, to ``on_record`` until ``done()`` or the timeout."""
+    deadline = time.monotonic() + timeout
+    async with _from_the_beginning(settings, topic, timeout) as (consumer, _):
         while time.monotonic() < deadline and not done():
             for batch in (await consumer.getmany(timeout_ms=200, max_records=10_000)).values():
                 for r in batch:
                     on_record(r)
-    finally:
-        await consumer.stop()
 
 
 class Readings:
@@ -282,27 +292,15 @@ async def dead_letters(settings: Settings, topics: Topics, n: int, timeout: floa
 async def everything_in(settings: Settings, topic: str, timeout: float = 30.0) -> list[Any]:
     """Every record of ``topic`` up to its end offsets now: for asserting that nothing is there, which a read
     that simply times out cannot tell from a slow fetch."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic)
-        assert parts, f"topic {topic} does not exist"
-        tps = [TopicPartition(topic, p) for p in parts]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+    deadline = time.monotonic() + timeout
+    async with _from_the_beginning(settings, topic, timeout) as (consumer, tps):
         ends = await consumer.end_offsets(tps)
         got: list[Any] = []
-        deadline = time.monotonic() + timeout
         while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
             assert time.monotonic() < deadline, f"{topic}: not read to its end offsets in {timeout} s"
             for batch in (await consumer.getmany(timeout_ms=200)).values():
                 got += batch
         return got
-    finally:
-        await consumer.stop()
 
 
 def make_env(settings: Settings, topics: Topics, workdir: Path, n_devices: int = 4, n_cameras: int = 1) -> IngestEnv:

@@ -240,21 +240,24 @@ def test_critical_is_not_rate_limited() -> None:
     assert len([s for _, s in h.sends if s.person.name == "op-S1"]) == 2
 
 
-def test_each_key_is_planned_once_even_after_a_rebuild() -> None:
+def _rebuilt_after_twenty_minutes() -> tuple[Router, Harness, Alert, ManualClock, RouterState]:
+    """One alert run live for 20 min (sent, escalated), then what a new process folds from the same topics:
+    the ledger's planned records first, then the alert records."""
     clock = ManualClock(T0)
     r = router({"S1": site("S1")})
     h = Harness(r, clock)
     a = alert("S1", T0)
     h.alert(a)
     h.run_until(T0 + 20 * MINUTE_MS)
-    sent = [s for _, s in h.sends]
-    # a new process folds the same topics: the ledger's planned records, then the alert records
-    state = RouterState()
-    for s in sent:
-        state = r.on_planned(state, s.person.id, s.keys, s.at_ms)
-    state, _ = r.on_alert(state, a, clock.now_ms())
-    esc = next(t for t in h.transitions if t.state is AlertState.ESCALATED)
-    state, _ = r.on_alert(state, esc, clock.now_ms())
+    assert any(t.state is AlertState.ESCALATED for t in h.transitions)
+    state = r.on_planned_many(RouterState(), [(s.person.id, s.keys, s.at_ms) for _, s in h.sends])
+    for rec in [a, *h.transitions]:
+        state, _ = r.on_alert(state, rec, clock.now_ms())
+    return r, h, a, clock, state
+
+
+def test_each_key_is_planned_once_even_after_a_rebuild() -> None:
+    r, _h, _a, clock, state = _rebuilt_after_twenty_minutes()
     clock.advance(MINUTE_MS)
     state, acts = r.on_tick(state, clock.now_ms())
     assert not [x for x in acts if isinstance(x, Send)], "nothing is planned twice"
@@ -264,17 +267,9 @@ def test_each_key_is_planned_once_even_after_a_rebuild() -> None:
 def test_after_a_rebuild_the_resolution_still_reaches_everyone_notified() -> None:
     """The ledger is read before the alerts topic: who was notified must survive to the track created later,
     or a resolution after a restart tells nobody."""
-    clock = ManualClock(T0)
-    r = router({"S1": site("S1")})
-    h = Harness(r, clock)
-    a = alert("S1", T0)
-    h.alert(a)
-    h.run_until(T0 + 20 * MINUTE_MS)
+    r, h, a, clock, state = _rebuilt_after_twenty_minutes()
     notified = {s.person.id for _, s in h.sends}
     assert notified
-    state = r.on_planned_many(RouterState(), [(s.person.id, s.keys, s.at_ms) for _, s in h.sends])
-    for rec in [a, *h.transitions]:
-        state, _ = r.on_alert(state, rec, clock.now_ms())
     resolved = a.model_copy(update={"state": AlertState.RESOLVED, "at_ms": clock.now_ms()})
     state, _ = r.on_alert(state, resolved, clock.now_ms())
     clock.advance(10 * MINUTE_MS)
