@@ -161,6 +161,8 @@ def make_app(
     # one folder per app id, or a worker with another topic prefix would open this one's files (and Faust
     # refuses a persisted offset beyond its own changelog's end).
     data_dir = options.data_dir or settings.data_dir / "worker" / app_id
+    # Faust creates its datadir without parents: on a fresh machine nothing above it exists yet.
+    data_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         app_id,
         broker=[f"kafka://{b.strip()}" for b in settings.kafka.bootstrap_servers.split(",")],
