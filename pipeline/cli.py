@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from pipeline.agents.commands import worker as _worker_command
@@ -16,8 +15,9 @@ from pipeline.alerts import commands as _alerts_commands
 from pipeline.ingest import commands as _ingest_commands
 from pipeline.replay import commands as _replay_commands
 from pipeline.settings import Settings, load_settings
+from pipeline.terminal import make_console
 
-console = Console(stderr=True)
+console = make_console(stderr=True)
 app = typer.Typer(
     help="Larder: food-safety sensor pipeline (MQTT/hooks -> Kafka -> Faust detectors -> alerts, InfluxDB).",
     no_args_is_help=True,
@@ -162,7 +162,7 @@ def _print_status(statuses: list) -> None:  # type: ignore[type-arg]
     for s in statuses:
         health = "[green]healthy[/]" if s.healthy else "[red]down[/]"
         table.add_row(s.name, health, s.address, str(s.pid or ("external" if not s.managed else "-")), s.log)
-    Console().print(table)
+    make_console().print(table)
 
 
 def main() -> None:

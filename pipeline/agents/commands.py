@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from pipeline.agents.core import Concern
 from pipeline.settings import Settings, load_settings
+from pipeline.terminal import make_console
 from pipeline.topics import Topics
 
-console = Console(stderr=True)
+console = make_console(stderr=True)
 
 DEFAULT_CONCERNS = "pipeline.agents.devices:concerns,pipeline.agents.kitchen:concerns"
 LOG_LEVELS = ("crit", "error", "warn", "info", "debug")

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from pipeline.settings import Settings, load_settings
 from pipeline.siteconfig import SiteConfig, SiteConfigError
+from pipeline.terminal import make_console
 from pipeline.topics import Topics
 
-console = Console(stderr=True)
+console = make_console(stderr=True)
 
 SiteOpt = Annotated[
     Path | None,

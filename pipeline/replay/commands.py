@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console, Group
+from rich.console import Group
 from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -20,9 +20,10 @@ from pipeline.replay.score import Score
 from pipeline.replay.send import SendStats
 from pipeline.schemas import ms_to_iso
 from pipeline.settings import Settings, load_settings
+from pipeline.terminal import make_console
 from pipeline.topics import Topics
 
-console = Console(stderr=True)
+console = make_console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
