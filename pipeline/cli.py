@@ -49,10 +49,24 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 @stack_app.command("up")
-def stack_up(sites: SiteOpt = None) -> None:
+def stack_up(
+    sites: SiteOpt = None,
+    brokers: Annotated[
+        int | None,
+        typer.Option(
+            "--brokers",
+            min=1,
+            max=5,
+            help="Kafka KRaft nodes on loopback (3: replication factor 3, min.insync.replicas 2); "
+            "remembered by later commands; default 1 or what the last `up` used",
+        ),
+    ] = None,
+) -> None:
     """Install what is missing (cached), start Kafka, InfluxDB and Mosquitto, wait until healthy."""
     from pipeline import stack
 
+    if brokers is not None:
+        os.environ["LARDER_KAFKA__BROKERS"] = str(brokers)  # read at the edge, like every LARDER_ setting
     settings = settings_for(sites)
     try:
         statuses = stack.up(settings, report=lambda m: console.print(f"[cyan]>[/] {m}"))
@@ -120,7 +134,7 @@ def stack_prune(
 
 @stack_app.command("logs")
 def stack_logs(
-    service: Annotated[str, typer.Argument(help="kafka, influxdb or mosquitto")],
+    service: Annotated[str, typer.Argument(help="kafka (kafka-1 ... kafka-N in a cluster), influxdb or mosquitto")],
     lines: Annotated[int, typer.Option("-n", help="lines to show")] = 50,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines")] = False,
 ) -> None:
