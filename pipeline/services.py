@@ -40,6 +40,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_block(size: int, tries: int = 200) -> int:
+    """The first of ``size`` consecutive free ports (an isolated stack: Kafka nodes sit on port, port + 1, ...)."""
+    for _ in range(tries):
+        base = free_port()
+        if base + size > 65_535:
+            continue
+        try:
+            with contextlib.ExitStack() as held:
+                for p in range(base, base + size):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError(f"no block of {size} free ports on 127.0.0.1")
+
+
 def larder_argv() -> list[str]:
     """How to run the `larder` command from this interpreter (works from a fresh venv without PATH)."""
     exe = Path(sys.executable).with_name("larder")
