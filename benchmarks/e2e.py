@@ -64,6 +64,8 @@ LATENESS_MS = 100
 TICK_S = 0.05
 #: Readings of the run replayed through the three detection-stage consumers (Faust, plain loop, quix-streams).
 BASELINE_READINGS = 300_000
+#: Fewer readings than this and a consumer's start-up dominates its rate: the baselines get no ratio.
+MIN_COMPARE_READINGS = 100_000
 #: Fewer alerts than this give no p99 worth the name (of 20 samples, the "p99" is the maximum): below it the
 #: report gives the maximum and the count instead.
 MIN_P99_ALERTS = 1_000
@@ -795,7 +797,13 @@ class Bench:
             if p.latency_ms:
                 print(f"\nlatency publish -> webhook at {p.offered_rate:g} readings/s: {p.latency_ms}")
         b = self.baselines
-        if "quix" in b:
+        if "quix" in b and b["readings"] < MIN_COMPARE_READINGS:
+            print(
+                f"\ndetection stage on this run's last {b['readings']:,.0f} readings: Faust {b['faust']:,.0f}/s, plain "
+                f"loop {b['plain']:,.0f}/s, quix-streams {b['quix']:,.0f}/s (fewer than {MIN_COMPARE_READINGS:,} "
+                "readings: start-up dominates, no ratio given)"
+            )
+        elif "quix" in b:
             print(
                 f"\ndetection stage on this run's last {b['readings']:,.0f} readings (ticks left out), same detectors, "
                 "one after another:\n\n| consumer | readings/s | vs plain loop |\n|---|---|---|\n"
