@@ -771,6 +771,8 @@ class Bench:
             },
             "quick": self.quick,
             "not_quiet": self.noise,
+            # Other work on the machine shows here even when quiet.check finds no larder service of its own.
+            "load_avg_at_report": [round(x, 2) for x in os.getloadavg()],
             "loadgen": self.loadgen,
             "phases": [asdict(p) for p in self.phases],
             "readings_in_influx": self.readings_in_influx,
