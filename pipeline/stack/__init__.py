@@ -211,7 +211,7 @@ def up(settings: Settings, report: Report = print, *, create_topics: bool = True
 
     # A broker with thousands of partitions recovers them for minutes after an unclean stop, logging as it
     # goes: wait while it makes progress rather than for a fixed time.
-    if settings.kafka.bootstrap is None:
+    if settings.kafka.bootstrap is None and settings.kafka.brokers > 1:
         for n in kafka.nodes(settings):
             _wait(
                 report,
