@@ -63,9 +63,9 @@ async def test_bridge_killed_twice_mid_flood_loses_nothing(env: IngestEnv) -> No
 
 
 async def test_mosquitto_restarted_mid_flood_loses_nothing(env: IngestEnv) -> None:
-    # A plain subscription: Mosquitto 2.0.11 drops messages routed to a *shared* member restored from disk
-    # before it reconnects (reproduced; docs/ingest.md), so a broker restart is survived by the plain mode.
-    env.bridge(instance=f"mq-{env.group}", LARDER_INGEST__BRIDGE_SHARED="false")
+    # The default bridge mode, a plain subscription: Mosquitto 2.0.11 drops messages routed to a *shared* member
+    # restored from disk before it reconnects (reproduced; docs/ingest.md), so shared is opt-in.
+    env.bridge(instance=f"mq-{env.group}")
     per_device = 12_500
     flood = Flood(env.settings, [(d, s) for d, (_, s) in env.devices.items()], per_device).start()
     _wait_sent(flood, 20_000)
@@ -77,9 +77,7 @@ async def test_mosquitto_restarted_mid_flood_loses_nothing(env: IngestEnv) -> No
     while read_pid(pid_file) == pid and _alive(pid):
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    from tests import conftest
-
-    mosquitto.start(env.settings, conftest._registered)
+    mosquitto.start(env.settings)
     flood.wait()
     got = await _assert_all_arrive(env, per_device)
     print(f"50,000 readings, mosquitto restarted: none missing, {sum(n - 1 for n in got.pairs.values())} duplicates")
@@ -110,9 +108,11 @@ async def test_bridge_away_while_20000_readings_are_published(env: IngestEnv) ->
 
 
 async def test_retired_instance_forwards_its_queue_and_leaves_no_session(env: IngestEnv) -> None:
-    env.bridge(instance=f"stays-{env.group}")
+    shared = "true"  # scaled out: two instances split the readings in one shared group
+    env.bridge(instance=f"stays-{env.group}", LARDER_INGEST__BRIDGE_SHARED=shared)
     leaving = f"leaves-{env.group}"
-    env.bridge(instance=leaving).stop()  # away for good: the broker keeps routing its share to its session
+    # Away for good: the broker keeps routing its share to its session.
+    env.bridge(instance=leaving, LARDER_INGEST__BRIDGE_SHARED=shared).stop()
     # 50,000 readings, ~25,000 of them queued for the away instance: more than the broker's in-flight window
     # (20,000), so the queue does not all precede the UNSUBACK on the wire and the rest trickle in as acks go
     # back. Stopping at the UNSUBACK, or at the first lull, loses thousands (checked).
@@ -122,7 +122,7 @@ async def test_retired_instance_forwards_its_queue_and_leaves_no_session(env: In
 
     retire = [LARDER, "bridge", "--instance", leaving, "--retire", "--idle", "1"]
     # A small bound of the bridge's own: the queue arrives in many rounds of one socket read each.
-    small = env.env(LARDER_INGEST__MAX_INFLIGHT="100")
+    small = env.env(LARDER_INGEST__MAX_INFLIGHT="100", LARDER_INGEST__BRIDGE_SHARED=shared)
     done = subprocess.run(retire, env=small, capture_output=True, text=True, timeout=90)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"bridge {leaving} retired" in " ".join((done.stdout + done.stderr).split()), done.stderr
