@@ -134,6 +134,7 @@ class Bridge:
         self.max_inflight_bytes = ing.max_inflight_bytes
         self.max_items = ing.max_batch_items
         self.skew_ms = int(ing.future_skew_s * 1000)
+        self.floor_ms = int(ing.ts_floor.timestamp() * 1000)
         self.retire = retire
         self.idle_s = idle_s
         self.retired = False  # set once the queue is drained and the session dropped
@@ -365,7 +366,7 @@ class Bridge:
                 continue
             base: dict[str, Any] = {**info.base, "received_ms": now}
             try:
-                items, refusals = validate_device_payload(payload, base, now, self.skew_ms)
+                items, refusals = validate_device_payload(payload, base, now, self.skew_ms, self.floor_ms)
             except Exception as exc:  # a validator bug must neither stop the bridge nor lose the message
                 log.exception("could not validate a message from %s", device)
                 items, refusals = [], [Refusal(INVALID, f"could not be validated: {exc!r}", None, payload)]

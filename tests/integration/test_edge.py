@@ -187,3 +187,72 @@ def test_register_adds_only(live_stack: Settings) -> None:
     register_in_broker(live_stack, b)
     known = logins.registered(live_stack)[0]
     assert set(a) | set(b) <= set(known)
+
+
+def _pub(settings: Settings, user: str, password: str, payload: bytes) -> subprocess.CompletedProcess[bytes]:
+    """The real mosquitto_pub, QoS 1: exit 0 means the broker acknowledged the message."""
+    argv = ["mosquitto_pub", "-h", settings.mqtt.host, "-p", str(settings.mqtt.port), "-u", user, "-P", password]
+    argv += ["-q", "1", "-t", f"larder/v1/devices/{user}/readings", "-s"]
+    return subprocess.run(argv, input=payload, capture_output=True, timeout=20)
+
+
+HOSTILE: list[tuple[str, bytes, str]] = [
+    ("ts -1", b'{"ts": -1, "seq": 1, "temp_c": 3}', "bad_timestamp"),
+    ("utf-8 BOM", b'\xef\xbb\xbf{"ts": 1795290000, "seq": 2, "temp_c": 3}', "not_json"),
+    ("encoded surrogate", b'{"ts": 1795290000, "seq": 3, "temp_c": 3, "x": "\xed\xa0\x80"}', "not_json"),
+    ("escaped lone surrogate", b'{"ts": 1795290000, "seq": 4, "temp_c": NaN, "x": "\\ud800"}', "not_json"),
+    ("nested 200,000 deep", b"[" * 200_000 + b"]" * 200_000, "too_deep"),
+    ("600 KiB", b'{"ts": 1795290000, "seq": 6, "temp_c": 3, "x": "' + b"y" * 600 * 1024 + b'"}', "too_large"),
+]
+
+
+async def test_hostile_payloads_are_dead_lettered_with_their_reason_and_no_traceback(env: IngestEnv) -> None:
+    """Finding 6. Before: ts -1 was stored at 1969, BOM and surrogates accepted, deep nesting dead-lettered as
+    ``invalid`` with a RecursionError traceback in the log, and a 600 KiB message made Mosquitto disconnect
+    the device (mosquitto_pub failed; the device sent it again for ever)."""
+    import base64
+
+    from pipeline.schemas import MAX_MESSAGE_BYTES
+    from tests.integration.ingest_support import dead_letters, everything_in
+
+    bridge = env.bridge()
+    dev, (_, secret) = next(iter(env.devices.items()))
+    for name, payload, _ in HOSTILE:
+        out = _pub(env.settings, dev, secret, payload)
+        assert out.returncode == 0, f"{name}: the broker did not take it: {out.stderr.decode()}"
+    assert _pub(env.settings, dev, secret, reading(99)).returncode == 0
+    letters = await dead_letters(env.settings, env.topics, len(HOSTILE), timeout=30)
+    assert [d["reason_code"] for d in letters] == [code for _, _, code in HOSTILE]
+    for (name, payload, _), d in zip(HOSTILE, letters, strict=True):
+        assert base64.b64decode(d["payload_b64"]) == payload[:MAX_MESSAGE_BYTES], name
+    got = await Readings().until(env.settings, env.topics, 1, timeout=20)
+    assert list(got.pairs) == [(dev, 99)], "only the good reading is in"
+    assert len(await everything_in(env.settings, env.topics.deadletter)) == len(HOSTILE)
+    log = bridge.log.read_text()
+    assert "Traceback" not in log and "RecursionError" not in log, log[-3000:]
+
+
+def test_hooks_require_application_json(env: IngestEnv) -> None:
+    """Finding 6. Before: a correctly signed body sent as text/plain was accepted (202)."""
+    from pipeline.ingest.hooks import sign
+    from tests.integration.ingest_support import free_port
+
+    port = free_port()
+    env.hooks(port)
+    camera, (_, secret) = next(iter(env.cameras.items()))
+    body = b'{"event_id": "e1", "ts": "2026-11-22T11:30:05Z", "type": "stove_on"}'
+    ts = str(int(time.time()))
+
+    def post(content_type: str) -> tuple[int, str]:
+        argv = ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-X", "POST", "--data-binary", "@-"]
+        argv += ["-H", f"Content-Type: {content_type}", "-H", f"X-Larder-Camera: {camera}"]
+        argv += ["-H", f"X-Larder-Timestamp: {ts}", "-H", f"X-Larder-Signature: {sign(secret.encode(), ts, body)}"]
+        out = subprocess.run([*argv, f"http://127.0.0.1:{port}/v1/kitchen/events"], input=body,
+                             capture_output=True, timeout=30).stdout.decode()  # fmt: skip
+        text, _, code = out.rpartition("\n")
+        return int(code), text
+
+    for content_type in ("text/plain", "application/x-www-form-urlencoded"):
+        code, text = post(content_type)
+        assert code == 415 and "unsupported_media_type" in text, (content_type, code, text)
+    assert post("application/json; charset=utf-8")[0] == 202
