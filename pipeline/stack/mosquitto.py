@@ -209,10 +209,9 @@ acl_file {acl}
 use_username_as_clientid true
 persistence true
 persistence_location {data}/
-# Sessions, queues and in-flight messages are saved after every {m.autosave_changes} changes (not every 30 s):
-# a kill -9 of the broker loses at most the messages of the last {m.autosave_changes} changes (docs/ingest.md).
-autosave_on_changes true
-autosave_interval {m.autosave_changes}
+# Sessions, queues and in-flight messages are saved every {m.autosave_interval_s} s (and on SIGTERM): a kill -9 of the
+# broker loses what it acknowledged since the last save and had not handed to the bridge (docs/ingest.md).
+autosave_interval {m.autosave_interval_s}
 # The default queue limit (1,000 per client) drops a persistent bridge's readings while it is away; this
 # bound keeps them (see MqttSettings.max_queued_messages).
 max_queued_messages {m.max_queued_messages}
