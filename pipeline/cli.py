@@ -187,6 +187,12 @@ def stack_render_mosquitto(
     out: Annotated[Path, typer.Option(help="folder for mosquitto.conf, passwd and acl")],
     data: Annotated[Path, typer.Option(help="the broker's persistence folder, as the broker sees it")],
     sites: SiteOpt = None,
+    bridge: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--bridge", help="bridge instance to give a login (repeatable); default $LARDER_INGEST__BRIDGE_INSTANCE"
+        ),
+    ] = None,
 ) -> None:
     """Write Mosquitto's config, password file and ACL for a broker run elsewhere (deploy/compose.yaml)."""
     from pipeline import siteconfig
@@ -197,8 +203,11 @@ def stack_render_mosquitto(
         devices = siteconfig.load(settings.site_config).device_secrets()
     except siteconfig.SiteConfigError as exc:
         raise fail(str(exc)) from None
-    mosquitto.render_for_container(settings, devices, out, data)
-    console.print(f"wrote {out}/mosquitto.conf, passwd ({len(devices)} devices + bridge) and acl")
+    except KeyError as exc:  # a secret_ref that does not resolve: its message names it
+        raise fail(f"{settings.site_config}: {exc.args[0] if exc.args else exc}") from None
+    mosquitto.render_for_container(settings, devices, out, data, bridge or [])
+    n = len(bridge or [None])
+    console.print(f"wrote {out}/mosquitto.conf, passwd ({len(devices)} devices + {n} bridge instance(s)) and acl")
 
 
 def _print_status(statuses: list) -> None:  # type: ignore[type-arg]

@@ -236,17 +236,19 @@ connection_messages true
 """
 
 
-def render_for_container(settings: Settings, devices: Mapping[str, str], out: Path, data: Path) -> None:
+def render_for_container(
+    settings: Settings, devices: Mapping[str, str], out: Path, data: Path, bridges: Iterable[str] = ()
+) -> None:
     """Write mosquitto.conf, passwd and acl into ``out`` for a broker in another container (deploy/compose.yaml):
-    the listener binds every interface there, and the file paths are the container's. The bridge instance is
-    ``settings.ingest.bridge_instance``."""
+    the listener binds every interface there, and the file paths are the container's. Bridge instances:
+    ``bridges``, or ``settings.ingest.bridge_instance``."""
     out.mkdir(parents=True, exist_ok=True)
-    user, password = settings.mqtt.bridge_login(settings.ingest.bridge_instance)
+    logins = dict(settings.mqtt.bridge_login(b) for b in (list(bridges) or [settings.ingest.bridge_instance]))
     write_auth_files(
         settings,
         {d: hash_password(secret) for d, secret in devices.items()},
-        {user: hash_password(password)},
-        [user],
+        {user: hash_password(password) for user, password in logins.items()},
+        list(logins),
         passwd=out / "passwd",
         acl=out / "acl",
     )
