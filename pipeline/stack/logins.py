@@ -58,6 +58,7 @@ class Change:
 class _Store:
     devices: dict[str, dict[str, str]]  # id -> {"hash": mosquitto $7$ hash, "source": where it came from}
     bridges: list[str]  # instance names
+    saved: bool = False  # the files were rewritten: a running broker must reload them
 
 
 def _store_path(settings: Settings) -> Path:
@@ -76,6 +77,7 @@ def _locked(settings: Settings) -> Iterator[_Store]:
         yield store
         if serde.dumps({"d": store.devices, "b": store.bridges}) != before or not _rendered(settings):
             _save(settings, store)
+            store.saved = True
 
 
 def _read(settings: Settings) -> _Store:
@@ -151,6 +153,13 @@ def _finish(settings: Settings, store: _Store, change: Change) -> Change:
     return change
 
 
+def _reload(settings: Settings, store: _Store) -> bool:
+    """SIGHUP a running broker if the files changed; True if a broker is running (it has the current files)."""
+    if store.saved:
+        return mosquitto.reload(settings)
+    return mosquitto.running(settings)
+
+
 def register_devices(settings: Settings, secrets: Mapping[str, str], *, source: str = MANUAL) -> Change:
     """Add or update these devices' logins; every other registration stays."""
     for device in secrets:
@@ -160,7 +169,7 @@ def register_devices(settings: Settings, secrets: Mapping[str, str], *, source: 
         for device, secret in secrets.items():
             _put(store, change, device, secret, source)
         _finish(settings, store, change)
-    change.reloaded = mosquitto.reload(settings)
+    change.reloaded = _reload(settings, store)
     return change
 
 
@@ -189,7 +198,7 @@ def sync_site_files(settings: Settings, files: Mapping[Path, Mapping[str, str]],
                 else:
                     change.stale[device] = entry["source"]
         _finish(settings, store, change)
-    change.reloaded = mosquitto.reload(settings)
+    change.reloaded = _reload(settings, store)
     return change
 
 
@@ -200,7 +209,7 @@ def revoke_devices(settings: Settings, devices: Iterable[str]) -> Change:
             if store.devices.pop(device, None) is not None:
                 change.revoked.append(device)
         _finish(settings, store, change)
-    change.reloaded = mosquitto.reload(settings)
+    change.reloaded = _reload(settings, store)
     return change
 
 
@@ -215,7 +224,7 @@ def register_bridges(settings: Settings, instances: Iterable[str]) -> Change:
                 store.bridges.append(instance)
                 change.bridges_added.append(instance)
         _finish(settings, store, change)
-    change.reloaded = mosquitto.reload(settings)
+    change.reloaded = _reload(settings, store)
     return change
 
 
@@ -226,7 +235,7 @@ def revoke_bridges(settings: Settings, instances: Iterable[str]) -> Change:
         change.revoked = [b for b in store.bridges if b in gone]
         store.bridges = [b for b in store.bridges if b not in gone]
         _finish(settings, store, change)
-    change.reloaded = mosquitto.reload(settings)
+    change.reloaded = _reload(settings, store)
     return change
 
 
@@ -234,6 +243,7 @@ def ensure_rendered(settings: Settings) -> None:
     """Write the password file and ACL from the store (a broker about to start reads them)."""
     with _locked(settings) as store:
         _save(settings, store)
+        store.saved = True
 
 
 def registered(settings: Settings) -> tuple[dict[str, str], list[str]]:

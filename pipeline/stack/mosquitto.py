@@ -187,6 +187,10 @@ def write_auth_files(
     write_private(acl or p["acl"], render_acl(bridge_users))
 
 
+def running(settings: Settings) -> bool:
+    return read_pid(paths(settings)["pid"]) is not None
+
+
 def reload(settings: Settings) -> bool:
     pid = read_pid(paths(settings)["pid"])
     if pid is None:
