@@ -180,7 +180,11 @@ class Bench:
         asyncio.run(stack.ensure_topics(self.settings, topics))
         self.env.topics = topics
         self.env.group = f"g{uuid.uuid4().hex[:8]}"
-        procs = [self.env.bridge(instance=f"bench-{self.env.group}-{i}") for i in range(instances)]
+        shared = "true" if instances > 1 else "false"  # several instances split the load only when shared
+        procs = [
+            self.env.bridge(instance=f"bench-{self.env.group}-{i}", LARDER_INGEST__BRIDGE_SHARED=shared)
+            for i in range(instances)
+        ]
         try:
             if not live:
                 for p in procs:
@@ -300,6 +304,7 @@ def main() -> None:
             live = fn(True)
             print(f"> {name}: live {live:,.0f}/s", file=sys.stderr, flush=True)
             rows.append((name, backlog, live))
+        logins.revoke_bridges(settings, [b.sub_instance])  # the subscribers' login goes with their sessions
 
         port = free_port()
         cam, (_, secret) = next(iter(env.cameras.items()))
