@@ -148,28 +148,24 @@ def _put(store: _Store, change: Change, device: str, secret: str, source: str) -
         entry["source"] = source
 
 
-def _finish(settings: Settings, store: _Store, change: Change) -> Change:
-    change.total = len(store.devices)
-    return change
-
-
-def _reload(settings: Settings, store: _Store) -> bool:
-    """SIGHUP a running broker if the files changed; True if a broker is running (it has the current files)."""
-    if store.saved:
-        return mosquitto.reload(settings)
-    return mosquitto.running(settings)
+@contextlib.contextmanager
+def _changing(settings: Settings) -> Iterator[tuple[_Store, Change]]:
+    """One change of the registrations: under the lock, rendered if anything changed, then a running broker
+    reloads (SIGHUP) the new files. ``Change.reloaded``: a broker is running with the current files."""
+    change = Change()
+    with _locked(settings) as store:
+        yield store, change
+        change.total = len(store.devices)
+    change.reloaded = mosquitto.reload(settings) if store.saved else mosquitto.running(settings)
 
 
 def register_devices(settings: Settings, secrets: Mapping[str, str], *, source: str = MANUAL) -> Change:
     """Add or update these devices' logins; every other registration stays."""
     for device in secrets:
         _check_id(settings, device)
-    change = Change()
-    with _locked(settings) as store:
+    with _changing(settings) as (store, change):
         for device, secret in secrets.items():
             _put(store, change, device, secret, source)
-        _finish(settings, store, change)
-    change.reloaded = _reload(settings, store)
     return change
 
 
@@ -185,8 +181,7 @@ def sync_site_files(settings: Settings, files: Mapping[Path, Mapping[str, str]],
                 raise StackError(f"device {device} is in two site files: {owner[device]} and {path}")
             owner[device] = path
     sources = {str(p.resolve()) for p in files}
-    change = Change()
-    with _locked(settings) as store:
+    with _changing(settings) as (store, change):
         for path, secrets in files.items():
             for device, secret in secrets.items():
                 _put(store, change, device, secret, str(path.resolve()))
@@ -197,45 +192,32 @@ def sync_site_files(settings: Settings, files: Mapping[Path, Mapping[str, str]],
                     change.revoked.append(device)
                 else:
                     change.stale[device] = entry["source"]
-        _finish(settings, store, change)
-    change.reloaded = _reload(settings, store)
     return change
 
 
 def revoke_devices(settings: Settings, devices: Iterable[str]) -> Change:
-    change = Change()
-    with _locked(settings) as store:
-        for device in devices:
-            if store.devices.pop(device, None) is not None:
-                change.revoked.append(device)
-        _finish(settings, store, change)
-    change.reloaded = _reload(settings, store)
+    with _changing(settings) as (store, change):
+        change.revoked = [d for d in devices if store.devices.pop(d, None) is not None]
     return change
 
 
 def register_bridges(settings: Settings, instances: Iterable[str]) -> Change:
     """Give these bridge instances a login of their own (user ``<bridge_user>-<instance>``)."""
-    change = Change()
-    with _locked(settings) as store:
+    with _changing(settings) as (store, change):
         for instance in instances:
             if not _INSTANCE.match(instance):
                 raise StackError(f"bridge instance {instance!r}: use 1-64 of A-Z a-z 0-9 _ . -")
             if instance not in store.bridges:
                 store.bridges.append(instance)
                 change.bridges_added.append(instance)
-        _finish(settings, store, change)
-    change.reloaded = _reload(settings, store)
     return change
 
 
 def revoke_bridges(settings: Settings, instances: Iterable[str]) -> Change:
-    change = Change()
     gone = set(instances)
-    with _locked(settings) as store:
+    with _changing(settings) as (store, change):
         change.revoked = [b for b in store.bridges if b in gone]
         store.bridges = [b for b in store.bridges if b not in gone]
-        _finish(settings, store, change)
-    change.reloaded = _reload(settings, store)
     return change
 
 
