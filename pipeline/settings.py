@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline import serde
@@ -134,7 +134,7 @@ class IngestSettings(_Group):
     )
     max_batch_items: int = Field(2_000, gt=0, description="most items in one Kafka record (RecordBatch)")
     future_skew_s: float = Field(300.0, ge=0, description="readings/events further in the future are refused")
-    ts_floor: datetime = Field(
+    ts_floor: AwareDatetime = Field(
         datetime(2000, 1, 1, tzinfo=UTC),
         description="readings/events timestamped before this are refused as bad_timestamp (clock never set)",
     )
