@@ -174,9 +174,10 @@ def test_a_service_exits_at_start_on_a_broken_site_file(env: IngestEnv, tmp_path
     assert out.returncode == 1, said
     assert re.search(rf"{re.escape(str(broken))}:\d+: sites\.S1: .*'a9'", said), said
     assert "Traceback" not in said
-    missing = subprocess.run([LARDER, verb], env=env.env(LARDER_SITE_CONFIG=str(tmp_path / "nope.yaml")),
-                             capture_output=True, text=True, timeout=30)  # fmt: skip
-    assert missing.returncode == 1 and "no such site configuration file" in " ".join(missing.stderr.split())
+    if verb == "bridge":  # the same load path for both; one process start less in CI
+        missing = subprocess.run([LARDER, verb], env=env.env(LARDER_SITE_CONFIG=str(tmp_path / "nope.yaml")),
+                                 capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert missing.returncode == 1 and "no such site configuration file" in " ".join(missing.stderr.split())
 
 
 def test_register_adds_only(live_stack: Settings) -> None:
