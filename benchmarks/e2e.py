@@ -52,7 +52,7 @@ from pipeline.alerts.channels.webhook import sign
 from pipeline.services import Services, free_port
 from pipeline.settings import Settings, load_settings
 from pipeline.siteconfig import load
-from pipeline.stack import influx, mosquitto
+from pipeline.stack import influx, logins
 from pipeline.stack.process import read_pid
 from pipeline.topics import Topics
 
@@ -456,7 +456,7 @@ class Bench:
         devices = [(f"bd-{i:06d}", secrets.token_urlsafe(12)) for i in range(max_devices)]
         site_file = s.state_dir / "bench" / f"{self.prefix}-sites.yaml"
         write_site_file(site_file, devices, hook_url)
-        mosquitto.write_auth(s, dict(devices))
+        logins.register_devices(s, dict(devices), source=f"benchmark {self.prefix}")  # adds only
         await asyncio.sleep(1.0)  # SIGHUP reload
         influx.create_database(s, self.prefix)  # the run's own database, so counts are exact
         env = {

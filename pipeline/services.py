@@ -107,8 +107,9 @@ class Services:
     names: Sequence[str] = CORE
     hooks_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
-    #: The bridge's MQTT client id and shared-subscription group are fresh for each run (a session left over from
-    #: another run may hold that run's unacknowledged messages); :meth:`stop` deletes the session again.
+    #: The bridge instance is fresh for each run (a session left over from another run may hold that run's
+    #: unacknowledged messages): its own MQTT login is registered at start; :meth:`stop` deletes the session
+    #: and revokes the login again.
     bridge_instance: str = field(default_factory=lambda: f"sim-{uuid.uuid4().hex[:8]}")
     extra_env: dict[str, str] = field(default_factory=dict)
     #: Demo, tests and replay keep worker state in memory (changelogs still in Kafka); benchmarks use RocksDB.
@@ -141,7 +142,6 @@ class Services:
             "LARDER_NOTIFY__API_PORT": str(self.api_port),
             "LARDER_INGEST__BRIDGE_METRICS_PORT": "0",
             "LARDER_INGEST__BRIDGE_INSTANCE": self.bridge_instance,
-            "LARDER_INGEST__BRIDGE_GROUP": f"larder-{self.bridge_instance}",
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
         }
@@ -168,6 +168,10 @@ class Services:
         if missing:
             raise StackError(f"this checkout has no `larder {' / '.join(missing)}` yet; cannot run the pipeline")
         env = self.env()
+        if "bridge" in self.names and not self.settings.mqtt.external:
+            from pipeline.stack import logins
+
+            logins.register_bridges(self.settings, [self.bridge_instance])  # its own broker login
         for name in self.names:
             if name not in have:
                 self.report(f"{name}: not part of this checkout, skipped")
@@ -223,9 +227,13 @@ class Services:
         if self.settings.mqtt.bridge_password is None:
             return
         try:
-            forget_session(self.settings, f"larder-bridge-{self.bridge_instance}")
+            forget_session(self.settings, self.bridge_instance)
         except RuntimeError as exc:
             log.warning("%s", exc)
+        if not self.settings.mqtt.external:
+            from pipeline.stack import logins
+
+            logins.revoke_bridges(self.settings, [self.bridge_instance])
 
     def check_alive(self) -> None:
         for p in self.processes:

@@ -20,7 +20,7 @@ import pytest
 
 from pipeline import stack
 from pipeline.settings import Settings, load_settings
-from pipeline.stack import influx, mosquitto
+from pipeline.stack import influx, logins
 from pipeline.topics import Topics
 
 
@@ -79,17 +79,13 @@ class MqttCredentials:
     password: str
 
 
-_registered: dict[str, str] = {}
-
-
 @pytest.fixture
 def mqtt_devices(live_stack: Settings) -> Callable[[int], list[MqttCredentials]]:
-    """Register ``n`` throwaway devices in Mosquitto's password file (SIGHUP reload) and return them."""
+    """Register ``n`` throwaway devices with the broker (adds only; SIGHUP reload) and return them."""
 
     def make(n: int) -> list[MqttCredentials]:
         new = [MqttCredentials(f"dev-{uuid.uuid4().hex[:10]}", secrets.token_urlsafe(12)) for _ in range(n)]
-        _registered.update({c.username: c.password for c in new})
-        mosquitto.write_auth(live_stack, _registered)
+        logins.register_devices(live_stack, {c.username: c.password for c in new}, source="tests")
         _wait_login(live_stack, new[-1])
         return new
 

@@ -61,9 +61,10 @@ def worker(
     ] = 1.0,
     commit_interval: Annotated[float, typer.Option("--commit-interval", help="offset commit period, s")] = 2.8,
     session_timeout: Annotated[
-        float, typer.Option("--session-timeout", help="seconds before a dead worker's partitions move")
-    ] = 30.0,
-    heartbeat_interval: Annotated[float, typer.Option("--heartbeat-interval", help="seconds")] = 3.0,
+        float,
+        typer.Option("--session-timeout", help="seconds before a dead worker's partitions move (Kafka's min: 6)"),
+    ] = 6.0,
+    heartbeat_interval: Annotated[float, typer.Option("--heartbeat-interval", help="seconds")] = 1.5,
     metrics_port: Annotated[
         int,
         typer.Option(

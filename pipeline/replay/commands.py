@@ -386,10 +386,15 @@ def record(
 ) -> None:
     """Capture what arrives (device publishes from MQTT, accepted hook requests from Kafka) into a replay file
     until Ctrl-C or --duration."""
+    from pipeline.replay.record import RECORDER_INSTANCE
     from pipeline.replay.record import record as do_record
     from simulators.scenarios import parse_duration
 
     settings = load_settings(**({"topic_prefix": topic_prefix} if topic_prefix else {}))
+    if not settings.mqtt.external:
+        from pipeline.stack import logins
+
+        logins.register_bridges(settings, [RECORDER_INSTANCE])  # a reader login of its own
     topics = Topics(settings.topic_prefix, settings.readings_partitions)
     try:
         limit = parse_duration(duration) if duration else None

@@ -18,7 +18,6 @@ import base64
 import heapq
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,9 @@ from pipeline.topics import Topics
 from simulators.core import Line
 
 REORDER_MS = 3000
+
+#: The bridge-instance login `larder record` reads the devices' readings with (pipeline.stack.logins).
+RECORDER_INSTANCE = "recorder"
 
 
 @dataclass
@@ -137,11 +139,11 @@ class Recorder:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         m = self.settings.mqtt
-        assert m.bridge_password is not None, "load settings with load_settings()"
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=f"larder-recorder-{uuid.uuid4().hex[:6]}", clean_session=True
-        )
-        client.username_pw_set(m.bridge_user, m.bridge_password.get_secret_value())
+        # A reader login of its own (registered by `larder record`): the broker binds client ids to logins, so
+        # sharing a bridge instance's login would close that bridge's connection.
+        user, password = m.bridge_login(RECORDER_INSTANCE)
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=user, clean_session=True)
+        client.username_pw_set(user, password)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka.bootstrap_servers, enable_auto_commit=False)

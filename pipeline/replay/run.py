@@ -43,19 +43,13 @@ def secrets_of(config: SiteConfig) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def register_devices(settings: Settings, config: SiteConfig) -> None:
-    """Let the simulated devices log in to the broker, keeping every device of the configured site file."""
-    from pipeline import siteconfig
-    from pipeline.stack import mosquitto
+    """Let the simulated devices log in to the broker. Only adds (pipeline.stack.logins): every device
+    registered from anywhere else keeps its login."""
+    from pipeline.stack import logins
 
     if settings.mqtt.external:
         return  # an external broker's credentials are not ours to write
-    devices: dict[str, str] = {}
-    if settings.site_config.exists():
-        # An unusable site file must not stop a simulation; its devices keep what the broker has.
-        with contextlib.suppress(Exception):
-            devices.update(siteconfig.load(settings.site_config).device_secrets())
-    devices.update(config.device_secrets())
-    mosquitto.write_auth(settings, devices)
+    logins.register_devices(settings, config.device_secrets(), source="larder replay/simulate")
 
 
 class AlertWatch:

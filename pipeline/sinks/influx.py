@@ -121,7 +121,7 @@ class InfluxSink:
         t = self.topics
         data: Any = serde.loads(value)
         if topic in (t.readings, t.kitchen_events):
-            return list(lineproto.batch_lines(data)), []
+            return [], list(lineproto.batch_lines(data))  # nanoseconds: same-ms readings stay apart (lineproto)
         if topic == t.alerts:
             return [], [lineproto.alert_line(Alert.model_validate(data))]
         if topic == t.annotations:
@@ -196,6 +196,9 @@ class InfluxSink:
                 if len(ms_lines) >= size:
                     await submit(ms_lines[:size], WritePrecision.MS)
                     ms_lines = ms_lines[size:]
+                if len(ns_lines) >= size:
+                    await submit(ns_lines[:size], WritePrecision.NS)
+                    ns_lines = ns_lines[size:]
         for lines, precision in ((ms_lines, WritePrecision.MS), (ns_lines, WritePrecision.NS)):
             for start in range(0, len(lines), size):
                 await submit(lines[start : start + size], precision)

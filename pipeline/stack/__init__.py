@@ -11,11 +11,12 @@ import asyncio
 import re
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline.settings import Settings
-from pipeline.stack import influx, kafka, mosquitto
+from pipeline.stack import influx, kafka, logins, mosquitto
 from pipeline.stack.process import StackError, port_open, read_pid, stop_pid, tail, wait_for_service
 from pipeline.topics import Topics
 
@@ -32,7 +33,9 @@ __all__ = [
     "ensure_topics",
     "prefixed",
     "prune",
+    "register_site_files",
     "run_of",
+    "site_files",
     "status",
     "up",
 ]
@@ -147,12 +150,33 @@ def status(settings: Settings) -> list[ServiceStatus]:
     ]
 
 
-def _device_secrets(settings: Settings) -> Mapping[str, str]:
+def site_files(paths: Sequence[Path]) -> list[Path]:
+    """Site files named directly, and every ``*.yaml``/``*.yml``/``*.json`` in a folder named (sorted)."""
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out += sorted(f for f in p.iterdir() if f.suffix in (".yaml", ".yml", ".json") and f.is_file())
+        else:
+            out.append(p)
+    return out
+
+
+def register_site_files(settings: Settings, paths: Sequence[Path], *, revoke: bool = False) -> logins.Change:
+    """Register the devices of these site files with the broker (:func:`logins.sync_site_files`): adds and
+    updates; devices gone from these files are revoked only with ``revoke``."""
     from pipeline import siteconfig
 
-    if not settings.site_config.exists():
-        return {}
-    return siteconfig.load(settings.site_config).device_secrets()
+    files: dict[Path, Mapping[str, str]] = {}
+    for path in site_files(paths):
+        try:
+            files[path] = siteconfig.load(path).device_secrets()
+        except siteconfig.SiteConfigError as exc:
+            raise StackError(str(exc)) from None
+        except KeyError as exc:  # a secret_ref that does not resolve
+            raise StackError(f"{path}: {exc.args[0] if exc.args else exc}") from None
+    if not files:
+        raise StackError(f"no site files in {', '.join(map(str, paths))}")
+    return logins.sync_site_files(settings, files, revoke=revoke)
 
 
 def up(settings: Settings, report: Report = print, *, create_topics: bool = True) -> list[ServiceStatus]:
@@ -192,17 +216,19 @@ def up(settings: Settings, report: Report = print, *, create_topics: bool = True
     if settings.influx.url is None and not influx.healthy(settings):
         _start_fresh(settings, "influxdb", influx.paths(settings), lambda: influx.start(settings), report)
     if not settings.mqtt.external:
-        devices = _device_secrets(settings)
+        # Registrations are kept as they are (pipeline.stack.logins): `stack up` only makes sure the default
+        # bridge instance has its login and the files are rendered; site files are registered by the caller.
+        logins.register_bridges(settings, [settings.ingest.bridge_instance])
+        logins.ensure_rendered(settings)
         if _mqtt_healthy(settings) and read_pid(mosquitto.paths(settings)["pid"]):
-            mosquitto.write_auth(settings, devices)  # picks up site-config changes via SIGHUP
+            if mosquitto.conf_outdated(settings):
+                report(
+                    "mosquitto: its configuration changed (larder upgraded); `larder stack down` and `up` apply "
+                    "it (registrations and queued messages are kept)"
+                )
+            mosquitto.reload(settings)
         elif not _mqtt_healthy(settings):
-            _start_fresh(
-                settings,
-                "mosquitto",
-                mosquitto.paths(settings),
-                lambda: mosquitto.start(settings, devices),
-                report,
-            )
+            _start_fresh(settings, "mosquitto", mosquitto.paths(settings), lambda: mosquitto.start(settings), report)
         else:
             raise StackError(
                 f"port {settings.mqtt.port} is taken by a Mosquitto that larder did not start; "

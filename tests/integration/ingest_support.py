@@ -23,7 +23,7 @@ from pipeline import serde
 from pipeline.ingest.bridge import forget_session
 from pipeline.services import free_port as free_port  # re-exported: the tests take it from here
 from pipeline.settings import Settings
-from pipeline.stack import mosquitto
+from pipeline.stack import logins
 from pipeline.topics import Topics
 
 LARDER = str(Path(sys.executable).with_name("larder"))
@@ -47,11 +47,10 @@ def write_site_file(path: Path, devices: dict[str, tuple[str, str]], cameras: di
 
 
 def register_in_broker(settings: Settings, secrets: dict[str, str]) -> None:
-    """Add credentials to the broker's password file without dropping other tests' devices."""
+    """Add credentials to the broker's logins (adds only: other tests' devices keep theirs)."""
     from tests import conftest
 
-    conftest._registered.update(secrets)
-    mosquitto.write_auth(settings, conftest._registered)
+    logins.register_devices(settings, secrets, source="tests")
     if secrets:
         dev, pw = next(reversed(secrets.items()))
         conftest._wait_login(settings, conftest.MqttCredentials(dev, pw))
@@ -80,12 +79,13 @@ class IngestEnv:
 
     def bridge(self, instance: str | None = None, **extra_env: str) -> Proc:
         instance = instance or uuid.uuid4().hex[:8]
+        logins.register_bridges(self.settings, [instance])  # each instance logs in as its own user
         p = Proc(
             [LARDER, "bridge", "--instance", instance],
             self.env(**extra_env),
             self.workdir / f"bridge-{instance}",
             ready="connected to mqtt",
-            client_id=f"larder-bridge-{instance}",
+            instance=instance,
         )
         self.procs.append(p)
         return p.start()
@@ -104,17 +104,17 @@ class IngestEnv:
         for p in self.procs:
             p.stop()
         for p in self.procs:
-            if p.client_id:
-                clear_session(self.settings, p.client_id)
+            if p.instance:
+                clear_session(self.settings, p.instance)
+        if instances := [p.instance for p in self.procs if p.instance]:
+            logins.revoke_bridges(self.settings, instances)
 
 
 class Proc:
     """A real `larder ...` process; restartable, killable with SIGKILL."""
 
-    def __init__(
-        self, argv: list[str], env: dict[str, str], log_base: Path, *, ready: str, client_id: str = ""
-    ) -> None:
-        self.argv, self.env, self.log_base, self.ready, self.client_id = argv, env, log_base, ready, client_id
+    def __init__(self, argv: list[str], env: dict[str, str], log_base: Path, *, ready: str, instance: str = "") -> None:
+        self.argv, self.env, self.log_base, self.ready, self.instance = argv, env, log_base, ready, instance
         self.popen: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -151,10 +151,10 @@ class Proc:
             self.popen.wait(5)
 
 
-def clear_session(settings: Settings, client_id: str) -> None:
-    """Drop a bridge's persistent session so its shared-subscription membership does not outlive the test."""
+def clear_session(settings: Settings, instance: str) -> None:
+    """Drop a bridge instance's persistent session so its subscription does not outlive the test."""
     with contextlib.suppress(RuntimeError):
-        forget_session(settings, client_id)
+        forget_session(settings, instance)
 
 
 def reading(seq: int, ts: float | None = None, **extra: Any) -> bytes:

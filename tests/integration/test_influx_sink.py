@@ -174,3 +174,37 @@ async def test_alerts_annotations_deliveries_land_with_their_tags(
     assert [(r["channel"], r["role"], r["status"], r["kind"], r["_value"]) for r in lat] == [
         ("sms", "operator", "retry", "attempt", 12.5)
     ]
+
+
+async def test_same_millisecond_readings_are_never_merged(
+    live_stack: Settings, topics: Topics, influx_bucket: str
+) -> None:
+    """Issue 27, finding 7: readings of one device stamped in one millisecond (different seq and values) were one
+    point in InfluxDB. Now each is its own point, in its own millisecond; the same batch sent twice (a retry)
+    still leaves one point per reading."""
+    dev = "dev-same-ms"
+    items = [
+        {"device": dev, "site": "S1", "asset": "a1", "profile": "chilled", "seq": seq, "ts_ms": T0 + seq // 10,
+         "temp_c": 2.0 + seq / 100, "received_ms": T0 + 500}
+        for seq in range(100)
+    ]  # fmt: skip  # 10 readings in each of 10 milliseconds
+    value = serde.dumps({"v": 1, "kind": "readings", "items": items})
+    part = partition_for(dev, topics.partitions)
+    producer = AIOKafkaProducer(bootstrap_servers=live_stack.kafka.bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        for _ in range(2):
+            await producer.send_and_wait(topics.readings, value, key=dev.encode(), partition=part)
+    finally:
+        await producer.stop()
+    sink = InfluxSink(live_stack, topics, bucket=influx_bucket, group_id=f"sink-{topics.prefix}")
+    svc = await Service(sink.run).started()
+    await eventually(lambda: sink.stats.points >= 200, 30, "both copies written")
+    await svc.close()
+    rows = flux(
+        live_stack,
+        f'from(bucket: "{influx_bucket}") |> range(start: 2026-01-01T00:00:00Z, stop: 2028-01-01T00:00:00Z)'
+        ' |> filter(fn: (r) => r._measurement == "reading" and r._field == "temp_c")',
+    )
+    assert len(rows) == 100, f"{len(rows)} points for 100 readings"
+    assert sorted(round(r["_value"], 2) for r in rows) == [round(2.0 + s / 100, 2) for s in range(100)]

@@ -180,13 +180,14 @@ async def test_devices_add_while_running_is_picked_up(env: IngestEnv) -> None:
     secret = out.stdout.strip()
     assert "# ingestion test site" in env.site_file.read_text(), "comments survive"
     assert secret not in bridge.log.read_text()
-    # `devices add` rewrote the password file from the site file alone; put the other tests' devices back.
-    register_in_broker(env.settings, {new: secret})
+    # `devices add` registered the new device and nobody else's login changed (pipeline.stack.logins).
     deadline = time.monotonic() + 10
     while pub(env.settings, new, secret, reading(1)) != 0 and time.monotonic() < deadline:
         time.sleep(0.2)
     got = await Readings().until(env.settings, env.topics, 1, timeout=20)
     assert [(item["device"], item["site"], item["profile"]) for _, item in got.items] == [(new, "S2", "frozen")]
+    old, (_, old_secret) = next(iter(env.devices.items()))
+    assert pub(env.settings, old, old_secret, reading(1)) == 0, "a device registered elsewhere keeps its login"
     assert secret not in bridge.log.read_text(), "secrets never logged"
 
 

@@ -50,7 +50,7 @@ def test_malformed_token_is_refused(token: str) -> None:
         acklinks.verify(KEY, token, 0)
 
 
-def test_reading_line_escapes_and_uses_milliseconds() -> None:
+def test_reading_line_escapes_and_carries_seq_below_the_millisecond() -> None:
     item = {
         "device": "dev 1,a=b",
         "site": "S1",
@@ -66,8 +66,17 @@ def test_reading_line_escapes_and_uses_milliseconds() -> None:
     out = lineproto.reading_line(item)
     assert out == (
         r"reading,asset=cold\ room,device=dev\ 1\,a\=b,profile=chilled,site=S1 "
-        "temp_c=3.0,door_open=false,seq=7i,delay_ms=77i 1700000000123"
+        "temp_c=3.0,door_open=false,seq=7i,delay_ms=77i 1700000000123000007"
     )
+
+
+def test_same_millisecond_readings_are_distinct_points_and_a_duplicate_is_the_same_point() -> None:
+    """Issue 27, finding 7: one point per (series, ms) merged readings of one device stamped in one ms."""
+    base = {"device": "d", "site": "S", "asset": "a", "profile": "p", "ts_ms": 1_700_000_000_123}
+    times = [lineproto.reading_line({**base, "seq": seq, "temp_c": 3.0 + seq})[-19:] for seq in range(1000)]  # type: ignore[index]
+    assert len(set(times)) == 1000 and all(t.startswith("1700000000123") for t in times)
+    again = lineproto.reading_line({**base, "seq": 5, "temp_c": 8.0})
+    assert again == lineproto.reading_line({**base, "seq": 5, "temp_c": 8.0}), "a QoS 1 duplicate overwrites"
 
 
 def test_string_fields_escape_quotes_and_newlines() -> None:
