@@ -42,6 +42,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pipeline import serde
 from pipeline.agents.core import Runner
 from pipeline.agents.devices import device_concern
+from pipeline.contracts import records
 from pipeline.partitioner import partition_for
 from pipeline.schemas import Reading
 from pipeline.settings import Settings, load_settings
@@ -113,11 +114,11 @@ def record_batches(items: list[dict[str, Any]], partitions: int) -> list[tuple[i
         buf = pending.setdefault(p, [])
         buf.append(it)
         if len(buf) == PER_RECORD:
-            out.append((p, buf[0]["device"].encode(), serde.dumps({"v": 1, "kind": "readings", "items": buf})))
+            out.append((p, buf[0]["device"].encode(), records.readings_value(buf)))
             pending[p] = []
     for p, buf in pending.items():
         if buf:
-            out.append((p, buf[0]["device"].encode(), serde.dumps({"v": 1, "kind": "readings", "items": buf})))
+            out.append((p, buf[0]["device"].encode(), records.readings_value(buf)))
     return out
 
 

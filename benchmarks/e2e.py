@@ -48,6 +48,7 @@ from benchmarks import quiet
 from benchmarks.loadgen import CompiledLoadGenerator, LoadGenerator, build_compiled
 from pipeline import serde, stack
 from pipeline.alerts.channels.webhook import sign
+from pipeline.contracts import records
 from pipeline.services import Services, free_port
 from pipeline.settings import Settings, load_settings
 from pipeline.siteconfig import load
@@ -692,8 +693,8 @@ class Bench:
                         if tp.topic == self.topics.alerts:
                             if body.get("state") == "open":
                                 alerts.setdefault(body["alert_id"], rec.timestamp)
-                        elif body.get("kind") == "readings":
-                            for it in body["items"]:
+                        else:
+                            for it in records.batch_items(body, "readings"):
                                 readings.setdefault((it["device"], it["seq"]), rec.timestamp)
         finally:
             await consumer.stop()
@@ -827,8 +828,7 @@ class Bench:
 
 
 def _items(value: bytes) -> list[dict[str, Any]]:
-    body = serde.loads(value)
-    return list(body["items"]) if body.get("kind") == "readings" else []
+    return records.batch_items(value, "readings")
 
 
 def _nearest(sent: dict[tuple[str, int], tuple[int, float]], device: str, ts_ms: int) -> tuple[int, float] | None:

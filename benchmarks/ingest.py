@@ -30,6 +30,7 @@ from typing import Any
 
 from benchmarks import quiet
 from pipeline import serde, stack
+from pipeline.contracts import records
 from pipeline.ingest.hooks import sign
 from pipeline.settings import Settings, load_settings
 from pipeline.topics import Topics
@@ -190,7 +191,7 @@ class Bench:
             count = [0]
 
             def on(record: Any) -> None:
-                count[0] += len(serde.loads(record.value)["items"])
+                count[0] += len(records.batch_items(record.value, "readings"))
                 stamps.append(record.timestamp)
 
             asyncio.run(consume(self.settings, topics.readings, on, lambda: count[0] >= self.n, timeout=600))

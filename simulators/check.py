@@ -12,14 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from pipeline.contracts.models import Alert, ts_to_ms
+from pipeline.contracts.replay import Line
 from pipeline.detectors.base import Output
-from pipeline.schemas import Alert, _parse_ts, to_ms
 from pipeline.siteconfig import SiteConfig
-from simulators.core import Line
 
 
 def _ms(ts: Any) -> int:
-    return to_ms(_parse_ts(ts))
+    return ts_to_ms(ts)
 
 
 def detect(config: SiteConfig, lines: Iterable[Line], *, tick_every_s: float = 10.0) -> list[Alert]:

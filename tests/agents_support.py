@@ -13,6 +13,7 @@ from typing import Any
 
 from pipeline import serde
 from pipeline.agents.core import Concern, Result, Runner
+from pipeline.contracts import records
 from pipeline.detectors.base import Output
 from pipeline.partitioner import partition_for
 from pipeline.schemas import (
@@ -149,12 +150,12 @@ def batches(items: list[dict[str, Any]], partitions: int, per_record: int = 500)
     out: list[tuple[int, bytes]] = []
     for p, its in sorted(by_p.items()):
         for i in range(0, len(its), per_record):
-            out.append((p, serde.dumps({"v": 1, "kind": "readings", "items": its[i : i + per_record]})))
+            out.append((p, records.readings_value(its[i : i + per_record])))
     return out
 
 
 def tick(now_ms: int) -> bytes:
-    return serde.dumps({"v": 1, "kind": "tick", "now_ms": now_ms})
+    return records.tick_value(now_ms)
 
 
 def oracle(records: list[tuple[int, bytes]], partitions: int, concern: Concern[Any, Any] | None = None) -> Result:
@@ -227,7 +228,7 @@ def kitchen_batches(items: list[dict[str, Any]], partitions: int) -> list[tuple[
     by_p: dict[int, list[dict[str, Any]]] = {}
     for it in items:
         by_p.setdefault(partition_for(it["kitchen"], partitions), []).append(it)
-    return [(p, serde.dumps({"v": 1, "kind": "kitchen_events", "items": its})) for p, its in sorted(by_p.items())]
+    return [(p, records.kitchen_events_value(its)) for p, its in sorted(by_p.items())]
 
 
 def cold_chain_scenario(

@@ -40,11 +40,11 @@ import faust
 from faust.streams import _current_event
 from faust.types import TP
 
-from pipeline import serde
 from pipeline.agents.changelog import KafkaBatches, SendBatch, TableWriter
 from pipeline.agents.continuity import AckGate, Continuity
-from pipeline.agents.core import Concern, Result, Runner, Stats, encode_output, tick_record
+from pipeline.agents.core import Concern, Result, Runner, Stats, encode_output
 from pipeline.clock import Clock, WallClock
+from pipeline.contracts.records import encode, tick_value
 from pipeline.producer import until_kafka_takes
 from pipeline.settings import Settings
 from pipeline.topics import Topics
@@ -101,7 +101,7 @@ class KafkaOutputs:
         # Sent now and awaited: we must know the outputs are in Kafka before the states that produced them
         # are written to the table.
         records: list[tuple[str, bytes | None, bytes]] = [encode_output(o) for o in result.outputs]
-        records += [("deadletter", None, serde.dumps(d.model_dump(mode="json"))) for d in result.dead_letters]
+        records += [("deadletter", None, encode(d)) for d in result.dead_letters]
 
         async def send_all() -> None:
             await asyncio.gather(*[await send(names[which], key, value) for which, key, value in records])
@@ -338,7 +338,7 @@ def make_app(
             All partitions' ticks go out at once and are not awaited: the next tick supersedes a lost one."""
             if app.rebalancing or not app.consumer:
                 return
-            record = tick_record(clock.now_ms())
+            record = tick_value(clock.now_ms())
             actives = app.assignor.assigned_actives()
             for name in sources:
                 for p in sorted(tp.partition for tp in actives if tp.topic == source_names[name]):

@@ -10,7 +10,7 @@ record batch however many of the subject's readings the batch carried.
 
 Determinism: every input to a detector comes from the log. ``now_ms`` for an event is
 ``max(latest tick seen in this partition, the event's own time)``, and timers run only on ``tick`` records
-(:class:`pipeline.schemas.RecordBatch`), which the live worker itself publishes into its partitions once a
+(:class:`pipeline.contracts.models.RecordBatch`), which the live worker itself publishes into its partitions once a
 second and replay publishes on the recording's timeline. Re-reading the same records after a crash therefore
 gives the same outputs with the same alert ids.
 """
@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from pipeline import serde
+from pipeline.contracts import records
+from pipeline.contracts.models import Alert, Annotation, DeadLetter
 from pipeline.detectors.base import Detector, Output
 from pipeline.partitioner import partition_for
-from pipeline.schemas import Alert, Annotation, DeadLetter
 
 log = logging.getLogger(__name__)
 
@@ -193,28 +194,14 @@ class Runner(Generic[S, E]):
             result.dead_letters.append(self._dead(b"", "worker.bad_record", "a record without a value", None))
             return result
         try:
-            batch = serde.loads(value)
-            if not isinstance(batch, dict) or batch.get("v") != 1:
-                raise ValueError("not a version 1 RecordBatch")
-            kind = batch.get("kind")
-        except (serde.JSONDecodeError, ValueError) as exc:
-            result.dead_letters.append(self._dead(value, "worker.bad_record", str(exc), None))
+            batch = records.read_batch(value, self.concern.kind)
+        except records.BadRecord as exc:
+            result.dead_letters.append(self._dead(value, exc.code, str(exc), None))
             return result
-        if kind == "tick":
-            now = batch.get("now_ms")
-            if not isinstance(now, int) or isinstance(now, bool):
-                result.dead_letters.append(self._dead(value, "worker.bad_tick", "tick without integer now_ms", None))
-                return result
-            self.tick(partition, now, result)
+        if batch.kind == "tick":
+            self.tick(partition, batch.now_ms, result)
             return result
-        if kind != self.concern.kind:
-            reason = f"kind {kind!r} on a {self.concern.kind} topic"
-            result.dead_letters.append(self._dead(value, "worker.bad_record", reason, None))
-            return result
-        items = batch.get("items")
-        if not isinstance(items, list):
-            result.dead_letters.append(self._dead(value, "worker.bad_record", "items is not a list", None))
-            return result
+        items = batch.items
         self._on_items(items, partition, result)
         return result
 
@@ -461,8 +448,4 @@ class Runner(Generic[S, E]):
 def encode_output(output: Output) -> tuple[str, bytes, bytes]:
     """``(which topic, key, value)`` of an output record: alerts and annotations keyed by site, JSON values."""
     which = "alerts" if isinstance(output, Alert) else "annotations"
-    return which, output.site.encode(), serde.dumps(output.model_dump(mode="json"))
-
-
-def tick_record(now_ms: int) -> bytes:
-    return serde.dumps({"v": 1, "kind": "tick", "now_ms": now_ms})
+    return which, output.site.encode(), records.encode(output)

@@ -53,10 +53,10 @@ def _parse_start(text: str | None, duration_s: float, clock: str) -> int | None:
         return (now - int(duration_s * 1000) - 60_000) // day * day
     if text == "now":
         return now // 1000 * 1000
-    from pipeline.schemas import _parse_ts, to_ms
+    from pipeline.contracts.models import ts_to_ms
 
     try:
-        return to_ms(_parse_ts(text))
+        return ts_to_ms(text)
     except ValueError as exc:
         raise _fail(f"--start: {exc}") from None
 
@@ -258,7 +258,8 @@ def simulate(
 ) -> None:
     """Simulate sites and drive the real device path (MQTT with device credentials, signed hooks); show
     progress, then compare the alerts with the simulator's ground truth."""
-    from simulators import build, write_lines, write_truth
+    from pipeline.contracts.replay import write_lines, write_truth
+    from simulators import build
     from simulators.core import write_config
     from simulators.scenarios import parse_duration
 
@@ -335,8 +336,8 @@ def replay(
     """Send a recording through the real path, advancing the pipeline's clock along it; print the alert timeline
     (JSONL, contract 4) and, given --truth, per-rule precision, recall and detection delay."""
     from pipeline import siteconfig
+    from pipeline.contracts.replay import read_lines, read_truth
     from pipeline.replay.timeline import timeline_jsonl
-    from simulators import read_lines, read_truth
 
     settings = load_settings(**({"site_config": sites} if sites else {}))
     try:
@@ -445,7 +446,8 @@ def demo(
     except stack.StackError as exc:
         raise _fail(str(exc)) from None
     extra = tuple(n for n in ("sink", "notifier") if n in available_commands())
-    from simulators import build, write_lines, write_truth
+    from pipeline.contracts.replay import write_lines, write_truth
+    from simulators import build
     from simulators.core import write_config
     from simulators.scenarios import LIBRARY
 

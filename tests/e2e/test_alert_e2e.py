@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from pipeline import serde
 from pipeline.alerts.api import AckApi
 from pipeline.alerts.notifier import Notifier, routing_config
+from pipeline.contracts import records
 from pipeline.partitioner import partition_for
 from pipeline.schemas import Reading
 from pipeline.settings import Settings
@@ -132,13 +132,13 @@ async def test_excursion_to_sms_to_ack_stops_escalation_and_everything_is_in_inf
         await producer.start()
         try:
             for site, dev in (("S1", "e2e-dev-1"), ("S2", "e2e-dev-2")):
-                value = serde.dumps({"v": 1, "kind": "readings", "items": items[site]})
+                value = records.readings_value(items[site])
                 await producer.send_and_wait(
                     topics.readings, value, key=dev.encode(), partition=partition_for(dev, topics.partitions)
                 )
             # The worker runs on the replay clock: this tick moves its time to the last reading, as
             # `larder replay` does, so the result does not depend on how fast the worker started.
-            tick = serde.dumps({"v": 1, "kind": "tick", "now_ms": items["S1"][-1]["ts_ms"]})
+            tick = records.tick_value(items["S1"][-1]["ts_ms"])
             for p in range(topics.partitions):
                 await producer.send_and_wait(topics.readings, tick, partition=p)
         finally:

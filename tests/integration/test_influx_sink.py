@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from pipeline import serde
+from pipeline.contracts import records
 from pipeline.partitioner import partition_for
 from pipeline.schemas import Annotation, Delivery
 from pipeline.settings import Settings
@@ -52,7 +52,7 @@ def _batches(devices: int, per_device: int, size: int, partitions: int) -> list[
     for part, items in by_part.items():
         for i in range(0, len(items), size):
             chunk = items[i : i + size]
-            out.append((part, chunk[0]["device"].encode(), serde.dumps({"v": 1, "kind": "readings", "items": chunk})))
+            out.append((part, chunk[0]["device"].encode(), records.readings_value(chunk)))
     return out
 
 

@@ -13,6 +13,7 @@ from pipeline import serde
 from pipeline.agents.app import ListOutputs, WorkerOptions, make_app
 from pipeline.agents.core import Runner, encode_output
 from pipeline.agents.devices import device_concern
+from pipeline.contracts import records
 from pipeline.partitioner import partition_for
 from pipeline.schemas import Alert
 from pipeline.settings import Settings
@@ -88,16 +89,16 @@ def test_bad_records_and_items_are_dead_lettered_not_raised() -> None:
     cases = {
         b"{not json": "worker.bad_record",
         serde.dumps({"v": 2, "kind": "readings", "items": []}): "worker.bad_record",
-        serde.dumps({"v": 1, "kind": "kitchen_events", "items": []}): "worker.bad_record",
+        records.kitchen_events_value([]): "worker.bad_record",
         serde.dumps({"v": 1, "kind": "tick"}): "worker.bad_tick",
-        serde.dumps({"v": 1, "kind": "readings", "items": [{"device": "d1", "seq": 1}]}): "worker.bad_item",
-        serde.dumps({"v": 1, "kind": "readings", "items": [{**good, "device": wrong_partition}]}): "worker.bad_item",
+        records.readings_value([{"device": "d1", "seq": 1}]): "worker.bad_item",
+        records.readings_value([{**good, "device": wrong_partition}]): "worker.bad_item",
     }
     for value, code in cases.items():
         [dead] = runner.on_record(value, p).dead_letters
         assert dead.reason_code == code and dead.source == "mqtt" and dead.arrived_ms == 42
     # The good item next to a bad one is still processed.
-    mixed = serde.dumps({"v": 1, "kind": "readings", "items": [{"device": "d1"}, good]})
+    mixed = records.readings_value([{"device": "d1"}, good])
     result = runner.on_record(mixed, p)
     assert len(result.dead_letters) == 1 and runner.flush() == 1
     assert runner.stats.dead_letters == len(cases) + 1
