@@ -43,11 +43,11 @@ from pipeline import serde
 from pipeline.agents.core import Runner
 from pipeline.agents.devices import device_concern
 from pipeline.contracts import records
+from pipeline.kafkaadmin import delete_topics, ensure_topics, prefixed
 from pipeline.partitioner import partition_for
 from pipeline.schemas import Reading
 from pipeline.settings import Settings, load_settings
 from pipeline.siteconfig import SiteConfig
-from pipeline.stack import delete_topics, ensure_topics, prefixed
 from pipeline.topics import Topics
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -104,7 +104,7 @@ def worker(
         heartbeat_interval_s=heartbeat_interval,
     )
     # Topics must exist before the agents subscribe (an agent whose topic is missing may never subscribe).
-    from pipeline.stack import ensure_topics
+    from pipeline.kafkaadmin import ensure_topics
 
     loop = asyncio.new_event_loop()
     try:

@@ -158,11 +158,11 @@ def run_with_services(
     on_watch: Callable[[AlertWatch], Any] | None = None,
 ) -> RunResult:
     """Start bridge + hooks + worker for ``config`` on fresh topics, send ``lines``, collect and score."""
-    from pipeline import stack
+    from pipeline.kafkaadmin import ensure_topics
     from pipeline.services import CORE, Services
 
     topics = Topics(prefix or fresh_prefix(), settings.readings_partitions)
-    asyncio.run(stack.ensure_topics(settings, topics))
+    asyncio.run(ensure_topics(settings, topics))
     register_devices(settings, config)
     svc = Services(settings, config_path, topics.prefix, clock=clock, names=names or CORE, report=report)
     svc.start()
