@@ -13,11 +13,11 @@ from rich.table import Table
 
 from pipeline.agents.commands import worker as _worker_command
 from pipeline.alerts import commands as _alerts_commands
+from pipeline.cliutil import SiteOpt, console, fail, settings_for
 from pipeline.ingest import commands as _ingest_commands
 from pipeline.replay import commands as _replay_commands
-from pipeline.settings import Settings, load_settings
+from simulators import commands as _simulator_commands
 
-console = Console(stderr=True)
 app = typer.Typer(
     help="Larder: food-safety sensor pipeline (MQTT/hooks -> Kafka -> Faust detectors -> alerts, InfluxDB).",
     no_args_is_help=True,
@@ -30,23 +30,9 @@ stack_app = typer.Typer(
 app.add_typer(stack_app, name="stack")
 _ingest_commands.register(app)  # larder devices ..., larder bridge, larder hooks
 _alerts_commands.register(app)  # larder notifier, larder sink, larder api
-_replay_commands.register(app)  # larder simulate, larder record, larder replay, larder demo
+_simulator_commands.register(app)  # larder simulate, larder demo
+_replay_commands.register(app)  # larder record, larder replay
 app.command("worker")(_worker_command)  # larder worker: the Faust detection agents
-
-SiteOpt = Annotated[
-    Path | None,
-    typer.Option("--sites", "-s", help="site configuration file (contract 5); default $LARDER_SITE_CONFIG"),
-]
-
-
-def settings_for(sites: Path | None = None) -> Settings:
-    return load_settings(**({"site_config": sites} if sites else {}))
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code)
-
 
 @stack_app.command("up")
 def stack_up(sites: SiteOpt = None) -> None:

@@ -25,7 +25,7 @@ def _ms(ts: Any) -> int:
 def detect(config: SiteConfig, lines: Iterable[Line], *, tick_every_s: float = 10.0) -> list[Alert]:
     from pipeline.detectors.device import DeviceDetector
     from pipeline.detectors.kitchen import KitchenDetector
-    from pipeline.profiles import resolve_device_rules, resolve_kitchen_rules
+    from pipeline.siteconfig import resolve_device_rules, resolve_kitchen_rules
 
     dev_site = {d: (s, dev) for d, s, dev in config.devices()}
     cam_site = {c: (s, cam) for c, s, cam in config.cameras()}

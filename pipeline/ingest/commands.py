@@ -3,47 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.settings import Settings, load_settings
+from pipeline.cliutil import SiteOpt, console, fail, settings_for, setup_logging, usage
+from pipeline.settings import Settings
 from pipeline.siteconfig import SiteConfigError
 
 if TYPE_CHECKING:
     from pipeline.ingest.bridge import Bridge
 
-console = Console(stderr=True)
 devices_app = typer.Typer(
     help="Register devices and cameras in the site file and apply them to Mosquitto (no broker restart).",
     no_args_is_help=True,
 )
-
-SiteOpt = Annotated[
-    Path | None,
-    typer.Option("--sites", "-s", help="site configuration file (contract 5); default $LARDER_SITE_CONFIG"),
-]
-
-
-def _settings(sites: Path | None, **overrides: object) -> Settings:
-    return load_settings(**({"site_config": sites} if sites else {}), **overrides)
-
-
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(1)
-
-
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
 
 
 def _apply(settings: Settings, config: object) -> None:
@@ -54,7 +30,7 @@ def _apply(settings: Settings, config: object) -> None:
         reloaded = apply_auth(settings, config)  # type: ignore[arg-type]
     except (StackError, OSError, KeyError) as exc:
         why = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        raise _fail(
+        raise fail(
             f"the site file is saved, but Mosquitto's password file was not updated: {why}. "
             "Fix that, then run `larder stack up` (it regenerates the file)."
         ) from None
@@ -82,13 +58,13 @@ def devices_add(
     from pipeline.ingest import registry
 
     if (asset is None) == (kitchen is None):
-        raise _fail("give exactly one of --asset (a device) or --kitchen (a camera)")
-    settings = _settings(sites)
+        raise usage("give exactly one of --asset (a device) or --kitchen (a camera)")
+    settings = settings_for(sites)
     if asset is not None and ident == settings.mqtt.bridge_user:
-        raise _fail(f"{ident!r} is the bridge's MQTT user name; choose another device id")
+        raise fail(f"{ident!r} is the bridge's MQTT user name; choose another device id")
     value = secret or registry.new_secret()
     if len(value) < 8:
-        raise _fail("--secret must be at least 8 characters")
+        raise usage("--secret must be at least 8 characters")
     try:
         if asset is not None:
             config = registry.add_device(settings.site_config, site, ident, asset, value)
@@ -96,7 +72,7 @@ def devices_add(
             assert kitchen is not None
             config = registry.add_camera(settings.site_config, site, ident, kitchen, value)
     except SiteConfigError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     kind = "device" if asset else "camera"
     console.print(f"[green]added[/] {kind} {ident} to site {site} in {settings.site_config}")
     if asset:
@@ -110,11 +86,11 @@ def devices_list(sites: SiteOpt = None) -> None:
     """List devices and cameras with their site, asset/kitchen and profile (never their secrets)."""
     from pipeline import siteconfig
 
-    settings = _settings(sites)
+    settings = settings_for(sites)
     try:
         config = siteconfig.load(settings.site_config)
     except SiteConfigError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     table = Table(title=str(settings.site_config))
     for col in ("id", "kind", "site", "asset / kitchen", "profile", "secret"):
         table.add_column(col)
@@ -135,14 +111,14 @@ def devices_rotate(
     """Give a device or camera a new secret; the old one stops working as soon as the broker reloads."""
     from pipeline.ingest import registry
 
-    settings = _settings(sites)
+    settings = settings_for(sites)
     value = secret or registry.new_secret()
     if len(value) < 8:
-        raise _fail("--secret must be at least 8 characters")
+        raise usage("--secret must be at least 8 characters")
     try:
         config = registry.rotate_secret(settings.site_config, ident, value)
     except SiteConfigError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     console.print(f"[green]rotated[/] the secret of {ident} in {settings.site_config}")
     _apply(settings, config)
     if secret is None:
@@ -183,8 +159,8 @@ def bridge(
     session on the broker and exits: scale down without leaving a queue that collects readings forever."""
     from pipeline.ingest import bridge as bridge_mod
 
-    _logging(verbose)
-    settings = _settings(sites)
+    setup_logging(verbose)
+    settings = settings_for(sites)
     update = {
         k: v
         for k, v in (("bridge_metrics_port", metrics_port), ("bridge_instance", instance), ("bridge_shared", shared))
@@ -206,11 +182,11 @@ def bridge(
     try:
         b = asyncio.run(bridge_mod.serve(settings, on_progress=progress, retire=retire, idle_s=idle))
     except RuntimeError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if not retire:
         return
     if not b.retired:
-        raise _fail(
+        raise fail(
             f"interrupted: bridge {name} forwarded {b.accepted:,} readings and dead-lettered {b.dead_lettered:,}; "
             "its session is kept with whatever is still queued. Run `larder bridge --retire` again to finish."
         )
@@ -233,8 +209,8 @@ def hooks(
     """Serve the signed camera hook (contract 2) and /metrics until Ctrl-C."""
     from pipeline.ingest import hooks as hooks_mod
 
-    _logging(verbose)
-    settings = _settings(sites)
+    setup_logging(verbose)
+    settings = settings_for(sites)
     console.print(
         f"[cyan]>[/] hooks on http://{host or settings.ingest.hooks_host}:{port or settings.ingest.hooks_port}"
         f" -> {settings.kafka.bootstrap_servers}, sites {settings.site_config}"
@@ -242,7 +218,7 @@ def hooks(
     try:
         hooks_mod.serve(settings, host, port)
     except (RuntimeError, OSError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 def register(app: typer.Typer) -> None:

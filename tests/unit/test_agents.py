@@ -188,7 +188,7 @@ def test_shared_rule_classes_behave_like_one_detector_per_device(tmp_path: Path)
     """devices.py shares one resolved rule set per (site, asset, interval); outputs must not change."""
     from pipeline.detectors.device import DeviceDetector
     from pipeline.detectors.run import run_device_stream
-    from pipeline.profiles import resolve_device_rules
+    from pipeline.siteconfig import resolve_device_rules
 
     names = device_names(12)
     cfg = load(write_sites(tmp_path / "sites.yaml", names))
@@ -214,7 +214,7 @@ def test_an_asset_per_device_resolves_once_per_profile_and_keeps_customised_asse
     from pipeline.agents import devices as devices_mod
     from pipeline.detectors.device import DeviceDetector
     from pipeline.detectors.run import run_device_stream
-    from pipeline.profiles import resolve_device_rules
+    from pipeline.siteconfig import resolve_device_rules
 
     names = device_names(12)
     special = {
