@@ -42,11 +42,10 @@ from typing import Any
 
 import psutil
 from aiohttp import web
-from ruamel.yaml import YAML
 
 from benchmarks import quiet
 from benchmarks.loadgen import CompiledLoadGenerator, LoadGenerator, build_compiled
-from pipeline import serde, stack
+from pipeline import serde, siteconfig, stack
 from pipeline.alerts.channels.webhook import sign
 from pipeline.contracts import records
 from pipeline.services import Services, free_port
@@ -113,9 +112,7 @@ def write_site_file(path: Path, devices: list[tuple[str, str]], webhook_url: str
         },
         "sites": sites,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as fh:
-        YAML().dump(doc, fh)
+    siteconfig.write_site_file(path, doc)
 
 
 @dataclass

@@ -33,14 +33,8 @@ from pipeline import serde, stack
 from pipeline.contracts import records
 from pipeline.ingest.hooks import sign
 from pipeline.settings import Settings, load_settings
+from pipeline.testing import IngestEnv, clear_session, consume, free_port, make_env
 from pipeline.topics import Topics
-from tests.integration.ingest_support import (
-    IngestEnv,
-    clear_session,
-    consume,
-    free_port,
-    make_env,
-)
 
 TOPIC = "larder/v1/devices/+/readings"
 ROOT = Path(__file__).resolve().parents[1]

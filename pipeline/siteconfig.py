@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import time as dtime
 from pathlib import Path
 from typing import Any, Literal
@@ -380,6 +380,34 @@ def read_text(path: Path) -> str:
             path, [f"{path}:{line}: not UTF-8 (byte {data[exc.start]:#04x}); save the file as UTF-8"]
         ) from None
 
+
+
+def write_site_file(path: Path, doc: Mapping[str, Any], *, header: str = "") -> Path:
+    """Write a new site file from ``doc`` (YAML, keys in the order given): atomically, mode 0600 because it holds
+    device and camera secrets, creating its folder. The one writer of generated site files (simulators, tests,
+    benchmarks); ``header`` becomes comment lines at the top."""
+    import io
+
+    buf = io.StringIO()
+    yaml = YAML()
+    yaml.default_flow_style = False
+    yaml.dump(_plain(doc), buf)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    comments = "".join(f"# {line}\n" for line in header.splitlines())
+    tmp.write_text(comments + buf.getvalue())
+    tmp.chmod(0o600)
+    tmp.replace(path)
+    return path
+
+
+def _plain(value: Any) -> Any:
+    """Plain dicts and lists (a tuple or another mapping would be written with a Python tag)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 # ---------------------------------------------------------------------------------------------------------------
 # Rules of one device or kitchen: profile -> site overrides -> asset (kitchen) overrides (see pipeline.profiles)

@@ -30,7 +30,8 @@ from pipeline.replay.commands import (
 from pipeline.replay.run import fresh_prefix
 from pipeline.replay.timeline import timeline_jsonl
 from pipeline.settings import load_settings
-from simulators.core import write_config
+from pipeline.siteconfig import write_site_file
+from simulators.core import GENERATED_HEADER
 from simulators.scenarios import LIBRARY, build
 
 
@@ -70,7 +71,7 @@ def simulate(
     prefix = topic_prefix or (fresh_prefix() if services else settings.topic_prefix)
     folder = out or settings.state_dir / "sim" / prefix
     folder.mkdir(parents=True, exist_ok=True)
-    write_config(folder / "sites.yaml", sc.config_doc)
+    write_site_file(folder / "sites.yaml", sc.config_doc, header=GENERATED_HEADER)
     write_truth(folder / "truth.jsonl", sc.truth)
     n = write_lines(folder / "sent.jsonl", sc.iter_lines())
     console.print(
@@ -125,7 +126,7 @@ def demo(
     prefix = fresh_prefix("demo")
     folder = settings.state_dir / "sim" / prefix
     folder.mkdir(parents=True, exist_ok=True)
-    write_config(folder / "sites.yaml", sc.config_doc)
+    write_site_file(folder / "sites.yaml", sc.config_doc, header=GENERATED_HEADER)
     write_truth(folder / "truth.jsonl", sc.truth)
     write_lines(folder / "sent.jsonl", sc.iter_lines())
     console.print(f"[cyan]>[/] {sc.description}")

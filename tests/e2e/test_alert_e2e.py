@@ -24,9 +24,9 @@ from pipeline.schemas import Reading
 from pipeline.settings import Settings
 from pipeline.sinks.influx import InfluxSink
 from pipeline.siteconfig import load as load_sites
+from pipeline.testing import eventually, free_port
 from pipeline.topics import Topics
-from tests.alerts_support import FakeHttp, Service, eventually, flux, link_in, notify_settings
-from tests.integration.ingest_support import free_port
+from tests.alerts_support import FakeHttp, Service, flux, link_in, notify_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(180)]
 

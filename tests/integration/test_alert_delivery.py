@@ -18,11 +18,11 @@ from pipeline.clock import ManualClock
 from pipeline.schemas import Alert, AlertState, Delivery
 from pipeline.settings import Settings
 from pipeline.siteconfig import SiteConfig
+from pipeline.testing import eventually, free_port
 from pipeline.topics import Topics
 from tests.alerts_support import (
     FakeHttp,
     Service,
-    eventually,
     link_in,
     make_alert,
     notify_settings,
@@ -30,7 +30,6 @@ from tests.alerts_support import (
     sites,
     verify_webhook,
 )
-from tests.integration.ingest_support import free_port
 
 #: The issue asks for a 2-minute gateway outage; the default run uses a shorter one (CI time) through the very
 #: same mechanism. LARDER_TEST_GATEWAY_OUTAGE_S=120 runs the full-length version.

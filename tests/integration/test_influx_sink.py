@@ -18,8 +18,9 @@ from pipeline.settings import Settings
 from pipeline.sinks.influx import InfluxSink
 from pipeline.stack import influx
 from pipeline.stack.process import read_pid, stop_pid, wait_until
+from pipeline.testing import eventually
 from pipeline.topics import Topics
-from tests.alerts_support import Service, eventually, flux, make_alert, notify_settings, produce
+from tests.alerts_support import Service, flux, make_alert, notify_settings, produce
 
 #: The issue asks for InfluxDB to be stopped for 2 minutes; the default run stops it for a shorter time (CI
 #: time) with the very same mechanism (SIGTERM to the stack's influxd by its pid file, start it again).

@@ -15,8 +15,9 @@ import pytest
 from pipeline.settings import Settings
 from pipeline.stack import mosquitto
 from pipeline.stack.process import read_pid
+from pipeline.testing import LARDER, IngestEnv, make_env, registered_devices
 from pipeline.topics import Topics
-from tests.integration.ingest_support import LARDER, Flood, IngestEnv, Readings, make_env
+from tests.integration.ingest_support import Flood, Readings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -77,9 +78,7 @@ async def test_mosquitto_restarted_mid_flood_loses_nothing(env: IngestEnv) -> No
     while read_pid(pid_file) == pid and _alive(pid):
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    from tests import conftest
-
-    mosquitto.start(env.settings, conftest._registered)
+    mosquitto.start(env.settings, registered_devices())
     flood.wait()
     got = await _assert_all_arrive(env, per_device)
     print(f"50,000 readings, mosquitto restarted: none missing, {sum(n - 1 for n in got.pairs.values())} duplicates")

@@ -18,6 +18,7 @@ from pipeline.partitioner import partition_for
 from pipeline.schemas import Alert
 from pipeline.settings import Settings
 from pipeline.siteconfig import load
+from pipeline.testing import write_site_file
 from pipeline.topics import Topics
 from tests.agents_support import (
     SITE,
@@ -217,18 +218,16 @@ def test_an_asset_per_device_resolves_once_per_profile_and_keeps_customised_asse
     from pipeline.siteconfig import resolve_device_rules
 
     names = device_names(12)
-    special = {
-        names[0]: "{ kind: cold_room, profile: chilled, overrides: { high: { limit: 12.0 } } }",
-        names[1]: "{ kind: cold_room, profile: chilled, defrost_schedule: ['02:00-02:30'] }",
-        names[2]: "{ kind: freezer, profile: frozen }",
+    special: dict[str, dict[str, Any]] = {
+        names[0]: {"kind": "cold_room", "profile": "chilled", "overrides": {"high": {"limit": 12.0}}},
+        names[1]: {"kind": "cold_room", "profile": "chilled", "defrost_schedule": ["02:00-02:30"]},
+        names[2]: {"kind": "freezer", "profile": "frozen"},
     }
-    lines = ["version: 1", "sites:", f"  {SITE}:", "    assets:"]
-    lines += [f"      a-{d}: {special.get(d, '{ kind: cold_room, profile: chilled }')}" for d in names]
-    lines += ["    devices:"]
-    lines += [f"      {d}: {{ asset: a-{d}, interval_s: {STEP_MS // 1000}, secret: s3cret-{d} }}" for d in names[:-1]]
-    lines += [f"      {names[-1]}: {{ asset: a-{names[-1]}, interval_s: 60, secret: s3cret-last }}"]
-    (tmp_path / "sites.yaml").write_text("\n".join(lines) + "\n")
-    cfg = load(tmp_path / "sites.yaml")
+    devices = {d: {"asset": f"a-{d}", "interval_s": STEP_MS // 1000, "secret": f"s3cret-{d}"} for d in names[:-1]}
+    devices[names[-1]] = {"asset": f"a-{names[-1]}", "interval_s": 60, "secret": "s3cret-last"}
+    assets = {f"a-{d}": special.get(d, {"kind": "cold_room", "profile": "chilled"}) for d in names}
+    doc = {"version": 1, "sites": {SITE: {"assets": assets, "devices": devices}}}
+    cfg = load(write_site_file(tmp_path / "sites.yaml", doc))
 
     resolutions: list[str] = []
 
