@@ -77,7 +77,7 @@ def worker(
     """Run the detection agents until interrupted (Ctrl-C / SIGTERM stop cleanly; state is in Kafka)."""
     import faust
 
-    from pipeline.agents.app import ClockMode, WorkerOptions, make_app
+    from pipeline.agents.faust.app import ClockMode, WorkerOptions, make_app
 
     if clock not in ("live", "replay"):
         raise usage(f"--clock must be live or replay, not {clock!r}")

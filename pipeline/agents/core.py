@@ -1,6 +1,6 @@
 """The detection stage without Faust: one record batch in, detector calls, outputs and changed states out.
 
-The Faust agents (:mod:`pipeline.agents.app`) and the benchmark's plain aiokafka loop both drive this class, so
+The Faust agents (:mod:`pipeline.agents.faust.app`) and the benchmark's plain aiokafka loop both drive this class, so
 the only difference between them is where the state lives (a changelogged Faust table or a dict).
 
 Per subject (a device or a kitchen) the runner keeps the *decoded* state object in a per-partition cache, so
@@ -369,7 +369,7 @@ class Runner(Generic[S, E]):
     def flush(self, partition: int | None = None, keys: Iterable[bytes] | None = None) -> int:
         """Write changed states to the store: of one partition (all when ``None``), only ``keys`` if given.
 
-        Call it after the outputs of the records that changed them are durable (see :mod:`pipeline.agents.app`
+        Call it after the outputs of the records that changed them are durable (see :mod:`pipeline.agents.faust.app`
         for when the agent does). With no store (the benchmark's ceiling) the states are only marked clean.
         """
         n = 0
@@ -389,7 +389,7 @@ class Runner(Generic[S, E]):
 
     def take(self, partition: int, keys: Iterable[bytes] | None = None) -> list[tuple[bytes, bytes]]:
         """Remove the partition's changed states (only ``keys`` if given) and return them encoded for the store;
-        the caller writes them (the worker in bulk, :mod:`pipeline.agents.changelog`)."""
+        the caller writes them (the worker in bulk, :mod:`pipeline.agents.faust.changelog`)."""
         dirty = self._dirty.get(partition)
         if not dirty:
             return []

@@ -279,7 +279,7 @@ def prune(settings: Settings, prefixes: list[str] | None = None, *, dry_run: boo
         databases = sorted(d for d in influx.list_databases(settings) if d != settings.influx.database and database(d))
         for d in [] if dry_run else databases:
             influx.drop_database(settings, d)
-    # A worker's RocksDB files are named after its app id, "<prefix>-worker" (pipeline.agents.app): the
+    # A worker's RocksDB files are named after its app id, "<prefix>-worker" (pipeline.agents.faust.app): the
     # topic rule fits them (a benchmark's baseline worker is "<prefix>-base-worker").
     tables = settings.data_dir / "worker"
     table_dirs = sorted(d.name for d in (tables.iterdir() if tables.is_dir() else []) if topic(d.name))

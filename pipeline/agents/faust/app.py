@@ -13,7 +13,7 @@ Layout (see ``docs/agents.md``):
   replay (``--clock replay``), only the replay tool's ticks count. Either way timers run when the agent reads
   a tick, in stream context and in log order, so a re-run after a crash re-derives the same outputs.
 * coalesced table writes: a record is acked only once its changed states are in the table (local store and
-  changelog, written in bulk by :mod:`pipeline.agents.changelog`); a partition's held records are released
+  changelog, written in bulk by :mod:`pipeline.agents.faust.changelog`); a partition's held records are released
   by the agent on a later record once ``flush_interval_s`` passed, or by the ``larder-flush-idle`` timer when
   the partition has gone quiet (otherwise an idle input would never be committed).
 
@@ -40,9 +40,9 @@ import faust
 from faust.streams import _current_event
 from faust.types import TP
 
-from pipeline.agents.changelog import KafkaBatches, SendBatch, TableWriter
-from pipeline.agents.continuity import AckGate, Continuity
 from pipeline.agents.core import Concern, Result, Runner, Stats, encode_output
+from pipeline.agents.faust.changelog import KafkaBatches, SendBatch, TableWriter
+from pipeline.agents.faust.continuity import AckGate, Continuity
 from pipeline.clock import Clock, WallClock
 from pipeline.contracts.records import encode, tick_value
 from pipeline.producer import until_kafka_takes
@@ -309,7 +309,7 @@ def make_app(
 
     async def watch_continuity() -> None:
         """Rewind partitions whose fetch position ran past records the agent never received (see
-        :mod:`pipeline.agents.continuity`), once the agent has waited ``stall_s`` for its next event."""
+        :mod:`pipeline.agents.faust.continuity`), once the agent has waited ``stall_s`` for its next event."""
         consumer = app.consumer
         recovering = getattr(app, "in_recovery", False)  # set by Faust's Recovery service
         held = app.rebalancing or recovering or not getattr(consumer, "flow_active", True)
