@@ -34,6 +34,7 @@ _simulator_commands.register(app)  # larder simulate, larder demo
 _replay_commands.register(app)  # larder record, larder replay
 app.command("worker")(_worker_command)  # larder worker: the Faust detection agents
 
+
 @stack_app.command("up")
 def stack_up(sites: SiteOpt = None) -> None:
     """Install what is missing (cached), start Kafka, InfluxDB and Mosquitto, wait until healthy."""

@@ -381,7 +381,6 @@ def read_text(path: Path) -> str:
         ) from None
 
 
-
 def write_site_file(path: Path, doc: Mapping[str, Any], *, header: str = "") -> Path:
     """Write a new site file from ``doc`` (YAML, keys in the order given): atomically, mode 0600 because it holds
     device and camera secrets, creating its folder. The one writer of generated site files (simulators, tests,
@@ -408,6 +407,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Rules of one device or kitchen: profile -> site overrides -> asset (kitchen) overrides (see pipeline.profiles)

@@ -92,9 +92,7 @@ def site_doc(
     kitchens = list(kitchens)
     if kitchens:
         body["kitchens"] = {k: {"name": f"kitchen {k}"} for k in kitchens}
-        body["cameras"] = {
-            f"cam-{k}": {"kitchen": k, "zone": "cook", "secret": secret(f"cam-{k}")} for k in kitchens
-        }
+        body["cameras"] = {f"cam-{k}": {"kitchen": k, "zone": "cook", "secret": secret(f"cam-{k}")} for k in kitchens}
     return {"version": 1, "sites": {site: body}}
 
 
@@ -401,9 +399,7 @@ def ingest_site_doc(devices: dict[str, tuple[str, str]], cameras: dict[str, tupl
     }
 
 
-def make_env(
-    settings: Settings, topics: Topics, workdir: Path, n_devices: int = 4, n_cameras: int = 1
-) -> IngestEnv:
+def make_env(settings: Settings, topics: Topics, workdir: Path, n_devices: int = 4, n_cameras: int = 1) -> IngestEnv:
     """A site file of ``n_devices`` fresh devices (half on S1/a1, half on S2/b1) and ``n_cameras`` cameras,
     the devices registered in the broker."""
     tag = uuid.uuid4().hex[:6]
@@ -416,4 +412,3 @@ def make_env(
     site_file = write_site_file(workdir / "sites.yaml", ingest_site_doc(devices, cameras), header="ingestion test site")
     register_in_broker(settings, {d: sec for d, (_, sec) in devices.items()})
     return IngestEnv(settings, topics, site_file, workdir, devices, cameras)
-

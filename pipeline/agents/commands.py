@@ -135,4 +135,3 @@ def worker(
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
     fworker.execute_from_commandline()
-

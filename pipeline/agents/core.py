@@ -1,7 +1,9 @@
 """The detection stage without Faust: one record batch in, detector calls, outputs and changed states out.
 
-The Faust agents (:mod:`pipeline.agents.faust.app`) and the benchmark's plain aiokafka loop both drive this class, so
-the only difference between them is where the state lives (a changelogged Faust table or a dict).
+What the runner needs from its surroundings is two small protocols: a :class:`StateStore` (a Faust table, or
+a dict) and :class:`Outputs` (Kafka, or a list). The Faust agents (:mod:`pipeline.agents.faust.app`) and the
+benchmark's plain aiokafka loop both drive this class, so the only difference between them is where the state
+lives (a changelogged Faust table or a dict).
 
 Per subject (a device or a kitchen) the runner keeps the *decoded* state object in a per-partition cache, so
 a state is decoded once per assignment, not once per reading; the store (the Faust table) holds
@@ -443,6 +445,23 @@ class Runner(Generic[S, E]):
             camera=origin if self.concern.origin == "hook" and isinstance(origin, str) else None,
             payload_b64=base64.b64encode(payload).decode(),
         )
+
+
+class Outputs(Protocol):
+    """Where a record's outputs and dead letters go; ``publish`` returns once they are durable (the Faust
+    adapter's :class:`~pipeline.agents.faust.app.KafkaOutputs` waits for Kafka's acknowledgement)."""
+
+    async def publish(self, result: Result) -> None: ...
+
+
+@dataclass
+class ListOutputs:
+    """Collects outputs in memory (unit tests, and the agents under ``agent.test_context()``)."""
+
+    results: list[Result] = field(default_factory=list)
+
+    async def publish(self, result: Result) -> None:
+        self.results.append(result)
 
 
 def encode_output(output: Output) -> tuple[str, bytes, bytes]:

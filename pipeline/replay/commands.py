@@ -305,6 +305,7 @@ def record(
     """Capture what arrives (device publishes from MQTT, accepted hook requests from Kafka) into a replay file
     until Ctrl-C or --duration."""
     from pipeline.replay.record import record as do_record
+
     settings = load_settings(**({"topic_prefix": topic_prefix} if topic_prefix else {}))
     topics = Topics(settings.topic_prefix, settings.readings_partitions)
     try:

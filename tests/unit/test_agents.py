@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from pipeline import serde
-from pipeline.agents.core import Runner, encode_output
+from pipeline.agents.core import ListOutputs, Runner, encode_output
 from pipeline.agents.devices import device_concern
-from pipeline.agents.faust.app import ListOutputs, WorkerOptions, make_app
+from pipeline.agents.faust.app import WorkerOptions, make_app
 from pipeline.contracts import records
 from pipeline.partitioner import partition_for
 from pipeline.schemas import Alert
