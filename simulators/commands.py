@@ -27,11 +27,11 @@ from pipeline.replay.commands import (
     print_summary,
     run_and_show,
 )
-from pipeline.replay.run import fresh_prefix
+from pipeline.replay.run import RunResult, fresh_prefix
 from pipeline.replay.timeline import timeline_jsonl
-from pipeline.settings import load_settings
+from pipeline.settings import Settings, load_settings
 from pipeline.siteconfig import write_site_file
-from simulators.core import GENERATED_HEADER
+from simulators.core import GENERATED_HEADER, Scenario
 from simulators.scenarios import LIBRARY, build
 
 
@@ -70,10 +70,7 @@ def simulate(
         raise usage(str(exc)) from None
     prefix = topic_prefix or (fresh_prefix() if services else settings.topic_prefix)
     folder = out or settings.state_dir / "sim" / prefix
-    folder.mkdir(parents=True, exist_ok=True)
-    write_site_file(folder / "sites.yaml", sc.config_doc, header=GENERATED_HEADER)
-    write_truth(folder / "truth.jsonl", sc.truth)
-    n = write_lines(folder / "sent.jsonl", sc.iter_lines())
+    n = _write_files(folder, sc)
     console.print(
         f"[cyan]>[/] {sc.name}: {sc.description}\n[cyan]>[/] {len(sc.config.sites)} sites, "
         f"{sum(1 for _ in sc.config.devices())} loggers, {sum(1 for _ in sc.config.cameras())} cameras, {n:,} "
@@ -82,22 +79,17 @@ def simulate(
     )
     if not services:
         console.print(f"[cyan]>[/] using running services: they must load {folder / 'sites.yaml'}")
-    result = run_and_show(
+    result = _run(
         settings,
-        sc.iter_lines(),
-        sc.config,
-        folder / "sites.yaml",
+        sc,
+        folder,
+        prefix,
         services=services,
         clock=clock,
         speed=sp,
         tick_every=tick_every,
-        truth=sc.truth,
-        prefix=prefix,
         hooks_url=hooks_url,
-        total_ms=sc.end_ms - sc.start_ms,
-        title=sc.name,
     )
-    (folder / "timeline.jsonl").write_bytes(timeline_jsonl(result.alerts))
     print_summary(result, sc.name)
     console.print(f"[cyan]>[/] timeline: {folder / 'timeline.jsonl'}")
     if check and result.score is not None and not result.score.perfect:
@@ -118,41 +110,66 @@ def demo(
         stack.up(settings, report=lambda m: console.print(f"[cyan]>[/] {m}"))
     except stack.StackError as exc:
         raise fail(str(exc)) from None
-    extra = ("sink", "notifier")
     if scenario not in LIBRARY:
         raise usage(f"unknown scenario {scenario!r}; choose one of {', '.join(LIBRARY)}")
     t0 = parse_start(None, LIBRARY[scenario].default_duration_s, "replay")
     sc = build(scenario, start_ms=t0)
     prefix = fresh_prefix("demo")
     folder = settings.state_dir / "sim" / prefix
-    folder.mkdir(parents=True, exist_ok=True)
-    write_site_file(folder / "sites.yaml", sc.config_doc, header=GENERATED_HEADER)
-    write_truth(folder / "truth.jsonl", sc.truth)
-    write_lines(folder / "sent.jsonl", sc.iter_lines())
+    _write_files(folder, sc)
     console.print(f"[cyan]>[/] {sc.description}")
-    result = run_and_show(
-        settings,
-        sc.iter_lines(),
-        sc.config,
-        folder / "sites.yaml",
-        services=True,
-        clock="replay",
-        speed=parse_speed(speed),
-        tick_every=10.0,
-        truth=sc.truth,
-        prefix=prefix,
-        hooks_url=None,
-        total_ms=sc.end_ms - sc.start_ms,
-        title="demo",
-        extra=extra,
-    )
-    (folder / "timeline.jsonl").write_bytes(timeline_jsonl(result.alerts))
+    # The demo shows the whole pipeline: the sink and the notifier too.
+    result = _run(settings, sc, folder, prefix, speed=parse_speed(speed), title="demo", extra=("sink", "notifier"))
     alert_table(result)
     print_summary(result, "demo")
     console.print(
         f"[cyan]>[/] files: {folder} (sites.yaml, sent.jsonl, truth.jsonl, timeline.jsonl); replay it with\n"
         f"    larder replay {folder / 'sent.jsonl'} --sites {folder / 'sites.yaml'} --truth {folder / 'truth.jsonl'}"
     )
+
+
+def _write_files(folder: Path, sc: Scenario) -> int:
+    """The scenario's site file, ground truth and the lines to send, in ``folder``; returns the line count."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_site_file(folder / "sites.yaml", sc.config_doc, header=GENERATED_HEADER)
+    write_truth(folder / "truth.jsonl", sc.truth)
+    return write_lines(folder / "sent.jsonl", sc.iter_lines())
+
+
+def _run(
+    settings: Settings,
+    sc: Scenario,
+    folder: Path,
+    prefix: str,
+    *,
+    speed: float | None,
+    services: bool = True,
+    clock: str = "replay",
+    tick_every: float = 10.0,
+    hooks_url: str | None = None,
+    title: str | None = None,
+    extra: tuple[str, ...] = (),
+) -> RunResult:
+    """Send the scenario through the pipeline (the run display of `larder replay`); the alert timeline is
+    written to ``folder/timeline.jsonl``."""
+    result = run_and_show(
+        settings,
+        sc.iter_lines(),
+        sc.config,
+        folder / "sites.yaml",
+        services=services,
+        clock=clock,
+        speed=speed,
+        tick_every=tick_every,
+        truth=sc.truth,
+        prefix=prefix,
+        hooks_url=hooks_url,
+        total_ms=sc.end_ms - sc.start_ms,
+        title=title or sc.name,
+        extra=extra,
+    )
+    (folder / "timeline.jsonl").write_bytes(timeline_jsonl(result.alerts))
+    return result
 
 
 def register(app: typer.Typer) -> None:
