@@ -20,11 +20,10 @@ from pipeline.alerts.api import AckApi
 from pipeline.alerts.notifier import Notifier, routing_config
 from pipeline.contracts import records
 from pipeline.partitioner import partition_for
-from pipeline.schemas import Reading
 from pipeline.settings import Settings
 from pipeline.sinks.influx import InfluxSink
 from pipeline.siteconfig import load as load_sites
-from pipeline.testing import eventually, free_port
+from pipeline.testing import eventually, free_port, reading_item
 from pipeline.topics import Topics
 from tests.alerts_support import FakeHttp, Service, flux, link_in, notify_settings
 
@@ -77,10 +76,7 @@ def _readings(site: str, device: str, now_ms: int) -> list[dict[str, Any]]:
     for i in range(READINGS_PER_DEVICE):
         ts = start + i * 60_000
         temp = 10.0 if ts >= now_ms - 15 * 60_000 else 4.0
-        reading = Reading(
-            device=device, site=site, asset="cr-1", profile="chilled", seq=i, ts_ms=ts, temp_c=temp, received_ms=ts
-        )
-        out.append(reading.model_dump(mode="json", exclude_none=True))
+        out.append(reading_item(device, i, ts, temp, site=site))
     return out
 
 
