@@ -49,6 +49,7 @@ __all__ = [
     "batch_records",
     "clear_session",
     "consume",
+    "curl_form",
     "device_payload",
     "eventually",
     "free_port",
@@ -230,6 +231,17 @@ async def eventually(check: Callable[[], bool], timeout: float, what: str, inter
             return
         await asyncio.sleep(interval)
     assert check(), f"timed out after {timeout} s waiting for {what}"
+
+
+async def curl_form(url: str, fields: dict[str, str]) -> bytes:
+    """POST ``fields`` as a URL-encoded form with the real curl, as a phone browser submits an ack link's form;
+    returns the HTTP status code as curl prints it (``b"200"``)."""
+    args = [arg for name, value in fields.items() for arg in ("--data-urlencode", f"{name}={value}")]
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", *args, url, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

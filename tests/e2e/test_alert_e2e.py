@@ -23,7 +23,7 @@ from pipeline.partitioner import partition_for
 from pipeline.settings import Settings
 from pipeline.sinks.influx import InfluxSink
 from pipeline.siteconfig import load as load_sites
-from pipeline.testing import eventually, free_port, reading_item
+from pipeline.testing import curl_form, eventually, free_port, reading_item
 from pipeline.topics import Topics
 from tests.alerts_support import FakeHttp, Service, flux, link_in, notify_settings
 
@@ -151,23 +151,7 @@ async def test_excursion_to_sms_to_ack_stops_escalation_and_everything_is_in_inf
         text = texted("S1", "operator")[0]
         assert "coldchain.high" in text and "S1/e2e-dev-1" in text
         url, _ = link_in(text)
-        proc = await asyncio.create_subprocess_exec(
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-X",
-            "POST",
-            "--data-urlencode",
-            "name=op-S1",
-            "--data-urlencode",
-            "note=door was open; closed, stock moved",
-            url,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        out, _ = await proc.communicate()
+        out = await curl_form(url, {"name": "op-S1", "note": "door was open; closed, stock moved"})
         assert out == b"200"
 
         await eventually(lambda: bool(texted("S2", "site_manager")), MANAGER_AFTER_S + 30, "the control escalation")
