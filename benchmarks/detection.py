@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import os
 import random
 import re
@@ -49,6 +50,7 @@ from pipeline.siteconfig import SiteConfig
 from pipeline.topics import Topics
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).parent / "results"
 T0 = 1_700_000_000_000
 STEP_MS = 300_000
 PER_RECORD = 500
@@ -147,16 +149,18 @@ async def run_faust(
             ps = ps.children()[0]
         await asyncio.sleep(1.0)
         rss0 = ps.memory_info().rss
-        await produce(settings, topics.readings, [(p, k, v) for p, k, v in batches])
-        t_first = t_last = 0.0
         cpu0 = sum(ps.cpu_times()[:2])
+        # From the last poll that saw nothing processed (or the start of the produce, if the worker began
+        # during it) to the first poll that saw everything: it can only overstate the worker's time, by up to
+        # one poll, and is never zero when all of it fits between two polls.
+        t_idle = time.perf_counter()
+        await produce(settings, topics.readings, [(p, k, v) for p, k, v in batches])
         while True:
             items = metric(port, "larder_worker_items_total")
             now = time.perf_counter()
-            if items > 0 and not t_first:
-                t_first = now
+            if items <= 0:
+                t_idle = now
             if items >= n:
-                t_last = now
                 break
             if proc.poll() is not None or time.monotonic() > deadline + 600:
                 raise RuntimeError("worker stopped:\n" + log.read_text(errors="replace")[-3000:])
@@ -165,8 +169,8 @@ async def run_faust(
         writes = metric(port, "larder_worker_table_writes_total")
         rss1 = ps.memory_info().rss
         return {
-            "rate": n / (t_last - t_first),
-            "seconds": t_last - t_first,
+            "rate": n / (now - t_idle),
+            "seconds": now - t_idle,
             "cpu_s": cpu,
             "writes": writes,
             "rss_delta": rss1 - rss0,
@@ -200,9 +204,10 @@ async def run_plain(settings: Settings, topic: str, cfg: SiteConfig, partitions:
     try:
         while runner.stats.items < n:
             # Bounded batches: a whole fetch processed without yielding starves the consumer's heartbeat.
+            t_fetch = time.perf_counter()
             batch = await consumer.getmany(timeout_ms=500, max_records=100)
             if batch and not t_first:
-                t_first = time.perf_counter()
+                t_first = t_fetch  # before the fetch that brought data: never a zero interval
             for tp, msgs in batch.items():
                 for m in msgs:
                     runner.on_record(m.value, tp.partition)
@@ -250,6 +255,54 @@ def run_quix(settings: Settings, topic: str, cfg: SiteConfig, n: int, tmp: Path)
     return {"rate": n / seconds, "seconds": seconds}
 
 
+def run_quix_batches(
+    settings: Settings, topic: str, cfg: SiteConfig, n: int, records: int, tmp: Path
+) -> dict[str, float]:
+    """quix-streams over the record batches Faust gets (a quix user can read the batch envelope too).
+
+    quix scopes state to the message key, and a batch's key is its first device; the batches are therefore
+    produced to ``topic`` keyed by their partition (:func:`partition_keyed`), so each partition's devices
+    share one state scope that survives from batch to batch, as they do in the Faust worker."""
+    import logging
+
+    from quixstreams import Application
+
+    concern = device_concern(cfg)
+    detectors: dict[str, Any] = {}
+    app = Application(
+        broker_address=settings.kafka.bootstrap_servers,
+        consumer_group=f"quixb-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        state_dir=str(tmp / "quix-batches"),
+        loglevel=logging.WARNING,
+    )
+    src = app.topic(topic, value_deserializer="bytes", key_deserializer="str")
+    sdf = app.dataframe(src)
+    marks: list[float] = []
+
+    def detect(value: bytes, state: Any) -> None:
+        if not marks:
+            marks.append(time.perf_counter())
+        for item in serde.loads(value)["items"]:
+            device = item["device"]
+            det = detectors.get(device) or detectors.setdefault(device, concern.detector_for(device, item))
+            raw = state.get(device)
+            old = det.state_from_bytes(raw.encode()) if raw is not None else det.initial()
+            new, _outs = det.on_reading_dict(old, item, item["ts_ms"])
+            if new is not old:
+                state.set(device, det.state_to_bytes(new).decode())
+
+    sdf = sdf.update(detect, stateful=True)
+    app.run(sdf, count=records, collect=False)
+    seconds = time.perf_counter() - marks[0]
+    return {"rate": n / seconds, "seconds": seconds}
+
+
+def partition_keyed(batches: list[tuple[int, bytes, bytes]]) -> list[tuple[int | None, bytes, bytes]]:
+    """The same record batches, keyed by their partition (see :func:`run_quix_batches`)."""
+    return [(p, f"p{p}".encode(), value) for p, _key, value in batches]
+
+
 # -- memory ----------------------------------------------------------------------------------------------------
 
 
@@ -273,15 +326,46 @@ def memory_per_device(count: int, readings_each: int = 3) -> float:
     return used / count
 
 
+def _rss_child(count: int, out: Any) -> None:
+    import psutil as _psutil
+
+    devices = [f"dev-{i:06d}" for i in range(count)]
+    concern = device_concern(SiteConfig.model_validate(site_doc(devices)))
+    records = record_batches(readings(devices, count * 3), 4)
+    gc.collect()
+    before = _psutil.Process().memory_info().rss
+    runner: Runner[Any, Any] = Runner(concern, None, 4, arrived_ms=lambda: 0)
+    for p, _key, value in records:
+        runner.on_record(value, p)
+        runner.flush()
+    gc.collect()
+    out.put((_psutil.Process().memory_info().rss - before) / count)
+
+
+def rss_per_device(count: int) -> float:
+    """Process RSS growth per device for the same work as :func:`memory_per_device`, in a fresh process (RSS of
+    this one holds what earlier steps freed, and tracemalloc's own bookkeeping): includes allocator overhead."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_rss_child, args=(count, queue))
+    proc.start()
+    value = float(queue.get(timeout=600))
+    proc.join()
+    return value
+
+
 # -- main ------------------------------------------------------------------------------------------------------
 
 
-async def prepare(settings: Settings, topics: Topics, single: str) -> None:
+async def prepare(settings: Settings, topics: Topics, *extra: str) -> None:
+    """The pipeline's topics under ``topics.prefix`` and the baselines' own (``extra``), same partitions."""
     await ensure_topics(settings, topics)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(single, topics.partitions, 1)])
+        await admin.create_topics([NewTopic(name, topics.partitions, 1) for name in extra])
     finally:
         await admin.close()
 
@@ -291,6 +375,7 @@ def run(args: argparse.Namespace) -> None:
     n, d = args.readings, args.devices
     topics = Topics(prefix=f"bench{uuid.uuid4().hex[:8]}", partitions=settings.readings_partitions)
     single = f"{topics.prefix}.single-readings.v1"
+    batched = f"{topics.prefix}.partition-keyed-readings.v1"
     tmp = Path(tempfile.mkdtemp(prefix="larder-bench-"))
     t = time.perf_counter()
 
@@ -298,7 +383,7 @@ def run(args: argparse.Namespace) -> None:
         say(f"[{time.perf_counter() - t:5.1f} s] {msg}")
 
     try:
-        asyncio.run(prepare(settings, topics, single))
+        asyncio.run(prepare(settings, topics, single, batched))
         devices = [f"dev-{i:06d}" for i in range(d)]
         step(f"generating {n:,} readings of {d:,} devices")
         items = readings(devices, n)
@@ -311,7 +396,12 @@ def run(args: argparse.Namespace) -> None:
         step(f"plain aiokafka loop over the same {len(batches):,} records")
         plain = asyncio.run(run_plain(settings, topics.readings, cfg, topics.partitions, n))
         quix: dict[str, float] | None = None
+        quix_batches: dict[str, float] | None = None
         if not args.skip_quix:
+            step(f"producing the same {len(batches):,} record batches keyed by partition for quix-streams")
+            asyncio.run(produce(settings, batched, partition_keyed(batches)))
+            step("quix-streams over the record batches")
+            quix_batches = run_quix_batches(settings, batched, cfg, n, len(batches), tmp)
             step(f"producing {n:,} single-reading records for quix-streams")
             singles: list[tuple[int | None, bytes, bytes]] = [
                 (None, it["device"].encode(), serde.dumps(it)) for it in items
@@ -320,10 +410,10 @@ def run(args: argparse.Namespace) -> None:
             step("quix-streams")
             quix = run_quix(settings, single, cfg, n, tmp)  # signal handlers: main thread only
         sizes = (1_000, 10_000) if args.quick else (1_000, 10_000, 100_000)
-        mem = {}
+        mem: dict[int, dict[str, float]] = {}
         for size in sizes:
             step(f"memory per device at {size:,} devices")
-            mem[size] = memory_per_device(size)
+            mem[size] = {"heap": memory_per_device(size), "rss": rss_per_device(size)}
         step("done")
     finally:
         asyncio.run(delete_topics(settings, prefixed(topics.prefix)))
@@ -343,14 +433,22 @@ def run(args: argparse.Namespace) -> None:
         f"| plain aiokafka `getmany` loop, states in a dict (no durability) | the same batches | "
         f"{plain['rate']:,.0f} | 100% |",
     ]
+    if quix_batches:
+        lines.append(
+            f"| quix-streams, stateful `update` over the batch envelope, RocksDB state + changelog | the same "
+            f"batches (keyed by partition) | {quix_batches['rate']:,.0f} | {quix_batches['rate'] / plain['rate']:.0%} |"
+        )
     if quix:
         lines.append(
-            f"| quix-streams 3.28, stateful `update`, RocksDB state + changelog | one reading per record | "
+            f"| quix-streams, stateful `update`, RocksDB state + changelog | one reading per record | "
             f"{quix['rate']:,.0f} | {quix['rate'] / plain['rate']:.0%} |"
         )
     lines += [
         "",
-        f"- Faust / quix-streams: {faust['rate'] / quix['rate']:.1f}x." if quix else "- quix-streams skipped.",
+        f"- Faust / quix-streams: {faust['rate'] / quix_batches['rate']:.1f}x on the same batches, "
+        f"{faust['rate'] / quix['rate']:.1f}x against one reading per record."
+        if quix and quix_batches
+        else "- quix-streams skipped.",
         f"- Faust worker: {faust['writes']:,.0f} table writes (coalesced: one per changed device per flush "
         "interval, 2.8 s; at once for a device with an output) in "
         f"{faust['seconds']:.2f} s, {faust['cpu_s']:.2f} s CPU; (Faust time - plain time) / writes = "
@@ -358,11 +456,29 @@ def run(args: argparse.Namespace) -> None:
         "bound of what a changelogged table write costs (it also holds Faust's per-record overhead).",
         f"- Faust worker RSS growth while processing: {faust['rss_delta'] / d:,.0f} B per device "
         "(includes RocksDB memtables and Kafka buffers).",
-        "- Worker Python heap per monitored device (decoded state in the cache + its detector; tracemalloc): "
-        + ", ".join(f"{size:,} devices: {b:,.0f} B" for size, b in mem.items())
+        "- Worker memory per monitored device (decoded state in the cache + its detector): Python heap "
+        "(tracemalloc) / process RSS growth (a fresh process each) at "
+        + ", ".join(f"{size:,} devices: {b['heap']:,.0f} B / {b['rss']:,.0f} B" for size, b in mem.items())
         + ".",
     ]
     print("\n".join(lines))
+    result = {
+        "command": f"python -m benchmarks.detection{' --quick' if args.quick else ''}",
+        "readings": n,
+        "devices": d,
+        "partitions": topics.partitions,
+        "per_record": PER_RECORD,
+        "cpus": os.cpu_count(),
+        "faust": faust,
+        "plain": plain,
+        "quix_batches": quix_batches,
+        "quix_single": quix,
+        "memory_per_device": mem,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"detection-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"\nresults: {path}")
 
 
 def main() -> None:

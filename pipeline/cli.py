@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from pipeline.agents.commands import worker as _worker_command
@@ -16,6 +15,7 @@ from pipeline.alerts import commands as _alerts_commands
 from pipeline.cliutil import SiteOpt, console, fail, settings_for
 from pipeline.ingest import commands as _ingest_commands
 from pipeline.replay import commands as _replay_commands
+from pipeline.terminal import make_console
 from simulators import commands as _simulator_commands
 
 app = typer.Typer(
@@ -36,10 +36,24 @@ app.command("worker")(_worker_command)  # larder worker: the Faust detection age
 
 
 @stack_app.command("up")
-def stack_up(sites: SiteOpt = None) -> None:
+def stack_up(
+    sites: SiteOpt = None,
+    brokers: Annotated[
+        int | None,
+        typer.Option(
+            "--brokers",
+            min=1,
+            max=5,
+            help="Kafka KRaft nodes on loopback (3: replication factor 3, min.insync.replicas 2); "
+            "remembered by later commands; default 1 or what the last `up` used",
+        ),
+    ] = None,
+) -> None:
     """Install what is missing (cached), start Kafka, InfluxDB and Mosquitto, wait until healthy."""
     from pipeline import stack
 
+    if brokers is not None:
+        os.environ["LARDER_KAFKA__BROKERS"] = str(brokers)  # read at the edge, like every LARDER_ setting
     settings = settings_for(sites)
     try:
         statuses = stack.up(settings, report=lambda m: console.print(f"[cyan]>[/] {m}"))
@@ -107,7 +121,7 @@ def stack_prune(
 
 @stack_app.command("logs")
 def stack_logs(
-    service: Annotated[str, typer.Argument(help="kafka, influxdb or mosquitto")],
+    service: Annotated[str, typer.Argument(help="kafka (kafka-1 ... kafka-N in a cluster), influxdb or mosquitto")],
     lines: Annotated[int, typer.Option("-n", help="lines to show")] = 50,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines")] = False,
 ) -> None:
@@ -149,7 +163,7 @@ def _print_status(statuses: list) -> None:  # type: ignore[type-arg]
     for s in statuses:
         health = "[green]healthy[/]" if s.healthy else "[red]down[/]"
         table.add_row(s.name, health, s.address, str(s.pid or ("external" if not s.managed else "-")), s.log)
-    Console().print(table)
+    make_console().print(table)
 
 
 def main() -> None:

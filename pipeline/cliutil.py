@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from pipeline.settings import Settings, load_settings
+from pipeline.terminal import make_console
 
-#: Messages, progress and errors: standard error, so standard output stays clean for pipes.
-console = Console(stderr=True)
+#: Messages, progress and errors: standard error, so standard output stays clean for pipes; as wide as a log
+#: needs off a terminal (:mod:`pipeline.terminal`).
+console = make_console(stderr=True)
 
 
 class ExitCode(IntEnum):

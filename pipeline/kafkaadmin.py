@@ -47,8 +47,13 @@ async def ensure_topics(settings: Settings, topics: Topics | None = None) -> lis
         existing = set(await admin.list_topics())
         missing = [s for s in topics.specs() if s.name not in existing]
         if missing:
+            k = settings.kafka
+            isr = ("min.insync.replicas", str(k.min_insync_replicas))
             await admin.create_topics(
-                [NewTopic(s.name, s.partitions, 1, topic_configs=dict(s.config)) for s in missing]
+                [
+                    NewTopic(s.name, s.partitions, k.replication_factor, topic_configs=dict((*s.config, isr)))
+                    for s in missing
+                ]
             )
         return [s.name for s in missing]
     finally:

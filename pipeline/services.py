@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 #: The processes a full pipeline has, in start order. Optional ones start only if their command exists.
 ALL = ("bridge", "hooks", "worker", "notifier", "sink")
+#: Every long-running service `larder` has (the ack API serves people, not the data path).
+SERVICES = (*ALL, "api")
 CORE = ("bridge", "hooks", "worker")
 
 
@@ -36,6 +38,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_port_block(size: int, tries: int = 200) -> int:
+    """The first of ``size`` consecutive free ports (an isolated stack: Kafka nodes sit on port, port + 1, ...)."""
+    for _ in range(tries):
+        base = free_port()
+        if base + size > 65_535:
+            continue
+        try:
+            with contextlib.ExitStack() as held:
+                for p in range(base, base + size):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError(f"no block of {size} free ports on 127.0.0.1")
 
 
 def larder_argv() -> list[str]:
@@ -77,6 +96,7 @@ class Services:
     clock: str = "replay"
     names: Sequence[str] = CORE
     hooks_port: int = field(default_factory=free_port)
+    api_port: int = field(default_factory=free_port)
     #: The bridge's MQTT client id and shared-subscription group are fresh for each run (a session left over from
     #: another run may hold that run's unacknowledged messages); :meth:`stop` deletes the session again.
     bridge_instance: str = field(default_factory=lambda: f"sim-{uuid.uuid4().hex[:8]}")
@@ -108,6 +128,7 @@ class Services:
             "LARDER_INFLUX__RPC_PORT": str(s.influx.rpc_port),
             "LARDER_MQTT__PORT": str(s.mqtt.port),
             "LARDER_INGEST__HOOKS_PORT": str(self.hooks_port),
+            "LARDER_NOTIFY__API_PORT": str(self.api_port),
             "LARDER_INGEST__BRIDGE_METRICS_PORT": "0",
             "LARDER_INGEST__BRIDGE_INSTANCE": self.bridge_instance,
             "LARDER_INGEST__BRIDGE_GROUP": f"larder-{self.bridge_instance}",
@@ -122,6 +143,8 @@ class Services:
             return Process(name, [*base, "bridge", "-v"], log, _log_says("connected to mqtt"))
         if name == "hooks":
             return Process(name, [*base, "hooks"], log, lambda _p: port_open("127.0.0.1", self.hooks_port))
+        if name == "api":
+            return Process(name, [*base, "api"], log, lambda _p: port_open("127.0.0.1", self.api_port))
         if name == "worker":
             argv = [*base, "worker", "--clock", self.clock, "--store", self.worker_store, "-l", "warn"]
             return Process(name, argv, log, _log_says("assigned"))

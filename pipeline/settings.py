@@ -40,10 +40,39 @@ class KafkaSettings(_Group):
     controller_port: int = 9093
     heap_mb: int = Field(512, le=512, description="the broker's -Xmx; the local stack is capped at 512 MB")
     bootstrap: str | None = Field(None, description="external brokers; when set, `stack` does not manage Kafka")
+    brokers: int = Field(
+        1,
+        ge=1,
+        le=5,
+        description="local stack: KRaft nodes on loopback (node n listens on port + 2(n-1), controller likewise)",
+    )
+    replication: int | None = Field(
+        None,
+        ge=1,
+        description="copies of each partition of Larder's topics; default min(3, brokers); set it for "
+        "an external cluster (deploy/compose.yaml: 3)",
+    )
+    min_insync: int | None = Field(None, ge=1, description="topics' min.insync.replicas; default 2 with 3+ copies")
+
+    def node_ports(self, node: int) -> tuple[int, int]:
+        """(client port, controller port) of local node ``node`` (1-based)."""
+        return self.port + 2 * (node - 1), self.controller_port + 2 * (node - 1)
 
     @property
     def bootstrap_servers(self) -> str:
-        return self.bootstrap or f"{self.host}:{self.port}"
+        if self.bootstrap:
+            return self.bootstrap
+        return ",".join(f"{self.host}:{self.node_ports(n)[0]}" for n in range(1, self.brokers + 1))
+
+    @property
+    def replication_factor(self) -> int:
+        """Copies of every partition: three where there are three brokers (a broker loss is then no outage)."""
+        return self.replication or min(3, self.brokers)
+
+    @property
+    def min_insync_replicas(self) -> int:
+        """With three copies, acks=all waits for two: one broker may fail without refusing writes or losing any."""
+        return self.min_insync or (2 if self.replication_factor >= 3 else 1)
 
 
 class InfluxSettings(_Group):
@@ -185,12 +214,30 @@ def secrets_path(state_dir: Path) -> Path:
     return state_dir / "secrets.json"
 
 
+def brokers_file(state_dir: Path) -> Path:
+    """How many Kafka nodes `larder stack up` started: every later process finds all of them without a flag."""
+    return state_dir / "conf" / "kafka" / "brokers"
+
+
+def _recorded_brokers(state_dir: Path) -> int | None:
+    try:
+        return int(brokers_file(state_dir).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment, filling generated secrets from the state folder.
 
-    Missing secrets are generated once and kept (0600), so every process on the machine agrees on them.
+    Missing secrets are generated once and kept (0600), so every process on the machine agrees on them. The
+    number of local Kafka nodes comes from the environment, else from what `larder stack up` recorded.
     """
     base = Settings(**overrides)  # type: ignore[arg-type]
+    if "LARDER_KAFKA__BROKERS" not in os.environ and base.kafka.bootstrap is None:
+        recorded = _recorded_brokers(base.state_dir)
+        if recorded is not None and recorded != base.kafka.brokers:
+            kafka = base.kafka.model_copy(update={"brokers": recorded})
+            base = Settings(**{**base.model_dump(by_alias=True), "kafka": kafka.model_dump()})  # type: ignore[arg-type]
     path = secrets_path(base.state_dir)
     stored: dict[str, str] = serde.loads(path.read_bytes()) if path.exists() else {}
     changed = False

@@ -6,12 +6,12 @@ import asyncio
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from pipeline.cliutil import SiteOpt, console, fail, settings_for, setup_logging, usage
 from pipeline.settings import Settings
 from pipeline.siteconfig import SiteConfigError
+from pipeline.terminal import make_console
 
 if TYPE_CHECKING:
     from pipeline.ingest.bridge import Bridge
@@ -99,7 +99,7 @@ def devices_list(sites: SiteOpt = None) -> None:
         table.add_row(dev_id, "device", site_id, dev.asset, profile, "inline" if dev.secret else dev.secret_ref or "")
     for cam_id, site_id, cam in config.cameras():
         table.add_row(cam_id, "camera", site_id, cam.kitchen, "", "inline" if cam.secret else cam.secret_ref or "")
-    Console().print(table)
+    make_console().print(table)
 
 
 @devices_app.command("rotate-secret")

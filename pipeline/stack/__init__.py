@@ -73,21 +73,43 @@ async def _kafka_metadata(settings: Settings) -> bool:
         await admin.close()
 
 
+def _node_healthy(settings: Settings, node: int) -> bool:
+    return port_open(settings.kafka.host, settings.kafka.node_ports(node)[0])
+
+
 def _mqtt_healthy(settings: Settings) -> bool:
     return port_open(settings.mqtt.host, settings.mqtt.port)
 
 
 def status(settings: Settings) -> list[ServiceStatus]:
     k, i, m = settings.kafka, settings.influx, settings.mqtt
+    if k.bootstrap is None and k.brokers > 1:
+        # A cluster: one row per node (answering on its port), healthy when the cluster also answers metadata.
+        cluster = _kafka_healthy(settings)
+        brokers = [
+            ServiceStatus(
+                kafka.node_name(settings, n),
+                f"{k.host}:{k.node_ports(n)[0]}",
+                read_pid(kafka.paths(settings, n)["pid"]),
+                cluster and _node_healthy(settings, n),
+                True,
+                str(kafka.paths(settings, n)["log"]),
+            )
+            for n in kafka.nodes(settings)
+        ]
+    else:
+        brokers = [
+            ServiceStatus(
+                "kafka",
+                k.bootstrap_servers,
+                read_pid(kafka.paths(settings)["pid"]),
+                _kafka_healthy(settings),
+                k.bootstrap is None,
+                str(kafka.paths(settings)["log"]),
+            )
+        ]
     return [
-        ServiceStatus(
-            "kafka",
-            k.bootstrap_servers,
-            read_pid(kafka.paths(settings)["pid"]),
-            _kafka_healthy(settings),
-            k.bootstrap is None,
-            str(kafka.paths(settings)["log"]),
-        ),
+        *brokers,
         ServiceStatus(
             "influxdb",
             i.base_url,
@@ -139,8 +161,16 @@ def up(settings: Settings, report: Report = print, *, create_topics: bool = True
         )
 
     # Start all three first, then wait: Kafka's JVM start overlaps the others.
-    if settings.kafka.bootstrap is None and not _kafka_healthy(settings):
-        _start_fresh(settings, "kafka", kafka.paths(settings), lambda: kafka.start(settings), report)
+    if settings.kafka.bootstrap is None:
+        for n in kafka.nodes(settings):
+            if not _node_healthy(settings, n):
+                _start_fresh(
+                    settings,
+                    kafka.node_name(settings, n),
+                    kafka.paths(settings, n),
+                    lambda n=n: kafka.start(settings, n),  # type: ignore[misc]
+                    report,
+                )
     if settings.influx.url is None and not influx.healthy(settings):
         _start_fresh(settings, "influxdb", influx.paths(settings), lambda: influx.start(settings), report)
     if not settings.mqtt.external:
@@ -163,6 +193,17 @@ def up(settings: Settings, report: Report = print, *, create_topics: bool = True
 
     # A broker with thousands of partitions recovers them for minutes after an unclean stop, logging as it
     # goes: wait while it makes progress rather than for a fixed time.
+    if settings.kafka.bootstrap is None and settings.kafka.brokers > 1:
+        for n in kafka.nodes(settings):
+            _wait(
+                report,
+                kafka.node_name(settings, n),
+                lambda n=n: _node_healthy(settings, n),  # type: ignore[misc]
+                kafka.paths(settings, n),
+                stall=120,
+                cap=1200,
+                progress=lambda n=n: kafka.progress(settings, n),  # type: ignore[misc]
+            )
     _wait(
         report,
         "kafka",
@@ -227,9 +268,10 @@ def _wait(
 
 
 def down(settings: Settings, report: Report = print) -> None:
+    brokers = [(kafka.node_name(settings, n), kafka.paths(settings, n)) for n in kafka.nodes(settings)]
     for name, paths in (
         ("mosquitto", mosquitto.paths(settings)),
-        ("kafka", kafka.paths(settings)),
+        *brokers,
         ("influxdb", influx.paths(settings)),
     ):
         pid = read_pid(paths["pid"])

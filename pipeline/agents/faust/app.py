@@ -169,6 +169,8 @@ def _faust_app(settings: Settings, topics: Topics, options: WorkerOptions) -> fa
         store=f"{options.store}://",
         datadir=str(data_dir),
         topic_partitions=topics.partitions,
+        # The tables' changelog topics Faust creates get the same copies as Larder's own topics.
+        topic_replication_factor=settings.kafka.replication_factor,
         processing_guarantee=options.processing_guarantee,
         broker_commit_interval=options.commit_interval_s,
         broker_commit_every=options.commit_every,
