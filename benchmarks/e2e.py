@@ -43,12 +43,12 @@ from typing import Any
 
 import psutil
 from aiohttp import web
-from ruamel.yaml import YAML
 
 from benchmarks import quiet
 from benchmarks.loadgen import CompiledLoadGenerator, LoadGenerator, build_compiled
-from pipeline import serde, stack
+from pipeline import serde, siteconfig, stack
 from pipeline.alerts.channels.webhook import sign
+from pipeline.contracts import records
 from pipeline.services import Services, free_port
 from pipeline.settings import Settings, load_settings
 from pipeline.siteconfig import load
@@ -122,9 +122,7 @@ def write_site_file(path: Path, devices: list[tuple[str, str]], webhook_url: str
         },
         "sites": sites,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as fh:
-        YAML().dump(doc, fh)
+    siteconfig.write_site_file(path, doc)
 
 
 @dataclass
@@ -705,8 +703,8 @@ class Bench:
                         if tp.topic == self.topics.alerts:
                             if body.get("state") == "open":
                                 alerts.setdefault(body["alert_id"], rec.timestamp)
-                        elif body.get("kind") == "readings":
-                            for it in body["items"]:
+                        else:
+                            for it in records.batch_items(body, "readings"):
                                 readings.setdefault((it["device"], it["seq"]), rec.timestamp)
         finally:
             await consumer.stop()
@@ -852,8 +850,7 @@ class Bench:
 
 
 def _items(value: bytes) -> list[dict[str, Any]]:
-    body = serde.loads(value)
-    return list(body["items"]) if body.get("kind") == "readings" else []
+    return records.batch_items(value, "readings")
 
 
 def _nearest(sent: dict[tuple[str, int], tuple[int, float]], device: str, ts_ms: int) -> tuple[int, float] | None:

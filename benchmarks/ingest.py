@@ -30,17 +30,12 @@ from typing import Any
 
 from benchmarks import quiet
 from pipeline import serde, stack
+from pipeline.contracts import records
 from pipeline.ingest.hooks import sign
 from pipeline.settings import Settings, load_settings
 from pipeline.stack import logins
+from pipeline.testing import IngestEnv, clear_session, consume, free_port, make_env
 from pipeline.topics import Topics
-from tests.integration.ingest_support import (
-    IngestEnv,
-    clear_session,
-    consume,
-    free_port,
-    make_env,
-)
 
 TOPIC = "larder/v1/devices/+/readings"
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,7 +193,7 @@ class Bench:
             count = [0]
 
             def on(record: Any) -> None:
-                count[0] += len(serde.loads(record.value)["items"])
+                count[0] += len(records.batch_items(record.value, "readings"))
                 stamps.append(record.timestamp)
 
             asyncio.run(consume(self.settings, topics.readings, on, lambda: count[0] >= self.n, timeout=600))

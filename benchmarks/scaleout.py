@@ -31,10 +31,11 @@ from typing import Any
 import psutil
 
 from benchmarks import quiet
-from benchmarks.detection import ROOT, metric, prepare, produce, readings, record_batches, say, write_site_yaml
+from benchmarks.detection import ROOT, metric, prepare, produce, readings, record_batches, say, site_doc
+from pipeline import testing
+from pipeline.kafkaadmin import delete_topics, prefixed
 from pipeline.services import free_port
 from pipeline.settings import Settings, load_settings
-from pipeline.stack import delete_topics, prefixed
 from pipeline.topics import Topics
 
 RESULTS = Path(__file__).parent / "results"
@@ -46,7 +47,7 @@ async def run_group(settings: Settings, workers: int, n: int, d: int, partitions
     devices = [f"dev-{i:06d}" for i in range(d)]
     batches = record_batches(readings(devices, n), partitions)
     sites = tmp / f"{topics.prefix}-sites.yaml"
-    write_site_yaml(sites, devices)
+    testing.write_site_file(sites, site_doc(devices))
     env = {**os.environ, "LARDER_TOPIC_PREFIX": topics.prefix, "LARDER_READINGS_PARTITIONS": str(partitions)}
     procs: list[tuple[subprocess.Popen[bytes], int, Path]] = []
     try:

@@ -14,12 +14,12 @@ from rich.table import Table
 from pipeline import devices as _devices_commands
 from pipeline.agents.commands import worker as _worker_command
 from pipeline.alerts import commands as _alerts_commands
+from pipeline.cliutil import SiteOpt, console, fail, settings_for
 from pipeline.ingest import commands as _ingest_commands
 from pipeline.replay import commands as _replay_commands
-from pipeline.settings import Settings, load_settings
 from pipeline.terminal import make_console
+from simulators import commands as _simulator_commands
 
-console = make_console(stderr=True)
 app = typer.Typer(
     help="Larder: food-safety sensor pipeline (MQTT/hooks -> Kafka -> Faust detectors -> alerts, InfluxDB).",
     no_args_is_help=True,
@@ -33,22 +33,9 @@ app.add_typer(stack_app, name="stack")
 _ingest_commands.register(app)  # larder bridge, larder hooks
 _devices_commands.register(app)  # larder devices ...
 _alerts_commands.register(app)  # larder notifier, larder sink, larder api
-_replay_commands.register(app)  # larder simulate, larder record, larder replay, larder demo
+_simulator_commands.register(app)  # larder simulate, larder demo
+_replay_commands.register(app)  # larder record, larder replay
 app.command("worker")(_worker_command)  # larder worker: the Faust detection agents
-
-SiteOpt = Annotated[
-    Path | None,
-    typer.Option("--sites", "-s", help="site configuration file (contract 5); default $LARDER_SITE_CONFIG"),
-]
-
-
-def settings_for(sites: Path | None = None) -> Settings:
-    return load_settings(**({"site_config": sites} if sites else {}))
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code)
 
 
 @stack_app.command("up")

@@ -7,35 +7,20 @@ device's login is touched.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from pipeline.settings import Settings, load_settings
+from pipeline.cliutil import SiteOpt, console, fail, settings_for, usage
+from pipeline.settings import Settings
 from pipeline.siteconfig import SiteConfig, SiteConfigError
 from pipeline.terminal import make_console
 
-console = make_console(stderr=True)
 devices_app = typer.Typer(
     help="Register devices, cameras and bridge instances: the site file and the broker's logins (no restart).",
     no_args_is_help=True,
 )
-
-SiteOpt = Annotated[
-    Path | None,
-    typer.Option("--sites", "-s", help="site configuration file (contract 5); default $LARDER_SITE_CONFIG"),
-]
-
-
-def _settings(sites: Path | None) -> Settings:
-    return load_settings(**({"site_config": sites} if sites else {}))
-
-
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(1)
 
 
 def _register(settings: Settings, config: SiteConfig, device: str) -> None:
@@ -50,7 +35,7 @@ def _register(settings: Settings, config: SiteConfig, device: str) -> None:
         change = logins.register_devices(settings, {device: secret}, source=str(settings.site_config.resolve()))
     except (StackError, OSError, KeyError) as exc:
         why = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        raise _fail(
+        raise fail(
             f"the site file is saved, but the broker's logins were not updated: {why}. "
             f"Fix that, then run `larder stack up --sites {settings.site_config}`."
         ) from None
@@ -73,14 +58,14 @@ def devices_add(
     from pipeline import siteedit
 
     if (asset is None) == (kitchen is None):
-        raise _fail("give exactly one of --asset (a device) or --kitchen (a camera)")
-    settings = _settings(sites)
+        raise usage("give exactly one of --asset (a device) or --kitchen (a camera)")
+    settings = settings_for(sites)
     prefix = settings.mqtt.bridge_user
     if asset is not None and (ident == prefix or ident.startswith(f"{prefix}-")):
-        raise _fail(f"{ident!r}: {prefix} and names starting with {prefix}- are the bridge's MQTT users")
+        raise fail(f"{ident!r}: {prefix} and names starting with {prefix}- are the bridge's MQTT users")
     value = secret or siteedit.new_secret()
     if len(value) < 8:
-        raise _fail("--secret must be at least 8 characters")
+        raise usage("--secret must be at least 8 characters")
     try:
         if asset is not None:
             config = siteedit.add_device(settings.site_config, site, ident, asset, value)
@@ -88,7 +73,7 @@ def devices_add(
             assert kitchen is not None
             config = siteedit.add_camera(settings.site_config, site, ident, kitchen, value)
     except SiteConfigError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     kind = "device" if asset else "camera"
     console.print(f"[green]added[/] {kind} {ident} to site {site} in {settings.site_config}")
     if asset:
@@ -102,11 +87,11 @@ def devices_list(sites: SiteOpt = None) -> None:
     """List devices and cameras with their site, asset/kitchen and profile (never their secrets)."""
     from pipeline import siteconfig
 
-    settings = _settings(sites)
+    settings = settings_for(sites)
     try:
         config = siteconfig.load(settings.site_config)
     except SiteConfigError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     table = Table(title=str(settings.site_config))
     for col in ("id", "kind", "site", "asset / kitchen", "profile", "secret"):
         table.add_column(col)
@@ -127,14 +112,14 @@ def devices_rotate(
     """Give a device or camera a new secret; the old one stops working as soon as the broker reloads."""
     from pipeline import siteedit
 
-    settings = _settings(sites)
+    settings = settings_for(sites)
     value = secret or siteedit.new_secret()
     if len(value) < 8:
-        raise _fail("--secret must be at least 8 characters")
+        raise usage("--secret must be at least 8 characters")
     try:
         config = siteedit.rotate_secret(settings.site_config, ident, value)
     except SiteConfigError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     console.print(f"[green]rotated[/] the secret of {ident} in {settings.site_config}")
     if ident in config.device_secrets():
         _register(settings, config, ident)
@@ -151,14 +136,14 @@ def devices_revoke(
     remove them there too, or the next `larder stack up --sites` registers them again."""
     from pipeline.stack import logins
 
-    settings = _settings(None)
+    settings = settings_for()
     known, _ = logins.registered(settings)
     missing = [i for i in idents if i not in known]
     if missing:
-        raise _fail(f"not registered: {', '.join(missing)}")
+        raise fail(f"not registered: {', '.join(missing)}")
     console.print(f"revoking the broker logins of: {', '.join(idents)}")
     if not yes and not typer.confirm("revoke them?", default=False):
-        raise _fail("nothing revoked")
+        raise fail("nothing revoked")
     change = logins.revoke_devices(settings, idents)
     console.print(f"[green]revoked[/] {len(change.revoked)}; {change.total} devices keep their logins")
 
@@ -170,11 +155,11 @@ def devices_add_bridge(
     """Give bridge instances their own broker logins (`stack up` registers the default instance only)."""
     from pipeline.stack import StackError, logins
 
-    settings = _settings(None)
+    settings = settings_for()
     try:
         change = logins.register_bridges(settings, instances)
     except StackError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     for name in instances:
         console.print(f"[green]bridge[/] {name}: MQTT user {settings.mqtt.bridge_login(name)[0]}")
     if not change.reloaded:
@@ -186,7 +171,7 @@ def devices_logins() -> None:
     """List who may log in to the broker: devices (with the site file they came from) and bridge instances."""
     from pipeline.stack import logins
 
-    settings = _settings(None)
+    settings = settings_for()
     devices, bridges = logins.registered(settings)
     table = Table(title="broker logins")
     table.add_column("login")

@@ -44,9 +44,9 @@ import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from pipeline import serde
+from pipeline.contracts.records import dead_letter_value as dead_letter
+from pipeline.contracts.records import readings_value
 from pipeline.ingest import metrics
-from pipeline.ingest.deadletter import dead_letter
 from pipeline.ingest.mqttclient import BufferedClient, Publish
 from pipeline.ingest.registry import ReloadingRegistry
 from pipeline.ingest.validate import BAD_TOPIC, INVALID, UNKNOWN_DEVICE, Refusal, validate_device_payload
@@ -394,7 +394,7 @@ class Bridge:
         for p, items in groups.items():
             for i in range(0, len(items), self.max_items):
                 chunk = items[i : i + self.max_items]
-                value = serde.dumps({"v": 1, "kind": "readings", "items": chunk})
+                value = readings_value(chunk)
                 records.append(
                     _Record(self.topics.readings, chunk[0]["device"].encode(), value, p, len(chunk), "readings")
                 )

@@ -3,42 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pipeline.settings import Settings, load_settings
+from pipeline.cliutil import SiteOpt, console, fail, settings_for, setup_logging
 from pipeline.siteconfig import SiteConfigError
-from pipeline.terminal import make_console
 
 if TYPE_CHECKING:
     from pipeline.ingest.bridge import Bridge
-
-console = make_console(stderr=True)
-SiteOpt = Annotated[
-    Path | None,
-    typer.Option("--sites", "-s", help="site configuration file (contract 5); default $LARDER_SITE_CONFIG"),
-]
-
-
-def _settings(sites: Path | None, **overrides: object) -> Settings:
-    return load_settings(**({"site_config": sites} if sites else {}), **overrides)
-
-
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(1)
-
-
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
-
 
 def bridge(
     sites: SiteOpt = None,
@@ -75,8 +48,8 @@ def bridge(
     session on the broker and exits: scale down without leaving a queue that collects readings forever."""
     from pipeline.ingest import bridge as bridge_mod
 
-    _logging(verbose)
-    settings = _settings(sites)
+    setup_logging(verbose)
+    settings = settings_for(sites)
     update = {
         k: v
         for k, v in (("bridge_metrics_port", metrics_port), ("bridge_instance", instance), ("bridge_shared", shared))
@@ -98,13 +71,13 @@ def bridge(
     try:
         b = asyncio.run(bridge_mod.serve(settings, on_progress=progress, retire=retire, idle_s=idle))
     except SiteConfigError as exc:
-        raise _fail(f"the site file cannot be used, nothing started:\n{exc}") from None
+        raise fail(f"the site file cannot be used, nothing started:\n{exc}") from None
     except RuntimeError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if not retire:
         return
     if not b.retired:
-        raise _fail(
+        raise fail(
             f"interrupted: bridge {name} forwarded {b.accepted:,} readings and dead-lettered {b.dead_lettered:,}; "
             "its session is kept with whatever is still queued. Run `larder bridge --retire` again to finish."
         )
@@ -127,8 +100,8 @@ def hooks(
     """Serve the signed camera hook (contract 2) and /metrics until Ctrl-C."""
     from pipeline.ingest import hooks as hooks_mod
 
-    _logging(verbose)
-    settings = _settings(sites)
+    setup_logging(verbose)
+    settings = settings_for(sites)
     console.print(
         f"[cyan]>[/] hooks on http://{host or settings.ingest.hooks_host}:{port or settings.ingest.hooks_port}"
         f" -> {settings.kafka.bootstrap_servers}, sites {settings.site_config}"
@@ -136,9 +109,9 @@ def hooks(
     try:
         hooks_mod.serve(settings, host, port)
     except SiteConfigError as exc:
-        raise _fail(f"the site file cannot be used, nothing started:\n{exc}") from None
+        raise fail(f"the site file cannot be used, nothing started:\n{exc}") from None
     except (RuntimeError, OSError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 def register(app: typer.Typer) -> None:

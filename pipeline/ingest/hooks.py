@@ -32,9 +32,9 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
-from pipeline import serde
+from pipeline.contracts.records import dead_letter_value as dead_letter
+from pipeline.contracts.records import kitchen_events_value
 from pipeline.ingest import metrics
-from pipeline.ingest.deadletter import dead_letter
 from pipeline.ingest.registry import ReloadingRegistry
 from pipeline.ingest.validate import (
     BAD_TIMESTAMP,
@@ -200,7 +200,7 @@ class Hooks:
         futures = []
         t0 = time.perf_counter()
         if fresh:
-            value = serde.dumps({"v": 1, "kind": "kitchen_events", "items": fresh})
+            value = kitchen_events_value(fresh)
             p = partition_for(kitchen, self.partitions)
             futures.append(
                 await self.producer.send(self.topics.kitchen_events, value, key=kitchen.encode(), partition=p)

@@ -12,14 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.contracts import records
+from pipeline.contracts.models import Alert, AlertState
+from pipeline.contracts.replay import Line, Truth
 from pipeline.replay.score import Score, score
 from pipeline.replay.send import Progress, SendStats, drive
 from pipeline.replay.timeline import read_alerts, wait_processed
-from pipeline.schemas import Alert, AlertState
 from pipeline.settings import Settings
 from pipeline.siteconfig import SiteConfig
 from pipeline.topics import Topics
-from simulators.core import Line, Truth
 
 
 @dataclass
@@ -77,15 +78,13 @@ class AlertWatch:
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        from pipeline import serde
-
         while True:
             batch = await self._c.getmany(timeout_ms=300)
-            for records in batch.values():
-                for r in records:
+            for recs in batch.values():
+                for r in recs:
                     if r.value is None:
                         continue
-                    a = Alert.model_validate(serde.loads(r.value))
+                    a = records.read_alert(r.value)
                     if a.state is AlertState.OPEN:
                         self.opened += 1
                         self.latest = [*self.latest[-4:], a]
@@ -153,11 +152,11 @@ def run_with_services(
     on_watch: Callable[[AlertWatch], Any] | None = None,
 ) -> RunResult:
     """Start bridge + hooks + worker for ``config`` on fresh topics, send ``lines``, collect and score."""
-    from pipeline import stack
+    from pipeline.kafkaadmin import ensure_topics
     from pipeline.services import CORE, Services
 
     topics = Topics(prefix or fresh_prefix(), settings.readings_partitions)
-    asyncio.run(stack.ensure_topics(settings, topics))
+    asyncio.run(ensure_topics(settings, topics))
     register_devices(settings, config)
     svc = Services(settings, config_path, topics.prefix, clock=clock, names=names or CORE, report=report)
     svc.start()

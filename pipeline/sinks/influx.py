@@ -28,7 +28,7 @@ from influxdb_client.rest import ApiException
 from influxdb_client.service.write_service import WriteService
 
 from pipeline import serde
-from pipeline.schemas import Alert, Annotation, Delivery
+from pipeline.contracts import records
 from pipeline.settings import Settings
 from pipeline.sinks import lineproto
 from pipeline.topics import Topics
@@ -119,15 +119,15 @@ class InfluxSink:
     def _lines(self, topic: str, value: bytes) -> tuple[list[str], list[str]]:
         """(millisecond lines, nanosecond lines) for one Kafka record."""
         t = self.topics
-        data: Any = serde.loads(value)
         if topic in (t.readings, t.kitchen_events):
-            return [], list(lineproto.batch_lines(data))  # nanoseconds: same-ms readings stay apart (lineproto)
+            # nanoseconds: readings of one device in the same millisecond stay apart (lineproto)
+            return [], list(lineproto.batch_lines(serde.loads(value)))
         if topic == t.alerts:
-            return [], [lineproto.alert_line(Alert.model_validate(data))]
+            return [], [lineproto.alert_line(records.read_alert(value))]
         if topic == t.annotations:
-            return [], [lineproto.annotation_line(Annotation.model_validate(data))]
+            return [], [lineproto.annotation_line(records.read_annotation(value))]
         if topic == t.deliveries:
-            return [], [lineproto.delivery_line(Delivery.model_validate(data))]
+            return [], [lineproto.delivery_line(records.read_delivery(value))]
         return [], []
 
     async def _write_chunk(self, chunk: list[str], precision: str, stop: asyncio.Event) -> bool:
@@ -178,8 +178,8 @@ class InfluxSink:
 
         ms_lines: list[str] = []
         ns_lines: list[str] = []
-        for tp, records in polled.items():
-            for rec in records:
+        for tp, recs in polled.items():
+            for rec in recs:
                 self.stats.records += 1
                 if rec.value is None:
                     continue

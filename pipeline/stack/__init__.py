@@ -15,12 +15,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.kafkaadmin import SCRATCH_RUN, SCRATCH_TOPIC, delete_topics, ensure_topics, prefixed, run_of
 from pipeline.settings import Settings
 from pipeline.stack import influx, kafka, logins, mosquitto
 from pipeline.stack.process import StackError, port_open, read_pid, stop_pid, tail, wait_for_service
-from pipeline.topics import Topics
 
 Report = Callable[[str], None]
+
+# Tests and benchmarks also write to InfluxDB databases named like their topic prefixes.
+SCRATCH_DATABASE = re.compile(rf"^{SCRATCH_RUN}$")
 
 __all__ = [
     "SCRATCH_DATABASE",
@@ -39,27 +42,6 @@ __all__ = [
     "status",
     "up",
 ]
-
-# Topics of a run on a prefix of its own: tests (t + 10 hex), benchmarks (b/bench + hex), simulations and
-# replays on fresh topics (sim/live/demo + 8 hex), Faust's internal topics under them ("<prefix>-worker-..."),
-# and quix-streams' changelogs of the benchmark baseline ("changelog__quix-<hash>--<prefix>-..."). Each run
-# deletes its own; this finds what an interrupted run left behind (`larder stack prune`).
-_SCRATCH = r"(?:t[0-9a-f]{10}|b[0-9a-f]{8}|bench[0-9a-f]{6,8}|(?:sim|live|demo)[0-9a-f]{8})"
-_QUIX_CHANGELOG = r"changelog__quix-[0-9a-f]+--"
-SCRATCH_TOPIC = re.compile(rf"^(?:{_QUIX_CHANGELOG})?{_SCRATCH}[.-]")
-# Tests and benchmarks also write to InfluxDB databases of the same names.
-SCRATCH_DATABASE = re.compile(rf"^{_SCRATCH}$")
-
-
-def prefixed(prefix: str) -> Callable[[str], bool]:
-    """Matches the topics of one prefix: its own, Faust's internal ones, quix-streams' changelogs."""
-    own = re.compile(rf"^(?:{_QUIX_CHANGELOG})?{re.escape(prefix)}[.-]")
-    return lambda name: own.match(name) is not None
-
-
-def run_of(topic: str) -> str:
-    """The prefix of the run a topic belongs to (``prefixed`` read backwards)."""
-    return re.split(r"[.-]", re.sub(rf"^{_QUIX_CHANGELOG}", "", topic))[0]
 
 
 @dataclass(frozen=True)
@@ -327,46 +309,6 @@ def down(settings: Settings, report: Report = print) -> None:
         report(f"{name}: stopped (pid {pid})")
 
 
-async def ensure_topics(settings: Settings, topics: Topics | None = None) -> list[str]:
-    """Create Larder's topics with their configured partition counts; returns the ones it created."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    topics = topics or Topics(settings.topic_prefix, settings.readings_partitions)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [s for s in topics.specs() if s.name not in existing]
-        if missing:
-            k = settings.kafka
-            isr = ("min.insync.replicas", str(k.min_insync_replicas))
-            await admin.create_topics(
-                [
-                    NewTopic(s.name, s.partitions, k.replication_factor, topic_configs=dict((*s.config, isr)))
-                    for s in missing
-                ]
-            )
-        return [s.name for s in missing]
-    finally:
-        await admin.close()
-
-
-async def delete_topics(settings: Settings, match: Callable[[str], bool], *, dry_run: bool = False) -> list[str]:
-    """Delete the topics ``match`` accepts; returns their names (sorted). Kafka's own topics are never touched."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers, request_timeout_ms=90_000)
-    await admin.start()
-    try:
-        doomed = sorted(t for t in await admin.list_topics() if not t.startswith("__") and match(t))
-        # One request per few hundred: a single DeleteTopics for thousands of partitions times out.
-        for i in range(0, 0 if dry_run else len(doomed), 200):
-            await admin.delete_topics(doomed[i : i + 200], timeout_ms=60_000)
-        return doomed
-    finally:
-        await admin.close()
-
-
 @dataclass(frozen=True)
 class Pruned:
     topics: list[str]
@@ -405,7 +347,7 @@ def prune(settings: Settings, prefixes: list[str] | None = None, *, dry_run: boo
         databases = sorted(d for d in influx.list_databases(settings) if d != settings.influx.database and database(d))
         for d in [] if dry_run else databases:
             influx.drop_database(settings, d)
-    # A worker's RocksDB files are named after its app id, "<prefix>-worker" (pipeline.agents.app): the
+    # A worker's RocksDB files are named after its app id, "<prefix>-worker" (pipeline.agents.faust.app): the
     # topic rule fits them (a benchmark's baseline worker is "<prefix>-base-worker").
     tables = settings.data_dir / "worker"
     table_dirs = sorted(d.name for d in (tables.iterdir() if tables.is_dir() else []) if topic(d.name))

@@ -14,18 +14,10 @@ import pytest
 from pipeline import serde
 from pipeline.partitioner import partition_for
 from pipeline.settings import Settings
+from pipeline.testing import LARDER, IngestEnv, free_port, make_env, read_all, register_in_broker
+from pipeline.testing import device_payload as reading
 from pipeline.topics import Topics
-from tests.integration.ingest_support import (
-    LARDER,
-    IngestEnv,
-    Readings,
-    dead_letters,
-    everything_in,
-    free_port,
-    make_env,
-    reading,
-    register_in_broker,
-)
+from tests.integration.ingest_support import Readings, dead_letters
 
 KCAT_FMT = "%p %k\n"
 
@@ -106,7 +98,7 @@ async def test_foreign_topic_and_wrong_password_get_nothing_in(env: IngestEnv) -
     time.sleep(1.0)  # anything wrongly let through would have arrived before the sentinel; look again
     got = await Readings().until(env.settings, env.topics, 2, timeout=2)
     assert sorted(got.pairs) == [(d0, 103)]
-    assert await everything_in(env.settings, env.topics.deadletter) == []
+    assert await read_all(env.settings, env.topics.deadletter) == []
 
 
 MALFORMED: list[tuple[str, bytes, str]] = [
@@ -153,7 +145,7 @@ async def test_malformed_payloads_are_dead_lettered_and_valid_ones_pass(env: Ing
         assert d["reason"] and d["arrived_ms"] > 0 and d["mqtt_topic"] == f"larder/v1/devices/{dev}/readings"
     assert (letters[-2]["reason_code"], letters[-2]["index"]) == ("wrong_type", 1)
     assert (letters[-1]["reason_code"], letters[-1]["device"]) == ("unknown_device", ghost)
-    assert len(await everything_in(env.settings, env.topics.deadletter)) == expected, "no more, no fewer"
+    assert len(await read_all(env.settings, env.topics.deadletter)) == expected, "no more, no fewer"
 
     got = await Readings().until(env.settings, env.topics, len(MALFORMED) + 3, timeout=20)
     assert sorted(got.pairs) == [(dev, s) for s in [*range(len(MALFORMED)), seq, seq + 2, seq + 3]]

@@ -15,8 +15,9 @@ import pytest
 from pipeline.settings import Settings
 from pipeline.stack import mosquitto
 from pipeline.stack.process import pid_alive, read_pid
+from pipeline.testing import LARDER, IngestEnv, make_env
 from pipeline.topics import Topics
-from tests.integration.ingest_support import LARDER, Flood, IngestEnv, Readings, make_env
+from tests.integration.ingest_support import Flood, Readings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
 

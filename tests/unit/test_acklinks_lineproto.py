@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from pipeline.alerts import acklinks
+from pipeline.contracts import records
 from pipeline.schemas import Alert, AlertState, Delivery, Severity
 from pipeline.sinks import lineproto
 
@@ -155,7 +156,7 @@ async def test_the_sink_skips_any_shape_of_bad_record_and_writes_the_rest(tmp_pa
         {"v": 1, "kind": "readings", "items": [1]},
         {"v": 1, "kind": "readings", "items": [{**good, "device": 7}]},
     ]
-    values = [serde.dumps(b) for b in bad] + [serde.dumps({"v": 1, "kind": "readings", "items": [good]})]
+    values = [serde.dumps(b) for b in bad] + [records.readings_value([good])]
 
     class Rec:
         def __init__(self, offset: int, value: bytes) -> None:

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline import serde
+from pipeline.contracts import records
 from pipeline.ingest.validate import (
     REASON_CODES,
     validate_device_payload,
@@ -139,12 +140,12 @@ def test_a_batch_element_only_python_json_reads_is_dead_lettered_as_json() -> No
     items, refusals = fast
     assert len(items) == 1 and [(r[0], r[1]) for r in refusals] == [("out_of_range", 0)]
     assert refusals[0][2] == b'{"ts": 1795290000, "seq": 99999999999999999999999, "x": NaN}'
-    serde.dumps({"v": 1, "kind": "readings", "items": items})  # the accepted one encodes
+    records.readings_value(items)  # the accepted one encodes
 
 
 def test_items_are_readings_in_a_record_batch() -> None:
     items, _ = validate_device_payload(j({**GOOD, "door_open": True, "temp_c": 4}), BASE, NOW_MS, SKEW_MS)
-    batch = RecordBatch.model_validate_json(serde.dumps({"v": 1, "kind": "readings", "items": items}))
+    batch = RecordBatch.model_validate_json(records.readings_value(items))
     reading = Reading.model_validate(batch.items[0])
     assert (reading.site, reading.asset, reading.profile) == ("S1", "a1", "chilled")
     assert reading.ts_ms == 1_795_334_400_000 and reading.temp_c == 4.0 and reading.door_open is True
@@ -261,7 +262,7 @@ def test_the_largest_refused_message_fits_a_kafka_record(tmp_path: Any) -> None:
     and keeps only their first MAX_MESSAGE_BYTES (aiohttp refuses hook bodies over it), so the biggest dead
     letter, the bytes in base64 with their envelope, stays under Kafka's default message.max.bytes: a refused
     message can always be kept (a bigger one would be retried for ever, blocking its bridge)."""
-    from pipeline.ingest.deadletter import dead_letter
+    from pipeline.contracts.records import dead_letter_value as dead_letter
     from pipeline.schemas import MAX_HOOK_BODY, MAX_MESSAGE_BYTES
     from pipeline.settings import load_settings
     from pipeline.stack import mosquitto
