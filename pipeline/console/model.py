@@ -202,9 +202,13 @@ class ReadModel:
             self.open_ids.discard(view.alert_id)
 
     def _attach(self, view: AlertView, rec: Any) -> None:
+        # Equal records are one record: the console folds what it wrote at once and again when Kafka returns it.
         if isinstance(rec, Ack):
-            view.acks.append(rec)
+            if rec not in view.acks:
+                view.acks.append(rec)
         elif isinstance(rec, VerdictRecord):
+            if rec in view.verdicts:
+                return
             view.verdicts.append(rec)
             self._refold_verdicts(view)
         elif isinstance(rec, ResolutionRecord) and view.resolution is None:
