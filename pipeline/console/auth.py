@@ -7,9 +7,9 @@
   changing a role takes effect at once.
 * **CSRF**: every POST must carry the session's token (form field ``csrf`` or header ``X-CSRF-Token``); without
   it the request is refused with 403 and audited. The login form has its own pre-session token in a short cookie.
-* **Login rate limit**: after ``max_failures`` wrong passwords for one user name, or from one client address,
-  within ``window_s``, further attempts are answered 429 until the window has passed (a correct password does
-  not get through while locked).
+* **Login rate limit**: after ``max_failures`` (5) wrong passwords for one user name, or ``max_failures_remote``
+  (30: an office behind one NAT address) from one client address, within ``window_s`` (15 min), further attempts
+  are answered 429 until the window has passed (a correct password does not get through while locked).
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ class LoginLimiter:
     """Failures per user name and per client address in a sliding window."""
 
     max_failures: int = 5
+    max_failures_remote: int = 30
     window_s: float = 900.0
     _fails: dict[str, deque[float]] = field(default_factory=dict)
 
@@ -107,10 +108,10 @@ class LoginLimiter:
         """Seconds until a login for ``user`` from ``remote`` may be tried again; 0 if it may now."""
         now = time.monotonic() if now is None else now
         wait = 0.0
-        for key in (f"u:{user.lower()}", f"r:{remote}"):
+        for key, limit in ((f"u:{user.lower()}", self.max_failures), (f"r:{remote}", self.max_failures_remote)):
             q = self._recent(key, now)
-            if len(q) >= self.max_failures:
-                wait = max(wait, q[-self.max_failures] + self.window_s - now)
+            if len(q) >= limit:
+                wait = max(wait, q[-limit] + self.window_s - now)
         return wait
 
     def failed(self, user: str, remote: str, now: float | None = None) -> None:

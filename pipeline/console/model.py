@@ -203,7 +203,10 @@ class ReadModel:
 
     def _attach(self, view: AlertView, rec: Any) -> None:
         # Equal records are one record: the console folds what it wrote at once and again when Kafka returns it.
-        if isinstance(rec, Ack):
+        if isinstance(rec, str):  # a planned message's id, folded before its alert
+            if rec not in view.messages:
+                view.messages.append(rec)
+        elif isinstance(rec, Ack):
             if rec not in view.acks:
                 view.acks.append(rec)
         elif isinstance(rec, VerdictRecord):
@@ -276,10 +279,7 @@ class ReadModel:
             if view is None:
                 continue
             for it in items:
-                if isinstance(it, str):
-                    view.messages.append(it)
-                else:
-                    self._attach(view, it)
+                self._attach(view, it)
             self._index(view)
             del self._early[aid]
 
