@@ -13,9 +13,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
+from zoneinfo import ZoneInfo
 
 import jinja2
 from aiohttp import web
@@ -40,6 +42,10 @@ log = logging.getLogger("larder.console")
 HERE = Path(__file__).parent
 QUEUE_LIMIT = 200
 SEVERITIES = ("critical", "warning", "info")
+FAVICON = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" fill="#13202e"/>'
+    b'<path d="M5 3v10h6" stroke="#cfe0f2" stroke-width="2.2" fill="none"/></svg>'
+)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -86,6 +92,7 @@ class Console:
         )
         self.env.filters["iso"] = lambda ms: ms_to_iso(ms) if ms else ""
         self.env.filters["age"] = _age
+        self.env.filters["local"] = _local
         self.env.globals["quote"] = quote
         self.device_of: dict[str, tuple[str, str]] = {d: (s, dev.asset) for d, s, dev in config.devices()}
         self.ready = asyncio.Event()
@@ -99,6 +106,7 @@ class Console:
         )
         r = app.router
         r.add_get("/healthz", self._health)
+        r.add_get("/favicon.ico", self._favicon)
         r.add_get("/login", self._login_page)
         r.add_post("/login", self._login)
         r.add_post("/logout", self._logout)
@@ -127,6 +135,7 @@ class Console:
         t = self.topics
         names = [t.deliveries, t.alerts, t.acks, t.annotations, t.verdicts, t.resolutions]
         started = time.monotonic()
+
         def fold(rec: Any) -> None:
             self.model.apply_record(rec.topic, rec.value)
 
@@ -221,7 +230,7 @@ class Console:
     @web.middleware
     async def _auth(self, req: web.Request, handler: Handler) -> web.StreamResponse:
         path = req.path
-        if path in ("/login", "/healthz") or path.startswith("/static/"):
+        if path in ("/login", "/healthz", "/favicon.ico") or path.startswith("/static/"):
             return await handler(req)
         p = self.principal(req)
         api = path.startswith("/api/")
@@ -302,8 +311,11 @@ class Console:
             {"status": "ok" if self.ready.is_set() else "starting", "alerts": len(self.model.alerts)}
         )
 
+    async def _favicon(self, _req: web.Request) -> web.Response:
+        return web.Response(body=FAVICON, content_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
     def _login_form(self, req: web.Request, *, status: int = 200, error: str = "", username: str = "") -> web.Response:
-        cookie, token = self.sessions.login_token()
+        cookie, token = self.sessions.login_token(req.cookies.get(auth.LOGIN_COOKIE))
         nxt = req.query.get("next", "/")
         resp = self.page(
             req, "login.html", status=status, error=error, login_token=token, next=_safe_next(nxt), username=username
@@ -472,6 +484,7 @@ class Console:
             if v.resolution
             else None,
             "takes_verdict": v.camera,
+            "timezone": self.config.sites[v.site].timezone if v.site in self.config.sites else "UTC",
             "site_name": self.config.sites[v.site].name if v.site in self.config.sites else v.site,
         }
         return data
@@ -484,7 +497,10 @@ class Console:
         site, asset = self.device_of[dev]
         now = self.clock.now_ms()
         end_at = v.resolved_ms or now
-        start, end = v.opened_ms - 2 * 3_600_000, min(max(end_at + 3_600_000, v.opened_ms + 3_600_000), now + 60_000)
+        # The excursion is shaded from when the breach began (evidence), not only from when the rule opened.
+        breach = _ms(v.first.evidence.get("breach_since")) or v.opened_ms
+        start = min(breach, v.opened_ms) - 3_600_000
+        end = min(end_at + (30 * 60_000 if v.resolved_ms else 5 * 60_000), now + 60_000)
         points = await asyncio.to_thread(self.series.temperature, dev, start, end)
         tz = self.config.sites[site].timezone
         svg = charts.temperature_chart(
@@ -492,7 +508,7 @@ class Console:
             start_ms=start,
             end_ms=end,
             limits=self._limits(site, dev),
-            shade=(v.opened_ms, end_at),
+            shade=(breach, end_at),
             marks=[(t.at_ms, t.state.value) for t in v.transitions if t.state.value in ("acknowledged", "escalated")],
             tz=tz,
             title=f"{asset} ({dev})",
@@ -818,6 +834,23 @@ def _num(x: Any) -> float | None:
 def _safe_next(nxt: str) -> str:
     """Only a path on this site (no ``//host`` or scheme): the login form is no open redirect."""
     return nxt if nxt.startswith("/") and not nxt.startswith("//") and "\\" not in nxt else "/"
+
+
+def _ms(iso: Any) -> int | None:
+    if not isinstance(iso, str):
+        return None
+    try:
+        return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return None
+
+
+def _local(value: Any, tz: str = "UTC") -> str:
+    """An RFC 3339 string or epoch ms as the site's wall-clock time: what people on site read."""
+    ms = value if isinstance(value, int) else _ms(value)
+    if ms is None:
+        return str(value)
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _age(seconds: int) -> str:

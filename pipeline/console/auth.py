@@ -67,8 +67,16 @@ class Sessions:
             return None
         return data if isinstance(data, dict) and "u" in data and "c" in data else None
 
-    def login_token(self) -> tuple[str, str]:
-        """(cookie value, form token) that protect the login form itself (login CSRF)."""
+    def login_token(self, cookie: str | None = None) -> tuple[str, str]:
+        """(cookie value, form token) that protect the login form itself (login CSRF). A still valid cookie is
+        kept: two login pages open at once (or the browser fetching a redirected favicon) must not void each other."""
+        if cookie:
+            try:
+                tok = self._login.loads(cookie, max_age=1800)
+                if isinstance(tok, str):
+                    return cookie, tok
+            except BadSignature:
+                pass
         tok = secrets.token_urlsafe(24)
         return self._login.dumps(tok), tok
 

@@ -51,7 +51,7 @@ class Series:
             f"stop: time(v: {end_ms * 1_000_000}))"
             f' |> filter(fn: (r) => r._measurement == "reading" and r.device == "{_q(device)}"'
             ' and r._field == "temp_c")'
-            f" |> aggregateWindow(every: {every}s, fn: mean, createEmpty: false, timeSrc: \"_start\")"
+            f' |> aggregateWindow(every: {every}s, fn: mean, createEmpty: false, timeSrc: "_start")'
         )
         return [(int(r["_time"].timestamp() * 1000), float(r["_value"])) for r in self._rows(flux)]
 
