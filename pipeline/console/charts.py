@@ -94,7 +94,10 @@ def temperature_chart(
     for ms, label in marks:
         if start_ms <= ms <= end_ms:
             parts.append(f'<line x1="{x(ms):.1f}" x2="{x(ms):.1f}" y1="{top}" y2="{top + ph}" class="mark"/>')
-            parts.append(f'<text x="{x(ms) + 3:.1f}" y="{top + 11}" class="marklab">{escape(label)}</text>')
+            # Near the right edge the label goes to the left of its line, so it is not cut off.
+            right_side = x(ms) < left + pw - 90
+            anchor = f'x="{x(ms) + 3:.1f}"' if right_side else f'x="{x(ms) - 3:.1f}" text-anchor="end"'
+            parts.append(f'<text {anchor} y="{top + 11}" class="marklab">{escape(label)}</text>')
     if points:
         path = " ".join(f"{'M' if i == 0 else 'L'}{x(ms):.1f},{y(v):.1f}" for i, (ms, v) in enumerate(points))
         parts.append(f'<path d="{path}" class="series"/>')

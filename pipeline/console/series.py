@@ -74,7 +74,7 @@ class Series:
             f'from(bucket: "{self.bucket}") |> range(start: time(v: {start_ms * 1_000_000}), '
             f"stop: time(v: {end_ms * 1_000_000}))"
             f' |> filter(fn: (r) => r._measurement == "reading" and r.site == "{_q(site)}" and r._field == "temp_c")'
-            ' |> aggregateWindow(every: 30m, fn: mean, createEmpty: false, timeSrc: "_start")'
+            ' |> aggregateWindow(every: 15m, fn: mean, createEmpty: false, timeSrc: "_start")'
         )
         out: dict[str, list[tuple[int, float]]] = {}
         for r in self._rows(flux):
