@@ -281,7 +281,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         if console is not None:
             console.terminate()
             console.wait(15)
-        stack.prune(settings, [prefix])
+        await stack.delete_topics(settings, stack.prefixed(prefix))
         influx.drop_database(settings, db)
     return result
 

@@ -95,6 +95,17 @@ class Console:
         self.env.filters["local"] = _local
         self.env.globals["quote"] = quote
         self.device_of: dict[str, tuple[str, str]] = {d: (s, dev.asset) for d, s, dev in config.devices()}
+        #: What the overview shows of each site that only the site file changes.
+        self._site_static = {
+            sid: (
+                site.name or sid,
+                site.station or "(no station)",
+                site.district,
+                len(site.devices),
+                len(site.kitchens),
+            )
+            for sid, site in config.sites.items()
+        }
         self.ready = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------------------
@@ -126,6 +137,7 @@ class Console:
         r.add_get("/api/v1/sites/{site}", self._api_site)
         r.add_get("/api/v1/devices", self._api_devices)
         app.on_startup.append(self._start)
+        app.on_shutdown.append(self._end_streams)
         app.on_cleanup.append(self._cleanup)
         return app
 
@@ -161,10 +173,15 @@ class Console:
             for aid in dict.fromkeys(changed):
                 self.model.publish(aid)
 
-    async def _cleanup(self, _app: web.Application) -> None:
+    async def _end_streams(self, _app: web.Application) -> None:
+        """Before aiohttp waits for running handlers: the event streams never end on their own."""
         self._stop.set()
         for q in list(self.model._listeners):
-            q.put_nowait("")  # wake the event streams so they end
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait("")
+
+    async def _cleanup(self, _app: web.Application) -> None:
+        await self._end_streams(_app)
         if self._follower is not None:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(self._follower, timeout=5)
@@ -368,30 +385,31 @@ class Console:
         now = self.clock.now_ms()
         sites: dict[str, dict[str, Any]] = {}
         for sid in sorted(p.scope):
-            site = self.config.sites[sid]
+            name, station, district, n_dev, n_kit = self._site_static[sid]
             sites[sid] = {
                 "site": sid,
-                "name": site.name or sid,
-                "station": site.station or "(no station)",
-                "district": site.district,
+                "name": name,
+                "station": station,
+                "district": district,
                 "status": "ok",
-                "open": {s: 0 for s in SEVERITIES},
-                "devices": len(site.devices),
+                "open": {"critical": 0, "warning": 0, "info": 0},
+                "devices": n_dev,
                 "devices_offline": 0,
-                "kitchens": len(site.kitchens),
+                "kitchens": n_kit,
                 "kitchens_unattended": 0,
             }
         matrix = {s: {b: 0 for b, _ in AGE_BUCKETS} for s in SEVERITIES}
         offline: dict[str, set[str]] = {}
         unattended: dict[str, set[str]] = {}
         for v in self.model.open_in(p.scope):
-            row = sites[v.site]
-            row["open"][v.severity] = row["open"].get(v.severity, 0) + 1
-            matrix.setdefault(v.severity, {b: 0 for b, _ in AGE_BUCKETS})[age_bucket((now - v.opened_ms) // 1000)] += 1
-            if v.rule == "liveness.offline":
-                offline.setdefault(v.site, set()).add(v.first.subject)
-            if v.rule.startswith("kitchen.unattended"):
-                unattended.setdefault(v.site, set()).add(v.first.subject)
+            first = v.first
+            site_id, sev, rule = first.site, v.latest.severity.value, first.rule
+            sites[site_id]["open"][sev] += 1
+            matrix[sev][age_bucket((now - v.opened_ms) // 1000)] += 1
+            if rule == "liveness.offline":
+                offline.setdefault(site_id, set()).add(first.subject)
+            elif rule.startswith("kitchen.unattended"):
+                unattended.setdefault(site_id, set()).add(first.subject)
         for sid, row in sites.items():
             row["devices_offline"] = len(offline.get(sid, ()))
             row["kitchens_unattended"] = len(unattended.get(sid, ()))
@@ -806,6 +824,8 @@ class Console:
                 except TimeoutError:
                     await resp.write(b": keep-alive\n\n")
                     continue
+                if self._stop.is_set():
+                    break
                 v = self.model.alerts.get(aid)
                 if v is None or v.site not in p.scope:
                     continue
