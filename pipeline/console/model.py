@@ -142,6 +142,9 @@ class ReadModel:
     messages: dict[str, MessageView] = field(default_factory=dict)
     by_site: dict[str, set[str]] = field(default_factory=dict)
     open_ids: set[str] = field(default_factory=set)
+    #: Per open alert, what the overview counts: (site, severity, opened ms, rule, subject). Kept next to
+    #: ``open_ids`` so the overview of 1,000 sites sums plain tuples instead of walking the alert views.
+    open_facts: dict[str, tuple[str, str, int, str, str]] = field(default_factory=dict)
     annotations: dict[str, deque[Annotation]] = field(default_factory=dict)
     #: Acks, verdicts and resolutions that came before their alert (another partition, or a topic read earlier).
     _early: dict[str, list[Any]] = field(default_factory=dict)
@@ -198,8 +201,11 @@ class ReadModel:
     def _index(self, view: AlertView) -> None:
         if view.is_open:
             self.open_ids.add(view.alert_id)
+            f = view.first
+            self.open_facts[view.alert_id] = (f.site, view.severity, view.opened_ms, f.rule, f.subject)
         else:
             self.open_ids.discard(view.alert_id)
+            self.open_facts.pop(view.alert_id, None)
 
     def _attach(self, view: AlertView, rec: Any) -> None:
         # Equal records are one record: the console folds what it wrote at once and again when Kafka returns it.

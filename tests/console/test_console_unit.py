@@ -184,3 +184,41 @@ def test_sink_points_of_console_records() -> None:
     assert sink_lines(t, t.alerts, {}) is None
     with pytest.raises(ValueError, match="use_within_h"):
         ResolutionRecord(alert_id="a", site="S1", by="li", corrective_action="x", disposition="use_within", at_ms=1)
+
+
+def test_overview_counts_by_severity_age_and_scope(tmp_path: Path) -> None:
+    from pipeline.clock import Clock
+    from pipeline.console.app import Console, Principal
+    from pipeline.settings import Settings
+
+    class Fixed(Clock):
+        def now_ms(self) -> int:
+            return T0 + 30 * 3600_000
+
+    c = Console(Settings(state_dir=tmp_path), Topics(prefix="x"), CFG, tmp_path / "users.yaml", clock=Fixed())
+    hours = {"S1": [0.5, 2, 29.9], "S2": [10], "S3": [1]}  # alert ages at "now" in hours
+    for site, ages in hours.items():
+        for h in ages:
+            opened = T0 + int((30 - h) * 3600_000)
+            c.model.on_alert(
+                _alert(
+                    "liveness.offline" if site == "S2" else "coldchain.high",
+                    site,
+                    AlertState.OPEN,
+                    opened,
+                    opened=opened,
+                )
+            )
+    c.model.on_alert(
+        _alert("coldchain.high", "S1", AlertState.OPEN, T0, opened=T0).model_copy(
+            update={"severity": Severity.CRITICAL, "alert_id": "al-crit"}
+        )
+    )
+    u = user("district", districts=["D1"])
+    d = c.overview_data(Principal("z", u, u.scope(CFG), "t"))
+    m = d["open_by_severity_and_age"]
+    assert m["warning"] == {"< 1 h": 1, "1-4 h": 1, "4-24 h": 1, "> 24 h": 1}  # S3's is outside the scope
+    assert m["critical"] == {"< 1 h": 0, "1-4 h": 0, "4-24 h": 0, "> 24 h": 1}
+    rows = {r["site"]: r for st in d["stations"] for r in st["sites"]}
+    assert set(rows) == {"S1", "S2"} and rows["S1"]["status"] == "critical" and rows["S1"]["open"]["warning"] == 3
+    assert rows["S2"]["devices_offline"] == 1 and rows["S2"]["status"] == "warning" and d["devices_offline"] == 1
