@@ -657,7 +657,7 @@ class Console:
     async def _queue(self, req: web.Request) -> web.Response:
         p: Principal = req["principal"]
         data = self.queue_data(p, dict(req.query))
-        rules = sorted({self.model.alerts[a].rule for s in p.scope for a in self.model.by_site.get(s, ())})
+        rules = sorted(set().union(*(self.model.rules_by_site.get(s, ()) for s in p.scope)))
         return self.page(req, "queue.html", title="Alert queue", data=data, rules=rules, sites=sorted(p.scope))
 
     def _view(self, req: web.Request) -> AlertView | None:

@@ -141,6 +141,7 @@ class ReadModel:
     alerts: dict[str, AlertView] = field(default_factory=dict)
     messages: dict[str, MessageView] = field(default_factory=dict)
     by_site: dict[str, set[str]] = field(default_factory=dict)
+    rules_by_site: dict[str, set[str]] = field(default_factory=dict)
     open_ids: set[str] = field(default_factory=set)
     #: Per open alert, what the overview counts: (site, severity, opened ms, rule, subject). Kept next to
     #: ``open_ids`` so the overview of 1,000 sites sums plain tuples instead of walking the alert views.
@@ -183,6 +184,7 @@ class ReadModel:
             view = AlertView(a.alert_id, a, a, a.state, [a])
             self.alerts[a.alert_id] = view
             self.by_site.setdefault(a.site, set()).add(a.alert_id)
+            self.rules_by_site.setdefault(a.site, set()).add(a.rule)
             for early in self._early.pop(a.alert_id, []):
                 self._attach(view, early)
         else:
@@ -315,8 +317,21 @@ class ReadModel:
         retrospective: str = "",
     ) -> list[AlertView]:
         """Filtered alerts, oldest first (the queue's order: the longest waiting on top)."""
+        prefix = rule.rstrip("*").rstrip(".") + "."
         if state in ("", "open"):
-            views = self.open_in(scope if not site else ({site} & scope))
+            # From the open facts: thousands of open alerts are filtered and sorted as tuples, not views.
+            sites = ({site} & scope) if site else scope
+            facts = [
+                (opened, aid)
+                for aid, (s, sev, opened, r, _subject) in self.open_facts.items()
+                if s in sites and (not severity or sev == severity) and (not rule or r == rule or r.startswith(prefix))
+            ]
+            facts.sort()
+            views = [self.alerts[aid] for _opened, aid in facts]
+            if retrospective in ("yes", "no"):
+                want = retrospective == "yes"
+                views = [v for v in views if v.retrospective == want]
+            return views
         else:
             sites = ({site} & scope) if site else scope
             views = [self.alerts[a] for s in sites for a in self.by_site.get(s, ())]
@@ -325,7 +340,7 @@ class ReadModel:
         if severity:
             views = [v for v in views if v.severity == severity]
         if rule:
-            views = [v for v in views if v.rule == rule or v.rule.startswith(rule.rstrip("*").rstrip(".") + ".")]
+            views = [v for v in views if v.rule == rule or v.rule.startswith(prefix)]
         if retrospective in ("yes", "no"):
             want = retrospective == "yes"
             views = [v for v in views if v.retrospective == want]
