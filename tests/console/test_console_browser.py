@@ -149,7 +149,44 @@ class Gateway:
 
 
 @dataclass
+class ConsoleProc:
+    """`larder console` as a real process, restartable."""
+
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    url: str
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> ConsoleProc:
+        with self.log.open("ab") as fh:
+            self.proc = subprocess.Popen(
+                self.argv, env=self.env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as r:
+                    if json.loads(r.read())["status"] == "ok":
+                        return self
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, self.log.read_text()
+            time.sleep(0.2)
+
+    def stop(self, timeout: float = 15) -> float:
+        """SIGTERM; returns how long it took to exit."""
+        assert self.proc is not None
+        t0 = time.monotonic()
+        self.proc.terminate()
+        self.proc.wait(timeout)
+        return time.monotonic() - t0
+
+
+@dataclass
 class Env:
+    console: ConsoleProc
     settings: Settings
     topics: Topics
     tag: str
@@ -200,33 +237,20 @@ def env(live_stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
         },
     )
     svc.start()
-    log = work / "console.log"
-    with log.open("wb") as fh:
-        console = subprocess.Popen(
-            [*larder_argv(), "console", "--sites", str(site_path), "--users", str(users_path), "--port", str(port)],
-            env=svc.env(),
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert console.poll() is None, log.read_text()
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
-                if json.loads(r.read())["status"] == "ok":
-                    break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.2)
+    console = ConsoleProc(
+        [*larder_argv(), "console", "--sites", str(site_path), "--users", str(users_path), "--port", str(port)],
+        svc.env(),
+        work / "console.log",
+        f"http://127.0.0.1:{port}",
+    ).start()
+    url = console.url
     shots = os.environ.get("LARDER_CONSOLE_SCREENSHOTS")
     try:
         with playwright_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=LAUNCH_ARGS)
             try:
                 yield Env(
+                    console,
                     live_stack,
                     topics,
                     tag,
@@ -242,8 +266,7 @@ def env(live_stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
                 browser.close()
     finally:
         # Outside Playwright's block: its sync API runs an event loop in this thread, so asyncio.run fails inside.
-        console.terminate()
-        console.wait(15)
+        console.stop()
         svc.stop()
         gw.server.shutdown()
         stack.prune(live_stack, [topics.prefix])
@@ -548,6 +571,43 @@ def test_post_without_csrf_token_is_refused(env: Env) -> None:
     page.context.close()
 
 
+def test_read_model_survives_a_restart_and_open_pages_reconnect(env: Env) -> None:
+    page = login(env, "admin")
+    before = page.request.get(f"{env.url}/api/v1/alerts?state=all").json()
+    details = {
+        a["alert_id"]: page.request.get(f"{env.url}/api/v1/alerts/{a['alert_id']}").json() for a in before["alerts"]
+    }
+    page.goto(f"{env.url}/alerts")
+    page.wait_for_selector("#live.on")
+    took = env.console.stop()  # with this page's event stream open
+    assert took < 10, f"the console took {took:.1f} s to stop"
+    page.wait_for_selector("#live:not(.on)")
+    env.console.start()
+    page.wait_for_selector("#live.on", timeout=20_000)  # EventSource reconnects by itself; the session holds
+    after = page.request.get(f"{env.url}/api/v1/alerts?state=all").json()
+    assert after["total"] == before["total"]
+    for aid, d in details.items():
+        again = page.request.get(f"{env.url}/api/v1/alerts/{aid}").json()
+        for k in ("status", "state", "acks", "resolution", "verdicts", "deliveries", "transitions"):
+            assert again[k] == d[k], (aid, k)
+    # ... and the reconnected page is live again.
+    now = int(time.time() * 1000)
+    a = Alert(
+        alert_id=alert_id("liveness.stuck", f"{env.tag}-d3a", now),
+        rule="liveness.stuck",
+        severity=Severity.WARNING,
+        site="S3",
+        subject=f"{env.tag}-d3a",
+        state=AlertState.OPEN,
+        opened_at=ms_to_iso(now),
+        at_ms=now,
+        notify=False,
+    )
+    in_thread(produce(env.settings, env.topics.alerts, [("S3", a)]))
+    page.wait_for_selector(f"#queue tr[data-id='{a.alert_id}']", timeout=5_000)
+    page.context.close()
+
+
 def test_wrong_passwords_are_rate_limited(env: Env) -> None:
     ctx = env.browser.new_context()
     page = ctx.new_page()
@@ -585,6 +645,6 @@ def test_screens(env: Env) -> None:
     page.wait_for_selector("svg.spark path.series")
     env.shot(page, "site")
     page.goto(f"{env.url}/devices")
-    assert page.locator("table.queue tbody tr").count() == 5
+    assert page.locator("table.queue tbody tr").count() == 6
     env.shot(page, "devices")
     page.context.close()
