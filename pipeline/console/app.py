@@ -767,10 +767,22 @@ class Console:
         self.model.publish(v.alert_id)
         return 202, out
 
+    async def _denied(self, req: web.Request) -> web.Response:
+        """An action on an alert that does not exist or is outside the user's scope: 404, and audited."""
+        await self.audit(
+            req,
+            req["principal"],
+            "denied",
+            ok=False,
+            alert_id=req.match_info["alert_id"][:100],
+            detail={"path": req.path[:300]},
+        )
+        return self.not_found(req)
+
     async def _act_form(self, req: web.Request) -> web.StreamResponse:
         v = self._view(req)
         if v is None:
-            return self.not_found(req)
+            return await self._denied(req)
         form = await req.post()
         action = req.match_info["action"]
         status, out = await self.act(req, v, action, {k: str(x) for k, x in form.items()})
@@ -794,7 +806,7 @@ class Console:
     async def _act_api(self, req: web.Request) -> web.Response:
         v = self._view(req)
         if v is None:
-            return self.not_found(req)
+            return await self._denied(req)
         try:
             body = serde.loads(await req.read()) if req.can_read_body else {}
         except serde.JSONDecodeError:

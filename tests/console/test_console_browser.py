@@ -418,6 +418,12 @@ def test_excursion_appears_live_ack_stops_escalation_and_lands_in_influx(env: En
     other.context.close()
 
     # The escalation stops: S2's identical alert reaches its manager, S1's manager hears nothing.
+    denied = wait_for(
+        lambda: [r for r in influx_rows(env, "audit") if r.get("action") == "denied" and r.get("alert_id") == aid],
+        30,
+        "the refused action in the audit",
+    )
+    assert denied[0]["user"] == "station-st2" and denied[0]["ok"] == "false"
     wait_for(lambda: env.gw.texts_to(PHONES[("S2", "site_manager")]), MANAGER_AFTER_S + 60, "the control escalation")
     time.sleep(3)
     assert env.gw.texts_to(PHONES[("S1", "operator")]), "the operator was told"
