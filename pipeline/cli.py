@@ -15,6 +15,7 @@ from pipeline import devices as _devices_commands
 from pipeline.agents.commands import worker as _worker_command
 from pipeline.alerts import commands as _alerts_commands
 from pipeline.cliutil import SiteOpt, console, fail, settings_for
+from pipeline.console import commands as _console_commands
 from pipeline.ingest import commands as _ingest_commands
 from pipeline.replay import commands as _replay_commands
 from pipeline.terminal import make_console
@@ -36,6 +37,7 @@ _alerts_commands.register(app)  # larder notifier, larder sink, larder api
 _simulator_commands.register(app)  # larder simulate, larder demo
 _replay_commands.register(app)  # larder record, larder replay
 app.command("worker")(_worker_command)  # larder worker: the Faust detection agents
+_console_commands.register(app)  # larder console, larder users ...
 
 
 @stack_app.command("up")

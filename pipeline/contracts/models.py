@@ -356,7 +356,7 @@ class Ack(BaseModel):
     site: str
     by: str = Field(max_length=200)
     role: str | None = None
-    via: Literal["link", "api", "sms"]
+    via: Literal["link", "api", "sms", "console"]
     note: str = Field("", max_length=2000, description="corrective action, kept for HACCP records")
     at_ms: int
     token_id: str | None = None

@@ -28,6 +28,7 @@ from influxdb_client.rest import ApiException
 from influxdb_client.service.write_service import WriteService
 
 from pipeline import serde
+from pipeline.console import records as console_records
 from pipeline.contracts import records
 from pipeline.settings import Settings
 from pipeline.sinks import lineproto
@@ -128,7 +129,7 @@ class InfluxSink:
             return [], [lineproto.annotation_line(records.read_annotation(value))]
         if topic == t.deliveries:
             return [], [lineproto.delivery_line(records.read_delivery(value))]
-        return [], []
+        return [], console_records.sink_lines(t, topic, serde.loads(value)) or []
 
     async def _write_chunk(self, chunk: list[str], precision: str, stop: asyncio.Event) -> bool:
         """Write one chunk, retrying until InfluxDB takes it. False if stopped first."""
@@ -213,6 +214,10 @@ class InfluxSink:
             t.alerts,
             t.annotations,
             t.deliveries,
+            t.acks,
+            t.audit,
+            t.verdicts,
+            t.resolutions,
             bootstrap_servers=self.settings.kafka.bootstrap_servers,
             group_id=self.group_id,
             enable_auto_commit=False,

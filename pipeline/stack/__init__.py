@@ -202,12 +202,15 @@ def up(settings: Settings, report: Report = print, *, create_topics: bool = True
         # bridge instance has its login and the files are rendered; site files are registered by the caller.
         logins.register_bridges(settings, [settings.ingest.bridge_instance])
         logins.ensure_rendered(settings)
-        if _mqtt_healthy(settings) and read_pid(mosquitto.paths(settings)["pid"]):
-            if mosquitto.conf_outdated(settings):
-                report(
-                    "mosquitto: its configuration changed (larder upgraded); `larder stack down` and `up` apply "
-                    "it (registrations and queued messages are kept)"
-                )
+        pid = read_pid(mosquitto.paths(settings)["pid"])
+        if _mqtt_healthy(settings) and pid and mosquitto.conf_outdated(settings):
+            # A broker still on an older configuration may lack a protection (client ids bound to logins, the
+            # packet limit): restart it. SIGTERM saves sessions and queued messages; devices reconnect.
+            report("mosquitto: its configuration changed (larder upgraded); restarting it to apply it")
+            stop_pid(pid, timeout=30)
+            mosquitto.paths(settings)["pid"].unlink(missing_ok=True)
+            _start_fresh(settings, "mosquitto", mosquitto.paths(settings), lambda: mosquitto.start(settings), report)
+        elif _mqtt_healthy(settings) and pid:
             mosquitto.reload(settings)
         elif not _mqtt_healthy(settings):
             _start_fresh(settings, "mosquitto", mosquitto.paths(settings), lambda: mosquitto.start(settings), report)

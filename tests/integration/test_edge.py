@@ -17,18 +17,11 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from pipeline.settings import Settings
+from pipeline.siteconfig import write_site_file
 from pipeline.stack import logins
+from pipeline.testing import LARDER, IngestEnv, device_payload, ingest_site_doc, make_env, register_in_broker
 from pipeline.topics import Topics
-from tests.integration.ingest_support import (
-    LARDER,
-    Flood,
-    IngestEnv,
-    Readings,
-    make_env,
-    reading,
-    register_in_broker,
-    write_site_file,
-)
+from tests.integration.ingest_support import Flood, Readings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -137,14 +130,14 @@ async def test_stack_up_keeps_registrations_and_shrinks_only_when_told(env: Inge
         other = tmp_path / "other"
         other.mkdir()
         newcomer = (f"o-{uuid.uuid4().hex[:8]}", ("a1", f"secret-{uuid.uuid4().hex[:12]}"))
-        write_site_file(other / "sites.yaml", dict([newcomer]), {})
+        write_site_file(other / "sites.yaml", ingest_site_doc(dict([newcomer]), {}))
         grown = _stack_up(env, "--sites", str(other))
         assert grown.returncode == 0, grown.stderr
         assert "1 devices added" in " ".join(grown.stderr.split()), grown.stderr
         probe = Client(env.settings, newcomer[0], newcomer[1][1])
         probe.close()
         # The newcomer leaves that file: without --yes its login stays and the command says so.
-        write_site_file(other / "sites.yaml", {}, {})
+        write_site_file(other / "sites.yaml", ingest_site_doc({}, {}))
         kept = _stack_up(env, "--sites", str(other))
         said = " ".join(kept.stderr.split())
         assert kept.returncode == 0 and newcomer[0] in said and "--yes" in said, kept.stderr
@@ -154,7 +147,8 @@ async def test_stack_up_keeps_registrations_and_shrinks_only_when_told(env: Inge
         assert newcomer[0] not in logins.registered(env.settings)[0]
         # Through all of it the first device stayed connected and is still accepted.
         assert not device.lost.is_set(), "a registered device was disconnected"
-        assert device.c.publish(f"larder/v1/devices/{dev}/readings", reading(0), qos=1).wait_for_publish(5) is None
+        topic = f"larder/v1/devices/{dev}/readings"
+        assert device.c.publish(topic, device_payload(0), qos=1).wait_for_publish(5) is None
     finally:
         device.close()
     assert dev in logins.registered(env.settings)[0]
@@ -214,21 +208,22 @@ async def test_hostile_payloads_are_dead_lettered_with_their_reason_and_no_trace
     import base64
 
     from pipeline.schemas import MAX_MESSAGE_BYTES
-    from tests.integration.ingest_support import dead_letters, everything_in
+    from pipeline.testing import read_all
+    from tests.integration.ingest_support import dead_letters
 
     bridge = env.bridge()
     dev, (_, secret) = next(iter(env.devices.items()))
     for name, payload, _ in HOSTILE:
         out = _pub(env.settings, dev, secret, payload)
         assert out.returncode == 0, f"{name}: the broker did not take it: {out.stderr.decode()}"
-    assert _pub(env.settings, dev, secret, reading(99)).returncode == 0
+    assert _pub(env.settings, dev, secret, device_payload(99)).returncode == 0
     letters = await dead_letters(env.settings, env.topics, len(HOSTILE), timeout=30)
     assert [d["reason_code"] for d in letters] == [code for _, _, code in HOSTILE]
     for (name, payload, _), d in zip(HOSTILE, letters, strict=True):
         assert base64.b64decode(d["payload_b64"]) == payload[:MAX_MESSAGE_BYTES], name
     got = await Readings().until(env.settings, env.topics, 1, timeout=20)
     assert list(got.pairs) == [(dev, 99)], "only the good reading is in"
-    assert len(await everything_in(env.settings, env.topics.deadletter)) == len(HOSTILE)
+    assert len(await read_all(env.settings, env.topics.deadletter)) == len(HOSTILE)
     log = bridge.log.read_text()
     assert "Traceback" not in log and "RecursionError" not in log, log[-3000:]
 
@@ -236,7 +231,7 @@ async def test_hostile_payloads_are_dead_lettered_with_their_reason_and_no_trace
 def test_hooks_require_application_json(env: IngestEnv) -> None:
     """Finding 6. Before: a correctly signed body sent as text/plain was accepted (202)."""
     from pipeline.ingest.hooks import sign
-    from tests.integration.ingest_support import free_port
+    from pipeline.testing import free_port
 
     port = free_port()
     env.hooks(port)
