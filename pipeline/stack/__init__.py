@@ -125,6 +125,12 @@ def status(settings: Settings) -> list[ServiceStatus]:
     ]
 
 
+def _report_tools(settings: Settings) -> bool:
+    from pipeline.reports import tools
+
+    return tools.install(settings)
+
+
 def _device_secrets(settings: Settings) -> Mapping[str, str]:
     from pipeline import siteconfig
 
@@ -141,6 +147,8 @@ def up(settings: Settings, report: Report = print, *, create_topics: bool = True
 
     if not settings.mqtt.external:
         _step(report, "mosquitto", "installing from apt", lambda: mosquitto.install(settings))
+    # The daily record's CJK font and pdftoppm (pipeline/reports/tools.py), from apt like Mosquitto.
+    _step(report, "report tools", "installing fonts-wqy-zenhei and poppler-utils", lambda: _report_tools(settings))
     if settings.kafka.bootstrap is None:
         _step(
             report,
