@@ -14,6 +14,7 @@ from pipeline.agents.commands import worker as _worker_command
 from pipeline.alerts import commands as _alerts_commands
 from pipeline.ingest import commands as _ingest_commands
 from pipeline.replay import commands as _replay_commands
+from pipeline.reports import commands as _report_commands
 from pipeline.settings import Settings, load_settings
 from pipeline.terminal import make_console
 
@@ -32,6 +33,7 @@ _ingest_commands.register(app)  # larder devices ..., larder bridge, larder hook
 _alerts_commands.register(app)  # larder notifier, larder sink, larder api
 _replay_commands.register(app)  # larder simulate, larder record, larder replay, larder demo
 app.command("worker")(_worker_command)  # larder worker: the Faust detection agents
+_report_commands.register(app)  # larder report daily | verify | sign | unsigned | serve | retention
 
 SiteOpt = Annotated[
     Path | None,
