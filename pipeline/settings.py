@@ -192,7 +192,7 @@ class Settings(BaseSettings):
     def conf_dir(self) -> Path:
         return self.state_dir / "conf"
 
-    @cached_property
+    @property
     def report_dir(self) -> Path:
         return self.reports.dir or self.state_dir / "reports"
 

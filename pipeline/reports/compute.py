@@ -161,6 +161,24 @@ def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
+def _when(v: Any) -> int | None:
+    """An evidence time: epoch milliseconds, or RFC 3339 (the detectors write ``breach_since`` that way)."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    if isinstance(v, str):
+        from pipeline.schemas import _parse_ts, to_ms
+
+        try:
+            return to_ms(_parse_ts(v))
+        except ValueError:
+            return None
+    return None
+
+
 def _peak(points: list[Point], start: int, end: int, low: bool) -> float | None:
     vals = [p.temp_c for p in points if start <= p.ts_ms <= end]
     if not vals:
@@ -171,8 +189,8 @@ def _peak(points: list[Point], start: int, end: int, low: bool) -> float | None:
 def _excursion(site: Site, data: DayData, alert: AlertHistory) -> Excursion:
     dev = site.devices.get(alert.subject)
     opened = alert.opened_ms or data.start_ms
-    since = alert.evidence("breach_since")
-    start = int(since) if isinstance(since, int) and not isinstance(since, bool) and since <= opened else opened
+    since = _when(alert.evidence("breach_since"))
+    start = since if since is not None and since <= opened else opened
     end = alert.resolved_ms
     ack_by, ack_at, ack_via, note = _ack(alert)
     corrective = alert.evidence("corrective_action")
@@ -189,7 +207,7 @@ def _excursion(site: Site, data: DayData, alert: AlertHistory) -> Excursion:
         peak_c=_peak(
             data.readings.get(alert.subject, []), start, end if end is not None else data.end_ms, ".low" in alert.rule
         ),
-        limit_c=_num(alert.evidence("limit")),
+        limit_c=_num(_first(alert.evidence("limit_c"), alert.evidence("limit"))),
         retrospective=alert.evidence("retrospective") is True,
         notified=_notified(site, alert, data.deliveries),
         ack_by=ack_by,
@@ -207,7 +225,7 @@ def _episode(alert: AlertHistory) -> KitchenEpisode:
         shown = {"confirmed": "confirmed", "false_positive": "false positive"}.get(str(verdict), "not reviewed")
     else:
         shown = str(alert.evidence("reason") or "")
-    count = alert.evidence("count")
+    count = _first(alert.evidence("events"), alert.evidence("count"))
     return KitchenEpisode(
         alert_id=alert.alert_id,
         kitchen=alert.subject.split("/", 1)[-1],

@@ -111,7 +111,9 @@ async def load(settings: Settings, topics: Topics, site: str | None = None) -> L
     ledger = Ledger()
 
     def handle(rec: Any) -> None:
-        if rec.value is None:
+        if rec.value is None:  # a tombstone: compaction will delete the key; until then the record is gone too
+            key = rec.key.decode() if rec.key else ""
+            (ledger.records if rec.topic == topics.reports else ledger.signoffs).pop(key, None)
             return
         data = serde.loads(rec.value)
         if site is not None and data.get("site") != site:

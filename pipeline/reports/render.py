@@ -234,7 +234,17 @@ def chart_svg(a: AssetDay, report: DailyReport, cap_ms: int) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     svg = buf.getvalue()
-    return svg[svg.index("<svg") :]
+    return _scoped(svg[svg.index("<svg") :], f"c-{a.device}-")
+
+
+def _scoped(svg: str, prefix: str) -> str:
+    """Prefix the SVG's element ids (and their references): several charts inline in one HTML document would
+    otherwise share ids (``line2d_1``...), and a reference could resolve into another asset's chart."""
+    import re
+
+    svg = re.sub(r'\bid="([^"]+)"', lambda m: f'id="{prefix}{m.group(1)}"', svg)
+    svg = re.sub(r"url\(#([^)]+)\)", lambda m: f"url(#{prefix}{m.group(1)})", svg)
+    return re.sub(r'href="#([^"]+)"', lambda m: f'href="#{prefix}{m.group(1)}"', svg)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -165,7 +165,8 @@ async def generate(
     files = render_files(cfg, report, _info(draft, signoffs))
     timings["render_s"] = time.perf_counter() - t
     doc["files"] = {n: L.sha256(b) for n, b in files.items()}
-    doc["sha256"] = L.manifest_hash(doc)
+    # The hash covers the record exactly as it is published (every field but the hash, ``v`` included).
+    doc["sha256"] = L.manifest_hash(ReportRecord.model_validate(doc).model_dump(mode="json"))
     record = ReportRecord.model_validate(doc)
     folder = L.version_dir(settings, site, day.isoformat(), version)
     L.write_files(folder, files, record)
