@@ -231,7 +231,8 @@ def _episode(alert: AlertHistory) -> KitchenEpisode:
         kitchen=alert.subject.split("/", 1)[-1],
         rule=alert.rule,
         severity=alert.severity,
-        start_ms=alert.opened_ms or 0,
+        # An unattended episode began when nobody was left (the alert opens warn_min later).
+        start_ms=_when(alert.evidence("unattended_since")) or alert.opened_ms or 0,
         end_ms=alert.resolved_ms,
         count=count if isinstance(count, int) and not isinstance(count, bool) else None,
         confidence=_num(alert.evidence("max_confidence") or alert.evidence("confidence")),

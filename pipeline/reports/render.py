@@ -178,7 +178,7 @@ def _mpl() -> None:
         {
             "svg.hashsalt": "larder-daily-record",  # stable element ids: same chart, same bytes
             "svg.fonttype": "none",  # text stays text: the PDF's fonts (CJK too) draw it, and the SVG is small
-            "font.family": ["DejaVu Sans", CJK_FONT_FAMILY],
+            "font.family": ["DejaVu Sans"],  # the charts' text is numbers and °C; the PDF's font draws it
             "font.size": 7,
             "axes.spines.top": False,
             "axes.spines.right": False,
@@ -208,8 +208,8 @@ def chart_svg(a: AssetDay, report: DailyReport, cap_ms: int) -> str:
         xs.append(x(p.ts_ms))
         ys.append(p.temp_c)
         prev = p.ts_ms
-    fig = Figure(figsize=(10.4, 1.9), dpi=72)
-    ax = fig.add_axes((0.055, 0.17, 0.93, 0.76))
+    fig = Figure(figsize=(10.4, 1.6), dpi=72)
+    ax = fig.add_axes((0.05, 0.16, 0.925, 0.8))  # room for the last tick label, 24:00
     for g in a.gaps:
         ax.axvspan(x(g.start_ms), x(g.end_ms), color="#9aa5b1", alpha=0.25, lw=0)
     for e in report.excursions:
@@ -271,6 +271,7 @@ def html(report: DailyReport, info: VersionInfo, caps: dict[str, int]) -> str:
         "notified": lambda n: notified_text(n, tz, day),
         "font": CJK_FONT_FAMILY,
         "hours": (report.end_ms - report.start_ms) / 3_600_000,
+        "names": {a.device: a.name for a in report.assets},
     }
     return env.get_template("daily.html").render(**ctx)
 
