@@ -314,3 +314,49 @@ def write(day: SimDay, settings: Any, bucket: str) -> int:
     finally:
         w.close()
     return len(ms) + len(ns)
+
+
+async def sample(out: Path) -> None:
+    """Make the sample record shown in the README (docs/daily-record-page1.png) on scratch topics and database."""
+    import shutil
+    import uuid
+
+    from pipeline import stack
+    from pipeline.reports import service
+    from pipeline.settings import ReportSettings, load_settings
+    from pipeline.stack import influx
+    from pipeline.topics import Topics
+
+    base = load_settings()
+    tmp = out / "work"
+    shutil.rmtree(tmp, ignore_errors=True)
+    day = build(tmp)
+    name = f"t{uuid.uuid4().hex[:10]}"
+    influx.create_database(base, name)
+    await stack.ensure_topics(base, Topics(name, 1))
+    settings = base.model_copy(
+        update={
+            "topic_prefix": name,
+            "site_config": day.config_path,
+            "influx": base.influx.model_copy(update={"bucket_override": f"{name}/autogen"}),
+            "reports": ReportSettings(dir=tmp / "archive"),
+        }
+    )
+    try:
+        write(day, settings, f"{name}/autogen")
+        await service.generate(settings, SITE, DAY, now_ms=DAY_END_MS + 2 * H)
+        await service.sign(
+            settings, SITE, DAY, "李娜 Li Na", comment="checked with the log book", now_ms=DAY_END_MS + 3 * H
+        )
+        await service.generate(settings, SITE, DAY, now_ms=DAY_END_MS + 3 * H, out=out)
+    finally:
+        influx.drop_database(base, name)
+        await stack.delete_topics(base, stack.prefixed(name))
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    import asyncio
+    import sys
+
+    asyncio.run(sample(Path(sys.argv[1] if len(sys.argv) > 1 else "sample-report")))

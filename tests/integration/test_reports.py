@@ -292,3 +292,28 @@ async def test_daily_record_numbers_versions_and_verify(
     # what InfluxDB still holds is what verify compared with
     assert L.influx_records(settings, S.SITE)[f"{S.SITE}|2026-11-23|v1"] == o.record.sha256
     assert serde.loads((folder / "manifest.json").read_bytes())["sha256"] == o.record.sha256
+
+    # ---- the same through the `larder report` command, as a process --------------------------------------------
+    import os
+
+    from pipeline.services import larder_argv
+
+    env = {
+        **os.environ,
+        "LARDER_TOPIC_PREFIX": topics.prefix,
+        "LARDER_SITE_CONFIG": str(day.config_path),
+        "LARDER_INFLUX__BUCKET": influx_bucket,
+        "LARDER_REPORTS__DIR": str(settings.report_dir),
+        "COLUMNS": "200",
+    }
+    cli = [*larder_argv(), "report"]
+    made = subprocess.run(
+        [*cli, "daily", "--site", S.SITE, "--date", "2026-11-24"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert made.returncode == 0 and "unchanged (version 1)" in made.stderr, made.stderr
+    checked = subprocess.run([*cli, "verify", "--site", S.SITE], env=env, capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 1 and "first day that does not match: 2026-11-23" in checked.stderr, checked.stderr
+    bad = subprocess.run(
+        [*cli, "daily", "--site", "nope", "--date", "2026-11-24"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert bad.returncode == 1 and "site 'nope' is not in the site file" in bad.stderr
