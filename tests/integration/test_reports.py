@@ -313,3 +313,15 @@ async def test_daily_record_numbers_versions_and_verify(
         [*cli, "daily", "--site", "nope", "--date", "2026-11-24"], env=env, capture_output=True, text=True, timeout=120
     )
     assert bad.returncode == 1 and "site 'nope' is not in the site file" in bad.stderr
+
+
+def test_retention_is_applied_to_the_readings_policy(live_stack: Settings, influx_bucket: str) -> None:
+    settings = live_stack.model_copy(
+        update={
+            "influx": live_stack.influx.model_copy(update={"bucket_override": influx_bucket}),
+            "reports": ReportSettings(retention_days=800),
+        }
+    )
+    assert service.retention_days(settings) is None  # a new database keeps everything
+    assert service.apply_retention(settings) == f"{influx_bucket}: 800 days"
+    assert service.retention_days(settings) == 800
