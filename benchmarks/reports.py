@@ -193,11 +193,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         one: list[dict[str, float]] = []
         for k in range(args.repeat):
             t, c = time.perf_counter(), time.process_time()
-            o = asyncio.run(service.generate(settings, "B0001", DAY0, now_ms=now_ms + k))
+            if args.profile and k == args.repeat - 1:
+                import cProfile
+
+                with cProfile.Profile() as prof:
+                    o = asyncio.run(service.generate(settings, "B0001", DAY0, now_ms=now_ms + k))
+                prof.dump_stats(args.profile)
+            else:
+                o = asyncio.run(service.generate(settings, "B0001", DAY0, now_ms=now_ms + k))
             total, cpu = time.perf_counter() - t, time.process_time() - c
             one.append({"total_s": total, "cpu_s": cpu, **o.timings})
             print(
-                f"one site-day ({args.assets} assets) run {k + 1}: {total:.2f} s "
+                f"one site-day ({args.assets} assets) run {k + 1}: {total:.2f} s, CPU {cpu:.2f} s; "
                 + " ".join(f"{n} {v:.2f}" for n, v in o.timings.items())
             )
             # A fresh version next time: a new day key (another scratch prefix would cost a topic creation).
@@ -280,6 +287,7 @@ def main() -> None:
     parser.add_argument("--assets", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=4)
+    parser.add_argument("--profile", type=str, help="cProfile the last single site-day run into FILE")
     args = parser.parse_args()
     result = run(args)
     RESULTS.mkdir(parents=True, exist_ok=True)

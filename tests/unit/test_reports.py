@@ -84,3 +84,34 @@ def test_serve_makes_ended_days_without_a_record_after_the_grace_period() -> Non
     later = _ms(2026, 11, 23, 16, 31)
     assert ("S1", date(2026, 11, 23)) in due_days(settings, cfg, led, later, 2)
     assert ("S1", date(2026, 11, 22)) not in due_days(settings, cfg, led, later, 2)
+
+
+def test_an_empty_day_renders_and_the_same_input_gives_the_same_bytes() -> None:
+    from pipeline.reports.compute import compute
+    from pipeline.reports.model import DayData
+    from pipeline.reports.render import VersionInfo
+    from pipeline.reports.service import render_files
+
+    cfg = SiteConfig.model_validate(
+        {
+            "sites": {
+                "S1": {
+                    "name": "空站点 Empty site",
+                    "assets": {"a1": {"name": "冷库", "profile": "frozen"}},
+                    "devices": {"d1": {"asset": "a1", "secret": "s" * 16}},
+                }
+            }
+        }
+    )
+    start, end = day_window(date(2026, 11, 23), "Asia/Shanghai")
+    report = compute(cfg, DayData("S1", "2026-11-23", start, end, {}, [], [], []))
+    a = report.assets[0]
+    assert (a.expected, a.received, a.completeness_pct, a.mkt_c, a.in_range_pct) == (1440, 0, 0.0, None, None)
+    assert (a.low_c, a.high_c) == (None, -18.0)
+    info = VersionInfo("LDR-S1-20261123-v1", 1, end, "0" * 64, None, "")
+    first, second = render_files(cfg, report, info), render_files(cfg, report, info)
+    assert first == second
+    assert (
+        first["report.pdf"].startswith(b"%PDF-")
+        and first["readings.csv"] == b"ts,asset,device,value,in_range,alert_id\n"
+    )
