@@ -158,11 +158,17 @@ def serve(
     sites: SiteOpt = None,
 ) -> None:
     """Make every site's record after its local midnight (+ LARDER_REPORTS__AFTER_MIDNIGHT_MIN), with progress."""
+    from pipeline import siteconfig
     from pipeline.reports import service
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    for noisy in ("aiokafka", "weasyprint", "fontTools", "matplotlib"):  # progress lines per PDF step
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = _settings(sites)
+    try:  # a broken site file is the user's to fix: say so once, before the loop (which re-reads it each pass)
+        siteconfig.load(settings.site_config)
+    except siteconfig.SiteConfigError as exc:
+        raise _fail(str(exc)) from None
 
     def progress(i: int, n: int, sid: str, d: date, o: service.Outcome | None, err: str | None) -> None:
         what = f"{o.status} v{o.record.version}" if o else f"FAILED: {err}"

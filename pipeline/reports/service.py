@@ -446,10 +446,14 @@ async def serve(
     except Exception as exc:
         log.error("could not apply the retention policy: %s", exc)
     while not stop.is_set():
-        cfg = siteconfig.load(settings.site_config)
-        led = await L.load(settings, _topics(settings))
-        todo = due_days(settings, cfg, led, int(time.time() * 1000), back_days)
-        if todo:
-            await run_batch(settings, todo, progress=progress)
+        try:
+            cfg = siteconfig.load(settings.site_config)
+            led = await L.load(settings, _topics(settings))
+            todo = due_days(settings, cfg, led, int(time.time() * 1000), back_days)
+            if todo:
+                log.info("%d site-days to make", len(todo))
+                await run_batch(settings, todo, progress=progress)
+        except Exception as exc:  # a site file edited badly, Kafka away: keep serving, try again next pass
+            log.error("report pass failed (%s: %s); trying again in %.0f s", type(exc).__name__, exc, every_s)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=every_s)

@@ -211,8 +211,17 @@ async def test_daily_record_numbers_versions_and_verify(
         assert cells == want, f"{dev}: PDF row {line!r}"
         if e["late"]:
             assert f"late uploads {e['late']}" in " ".join(text.split()), f"{dev}: late count"
+    flat = " ".join(text.split())
     for g in (a for a in day.annotations if a.kind == "compliance_gap"):
-        assert f"gap {hm(g.start_ms)}–{hm(g.end_ms)}" in text
+        # readings stored for the silent time later (the store-and-forward upload), from the simulator's lines
+        filled = sum(1 for ts, _, _ in expect[g.subject] if g.start_ms < ts < g.end_ms)
+        shown = f"gap {hm(g.start_ms)}–{hm(g.end_ms)} ({(g.end_ms - g.start_ms) / 60_000:.1f} min"
+        assert shown + (f", {filled} readings uploaded later)" if filled else ")") in flat, shown
+    assert any(
+        g.subject == "S1-cr2" and any(g.start_ms < ts < g.end_ms for ts, _, _ in expect["S1-cr2"])
+        for g in day.annotations
+        if g.kind == "compliance_gap"
+    ), "the upload backfilled cr2's gap"
     assert "JY11108000000001" in text and "中关村市场监管所" in text and "海淀区示范餐厅" in text
     assert "retrospective" in text and "Not signed yet" in text
     assert "unattended stove" in text and "confirmed" in text
