@@ -19,7 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from pipeline import siteconfig
+from pipeline import __version__, siteconfig
 from pipeline.profiles import resolve_device_rules
 from pipeline.reports import ledger as L
 from pipeline.reports import render
@@ -127,24 +127,25 @@ async def generate(
     report = compute(cfg, data)
     timings["compute_s"] = time.perf_counter() - t
 
+    rerendered = ""
     if latest is not None and latest.data_sha256 == data_sha and latest.signoff_sha256 == signoff_sha:
-        # Nothing changed: the same version, rendered again from the same inputs, must have the same bytes.
+        # Nothing changed: the same version, rendered again from the same inputs, has the same bytes.
         t = time.perf_counter()
         files = render_files(cfg, report, _info(latest, signoffs))
         timings["render_s"] = time.perf_counter() - t
         regenerated = {n: L.sha256(b) for n, b in files.items()}
-        if regenerated != latest.files:
-            raise ReportError(
-                f"{site} {day} v{latest.version}: the same data rendered different files "
-                f"({', '.join(n for n in files if regenerated[n] != latest.files.get(n))}); was Larder upgraded?"
-            )
-        if out is not None:
-            _copy_out(out, files, latest)
-        return Outcome(latest, "unchanged", L.version_dir(settings, site, day.isoformat(), latest.version), timings)
+        if regenerated == latest.files:
+            if out is not None:
+                _copy_out(out, files, latest)
+            return Outcome(latest, "unchanged", L.version_dir(settings, site, day.isoformat(), latest.version), timings)
+        # Same data, other bytes: the software that renders changed (an upgrade). Never rewrite the stored
+        # version: the new rendering is a version of its own, saying why.
+        changed = ", ".join(n for n in files if regenerated[n] != latest.files.get(n))
+        rerendered = f"the same data renders differently with Larder {__version__} ({changed})"
 
     prev = led.previous(site, day.isoformat())
     version = latest.version + 1 if latest else 1
-    auto = _change_reason(latest, data_sha, signoffs, signoff_sha) if latest else ""
+    auto = (_change_reason(latest, data_sha, signoffs, signoff_sha) or rerendered) if latest else ""
     doc = {
         "site": site,
         "date": day.isoformat(),
@@ -170,12 +171,38 @@ async def generate(
     doc["sha256"] = L.manifest_hash(ReportRecord.model_validate(doc).model_dump(mode="json"))
     record = ReportRecord.model_validate(doc)
     folder = L.version_dir(settings, site, day.isoformat(), version)
-    L.write_files(folder, files, record)
+    if folder.exists():
+        # An earlier run stored this version and stopped before Kafka took its record: publish that one.
+        stored = _resume(folder, data_sha, signoff_sha)
+        if stored is None:
+            raise ReportError(
+                f"{folder} exists but is on no ledger and does not hold this data: an interrupted run left it; "
+                "move it aside (it is never overwritten) and run again"
+            )
+        record = stored
+    else:
+        L.write_files(folder, files, record)
     await L.publish(settings, topics, [record], [L.report_line(record, start_ms)], bucket)
     led.add(record)
     if out is not None:
         _copy_out(out, files, record)
     return Outcome(record, "corrected" if latest else "new", folder, timings)
+
+
+def _resume(folder: Path, data_sha: str, signoff_sha: str | None) -> ReportRecord | None:
+    """The record of a stored version that never reached the ledger, if its files are intact and it holds the
+    same data and sign-offs as now."""
+    from pipeline import serde
+
+    try:
+        record = ReportRecord.model_validate(serde.loads((folder / "manifest.json").read_bytes()))
+    except (OSError, ValueError):
+        return None
+    intact = all(L.sha256((folder / n).read_bytes()) == h for n, h in record.files.items() if (folder / n).exists())
+    complete = all((folder / n).exists() for n in record.files)
+    same = record.data_sha256 == data_sha and record.signoff_sha256 == signoff_sha
+    ok = intact and complete and same and L.manifest_hash(record.model_dump(mode="json")) == record.sha256
+    return record if ok else None
 
 
 def _copy_out(out: Path, files: dict[str, bytes], record: ReportRecord) -> None:

@@ -334,3 +334,35 @@ def test_retention_is_applied_to_the_readings_policy(live_stack: Settings, influ
     assert service.retention_days(settings) is None  # a new database keeps everything
     assert service.apply_retention(settings) == f"{influx_bucket}: 800 days"
     assert service.retention_days(settings) == 800
+
+
+async def test_a_version_stored_before_kafka_took_it_is_published_on_the_next_run(
+    live_stack: Settings, topics: Topics, influx_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site_file = tmp_path / "sites.yaml"
+    site_file.write_text(
+        "sites:\n  S9:\n    assets: {a: {}}\n    devices: {d: {asset: a, secret: '0123456789abcdef'}}\n"
+    )
+    settings = _settings(live_stack, topics, influx_bucket, tmp_path, site_file)
+    real_publish = L.publish
+
+    async def kafka_away(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("Kafka is away")
+
+    monkeypatch.setattr(L, "publish", kafka_away)
+    with pytest.raises(ConnectionError):
+        await service.generate(settings, "S9", S.DAY, now_ms=NOW)
+    stored = serde.loads((settings.report_dir / "S9" / "2026-11-23" / "v1" / "manifest.json").read_bytes())
+    monkeypatch.setattr(L, "publish", real_publish)
+    o = await service.generate(settings, "S9", S.DAY, now_ms=NOW + 60_000)
+    assert (o.status, o.record.version, o.record.sha256) == ("new", 1, stored["sha256"])
+    assert await service.verify(settings, "S9") == (1, [])
+
+    # An upgraded Larder renders the same data into other bytes: a new version says so, v1 stays as it was.
+    from pipeline.reports import render
+
+    monkeypatch.setattr(render, "__version__", "9.9.9")
+    again = await service.generate(settings, "S9", S.DAY, now_ms=NOW + 120_000)
+    assert (again.status, again.record.version) == ("corrected", 2)
+    assert "renders differently with Larder" in again.record.reason and again.record.supersedes == o.record.sha256
+    assert await service.verify(settings, "S9") == (2, [])
