@@ -134,6 +134,20 @@ def unsigned(
     console.print(f"{len(rows)} unsigned days")
 
 
+@app.command("list")
+def list_(site: SiteId, sites: SiteOpt = None) -> None:
+    """List a site's stored records: day, version, SHA-256, who signed, reason, folder."""
+    from pipeline.reports import service
+
+    settings = _settings(sites)
+    rows = asyncio.run(_guard(service.list_reports(settings, site)))
+    for x in rows:
+        r = x.record
+        signed = ", ".join(x.signed_by) or "unsigned"
+        out_console.print(f"{r.date}\tv{r.version}\t{r.sha256[:16]}\t{signed}\t{r.reason or '-'}\t{x.folder}")
+    console.print(f"{len(rows)} versions")
+
+
 @app.command("retention")
 def retention(
     apply: Annotated[bool, typer.Option("--apply", help="set InfluxDB's retention to the configured value")] = False,

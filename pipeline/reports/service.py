@@ -363,6 +363,26 @@ async def unsigned(
     return out
 
 
+@dataclass(frozen=True)
+class Listed:
+    """One stored version, for `larder report list` and the console's report pages."""
+
+    record: ReportRecord
+    folder: Path
+    signed_by: tuple[str, ...]
+
+
+async def list_reports(settings: Settings, site: str) -> list[Listed]:
+    """Every version of a site's records, newest day first, with where its files are and who signed the day."""
+    led = await L.load(settings, _topics(settings), site)
+    out = []
+    for d in reversed(led.dates(site)):
+        names = tuple(s.name for s in led.signoffs_for(site, d))
+        for rec in reversed(led.versions(site, d)):
+            out.append(Listed(rec, L.version_dir(settings, site, d, rec.version), names))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Retention
 # ---------------------------------------------------------------------------------------------------------------

@@ -262,6 +262,13 @@ async def test_daily_record_numbers_versions_and_verify(
     assert signed.record.version == 3 and "signed off by 李娜 Li Na" in signed.record.reason
     assert "Reviewed by 李娜 Li Na" in " ".join(pdf_text(signed.folder / "report.pdf").split())
     assert (S.SITE, "2026-11-23", 3) not in await service.unsigned(settings, site=S.SITE)
+    listed = await service.list_reports(settings, S.SITE)
+    assert [(x.record.version, x.signed_by) for x in listed] == [
+        (3, ("李娜 Li Na",)),
+        (2, ("李娜 Li Na",)),
+        (1, ("李娜 Li Na",)),
+    ]
+    assert all((x.folder / "report.pdf").exists() for x in listed)
 
     # ---- the next day chains to the latest version of this one -------------------------------------------------
     nxt = await service.generate(settings, S.SITE, date(2026, 11, 24), now_ms=NOW + 26 * 3_600_000)
