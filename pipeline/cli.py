@@ -18,6 +18,7 @@ from pipeline.cliutil import SiteOpt, console, fail, settings_for
 from pipeline.console import commands as _console_commands
 from pipeline.ingest import commands as _ingest_commands
 from pipeline.replay import commands as _replay_commands
+from pipeline.reports import commands as _report_commands
 from pipeline.terminal import make_console
 from simulators import commands as _simulator_commands
 
@@ -38,6 +39,7 @@ _simulator_commands.register(app)  # larder simulate, larder demo
 _replay_commands.register(app)  # larder record, larder replay
 app.command("worker")(_worker_command)  # larder worker: the Faust detection agents
 _console_commands.register(app)  # larder console, larder users ...
+_report_commands.register(app)  # larder report daily | verify | sign | unsigned | serve | retention
 
 
 @stack_app.command("up")

@@ -220,6 +220,24 @@ class NotifySettings(_Group):
     )
 
 
+#: Food-safety records must be kept at least two years (GB 31605 / 日管控 records); Larder refuses less.
+MIN_RETENTION_DAYS = 730
+
+
+class ReportSettings(_Group):
+    """The daily temperature record (`larder report`, docs/reports.md)."""
+
+    retention_days: int = Field(
+        3 * 365,
+        ge=MIN_RETENTION_DAYS,
+        description="kept this long: InfluxDB's retention policy for readings and the report archive; >= 2 years",
+    )
+    dir: Path | None = Field(None, description="report archive; default <state_dir>/reports")
+    after_midnight_min: float = Field(
+        30.0, ge=0, description="`report serve` makes a site's day this long after its local midnight (late data)"
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LARDER_", env_nested_delimiter="__", frozen=True, extra="ignore")
 
@@ -233,6 +251,7 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = MqttSettings()
     ingest: IngestSettings = IngestSettings()
     notify: NotifySettings = NotifySettings()
+    reports: ReportSettings = ReportSettings()
     ack_key: SecretStr | None = None
 
     @cached_property
@@ -246,6 +265,10 @@ class Settings(BaseSettings):
     @cached_property
     def conf_dir(self) -> Path:
         return self.state_dir / "conf"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.reports.dir or self.state_dir / "reports"
 
 
 _SECRET_FIELDS = {

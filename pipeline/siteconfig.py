@@ -171,6 +171,10 @@ class Site(_Model):
     timezone: str = "Asia/Shanghai"
     station: str = Field("", description="the 市场监管所 (market supervision station) responsible")
     district: str = Field("", description="the district market supervision bureau")
+    #: On the daily record's header (pipeline.reports): the food business licence number (食品经营许可证号)
+    #: and/or the unified social credit code (统一社会信用代码).
+    licence_no: str = Field("", max_length=64, description="food business licence number (许可证号)")
+    credit_code: str = Field("", max_length=64, description="unified social credit code (统一社会信用代码)")
     quiet_hours: TimeWindow | None = None
     assets: dict[Id, Asset] = Field(default_factory=dict)
     devices: dict[Id, Device] = Field(default_factory=dict)

@@ -66,6 +66,18 @@ class Topics:
         """Corrective action and disposition of an alert (:class:`pipeline.console.records.ResolutionRecord`)."""
         return f"{self.prefix}.resolutions.v1"
 
+    @property
+    def reports(self) -> str:
+        """The daily record's hash chain (:class:`pipeline.reports.model.ReportRecord`), key ``site|date|vN``;
+        compacted: every version of every day is kept for good, a re-sent record replaces only itself."""
+        return f"{self.prefix}.reports.v1"
+
+    @property
+    def report_signoffs(self) -> str:
+        """Food-safety officers' sign-offs of daily records (:class:`pipeline.reports.model.SignOff`), compacted,
+        key ``site|date|at_ms``: each sign-off is kept (an audit trail), never replaced by a later one."""
+        return f"{self.prefix}.report-signoffs.v1"
+
     def specs(self) -> list[TopicSpec]:
         week = ("retention.ms", str(7 * 24 * 3600 * 1000))
         return [
@@ -80,4 +92,6 @@ class Topics:
             TopicSpec(self.audit, 1, (("retention.ms", str(400 * 24 * 3600 * 1000)),)),
             TopicSpec(self.verdicts, self.partitions, (("retention.ms", str(400 * 24 * 3600 * 1000)),)),
             TopicSpec(self.resolutions, self.partitions, (("retention.ms", str(400 * 24 * 3600 * 1000)),)),
+            TopicSpec(self.reports, 1, (("cleanup.policy", "compact"),)),
+            TopicSpec(self.report_signoffs, 1, (("cleanup.policy", "compact"),)),
         ]

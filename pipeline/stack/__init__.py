@@ -132,6 +132,12 @@ def status(settings: Settings) -> list[ServiceStatus]:
     ]
 
 
+def _report_tools(settings: Settings) -> bool:
+    from pipeline.reports import tools
+
+    return tools.install(settings)
+
+
 def site_files(paths: Sequence[Path]) -> list[Path]:
     """Site files named directly, and every ``*.yaml``/``*.yml``/``*.json`` in a folder named (sorted)."""
     out: list[Path] = []
@@ -169,6 +175,8 @@ def up(settings: Settings, report: Report = print, *, create_topics: bool = True
 
     if not settings.mqtt.external:
         _step(report, "mosquitto", "installing from apt", lambda: mosquitto.install(settings))
+    # The daily record's CJK font and pdftoppm (pipeline/reports/tools.py), from apt like Mosquitto.
+    _step(report, "report tools", "installing fonts-wqy-zenhei and poppler-utils", lambda: _report_tools(settings))
     if settings.kafka.bootstrap is None:
         _step(
             report,

@@ -1,0 +1,283 @@
+"""The record's files: ``readings.csv``, ``excursions.csv`` and ``report.pdf`` (a jinja2 HTML template through
+WeasyPrint, with one matplotlib SVG chart per asset).
+
+Every output is a pure function of the computed report and the version's metadata: the same input gives the
+same bytes (the charts' SVG ids are salted with a constant, matplotlib writes no date, WeasyPrint writes no
+creation time), so a regenerated report has the same SHA-256.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pipeline import __version__
+from pipeline.reports.compute import LEVEL_RULES, in_range
+from pipeline.reports.model import AssetDay, DailyReport, Excursion, Notified, SignOff
+from pipeline.reports.tools import CJK_FONT_FAMILY
+
+TEMPLATES = Path(__file__).with_name("templates")
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """What the files say about their own version (all of it is inside the chained manifest too)."""
+
+    report_id: str
+    version: int
+    generated_ms: int
+    prev_sha256: str
+    prev_date: str | None
+    reason: str
+    signoffs: tuple[SignOff, ...] = ()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Times and numbers as the record shows them
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def local_iso(ms: int, tz: ZoneInfo) -> str:
+    """``2026-11-23T08:15:00.000+08:00``: the CSV's timestamps, local with their offset."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).astimezone(tz).isoformat(timespec="milliseconds")
+
+
+def local_hm(ms: int | None, tz: ZoneInfo, day: str) -> str:
+    """``08:15`` on the report's day, ``11-24 00:40`` on another day, ``—`` for none."""
+    if ms is None:
+        return "—"
+    t = datetime.fromtimestamp(ms / 1000, tz=UTC).astimezone(tz)
+    return t.strftime("%H:%M") if t.date().isoformat() == day else t.strftime("%m-%d %H:%M")
+
+
+def fmt(v: float | None, digits: int = 1) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def notified_text(n: Notified, tz: ZoneInfo, day: str) -> str:
+    tier = f"T{n.tier}" if n.tier else "T?"
+    return f"{tier} {n.role} {n.name} ({n.channel or '-'}) {local_hm(n.at_ms, tz, day)} {n.status}"
+
+
+def _excursion_alerts(report: DailyReport) -> dict[str, list[Excursion]]:
+    out: dict[str, list[Excursion]] = {}
+    for e in report.excursions:
+        if e.rule in LEVEL_RULES:
+            out.setdefault(e.device, []).append(e)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CSV
+# ---------------------------------------------------------------------------------------------------------------
+
+READINGS_HEADER = ("ts", "asset", "device", "value", "in_range", "alert_id")
+EXCURSIONS_HEADER = (
+    "alert_id",
+    "rule",
+    "severity",
+    "asset",
+    "device",
+    "start",
+    "alarm",
+    "end",
+    "duration_min",
+    "peak_c",
+    "limit_c",
+    "retrospective",
+    "notified",
+    "ack_by",
+    "ack_at",
+    "corrective_action",
+    "disposition",
+)
+
+
+def readings_csv(report: DailyReport) -> bytes:
+    """One row per stored reading of the day. ``alert_id``: the level excursions (high/low) whose span
+    ``[start, end)`` holds the reading, ``;``-separated."""
+    tz = ZoneInfo(report.timezone)
+    spans = _excursion_alerts(report)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(READINGS_HEADER)
+    for a in report.assets:
+        mine = spans.get(a.device, [])
+        for p in a.points:
+            ids = ";".join(
+                e.alert_id
+                for e in mine
+                if e.start_ms <= p.ts_ms < (e.end_ms if e.end_ms is not None else report.end_ms)
+            )
+            w.writerow(
+                (
+                    local_iso(p.ts_ms, tz),
+                    a.asset,
+                    a.device,
+                    repr(p.temp_c),
+                    str(in_range(p.temp_c, a.low_c, a.high_c)).lower(),
+                    ids,
+                )
+            )
+    return buf.getvalue().encode()
+
+
+def excursions_csv(report: DailyReport) -> bytes:
+    tz = ZoneInfo(report.timezone)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(EXCURSIONS_HEADER)
+    for e in report.excursions:
+        w.writerow(
+            (
+                e.alert_id,
+                e.rule,
+                e.severity,
+                e.asset,
+                e.device,
+                local_iso(e.start_ms, tz),
+                local_iso(e.alarm_ms, tz),
+                local_iso(e.end_ms, tz) if e.end_ms is not None else "",
+                f"{e.duration_min(report.end_ms):.1f}",
+                "" if e.peak_c is None else repr(e.peak_c),
+                "" if e.limit_c is None else repr(e.limit_c),
+                str(e.retrospective).lower(),
+                "; ".join(
+                    f"T{n.tier or '?'} {n.role} {n.name} {n.channel} {local_iso(n.at_ms, tz)} {n.status}"
+                    for n in e.notified
+                ),
+                e.ack_by or "",
+                local_iso(e.ack_at_ms, tz) if e.ack_at_ms is not None else "",
+                e.corrective_action,
+                e.disposition,
+            )
+        )
+    return buf.getvalue().encode()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chart (matplotlib, SVG inline in the HTML)
+# ---------------------------------------------------------------------------------------------------------------
+
+_MPL_READY = False
+
+
+def _mpl() -> None:
+    global _MPL_READY
+    if _MPL_READY:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    matplotlib.rcParams.update(
+        {
+            "svg.hashsalt": "larder-daily-record",  # stable element ids: same chart, same bytes
+            "svg.fonttype": "none",  # text stays text: the PDF's fonts (CJK too) draw it, and the SVG is small
+            "font.family": ["DejaVu Sans"],  # the charts' text is numbers and °C; the PDF's font draws it
+            "font.size": 7,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+        }
+    )
+    _MPL_READY = True
+
+
+def chart_svg(a: AssetDay, report: DailyReport, cap_ms: int) -> str:
+    """The day of one asset: temperature (broken where data is missing), limits, excursions and gaps shaded."""
+    _mpl()
+    from matplotlib.figure import Figure
+
+    h0 = report.start_ms
+    hours = (report.end_ms - report.start_ms) / 3_600_000
+
+    def x(ms: int) -> float:
+        return (ms - h0) / 3_600_000
+
+    xs: list[float] = []
+    ys: list[float] = []
+    prev: int | None = None
+    for p in a.points:
+        if prev is not None and p.ts_ms - prev > cap_ms:
+            xs.append(x(prev + cap_ms))
+            ys.append(float("nan"))
+        xs.append(x(p.ts_ms))
+        ys.append(p.temp_c)
+        prev = p.ts_ms
+    fig = Figure(figsize=(10.4, 1.6), dpi=72)
+    ax = fig.add_axes((0.05, 0.16, 0.925, 0.8))  # room for the last tick label, 24:00
+    for g in a.gaps:
+        ax.axvspan(x(g.start_ms), x(g.end_ms), color="#9aa5b1", alpha=0.25, lw=0)
+    for e in report.excursions:
+        if e.device == a.device:
+            end = e.end_ms if e.end_ms is not None else report.end_ms
+            ax.axvspan(max(0.0, x(e.start_ms)), min(hours, x(end)), color="#d64545", alpha=0.16, lw=0)
+    for limit in (a.high_c, a.low_c):
+        if limit is not None:
+            ax.axhline(limit, color="#b42318", lw=0.8, ls=(0, (4, 3)))
+    ax.plot(xs, ys, color="#1f4e79", lw=0.9)
+    values = [v for v in ys if v == v]
+    lo = min([*values, *(v for v in (a.low_c, a.high_c) if v is not None)], default=0.0)
+    hi = max([*values, *(v for v in (a.low_c, a.high_c) if v is not None)], default=1.0)
+    pad = max(0.5, (hi - lo) * 0.08)
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_xlim(0, hours)
+    ax.set_xticks([h for h in range(0, int(hours) + 1, 2)])
+    ax.set_xticklabels([f"{h:02d}:00" for h in range(0, int(hours) + 1, 2)])
+    ax.set_ylabel("°C")
+    ax.grid(axis="y", color="#e4e7eb", lw=0.5)
+    # No tick marks (labels and grid say enough): every SVG element costs WeasyPrint time to draw (~10 %).
+    ax.tick_params(length=0, pad=2, colors="#52606d", bottom=False, left=False)
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
+    svg = buf.getvalue()
+    return svg[svg.index("<svg") :]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PDF
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _b64(svg: str) -> str:
+    import base64
+
+    return base64.b64encode(svg.encode()).decode()
+
+
+def html(report: DailyReport, info: VersionInfo, caps: dict[str, int]) -> str:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=jinja2.select_autoescape(["html"]), trim_blocks=True
+    )
+    tz = ZoneInfo(report.timezone)
+    day = report.date
+    ctx: dict[str, Any] = {
+        "r": report,
+        "info": info,
+        "larder_version": __version__,
+        "generated": local_iso(info.generated_ms, tz)[:19].replace("T", " "),
+        # As images (data URIs), not inline: WeasyPrint then draws each SVG on its own instead of running the
+        # HTML cascade over every chart element (a third less time for ten charts).
+        "charts": {a.device: _b64(chart_svg(a, report, caps[a.device])) for a in report.assets},
+        "hm": lambda ms: local_hm(ms, tz, day),
+        "fmt": fmt,
+        "notified": lambda n: notified_text(n, tz, day),
+        "font": CJK_FONT_FAMILY,
+        "hours": (report.end_ms - report.start_ms) / 3_600_000,
+        "names": {a.device: a.name for a in report.assets},
+    }
+    return env.get_template("daily.html").render(**ctx)
+
+
+def pdf(report: DailyReport, info: VersionInfo, caps: dict[str, int]) -> bytes:
+    import weasyprint
+
+    out = weasyprint.HTML(string=html(report, info, caps), base_url=str(TEMPLATES)).write_pdf()
+    assert out is not None
+    return bytes(out)

@@ -1,0 +1,117 @@
+"""Pure parts of the daily record: day windows, retention floor, which days the generator makes, the held-time
+weights and MKT. (Everything else runs against the real services in tests/integration/test_reports.py.)"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import pytest
+from pydantic import ValidationError
+
+from pipeline.reports.compute import held, mkt
+from pipeline.reports.gather import day_window, rfc3339_ms
+from pipeline.reports.ledger import Ledger
+from pipeline.reports.model import Point, ReportRecord
+from pipeline.reports.service import due_days
+from pipeline.settings import ReportSettings, Settings
+from pipeline.siteconfig import SiteConfig
+
+H = 3_600_000
+
+
+def _ms(*args: int) -> int:
+    return int(datetime(*args, tzinfo=UTC).timestamp() * 1000)
+
+
+def test_day_window_follows_the_sites_zone_and_daylight_saving() -> None:
+    start, end = day_window(date(2026, 11, 23), "Asia/Shanghai")
+    assert (start, end) == (_ms(2026, 11, 22, 16), _ms(2026, 11, 23, 16))
+    s, e = day_window(date(2026, 3, 29), "Europe/Berlin")  # clocks go forward: 23 hours
+    assert e - s == 23 * H and s == _ms(2026, 3, 28, 23)
+    s, e = day_window(date(2026, 10, 25), "Europe/Berlin")  # and back: 25 hours
+    assert e - s == 25 * H
+
+
+def test_retention_defaults_to_three_years_and_refuses_less_than_two() -> None:
+    assert ReportSettings().retention_days == 1095
+    assert ReportSettings(retention_days=730).retention_days == 730
+    with pytest.raises(ValidationError):
+        ReportSettings(retention_days=729)
+
+
+def test_flux_times_keep_their_milliseconds() -> None:
+    assert rfc3339_ms("2026-11-23T02:40:20.123456789Z") == _ms(2026, 11, 23, 2, 40, 20) + 123
+    assert rfc3339_ms("2026-11-23T02:40:20Z") == _ms(2026, 11, 23, 2, 40, 20)
+
+
+def test_held_time_is_capped_by_the_offline_timeout_and_the_day_end() -> None:
+    pts = [Point(0, 1.0), Point(60_000, 2.0), Point(600_000, 3.0)]
+    assert held(pts, 120_000, 650_000) == [60_000, 120_000, 50_000]
+
+
+def test_mkt_of_a_constant_temperature_is_that_temperature_and_a_peak_weighs_more() -> None:
+    assert mkt([5.0, 5.0], [1, 3]) == pytest.approx(5.0)
+    assert mkt([2.0, 20.0], [1, 1]) > 11.0  # above the arithmetic mean: kinetics weigh the warm hours
+    assert mkt([], []) is None
+
+
+def _record(site: str, day: str) -> ReportRecord:
+    return ReportRecord(
+        site=site,
+        date=day,
+        version=1,
+        report_id="x",
+        sha256="a" * 64,
+        prev_sha256="0" * 64,
+        generated_ms=0,
+        data_sha256="b" * 64,
+        files={},
+    )
+
+
+def test_serve_makes_ended_days_without_a_record_after_the_grace_period() -> None:
+    cfg = SiteConfig.model_validate({"sites": {"S1": {"timezone": "Asia/Shanghai"}, "S2": {"timezone": "UTC"}}})
+    settings = Settings(reports=ReportSettings(after_midnight_min=30))
+    led = Ledger()
+    led.add(_record("S1", "2026-11-22"))
+    # 00:20 in Shanghai on the 24th (16:20 UTC on the 23rd): the 23rd ended 20 min ago, inside the grace period.
+    now = _ms(2026, 11, 23, 16, 20)
+    assert due_days(settings, cfg, led, now, 2) == [
+        ("S1", date(2026, 11, 21)),
+        ("S2", date(2026, 11, 21)),
+        ("S2", date(2026, 11, 22)),
+    ]
+    later = _ms(2026, 11, 23, 16, 31)
+    assert ("S1", date(2026, 11, 23)) in due_days(settings, cfg, led, later, 2)
+    assert ("S1", date(2026, 11, 22)) not in due_days(settings, cfg, led, later, 2)
+
+
+def test_an_empty_day_renders_and_the_same_input_gives_the_same_bytes() -> None:
+    from pipeline.reports.compute import compute
+    from pipeline.reports.model import DayData
+    from pipeline.reports.render import VersionInfo
+    from pipeline.reports.service import render_files
+
+    cfg = SiteConfig.model_validate(
+        {
+            "sites": {
+                "S1": {
+                    "name": "空站点 Empty site",
+                    "assets": {"a1": {"name": "冷库", "profile": "frozen"}},
+                    "devices": {"d1": {"asset": "a1", "secret": "s" * 16}},
+                }
+            }
+        }
+    )
+    start, end = day_window(date(2026, 11, 23), "Asia/Shanghai")
+    report = compute(cfg, DayData("S1", "2026-11-23", start, end, {}, [], [], []))
+    a = report.assets[0]
+    assert (a.expected, a.received, a.completeness_pct, a.mkt_c, a.in_range_pct) == (1440, 0, 0.0, None, None)
+    assert (a.low_c, a.high_c) == (None, -18.0)
+    info = VersionInfo("LDR-S1-20261123-v1", 1, end, "0" * 64, None, "")
+    first, second = render_files(cfg, report, info), render_files(cfg, report, info)
+    assert first == second
+    assert (
+        first["report.pdf"].startswith(b"%PDF-")
+        and first["readings.csv"] == b"ts,asset,device,value,in_range,alert_id\n"
+    )
