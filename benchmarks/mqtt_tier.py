@@ -252,7 +252,13 @@ class Harness:
                 what = tier.kill()
                 say(f"{tier.name}: kill -9 {what}")
 
-            roles = {"broker": tier.broker_pids(), "bridge": [p.popen.pid for p in procs if p.popen is not None]}
+            roles = {
+                "broker": tier.broker_pids(),
+                "bridge": [p.popen.pid for p in procs if p.popen is not None],
+                # This process: mostly the devices' side (the flood) and the sampler. Near a full core means
+                # the flood, not the tier, set the pace.
+                "load_generator": [os.getpid()],
+            }
             total = self.per_device * len(devs)
             with Sampler(roles) as sampler:
                 fl = asyncio.run(
