@@ -18,9 +18,9 @@ most ``--window`` unacknowledged each, ``--n`` readings in all. Every PUBACK is 
 
 For each tier two runs on fresh topics: **live** (throughput: readings in Kafka over the span of their Kafka
 timestamps, and PUBACKs per second at the devices; CPU seconds and peak RSS of broker and bridge processes) and
-**kill** (``kill -9`` of a broker once half the readings are PUBACKed: the stack's Mosquitto for single, the
-second Mosquitto for split, the quorum queue's leader for rabbitmq; a killed Mosquitto is restarted from its
-persistence file, its bridge reconnects; devices of the killed broker stop). Then everything is read back from
+**kill** (``kill -9`` of a broker once its devices have half their readings PUBACKed: the stack's Mosquitto for
+single, the second Mosquitto for split, the quorum queue's leader for rabbitmq; a killed Mosquitto is restarted
+from its persistence file, its bridge reconnects; devices of the killed broker stop). Then everything is read back from
 Kafka until the acknowledged readings are all there or nothing new arrived for ``--settle`` seconds, and
 **lost** = PUBACKed (device, seq) pairs that are not in Kafka. Writes ``benchmarks/results/mqtt-tier-<time>.json``
 and prints a Markdown section for BENCHMARKS.md.
@@ -86,10 +86,12 @@ async def flood(
     *,
     kill_after: int | None = None,
     kill: Callable[[], None] | None = None,
+    victims: set[str] | None = None,
     timeout: float = 300.0,
 ) -> FloodResult:
     """Each device (id, secret, MQTT port) publishes ``per_device`` QoS 1 readings, at most ``window``
-    unacknowledged; once ``kill_after`` PUBACKs arrived, ``kill()`` runs. A device whose connection dies
+    unacknowledged; once the ``victims`` (the devices of the broker to be killed; default all) have ``kill_after``
+    PUBACKs, ``kill()`` runs: mid-flood for those devices whatever the others do. A device whose connection dies
     stops: what it had not got a PUBACK for is its to resend, not the tier's to keep."""
     lg = LoadGenerator("127.0.0.1", 0, [(d, s) for d, s, _p in devices], record_times=False)
     loop = asyncio.get_running_loop()
@@ -113,6 +115,7 @@ async def flood(
     t0 = time.monotonic()
     killed_at: float | None = None
     active = list(lg.devices)
+    watched = [d for d in lg.devices if victims is None or d.device_id in victims]
     dead = 0
     while active:
         if time.monotonic() - t0 > timeout:
@@ -129,7 +132,12 @@ async def flood(
             if dev.seq < per_device or dev.unacked:
                 still.append(dev)
         active = still
-        if kill is not None and killed_at is None and kill_after is not None and lg.stats.acked >= kill_after:
+        if (
+            kill is not None
+            and killed_at is None
+            and kill_after is not None
+            and sum(d.seq - len(d.unacked) for d in watched) >= kill_after
+        ):
             kill()
             killed_at = time.monotonic() - t0
         await asyncio.sleep(0.002)
@@ -208,6 +216,7 @@ class Tier:
     start_bridges: Callable[[IngestEnv], list[Proc]]
     broker_pids: Callable[[], list[int]]
     kill: Callable[[], str]  # kill -9 one broker node; returns what was killed
+    victims: Callable[[dict[str, int]], set[str]]  # from device -> port: the devices of the node ``kill`` kills
     recover: Callable[[], str]  # after a kill run: bring the killed node back; returns what happened
     processes: str  # the operator's view, for the report
     extra: dict[str, Any] = field(default_factory=dict)
@@ -236,7 +245,10 @@ class Harness:
     def secrets(self, ids: list[str] | None = None) -> dict[str, str]:
         return {d: s for d, (_a, s) in self.devices.items() if ids is None or d in ids}
 
-    def run(self, tier: Tier, *, kill: bool) -> dict[str, Any]:
+    def run(self, tier: Tier, *, kill: bool, away: bool = False) -> dict[str, Any]:
+        """One flood on fresh topics; ``kill``: kill -9 a broker mid-flood; ``away``: the bridges are stopped
+        (sessions kept) for the whole flood and started again after the broker's recovery, so the broker holds
+        every reading when it dies, as it does while a bridge is down or far behind."""
         topics = Topics(prefix=f"b{uuid.uuid4().hex[:8]}", partitions=self.settings.readings_partitions)
         asyncio.run(stack.ensure_topics(self.settings, topics))
         env = IngestEnv(self.settings, topics, self.site_file, self.workdir, self.devices, {})
@@ -252,27 +264,40 @@ class Harness:
                 what = tier.kill()
                 say(f"{tier.name}: kill -9 {what}")
 
+            if away:
+                for p in procs:
+                    p.stop()
             roles = {
                 "broker": tier.broker_pids(),
-                "bridge": [p.popen.pid for p in procs if p.popen is not None],
+                "bridge": [] if away else [p.popen.pid for p in procs if p.popen is not None],
                 # This process: mostly the devices' side (the flood) and the sampler. Near a full core means
                 # the flood, not the tier, set the pace.
                 "load_generator": [os.getpid()],
             }
-            total = self.per_device * len(devs)
+            victims = tier.victims(ports)
             with Sampler(roles) as sampler:
                 fl = asyncio.run(
-                    flood(devs, self.per_device, self.window, kill_after=total // 2 if kill else None, kill=do_kill)
+                    flood(
+                        devs,
+                        self.per_device,
+                        self.window,
+                        kill_after=self.per_device * len(victims) // 2 if kill else None,
+                        kill=do_kill,
+                        victims=victims,
+                    )
                 )
             recovered = tier.recover() if kill else ""
             if recovered:
                 say(f"{tier.name}: {recovered}")
+            if away:
+                for p in procs:
+                    p.start(timeout=120)
             got = asyncio.run(self.read_back(topics, fl.acked))
             missing = fl.acked - set(got.pairs)
             stamps = got.stamps
             span = (max(stamps) - min(stamps)) / 1000 if len(stamps) > 1 else float("nan")
             out: dict[str, Any] = {
-                "run": "kill" if kill else "live",
+                "run": ("kill_bridges_away" if away else "kill") if kill else "live",
                 "published": fl.published,
                 "pubacked": len(fl.acked),
                 "in_kafka": len(got.pairs),
@@ -286,6 +311,7 @@ class Harness:
             }
             if kill:
                 out |= {"killed": what, "killed_at_s": round(fl.killed_at or 0, 2), "devices_cut_off": fl.dead_devices}
+                out["pubacked_by_killed_broker"] = len({(d, q) for d, q in fl.acked if d in victims})
                 out["recovery"] = recovered
                 out["lost_examples"] = sorted(missing)[:5]
             return out
@@ -363,6 +389,7 @@ def single_tier(h: Harness) -> Tier:
         start_bridges=lambda env: [bridge_proc(env, f"tier1-{uuid.uuid4().hex[:6]}")],
         broker_pids=lambda: [mosquitto_pid(s)],
         kill=kill,
+        victims=lambda ports: set(ports),
         recover=lambda: restart_mosquitto(s, h.secrets()),
         processes="1 mosquitto + 1 `larder bridge`",
     )
@@ -413,6 +440,7 @@ def split_tier(h: Harness) -> tuple[Tier, Callable[[], None]]:
         start_bridges=bridges,
         broker_pids=lambda: [mosquitto_pid(sa), mosquitto_pid(sb)],
         kill=kill,
+        victims=lambda ports: {d for d, p in ports.items() if p == sb.mqtt.port},
         recover=lambda: restart_mosquitto(sb, h.secrets(half_b)),
         processes="2 mosquitto + 2 `larder bridge` (one per broker); devices assigned to a broker",
         extra={"devices_per_broker": [len(half_a), len(half_b)]},
@@ -481,6 +509,7 @@ def rabbitmq_tier(h: Harness, keep: bool) -> tuple[Tier, Callable[[], None]]:
         start_bridges=bridges,
         broker_pids=lambda: [p for n in range(1, c.nodes + 1) if (p := rabbitmq.beam_pid(c, n))],
         kill=kill,
+        victims=lambda ports: {d for d, p in ports.items() if p == c.mqtt_port(state["leader"])},
         recover=recover,
         processes="3 RabbitMQ nodes (Erlang VMs) + epmd + 2 AMQP bridges; a cluster to form, a cookie to share",
         extra={"cluster_up_s": round(formed_s, 1)},
@@ -526,10 +555,10 @@ def main() -> None:
                     tier, cleanup = rabbitmq_tier(h, args.keep_rabbitmq)
                 try:
                     runs = []
-                    for kill in (False, True):
-                        what = "kill -9 mid-flood" if kill else "live flood"
+                    for kill, away in ((False, False), (True, False), (True, True)):
+                        what = ("kill -9 mid-flood" + (", bridges away" if away else "")) if kill else "live flood"
                         say(f"{name}: {what} of {h.per_device * h.n_devices:,}")
-                        r = h.run(tier, kill=kill)
+                        r = h.run(tier, kill=kill, away=away)
                         say(f"{name}: {json.dumps({k: v for k, v in r.items() if k != 'lost_examples'})}")
                         runs.append(r)
                     results[name] = {"processes": tier.processes, **tier.extra, "runs": runs}
@@ -560,17 +589,21 @@ def report(args: argparse.Namespace, settings: Settings, results: dict[str, Any]
     base = results.get("single", {}).get("runs", [{}])[0].get("kafka_per_s")
     print(f"`python -m benchmarks.mqtt_tier {' '.join(sys.argv[1:])}` — {machine()}; {n:,} readings per flood from")
     print(f"{args.devices} devices (window {args.window}){'; NOT A QUIET RUN' if noise else ''}.\n")
-    print("| tier | into Kafka /s (live) | vs single | PUBACKs /s | broker CPU s | bridge CPU s | broker RSS MB | "
-          "bridge RSS MB | kill -9 mid-flood: PUBACKed | lost | duplicates |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| tier | into Kafka /s, live | vs single | PUBACKs /s | CPU µs a reading: broker / bridge / load generator "
+        "| peak RSS MB: broker / bridge | kill -9, bridges live: PUBACKed by the killed broker / lost | kill -9, "
+        "bridges away: PUBACKed / lost | backlog drain into Kafka /s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
-        live, k = r["runs"][0], r["runs"][1]
+        live, k, away = r["runs"]
         ratio = f"{live['kafka_per_s'] / base:.2f}x" if base and live["kafka_per_s"] else "-"
+        us = " / ".join(f"{live['cpu_s'][role] * 1e6 / max(live['in_kafka'], 1):.0f}" for role in live["cpu_s"])
         print(
-            f"| {name} | {live['kafka_per_s'] or 0:,} | {ratio} | {live['puback_per_s']:,} | "
-            f"{live['cpu_s']['broker']} | {live['cpu_s']['bridge']} | "
-            f"{live['peak_rss_mb']['broker']} | {live['peak_rss_mb']['bridge']} | "
-            f"{k['pubacked']:,} | **{k['lost']:,}** | {k['duplicates_in_kafka']:,} |"
+            f"| {name} | {live['kafka_per_s'] or 0:,} | {ratio} | {live['puback_per_s']:,} | {us} | "
+            f"{live['peak_rss_mb']['broker']} / {live['peak_rss_mb']['bridge']} | "
+            f"{k['pubacked_by_killed_broker']:,} / **{k['lost']:,}** | "
+            f"{away['pubacked_by_killed_broker']:,} / **{away['lost']:,}** | {away['kafka_per_s'] or 0:,} |"
         )
     print(f"\nresults: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 

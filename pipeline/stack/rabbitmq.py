@@ -58,6 +58,7 @@ VHOST = "larder"
 QUEUE = "larder.readings"
 BINDING = "larder.v1.devices.#"
 EXCHANGE = "amq.topic"
+_LOOPBACK_DIST = "-kernel inet_dist_use_interface {127,0,0,1}"
 
 
 def routing_key(device: str) -> str:
@@ -141,8 +142,10 @@ class RabbitCluster:
             "RABBITMQ_PID_FILE": str(self.pid_file(n)),
             "RABBITMQ_CONF_ENV_FILE": str(self.root / "rabbitmq-env.conf"),  # not Debian's /etc one
             # Erlang schedulers spin while idle by default: three VMs on a shared 2-core machine would burn CPU
-            # the other services need.
-            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "+sbwt none +sbwtdcpu none +sbwtdio none",
+            # the other services need. The distribution port (cluster traffic, full control of the node to
+            # anyone with the cookie) listens on every interface unless told otherwise: loopback only.
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": f"+sbwt none +sbwtdcpu none +sbwtdio none {_LOOPBACK_DIST}",
+            "RABBITMQ_CTL_ERL_ARGS": _LOOPBACK_DIST,
         }
 
 
@@ -160,7 +163,7 @@ loopback_users = none
 vm_memory_high_watermark.absolute = 1GB
 disk_free_limit.absolute = 200MB
 log.console = true
-log.console.level = warning
+log.console.level = info
 log.file = false
 """
 
