@@ -51,7 +51,7 @@ import psutil
 from benchmarks import quiet
 from benchmarks.ingest import machine
 from benchmarks.loadgen import LoadGenerator, _Connection, connect_packet
-from pipeline import stack
+from pipeline import siteconfig, stack
 from pipeline.services import free_port
 from pipeline.settings import Settings, load_settings
 from pipeline.stack import mosquitto, rabbitmq
@@ -565,7 +565,9 @@ def main() -> None:
                 finally:
                     cleanup()
         finally:
-            mosquitto.write_auth(settings, {})  # the stack's broker back to no bench devices
+            # The stack's broker back to the stack's own devices (as `larder stack up` sets them).
+            site = settings.site_config
+            mosquitto.write_auth(settings, siteconfig.load(site).device_secrets() if site.exists() else {})
 
     report(args, settings, results, noise)
 

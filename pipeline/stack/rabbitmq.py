@@ -261,7 +261,9 @@ def start_node(c: RabbitCluster, n: int) -> int:
     )
 
 
-def wait_node(c: RabbitCluster, n: int, timeout: float = 120) -> None:
+def wait_node(c: RabbitCluster, n: int, timeout: float = 300) -> None:
+    # A node restarted into an existing cluster opens its listeners only after the MQTT plugin's client-id
+    # tracker (a Raft cluster) has a leader: 95 s and more were seen here on a loaded machine.
     launcher = read_pid(c.launcher_pid_file(n))
 
     def ready() -> bool:
