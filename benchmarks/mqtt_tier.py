@@ -16,14 +16,16 @@ most ``--window`` unacknowledged each, ``--n`` readings in all. Every PUBACK is 
 - **rabbitmq**: the 3 nodes, devices round-robin over their MQTT listeners, two ``pipeline.ingest.amqp_bridge``
   processes consuming the quorum queue from the two nodes that do not lead it.
 
-For each tier two runs on fresh topics: **live** (throughput: readings in Kafka over the span of their Kafka
-timestamps, and PUBACKs per second at the devices; CPU seconds and peak RSS of broker and bridge processes) and
+For each tier three runs on fresh topics: **live** (throughput: readings in Kafka over the span of their Kafka
+timestamps, and PUBACKs per second at the devices; CPU seconds and peak RSS of broker, bridge and this process);
 **kill** (``kill -9`` of a broker once its devices have half their readings PUBACKed: the stack's Mosquitto for
 single, the second Mosquitto for split, the quorum queue's leader for rabbitmq; a killed Mosquitto is restarted
-from its persistence file, its bridge reconnects; devices of the killed broker stop). Then everything is read back from
-Kafka until the acknowledged readings are all there or nothing new arrived for ``--settle`` seconds, and
-**lost** = PUBACKed (device, seq) pairs that are not in Kafka. Writes ``benchmarks/results/mqtt-tier-<time>.json``
-and prints a Markdown section for BENCHMARKS.md.
+from its persistence file and its bridge reconnects, a killed RabbitMQ node is restarted and rejoins; devices of
+the killed broker stop); **kill with the bridges away** (the same, the bridges stopped with their sessions kept
+for the whole flood and started after the recovery: the broker holds every reading when it dies). Then
+everything is read back from Kafka until the acknowledged readings are all there or nothing new arrived for
+``--settle`` seconds, and **lost** = PUBACKed (device, seq) pairs that are not in Kafka. Writes
+``benchmarks/results/mqtt-tier-<time>.json`` and prints a Markdown section for BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -522,7 +524,7 @@ def rabbitmq_tier(h: Harness, keep: bool) -> tuple[Tier, Callable[[], None]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=30_000, help="readings per flood (each tier floods twice)")
+    ap.add_argument("--n", type=int, default=30_000, help="readings per flood (each tier floods three times)")
     ap.add_argument("--devices", type=int, default=60, help="devices, one MQTT connection each")
     ap.add_argument("--window", type=int, default=20, help="unacknowledged QoS 1 publishes per device")
     ap.add_argument("--settle", type=float, default=15.0, help="read Kafka until nothing new for this long")
