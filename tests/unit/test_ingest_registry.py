@@ -163,8 +163,11 @@ def test_hook_signature_and_lru() -> None:
         (b'{"event_id": "e1", "ts": "2099-11-22T11:30:05Z", "type": "fire"}', "future_timestamp"),
         # NaN sends the body to Python's json, which reads this count as an integer (orjson: a float), and only
         # it can write the element back for the dead letter.
-        (b'{"events": [{"event_id": "e1", "ts": "2026-11-22T11:30:05Z", "type": "person_count", '
-         b'"count": 99999999999999999999999, "x": NaN}]}', "out_of_range"),
+        (
+            b'{"events": [{"event_id": "e1", "ts": "2026-11-22T11:30:05Z", "type": "person_count", '
+            b'"count": 99999999999999999999999, "x": NaN}]}',
+            "out_of_range",
+        ),
     ],
 )
 def test_hook_body_validation(body: bytes, code: str) -> None:

@@ -1,0 +1,1 @@
+"""Names shared across the pipeline's seams (rule ids, ...): one definition each, imported everywhere."""
