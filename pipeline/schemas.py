@@ -242,7 +242,7 @@ class RecordBatch(BaseModel):
     """
 
     v: Literal[1] = 1
-    kind: Literal["readings", "kitchen_events", "tick"]
+    kind: Literal["readings", "kitchen_events", "rapid_tests", "tick"]
     items: list[dict[str, Any]] = Field(default_factory=list)
     #: Only on ``tick`` records: the replay clock's time. Replay publishes one tick into every partition once
     #: everything sent before that instant is in Kafka, so timers fire at the recording's times.
@@ -262,6 +262,8 @@ class DeadLetter(BaseModel):
     mqtt_topic: str | None = None
     index: int | None = Field(None, description="position inside a store-and-forward or hook batch")
     payload_b64: str
+    #: A rapid-test instrument (contract 6); absent on older dead letters.
+    instrument: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -184,7 +184,12 @@ def make_app(
         key_serializer="raw",
         value_serializer="raw",
     )
-    gate = AckGate({topics.readings, topics.kitchen_events})
+    source_of = {
+        "readings": topics.readings,
+        "kitchen_events": topics.kitchen_events,
+        "rapid_tests": topics.rapid_tests,
+    }
+    gate = AckGate(set(source_of.values()))
     new_consumer = app._new_consumer
 
     def gated_consumer() -> Any:
@@ -225,7 +230,7 @@ def make_app(
         return WallClock().now_ms()
 
     for concern in concerns:
-        source_name = topics.readings if concern.kind == "readings" else topics.kitchen_events
+        source_name = source_of[concern.kind]
         source = app.topic(
             source_name,
             partitions=topics.partitions,

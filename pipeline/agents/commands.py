@@ -18,7 +18,9 @@ from pipeline.topics import Topics
 
 console = Console(stderr=True)
 
-DEFAULT_CONCERNS = "pipeline.agents.devices:concerns,pipeline.agents.kitchen:concerns"
+DEFAULT_CONCERNS = (
+    "pipeline.agents.devices:concerns,pipeline.agents.kitchen:concerns,pipeline.agents.rapidtests:concerns"
+)
 LOG_LEVELS = ("crit", "error", "warn", "info", "debug")
 
 

@@ -67,7 +67,7 @@ class Concern(Generic[S, E]):
 
     name: str
     #: RecordBatch ``kind`` of the data records on the source topic.
-    kind: Literal["readings", "kitchen_events"]
+    kind: Literal["readings", "kitchen_events", "rapid_tests"]
     #: Item field holding the subject id (= the Kafka partitioning key).
     key_field: str
     #: Item field holding the event time in ms.

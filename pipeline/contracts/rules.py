@@ -24,6 +24,10 @@ LIVENESS_STUCK: Final = "liveness.stuck"
 LIVENESS_BATTERY_LOW: Final = "liveness.battery_low"
 
 KITCHEN_UNATTENDED: Final = "kitchen.unattended"
+
+RAPIDTEST_POSITIVE: Final = "rapidtest.positive"
+RAPIDTEST_RECHECK_OVERDUE: Final = "rapidtest.recheck_overdue"
+RAPIDTEST_CONFIRMED: Final = "rapidtest.confirmed"
 #: Prefix of the per-type hygiene rules (``kitchen.hygiene.no_hat``, ...).
 KITCHEN_HYGIENE: Final = "kitchen.hygiene"
 
@@ -48,4 +52,7 @@ ALL: Final = (
     LIVENESS_STUCK,
     LIVENESS_BATTERY_LOW,
     KITCHEN_UNATTENDED,
+    RAPIDTEST_POSITIVE,
+    RAPIDTEST_RECHECK_OVERDUE,
+    RAPIDTEST_CONFIRMED,
 )

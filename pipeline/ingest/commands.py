@@ -73,16 +73,25 @@ def devices_add(
     site: Annotated[str, typer.Option("--site", help="site id the device or camera belongs to")],
     asset: Annotated[str | None, typer.Option("--asset", help="asset a device watches (for devices)")] = None,
     kitchen: Annotated[str | None, typer.Option("--kitchen", help="kitchen a camera watches (for cameras)")] = None,
+    instrument: Annotated[
+        str | None,
+        typer.Option(
+            "--instrument",
+            help="a rapid-test instrument of this type (enzyme_inhibition, colloidal_gold, fluorescence, "
+            "spectrophotometer, other): its X-Larder-Instrument id (contract 6)",
+        ),
+    ] = None,
     secret: Annotated[
         str | None, typer.Option("--secret", help="the secret to use; default: generate one and print it once")
     ] = None,
     sites: SiteOpt = None,
 ) -> None:
-    """Add a device (--asset) or a camera (--kitchen) to the site file, keeping its comments."""
+    """Add a device (--asset), a camera (--kitchen) or a rapid-test instrument (--instrument TYPE) to the site
+    file, keeping its comments."""
     from pipeline.ingest import registry
 
-    if (asset is None) == (kitchen is None):
-        raise _fail("give exactly one of --asset (a device) or --kitchen (a camera)")
+    if sum(x is not None for x in (asset, kitchen, instrument)) != 1:
+        raise _fail("give exactly one of --asset (a device), --kitchen (a camera) or --instrument TYPE")
     settings = _settings(sites)
     if asset is not None and ident == settings.mqtt.bridge_user:
         raise _fail(f"{ident!r} is the bridge's MQTT user name; choose another device id")
@@ -92,12 +101,14 @@ def devices_add(
     try:
         if asset is not None:
             config = registry.add_device(settings.site_config, site, ident, asset, value)
-        else:
-            assert kitchen is not None
+        elif kitchen is not None:
             config = registry.add_camera(settings.site_config, site, ident, kitchen, value)
+        else:
+            assert instrument is not None
+            config = registry.add_instrument(settings.site_config, site, ident, instrument, value)
     except SiteConfigError as exc:
         raise _fail(str(exc)) from None
-    kind = "device" if asset else "camera"
+    kind = "device" if asset else ("camera" if kitchen else "instrument")
     console.print(f"[green]added[/] {kind} {ident} to site {site} in {settings.site_config}")
     if asset:
         _apply(settings, config)
@@ -123,6 +134,8 @@ def devices_list(sites: SiteOpt = None) -> None:
         table.add_row(dev_id, "device", site_id, dev.asset, profile, "inline" if dev.secret else dev.secret_ref or "")
     for cam_id, site_id, cam in config.cameras():
         table.add_row(cam_id, "camera", site_id, cam.kitchen, "", "inline" if cam.secret else cam.secret_ref or "")
+    for ins_id, site_id, ins in config.instruments():
+        table.add_row(ins_id, "instrument", site_id, ins.type, "", "inline" if ins.secret else ins.secret_ref or "")
     Console().print(table)
 
 

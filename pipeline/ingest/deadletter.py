@@ -19,6 +19,7 @@ def dead_letter(
     camera: str | None = None,
     mqtt_topic: str | None = None,
     index: int | None = None,
+    instrument: str | None = None,
 ) -> bytes:
     """Serialised DeadLetter; built as a dict because it runs on the bridge's error path at flood rates."""
     return serde.dumps(
@@ -33,5 +34,6 @@ def dead_letter(
             "mqtt_topic": mqtt_topic,
             "index": index,
             "payload_b64": base64.b64encode(payload).decode(),
+            **({"instrument": instrument} if instrument is not None else {}),
         }
     )

@@ -33,8 +33,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from pipeline import serde
+from pipeline.contracts.rapidtest import RAPID_TEST_PATH
 from pipeline.ingest import metrics
 from pipeline.ingest.deadletter import dead_letter
+from pipeline.ingest.rapidhook import RapidTestRoute
 from pipeline.ingest.registry import ReloadingRegistry
 from pipeline.ingest.validate import (
     BATCH_TOO_LARGE,
@@ -146,12 +148,15 @@ class Hooks:
         self.skew_ms = int(settings.ingest.future_skew_s * 1000)
         self.producer: AIOKafkaProducer | None = None
         self.partitions = 0
+        # Contract 6 (rapid-test instruments) shares this process, its producer, registry and de-dup LRU.
+        self.rapid_tests = RapidTestRoute(self)
 
     def app(self) -> web.Application:
         # Bounded so that a request's record (and a dead letter of its body) stays under Kafka's default
         # message.max.bytes (1 MB); a larger body gets aiohttp's 413.
         app = web.Application(client_max_size=MAX_HOOK_BODY)
         app.router.add_post(HOOK_PATH, self.handle)
+        app.router.add_post(RAPID_TEST_PATH, self.rapid_tests.handle)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/healthz", self.health)
         app.cleanup_ctx.append(self._producer_ctx)
@@ -169,6 +174,7 @@ class Hooks:
         if not parts:
             raise RuntimeError(f"topic {self.topics.kitchen_events} does not exist; run `larder stack up`")
         self.partitions = len(parts)
+        await self.rapid_tests.start()
         yield
         await self.producer.stop()
 

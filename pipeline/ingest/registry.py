@@ -41,10 +41,19 @@ class CameraInfo:
     secret: bytes = field(repr=False, compare=False, hash=False)
 
 
+@dataclass(frozen=True, slots=True)
+class InstrumentInfo:
+    site: str
+    type: str
+    secret: bytes = field(repr=False, compare=False, hash=False)
+
+
 @dataclass(frozen=True)
 class Registry:
     devices: dict[str, DeviceInfo]
     cameras: dict[str, CameraInfo]
+    #: Rapid-test instruments (contract 6).
+    instruments: dict[str, InstrumentInfo] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: SiteConfig) -> Registry:
@@ -62,7 +71,15 @@ class Registry:
                 log.error("camera %s has no usable secret (%s); its requests will be refused", cam_id, exc)
                 continue
             cameras[cam_id] = CameraInfo(site_id, cam.kitchen, secret)
-        return cls(devices, cameras)
+        instruments: dict[str, InstrumentInfo] = {}
+        for ins_id, site_id, ins in config.instruments():
+            try:
+                secret = ins.resolve_secret().encode()
+            except (KeyError, OSError) as exc:
+                log.error("instrument %s has no usable secret (%s); its requests will be refused", ins_id, exc)
+                continue
+            instruments[ins_id] = InstrumentInfo(site_id, ins.type, secret)
+        return cls(devices, cameras, instruments)
 
     @classmethod
     def empty(cls) -> Registry:
@@ -172,7 +189,7 @@ def _site(doc: Any, path: Path, site: str) -> dict[str, Any]:
 
 def _taken(doc: Any, ident: str) -> str | None:
     for site_id, site in (doc.get("sites") or {}).items():
-        for section in ("devices", "cameras"):
+        for section in ("devices", "cameras", "instruments"):
             if ident in (site.get(section) or {}):
                 return f"sites.{site_id}.{section}.{ident}"
     return None
@@ -207,11 +224,23 @@ def add_camera(path: Path, site: str, camera: str, kitchen: str, secret: str) ->
     return _edit(path, change)
 
 
+def add_instrument(path: Path, site: str, instrument: str, kind: str, secret: str) -> SiteConfig:
+    def change(doc: Any) -> None:
+        node = _site(doc, path, site)
+        if where := _taken(doc, instrument):
+            raise SiteConfigError(path, [f"{path}: {where}: {instrument} already exists"])
+        if node.get("instruments") is None:
+            node["instruments"] = CommentedMap()
+        node["instruments"][instrument] = CommentedMap(type=kind, secret=secret)
+
+    return _edit(path, change)
+
+
 def rotate_secret(path: Path, ident: str, secret: str) -> SiteConfig:
     def change(doc: Any) -> None:
         where = _taken(doc, ident)
         if where is None:
-            raise SiteConfigError(path, [f"{path}: no device or camera {ident!r}"])
+            raise SiteConfigError(path, [f"{path}: no device, camera or instrument {ident!r}"])
         _, site_id, section, _ = where.split(".", 3)
         entry = doc["sites"][site_id][section][ident]
         if "secret_ref" in entry:

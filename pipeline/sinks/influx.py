@@ -31,6 +31,7 @@ from pipeline import serde
 from pipeline.schemas import Alert, Annotation, Delivery
 from pipeline.settings import Settings
 from pipeline.sinks import lineproto
+from pipeline.sinks.rapidtest_lines import rapid_test_lines
 from pipeline.topics import Topics
 
 log = logging.getLogger("larder.sink")
@@ -122,6 +123,8 @@ class InfluxSink:
         data: Any = serde.loads(value)
         if topic in (t.readings, t.kitchen_events):
             return list(lineproto.batch_lines(data)), []
+        if topic == t.rapid_tests:
+            return [], list(rapid_test_lines(data))
         if topic == t.alerts:
             return [], [lineproto.alert_line(Alert.model_validate(data))]
         if topic == t.annotations:
@@ -207,6 +210,7 @@ class InfluxSink:
         consumer = AIOKafkaConsumer(
             t.readings,
             t.kitchen_events,
+            t.rapid_tests,
             t.alerts,
             t.annotations,
             t.deliveries,
