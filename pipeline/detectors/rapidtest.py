@@ -151,7 +151,8 @@ class RapidTestDetector:
         return wake_time(state.buf, None if dl is None else dl + 1, state.frontier, state.max_ts, self.lateness)
 
     def state_to_bytes(self, state: RapidTestState) -> bytes:
-        return serde.dumps(list(state))
+        # orjson writes plain tuples only, not NamedTuples such as Sample.
+        return serde.dumps([*state[:4], [tuple(x) for x in state.samples], state.late_count])
 
     def state_from_bytes(self, data: bytes) -> RapidTestState:
         f, m, seen, buf, samples, late = serde.loads(data)
