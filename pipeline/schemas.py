@@ -406,6 +406,13 @@ class ReplayHook(BaseModel):
     body: Any
 
 
+class ReplayRapidTest(BaseModel):
+    """A contract-6 request: ``instrument`` signs ``body`` (one result or ``{"results": [...]}``)."""
+
+    instrument: str
+    body: Any
+
+
 class ReplayLine(BaseModel):
     """One JSONL line of a recording: ``at`` is when it was sent; exactly one of mqtt/hook/end."""
 
@@ -414,9 +421,10 @@ class ReplayLine(BaseModel):
     at: EventTime
     mqtt: ReplayMqtt | None = None
     hook: ReplayHook | None = None
+    rapid_test: ReplayRapidTest | None = None
     end: bool | None = None
 
     def model_post_init(self, __context: Any) -> None:
-        given = sum(x is not None for x in (self.mqtt, self.hook, self.end))
+        given = sum(x is not None for x in (self.mqtt, self.hook, self.rapid_test, self.end))
         if given != 1:
-            raise ValueError("a replay line holds exactly one of 'mqtt', 'hook' or 'end'")
+            raise ValueError("a replay line holds exactly one of 'mqtt', 'hook', 'rapid_test' or 'end'")

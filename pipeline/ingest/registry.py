@@ -240,7 +240,7 @@ def rotate_secret(path: Path, ident: str, secret: str) -> SiteConfig:
     def change(doc: Any) -> None:
         where = _taken(doc, ident)
         if where is None:
-            raise SiteConfigError(path, [f"{path}: no device, camera or instrument {ident!r}"])
+            raise SiteConfigError(path, [f"{path}: no device or camera (nor instrument) {ident!r}"])
         _, site_id, section, _ = where.split(".", 3)
         entry = doc["sites"][site_id][section][ident]
         if "secret_ref" in entry:
