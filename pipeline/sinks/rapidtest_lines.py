@@ -1,6 +1,7 @@
 """InfluxDB points for rapid-test results (contract 6): measurement ``rapid_test``.
 
-Tags (what dashboards and the daily record group by): ``site``, ``instrument``, ``test_item``, ``result``,
+Tags (what dashboards and the daily record group by): ``site``, ``instrument``, ``test_item``, ``outcome`` (the
+result: ``result`` is a column name of Flux tables),
 ``stage``. Fields: ``result_id``, ``sample_id`` (results of one sample share it: the link), ``sample_name``,
 ``food_category``, ``stall``, ``supplier``, ``trace_code``, ``method``, ``value``, ``unit``, ``limit``,
 ``limit_basis``, ``operator``, ``disposition``, ``quantity_kg``. Time: ``tested_at`` in nanoseconds plus a
@@ -37,7 +38,7 @@ def rapid_test_line(item: Mapping[str, Any]) -> str | None:
             "site": _str(item.get("site")),
             "instrument": _str(item.get("instrument")),
             "test_item": _str(item.get("test_item")),
-            "result": _str(item.get("result")),
+            "outcome": _str(item.get("result")),
             "stage": _str(item.get("stage")) or "initial",
         },
         {
