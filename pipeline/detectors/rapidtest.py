@@ -60,6 +60,9 @@ _EVIDENCE_FIELDS = (
     "instrument_type",
 )
 
+#: Fields of the opening result repeated in the escalation's evidence.
+_FOUND = ("sample_name", "stall", "supplier", "trace_code", "test_item", "value", "unit", "limit", "limit_basis")
+
 # ts, instrument, result_id, the item (a plain dict from the topic)
 RItem = tuple[int, str, str, dict[str, Any]]
 
@@ -74,6 +77,8 @@ class Sample(NamedTuple):
     overdue: int | None = None
     confirmed: int | None = None
     results: tuple[str, ...] = ()
+    #: What the opening positive found, as (field, value) pairs: the escalation's evidence and message.
+    found: tuple[tuple[str, Any], ...] = ()
 
 
 class RapidTestState(NamedTuple):
@@ -161,7 +166,7 @@ class RapidTestDetector:
             m,
             tuples(seen),
             tuple((t, i, r, d) for t, i, r, d in buf),
-            tuple(Sample(s[0], s[1], s[2], s[3], s[4], tuple(s[5])) for s in samples),
+            tuple(Sample(s[0], s[1], s[2], s[3], s[4], tuple(s[5]), tuples(s[6])) for s in samples),
             late,
         )
 
@@ -252,6 +257,7 @@ class _Work:
         assert s.positive is not None
         ev = {
             "sample_id": s.sample_id,
+            **dict(s.found),
             "positive_alert_id": alert_id(R.RAPIDTEST_POSITIVE, alerts.subject, s.positive),
             "positive_at": ms_to_iso(s.positive),
             "recheck_within_min": d.recheck_within_min,
@@ -312,7 +318,8 @@ class _Work:
                 self.out.append(
                     alerts.open_alert(R.RAPIDTEST_POSITIVE, Severity.WARNING, at=t, notify=True, evidence=ev)
                 )
-                s = s._replace(positive=t, recheck_due=t + d.recheck_ms if stage == "initial" else None)
+                found = tuple((k, it[k]) for k in _FOUND if it.get(k) is not None)
+                s = s._replace(found=found, positive=t, recheck_due=t + d.recheck_ms if stage == "initial" else None)
             elif stage == "recheck":
                 # Rechecked, still positive: the escalation is answered, the positive stays until disposition.
                 if s.overdue is not None:

@@ -10,7 +10,7 @@ from pipeline.contracts import rules as R
 from pipeline.detectors.rapidtest import RapidTestDetector, RapidTestState
 from pipeline.schemas import Alert, AlertState, Severity, alert_id
 
-T0 = 1_795_334_400_000  # 2026-11-22T00:00:00Z
+T0 = 1_795_334_400_000  # 2026-11-22T08:00:00Z
 M = 60_000
 
 
@@ -247,3 +247,31 @@ def test_replay_at_any_tick_spacing_and_state_round_trips_give_the_same_alerts()
     assert Severity.CRITICAL.value in {sev for *_, sev in reference}
     for tick_every, round_trip in ((7, False), (45, True), (1, True)):
         assert sorted(run(tick_every, round_trip)) == sorted(reference)
+
+
+def test_notification_text_says_what_was_found_where_and_why_it_cleared() -> None:
+    from pipeline.alerts.messages import render_text
+    from pipeline.alerts.routing import Pending, Person, Send
+    from pipeline.siteconfig import Recipient
+
+    r = Run(recheck_min=60)
+    r.item(res(0, "r1", "smp-1", "positive", stall="A07"))
+    r.tick(70)
+    r.item(res(80, "r2", "smp-1", "negative", "recheck", value=12.0, stall="A07"))
+    r.tick(200)
+    opened, overdue, resolved = r.out[0], r.out[1], r.out[2]
+    assert overdue.rule == R.RAPIDTEST_RECHECK_OVERDUE and overdue.evidence["sample_name"] == "菠菜"
+    person = Person("p1", "Li", "operator", Recipient(name="Li"), 10)
+
+    def text(alert: Alert, kind: str) -> str:
+        send = Send("m1", person, (Pending("k", alert, kind, 0, alert.at_ms, alert.at_ms),), alert.at_ms)
+        return render_text(send, link=None, code=None, summary_over=5)
+
+    assert text(opened, "open") == (
+        "[Larder] WARNING rapidtest.positive S01/S01/smp-1 since 2026-11-22T08:00:00.000Z "
+        "(菠菜, organophosphate, 62.0% (limit 50.0%), stall A07)."
+    )
+    assert "no recheck within 60 min" in text(overdue, "open") and "CRITICAL" in text(overdue, "open")
+    assert text(resolved, "resolved").endswith(
+        "(菠菜, organophosphate, 12.0% (limit 50.0%), stall A07, recheck negative)."
+    )
