@@ -93,3 +93,21 @@ def test_devices_add_says_what_it_could_not_apply(tmp_path: Path, monkeypatch: p
     result = run(app, [*args, "larder-bridge", "--secret", "xx-secret-xyz"])
     assert result.exit_code == 1 and "bridge's MQTT user" in result.output
     assert sites.read_text() == before
+
+
+def test_devices_add_and_list_an_instrument(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LARDER_STATE_DIR", str(tmp_path / "state"))
+    sites = tmp_path / "sites.yaml"
+    sites.write_text(SITES.replace('secret_ref: "env:LARDER_TEST_UNSET_SECRET"', 'secret: "d2-secret-xyz"'))
+    run = CliRunner().invoke
+    base = ["devices", "add", "rt-1", "--site", "S1", "--sites", str(sites)]
+    result = run(app, [*base, "--instrument", "colloidal_gold"])
+    assert result.exit_code == 0, result.output
+    secret = result.output.strip().splitlines()[-1]  # generated, printed once
+    assert f"secret: {secret}" in sites.read_text() or f"secret: '{secret}'" in sites.read_text()
+    listed = run(app, ["devices", "list", "--sites", str(sites)], terminal_width=200).output
+    assert "rt-1" in listed and "instrument" in listed and "colloidal_gold" in listed and secret not in listed
+    result = run(app, [*base, "--instrument", "colloidal_gold", "--asset", "a1"])
+    assert result.exit_code == 1 and "exactly one of" in result.output
+    result = run(app, ["devices", "add", "rt-2", "--site", "S1", "--sites", str(sites), "--instrument", "crystal_ball"])
+    assert result.exit_code == 1 and "type" in result.output and "Traceback" not in result.output
