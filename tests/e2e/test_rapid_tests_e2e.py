@@ -80,7 +80,10 @@ async def _influx_holds_everything(
     svc = await Service(sink.run).started()
     q = f'from(bucket: "{influx_bucket}") |> range(start: 2020-01-01T00:00:00Z, stop: 2100-01-01T00:00:00Z)'
     ids = q + ' |> filter(fn: (r) => r._measurement == "rapid_test" and r._field == "result_id")'
+    alert_ids = q + ' |> filter(fn: (r) => r._measurement == "alert" and r._field == "alert_id")'
     await eventually(lambda: len(flux(live_stack, ids)) >= len(sent), 60, "every result in InfluxDB")
+    # The sink reads the alerts topic in its own time: wait for it too before judging.
+    await eventually(lambda: len({p["_value"] for p in flux(live_stack, alert_ids)}) >= n_alerts, 60, "every alert")
     await svc.close()
     points = flux(live_stack, ids)
     assert sorted((p["instrument"], p["_value"]) for p in points) == sorted(sent)
@@ -89,5 +92,4 @@ async def _influx_holds_everything(
     )
     linked = {p["_value"] for p in positives if p["outcome"] != "negative" or p["stage"] != "initial"}
     assert {x.rsplit("-", 1)[-1] for x in linked} == {"M004", "M010", "M020", "M027", "M033"}
-    opened = flux(live_stack, q + ' |> filter(fn: (r) => r._measurement == "alert" and r._field == "alert_id")')
-    assert len({p["_value"] for p in opened}) == n_alerts
+    assert len({p["_value"] for p in flux(live_stack, alert_ids)}) == n_alerts
