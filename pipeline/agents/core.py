@@ -453,7 +453,8 @@ class Runner(Generic[S, E]):
             reason=f"{self.concern.name}: {reason}"[:2000],
             arrived_ms=self._arrived_ms(),
             device=origin if self.concern.origin == "mqtt" and isinstance(origin, str) else None,
-            camera=origin if self.concern.origin == "hook" and isinstance(origin, str) else None,
+            camera=origin if self.concern.origin_field == "camera" and isinstance(origin, str) else None,
+            instrument=origin if self.concern.origin_field == "instrument" and isinstance(origin, str) else None,
             payload_b64=base64.b64encode(payload).decode(),
         )
 
