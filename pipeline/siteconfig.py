@@ -283,7 +283,10 @@ class SiteConfig(_Model):
                 yield ins_id, site_id, ins
 
     def device_secrets(self) -> dict[str, str]:
-        return {dev_id: dev.resolve_secret() for dev_id, _, dev in self.devices()}
+        """Every MQTT user's secret: devices (contract 1) and rapid-test instruments (contract 6)."""
+        out = {dev_id: dev.resolve_secret() for dev_id, _, dev in self.devices()}
+        out.update((ins_id, ins.resolve_secret()) for ins_id, _, ins in self.instruments())
+        return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

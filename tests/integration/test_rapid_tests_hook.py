@@ -18,7 +18,7 @@ from pipeline import serde
 from pipeline.partitioner import partition_for
 from pipeline.settings import Settings
 from pipeline.topics import Topics
-from tests.integration.ingest_support import IngestEnv, everything_in, free_port
+from tests.integration.ingest_support import IngestEnv, everything_in, free_port, register_in_broker
 from tests.integration.test_ingest_hooks import openssl_signature
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -177,3 +177,46 @@ async def test_malformed_results_are_dead_lettered_with_reasons(env: tuple[Inges
     # The two good results of the batch were produced, in one record.
     items = [it for r in kcat(e.settings, e.topics.rapid_tests) for it in r["items"]]
     assert [it["result_id"] for it in items] == ["ok-1", "ok-2"]
+
+
+async def test_the_same_results_over_mqtt_as_the_instruments_own_user(env: tuple[IngestEnv, dict[str, str]]) -> None:
+    """mosquitto_pub as the instrument: accepted on its own topic, dropped by the broker's ACL on another
+    instrument's topic, malformed results dead-lettered by the bridge with the instrument named."""
+    e, instruments = env
+    (ins, secret), (ins2, _) = list(instruments.items())
+    register_in_broker(e.settings, instruments)
+    e.bridge()
+    m = e.settings.mqtt
+
+    def pub(topic: str, body: bytes) -> None:
+        subprocess.run(
+            [
+                *("mosquitto_pub", "-h", m.host, "-p", str(m.port), "-u", ins, "-P", secret, "-q", "1"),
+                *("-i", f"{ins}-pub", "-t", topic, "-s"),
+            ],
+            input=body,
+            check=True,
+            timeout=30,
+        )
+
+    good = {
+        "results": [result("mq-1"), result("mq-2", stage="recheck", result="negative"), result("mq-bad", stage="x")]
+    }
+    pub(f"larder/v1/instruments/{ins}/results", serde.dumps(good))
+    pub(f"larder/v1/instruments/{ins2}/results", serde.dumps(result("mq-spoofed")))  # not its topic: dropped
+    deadline = time.monotonic() + 30
+    items: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and len(items) < 2:
+        items = [it for r in kcat(e.settings, e.topics.rapid_tests) for it in r["items"]]
+        time.sleep(0.5)
+    assert [(it["result_id"], it["instrument"], it["site"]) for it in items] == [
+        ("mq-1", ins, SITE),
+        ("mq-2", ins, SITE),
+    ]
+    letters = kcat(e.settings, e.topics.deadletter)
+    assert [(d["source"], d["instrument"], d["index"], d["reason_code"]) for d in letters] == [
+        ("mqtt", ins, 2, "wrong_type")
+    ]
+    # The spoofed publish never reached the bridge: a moment later still only the two results.
+    time.sleep(1.0)
+    assert len([it for r in kcat(e.settings, e.topics.rapid_tests) for it in r["items"]]) == 2
