@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 console = Console(stderr=True)
 devices_app = typer.Typer(
-    help="Register devices and cameras in the site file and apply them to Mosquitto (no broker restart).",
+    help="Register devices, cameras and rapid-test instruments in the site file and apply them to Mosquitto "
+    "(no broker restart).",
     no_args_is_help=True,
 )
 
@@ -243,7 +244,8 @@ def hooks(
     port: Annotated[int | None, typer.Option("--port", help="listen port; default $LARDER_INGEST__HOOKS_PORT")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Serve the signed camera hook (contract 2) and /metrics until Ctrl-C."""
+    """Serve the signed camera hook (contract 2), the signed rapid-test hook (contract 6, POST /v1/rapid-tests)
+    and /metrics until Ctrl-C."""
     from pipeline.ingest import hooks as hooks_mod
 
     _logging(verbose)
