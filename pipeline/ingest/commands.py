@@ -70,8 +70,11 @@ def _apply(settings: Settings, config: object) -> None:
 
 @devices_app.command("add")
 def devices_add(
-    ident: Annotated[str, typer.Argument(help="device or camera id (its MQTT username / X-Larder-Camera)")],
-    site: Annotated[str, typer.Option("--site", help="site id the device or camera belongs to")],
+    ident: Annotated[
+        str,
+        typer.Argument(help="device, camera or instrument id (its MQTT username / X-Larder-Camera / -Instrument)"),
+    ],
+    site: Annotated[str, typer.Option("--site", help="site id the device, camera or instrument belongs to")],
     asset: Annotated[str | None, typer.Option("--asset", help="asset a device watches (for devices)")] = None,
     kitchen: Annotated[str | None, typer.Option("--kitchen", help="kitchen a camera watches (for cameras)")] = None,
     instrument: Annotated[
@@ -111,7 +114,7 @@ def devices_add(
         raise _fail(str(exc)) from None
     kind = "device" if asset else ("camera" if kitchen else "instrument")
     console.print(f"[green]added[/] {kind} {ident} to site {site} in {settings.site_config}")
-    if asset:
+    if asset or instrument:  # MQTT users: devices, and instruments (contract 6 over MQTT)
         _apply(settings, config)
     if secret is None:
         typer.echo(value)  # stdout, once: the only time the generated secret is shown
