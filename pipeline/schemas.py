@@ -3,8 +3,9 @@
 Contracts 1-4 of the design (device payloads, camera hooks, replay files, alert records) and the internal
 Kafka formats that other consumers may read (the reading/event batch envelope, dead letters, annotations,
 deliveries). Contract 5, the site configuration, lives in :mod:`pipeline.siteconfig` because it carries its
-own YAML loader. A change to anything here is a versioned change: bump the ``v`` field and document it in the
-README.
+own YAML loader; contract 6, rapid-test results, lives in :mod:`pipeline.contracts.rapidtest` (with its
+validation and reason codes). A change to anything here is a versioned change: bump the ``v`` field and
+document it in the README.
 
 Internal times are integer **milliseconds since the Unix epoch, UTC** (``*_ms`` fields): exact, cheap to
 compare and hash, and identical in every process, so alert ids computed from them are reproducible.
