@@ -24,14 +24,17 @@ devices_app = typer.Typer(
 
 
 def _register(settings: Settings, config: SiteConfig, device: str) -> None:
-    """Give one device of the (already saved) site file its broker login; nobody else's changes."""
+    """Give one device (or instrument) of the (already saved) site file its broker login; nobody else's."""
     from pipeline.stack import StackError, logins
 
     if settings.mqtt.external:
         console.print("[yellow]![/] the broker is external: give it this device's login (`stack render-mosquitto`)")
         return
     try:
-        secret = next(dev.resolve_secret() for d, _, dev in config.devices() if d == device)
+        # A device or a rapid-test instrument (both MQTT users); only its own secret is resolved.
+        secrets = [dev.resolve_secret() for d, _, dev in config.devices() if d == device]
+        secrets += [ins.resolve_secret() for i, _, ins in config.instruments() if i == device]
+        secret = secrets[0]
         change = logins.register_devices(settings, {device: secret}, source=str(settings.site_config.resolve()))
     except (StackError, OSError, KeyError) as exc:
         why = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
@@ -45,23 +48,35 @@ def _register(settings: Settings, config: SiteConfig, device: str) -> None:
 
 @devices_app.command("add")
 def devices_add(
-    ident: Annotated[str, typer.Argument(help="device or camera id (its MQTT username / X-Larder-Camera)")],
-    site: Annotated[str, typer.Option("--site", help="site id the device or camera belongs to")],
+    ident: Annotated[
+        str,
+        typer.Argument(help="device, camera or instrument id (its MQTT username / X-Larder-Camera / -Instrument)"),
+    ],
+    site: Annotated[str, typer.Option("--site", help="site id the device, camera or instrument belongs to")],
     asset: Annotated[str | None, typer.Option("--asset", help="asset a device watches (for devices)")] = None,
     kitchen: Annotated[str | None, typer.Option("--kitchen", help="kitchen a camera watches (for cameras)")] = None,
+    instrument: Annotated[
+        str | None,
+        typer.Option(
+            "--instrument",
+            help="a rapid-test instrument of this type (enzyme_inhibition, colloidal_gold, fluorescence, "
+            "spectrophotometer, other): its X-Larder-Instrument id (contract 6)",
+        ),
+    ] = None,
     secret: Annotated[
         str | None, typer.Option("--secret", help="the secret to use; default: generate one and print it once")
     ] = None,
     sites: SiteOpt = None,
 ) -> None:
-    """Add a device (--asset) or a camera (--kitchen) to the site file, keeping its comments."""
+    """Add a device (--asset), a camera (--kitchen) or a rapid-test instrument (--instrument TYPE) to the site
+    file, keeping its comments."""
     from pipeline import siteedit
 
-    if (asset is None) == (kitchen is None):
-        raise usage("give exactly one of --asset (a device) or --kitchen (a camera)")
+    if sum(x is not None for x in (asset, kitchen, instrument)) != 1:
+        raise usage("give exactly one of --asset (a device), --kitchen (a camera) or --instrument TYPE")
     settings = settings_for(sites)
     prefix = settings.mqtt.bridge_user
-    if asset is not None and (ident == prefix or ident.startswith(f"{prefix}-")):
+    if kitchen is None and (ident == prefix or ident.startswith(f"{prefix}-")):
         raise fail(f"{ident!r}: {prefix} and names starting with {prefix}- are the bridge's MQTT users")
     value = secret or siteedit.new_secret()
     if len(value) < 8:
@@ -69,14 +84,16 @@ def devices_add(
     try:
         if asset is not None:
             config = siteedit.add_device(settings.site_config, site, ident, asset, value)
-        else:
-            assert kitchen is not None
+        elif kitchen is not None:
             config = siteedit.add_camera(settings.site_config, site, ident, kitchen, value)
+        else:
+            assert instrument is not None
+            config = siteedit.add_instrument(settings.site_config, site, ident, instrument, value)
     except SiteConfigError as exc:
         raise fail(str(exc)) from None
-    kind = "device" if asset else "camera"
+    kind = "device" if asset else ("camera" if kitchen else "instrument")
     console.print(f"[green]added[/] {kind} {ident} to site {site} in {settings.site_config}")
-    if asset:
+    if asset or instrument:  # MQTT users: devices, and instruments (contract 6 over MQTT)
         _register(settings, config, ident)
     if secret is None:
         typer.echo(value)  # stdout, once: the only time the generated secret is shown
@@ -100,6 +117,8 @@ def devices_list(sites: SiteOpt = None) -> None:
         table.add_row(dev_id, "device", site_id, dev.asset, profile, "inline" if dev.secret else dev.secret_ref or "")
     for cam_id, site_id, cam in config.cameras():
         table.add_row(cam_id, "camera", site_id, cam.kitchen, "", "inline" if cam.secret else cam.secret_ref or "")
+    for ins_id, site_id, ins in config.instruments():
+        table.add_row(ins_id, "instrument", site_id, ins.type, "", "inline" if ins.secret else ins.secret_ref or "")
     make_console().print(table)
 
 

@@ -125,6 +125,20 @@ class Camera(SecretRef):
     zone: str = "cook"
 
 
+class Instrument(SecretRef):
+    """A rapid-test instrument (contract 6): its id is the hook's X-Larder-Instrument and its MQTT user name."""
+
+    type: Literal["enzyme_inhibition", "colloidal_gold", "fluorescence", "spectrophotometer", "other"] = "other"
+    name: str = ""
+
+
+class RapidTestRules(_Model):
+    """``rapidtest.*`` rules of a site (docs/rules.md)."""
+
+    recheck_within_min: float = Field(240, gt=0, description="a positive or suspect must be rechecked within this")
+    allowed_lateness_min: float = Field(5, ge=0, description="how long results wait for earlier ones in event time")
+
+
 class Recipient(_Model):
     name: str
     phone: str | None = Field(None, pattern=r"^\+?[0-9 ()-]{5,20}$")
@@ -180,6 +194,8 @@ class Site(_Model):
     devices: dict[Id, Device] = Field(default_factory=dict)
     kitchens: dict[Id, Kitchen] = Field(default_factory=dict)
     cameras: dict[Id, Camera] = Field(default_factory=dict)
+    instruments: dict[Id, Instrument] = Field(default_factory=dict)
+    rapid_tests: RapidTestRules = Field(default_factory=lambda: RapidTestRules())
     recipients: dict[Role, list[Recipient]] = Field(default_factory=dict)
     escalation: EscalationPolicy = Field(default_factory=lambda: EscalationPolicy())
     #: Rule overrides for every asset (``device``) and kitchen (``kitchen``) of the site, under the asset's own.
@@ -217,11 +233,11 @@ class SiteConfig(_Model):
     def _globally_unique(self) -> SiteConfig:
         seen: dict[str, str] = {}
         for site_id, site in self.sites.items():
-            for dev in [*site.devices, *site.cameras]:
+            for dev in [*site.devices, *site.cameras, *site.instruments]:
                 if dev in seen:
                     raise ValueError(
                         f"{dev} is declared in site {seen[dev]} and in site {site_id}; "
-                        "device and camera ids are MQTT/hook usernames and must be unique"
+                        "device, camera and instrument ids are MQTT/hook usernames and must be unique"
                     )
                 seen[dev] = site_id
         kitchens: dict[str, str] = {}
@@ -264,8 +280,16 @@ class SiteConfig(_Model):
             for cam_id, cam in site.cameras.items():
                 yield cam_id, site_id, cam
 
+    def instruments(self) -> Iterator[tuple[str, str, Instrument]]:
+        for site_id, site in self.sites.items():
+            for ins_id, ins in site.instruments.items():
+                yield ins_id, site_id, ins
+
     def device_secrets(self) -> dict[str, str]:
-        return {dev_id: dev.resolve_secret() for dev_id, _, dev in self.devices()}
+        """Every MQTT user's secret: devices (contract 1) and rapid-test instruments (contract 6)."""
+        out = {dev_id: dev.resolve_secret() for dev_id, _, dev in self.devices()}
+        out.update((ins_id, ins.resolve_secret()) for ins_id, _, ins in self.instruments())
+        return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

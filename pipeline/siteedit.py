@@ -67,7 +67,7 @@ def _site(doc: Any, path: Path, site: str) -> dict[str, Any]:
 
 def _taken(doc: Any, ident: str) -> str | None:
     for site_id, site in (doc.get("sites") or {}).items():
-        for section in ("devices", "cameras"):
+        for section in ("devices", "cameras", "instruments"):
             if ident in (site.get(section) or {}):
                 return f"sites.{site_id}.{section}.{ident}"
     return None
@@ -102,11 +102,25 @@ def add_camera(path: Path, site: str, camera: str, kitchen: str, secret: str) ->
     return _edit(path, change)
 
 
+def add_instrument(path: Path, site: str, instrument: str, kind: str, secret: str) -> SiteConfig:
+    """A rapid-test instrument (contract 6) of type ``kind``."""
+
+    def change(doc: Any) -> None:
+        node = _site(doc, path, site)
+        if where := _taken(doc, instrument):
+            raise SiteConfigError(path, [f"{path}: {where}: {instrument} already exists"])
+        if node.get("instruments") is None:
+            node["instruments"] = CommentedMap()
+        node["instruments"][instrument] = CommentedMap(type=kind, secret=secret)
+
+    return _edit(path, change)
+
+
 def rotate_secret(path: Path, ident: str, secret: str) -> SiteConfig:
     def change(doc: Any) -> None:
         where = _taken(doc, ident)
         if where is None:
-            raise SiteConfigError(path, [f"{path}: no device or camera {ident!r}"])
+            raise SiteConfigError(path, [f"{path}: no device, camera or instrument {ident!r}"])
         _, site_id, section, _ = where.split(".", 3)
         entry = doc["sites"][site_id][section][ident]
         if "secret_ref" in entry:

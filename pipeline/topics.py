@@ -29,6 +29,11 @@ class Topics:
         return f"{self.prefix}.kitchen-events.v1"
 
     @property
+    def rapid_tests(self) -> str:
+        """Record batches of enriched rapid-test results (contract 6, kind ``rapid_tests``), keyed per site."""
+        return f"{self.prefix}.rapid-tests.v1"
+
+    @property
     def deadletter(self) -> str:
         """Refused device payloads and hook bodies with the reason (:class:`pipeline.schemas.DeadLetter`)."""
         return f"{self.prefix}.deadletter.v1"
@@ -83,6 +88,8 @@ class Topics:
         return [
             TopicSpec(self.readings, self.partitions, (week,)),
             TopicSpec(self.kitchen_events, self.partitions, (week,)),
+            # Results are evidence for the daily record and inspections: kept a year.
+            TopicSpec(self.rapid_tests, self.partitions, (("retention.ms", str(365 * 24 * 3600 * 1000)),)),
             TopicSpec(self.deadletter, 1, (("retention.ms", str(30 * 24 * 3600 * 1000)),)),
             TopicSpec(self.alerts, self.partitions, (week,)),
             TopicSpec(self.annotations, self.partitions, (week,)),

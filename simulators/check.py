@@ -25,10 +25,12 @@ def _ms(ts: Any) -> int:
 def detect(config: SiteConfig, lines: Iterable[Line], *, tick_every_s: float = 10.0) -> list[Alert]:
     from pipeline.detectors.device import DeviceDetector
     from pipeline.detectors.kitchen import KitchenDetector
+    from pipeline.detectors.rapidtest import RapidTestDetector
     from pipeline.siteconfig import resolve_device_rules, resolve_kitchen_rules
 
     dev_site = {d: (s, dev) for d, s, dev in config.devices()}
     cam_site = {c: (s, cam) for c, s, cam in config.cameras()}
+    ins_site = {i: (s, ins) for i, s, ins in config.instruments()}
     detectors: dict[str, Any] = {}
     states: dict[str, Any] = {}
     out: list[Output] = []
@@ -60,6 +62,25 @@ def detect(config: SiteConfig, lines: Iterable[Line], *, tick_every_s: float = 1
         if line.kind == "end":
             now = line.at_ms
             tick(now)
+            continue
+        if line.kind == "rapid_test":
+            site, ins = ins_site[line.source]
+            key = f"rapidtest:{site}"
+            if key not in detectors:
+                r = config.sites[site].rapid_tests
+                detectors[key] = RapidTestDetector(site, r.recheck_within_min, r.allowed_lateness_min)
+                states[key] = detectors[key].initial()
+            body = line.body
+            for res in body["results"] if isinstance(body, dict) and "results" in body else [body]:
+                d = {k: v for k, v in res.items() if k != "tested_at"} | {
+                    "instrument": line.source,
+                    "instrument_type": ins.type,
+                    "site": site,
+                    "ts_ms": _ms(res["tested_at"]),
+                    "received_ms": line.at_ms,
+                }
+                states[key], o = detectors[key].on_item(states[key], d, now if now is not None else line.at_ms)
+                out.extend(o)
             continue
         if line.kind == "mqtt":
             site, dev = dev_site[line.source]

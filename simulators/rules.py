@@ -12,16 +12,18 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-HIGH = "coldchain.high"
-LOW = "coldchain.low"
-DOOR = "coldchain.door_open"
-OFFLINE = "liveness.offline"
-STUCK = "liveness.stuck"
-BATTERY = "liveness.battery_low"
-GAP = "liveness.gap"
-UNATTENDED = "kitchen.unattended"
+from pipeline.contracts import rules
+
+HIGH = rules.COLDCHAIN_HIGH
+LOW = rules.COLDCHAIN_LOW
+DOOR = rules.COLDCHAIN_DOOR_OPEN
+OFFLINE = rules.LIVENESS_OFFLINE
+STUCK = rules.LIVENESS_STUCK
+BATTERY = rules.LIVENESS_BATTERY_LOW
+GAP = rules.LIVENESS_GAP
+UNATTENDED = rules.KITCHEN_UNATTENDED
 #: One rule per hygiene type: ``kitchen.hygiene.no_hat`` etc.
-HYGIENE = "kitchen.hygiene"
+HYGIENE = rules.KITCHEN_HYGIENE
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from simulators import rules as R
 from simulators.coldchain import TRUCK, DeviceSim, Fault, Physics
 from simulators.core import Line, Scenario, Truth, merge, secret_for
 from simulators.kitchen import KitchenSim
+from simulators.rapidtest import MarketSim
 
 #: 08:00 in Asia/Shanghai, the sites' default zone: a business morning, lunch service ahead.
 DEFAULT_START_MS = int(datetime(2026, 11, 22, 0, 0, tzinfo=UTC).timestamp() * 1000)
@@ -55,6 +56,8 @@ class Spec:
     default_sites: int
     default_duration_s: float
     build: Callable[[Params], tuple[list[DeviceSim], list[KitchenSim]]]
+    #: Rapid-test traffic (contract 6), for the scenarios that have some.
+    markets: Callable[[Params], list[MarketSim]] | None = None
 
 
 class _Builder:
@@ -100,7 +103,9 @@ class _Builder:
         return self.devices, self.kitchens
 
 
-def site_document(seed: int, devices: list[DeviceSim], kitchens: list[KitchenSim]) -> dict[str, Any]:
+def site_document(
+    seed: int, devices: list[DeviceSim], kitchens: list[KitchenSim], markets: list[MarketSim] | None = None
+) -> dict[str, Any]:
     """The contract-5 document for the simulated fleet, with reproducible generated secrets."""
     sites: dict[str, Any] = {}
 
@@ -140,6 +145,10 @@ def site_document(seed: int, devices: list[DeviceSim], kitchens: list[KitchenSim
             "service_hours": [f"{_hhmm(a)}-{_hhmm(b)}" for a, b in k.service_hours],
         }
         s["cameras"][k.camera] = {"kitchen": k.kitchen, "zone": "cook", "secret": secret_for(seed, k.camera)}
+    for m in markets or ():
+        s = site(m.site)
+        s["instruments"] = {i: {"type": t, "secret": secret_for(seed, i)} for i, t in m.instruments.items()}
+        s["rapid_tests"] = {"recheck_within_min": m.recheck_within_min}
     return {"version": 1, "sites": sites}
 
 
@@ -276,6 +285,14 @@ def _demo(p: Params) -> tuple[list[DeviceSim], list[KitchenSim]]:
     return b.out()
 
 
+def _no_sensors(p: Params) -> tuple[list[DeviceSim], list[KitchenSim]]:
+    return [], []
+
+
+def _market_morning(p: Params) -> list[MarketSim]:
+    return [MarketSim(p.site(i), p.seed, p.start_ms, p.end_ms) for i in range(p.sites)]
+
+
 def _dead_battery(p: Params) -> tuple[list[DeviceSim], list[KitchenSim]]:
     b = _Builder(p)
     for i in range(p.sites):
@@ -362,6 +379,16 @@ LIBRARY: dict[str, Spec] = {
             _store_and_forward,
         ),
         Spec(
+            "market-morning",
+            "A market's morning of rapid tests (快检): 40 samples on two instruments, a negative recheck in time, a "
+            "suspect never rechecked (uploaded late in a backlog), a positive removed from sale, a lab-confirmed "
+            "positive, a recheck after the 4-h window.",
+            1,
+            7 * 3600,
+            _no_sensors,
+            _market_morning,
+        ),
+        Spec(
             "dead-battery", "A logger's battery drains over 2 h until it stops reporting.", 1, 4 * 3600, _dead_battery
         ),
     )
@@ -406,11 +433,17 @@ def build(
     if p.sites < 1:
         raise ValueError("--sites must be at least 1")
     devices, kitchens = spec.build(p)
-    streams: list[list[Line]] = [d.run() for d in devices] + [k.run() for k in kitchens]
+    markets = spec.markets(p) if spec.markets else []
+    streams: list[list[Line]] = [d.run() for d in devices] + [k.run() for k in kitchens] + [m.run() for m in markets]
     truth: list[Truth] = sorted(
-        [*(t for d in devices for t in d.truth), *(t for k in kitchens for t in k.truth)], key=_truth_key
+        [
+            *(t for d in devices for t in d.truth),
+            *(t for k in kitchens for t in k.truth),
+            *(t for m in markets for t in m.truth),
+        ],
+        key=_truth_key,
     )
-    doc = site_document(seed, devices, kitchens)
+    doc = site_document(seed, devices, kitchens, markets)
     config = SiteConfig.model_validate(doc)
     return Scenario(name, spec.description, config, p.start_ms, p.end_ms, list(merge(streams)), truth, doc)
 

@@ -16,7 +16,9 @@ from pipeline.cliutil import console, fail, usage
 from pipeline.settings import Settings, load_settings
 from pipeline.topics import Topics
 
-DEFAULT_CONCERNS = "pipeline.agents.devices:concerns,pipeline.agents.kitchen:concerns"
+DEFAULT_CONCERNS = (
+    "pipeline.agents.devices:concerns,pipeline.agents.kitchen:concerns,pipeline.agents.rapidtests:concerns"
+)
 LOG_LEVELS = ("crit", "error", "warn", "info", "debug")
 
 

@@ -70,7 +70,7 @@ class Concern(Generic[S, E]):
 
     name: str
     #: RecordBatch ``kind`` of the data records on the source topic.
-    kind: Literal["readings", "kitchen_events"]
+    kind: Literal["readings", "kitchen_events", "rapid_tests"]
     #: Item field holding the subject id (= the Kafka partitioning key).
     key_field: str
     #: Item field holding the event time in ms.
@@ -442,7 +442,8 @@ class Runner(Generic[S, E]):
             reason=f"{self.concern.name}: {reason}"[:2000],
             arrived_ms=self._arrived_ms(),
             device=origin if self.concern.origin == "mqtt" and isinstance(origin, str) else None,
-            camera=origin if self.concern.origin == "hook" and isinstance(origin, str) else None,
+            camera=origin if self.concern.origin_field == "camera" and isinstance(origin, str) else None,
+            instrument=origin if self.concern.origin_field == "instrument" and isinstance(origin, str) else None,
             payload_b64=base64.b64encode(payload).decode(),
         )
 

@@ -7,7 +7,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from pipeline.alerts.routing import Pending, Send
-from pipeline.schemas import ms_to_iso
+from pipeline.schemas import Alert, ms_to_iso
 
 _KIND = {"open": "", "escalated": "ESCALATED ", "reminder": "REMINDER ", "resolved": "RESOLVED "}
 
@@ -25,7 +25,26 @@ def _line(p: Pending, tz: ZoneInfo | None) -> str:
     since = a.evidence.get("opened_ms")
     opened = _when(since if isinstance(since, int) else a.at_ms, tz)
     tail = f" cleared {_when(a.at_ms, tz)}" if p.kind == "resolved" else f" since {opened}"
-    return f"{_KIND.get(p.kind, '')}{a.severity.value.upper()} {a.rule} {a.site}/{a.subject}{tail}"
+    return f"{_KIND.get(p.kind, '')}{a.severity.value.upper()} {a.rule} {a.site}/{a.subject}{tail}{_what(a)}"
+
+
+def _what(a: Alert) -> str:
+    """For rapid tests, what was found where: the sample, the test item, the value against its limit, the stall
+    (a supervisor acts on the stall and the food, not on a sample id); and why it cleared."""
+    if not a.rule.startswith("rapidtest."):
+        return ""
+    ev = a.evidence
+    parts = [str(ev[k]) for k in ("sample_name", "test_item") if ev.get(k)]
+    value, limit, unit = ev.get("value"), ev.get("limit"), ev.get("unit") or ""
+    if value is not None:
+        parts.append(f"{value}{unit}" + (f" (limit {limit}{unit})" if limit is not None else ""))
+    if ev.get("stall"):
+        parts.append(f"stall {ev['stall']}")
+    if a.rule == "rapidtest.recheck_overdue" and a.state.value != "resolved":
+        parts.append(f"no recheck within {ev.get('recheck_within_min')} min")
+    if a.state.value == "resolved" and ev.get("reason"):
+        parts.append(str(ev["reason"]).replace("_", " "))
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def render_text(

@@ -7,6 +7,8 @@
   ``{"v": 1, "kind": ...}`` batch envelope, ticks, alerts, annotations, acks, deliveries, dead letters).
 - :mod:`~pipeline.contracts.replay`: contract 3, the replay file (:class:`Line`), and the ground-truth file
   (:class:`Truth`).
+- :mod:`~pipeline.contracts.rapidtest`: contract 6, rapid-test results from instruments.
+- :mod:`~pipeline.contracts.rules`: the rule ids, one constant each.
 
 Contract 5, the site file, is :mod:`pipeline.siteconfig`. A change to anything here is a versioned change:
 bump the ``v`` field and document it in the README.

@@ -248,7 +248,7 @@ class RecordBatch(BaseModel):
     """
 
     v: Literal[1] = 1
-    kind: Literal["readings", "kitchen_events", "tick"]
+    kind: Literal["readings", "kitchen_events", "rapid_tests", "tick"]
     items: list[dict[str, Any]] = Field(default_factory=list)
     #: Only on ``tick`` records: the replay clock's time. Replay publishes one tick into every partition once
     #: everything sent before that instant is in Kafka, so timers fire at the recording's times.
@@ -268,6 +268,8 @@ class DeadLetter(BaseModel):
     mqtt_topic: str | None = None
     index: int | None = Field(None, description="position inside a store-and-forward or hook batch")
     payload_b64: str
+    #: A rapid-test instrument (contract 6); absent on older dead letters.
+    instrument: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -410,17 +412,25 @@ class ReplayHook(BaseModel):
     body: Any
 
 
+class ReplayRapidTest(BaseModel):
+    """A contract-6 request: ``instrument`` signs ``body`` (one result or ``{"results": [...]}``)."""
+
+    instrument: str
+    body: Any
+
+
 class ReplayLine(BaseModel):
-    """One JSONL line of a recording: ``at`` is when it was sent; exactly one of mqtt/hook/end."""
+    """One JSONL line of a recording: ``at`` is when it was sent; exactly one of mqtt/hook/rapid_test/end."""
 
     model_config = ConfigDict(extra="forbid")
 
     at: EventTime
     mqtt: ReplayMqtt | None = None
     hook: ReplayHook | None = None
+    rapid_test: ReplayRapidTest | None = None
     end: bool | None = None
 
     def model_post_init(self, __context: Any) -> None:
-        given = sum(x is not None for x in (self.mqtt, self.hook, self.end))
+        given = sum(x is not None for x in (self.mqtt, self.hook, self.rapid_test, self.end))
         if given != 1:
-            raise ValueError("a replay line holds exactly one of 'mqtt', 'hook' or 'end'")
+            raise ValueError("a replay line holds exactly one of 'mqtt', 'hook', 'rapid_test' or 'end'")

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pipeline import serde
 from pipeline.contracts.models import BATCH_VERSION, Ack, Alert, Annotation, DeadLetter, Delivery
 
-BatchKind = Literal["readings", "kitchen_events"]
+BatchKind = Literal["readings", "kitchen_events", "rapid_tests"]
 Record = Alert | Annotation | Ack | Delivery | DeadLetter
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -47,6 +47,11 @@ def kitchen_events_value(items: list[dict[str, Any]]) -> bytes:
     return batch_value("kitchen_events", items)
 
 
+def rapid_tests_value(items: list[dict[str, Any]]) -> bytes:
+    """Rapid-test results of one site partition (contract 6, :mod:`pipeline.contracts.rapidtest`)."""
+    return batch_value("rapid_tests", items)
+
+
 def tick_value(now_ms: int) -> bytes:
     """A tick: the clock of the partition it is produced to (live: wall time; replay: the recording's)."""
     return serde.dumps({"v": BATCH_VERSION, "kind": "tick", "now_ms": now_ms})
@@ -64,7 +69,7 @@ class BadRecord(ValueError):
 class Batch:
     """A decoded batch record: ``items`` for data records, ``now_ms`` for ticks."""
 
-    kind: Literal["readings", "kitchen_events", "tick"]
+    kind: Literal["readings", "kitchen_events", "rapid_tests", "tick"]
     items: list[Any]
     now_ms: int = 0
 
@@ -147,9 +152,11 @@ def dead_letter_value(
     camera: str | None = None,
     mqtt_topic: str | None = None,
     index: int | None = None,
+    instrument: str | None = None,
 ) -> bytes:
     """A serialised :class:`DeadLetter`; built as a dict because it runs on the bridge's error path at flood
-    rates (the same fields, in the same order, as ``encode(DeadLetter(...))``)."""
+    rates (the same fields, in the same order, as ``encode(DeadLetter(...))``; ``instrument`` only when set:
+    contract 6's refusals name the instrument)."""
     return serde.dumps(
         {
             "v": 1,
@@ -162,6 +169,7 @@ def dead_letter_value(
             "mqtt_topic": mqtt_topic,
             "index": index,
             "payload_b64": base64.b64encode(payload).decode(),
+            **({"instrument": instrument} if instrument is not None else {}),
         }
     )
 

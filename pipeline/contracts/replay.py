@@ -15,14 +15,16 @@ from typing import Any, Literal
 from pipeline import serde
 from pipeline.contracts.models import ReplayLine, ms_to_iso, to_ms, ts_to_ms
 
-LineKind = Literal["mqtt", "hook", "end"]
+LineKind = Literal["mqtt", "hook", "rapid_test", "end"]
 
 
 @dataclass(frozen=True, slots=True)
 class Line:
-    """One contract-3 line: a device publish, a camera hook request, or the end marker.
+    """One contract-3 line: a device publish, a camera hook request, an instrument's rapid-test request
+    (contract 6), or the end marker.
 
-    ``source`` is the device id (mqtt) or the camera id (hook); ``body`` the payload or hook body.
+    ``source`` is the device id (mqtt), the camera id (hook) or the instrument id (rapid_test); ``body`` the
+    payload or request body.
     """
 
     at_ms: int
@@ -36,6 +38,8 @@ class Line:
             return {"at": at, "mqtt": {"device": self.source, "payload": self.body}}
         if self.kind == "hook":
             return {"at": at, "hook": {"camera": self.source, "body": self.body}}
+        if self.kind == "rapid_test":
+            return {"at": at, "rapid_test": {"instrument": self.source, "body": self.body}}
         return {"at": at, "end": True}
 
     def dumps(self) -> bytes:
@@ -50,6 +54,8 @@ class Line:
             return Line(at, "mqtt", obj.mqtt.device, obj.mqtt.payload)
         if obj.hook is not None:
             return Line(at, "hook", obj.hook.camera, obj.hook.body)
+        if obj.rapid_test is not None:
+            return Line(at, "rapid_test", obj.rapid_test.instrument, obj.rapid_test.body)
         return Line(at, "end")
 
 

@@ -1,10 +1,12 @@
 """The protocol every detector follows, and the output type they share.
 
-A detector is a value object holding its (frozen) configuration, with three pure functions:
+A detector is a value object holding its (frozen) configuration, with pure functions:
 
 * ``initial()`` -> a fresh state for one subject (a device, a kitchen);
 * ``on_event(state, event, now_ms)`` -> ``(state, outputs)`` for one reading or camera event;
-* ``on_tick(state, now_ms)`` -> ``(state, outputs)`` when time passes with no event (timers).
+* ``on_item(state, item, now_ms)``: the same for a RecordBatch item (a plain dict), the runner's hot path;
+* ``on_tick(state, now_ms)`` -> ``(state, outputs)`` when time passes with no event (timers);
+* ``wake_ms(state)``: when ``on_tick`` next has work, so the runner visits only subjects that are due.
 
 Rules:
 
@@ -23,7 +25,7 @@ Rules:
 
 from __future__ import annotations
 
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from pipeline.schemas import Alert, Annotation
 
@@ -33,13 +35,30 @@ E_contra = TypeVar("E_contra", contravariant=True)
 
 
 class Detector(Protocol, Generic[S, E_contra]):
+    """What :class:`pipeline.agents.core.Runner` calls (``on_item`` through its ``Concern``), and tests and
+    simulators besides. Implemented by :class:`~pipeline.detectors.device.DeviceDetector` and
+    :class:`~pipeline.detectors.kitchen.KitchenDetector` on the shared machinery of
+    :mod:`pipeline.detectors.engine`."""
+
     name: str
 
     def initial(self) -> S: ...
 
-    def on_event(self, state: S, event: E_contra, now_ms: int) -> tuple[S, list[Output]]: ...
+    def on_event(self, state: S, event: E_contra, now_ms: int) -> tuple[S, list[Output]]:
+        """One typed event (a ``schemas.Reading`` / ``KitchenEvent``)."""
+        ...
+
+    def on_item(self, state: S, item: dict[str, Any], now_ms: int) -> tuple[S, list[Output]]:
+        """One RecordBatch item (a plain dict, no pydantic): the runner's hot path. Raises ``ValueError`` on an
+        item of the wrong types (the runner dead-letters it)."""
+        ...
 
     def on_tick(self, state: S, now_ms: int) -> tuple[S, list[Output]]: ...
+
+    def wake_ms(self, state: S) -> int | None:
+        """The earliest ``now_ms`` at which :meth:`on_tick` can change ``state`` (``None``: not before the next
+        event); the runner's timer index visits the subject only then."""
+        ...
 
     def state_to_bytes(self, state: S) -> bytes: ...
 

@@ -28,22 +28,13 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 
 from pipeline import serde
+from pipeline.contracts import rules as R
 from pipeline.detectors.base import Output
 from pipeline.detectors.calendar import window_state
-from pipeline.detectors.device import wake_time
+from pipeline.detectors.engine import NEG, AlertFactory, insert_sorted, tuples, wake_time
 from pipeline.detectors.rules import KitchenRules
-from pipeline.schemas import (
-    Alert,
-    AlertState,
-    Annotation,
-    KitchenEvent,
-    KitchenEventType,
-    Severity,
-    alert_id,
-    ms_to_iso,
-)
+from pipeline.schemas import Alert, KitchenEvent, KitchenEventType, Severity, ms_to_iso
 
-NEG = -(1 << 62)
 BUFFER_MAX = 256
 DEDUP_HORIZON_MS = 3_600_000
 DEDUP_MAX = 512
@@ -85,13 +76,7 @@ def _key(item: KItem) -> tuple[int, str, str]:
     return item[0], item[1], item[2]
 
 
-def _tuples(x: Any) -> Any:
-    if isinstance(x, list):
-        return tuple(_tuples(y) for y in x)
-    return x
-
-
-class KitchenDetector:
+class KitchenDetector(AlertFactory):
     name = "kitchen"
 
     def __init__(self, config: KitchenRules) -> None:
@@ -155,6 +140,9 @@ class KitchenDetector:
             raise ValueError("an event needs integer ts_ms and count, string ids, type and zone, numeric confidence")
         return self._arrive(state, item, now_ms)
 
+    #: The :class:`~pipeline.detectors.base.Detector` protocol's name for the RecordBatch fast path.
+    on_item = on_event_dict
+
     def on_tick(self, state: KitchenState, now_ms: int) -> tuple[KitchenState, list[Output]]:
         target = max(state.max_ts, now_ms) - self.lateness
         if target <= state.frontier:
@@ -175,7 +163,7 @@ class KitchenDetector:
         return serde.dumps(list(state))
 
     def state_from_bytes(self, data: bytes) -> KitchenState:
-        return KitchenState(*(_tuples(x) for x in serde.loads(data)))
+        return KitchenState(*(tuples(x) for x in serde.loads(data)))
 
     # -- arrival ---------------------------------------------------------------------------------------------------
 
@@ -188,24 +176,12 @@ class KitchenDetector:
         seen = (*state.seen, (h, ts))
         if ts < state.frontier:
             count = state.late_count + 1
-            ann = Annotation(
-                kind="late",
-                site=self.site,
-                subject=self.subject,
-                start_ms=ts,
-                end_ms=ts,
-                detail={
-                    "camera": item[1],
-                    "event_id": item[2],
-                    "type": item[3],
-                    "frontier_ms": state.frontier,
-                    "late_by_ms": state.frontier - ts,
-                    "late_count": count,
-                },
+            ann = self.late_annotation(
+                ts, state.frontier, count, {"camera": item[1], "event_id": item[2], "type": item[3]}
             )
             return state._replace(seen=self._trim(seen, state.frontier), late_count=count), [ann]
         buf = state.buf
-        buf = (*buf, item) if not buf or item[:3] >= buf[-1][:3] else tuple(sorted((*buf, item), key=_key))
+        buf = insert_sorted(buf, item, _key)
         max_ts = max(ts, state.max_ts)
         # Event time only, as for devices: an upload of a backlog arrives event by event long after it was
         # recorded, and moving to ``now_ms - lateness`` after its first event would make the rest of it late
@@ -226,23 +202,6 @@ class KitchenDetector:
             kept = sorted((s for s in seen if s[1] >= horizon), key=lambda s: s[1])
             return tuple(kept[-DEDUP_MAX:])
         return seen
-
-    def alert(
-        self, rule: str, severity: Severity, opened: int, at: int, resolved: bool, notify: bool, ev: dict[str, Any]
-    ) -> Alert:
-        return Alert(
-            alert_id=alert_id(rule, self.subject, opened),
-            rule=rule,
-            severity=severity,
-            site=self.site,
-            subject=self.subject,
-            state=AlertState.RESOLVED if resolved else AlertState.OPEN,
-            opened_at=ms_to_iso(opened),
-            resolved_at=ms_to_iso(at) if resolved else None,
-            at_ms=at,
-            notify=notify,
-            evidence=ev,
-        )
 
 
 class _KWork:
@@ -329,7 +288,14 @@ class _KWork:
                 if opened is not None:
                     ev = {"unattended_since": ms_to_iso(since), "unattended_min": (t - since) / _MIN, "reason": reason}
                     self.out.append(
-                        d.alert("kitchen.unattended", sev, opened, t, True, d.config.unattended.notify_on_clear, ev)
+                        d.resolve_alert(
+                            R.KITCHEN_UNATTENDED,
+                            sev,
+                            opened=opened,
+                            at=t,
+                            notify=d.config.unattended.notify_on_clear,
+                            evidence=ev,
+                        )
                     )
             self.unattended_since = self.unattended_warn = self.unattended_crit = None
 
@@ -369,7 +335,7 @@ class _KWork:
                         "unattended_min": (t - s) / _MIN,
                         "stage": stage,
                     }
-                    self.out.append(d.alert("kitchen.unattended", sev, t, t, False, True, ev))
+                    self.out.append(d.open_alert(R.KITCHEN_UNATTENDED, sev, at=t, notify=True, evidence=ev))
                     if stage == "warning":
                         self.unattended_warn = t
                     else:
@@ -379,7 +345,9 @@ class _KWork:
             for typ, opened, count, conf in self.hygiene:
                 if opened + d.dedup_ms == t:
                     ev = {"type": typ, "events": count, "max_confidence": conf, "dedup_min": d.config.hygiene.dedup_min}
-                    self.out.append(d.alert(f"kitchen.hygiene.{typ}", d.hyg_sev[typ], opened, t, True, False, ev))
+                    self.out.append(
+                        d.resolve_alert(R.hygiene(typ), d.hyg_sev[typ], opened=opened, at=t, notify=False, evidence=ev)
+                    )
                 else:
                     keep.append((typ, opened, count, conf))
             self.hygiene = tuple(keep)
@@ -423,7 +391,9 @@ class _KWork:
             }
             if image_url:
                 ev["image_url"] = image_url
-            self.out.append(d.alert(f"kitchen.hygiene.{typ}", d.hyg_sev[typ], t, t, False, d.config.hygiene.notify, ev))
+            self.out.append(
+                d.open_alert(R.hygiene(typ), d.hyg_sev[typ], at=t, notify=d.config.hygiene.notify, evidence=ev)
+            )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -450,7 +420,7 @@ def apply_verdict(alert: Alert, verdict: Verdict | str, at_ms: int, by: str | No
     * The verdict lives in ``evidence`` (``verdict``, ``verdict_at``, ``verdict_by``); the lifecycle ``state`` is
       untouched, so it composes with acknowledge/resolve in any order.
     """
-    if not alert.rule.startswith("kitchen.hygiene."):
+    if not alert.rule.startswith(R.KITCHEN_HYGIENE + "."):
         raise VerdictError(f"only kitchen.hygiene.* alerts take a verdict, not {alert.rule}")
     try:
         v = Verdict(verdict)

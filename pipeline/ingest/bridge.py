@@ -46,7 +46,7 @@ from aiokafka.errors import KafkaError
 
 from pipeline.contracts.records import dead_letter_value as dead_letter
 from pipeline.contracts.records import readings_value
-from pipeline.ingest import metrics
+from pipeline.ingest import metrics, rapidmqtt
 from pipeline.ingest.mqttclient import BufferedClient, Publish
 from pipeline.ingest.registry import ReloadingRegistry
 from pipeline.ingest.validate import BAD_TOPIC, INVALID, UNKNOWN_DEVICE, Refusal, validate_device_payload
@@ -98,7 +98,7 @@ class _Record:
     value: bytes
     partition: int
     items: int
-    source_kind: str  # "readings" or "deadletter"
+    source_kind: str  # "readings", "rapid_tests" or "deadletter"
 
 
 class Bridge:
@@ -129,6 +129,10 @@ class Bridge:
         # drops what is routed to a shared member whose session was restored from disk and has not reconnected
         # yet, i.e. readings are lost across a broker restart (docs/ingest.md).
         self.subscription = f"$share/{self.group}/{SUBSCRIPTION}" if ing.bridge_shared else SUBSCRIPTION
+        # Contract 6 over MQTT: rapid-test instruments publish their results as themselves (pipeline.ingest.rapidmqtt).
+        self.instrument_subscription = (
+            f"$share/{self.group}/{rapidmqtt.SUBSCRIPTION}" if ing.bridge_shared else rapidmqtt.SUBSCRIPTION
+        )
         self.linger_s = ing.linger_ms / 1000
         self.max_inflight = ing.max_inflight
         self.max_inflight_bytes = ing.max_inflight_bytes
@@ -199,9 +203,10 @@ class Bridge:
             # The session's subscription outlives the connection; dropping it here means the broker queues
             # nothing new for this instance, while what it queued already is still delivered. Both filters:
             # an instance retired with the other --shared/--exclusive flag than it ran with still stops.
-            client.unsubscribe(list(dict.fromkeys((self.subscription, SUBSCRIPTION))))
+            filters = (self.subscription, SUBSCRIPTION, self.instrument_subscription, rapidmqtt.SUBSCRIPTION)
+            client.unsubscribe(list(dict.fromkeys(filters)))
         else:
-            client.subscribe(self.subscription, qos=1)
+            client.subscribe([(self.subscription, 1), (self.instrument_subscription, 1)])
         self._connected.set()
         log.info(
             "connected to mqtt://%s:%s as %s (session present: %s)",
@@ -337,6 +342,14 @@ class Bridge:
         for topic, payload, _mid, _qos, dup in batch:
             if dup:
                 dups += 1
+            if rapidmqtt.is_instrument_topic(topic):
+                outs, codes = rapidmqtt.records_for(
+                    topic, payload, reg, now, self.skew_ms, self.partitions, self.topics
+                )
+                records.extend(_Record(*o) for o in outs)
+                for code in codes:
+                    reasons[code] += 1
+                continue
             device = device_of(topic)
             info = reg.devices.get(device) if device is not None else None
             if info is None and device is not None and not rechecked:

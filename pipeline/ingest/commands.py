@@ -97,7 +97,8 @@ def hooks(
     port: Annotated[int | None, typer.Option("--port", help="listen port; default $LARDER_INGEST__HOOKS_PORT")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Serve the signed camera hook (contract 2) and /metrics until Ctrl-C."""
+    """Serve the signed camera hook (contract 2), the signed rapid-test hook (contract 6, POST /v1/rapid-tests)
+    and /metrics until Ctrl-C."""
     from pipeline.ingest import hooks as hooks_mod
 
     setup_logging(verbose)

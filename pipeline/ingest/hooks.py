@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import hmac
 import logging
 import signal
@@ -32,10 +31,13 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
+from pipeline.contracts.rapidtest import RAPID_TEST_PATH
 from pipeline.contracts.records import dead_letter_value as dead_letter
 from pipeline.contracts.records import kitchen_events_value
 from pipeline.ingest import metrics
+from pipeline.ingest.rapidhook import RapidTestRoute
 from pipeline.ingest.registry import ReloadingRegistry
+from pipeline.ingest.signing import sign as sign  # re-exported: cameras' and tests' import path
 from pipeline.ingest.validate import (
     BAD_TIMESTAMP,
     BATCH_TOO_LARGE,
@@ -65,11 +67,6 @@ from pipeline.settings import Settings
 from pipeline.topics import Topics
 
 log = logging.getLogger(__name__)
-
-
-def sign(secret: bytes, timestamp: str, body: bytes) -> str:
-    """The contract-2 signature header value (also what cameras, replay and tests compute)."""
-    return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
 class SeenEvents:
@@ -155,12 +152,15 @@ class Hooks:
         self.floor_ms = int(settings.ingest.ts_floor.timestamp() * 1000)
         self.producer: AIOKafkaProducer | None = None
         self.partitions = 0
+        # Contract 6 (rapid-test instruments) shares this process, its producer, registry and de-dup LRU.
+        self.rapid_tests = RapidTestRoute(self)
 
     def app(self) -> web.Application:
         # Bounded so that a request's record (and a dead letter of its body) stays under Kafka's default
         # message.max.bytes (1 MB); a larger body gets aiohttp's 413.
         app = web.Application(client_max_size=MAX_HOOK_BODY)
         app.router.add_post(HOOK_PATH, self.handle)
+        app.router.add_post(RAPID_TEST_PATH, self.rapid_tests.handle)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/healthz", self.health)
         app.cleanup_ctx.append(self._producer_ctx)
@@ -178,6 +178,7 @@ class Hooks:
         if not parts:
             raise RuntimeError(f"topic {self.topics.kitchen_events} does not exist; run `larder stack up`")
         self.partitions = len(parts)
+        await self.rapid_tests.start()
         yield
         await self.producer.stop()
 

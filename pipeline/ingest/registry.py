@@ -33,10 +33,19 @@ class CameraInfo:
     secret: bytes = field(repr=False, compare=False, hash=False)
 
 
+@dataclass(frozen=True, slots=True)
+class InstrumentInfo:
+    site: str
+    type: str
+    secret: bytes = field(repr=False, compare=False, hash=False)
+
+
 @dataclass(frozen=True)
 class Registry:
     devices: dict[str, DeviceInfo]
     cameras: dict[str, CameraInfo]
+    #: Rapid-test instruments (contract 6).
+    instruments: dict[str, InstrumentInfo] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: SiteConfig) -> Registry:
@@ -54,7 +63,15 @@ class Registry:
                 log.error("camera %s has no usable secret (%s); its requests will be refused", cam_id, exc)
                 continue
             cameras[cam_id] = CameraInfo(site_id, cam.kitchen, secret)
-        return cls(devices, cameras)
+        instruments: dict[str, InstrumentInfo] = {}
+        for ins_id, site_id, ins in config.instruments():
+            try:
+                secret = ins.resolve_secret().encode()
+            except (KeyError, OSError) as exc:
+                log.error("instrument %s has no usable secret (%s); its requests will be refused", ins_id, exc)
+                continue
+            instruments[ins_id] = InstrumentInfo(site_id, ins.type, secret)
+        return cls(devices, cameras, instruments)
 
     @classmethod
     def empty(cls) -> Registry:

@@ -122,6 +122,7 @@ async def run_lines(
         lines,
         device_secrets=devices,
         camera_secrets=cameras,
+        instrument_secrets={ins_id: ins.resolve_secret() for ins_id, _, ins in config.instruments()},
         hooks_url=hooks_url,
         speed=speed,
         ticks=ticks,

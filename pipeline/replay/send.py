@@ -51,6 +51,9 @@ class SendStats:
     ticks: int = 0
     connections: int = 0
     hook_refusals: int = 0
+    #: Contract-6 results accepted by the hooks (202), and requests refused with a 400 (dead-lettered).
+    rapid_tests_sent: int = 0
+    rapid_test_refusals: int = 0
     sim_ms: int = 0
     started: float = field(default_factory=time.monotonic)
     wall_s: float = 0.0
@@ -296,6 +299,7 @@ async def drive(
     tick_every_s: float = 10.0,
     on_progress: Progress | None = None,
     progress_every_s: float = 0.25,
+    instrument_secrets: dict[str, str] | None = None,
 ) -> SendStats:
     """Send ``lines`` (in ``at`` order) through MQTT and the hook, ticking the replay clock; returns counts."""
     from pipeline.producer import durable_producer
@@ -308,7 +312,7 @@ async def drive(
     await watch.start()
     await producer.start()
     tick_targets: list[tuple[str, int]] = []
-    for t in (topics.readings, topics.kitchen_events):
+    for t in (topics.readings, topics.kitchen_events, topics.rapid_tests):
         for p in sorted(await producer.partitions_for(t)):
             tick_targets.append((t, p))
     tick_ms = int(tick_every_s * 1000)
@@ -367,6 +371,8 @@ async def drive(
                 sent_since_tick = True
             elif line.kind == "hook":
                 await _post_hook(http, line, camera_secrets, stats)
+            elif line.kind == "rapid_test":
+                await _post_rapid_test(http, line, instrument_secrets or {}, stats)
             elif ticks:
                 await tick(line.at_ms)
             report()
@@ -415,6 +421,41 @@ async def _post_hook(http: httpx.AsyncClient, line: Line, secrets: dict[str, str
     else:
         # 400 means the hook dead-lettered a malformed body: part of what a recording may hold, not our error.
         stats.hook_refusals += 1
+
+
+async def _post_rapid_test(http: httpx.AsyncClient, line: Line, secrets: dict[str, str], stats: SendStats) -> None:
+    """One contract-6 request, signed with the instrument's secret; 202 only once the results are in Kafka."""
+    from pipeline.contracts.rapidtest import RAPID_TEST_PATH
+
+    secret = secrets.get(line.source)
+    if secret is None:
+        raise SendError(f"no secret for instrument {line.source}: it is not in the site configuration")
+    body = serde.dumps(line.body)
+    ts = int(time.time())
+    headers = {
+        "Content-Type": "application/json",
+        "X-Larder-Instrument": line.source,
+        "X-Larder-Timestamp": str(ts),
+        "X-Larder-Signature": sign(secret, body, ts),
+    }
+    for attempt in range(5):
+        try:
+            resp = await http.post(RAPID_TEST_PATH, content=body, headers=headers)
+        except httpx.TransportError as exc:
+            if attempt == 4:
+                raise SendError(f"cannot reach the hook at {http.base_url}: {exc}") from None
+            await asyncio.sleep(0.2 * (attempt + 1))
+            continue
+        if resp.status_code in (500, 502, 503, 504) and attempt < 4:
+            await asyncio.sleep(0.2 * (attempt + 1))
+            continue
+        break
+    if resp.status_code == 202:
+        stats.rapid_tests_sent += int(resp.json().get("accepted", 0))
+    elif resp.status_code == 401:
+        raise SendError(f"the hook refused instrument {line.source}'s signature (401): {resp.text[:200]}")
+    else:
+        stats.rapid_test_refusals += 1
 
 
 async def _pace(speed: float | None, wall0: float, sim0: int, at_ms: int) -> None:

@@ -43,7 +43,7 @@ async def wait_processed(settings: Settings, topics: Topics, *, timeout: float =
     from aiokafka.admin import AIOKafkaAdminClient
 
     t0 = time.monotonic()
-    ends = await _end_offsets(settings, (topics.readings, topics.kitchen_events))
+    ends = await _end_offsets(settings, (topics.readings, topics.kitchen_events, topics.rapid_tests))
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
     await admin.start()
     try:

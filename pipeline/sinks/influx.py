@@ -32,6 +32,7 @@ from pipeline.console import records as console_records
 from pipeline.contracts import records
 from pipeline.settings import Settings
 from pipeline.sinks import lineproto
+from pipeline.sinks.rapidtest_lines import rapid_test_lines
 from pipeline.topics import Topics
 
 log = logging.getLogger("larder.sink")
@@ -123,6 +124,8 @@ class InfluxSink:
         if topic in (t.readings, t.kitchen_events):
             # nanoseconds: readings of one device in the same millisecond stay apart (lineproto)
             return [], list(lineproto.batch_lines(serde.loads(value)))
+        if topic == t.rapid_tests:
+            return [], list(rapid_test_lines(serde.loads(value)))
         if topic == t.alerts:
             return [], [lineproto.alert_line(records.read_alert(value))]
         if topic == t.annotations:
@@ -211,6 +214,7 @@ class InfluxSink:
         consumer = AIOKafkaConsumer(
             t.readings,
             t.kitchen_events,
+            t.rapid_tests,
             t.alerts,
             t.annotations,
             t.deliveries,

@@ -97,3 +97,27 @@ def test_devices_add_says_what_it_could_not_apply(tmp_path: Path, monkeypatch: p
         result = run(app, [*args, name, "--secret", "xx-secret-xyz"])
         assert result.exit_code == 1 and "bridge's MQTT user" in result.output
     assert sites.read_text() == before
+
+
+def test_devices_add_and_list_an_instrument(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.stack import mosquitto
+
+    monkeypatch.setenv("LARDER_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setattr(mosquitto, "_files_dir", lambda settings: tmp_path / "mosquitto")  # not /var/lib
+    sites = tmp_path / "sites.yaml"
+    sites.write_text(SITES.replace('secret_ref: "env:LARDER_TEST_UNSET_SECRET"', 'secret: "d2-secret-xyz"'))
+    run = CliRunner().invoke
+    base = ["devices", "add", "rt-1", "--site", "S1", "--sites", str(sites)]
+    result = run(app, [*base, "--instrument", "colloidal_gold"])
+    assert result.exit_code == 0, result.output
+    secret = result.output.strip().splitlines()[-1]  # generated, printed once
+    assert f"secret: {secret}" in sites.read_text() or f"secret: '{secret}'" in sites.read_text()
+    # An MQTT user too: in Mosquitto's password file, and the ACL lets instruments publish their results.
+    assert "rt-1:" in (tmp_path / "mosquitto" / "passwd").read_text()
+    assert "pattern write larder/v1/instruments/%u/results" in (tmp_path / "mosquitto" / "acl").read_text()
+    listed = run(app, ["devices", "list", "--sites", str(sites)], terminal_width=200).output
+    assert "rt-1" in listed and "instrument" in listed and "colloidal_gold" in listed and secret not in listed
+    result = run(app, [*base, "--instrument", "colloidal_gold", "--asset", "a1"])
+    assert result.exit_code == 2 and "exactly one of" in result.output  # usage (pipeline/cliutil.py)
+    result = run(app, ["devices", "add", "rt-2", "--site", "S1", "--sites", str(sites), "--instrument", "crystal_ball"])
+    assert result.exit_code == 1 and "type" in result.output and "Traceback" not in result.output

@@ -114,7 +114,7 @@ def test_add_camera_and_rotate_secret(site_file: Path) -> None:
     assert config.sites["S1"].devices["d1"].secret == "d1-new-secret"
     with pytest.raises(SiteConfigError, match="secret_ref"):
         siteedit.rotate_secret(site_file, "d2", "whatever-secret")
-    with pytest.raises(SiteConfigError, match="no device or camera"):
+    with pytest.raises(SiteConfigError, match="no device, camera or instrument"):
         siteedit.rotate_secret(site_file, "ghost", "whatever-secret")
 
 
@@ -204,3 +204,16 @@ def test_a_json_site_file_loads_edits_and_reports_like_yaml(site_file: Path, tmp
     with pytest.raises(SiteConfigError) as err:
         siteconfig.load(as_json)
     assert err.value.problems[0].startswith(f"{as_json}:3: not valid JSON")
+
+
+def test_add_instrument_and_rotate_its_secret(site_file: Path) -> None:
+    siteedit.add_instrument(site_file, "S1", "rt-1", "enzyme_inhibition", "rt1-secret-xyz")
+    reg = registry.load_registry(site_file)
+    assert reg.instruments["rt-1"].site == "S1" and reg.instruments["rt-1"].type == "enzyme_inhibition"
+    assert reg.instruments["rt-1"].secret == b"rt1-secret-xyz" and "rt1-secret" not in repr(reg.instruments["rt-1"])
+    siteedit.rotate_secret(site_file, "rt-1", "rt1-new-secret")
+    assert siteconfig.load(site_file).sites["S1"].instruments["rt-1"].secret == "rt1-new-secret"
+    with pytest.raises(SiteConfigError, match="already exists"):
+        siteedit.add_instrument(site_file, "S1", "cam-1", "colloidal_gold", "whatever-secret")
+    with pytest.raises(SiteConfigError, match="type"):
+        siteedit.add_instrument(site_file, "S1", "rt-2", "crystal_ball", "whatever-secret")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import serde
+from pipeline.contracts.rapidtest import validate_results
 from pipeline.schemas import CameraEvent, DeviceReading, ReplayLine
 from simulators import LIBRARY, build, read_lines, read_truth, write_lines, write_truth
 from simulators import rules as R
@@ -37,6 +38,7 @@ def test_lines_are_contract_3_in_at_order_with_valid_payloads(name: str) -> None
     assert [x.at_ms for x in lines] == sorted(x.at_ms for x in lines)
     devices = {d for d, _, _ in sc.config.devices()}
     cameras = {c for c, _, _ in sc.config.cameras()}
+    instruments = {i for i, _, _ in sc.config.instruments()}
     seqs: dict[str, list[int]] = {}
     for line in lines[:-1]:
         ReplayLine.model_validate(line.to_json())
@@ -47,6 +49,10 @@ def test_lines_are_contract_3_in_at_order_with_valid_payloads(name: str) -> None
             for it in items:
                 DeviceReading.model_validate(it)
                 seqs.setdefault(line.source, []).append(it["seq"])
+        elif line.kind == "rapid_test":
+            assert line.source in instruments
+            ok, bad = validate_results(serde.dumps(line.body), sc.end_ms, 0)
+            assert ok and not bad, bad
         else:
             assert line.source in cameras
             CameraEvent.model_validate(line.body)

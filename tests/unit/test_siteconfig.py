@@ -13,11 +13,13 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sites.yaml"
 
 
 def test_example_site_file_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("DEV_001", "DEV_002", "DEV_003", "CAM_07"):
+    for name in ("DEV_001", "DEV_002", "DEV_003", "CAM_07", "RT_01"):
         monkeypatch.setenv(f"LARDER_SECRET_{name}", f"secret-{name.lower()}")
     cfg = siteconfig.load(EXAMPLE)
     assert [d for d, _, _ in cfg.devices()] == ["dev-001", "dev-002", "dev-003"]
     assert cfg.device_secrets()["dev-002"] == "secret-dev_002"
+    assert cfg.device_secrets()["rt-01"] == "secret-rt_01"  # instruments are MQTT users too (contract 6)
+    assert [(i, s, x.type) for i, s, x in cfg.instruments()] == [("rt-01", "S01", "enzyme_inhibition")]
     site = cfg.sites["S01"]
     assert site.quiet_hours is not None and site.quiet_hours.start.hour == 22
     assert site.escalation.critical[0].roles == ["operator", "site_manager"]

@@ -202,10 +202,19 @@ def _faust_app(settings: Settings, topics: Topics, options: WorkerOptions) -> fa
     )
 
 
+def _sources(topics: Topics) -> dict[str, str]:
+    """Each concern kind's record-batch topic."""
+    return {
+        "readings": topics.readings,
+        "kitchen_events": topics.kitchen_events,
+        "rapid_tests": topics.rapid_tests,
+    }
+
+
 def _gate_acks(app: faust.App, topics: Topics) -> AckGate:
     """Faust acks the events its streams skip around a rebalance; see AckGate. Installed on every consumer
     the app creates."""
-    gate = AckGate({topics.readings, topics.kitchen_events})
+    gate = AckGate(set(_sources(topics).values()))
     new_consumer = app._new_consumer
 
     def gated_consumer() -> Any:
@@ -263,7 +272,7 @@ class _Wiring:
     def add(self, concern: Concern[Any, Any]) -> None:
         """An agent on the concern's record-batch topic and its changelogged table (bytes -> bytes)."""
         app, topics = self.app, self.topics
-        source_name = topics.readings if concern.kind == "readings" else topics.kitchen_events
+        source_name = _sources(topics)[concern.kind]
         source = app.topic(
             source_name,
             partitions=topics.partitions,

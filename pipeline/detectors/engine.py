@@ -1,0 +1,121 @@
+"""The event-time machinery every detector shares: time units, the frontier's wake time, sorted buffers, late-data
+annotations and the alert factory.
+
+The rule families (:mod:`~pipeline.detectors.levels`, :mod:`~pipeline.detectors.aggregates`,
+:mod:`~pipeline.detectors.masks`, :mod:`~pipeline.detectors.liveness`, :mod:`~pipeline.detectors.kitchen`) only
+decide *what* happens at an event time; this module holds *when* (the frontier, wake times) and *how it is
+reported* (alerts with deterministic ids, annotations). See ``docs/rules.md``, "Time, lateness, determinism".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from pipeline.schemas import Alert, AlertState, Annotation, Severity, alert_id, ms_to_iso
+
+#: "Never" / "before everything" in event-time ms (fits a JSON integer and a signed 64-bit field).
+NEG = -(1 << 62)
+MIN_MS = 60_000
+
+T = TypeVar("T", bound=tuple[Any, ...])
+
+
+def ms(minutes: float) -> int:
+    """Minutes (the site file's unit) to event-time milliseconds."""
+    return round(minutes * MIN_MS)
+
+
+def dur_min(a: int, b: int) -> float:
+    """The minutes from ``a`` to ``b``, to the ms (evidence fields)."""
+    return round((b - a) / MIN_MS, 3)
+
+
+def tuples(x: Any) -> Any:
+    """JSON lists back to the tuples the states are made of (states compare by value, and tuples hash)."""
+    if isinstance(x, list):
+        return tuple(tuples(y) for y in x)
+    return x
+
+
+def insert_sorted(buf: tuple[T, ...], item: T, key: Callable[[T], Any]) -> tuple[T, ...]:
+    """``buf`` (sorted by ``key``) with ``item`` added. Arrivals are usually in order: an append."""
+    if not buf or key(item) >= key(buf[-1]):
+        return (*buf, item)
+    return tuple(sorted((*buf, item), key=key))
+
+
+def wake_time(buf: tuple[Any, ...], due: int | None, frontier: int, max_ts: int, lateness: int) -> int | None:
+    """When a tick has work: ``target = max(max_ts, now) - lateness`` must pass the frontier and reach the
+    first buffered event (``buf[0][0] < target``) or the next deadline (``due <= target``).
+
+    ``None``: nothing until the next event; ``NEG``: due now."""
+    if buf:
+        first = buf[0][0] + 1
+        m = first if due is None or first < due else due
+    elif due is None:
+        return None
+    else:
+        m = due
+    need = max(m, frontier + 1) + lateness
+    return need if max_ts < need else NEG
+
+
+class AlertFactory:
+    """Alert records for one subject (``site`` and ``subject`` are set by the detector, per device or kitchen).
+
+    Ids are ``alert_id(rule, subject, opened)``: the same condition found live, in a replay or retrospectively
+    from late data is the same alert. No record has zero duration: a resolution at (or, by a clock step, before)
+    its opening instant is stamped 1 ms after it, so ``resolved_at > opened_at`` always holds and the record is
+    never mistaken for a repeat of the opening (docs/rules.md)."""
+
+    site: str
+    subject: str
+
+    def open_alert(self, rule: str, severity: Severity, *, at: int, notify: bool, evidence: dict[str, Any]) -> Alert:
+        """The ``open`` transition of an alert whose condition was met at event time ``at``."""
+        iso = ms_to_iso(at)
+        return Alert(
+            alert_id=alert_id(rule, self.subject, at),
+            rule=rule,
+            severity=severity,
+            site=self.site,
+            subject=self.subject,
+            state=AlertState.OPEN,
+            opened_at=iso,
+            resolved_at=None,
+            at_ms=at,
+            notify=notify,
+            evidence=evidence,
+        )
+
+    def resolve_alert(
+        self, rule: str, severity: Severity, *, opened: int, at: int, notify: bool, evidence: dict[str, Any]
+    ) -> Alert:
+        """The ``resolved`` transition of the alert opened at ``opened``, its condition cleared at ``at``."""
+        if at <= opened:
+            at = opened + 1
+        return Alert(
+            alert_id=alert_id(rule, self.subject, opened),
+            rule=rule,
+            severity=severity,
+            site=self.site,
+            subject=self.subject,
+            state=AlertState.RESOLVED,
+            opened_at=ms_to_iso(opened),
+            resolved_at=ms_to_iso(at),
+            at_ms=at,
+            notify=notify,
+            evidence=evidence,
+        )
+
+    def late_annotation(self, ts: int, frontier: int, count: int, detail: dict[str, Any]) -> Annotation:
+        """An event that arrived behind the frontier and beyond what can be re-evaluated: reported, counted."""
+        return Annotation(
+            kind="late",
+            site=self.site,
+            subject=self.subject,
+            start_ms=ts,
+            end_ms=ts,
+            detail=detail | {"frontier_ms": frontier, "late_by_ms": frontier - ts, "late_count": count},
+        )

@@ -1,0 +1,169 @@
+"""Rule family: liveness of the logger and its sensor: ``liveness.offline``, ``liveness.gap`` (with the
+``compliance_gap`` annotation), ``liveness.stuck``, ``liveness.battery_low``. Semantics: docs/rules.md."""
+
+from __future__ import annotations
+
+from pipeline.contracts import rules as R
+from pipeline.detectors.device_state import WorkFields
+from pipeline.detectors.engine import dur_min
+from pipeline.schemas import Annotation, Severity, ms_to_iso
+
+
+class LivenessMixin(WorkFields):
+    # -- silence -----------------------------------------------------------------------------------------------
+
+    def silence_deadline(self) -> int | None:
+        d = self.d
+        last = self.last_ts
+        best: int | None = None
+        if self.offline_open is None:
+            best = last + d.hold
+        if self.gap_open is None:
+            x = last + d.gap_ms
+            if best is None or x < best:
+                best = x
+        return best
+
+    def silence_fire(self, t: int) -> None:
+        d = self.d
+        last = self.last_ts
+        if self.offline_open is None and last + d.hold <= t:
+            self.offline_open = t
+            self.out.append(
+                d.open_alert(
+                    R.LIVENESS_OFFLINE,
+                    Severity.WARNING,
+                    at=t,
+                    notify=True,
+                    evidence={
+                        "last_seen": ms_to_iso(last),
+                        "interval_s": d.interval_ms / 1000,
+                        "k": d.config.liveness.offline_k,
+                        "silent_min": dur_min(last, t),
+                    },
+                )
+            )
+        if self.gap_open is None and last + d.gap_ms <= t:
+            self.gap_open = t
+            self.out.append(
+                d.open_alert(
+                    R.LIVENESS_GAP,
+                    Severity.INFO,
+                    at=t,
+                    notify=False,
+                    evidence={"last_seen": ms_to_iso(last), "max_interval_min": d.config.liveness.gap_max_min},
+                )
+            )
+
+    def silence_end(self, t: int, prev: int) -> bool:
+        """A reading at ``t`` after the last at ``prev``: resolve an open offline / gap. True if it was offline
+        (the start-up loading window runs again)."""
+        d = self.d
+        was_offline = False
+        if self.offline_open is not None:
+            self.out.append(
+                d.resolve_alert(
+                    R.LIVENESS_OFFLINE,
+                    Severity.WARNING,
+                    opened=self.offline_open,
+                    at=t,
+                    notify=True,
+                    evidence={"last_seen": ms_to_iso(prev), "silent_min": dur_min(prev, t)},
+                )
+            )
+            self.offline_open = None
+            was_offline = True
+        if self.gap_open is not None:
+            self.out.append(
+                d.resolve_alert(
+                    R.LIVENESS_GAP,
+                    Severity.INFO,
+                    opened=self.gap_open,
+                    at=t,
+                    notify=False,
+                    evidence={
+                        "gap_start": ms_to_iso(prev),
+                        "gap_end": ms_to_iso(t),
+                        "gap_min": dur_min(prev, t),
+                        "max_interval_min": d.config.liveness.gap_max_min,
+                    },
+                )
+            )
+            self.out.append(
+                Annotation(
+                    kind="compliance_gap",
+                    site=d.site,
+                    subject=d.subject,
+                    start_ms=prev,
+                    end_ms=t,
+                    detail={"max_interval_min": d.config.liveness.gap_max_min, "gap_min": dur_min(prev, t)},
+                )
+            )
+            self.gap_open = None
+        return was_offline
+
+    # -- the sensor --------------------------------------------------------------------------------------------
+
+    def stuck_deadline(self, fresh: int) -> int | None:
+        d = self.d
+        st = self.stuck
+        if st is not None and st[2] is None and d.stuck_ms is not None and st[1] + d.stuck_ms <= fresh:
+            return st[1] + d.stuck_ms
+        return None
+
+    def stuck_fire(self, t: int, fresh: int) -> None:
+        d = self.d
+        st = self.stuck
+        if st is not None and st[2] is None and d.stuck_ms is not None and st[1] + d.stuck_ms <= min(t, fresh):
+            self.stuck = (st[0], st[1], t)
+            self.out.append(
+                d.open_alert(
+                    R.LIVENESS_STUCK,
+                    Severity.WARNING,
+                    at=t,
+                    notify=True,
+                    evidence={"value_c": st[0], "since": ms_to_iso(st[1]), "stuck_min": d.config.liveness.stuck_min},
+                )
+            )
+
+    def sensor_apply(self, x: float, t: int, stale: bool, battery: float | None) -> None:
+        d = self.d
+        if d.stuck_ms is not None:
+            st = self.stuck
+            if st is None or abs(x - st[0]) > d.stuck_eps or stale:
+                if st is not None and st[2] is not None:
+                    self.out.append(
+                        d.resolve_alert(
+                            R.LIVENESS_STUCK,
+                            Severity.WARNING,
+                            opened=st[2],
+                            at=t,
+                            notify=True,
+                            evidence={"value_c": st[0], "new_value_c": x, "stuck_min": dur_min(st[1], t)},
+                        )
+                    )
+                self.stuck = (x, t, None)
+        if battery is not None and d.batt_low is not None:
+            if self.battery_open is None and battery < d.batt_low:
+                self.battery_open = t
+                self.out.append(
+                    d.open_alert(
+                        R.LIVENESS_BATTERY_LOW,
+                        Severity.WARNING,
+                        at=t,
+                        notify=True,
+                        evidence={"battery": battery, "limit": d.batt_low},
+                    )
+                )
+            elif self.battery_open is not None and battery >= d.batt_low + d.batt_band:
+                self.out.append(
+                    d.resolve_alert(
+                        R.LIVENESS_BATTERY_LOW,
+                        Severity.WARNING,
+                        opened=self.battery_open,
+                        at=t,
+                        notify=False,
+                        evidence={"battery": battery, "limit": d.batt_low},
+                    )
+                )
+                self.battery_open = None

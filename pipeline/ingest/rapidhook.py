@@ -1,0 +1,179 @@
+"""``POST /v1/rapid-tests`` (contract 6): signed rapid-test results -> record batches on the rapid-tests topic.
+
+Signed exactly like contract 2, with the instrument in place of the camera:
+``X-Larder-Instrument``, ``X-Larder-Timestamp`` (Unix seconds, within 300 s of now) and
+``X-Larder-Signature: sha256=<hex HMAC-SHA256(instrument secret, "<timestamp>.<raw body>")>``.
+
+* 415 when the request does not say ``Content-Type: application/json`` (nothing is read or kept).
+* 401 ``{"error", "reason"}``: unknown instrument, bad/stale timestamp, wrong signature. Nothing is kept.
+* 400: authenticated, but the body (or some results of a batch) is malformed: those go to the dead-letter topic
+  with the reason (``instrument`` set), the valid ones are still produced; ``rejected`` lists them.
+* 202 ``{"accepted", "duplicates", "duplicate"}`` once every new result is in Kafka (acks=all). A replayed
+  (instrument, result_id) is not produced again (``duplicate: true``); the worker de-duplicates across
+  processes by result id too.
+
+The route lives here and is mounted by :class:`pipeline.ingest.hooks.Hooks`, which owns the producer, the
+registry and the de-duplication LRU.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from typing import Any, Protocol
+
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from pipeline.contracts.rapidtest import enrich, validate_results
+from pipeline.contracts.records import dead_letter_value as dead_letter
+from pipeline.contracts.records import rapid_tests_value
+from pipeline.ingest import metrics
+from pipeline.ingest.registry import ReloadingRegistry
+from pipeline.ingest.signing import sign
+from pipeline.partitioner import partition_for
+from pipeline.schemas import HOOK_TIMESTAMP_WINDOW_S
+from pipeline.topics import Topics
+
+
+class _Seen(Protocol):
+    def __contains__(self, key: tuple[str, str]) -> bool: ...
+
+    def add(self, key: tuple[str, str]) -> None: ...
+
+
+class HookHost(Protocol):
+    """What the route uses of :class:`pipeline.ingest.hooks.Hooks`, which mounts it (no import of that module:
+    it imports this one)."""
+
+    @property
+    def producer(self) -> AIOKafkaProducer | None: ...
+
+    @property
+    def topics(self) -> Topics: ...
+
+    @property
+    def registry(self) -> ReloadingRegistry: ...
+
+    @property
+    def seen(self) -> _Seen: ...
+
+    @property
+    def skew_ms(self) -> int: ...
+
+log = logging.getLogger(__name__)
+
+
+def _refuse(status: int, code: str, reason: str, **extra: Any) -> web.Response:
+    metrics.HOOK_REQUESTS.labels(str(status)).inc()
+    return web.json_response({"error": code, "reason": reason, **extra}, status=status)
+
+
+class RapidTestRoute:
+    def __init__(self, hooks: HookHost) -> None:
+        self.hooks = hooks
+        self.partitions = 0
+
+    async def start(self) -> None:
+        """Called by the hooks' producer context once the producer runs: the topic must exist."""
+        assert self.hooks.producer is not None
+        topic = self.hooks.topics.rapid_tests
+        parts = await self.hooks.producer.partitions_for(topic)
+        if not parts:
+            raise RuntimeError(f"topic {topic} does not exist; run `larder stack up`")
+        self.partitions = len(parts)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        hooks = self.hooks
+        received_ms = int(time.time() * 1000)
+        if request.content_type != "application/json":
+            return _refuse(415, "unsupported_media_type", "send the result with Content-Type: application/json")
+        hooks.registry.reload()
+        instrument = request.headers.get("X-Larder-Instrument", "")
+        ts_header = request.headers.get("X-Larder-Timestamp", "")
+        signature = request.headers.get("X-Larder-Signature", "")
+        info = hooks.registry.current.instruments.get(instrument)
+        if info is None:
+            return _refuse(401, "unknown_instrument", "X-Larder-Instrument names no instrument in the site file")
+        try:
+            sent_s = float(ts_header)
+        except ValueError:
+            return _refuse(401, "bad_timestamp", "X-Larder-Timestamp must be Unix seconds")
+        if not abs(received_ms / 1000 - sent_s) <= HOOK_TIMESTAMP_WINDOW_S:
+            return _refuse(
+                401, "stale_timestamp", f"X-Larder-Timestamp is more than {HOOK_TIMESTAMP_WINDOW_S} s from now"
+            )
+        body = await request.read()
+        expected = sign(info.secret, ts_header, body)
+        if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "surrogateescape")):
+            return _refuse(401, "bad_signature", "X-Larder-Signature does not match the body and timestamp")
+
+        ok, bad = validate_results(body, received_ms, hooks.skew_ms)
+        fresh: list[dict[str, Any]] = []
+        duplicates = 0
+        batch_keys: set[tuple[str, str]] = set()
+        for _, result in ok:
+            # The LRU is shared with cameras: a prefix keeps an instrument and a camera of one id apart.
+            key = (f"instrument:{instrument}", result.result_id)
+            if key in hooks.seen or key in batch_keys:
+                duplicates += 1
+                continue
+            batch_keys.add(key)
+            fresh.append(
+                enrich(
+                    result, instrument=instrument, instrument_type=info.type, site=info.site, received_ms=received_ms
+                )
+            )
+        try:
+            await self._produce(instrument, info.site, fresh, bad, received_ms)
+        except KafkaError as exc:
+            log.warning("Kafka did not take rapid-test results from %s: %s", instrument, exc)
+            return _refuse(503, "kafka_unavailable", "the results are not stored yet; send the request again")
+        for key in batch_keys:
+            hooks.seen.add(key)
+        metrics.ACCEPTED.labels("rapid_test").inc(len(fresh))
+        if duplicates:
+            metrics.DUPLICATES.labels("rapid_test").inc(duplicates)
+        for _, code, _, _ in bad:
+            metrics.DEAD_LETTERED.labels("rapid_test", code).inc()
+        if bad:
+            rejected = [{"index": i, "reason_code": c, "reason": r} for i, c, r, _ in bad]
+            return _refuse(400, bad[0][1], bad[0][2], rejected=rejected, accepted=len(fresh), duplicates=duplicates)
+        metrics.HOOK_REQUESTS.labels("202").inc()
+        return web.json_response(
+            {"accepted": len(fresh), "duplicates": duplicates, "duplicate": not fresh and duplicates > 0}, status=202
+        )
+
+    async def _produce(
+        self,
+        instrument: str,
+        site: str,
+        fresh: list[dict[str, Any]],
+        bad: list[tuple[int | None, str, str, bytes]],
+        received_ms: int,
+    ) -> None:
+        """One record of the new results (keyed by site: the detector's state is per site) and the dead letters;
+        returns once Kafka has every one."""
+        producer = self.hooks.producer
+        assert producer is not None
+        topics = self.hooks.topics
+        futures = []
+        if fresh:
+            value = rapid_tests_value(fresh)
+            p = partition_for(site, self.partitions)
+            futures.append(await producer.send(topics.rapid_tests, value, key=site.encode(), partition=p))
+        for index, code, reason, raw in bad:
+            dl = dead_letter(
+                source="hook",
+                reason_code=code,
+                reason=reason,
+                arrived_ms=received_ms,
+                payload=raw,
+                instrument=instrument,
+                index=index,
+            )
+            futures.append(await producer.send(topics.deadletter, dl, key=instrument.encode()))
+        for fut in futures:
+            await fut
