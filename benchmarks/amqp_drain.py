@@ -30,9 +30,10 @@ from benchmarks.ingest import machine
 from pipeline import stack
 from pipeline.ingest.amqp_bridge import urls_for
 from pipeline.settings import Settings, load_settings
+from pipeline.siteconfig import write_site_file
 from pipeline.stack import rabbitmq
+from pipeline.testing import Readings, consume, ingest_site_doc
 from pipeline.topics import Topics
-from tests.integration.ingest_support import Readings, consume, write_site_file
 
 RESULTS = Path(__file__).parent / "results"
 DEVICE, SECRET = "drain-dev-1", "drain-secret-1"
@@ -113,7 +114,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="larder-amqp-drain-") as tmp:
         work = Path(tmp)
         site = work / "sites.yaml"
-        write_site_file(site, {DEVICE: ("a1", SECRET)}, {})
+        write_site_file(site, ingest_site_doc({DEVICE: ("a1", SECRET)}, {}), header="benchmarks.amqp_drain device")
         pub1 = publish(c, args.n, work)
         bare = asyncio.run(bare_drain(settings, c, args.n))
         pub2 = publish(c, args.n, work)

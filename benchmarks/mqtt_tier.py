@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -53,15 +54,18 @@ import psutil
 from benchmarks import quiet
 from benchmarks.ingest import machine
 from benchmarks.loadgen import LoadGenerator, _Connection, connect_packet
-from pipeline import siteconfig, stack
+from pipeline import stack
 from pipeline.services import free_port
 from pipeline.settings import Settings, load_settings
-from pipeline.stack import mosquitto, rabbitmq
+from pipeline.siteconfig import write_site_file
+from pipeline.stack import logins, mosquitto, rabbitmq
 from pipeline.stack.process import port_open, read_pid, stop_pid, wait_until
+from pipeline.testing import IngestEnv, Proc, Readings, clear_session, consume, ingest_site_doc
 from pipeline.topics import Topics
-from tests.integration.ingest_support import IngestEnv, Proc, Readings, clear_session, consume, write_site_file
 
 RESULTS = Path(__file__).parent / "results"
+#: Where the benchmark's device logins say they came from (logins.json), so a leftover is recognisable.
+SOURCE = "benchmarks.mqtt_tier"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -222,6 +226,9 @@ class Tier:
     recover: Callable[[], str]  # after a kill run: bring the killed node back; returns what happened
     processes: str  # the operator's view, for the report
     extra: dict[str, Any] = field(default_factory=dict)
+    # bridge instance -> the settings of the Mosquitto it logs in to (its port and state folder: where its
+    # login is registered and its session lives); the stack's own broker when absent
+    bridge_brokers: dict[str, Settings] = field(default_factory=dict)
 
 
 @dataclass
@@ -241,7 +248,7 @@ class Harness:
             for i in range(self.n_devices)
         }
         self.site_file = self.workdir / "sites.yaml"
-        write_site_file(self.site_file, self.devices, {})
+        write_site_file(self.site_file, ingest_site_doc(self.devices, {}), header="benchmarks.mqtt_tier devices")
         self.per_device = self.n // self.n_devices
 
     def secrets(self, ids: list[str] | None = None) -> dict[str, str]:
@@ -321,15 +328,11 @@ class Harness:
             for p in procs:
                 p.stop()
             for p in procs:
-                if p.client_id:
-                    clear_session(self.settings_for(p), p.client_id)
+                if p.instance:  # the MQTT bridges: their sessions and logins go with the run
+                    broker = tier.bridge_brokers.get(p.instance, self.settings)
+                    clear_session(broker, p.instance)
+                    logins.revoke_bridges(broker, [p.instance])
             asyncio.run(stack.delete_topics(self.settings, stack.prefixed(topics.prefix)))
-
-    def settings_for(self, p: Proc) -> Settings:
-        port = p.env.get("LARDER_MQTT__PORT")
-        if port is None:
-            return self.settings
-        return self.settings.model_copy(update={"mqtt": self.settings.mqtt.model_copy(update={"port": int(port)})})
 
     async def read_back(self, topics: Topics, acked: set[tuple[str, int]]) -> StampedReadings:
         """Read the readings topic until every acknowledged pair is there or nothing new came for ``settle`` s."""
@@ -350,9 +353,17 @@ class Harness:
 
 
 def bridge_proc(env: IngestEnv, instance: str, **extra: str) -> Proc:
-    # One bridge per broker, plain subscription: Mosquitto 2.0.11 keeps a plain subscription's messages across
-    # a broker restart, not a shared one's (docs/ingest.md); the split tier scales by brokers, not by sharing.
-    return env.bridge(instance=instance, LARDER_INGEST__BRIDGE_SHARED="false", **extra)
+    """A `larder bridge` logging in to ``env.settings``' broker as its own user (registered there by
+    ``env.bridge``). One bridge per broker, plain subscription (the default; ``--shared`` is for several bridges
+    on one broker): Mosquitto 2.0.11 keeps a plain subscription's messages across a broker restart, not a
+    shared one's (docs/ingest.md); the split tier scales by brokers, not by sharing."""
+    return env.bridge(instance=instance, **extra)
+
+
+def register_devices(settings: Settings, secrets: dict[str, str]) -> None:
+    """Give these devices a login on ``settings``' broker (added to its registrations, nobody else's removed;
+    a running broker reloads on SIGHUP, and the flood retries logins meanwhile)."""
+    logins.register_devices(settings, secrets, source=SOURCE)
 
 
 def mosquitto_pid(settings: Settings) -> int:
@@ -362,9 +373,10 @@ def mosquitto_pid(settings: Settings) -> int:
     return pid
 
 
-def restart_mosquitto(settings: Settings, devices: dict[str, str]) -> str:
+def restart_mosquitto(settings: Settings) -> str:
     t0 = time.monotonic()
-    mosquitto.start(settings, devices)
+    logins.ensure_rendered(settings)  # unchanged since the kill; start() wants them on disk
+    mosquitto.start(settings)
     if not wait_until(lambda: port_open(settings.mqtt.host, settings.mqtt.port), timeout=30):
         raise RuntimeError(f"Mosquitto on {settings.mqtt.port} did not come back")
     return f"Mosquitto :{settings.mqtt.port} restarted from its persistence file in {time.monotonic() - t0:.1f} s"
@@ -378,7 +390,7 @@ def kill_pid(pid: int) -> None:
 
 def single_tier(h: Harness) -> Tier:
     s = h.settings
-    mosquitto.write_auth(s, h.secrets())  # SIGHUP: the broker reloads; the flood retries logins meanwhile
+    register_devices(s, h.secrets())
 
     def kill() -> str:
         pid = mosquitto_pid(s)
@@ -392,7 +404,7 @@ def single_tier(h: Harness) -> Tier:
         broker_pids=lambda: [mosquitto_pid(s)],
         kill=kill,
         victims=lambda ports: set(ports),
-        recover=lambda: restart_mosquitto(s, h.secrets()),
+        recover=lambda: restart_mosquitto(s),
         processes="1 mosquitto + 1 `larder bridge`",
     )
 
@@ -407,10 +419,12 @@ def split_tier(h: Harness) -> tuple[Tier, Callable[[], None]]:
     )
     ids = list(h.devices)
     half_a, half_b = ids[: len(ids) // 2], ids[len(ids) // 2 :]
-    mosquitto.write_auth(sa, h.secrets(half_a))
+    register_devices(sa, h.secrets(half_a))
     for d in (sb.data_dir, sb.log_dir, sb.conf_dir):
         d.mkdir(parents=True, exist_ok=True)
-    mosquitto.start(sb, h.secrets(half_b))
+    # Broker B has its own state folder, so its own registrations: its devices and its bridge log in there.
+    register_devices(sb, h.secrets(half_b))
+    mosquitto.start(sb)
     if not wait_until(lambda: port_open(sb.mqtt.host, sb.mqtt.port), timeout=30):
         raise RuntimeError("the second Mosquitto did not start")
 
@@ -419,10 +433,13 @@ def split_tier(h: Harness) -> tuple[Tier, Callable[[], None]]:
 
     def bridges(env: IngestEnv) -> list[Proc]:
         tag = uuid.uuid4().hex[:6]
-        return [
-            bridge_proc(env, f"tier2a-{tag}"),
-            bridge_proc(env, f"tier2b-{tag}", LARDER_MQTT__PORT=str(sb.mqtt.port)),
-        ]
+        a = bridge_proc(env, f"tier2a-{tag}")
+        tier.bridge_brokers[f"tier2b-{tag}"] = sb
+        # env.bridge registers the instance with env.settings' broker: for B, an env on B's settings (same
+        # site file, topics and group); the process itself reaches B through LARDER_MQTT__PORT.
+        env_b = dataclasses.replace(env, settings=sb, procs=[])
+        b = bridge_proc(env_b, f"tier2b-{tag}", LARDER_MQTT__PORT=str(sb.mqtt.port))
+        return [a, b]
 
     def kill() -> str:
         pid = mosquitto_pid(sb)
@@ -443,7 +460,7 @@ def split_tier(h: Harness) -> tuple[Tier, Callable[[], None]]:
         broker_pids=lambda: [mosquitto_pid(sa), mosquitto_pid(sb)],
         kill=kill,
         victims=lambda ports: {d for d, p in ports.items() if p == sb.mqtt.port},
-        recover=lambda: restart_mosquitto(sb, h.secrets(half_b)),
+        recover=lambda: restart_mosquitto(sb),
         processes="2 mosquitto + 2 `larder bridge` (one per broker); devices assigned to a broker",
         extra={"devices_per_broker": [len(half_a), len(half_b)]},
     )
@@ -567,9 +584,8 @@ def main() -> None:
                 finally:
                     cleanup()
         finally:
-            # The stack's broker back to the stack's own devices (as `larder stack up` sets them).
-            site = settings.site_config
-            mosquitto.write_auth(settings, siteconfig.load(site).device_secrets() if site.exists() else {})
+            # The benchmark's devices leave the stack's broker; every other registration was never touched.
+            logins.revoke_devices(settings, list(h.devices))
 
     report(args, settings, results, noise)
 

@@ -8,7 +8,8 @@ benchmarks build their inputs and read their outputs with it instead of each kee
   :func:`device_payload` (a contract-1 MQTT payload);
 * Kafka: :func:`from_the_beginning` (a consumer on every partition of a topic, at offset 0),
   :func:`consume` (every record to a callback until a condition holds), :func:`read_all` (everything up to the
-  end offsets now: the way to assert that nothing is there);
+  end offsets now: the way to assert that nothing is there), :class:`Readings` (the (device, seq) pairs of the
+  readings topic, counted);
 * :func:`eventually`: wait for a condition, failing with what was awaited;
 * real `larder bridge` / `larder hooks` processes on a site file of fresh devices: :func:`make_env`,
   :class:`IngestEnv`, :class:`Proc`.
@@ -46,6 +47,7 @@ __all__ = [
     "LARDER",
     "IngestEnv",
     "Proc",
+    "Readings",
     "batch_records",
     "clear_session",
     "consume",
@@ -60,7 +62,6 @@ __all__ = [
     "read_all",
     "reading_item",
     "register_in_broker",
-
     "site_doc",
     "wait_login",
     "write_site_file",
@@ -223,6 +224,28 @@ async def read_all(settings: Settings, topic: str, timeout: float = 30.0) -> lis
         return got
 
 
+class Readings:
+    """Collects (partition, item) from the readings topic; ``pairs`` counts each (device, seq)."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[int, dict[str, Any]]] = []
+        self.pairs: dict[tuple[str, int], int] = {}
+        self.records = 0
+
+    def __call__(self, record: Any) -> None:
+        batch = serde.loads(record.value)
+        assert batch["v"] == 1 and batch["kind"] == "readings", batch
+        self.records += 1
+        for item in batch["items"]:
+            self.items.append((record.partition, item))
+            key = (item["device"], item["seq"])
+            self.pairs[key] = self.pairs.get(key, 0) + 1
+
+    async def until(self, settings: Settings, topics: Topics, n_pairs: int, timeout: float = 60.0) -> Readings:
+        await consume(settings, topics.readings, self, lambda: len(self.pairs) >= n_pairs, timeout)
+        return self
+
+
 async def eventually(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
     """Wait until ``check()`` holds; fails naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -247,6 +270,7 @@ async def curl_form(url: str, fields: dict[str, str]) -> bytes:
 # ---------------------------------------------------------------------------------------------------------------
 # Real ingestion processes on a site file of fresh devices
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def register_in_broker(settings: Settings, secrets: dict[str, str]) -> None:
     """Add credentials to the local broker's logins (adds only: other tests' devices keep theirs; SIGHUP reload)

@@ -41,11 +41,11 @@ from urllib.parse import quote
 import aiormq
 from aiormq.abc import DeliveredMessage
 
+from pipeline.ingest import amqp_topology
 from pipeline.ingest.bridge import Bridge
 from pipeline.ingest.registry import ReloadingRegistry
 from pipeline.producer import durable_producer
 from pipeline.settings import Settings, load_settings
-from pipeline.stack import rabbitmq
 from pipeline.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class AmqpBridge(Bridge):
         topics: Topics | None = None,
         *,
         instance: str | None = None,
-        queue: str = rabbitmq.QUEUE,
+        queue: str = amqp_topology.QUEUE,
     ) -> None:
         if not urls:
             raise ValueError("no AMQP server to consume from")
@@ -268,7 +268,7 @@ def urls_for(settings: Settings, servers: list[str]) -> list[str]:
     m = settings.mqtt
     assert m.bridge_password is not None, "load settings with load_settings()"
     user, pw = quote(m.bridge_user, safe=""), quote(m.bridge_password.get_secret_value(), safe="")
-    return [f"amqp://{user}:{pw}@{s}/{rabbitmq.VHOST}" for s in servers]
+    return [f"amqp://{user}:{pw}@{s}/{amqp_topology.VHOST}" for s in servers]
 
 
 async def serve(settings: Settings, servers: list[str], *, instance: str | None = None) -> AmqpBridge:
@@ -310,8 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = load_settings()
     servers = args.server
     if not servers:
-        c = rabbitmq.RabbitCluster.from_settings(settings)
-        servers = [f"{c.host}:{c.amqp_port(n)}" for n in range(1, c.nodes + 1)]
+        servers = amqp_topology.default_servers(settings)
     if not settings.site_config.exists():
         sys.exit(f"site file {settings.site_config} not found (set LARDER_SITE_CONFIG)")
     bridge = asyncio.run(serve(settings, servers, instance=args.instance))

@@ -40,6 +40,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+# amqp_topology's names are re-exported: the definitions below and the callers use what the bridge consumes by.
+from pipeline.ingest import amqp_topology
+from pipeline.ingest.amqp_topology import BINDING as BINDING
+from pipeline.ingest.amqp_topology import EXCHANGE as EXCHANGE
+from pipeline.ingest.amqp_topology import QUEUE as QUEUE
+from pipeline.ingest.amqp_topology import VHOST as VHOST
+from pipeline.ingest.amqp_topology import routing_key as routing_key
 from pipeline.settings import Settings
 from pipeline.stack.process import (
     StackError,
@@ -54,16 +61,7 @@ from pipeline.stack.process import (
 )
 
 SBIN = Path("/usr/lib/rabbitmq/bin")
-VHOST = "larder"
-QUEUE = "larder.readings"
-BINDING = "larder.v1.devices.#"
-EXCHANGE = "amq.topic"
 _LOOPBACK_DIST = "-kernel inet_dist_use_interface {127,0,0,1}"
-
-
-def routing_key(device: str) -> str:
-    """The AMQP routing key of a device's MQTT readings topic, as the MQTT plugin maps it."""
-    return f"larder.v1.devices.{device}.readings"
 
 
 @dataclass(frozen=True)
@@ -73,29 +71,31 @@ class RabbitCluster:
     root: Path
     log_dir: Path
     base_port: int
-    nodes: int = 3
-    host: str = "127.0.0.1"
+    nodes: int = amqp_topology.NODES
+    host: str = amqp_topology.HOST
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, base_port: int | None = None, nodes: int = 3) -> RabbitCluster:
-        """Next to the stack: ``<state_dir>/rabbitmq``; ports from ``LARDER_RABBITMQ_BASE_PORT`` or, by default,
-        the stack's MQTT port + 10,000 (44883 -> 54883..54912), so that every developer's stack differs."""
+    def from_settings(
+        cls, settings: Settings, *, base_port: int | None = None, nodes: int = amqp_topology.NODES
+    ) -> RabbitCluster:
+        """Next to the stack: ``<state_dir>/rabbitmq``; ports from ``amqp_topology.base_port`` (what the bridge
+        derives too): ``LARDER_RABBITMQ_BASE_PORT`` or the stack's MQTT port + 10,000."""
         if base_port is None:
-            base_port = int(os.environ.get("LARDER_RABBITMQ_BASE_PORT", settings.mqtt.port + 10_000))
+            base_port = amqp_topology.base_port(settings)
         if not (base_port > 1024 and base_port + 10 * nodes + 10 < 55_535):
             raise StackError(f"RabbitMQ base port {base_port} leaves no room for {nodes} nodes below 55,535")
         return cls(settings.state_dir / "rabbitmq", settings.log_dir, base_port, nodes)
 
-    # ports: node n (1-based) uses base + 10 (n - 1) + {0: AMQP, 1: MQTT, 2: Erlang distribution}; the CLI
-    # tools take distribution ports 10,000 above the node's (RabbitMQ's rule), hence the 55,535 cap.
+    # ports: amqp_topology's layout (10 a node); the CLI tools take distribution ports 10,000 above the node's
+    # (RabbitMQ's rule), hence the 55,535 cap.
     def amqp_port(self, n: int) -> int:
-        return self.base_port + 10 * (n - 1)
+        return amqp_topology.amqp_port(self.base_port, n)
 
     def mqtt_port(self, n: int) -> int:
-        return self.base_port + 10 * (n - 1) + 1
+        return amqp_topology.mqtt_port(self.base_port, n)
 
     def dist_port(self, n: int) -> int:
-        return self.base_port + 10 * (n - 1) + 2
+        return amqp_topology.dist_port(self.base_port, n)
 
     @property
     def epmd_port(self) -> int:

@@ -18,6 +18,7 @@ from pipeline.settings import Settings
 from pipeline.testing import LARDER as LARDER
 from pipeline.testing import IngestEnv as IngestEnv
 from pipeline.testing import Proc as Proc
+from pipeline.testing import Readings as Readings
 from pipeline.testing import clear_session as clear_session
 from pipeline.testing import consume, device_payload
 from pipeline.testing import free_port as free_port
@@ -88,28 +89,6 @@ class Flood:
         for t in self._threads:
             t.join(timeout)
         assert not self.errors, self.errors
-
-
-class Readings:
-    """Collects (partition, item) from the readings topic; ``pairs`` counts each (device, seq)."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[int, dict[str, Any]]] = []
-        self.pairs: dict[tuple[str, int], int] = {}
-        self.records = 0
-
-    def __call__(self, record: Any) -> None:
-        batch = serde.loads(record.value)
-        assert batch["v"] == 1 and batch["kind"] == "readings", batch
-        self.records += 1
-        for item in batch["items"]:
-            self.items.append((record.partition, item))
-            key = (item["device"], item["seq"])
-            self.pairs[key] = self.pairs.get(key, 0) + 1
-
-    async def until(self, settings: Settings, topics: Topics, n_pairs: int, timeout: float = 60.0) -> Readings:
-        await consume(settings, topics.readings, self, lambda: len(self.pairs) >= n_pairs, timeout)
-        return self
 
 
 async def dead_letters(settings: Settings, topics: Topics, n: int, timeout: float = 30.0) -> list[dict[str, Any]]:
