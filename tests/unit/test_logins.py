@@ -30,7 +30,8 @@ def test_registering_never_drops_anyone(settings: Settings, tmp_path: Path) -> N
     assert users(tmp_path) == {"a", "b", "larder-bridge-1", "larder-bridge-2"}
     assert "secret" not in (tmp_path / "mosquitto" / "passwd").read_text(), "hashes only"
     acl = (tmp_path / "mosquitto" / "acl").read_text()
-    assert "pattern write larder/v1/devices/%u/readings" in acl and acl.count("topic read") == 4  # two bridges x (readings, rapid-test results)
+    # Two bridge instances, each reading the readings and the rapid-test results.
+    assert "pattern write larder/v1/devices/%u/readings" in acl and acl.count("topic read") == 4
     assert "readwrite" not in acl and "#" not in acl.replace("# ", "")
 
 
