@@ -12,6 +12,7 @@ from rich.table import Table
 
 from pipeline.agents.commands import worker as _worker_command
 from pipeline.alerts import commands as _alerts_commands
+from pipeline.grading import commands as _grading_commands
 from pipeline.ingest import commands as _ingest_commands
 from pipeline.replay import commands as _replay_commands
 from pipeline.settings import Settings, load_settings
@@ -32,6 +33,7 @@ _ingest_commands.register(app)  # larder devices ..., larder bridge, larder hook
 _alerts_commands.register(app)  # larder notifier, larder sink, larder api
 _replay_commands.register(app)  # larder simulate, larder record, larder replay, larder demo
 app.command("worker")(_worker_command)  # larder worker: the Faust detection agents
+_grading_commands.register(app)  # larder grade worker|show|rollup|override|audit|history|serve
 
 SiteOpt = Annotated[
     Path | None,

@@ -114,6 +114,8 @@ class SiteEvidence:
     override: Override | None = None
     #: Events about alerts already pruned away, ignored (counted so the loss is visible).
     ignored: int = 0
+    #: The day boundary (site-local midnight, ms) of the latest daily grade record emitted (0: none yet).
+    graded_ms: int = 0
 
 
 def empty(site: str) -> SiteEvidence:
@@ -200,7 +202,9 @@ def fold_alert(state: SiteEvidence, event: dict[str, Any]) -> SiteEvidence:
     alerts = dict(state.alerts)
     alerts[aid] = facts
     # Built directly: ``dataclasses.replace`` costs more than the rest of the fold.
-    new = SiteEvidence(state.site, alerts, watermark, state.pruned_at_ms, state.override, state.ignored)
+    new = SiteEvidence(
+        state.site, alerts, watermark, state.pruned_at_ms, state.override, state.ignored, state.graded_ms
+    )
     return _maybe_prune(new) if watermark - state.pruned_at_ms >= PRUNE_EVERY_MS else new
 
 
@@ -256,6 +260,7 @@ def to_bytes(state: SiteEvidence) -> bytes:
             "w": state.watermark_ms,
             "p": state.pruned_at_ms,
             "i": state.ignored,
+            "g": state.graded_ms,
             "o": state.override.model_dump() if state.override else None,
             "a": [f.to_row() for f in state.alerts.values()],
         }
@@ -266,4 +271,4 @@ def from_bytes(data: bytes) -> SiteEvidence:
     doc = serde.loads(data)
     alerts = {row[0]: Facts.from_row(row) for row in doc["a"]}
     override = Override.model_validate(doc["o"]) if doc["o"] else None
-    return SiteEvidence(doc["site"], alerts, doc["w"], doc["p"], override, doc["i"])
+    return SiteEvidence(doc["site"], alerts, doc["w"], doc["p"], override, doc["i"], doc.get("g", 0))

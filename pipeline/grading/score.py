@@ -398,3 +398,18 @@ def day_start_ms(ms: int, tz: str) -> int:
     local = datetime.fromtimestamp(ms / 1000, ZoneInfo(tz))
     midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
     return int(midnight.timestamp()) * 1000
+
+
+def daily(state: SiteEvidence, site: Site, w: Weights = DEFAULT_WEIGHTS) -> tuple[SiteEvidence, list[SiteGrade]]:
+    """The daily grade record: once the site's event time passes a site-local midnight, its grade as of the end
+    of the previous day (``midnight - 1 ms``), once per midnight (``graded_ms`` remembers the last one).
+
+    A pure step after :func:`pipeline.grading.evidence.fold`; the streaming adapter publishes the records
+    (grade history). A day with no event at the site gets its record with the next event; the grade of any
+    instant can always be computed on demand from the evidence (``larder grade show --as-of``)."""
+    midnight = day_start_ms(state.watermark_ms, site.timezone)
+    if state.watermark_ms == 0 or midnight <= state.graded_ms:
+        return state, []
+    from dataclasses import replace
+
+    return replace(state, graded_ms=midnight), [compute(state, site, midnight - 1, w)]
