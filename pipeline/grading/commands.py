@@ -126,6 +126,11 @@ def worker(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="local table files")] = None,
     store: Annotated[str, typer.Option("--store", help="rocksdb (default) or memory")] = "rocksdb",
     weights: WeightsOpt = None,
+    commit_interval: Annotated[float, typer.Option("--commit-interval", help="offset commit period, s")] = 2.8,
+    session_timeout: Annotated[
+        float, typer.Option("--session-timeout", help="seconds before a dead worker's partitions move")
+    ] = 30.0,
+    heartbeat_interval: Annotated[float, typer.Option("--heartbeat-interval", help="seconds")] = 3.0,
 ) -> None:
     """Fold the alerts and grade-overrides topics into per-site evidence (a Faust table) and publish daily grades."""
     import faust
@@ -147,7 +152,13 @@ def worker(
     if created:
         console.print(f"[cyan]>[/] created topics {', '.join(created)}")
     asyncio.set_event_loop(asyncio.new_event_loop())
-    options = GradingOptions(store="rocksdb" if store == "rocksdb" else "memory", data_dir=data_dir)
+    options = GradingOptions(
+        store="rocksdb" if store == "rocksdb" else "memory",
+        data_dir=data_dir,
+        commit_interval_s=commit_interval,
+        session_timeout_s=session_timeout,
+        heartbeat_interval_s=heartbeat_interval,
+    )
     gapp = make_app(settings, gt, cfg, options, w)
     console.print(f"[cyan]>[/] grading worker {gapp.app.conf.id} on {settings.kafka.bootstrap_servers}")
     logging.getLogger("pipeline").setLevel(log_level.upper().replace("WARN", "WARNING").replace("CRIT", "CRITICAL"))

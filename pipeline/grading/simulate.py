@@ -68,6 +68,11 @@ class TruthAlert:
 
 def site_config(n_sites: int, seed: int = 7, devices: int = 3, cameras: int = 1) -> SiteConfig:
     """``n_sites`` sites over stations of 5 sites and districts of 4 stations, with varied static facts."""
+    return SiteConfig.model_validate(site_doc(n_sites, seed, devices, cameras))
+
+
+def site_doc(n_sites: int, seed: int = 7, devices: int = 3, cameras: int = 1) -> dict[str, Any]:
+    """The site file (contract 5) of :func:`site_config`, as a document to write out as JSON."""
     rng = random.Random(seed)
     types = ["school_canteen", "restaurant", "cold_store", "hospital_canteen", "retail", "central_kitchen", None]
     sites: dict[str, Any] = {}
@@ -93,7 +98,7 @@ def site_config(n_sites: int, seed: int = 7, devices: int = 3, cameras: int = 1)
             "cameras": {f"{sid}-c{j}": {"kitchen": f"{sid}-k1", "secret": "s3cret-s3cret"} for j in range(cameras)},
             "grading": g,
         }
-    return SiteConfig.model_validate({"sites": sites})
+    return {"version": 1, "sites": sites}
 
 
 def behaviour_of(site_index: int) -> Behaviour:
