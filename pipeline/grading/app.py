@@ -138,6 +138,17 @@ def make_app(
     app.on_before_shutdown.connect(stop_producer)  # type: ignore[arg-type]
     gapp = GradingApp(app, topics, table, None)
     stats = gapp.stats
+    # Decoded states of the sites this worker has touched since its last rebalance: decoding a site's state
+    # (a few KB of JSON) per record would cost more than the fold. Cleared whenever partitions move, so a site
+    # whose partition comes back is read from the (restored) table again, never from a stale copy.
+    cache: dict[bytes, evidence.SiteEvidence] = {}
+
+    async def forget(sender: Any, *_: Any, **__: Any) -> None:
+        cache.clear()
+
+    app.on_partitions_revoked.connect(forget)  # type: ignore[arg-type]
+    app.on_partitions_assigned.connect(forget)  # type: ignore[arg-type]
+    app.on_rebalance_complete.connect(forget)  # type: ignore[arg-type]
 
     async def dead(msg: Any, reason: str) -> None:
         stats.dead_letters += 1
@@ -161,8 +172,10 @@ def make_app(
                 site_id = doc["site"]
                 if not isinstance(site_id, str) or (event.key or b"") != site_id.encode():
                     raise ValueError(f"record key {event.key!r} is not its site {site_id!r}")
-                raw = table.get(event.key)
-                state = evidence.from_bytes(raw) if raw else evidence.empty(site_id)
+                state = cache.get(event.key)
+                if state is None:
+                    raw = table.get(event.key)
+                    state = evidence.from_bytes(raw) if raw else evidence.empty(site_id)
                 new = evidence.fold(state, doc)
             except Exception as exc:  # bad input: dead-lettered with the reason, never a crash
                 await dead(msg, f"{type(exc).__name__}: {exc}"[:500])
@@ -177,9 +190,11 @@ def make_app(
                     stats.grades += 1
             if new is state:
                 stats.unchanged += 1
+                cache[event.key] = state
                 continue
             stats.folded += 1
             table[event.key] = evidence.to_bytes(new)
+            cache[event.key] = new
 
     gapp.agent = app.agent(source, name="grading-agent")(agent)
     return gapp

@@ -313,9 +313,19 @@ def compute(
     acc.add("pests", w.pests, len(pests), f"{len(pests)} pest sightings", [f.alert_id for f in pests], n)
 
     notified = [f for f in recent if f.notify and f.severity in ("warning", "critical")]
-    late = [f for f in notified if _handled_ms(f) is None or _handled_ms(f) > handled_deadline_ms(f, site.escalation)]  # type: ignore[operator]
-    # An alert whose deadline is still ahead and that is not handled yet is not late (yet).
-    late = [f for f in late if handled_deadline_ms(f, site.escalation) <= as_of_ms]
+    # Deadline = opening + the last step's after_min of its severity; an alert whose deadline is still ahead
+    # and that is not handled yet is not late (yet).
+    last_ms = {
+        sev: int(max((st.after_min for st in steps), default=0.0) * 60_000)
+        for sev, steps in (("critical", site.escalation.critical), ("warning", site.escalation.warning))
+    }
+    late = []
+    for f in notified:
+        deadline = f.opened_ms + last_ms["critical" if f.severity == "critical" else "warning"]
+        if deadline <= as_of_ms:
+            handled = _handled_ms(f)
+            if handled is None or handled > deadline:
+                late.append(f)
     share_late = len(late) / len(notified) if notified else 0.0
     acc.add(
         "late_handling",
