@@ -183,9 +183,12 @@ def show(
     unknown = [s for s in site or [] if s not in cfg.sites]
     if unknown:
         raise _fail(f"not in the site file: {', '.join(unknown)}")
+    if fmt not in ("json", "csv", "table"):
+        raise _fail(f"--format must be json, csv or table, not {fmt!r}")
+    w = _weights(weights)  # refused before anything is read
     states = _run(store.read_states(settings, gt))
     at = _as_of(as_of, store.latest_event_ms(states))
-    result = store.grades(states, cfg, at, site or None, _weights(weights))
+    result = store.grades(states, cfg, at, site or None, w)
     if fmt == "json":
         _emit([g.model_dump(mode="json") for g in result], "json")
     elif fmt == "csv":
@@ -230,10 +233,13 @@ def rollup_cmd(
         raise _fail("--level must be station or district")
     if period not in rollup.PERIOD_MS:
         raise _fail("--period must be day, week or month")
+    if fmt not in ("json", "csv"):
+        raise _fail(f"--format must be json or csv, not {fmt!r}")
     settings, gt, cfg = _context(sites)
+    w = _weights(weights)
     states = _run(store.read_states(settings, gt))
     at = _as_of(as_of, store.latest_event_ms(states))
-    groups = rollup.rollup(states, cfg, at, period, level, _weights(weights))  # type: ignore[arg-type]
+    groups = rollup.rollup(states, cfg, at, period, level, w)  # type: ignore[arg-type]
     if fmt == "csv":
         rows = rollup.to_csv_rows(groups)
         cols = list(rollup.CSV_COLUMNS) + sorted({k for r in rows for k in r if k.startswith("open_")})

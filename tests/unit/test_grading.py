@@ -342,3 +342,92 @@ def test_window_prunes_old_facts_but_keeps_open_ones() -> None:
     # an event about an alert older than the kept window is ignored, and counted
     st2 = evidence.fold(st, {**old_done, "alert_id": "al-4"})
     assert "al-4" not in st2.alerts and st2.ignored == 1
+
+
+# -- the CLI's refusals and the JSON endpoint (no Kafka: the states are handed in) ----------------------------
+
+
+def _site_file(tmp_path: Any) -> Any:
+    from pipeline import serde
+
+    path = tmp_path / "sites.json"
+    path.write_bytes(serde.dumps(simulate.site_doc(3, seed=3)))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["override", "S00000", "--reason", "because", "--by", "Wang"], "give --grade"),
+        (["override", "S00000", "--grade", "B", "--clear", "--reason", "because", "--by", "W"], "give --grade"),
+        (["override", "NOPE", "--grade", "B", "--reason", "because", "--by", "Wang"], "not in the site file"),
+        (["override", "S00000", "--grade", "E", "--reason", "because", "--by", "Wang"], "grade"),
+        (["override", "S00000", "--grade", "B", "--reason", "", "--by", "Wang"], "reason"),
+        (["show", "NOPE"], "not in the site file"),
+        (["rollup", "--level", "city"], "--level must be"),
+        (["rollup", "--period", "year"], "--period must be"),
+    ],
+)
+def test_cli_refuses_bad_input_with_a_clear_message(tmp_path: Any, args: list[str], message: str) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    result = CliRunner().invoke(app, ["grade", *args, "--sites", str(_site_file(tmp_path))])
+    assert result.exit_code != 0
+    assert message in result.output, result.output
+
+
+def test_cli_refuses_an_unusable_weights_file(tmp_path: Any) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    bad = tmp_path / "w.json"
+    bad.write_text('{"excursions": {"per_unit": -1, "cap": 3}}')
+    result = CliRunner().invoke(
+        app,
+        [
+            "grade",
+            "show",
+            "--sites",
+            str(_site_file(tmp_path)),
+            "--weights",
+            str(bad),
+            "--as-of",
+            "2026-01-01T00:00:00Z",
+        ],
+    )
+    assert result.exit_code != 0 and "not a usable weights file" in result.output
+
+
+async def test_json_endpoint_serves_grades_and_rollups(month: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from pipeline.grading import http, store
+    from pipeline.grading.topics import GradingTopics
+    from pipeline.settings import Settings
+    from pipeline.topics import Topics
+
+    cfg, _, _, states = month
+
+    async def fake_read(settings: Any, gt: Any) -> dict[str, evidence.SiteEvidence]:
+        return states
+
+    monkeypatch.setattr(store, "read_states", fake_read)
+    app = http.make_web_app(Settings(), GradingTopics(Topics()), cfg, W, refresh_s=60)
+    async with TestClient(TestServer(app)) as client:
+        r = await client.get("/v1/grades", params={"as_of": "2026-09-21T00:00:00Z"})
+        assert r.status == 200
+        body = await r.json()
+        as_of = evidence.iso_ms("2026-09-21T00:00:00Z")
+        assert [g["points"] for g in body] == [
+            score.compute(states[s], cfg.sites[s], as_of).points for s in sorted(cfg.sites)
+        ]
+        r = await client.get("/v1/grades/S00003")
+        assert (await r.json())["as_of_ms"] == max(s.watermark_ms for s in states.values())
+        r = await client.get("/v1/rollup", params={"level": "district", "period": "week"})
+        assert r.status == 200 and (await r.json())[0]["period"] == "week"
+        assert (await client.get("/v1/grades/NOPE")).status == 404
+        assert (await client.get("/v1/rollup", params={"level": "x"})).status == 400
+        assert (await client.get("/v1/grades", params={"as_of": "yesterday"})).status == 400
