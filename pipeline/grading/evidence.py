@@ -162,6 +162,10 @@ def fold_alert(state: SiteEvidence, event: dict[str, Any]) -> SiteEvidence:
     acked, resolved = old.acked_ms, old.resolved_ms
     station, district = old.reached_station, old.reached_district
     verdict, verdict_ms = old.verdict, old.verdict_ms
+    if ev.get("verdict_at") is not None and iso_ms(ev["verdict_at"]) == at:
+        # A verdict republication (the console's apply_verdict): its ``state`` is whatever the alert's was and
+        # its time the verdict's, so it is not a transition (an "acknowledged" one would move the ack time).
+        kind = "verdict"
     if kind == "acknowledged":
         acked = _min(acked, at)
     elif kind == "resolved":
@@ -220,13 +224,16 @@ def iso_ms(value: Any) -> int:
 
 
 def fold_override(state: SiteEvidence, override: Override) -> SiteEvidence:
-    """The latest override by event time wins (ties by content, so any order agrees)."""
+    """The latest override by its time wins (ties by content, so any order agrees).
+
+    An override's time is when the station user made it (wall time), not an event time of the alerts: it does
+    not move the watermark, so overriding today a site whose evidence is a replayed month grades that month
+    as before (the override applies from its own time on)."""
     cur = state.override
     newer = cur is None or (override.at_ms, override.model_dump_json()) > (cur.at_ms, cur.model_dump_json())
-    watermark = max(state.watermark_ms, override.at_ms)
-    if not newer and watermark == state.watermark_ms:
+    if not newer:
         return state
-    return replace(state, override=override if newer else cur, watermark_ms=watermark)
+    return replace(state, override=override)
 
 
 def fold(state: SiteEvidence, event: dict[str, Any]) -> SiteEvidence:

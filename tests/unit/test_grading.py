@@ -431,3 +431,38 @@ async def test_json_endpoint_serves_grades_and_rollups(month: Any, monkeypatch: 
         assert (await client.get("/v1/grades/NOPE")).status == 404
         assert (await client.get("/v1/rollup", params={"level": "x"})).status == 400
         assert (await client.get("/v1/grades", params={"as_of": "yesterday"})).status == 400
+
+
+def test_a_verdict_republication_is_not_a_transition() -> None:
+    opened = evidence.iso_ms("2026-05-01T10:00:00Z")
+    base = {
+        "alert_id": "al-h",
+        "rule": "kitchen.hygiene.no_hat",
+        "severity": "warning",
+        "site": "S",
+        "subject": "S/k",
+        "opened_at": "2026-05-01T10:00:00Z",
+        "notify": True,
+    }
+    st = evidence.fold(evidence.empty("S"), {**base, "state": "open", "at_ms": opened, "evidence": {}})
+    verdict_at = opened + 3_600_000
+    st = evidence.fold(
+        st,
+        {
+            **base,
+            "state": "acknowledged",
+            "at_ms": verdict_at,
+            "evidence": {"verdict": "confirmed", "verdict_at": "2026-05-01T11:00:00Z"},
+        },
+    )
+    f = st.alerts["al-h"]
+    assert f.verdict == "confirmed" and f.verdict_ms == verdict_at and f.acked_ms is None and f.resolved_ms is None
+
+
+def test_an_override_does_not_move_the_evidence_clock(month: Any) -> None:
+    cfg, _, _, states = month
+    sid = sorted(states)[0]
+    later = Override(site=sid, grade="A", reason="made long after the month", by="Wang", at_ms=AS_OF + 400 * DAY_MS)
+    st = evidence.fold(states[sid], later.model_dump())
+    assert st.watermark_ms == states[sid].watermark_ms and st.override == later
+    assert score.compute(st, cfg.sites[sid], AS_OF).grade == score.compute(states[sid], cfg.sites[sid], AS_OF).grade
