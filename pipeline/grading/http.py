@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pipeline import serde
 from pipeline.grading import rollup, store
 from pipeline.grading.evidence import SiteEvidence, iso_ms
 from pipeline.grading.score import Weights
@@ -27,12 +28,16 @@ class _States:
         self.states: dict[str, SiteEvidence] = {}
         self.read_at = 0.0
         self.lock = asyncio.Lock()
+        #: Answers computed from the current states, by request (a rollup over 10,000 sites takes seconds of
+        #: CPU; the console asks the same few questions again and again). Emptied when the states are re-read.
+        self.memo: dict[tuple[str, ...], Any] = {}
 
     async def get(self) -> dict[str, SiteEvidence]:
         async with self.lock:
             if time.monotonic() - self.read_at >= self.refresh_s:
                 self.states = await store.read_states(self.settings, self.gt)
                 self.read_at = time.monotonic()
+                self.memo = {}
             return self.states
 
 
@@ -53,7 +58,12 @@ def make_web_app(
     async def all_grades(request: web.Request) -> web.Response:
         states = await cache.get()
         at = as_of(request, states)
-        return _json([g.model_dump(mode="json") for g in store.grades(states, cfg, at, weights=weights)])
+        key = ("grades", str(at))
+        if key not in cache.memo:
+            cache.memo[key] = serde.dumps(
+                [g.model_dump(mode="json") for g in store.grades(states, cfg, at, weights=weights)]
+            )
+        return _raw(cache.memo[key])
 
     async def one_grade(request: web.Request) -> web.Response:
         site = request.match_info["site"]
@@ -70,7 +80,10 @@ def make_web_app(
             raise web.HTTPBadRequest(text="level: station|district, period: day|week|month")
         states = await cache.get()
         at = as_of(request, states)
-        return _json(rollup.rollup(states, cfg, at, period, level, weights))  # type: ignore[arg-type]
+        key = ("rollup", level, period, str(at))
+        if key not in cache.memo:
+            cache.memo[key] = serde.dumps(rollup.rollup(states, cfg, at, period, level, weights))  # type: ignore[arg-type]
+        return _raw(cache.memo[key])
 
     app = web.Application()
     app.router.add_get("/v1/grades", all_grades)
@@ -80,6 +93,8 @@ def make_web_app(
 
 
 def _json(value: Any) -> web.Response:
-    from pipeline import serde
+    return _raw(serde.dumps(value))
 
-    return web.Response(body=serde.dumps(value), content_type="application/json")
+
+def _raw(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json")
