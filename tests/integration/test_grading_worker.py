@@ -105,6 +105,18 @@ async def produce(settings: Settings, topic: str, records: list[tuple[bytes | No
         await producer.stop()
 
 
+async def committed_alerts(settings: Settings, group: str, topic: str) -> int:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
+
+
 async def until_states(
     settings: Settings,
     gt: GradingTopics,
@@ -157,6 +169,10 @@ async def test_grading_worker_resumes_after_kill_and_matches_the_fold(
         await asyncio.sleep(1.5)  # let a commit happen (0.5 s interval) so the restart starts past the first half
         worker.kill9()
         shutil.rmtree(worker.data)  # a fresh machine: the table must come back from its changelog
+        # The group committed past the first half: the restarted worker does not re-read it, so its states can
+        # only come back through the changelog.
+        committed = await committed_alerts(settings, f"{topics.prefix}-grading", topics.alerts)
+        assert committed >= half, (committed, half)
 
         await produce(settings, topics.alerts, [(e["site"].encode(), serde.dumps(e)) for e in events[half:]])
         worker.start()
