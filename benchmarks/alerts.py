@@ -26,8 +26,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from pipeline import serde, stack
+from pipeline import stack
 from pipeline.alerts.routing import Router, RouterState, RoutingConfig, Send
+from pipeline.contracts import records
 from pipeline.partitioner import partition_for
 from pipeline.schemas import Alert, AlertState, Severity, alert_id, ms_to_iso
 from pipeline.settings import NotifySettings, Settings, load_settings
@@ -63,7 +64,7 @@ async def _fill(settings: Settings, topics: Topics, n: int, devices: int = 1000)
         futs = []
         for p, items in by_part.items():
             for i in range(0, len(items), 500):
-                value = serde.dumps({"v": 1, "kind": "readings", "items": items[i : i + 500]})
+                value = records.readings_value(items[i : i + 500])
                 futs.append(await producer.send(topics.readings, value, key=items[i]["device"].encode(), partition=p))
         await asyncio.gather(*futs)
     finally:

@@ -40,14 +40,13 @@ import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from pipeline import serde
+from pipeline import serde, testing
 from pipeline.agents.core import Runner
 from pipeline.agents.devices import device_concern
-from pipeline.partitioner import partition_for
+from pipeline.kafkaadmin import delete_topics, ensure_topics, prefixed
 from pipeline.schemas import Reading
 from pipeline.settings import Settings, load_settings
 from pipeline.siteconfig import SiteConfig
-from pipeline.stack import delete_topics, ensure_topics, prefixed
 from pipeline.topics import Topics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,23 +61,8 @@ def say(msg: str) -> None:
 
 
 def site_doc(devices: list[str]) -> dict[str, Any]:
-    return {
-        "sites": {
-            "S01": {
-                "assets": {"cr-1": {"kind": "cold_room", "profile": "chilled"}},
-                "devices": {
-                    d: {"asset": "cr-1", "interval_s": STEP_MS // 1000, "secret": f"s3cret-{d}"} for d in devices
-                },
-            }
-        }
-    }
-
-
-def write_site_yaml(path: Path, devices: list[str]) -> None:
-    lines = ["version: 1", "sites:", "  S01:", "    assets:", "      cr-1: { kind: cold_room, profile: chilled }"]
-    lines.append("    devices:")
-    lines += [f"      {d}: {{ asset: cr-1, interval_s: {STEP_MS // 1000}, secret: s3cret-{d} }}" for d in devices]
-    path.write_text("\n".join(lines) + "\n")
+    """One site, every device on the chilled cold room ``cr-1``, reading every 5 min."""
+    return testing.site_doc(devices, interval_s=STEP_MS // 1000)
 
 
 def readings(devices: list[str], n: int, seed: int = 1) -> list[dict[str, Any]]:
@@ -108,19 +92,7 @@ def readings(devices: list[str], n: int, seed: int = 1) -> list[dict[str, Any]]:
 
 def record_batches(items: list[dict[str, Any]], partitions: int) -> list[tuple[int, bytes, bytes]]:
     """Per partition, in order, records of up to PER_RECORD readings: (partition, key, value)."""
-    pending: dict[int, list[dict[str, Any]]] = {}
-    out: list[tuple[int, bytes, bytes]] = []
-    for it in items:
-        p = partition_for(it["device"], partitions)
-        buf = pending.setdefault(p, [])
-        buf.append(it)
-        if len(buf) == PER_RECORD:
-            out.append((p, buf[0]["device"].encode(), serde.dumps({"v": 1, "kind": "readings", "items": buf})))
-            pending[p] = []
-    for p, buf in pending.items():
-        if buf:
-            out.append((p, buf[0]["device"].encode(), serde.dumps({"v": 1, "kind": "readings", "items": buf})))
-    return out
+    return testing.batch_records(items, partitions, per_record=PER_RECORD)
 
 
 async def produce(settings: Settings, topic: str, records: list[tuple[int | None, bytes, bytes]]) -> None:
@@ -417,7 +389,7 @@ def run(args: argparse.Namespace) -> None:
         items = readings(devices, n)
         batches = record_batches(items, topics.partitions)
         sites = tmp / "sites.yaml"
-        write_site_yaml(sites, devices)
+        testing.write_site_file(sites, site_doc(devices))
         cfg = SiteConfig.model_validate(site_doc(devices))
         step(f"faust: `larder worker` over {len(batches):,} record batches")
         faust = asyncio.run(run_faust(settings, topics, sites, batches, n, tmp, args.profile))

@@ -30,16 +30,12 @@ from typing import Any
 
 from benchmarks import quiet
 from pipeline import serde, stack
+from pipeline.contracts import records
 from pipeline.ingest.hooks import sign
 from pipeline.settings import Settings, load_settings
+from pipeline.stack import logins
+from pipeline.testing import IngestEnv, clear_session, consume, free_port, make_env
 from pipeline.topics import Topics
-from tests.integration.ingest_support import (
-    IngestEnv,
-    clear_session,
-    consume,
-    free_port,
-    make_env,
-)
 
 TOPIC = "larder/v1/devices/+/readings"
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +101,10 @@ class Bench:
         self.per_device = n // len(self.devices)
         self.n = self.per_device * len(self.devices)
         self.seq0 = 0
-        self.bridge_pw = settings.mqtt.bridge_password.get_secret_value()  # type: ignore[union-attr]
+        # The subscribers log in as a bridge instance of their own (the broker binds client id to user).
+        self.sub_instance = f"bench-sub-{uuid.uuid4().hex[:6]}"
+        logins.register_bridges(settings, [self.sub_instance])
+        self.sub_user, self.bridge_pw = settings.mqtt.bridge_login(self.sub_instance)
 
     # -- the flood: mosquitto_pub -l, one process per device (each under 50,000 lines: see STACK.md) -----------
 
@@ -131,9 +130,9 @@ class Bench:
     # -- subscribers -------------------------------------------------------------------------------------------
 
     def mosquitto_sub(self, live: bool) -> float:
-        cid = f"bench-ms-{uuid.uuid4().hex[:6]}"
+        cid = self.sub_user
         base = ["mosquitto_sub", "-h", self.settings.mqtt.host, "-p", str(self.settings.mqtt.port)]
-        base += ["-u", self.settings.mqtt.bridge_user, "-P", self.bridge_pw, "-q", "1", "-t", TOPIC, "-c", "-i", cid]
+        base += ["-u", self.sub_user, "-P", self.bridge_pw, "-q", "1", "-t", TOPIC, "-c", "-i", cid]
         try:
             if not live:
                 subprocess.run([*base, "-E"], check=True, timeout=30)
@@ -148,12 +147,12 @@ class Bench:
             lines = out.read_bytes().split()
             return (len(lines) - 1) / (float(lines[-1]) - float(lines[0]))
         finally:
-            clear_session(self.settings, cid)
+            clear_session(self.settings, self.sub_instance)
 
     def paho_sub(self, live: bool, buffered: bool = False) -> float:
-        cid = f"bench-paho-{uuid.uuid4().hex[:6]}"
+        cid = self.sub_user
         m = self.settings.mqtt
-        argv = [sys.executable, "-c", PAHO_SUB, m.host, str(m.port), m.bridge_user, self.bridge_pw, cid, str(self.n)]
+        argv = [sys.executable, "-c", PAHO_SUB, m.host, str(m.port), self.sub_user, self.bridge_pw, cid, str(self.n)]
         try:
             if not live:
                 subprocess.run([*argv, "register", TOPIC], check=True, timeout=30, cwd=ROOT)
@@ -169,14 +168,18 @@ class Bench:
             proc.wait(60)
             return (result["n"] - 1) / (result["last"] - result["first"])
         finally:
-            clear_session(self.settings, cid)
+            clear_session(self.settings, self.sub_instance)
 
     def bridge(self, live: bool, instances: int) -> float:
         topics = Topics(prefix=f"b{uuid.uuid4().hex[:8]}", partitions=self.settings.readings_partitions)
         asyncio.run(stack.ensure_topics(self.settings, topics))
         self.env.topics = topics
         self.env.group = f"g{uuid.uuid4().hex[:8]}"
-        procs = [self.env.bridge(instance=f"bench-{self.env.group}-{i}") for i in range(instances)]
+        shared = "true" if instances > 1 else "false"  # several instances split the load only when shared
+        procs = [
+            self.env.bridge(instance=f"bench-{self.env.group}-{i}", LARDER_INGEST__BRIDGE_SHARED=shared)
+            for i in range(instances)
+        ]
         try:
             if not live:
                 for p in procs:
@@ -190,7 +193,7 @@ class Bench:
             count = [0]
 
             def on(record: Any) -> None:
-                count[0] += len(serde.loads(record.value)["items"])
+                count[0] += len(records.batch_items(record.value, "readings"))
                 stamps.append(record.timestamp)
 
             asyncio.run(consume(self.settings, topics.readings, on, lambda: count[0] >= self.n, timeout=600))
@@ -200,7 +203,7 @@ class Bench:
             for p in procs:
                 p.stop()
             for p in procs:
-                clear_session(self.settings, p.client_id)
+                clear_session(self.settings, p.instance)
             self.env.procs.clear()
             asyncio.run(stack.delete_topics(self.settings, stack.prefixed(topics.prefix)))
 
@@ -296,6 +299,7 @@ def main() -> None:
             live = fn(True)
             print(f"> {name}: live {live:,.0f}/s", file=sys.stderr, flush=True)
             rows.append((name, backlog, live))
+        logins.revoke_bridges(settings, [b.sub_instance])  # the subscribers' login goes with their sessions
 
         port = free_port()
         cam, (_, secret) = next(iter(env.cameras.items()))

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.e2e import write_site_file
-from pipeline import serde
 from pipeline.agents.core import Runner
 from pipeline.agents.devices import device_concern
+from pipeline.contracts import records
 from pipeline.partitioner import partition_for
 from pipeline.siteconfig import load
 
@@ -60,10 +60,10 @@ def traffic(devices: list[str], seconds: float, every_ms: int, tick_ms: int) -> 
         if ms % RECORD_MS == 0:
             for p, items in pending.items():
                 if items:
-                    out.append((p, serde.dumps({"v": 1, "kind": "readings", "items": items})))
+                    out.append((p, records.readings_value(items)))
                     pending[p] = []
         if ms % tick_ms == 0:
-            out += [(p, serde.dumps({"v": 1, "kind": "tick", "now_ms": now})) for p in range(PARTITIONS)]
+            out += [(p, records.tick_value(now)) for p in range(PARTITIONS)]
     return out, n
 
 

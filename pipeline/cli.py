@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from pipeline import devices as _devices_commands
 from pipeline.agents.commands import worker as _worker_command
 from pipeline.alerts import commands as _alerts_commands
+from pipeline.cliutil import SiteOpt, console, fail, settings_for
+from pipeline.console import commands as _console_commands
 from pipeline.grading import commands as _grading_commands
 from pipeline.ingest import commands as _ingest_commands
 from pipeline.replay import commands as _replay_commands
-from pipeline.settings import Settings, load_settings
 from pipeline.terminal import make_console
+from simulators import commands as _simulator_commands
 
-console = make_console(stderr=True)
 app = typer.Typer(
     help="Larder: food-safety sensor pipeline (MQTT/hooks -> Kafka -> Faust detectors -> alerts, InfluxDB).",
     no_args_is_help=True,
@@ -29,30 +32,31 @@ stack_app = typer.Typer(
     help="Install, start, check and stop the local stack (Kafka, InfluxDB, Mosquitto).", no_args_is_help=True
 )
 app.add_typer(stack_app, name="stack")
-_ingest_commands.register(app)  # larder devices ..., larder bridge, larder hooks
+_ingest_commands.register(app)  # larder bridge, larder hooks
+_devices_commands.register(app)  # larder devices ...
 _alerts_commands.register(app)  # larder notifier, larder sink, larder api
-_replay_commands.register(app)  # larder simulate, larder record, larder replay, larder demo
+_simulator_commands.register(app)  # larder simulate, larder demo
+_replay_commands.register(app)  # larder record, larder replay
 app.command("worker")(_worker_command)  # larder worker: the Faust detection agents
+_console_commands.register(app)  # larder console, larder users ...
 _grading_commands.register(app)  # larder grade worker|show|rollup|override|audit|history|serve
-
-SiteOpt = Annotated[
-    Path | None,
-    typer.Option("--sites", "-s", help="site configuration file (contract 5); default $LARDER_SITE_CONFIG"),
-]
-
-
-def settings_for(sites: Path | None = None) -> Settings:
-    return load_settings(**({"site_config": sites} if sites else {}))
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code)
 
 
 @stack_app.command("up")
 def stack_up(
-    sites: SiteOpt = None,
+    sites: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--sites",
+            "-s",
+            help="register the devices of this site file, or of every *.yaml/*.yml/*.json in this folder, with "
+            "the broker (repeatable). Without it the broker's registrations stay as they are.",
+        ),
+    ] = None,
+    yes: Annotated[
+        bool,
+        typer.Option("--yes", "-y", help="revoke devices that were registered from these files and left them"),
+    ] = False,
     brokers: Annotated[
         int | None,
         typer.Option(
@@ -64,14 +68,43 @@ def stack_up(
         ),
     ] = None,
 ) -> None:
-    """Install what is missing (cached), start Kafka, InfluxDB and Mosquitto, wait until healthy."""
-    from pipeline import stack
+    """Install what is missing (cached), start Kafka, InfluxDB and Mosquitto, wait until healthy.
+
+    Registration only grows unless you confirm: devices registered earlier from a site file given here and gone
+    from it now are listed, and revoked only with --yes (or when you answer yes). Devices registered from other
+    files, `larder devices add` or `larder replay` are never touched."""
+    from pipeline import siteconfig, stack
 
     if brokers is not None:
         os.environ["LARDER_KAFKA__BROKERS"] = str(brokers)  # read at the edge, like every LARDER_ setting
-    settings = settings_for(sites)
+    settings = settings_for()
+
+    def report(m: str) -> None:
+        console.print(f"[cyan]>[/] {m}")
+
     try:
-        statuses = stack.up(settings, report=lambda m: console.print(f"[cyan]>[/] {m}"))
+        for f in stack.site_files(sites or []):
+            siteconfig.load(f)  # a broken site file fails before anything starts
+        statuses = stack.up(settings, report=report)
+        if sites and not settings.mqtt.external:
+            change = stack.register_site_files(settings, sites)
+            if change.stale:
+                console.print(
+                    f"[yellow]![/] {len(change.stale)} device(s) registered from these site files are no longer in "
+                    "them:\n" + "\n".join(f"    {d}  ({src})" for d, src in change.stale.items())
+                )
+                if yes or (sys.stdin.isatty() and typer.confirm("revoke their broker logins?", default=False)):
+                    change_r = stack.register_site_files(settings, sites, revoke=True)
+                    console.print(f"[green]revoked[/] {', '.join(change_r.revoked)}")
+                    change.revoked = change_r.revoked
+                else:
+                    console.print("[yellow]![/] kept their logins; run again with --yes to revoke them")
+            report(
+                f"mosquitto: {len(change.added)} devices added, {len(change.updated)} secrets changed, "
+                f"{len(change.revoked)} revoked; {change.total} devices registered in all"
+            )
+    except siteconfig.SiteConfigError as exc:
+        raise fail(f"the site file cannot be used, nothing registered:\n{exc}") from None
     except stack.StackError as exc:
         raise fail(str(exc)) from None
     _print_status(statuses)
@@ -157,6 +190,12 @@ def stack_render_mosquitto(
     out: Annotated[Path, typer.Option(help="folder for mosquitto.conf, passwd and acl")],
     data: Annotated[Path, typer.Option(help="the broker's persistence folder, as the broker sees it")],
     sites: SiteOpt = None,
+    bridge: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--bridge", help="bridge instance to give a login (repeatable); default $LARDER_INGEST__BRIDGE_INSTANCE"
+        ),
+    ] = None,
 ) -> None:
     """Write Mosquitto's config, password file and ACL for a broker run elsewhere (deploy/compose.yaml)."""
     from pipeline import siteconfig
@@ -167,8 +206,11 @@ def stack_render_mosquitto(
         devices = siteconfig.load(settings.site_config).device_secrets()
     except siteconfig.SiteConfigError as exc:
         raise fail(str(exc)) from None
-    mosquitto.render_for_container(settings, devices, out, data)
-    console.print(f"wrote {out}/mosquitto.conf, passwd ({len(devices)} devices + bridge) and acl")
+    except KeyError as exc:  # a secret_ref that does not resolve: its message names it
+        raise fail(f"{settings.site_config}: {exc.args[0] if exc.args else exc}") from None
+    mosquitto.render_for_container(settings, devices, out, data, bridge or [])
+    n = len(bridge or [None])
+    console.print(f"wrote {out}/mosquitto.conf, passwd ({len(devices)} devices + {n} bridge instance(s)) and acl")
 
 
 def _print_status(statuses: list) -> None:  # type: ignore[type-arg]

@@ -12,18 +12,18 @@ A custom profile in the site file (``profiles: {name: {base: chilled, high: {lim
 asset's ``overrides`` apply, in that order, again key by key. The same for kitchens with
 ``overrides.kitchen`` and ``kitchen.overrides``. Everything is validated by the models of
 :mod:`pipeline.detectors.rules` when the site file loads, so a mistake is reported with its line and field.
+The resolution for one device or kitchen of a site file (``resolve_device_rules`` ...) is in
+:mod:`pipeline.siteconfig`, which validates with it: this module knows nothing of the site file's shape.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 from pydantic import BaseModel
 
 from pipeline.detectors.rules import DeviceRules, DeviceRuleSet, KitchenRules, KitchenRuleSet
-
-if TYPE_CHECKING:
-    from pipeline.siteconfig import SiteConfig, TimeWindow
 
 _WHO_CUMULATIVE = {"limit": 10.0, "direction": "above", "budget_min": 1200.0, "window_min": 10080.0}
 
@@ -83,19 +83,20 @@ def patch_of(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json", exclude_unset=True)
 
 
-def profile_patch(cfg: SiteConfig | None, name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The merged patch of a built-in or custom profile (custom ones may build on each other)."""
+def profile_patch(custom: Mapping[str, BaseModel], name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The merged patch of a built-in or custom profile (``custom``: the site file's ``profiles``, which may
+    build on each other)."""
     if name in _seen:
         raise ProfileError(f"profile {name!r} is its own base ({' -> '.join((*_seen, name))})")
-    custom = cfg.profiles.get(name) if cfg is not None else None
-    if custom is None:
+    mine = custom.get(name)
+    if mine is None:
         if name in BUILTIN_PROFILES:
             return BUILTIN_PROFILES[name]
-        known = sorted({*BUILTIN_PROFILES, *(cfg.profiles if cfg is not None else {})})
+        known = sorted({*BUILTIN_PROFILES, *custom})
         raise ProfileError(f"unknown profile {name!r} (known: {', '.join(known)})")
-    patch = patch_of(custom)
+    patch = patch_of(mine)
     base = patch.pop("base", None) or "chilled"
-    return _merge(profile_patch(cfg, base, (*_seen, name)), patch)
+    return _merge(profile_patch(custom, base, (*_seen, name)), patch)
 
 
 def device_rules_from(*patches: dict[str, Any], **context: Any) -> DeviceRules:
@@ -113,55 +114,3 @@ def kitchen_rules_from(*patches: dict[str, Any], **context: Any) -> KitchenRules
         merged = _merge(merged, patch)
     KitchenRuleSet.model_validate(merged)
     return KitchenRules.model_validate(merged | context)
-
-
-def _windows(windows: list[TimeWindow]) -> tuple[tuple[int, int], ...]:
-    return tuple((w.start.hour * 60 + w.start.minute, w.end.hour * 60 + w.end.minute) for w in windows)
-
-
-def device_rules_key(cfg: SiteConfig, site_id: str, device_id: str) -> tuple[str, str, str, float]:
-    """What a device's resolved rules depend on besides its id (which is context only): devices with equal
-    keys get equal rule values, so a worker and the site file's validation resolve once per key.
-
-    An asset with neither overrides nor a defrost schedule adds nothing to its profile, so it is keyed by the
-    profile: a site with an asset per logger (one per cold room or fridge, the usual layout) resolves once
-    per profile, not once per device (~1 ms and ~14 KB each)."""
-    site = cfg.sites[site_id]
-    dev = site.devices[device_id]
-    asset = site.assets.get(dev.asset)
-    if asset is not None and not asset.overrides.model_fields_set and not asset.defrost_schedule:
-        return (site_id, "", asset.profile, dev.interval_s)
-    return (site_id, dev.asset, "", dev.interval_s)
-
-
-def resolve_device_rules(cfg: SiteConfig, site_id: str, device_id: str) -> DeviceRules:
-    """The rules for one device: profile, then ``site.overrides.device``, then ``asset.overrides``."""
-    site = cfg.sites[site_id]
-    dev = site.devices[device_id]
-    asset = site.assets[dev.asset]
-    return device_rules_from(
-        profile_patch(cfg, asset.profile),
-        patch_of(site.overrides.device),
-        patch_of(asset.overrides),
-        site=site_id,
-        device=device_id,
-        profile=asset.profile,
-        timezone=site.timezone,
-        interval_s=dev.interval_s,
-        defrost_schedule=_windows(asset.defrost_schedule),
-    )
-
-
-def resolve_kitchen_rules(cfg: SiteConfig, site_id: str, kitchen_id: str) -> KitchenRules:
-    """The rules for one kitchen: defaults, then ``site.overrides.kitchen``, then ``kitchen.overrides``."""
-    site = cfg.sites[site_id]
-    kitchen = site.kitchens[kitchen_id]
-    # Starting from the full defaults also makes a partial hygiene severity map add to the default one.
-    return kitchen_rules_from(
-        patch_of(site.overrides.kitchen),
-        patch_of(kitchen.overrides),
-        site=site_id,
-        kitchen=kitchen_id,
-        timezone=site.timezone,
-        service_hours=_windows(kitchen.service_hours),
-    )

@@ -40,6 +40,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_block(size: int, tries: int = 200) -> int:
+    """The first of ``size`` consecutive free ports (an isolated stack: Kafka nodes sit on port, port + 1, ...)."""
+    for _ in range(tries):
+        base = free_port()
+        if base + size > 65_535:
+            continue
+        try:
+            with contextlib.ExitStack() as held:
+                for p in range(base, base + size):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError(f"no block of {size} free ports on 127.0.0.1")
+
+
 def larder_argv() -> list[str]:
     """How to run the `larder` command from this interpreter (works from a fresh venv without PATH)."""
     exe = Path(sys.executable).with_name("larder")
@@ -47,16 +64,6 @@ def larder_argv() -> list[str]:
         return [str(exe)]
     found = shutil.which("larder")
     return [found] if found else [sys.executable, "-m", "pipeline.cli"]
-
-
-def available_commands() -> set[str]:
-    """The verbs the installed `larder` offers (others' pieces may not have landed in this checkout)."""
-    import typer.main
-
-    from pipeline.cli import app
-
-    group = typer.main.get_command(app)
-    return set(getattr(group, "commands", {}))
 
 
 @dataclass
@@ -90,8 +97,9 @@ class Services:
     names: Sequence[str] = CORE
     hooks_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
-    #: The bridge's MQTT client id and shared-subscription group are fresh for each run (a session left over from
-    #: another run may hold that run's unacknowledged messages); :meth:`stop` deletes the session again.
+    #: The bridge instance is fresh for each run (a session left over from another run may hold that run's
+    #: unacknowledged messages): its own MQTT login is registered at start; :meth:`stop` deletes the session
+    #: and revokes the login again.
     bridge_instance: str = field(default_factory=lambda: f"sim-{uuid.uuid4().hex[:8]}")
     extra_env: dict[str, str] = field(default_factory=dict)
     #: Demo, tests and replay keep worker state in memory (changelogs still in Kafka); benchmarks use RocksDB.
@@ -124,7 +132,6 @@ class Services:
             "LARDER_NOTIFY__API_PORT": str(self.api_port),
             "LARDER_INGEST__BRIDGE_METRICS_PORT": "0",
             "LARDER_INGEST__BRIDGE_INSTANCE": self.bridge_instance,
-            "LARDER_INGEST__BRIDGE_GROUP": f"larder-{self.bridge_instance}",
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
         }
@@ -146,15 +153,12 @@ class Services:
 
     def start(self, timeout: float = 90.0) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        have = available_commands()
-        missing = [n for n in self.names if n in CORE and n not in have]
-        if missing:
-            raise StackError(f"this checkout has no `larder {' / '.join(missing)}` yet; cannot run the pipeline")
         env = self.env()
+        if "bridge" in self.names and not self.settings.mqtt.external:
+            from pipeline.stack import logins
+
+            logins.register_bridges(self.settings, [self.bridge_instance])  # its own broker login
         for name in self.names:
-            if name not in have:
-                self.report(f"{name}: not part of this checkout, skipped")
-                continue
             p = self._spec(name)
             p.log.write_bytes(b"")
             with open(p.log, "ab") as log:
@@ -206,9 +210,13 @@ class Services:
         if self.settings.mqtt.bridge_password is None:
             return
         try:
-            forget_session(self.settings, f"larder-bridge-{self.bridge_instance}")
+            forget_session(self.settings, self.bridge_instance)
         except RuntimeError as exc:
             log.warning("%s", exc)
+        if not self.settings.mqtt.external:
+            from pipeline.stack import logins
+
+            logins.revoke_bridges(self.settings, [self.bridge_instance])
 
     def check_alive(self) -> None:
         for p in self.processes:

@@ -51,6 +51,21 @@ class Topics:
     def deliveries(self) -> str:
         return f"{self.prefix}.deliveries.v1"
 
+    @property
+    def audit(self) -> str:
+        """Every console action: who, when, what, from where (:class:`pipeline.console.records.AuditRecord`)."""
+        return f"{self.prefix}.audit.v1"
+
+    @property
+    def verdicts(self) -> str:
+        """Hygiene alerts marked confirmed / false positive (:class:`pipeline.console.records.VerdictRecord`)."""
+        return f"{self.prefix}.verdicts.v1"
+
+    @property
+    def resolutions(self) -> str:
+        """Corrective action and disposition of an alert (:class:`pipeline.console.records.ResolutionRecord`)."""
+        return f"{self.prefix}.resolutions.v1"
+
     def specs(self) -> list[TopicSpec]:
         week = ("retention.ms", str(7 * 24 * 3600 * 1000))
         return [
@@ -61,4 +76,8 @@ class Topics:
             TopicSpec(self.annotations, self.partitions, (week,)),
             TopicSpec(self.acks, self.partitions, (week,)),
             TopicSpec(self.deliveries, self.partitions, (week,)),
+            # Audit, verdicts and resolutions are records people are accountable for: kept like the dead letters.
+            TopicSpec(self.audit, 1, (("retention.ms", str(400 * 24 * 3600 * 1000)),)),
+            TopicSpec(self.verdicts, self.partitions, (("retention.ms", str(400 * 24 * 3600 * 1000)),)),
+            TopicSpec(self.resolutions, self.partitions, (("retention.ms", str(400 * 24 * 3600 * 1000)),)),
         ]

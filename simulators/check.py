@@ -12,20 +12,20 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from pipeline.contracts.models import Alert, ts_to_ms
+from pipeline.contracts.replay import Line
 from pipeline.detectors.base import Output
-from pipeline.schemas import Alert, _parse_ts, to_ms
 from pipeline.siteconfig import SiteConfig
-from simulators.core import Line
 
 
 def _ms(ts: Any) -> int:
-    return to_ms(_parse_ts(ts))
+    return ts_to_ms(ts)
 
 
 def detect(config: SiteConfig, lines: Iterable[Line], *, tick_every_s: float = 10.0) -> list[Alert]:
     from pipeline.detectors.device import DeviceDetector
     from pipeline.detectors.kitchen import KitchenDetector
-    from pipeline.profiles import resolve_device_rules, resolve_kitchen_rules
+    from pipeline.siteconfig import resolve_device_rules, resolve_kitchen_rules
 
     dev_site = {d: (s, dev) for d, s, dev in config.devices()}
     cam_site = {c: (s, cam) for c, s, cam in config.cameras()}

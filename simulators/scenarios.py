@@ -8,13 +8,13 @@ duration: "6h", rules: {high_delay_s: ..}}`` -- a named scenario with different 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.cliutil import parse_duration
 from pipeline.siteconfig import SiteConfig
 from simulators import rules as R
 from simulators.coldchain import TRUCK, DeviceSim, Fault, Physics
@@ -366,16 +366,6 @@ LIBRARY: dict[str, Spec] = {
         ),
     )
 }
-
-
-def parse_duration(text: str | float) -> float:
-    """``90``, ``"90s"``, ``"15m"``, ``"6h"``, ``"7d"`` -> seconds."""
-    if isinstance(text, int | float):
-        return float(text)
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
-    if not m:
-        raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 15m, 6h, 7d)")
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
 def build(

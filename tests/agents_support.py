@@ -13,19 +13,18 @@ from typing import Any
 
 from pipeline import serde
 from pipeline.agents.core import Concern, Result, Runner
+from pipeline.contracts import records
 from pipeline.detectors.base import Output
-from pipeline.partitioner import partition_for
 from pipeline.schemas import (
     Alert,
     AlertState,
     Annotation,
-    KitchenEvent,
-    KitchenEventType,
     Reading,
     Severity,
     alert_id,
     ms_to_iso,
 )
+from pipeline.testing import batch_records, kitchen_event_item, reading_item, site_doc, write_site_file
 
 RULE = "test.high"
 
@@ -136,25 +135,16 @@ def concerns(_settings: Any = None) -> list[Concern[Any, Any]]:
 
 
 def reading(device: str, seq: int, ts_ms: int, temp_c: float, site: str = "S01") -> dict[str, Any]:
-    return Reading(
-        device=device, site=site, asset="a1", profile="chilled", seq=seq, ts_ms=ts_ms, temp_c=temp_c, received_ms=ts_ms
-    ).model_dump(mode="json", exclude_none=True)
+    return reading_item(device, seq, ts_ms, temp_c, site=site, asset="a1")
 
 
 def batches(items: list[dict[str, Any]], partitions: int, per_record: int = 500) -> list[tuple[int, bytes]]:
     """Group items by partition (keeping order) into RecordBatch values: [(partition, value), ...]."""
-    by_p: dict[int, list[dict[str, Any]]] = {}
-    for it in items:
-        by_p.setdefault(partition_for(it["device"], partitions), []).append(it)
-    out: list[tuple[int, bytes]] = []
-    for p, its in sorted(by_p.items()):
-        for i in range(0, len(its), per_record):
-            out.append((p, serde.dumps({"v": 1, "kind": "readings", "items": its[i : i + per_record]})))
-    return out
+    return [(p, value) for p, _key, value in batch_records(items, partitions, per_record=per_record)]
 
 
 def tick(now_ms: int) -> bytes:
-    return serde.dumps({"v": 1, "kind": "tick", "now_ms": now_ms})
+    return records.tick_value(now_ms)
 
 
 def oracle(records: list[tuple[int, bytes]], partitions: int, concern: Concern[Any, Any] | None = None) -> Result:
@@ -178,56 +168,21 @@ STEP_MS = 300_000
 
 def write_sites(path: Path, devices: list[str], kitchens: tuple[str, ...] = ("k1",)) -> Path:
     """A site file declaring ``devices`` (chilled cold room, 5 min interval) and kitchens with one camera each."""
-    lines = [
-        "version: 1",
-        "sites:",
-        f"  {SITE}:",
-        "    timezone: Asia/Shanghai",
-        "    assets:",
-        "      cr-1: { kind: cold_room, profile: chilled }",
-        "    devices:",
-        *[f"      {d}: {{ asset: cr-1, interval_s: {STEP_MS // 1000}, secret: s3cret-{d} }}" for d in devices],
-        "    kitchens:",
-        *[f"      {k}: {{ name: kitchen {k} }}" for k in kitchens],
-        "    cameras:",
-        *[f"      cam-{k}: {{ kitchen: {k}, zone: cook, secret: s3cret-cam-{k} }}" for k in kitchens],
-    ]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_site_file(
+        path, site_doc(devices, kitchens, site=SITE, interval_s=STEP_MS // 1000, timezone="Asia/Shanghai")
+    )
 
 
 def device_reading(device: str, seq: int, ts_ms: int, temp_c: float) -> dict[str, Any]:
-    return Reading(
-        device=device,
-        site=SITE,
-        asset="cr-1",
-        profile="chilled",
-        seq=seq,
-        ts_ms=ts_ms,
-        temp_c=temp_c,
-        received_ms=ts_ms,
-    ).model_dump(mode="json", exclude_none=True)
+    return reading_item(device, seq, ts_ms, temp_c, site=SITE)
 
 
 def kitchen_event(kitchen: str, event_id: str, ts_ms: int, type_: str, **extra: Any) -> dict[str, Any]:
-    return KitchenEvent(
-        camera=f"cam-{kitchen}",
-        site=SITE,
-        kitchen=kitchen,
-        event_id=event_id,
-        ts_ms=ts_ms,
-        type=KitchenEventType(type_),
-        zone="cook",
-        received_ms=ts_ms,
-        **extra,
-    ).model_dump(mode="json", exclude_none=True)
+    return kitchen_event_item(kitchen, event_id, ts_ms, type_, site=SITE, zone="cook", **extra)
 
 
 def kitchen_batches(items: list[dict[str, Any]], partitions: int) -> list[tuple[int, bytes]]:
-    by_p: dict[int, list[dict[str, Any]]] = {}
-    for it in items:
-        by_p.setdefault(partition_for(it["kitchen"], partitions), []).append(it)
-    return [(p, serde.dumps({"v": 1, "kind": "kitchen_events", "items": its})) for p, its in sorted(by_p.items())]
+    return [(p, v) for p, _k, v in batch_records(items, partitions, kind="kitchen_events", per_record=len(items) or 1)]
 
 
 def cold_chain_scenario(

@@ -166,15 +166,6 @@ class Service:
         return await asyncio.wait_for(self.task, timeout=timeout)
 
 
-async def eventually(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        await asyncio.sleep(interval)
-    assert check(), f"timed out after {timeout} s waiting for {what}"
-
-
 def flux(settings: Settings, query: str) -> list[dict[str, Any]]:
     i = settings.influx
     with InfluxDBClient(url=i.base_url, token=i.token_value(), org=i.org, timeout=30_000) as client:

@@ -11,16 +11,15 @@ import asyncio
 import fcntl
 import os
 import secrets
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
 
-from pipeline import stack
+from pipeline import stack, testing
 from pipeline.settings import Settings, load_settings
-from pipeline.stack import influx, mosquitto
+from pipeline.stack import influx
 from pipeline.topics import Topics
 
 
@@ -79,43 +78,16 @@ class MqttCredentials:
     password: str
 
 
-_registered: dict[str, str] = {}
-
-
 @pytest.fixture
 def mqtt_devices(live_stack: Settings) -> Callable[[int], list[MqttCredentials]]:
-    """Register ``n`` throwaway devices in Mosquitto's password file (SIGHUP reload) and return them."""
+    """Register ``n`` throwaway devices with the broker (adds only; SIGHUP reload) and return them."""
 
     def make(n: int) -> list[MqttCredentials]:
         new = [MqttCredentials(f"dev-{uuid.uuid4().hex[:10]}", secrets.token_urlsafe(12)) for _ in range(n)]
-        _registered.update({c.username: c.password for c in new})
-        mosquitto.write_auth(live_stack, _registered)
-        _wait_login(live_stack, new[-1])
+        testing.register_in_broker(live_stack, {c.username: c.password for c in new})
         return new
 
     return make
-
-
-def _wait_login(settings: Settings, cred: MqttCredentials, timeout: float = 5.0) -> None:
-    """SIGHUP reload is asynchronous; wait until the newest credentials are accepted."""
-    import paho.mqtt.client as mqtt
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{uuid.uuid4().hex[:6]}")
-        c.username_pw_set(cred.username, cred.password)
-        try:
-            rc = c.connect(settings.mqtt.host, settings.mqtt.port)
-            c.loop(timeout=0.5)
-            ok = rc == 0 and c.is_connected()
-        except OSError:
-            ok = False
-        finally:
-            c.disconnect()
-        if ok:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"mosquitto did not accept {cred.username} within {timeout} s after SIGHUP")
 
 
 @pytest.fixture

@@ -12,11 +12,9 @@ from typing import Annotated, Any
 import typer
 
 from pipeline.agents.core import Concern
+from pipeline.cliutil import console, fail, usage
 from pipeline.settings import Settings, load_settings
-from pipeline.terminal import make_console
 from pipeline.topics import Topics
-
-console = make_console(stderr=True)
 
 DEFAULT_CONCERNS = "pipeline.agents.devices:concerns,pipeline.agents.kitchen:concerns"
 LOG_LEVELS = ("crit", "error", "warn", "info", "debug")
@@ -61,9 +59,10 @@ def worker(
     ] = 1.0,
     commit_interval: Annotated[float, typer.Option("--commit-interval", help="offset commit period, s")] = 2.8,
     session_timeout: Annotated[
-        float, typer.Option("--session-timeout", help="seconds before a dead worker's partitions move")
-    ] = 30.0,
-    heartbeat_interval: Annotated[float, typer.Option("--heartbeat-interval", help="seconds")] = 3.0,
+        float,
+        typer.Option("--session-timeout", help="seconds before a dead worker's partitions move (Kafka's min: 6)"),
+    ] = 6.0,
+    heartbeat_interval: Annotated[float, typer.Option("--heartbeat-interval", help="seconds")] = 1.5,
     metrics_port: Annotated[
         int,
         typer.Option(
@@ -79,20 +78,20 @@ def worker(
     """Run the detection agents until interrupted (Ctrl-C / SIGTERM stop cleanly; state is in Kafka)."""
     import faust
 
-    from pipeline.agents.app import ClockMode, WorkerOptions, make_app
+    from pipeline.agents.faust.app import ClockMode, WorkerOptions, make_app
 
     if clock not in ("live", "replay"):
-        raise _fail(f"--clock must be live or replay, not {clock!r}")
+        raise usage(f"--clock must be live or replay, not {clock!r}")
     if log_level not in LOG_LEVELS:
-        raise _fail(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+        raise usage(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
     if store not in ("rocksdb", "memory"):
-        raise _fail("--store must be rocksdb or memory")
+        raise usage("--store must be rocksdb or memory")
     settings = load_settings(**({"site_config": sites} if sites else {}))
     topics = Topics(settings.topic_prefix, settings.readings_partitions)
     try:
         found = load_concerns(concerns, settings)
     except Exception as exc:  # a site file or rule error: say which, don't dump a trace
-        raise _fail(f"cannot build the detectors: {exc}") from None
+        raise fail(f"cannot build the detectors: {exc}") from None
     mode: ClockMode = "live" if clock == "live" else "replay"
     options = WorkerOptions(
         store="rocksdb" if store == "rocksdb" else "memory",
@@ -104,13 +103,13 @@ def worker(
         heartbeat_interval_s=heartbeat_interval,
     )
     # Topics must exist before the agents subscribe (an agent whose topic is missing may never subscribe).
-    from pipeline.stack import ensure_topics
+    from pipeline.kafkaadmin import ensure_topics
 
     loop = asyncio.new_event_loop()
     try:
         created = loop.run_until_complete(ensure_topics(settings, topics))
     except Exception as exc:
-        raise _fail(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}") from None
+        raise fail(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}") from None
     finally:
         loop.close()
     if created:
@@ -137,8 +136,3 @@ def worker(
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
     fworker.execute_from_commandline()
-
-
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(2)

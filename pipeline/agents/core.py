@@ -1,7 +1,9 @@
 """The detection stage without Faust: one record batch in, detector calls, outputs and changed states out.
 
-The Faust agents (:mod:`pipeline.agents.app`) and the benchmark's plain aiokafka loop both drive this class, so
-the only difference between them is where the state lives (a changelogged Faust table or a dict).
+What the runner needs from its surroundings is two small protocols: a :class:`StateStore` (a Faust table, or
+a dict) and :class:`Outputs` (Kafka, or a list). The Faust agents (:mod:`pipeline.agents.faust.app`) and the
+benchmark's plain aiokafka loop both drive this class, so the only difference between them is where the state
+lives (a changelogged Faust table or a dict).
 
 Per subject (a device or a kitchen) the runner keeps the *decoded* state object in a per-partition cache, so
 a state is decoded once per assignment, not once per reading; the store (the Faust table) holds
@@ -10,7 +12,7 @@ record batch however many of the subject's readings the batch carried.
 
 Determinism: every input to a detector comes from the log. ``now_ms`` for an event is
 ``max(latest tick seen in this partition, the event's own time)``, and timers run only on ``tick`` records
-(:class:`pipeline.schemas.RecordBatch`), which the live worker itself publishes into its partitions once a
+(:class:`pipeline.contracts.models.RecordBatch`), which the live worker itself publishes into its partitions once a
 second and replay publishes on the recording's timeline. Re-reading the same records after a crash therefore
 gives the same outputs with the same alert ids.
 """
@@ -25,9 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from pipeline import serde
+from pipeline.contracts import records
+from pipeline.contracts.models import Alert, Annotation, DeadLetter
 from pipeline.detectors.base import Detector, Output
 from pipeline.partitioner import partition_for
-from pipeline.schemas import Alert, Annotation, DeadLetter
 
 log = logging.getLogger(__name__)
 
@@ -193,28 +196,14 @@ class Runner(Generic[S, E]):
             result.dead_letters.append(self._dead(b"", "worker.bad_record", "a record without a value", None))
             return result
         try:
-            batch = serde.loads(value)
-            if not isinstance(batch, dict) or batch.get("v") != 1:
-                raise ValueError("not a version 1 RecordBatch")
-            kind = batch.get("kind")
-        except (serde.JSONDecodeError, ValueError) as exc:
-            result.dead_letters.append(self._dead(value, "worker.bad_record", str(exc), None))
+            batch = records.read_batch(value, self.concern.kind)
+        except records.BadRecord as exc:
+            result.dead_letters.append(self._dead(value, exc.code, str(exc), None))
             return result
-        if kind == "tick":
-            now = batch.get("now_ms")
-            if not isinstance(now, int) or isinstance(now, bool):
-                result.dead_letters.append(self._dead(value, "worker.bad_tick", "tick without integer now_ms", None))
-                return result
-            self.tick(partition, now, result)
+        if batch.kind == "tick":
+            self.tick(partition, batch.now_ms, result)
             return result
-        if kind != self.concern.kind:
-            reason = f"kind {kind!r} on a {self.concern.kind} topic"
-            result.dead_letters.append(self._dead(value, "worker.bad_record", reason, None))
-            return result
-        items = batch.get("items")
-        if not isinstance(items, list):
-            result.dead_letters.append(self._dead(value, "worker.bad_record", "items is not a list", None))
-            return result
+        items = batch.items
         self._on_items(items, partition, result)
         return result
 
@@ -382,7 +371,7 @@ class Runner(Generic[S, E]):
     def flush(self, partition: int | None = None, keys: Iterable[bytes] | None = None) -> int:
         """Write changed states to the store: of one partition (all when ``None``), only ``keys`` if given.
 
-        Call it after the outputs of the records that changed them are durable (see :mod:`pipeline.agents.app`
+        Call it after the outputs of the records that changed them are durable (see :mod:`pipeline.agents.faust.app`
         for when the agent does). With no store (the benchmark's ceiling) the states are only marked clean.
         """
         n = 0
@@ -402,7 +391,7 @@ class Runner(Generic[S, E]):
 
     def take(self, partition: int, keys: Iterable[bytes] | None = None) -> list[tuple[bytes, bytes]]:
         """Remove the partition's changed states (only ``keys`` if given) and return them encoded for the store;
-        the caller writes them (the worker in bulk, :mod:`pipeline.agents.changelog`)."""
+        the caller writes them (the worker in bulk, :mod:`pipeline.agents.faust.changelog`)."""
         dirty = self._dirty.get(partition)
         if not dirty:
             return []
@@ -458,11 +447,24 @@ class Runner(Generic[S, E]):
         )
 
 
+class Outputs(Protocol):
+    """Where a record's outputs and dead letters go; ``publish`` returns once they are durable (the Faust
+    adapter's :class:`~pipeline.agents.faust.app.KafkaOutputs` waits for Kafka's acknowledgement)."""
+
+    async def publish(self, result: Result) -> None: ...
+
+
+@dataclass
+class ListOutputs:
+    """Collects outputs in memory (unit tests, and the agents under ``agent.test_context()``)."""
+
+    results: list[Result] = field(default_factory=list)
+
+    async def publish(self, result: Result) -> None:
+        self.results.append(result)
+
+
 def encode_output(output: Output) -> tuple[str, bytes, bytes]:
     """``(which topic, key, value)`` of an output record: alerts and annotations keyed by site, JSON values."""
     which = "alerts" if isinstance(output, Alert) else "annotations"
-    return which, output.site.encode(), serde.dumps(output.model_dump(mode="json"))
-
-
-def tick_record(now_ms: int) -> bytes:
-    return serde.dumps({"v": 1, "kind": "tick", "now_ms": now_ms})
+    return which, output.site.encode(), records.encode(output)

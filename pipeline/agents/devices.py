@@ -14,9 +14,8 @@ from typing import Any
 
 from pipeline.agents.core import Concern
 from pipeline.detectors.device import DeviceDetector, DeviceState
-from pipeline.profiles import device_rules_key, resolve_device_rules
 from pipeline.settings import Settings
-from pipeline.siteconfig import SiteConfig, load
+from pipeline.siteconfig import SiteConfig, device_rules_key, load, resolve_device_rules
 
 
 class UnknownSubject(LookupError):

@@ -9,9 +9,8 @@ from typing import Any
 from pipeline.agents.core import Concern
 from pipeline.agents.devices import UnknownSubject
 from pipeline.detectors.kitchen import KitchenDetector, KitchenState
-from pipeline.profiles import resolve_kitchen_rules
 from pipeline.settings import Settings
-from pipeline.siteconfig import SiteConfig, load
+from pipeline.siteconfig import SiteConfig, load, resolve_kitchen_rules
 
 
 def kitchen_concern(cfg: SiteConfig) -> Concern[KitchenState, Any]:

@@ -13,7 +13,7 @@ from prometheus_client.registry import Collector
 from pipeline.agents.core import Runner, Stats
 
 if TYPE_CHECKING:
-    from pipeline.agents.app import WorkerApp
+    from pipeline.agents.faust.app import WorkerApp
 
 _HELP = {
     "records": "Kafka records (record batches) consumed",
@@ -43,7 +43,7 @@ class RunnerCollector(Collector):
         for name, runner in runners.items():
             subjects.add_metric([name], runner.subjects())
         yield subjects
-        # What the worker guards against in Faust around rebalances (pipeline/agents/continuity.py): non-zero
+        # What the worker guards against in Faust around rebalances (pipeline/agents/faust/continuity.py): non-zero
         # values are repairs that happened, worth a look when they climb, not errors.
         rewinds = CounterMetricFamily(
             "larder_worker_rewinds",

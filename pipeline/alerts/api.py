@@ -37,8 +37,9 @@ from pipeline.alerts import acklinks
 from pipeline.alerts.kafkaio import read_to_end, tail
 from pipeline.alerts.routing import RoutingConfig
 from pipeline.clock import Clock, WallClock
+from pipeline.contracts import records
+from pipeline.contracts.models import Ack, Alert, AlertState, Delivery
 from pipeline.producer import durable_producer
-from pipeline.schemas import Ack, Alert, AlertState, Delivery
 from pipeline.settings import Settings
 from pipeline.topics import Topics
 
@@ -61,18 +62,18 @@ class ReadModel:
     def apply(self, topics: Topics, rec: ConsumerRecord) -> None:
         try:
             if rec.topic == topics.deliveries:
-                d = Delivery.model_validate_json(rec.value)
+                d = records.read_delivery(rec.value)
                 if d.kind == "planned" and d.message_id not in self.messages:
                     self.messages[d.message_id] = d
                     self.by_code.setdefault(acklinks.reply_code(d.message_id), []).append(d.message_id)
             elif rec.topic == topics.alerts:
-                a = Alert.model_validate_json(rec.value)
+                a = records.read_alert(rec.value)
                 if a.state in (AlertState.OPEN, AlertState.RESOLVED) or a.alert_id not in self.alerts:
                     self.alerts[a.alert_id] = a
                 if a.state is AlertState.ACKNOWLEDGED:
                     self.acked.add(a.alert_id)
             elif rec.topic == topics.acks:
-                ack = Ack.model_validate_json(rec.value)
+                ack = records.read_ack(rec.value)
                 self.acked.add(ack.alert_id)
                 if ack.token_id:
                     self.used.add((ack.token_id, ack.alert_id))
@@ -122,9 +123,9 @@ class AckApi:
         self._follower = asyncio.create_task(self._follow(names, start))
 
     async def _follow(self, names: list[str], start: dict) -> None:  # type: ignore[type-arg]
-        async for records in tail(self.settings, names, start, self._stop, timeout_ms=200):
-            if records:
-                for rec in records:
+        async for batch in tail(self.settings, names, start, self._stop, timeout_ms=200):
+            if batch:
+                for rec in batch:
                     self.model.apply(self.topics, rec)
                 async with self._changed:
                     self._changed.notify_all()
@@ -174,9 +175,7 @@ class AckApi:
             # Marked before the await so a double-submitted form cannot pass twice in this process.
             self.model.used.add((msg.message_id, aid))
             try:
-                await self._producer.send_and_wait(
-                    self.topics.acks, serde.dumps(ack.model_dump(mode="json")), key=site.encode()
-                )
+                await self._producer.send_and_wait(self.topics.acks, records.encode(ack), key=site.encode())
             except Exception:
                 self.model.used.discard((msg.message_id, aid))
                 raise

@@ -4,39 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from pipeline.cliutil import SiteOpt, VerboseOpt, console, fail, setup_logging
 from pipeline.settings import Settings, load_settings
 from pipeline.siteconfig import SiteConfig, SiteConfigError
-from pipeline.terminal import make_console
 from pipeline.topics import Topics
 
-console = make_console(stderr=True)
-
-SiteOpt = Annotated[
-    Path | None,
-    typer.Option("--sites", "-s", help="site configuration file (contract 5); default $LARDER_SITE_CONFIG"),
-]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")]
-
-
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(1)
+#: Client libraries whose INFO lines would drown the services' own.
+QUIET = ("aiokafka", "httpx")
 
 
 def _load(sites: Path | None) -> tuple[Settings, SiteConfig, Topics]:
@@ -46,7 +26,7 @@ def _load(sites: Path | None) -> tuple[Settings, SiteConfig, Topics]:
     try:
         config = siteconfig.load(settings.site_config)
     except SiteConfigError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     return settings, config, Topics(prefix=settings.topic_prefix, partitions=settings.readings_partitions)
 
 
@@ -64,12 +44,12 @@ def notifier(sites: SiteOpt = None, verbose: VerboseOpt = False) -> None:
     """
     from pipeline.alerts.notifier import Notifier
 
-    _logging(verbose)
+    setup_logging(verbose, QUIET)
     settings, config, topics = _load(sites)
     try:
         service = Notifier(settings, topics, config, on_event=lambda m: console.print(f"[cyan]>[/] {m}"))
     except ValueError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -88,7 +68,7 @@ def sink(
     """Write readings, alert transitions, annotations and deliveries to InfluxDB (offsets after InfluxDB acks)."""
     from pipeline.sinks.influx import InfluxSink, SinkStats
 
-    _logging(verbose)
+    setup_logging(verbose, QUIET)
     settings = load_settings()
     topics = Topics(prefix=settings.topic_prefix, partitions=settings.readings_partitions)
 
@@ -119,7 +99,7 @@ def api(
     from pipeline.alerts.api import AckApi, RedactingAccessLog
     from pipeline.alerts.notifier import routing_config
 
-    _logging(verbose)
+    setup_logging(verbose, QUIET)
     settings, config, topics = _load(sites)
     n = settings.notify
     service = AckApi(settings, topics, routing_config(settings, config))

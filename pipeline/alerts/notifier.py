@@ -25,7 +25,6 @@ import httpx
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from pydantic import ValidationError
 
-from pipeline import serde
 from pipeline.alerts import acklinks, messages
 from pipeline.alerts.channels import Channel, OutMessage, build_channels
 from pipeline.alerts.channels.base import Outcome
@@ -42,8 +41,9 @@ from pipeline.alerts.routing import (
     Transition,
 )
 from pipeline.clock import Clock, WallClock
+from pipeline.contracts import records
+from pipeline.contracts.models import AlertState, Delivery
 from pipeline.producer import durable_producer, until_kafka_takes
-from pipeline.schemas import Ack, Alert, AlertState, Delivery
 from pipeline.settings import Settings
 from pipeline.siteconfig import SiteConfig
 from pipeline.topics import Topics
@@ -110,7 +110,7 @@ class Notifier:
 
     async def _record(self, d: Delivery) -> None:
         self.ledger.apply(d)
-        await self._publish(self.topics.deliveries, d.message_id, serde.dumps(d.model_dump(mode="json")))
+        await self._publish(self.topics.deliveries, d.message_id, records.encode(d))
 
     # -- rebuild -----------------------------------------------------------------------------------------------
 
@@ -120,7 +120,7 @@ class Notifier:
 
         def on_delivery(rec: ConsumerRecord) -> None:
             with contextlib.suppress(ValueError, ValidationError):
-                self.ledger.apply(Delivery.model_validate_json(rec.value))
+                self.ledger.apply(records.read_delivery(rec.value))
 
         await read_to_end(s, [self.topics.deliveries], on_delivery)
         self.state = self.router.on_planned_many(
@@ -131,7 +131,7 @@ class Notifier:
 
         def on_alert(rec: ConsumerRecord) -> None:
             try:
-                alert = Alert.model_validate_json(rec.value)
+                alert = records.read_alert(rec.value)
             except (ValueError, ValidationError):
                 return
             self.state, acts = self.router.on_alert(self.state, alert, now)
@@ -143,7 +143,7 @@ class Notifier:
 
         def on_ack(rec: ConsumerRecord) -> None:
             try:
-                ack = Ack.model_validate_json(rec.value)
+                ack = records.read_ack(rec.value)
             except (ValueError, ValidationError):
                 return
             self.state, acts = self.router.on_ack(self.state, ack, now)
@@ -170,9 +170,9 @@ class Notifier:
                 self._spawn(planned)
             if ready is not None:
                 ready.set()
-            async for records in tail(s, [self.topics.alerts, self.topics.acks], start, stop, int(self.tick_s * 1000)):
+            async for batch in tail(s, [self.topics.alerts, self.topics.acks], start, stop, int(self.tick_s * 1000)):
                 now = self.clock.now_ms()
-                for rec in records:
+                for rec in batch:
                     await self._on_record(rec, now)
                 self.state, acts = self.router.on_tick(self.state, self.clock.now_ms())
                 await self._execute(acts)
@@ -186,10 +186,10 @@ class Notifier:
     async def _on_record(self, rec: ConsumerRecord, now: int) -> None:
         try:
             if rec.topic == self.topics.acks:
-                ack = Ack.model_validate_json(rec.value)
+                ack = records.read_ack(rec.value)
                 self.state, acts = self.router.on_ack(self.state, ack, now)
             else:
-                alert = Alert.model_validate_json(rec.value)
+                alert = records.read_alert(rec.value)
                 self.state, acts = self.router.on_alert(self.state, alert, now)
         except (ValueError, ValidationError) as exc:
             log.error("skipping undecodable record on %s@%d: %s", rec.topic, rec.offset, str(exc)[:200])
@@ -200,7 +200,7 @@ class Notifier:
         for act in actions:
             if isinstance(act, Transition):
                 a = act.alert
-                await self._publish(self.topics.alerts, a.site, serde.dumps(a.model_dump(mode="json")))
+                await self._publish(self.topics.alerts, a.site, records.encode(a))
                 who = (
                     f" by {a.evidence.get('by')} via {a.evidence.get('via')}"
                     if a.state is AlertState.ACKNOWLEDGED

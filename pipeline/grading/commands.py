@@ -15,6 +15,7 @@ import typer
 from pydantic import ValidationError
 
 from pipeline import serde
+from pipeline.cliutil import console, fail, usage
 from pipeline.grading.evidence import Override, iso_ms
 from pipeline.grading.score import DEFAULT_WEIGHTS, SiteGrade, Weights
 from pipeline.grading.topics import GradingTopics
@@ -25,7 +26,6 @@ from pipeline.siteconfig import load as load_sites
 from pipeline.terminal import make_console
 from pipeline.topics import Topics
 
-console = make_console(stderr=True)
 grade_app = typer.Typer(
     help="Risk grade per site (A-D, explained) and the station / district rollups (docs/grading.md).",
     no_args_is_help=True,
@@ -46,17 +46,12 @@ def register(app: typer.Typer) -> None:
     app.add_typer(grade_app, name="grade")
 
 
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(2)
-
-
 def _context(sites: Path | None) -> tuple[Settings, GradingTopics, SiteConfig]:
     settings = load_settings(**({"site_config": sites} if sites else {}))
     try:
         cfg = load_sites(settings.site_config)
     except SiteConfigError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     return settings, GradingTopics(Topics(settings.topic_prefix, settings.readings_partitions)), cfg
 
 
@@ -66,27 +61,27 @@ def _weights(path: Path | None) -> Weights:
     try:
         return Weights.model_validate(serde.loads(path.read_bytes()))
     except (OSError, serde.JSONDecodeError, ValidationError) as exc:
-        raise _fail(f"{path}: not a usable weights file: {exc}") from None
+        raise usage(f"{path}: not a usable weights file: {exc}") from None
 
 
 def _as_of(value: str | None, latest: int) -> int:
     if value is None:
         if latest == 0:
-            raise _fail("no evidence yet (is `larder grade worker` running?); give --as-of to grade static parts")
+            raise fail("no evidence yet (is `larder grade worker` running?); give --as-of to grade static parts")
         return latest
     try:
         return iso_ms(value)
     except ValueError:
-        raise _fail(f"--as-of {value!r} is not an RFC 3339 time") from None
+        raise usage(f"--as-of {value!r} is not an RFC 3339 time") from None
 
 
 def _run(coro: Any) -> Any:
     try:
         return asyncio.run(coro)
     except RuntimeError as exc:  # a missing topic: say so instead of a traceback
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     except Exception as exc:
-        raise _fail(f"cannot read from Kafka: {exc!r}") from None
+        raise fail(f"cannot read from Kafka: {exc!r}") from None
 
 
 def _emit(rows: list[dict[str, Any]], fmt: str, columns: list[str] | None = None) -> None:
@@ -100,7 +95,7 @@ def _emit(rows: list[dict[str, Any]], fmt: str, columns: list[str] | None = None
         w.writerows(rows)
         sys.stdout.write(buf.getvalue())
     else:
-        raise _fail(f"--format must be json, csv or table, not {fmt!r}")
+        raise usage(f"--format must be json, csv or table, not {fmt!r}")
 
 
 def _grade_row(g: SiteGrade) -> dict[str, Any]:
@@ -139,14 +134,14 @@ def worker(
     from pipeline.grading.store import ensure_topics
 
     if store not in ("rocksdb", "memory"):
-        raise _fail("--store must be rocksdb or memory")
+        raise usage("--store must be rocksdb or memory")
     settings, gt, cfg = _context(sites)
     w = _weights(weights)
     loop = asyncio.new_event_loop()
     try:
         created = loop.run_until_complete(ensure_topics(settings, gt))
     except Exception as exc:
-        raise _fail(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}") from None
+        raise fail(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}") from None
     finally:
         loop.close()
     if created:
@@ -182,9 +177,9 @@ def show(
     settings, gt, cfg = _context(sites)
     unknown = [s for s in site or [] if s not in cfg.sites]
     if unknown:
-        raise _fail(f"not in the site file: {', '.join(unknown)}")
+        raise usage(f"not in the site file: {', '.join(unknown)}")
     if fmt not in ("json", "csv", "table"):
-        raise _fail(f"--format must be json, csv or table, not {fmt!r}")
+        raise usage(f"--format must be json, csv or table, not {fmt!r}")
     w = _weights(weights)  # refused before anything is read
     states = _run(store.read_states(settings, gt))
     at = _as_of(as_of, store.latest_event_ms(states))
@@ -213,7 +208,7 @@ def show(
             )
         make_console().print(table)
     else:
-        raise _fail(f"--format must be json, csv or table, not {fmt!r}")
+        raise usage(f"--format must be json, csv or table, not {fmt!r}")
 
 
 @grade_app.command("rollup")
@@ -230,11 +225,11 @@ def rollup_cmd(
     from pipeline.grading import rollup, store
 
     if level not in ("station", "district"):
-        raise _fail("--level must be station or district")
+        raise usage("--level must be station or district")
     if period not in rollup.PERIOD_MS:
-        raise _fail("--period must be day, week or month")
+        raise usage("--period must be day, week or month")
     if fmt not in ("json", "csv"):
-        raise _fail(f"--format must be json or csv, not {fmt!r}")
+        raise usage(f"--format must be json or csv, not {fmt!r}")
     settings, gt, cfg = _context(sites)
     w = _weights(weights)
     states = _run(store.read_states(settings, gt))
@@ -262,16 +257,16 @@ def override(
     from pipeline.grading import store
 
     if (grade is None) == (not clear):
-        raise _fail("give --grade A|B|C|D or --clear")
+        raise usage("give --grade A|B|C|D or --clear")
     settings, gt, cfg = _context(sites)
     if site not in cfg.sites:
-        raise _fail(f"site {site!r} is not in the site file")
+        raise usage(f"site {site!r} is not in the site file")
     try:
         record = Override.model_validate(
             {"site": site, "grade": grade, "reason": reason, "by": by, "role": role, "at_ms": int(time.time() * 1000)}
         )
     except ValidationError as exc:
-        raise _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+        raise usage("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
     _run(store.ensure_topics(settings, gt))
     _run(store.publish_override(settings, gt, record))
     sys.stdout.write(record.model_dump_json() + "\n")

@@ -28,9 +28,9 @@ async def ensure_topics(settings: Settings, gt: GradingTopics) -> list[str]:
     """Larder's topics and the grading ones; returns those created."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    from pipeline import stack
+    from pipeline.kafkaadmin import ensure_topics as ensure_base
 
-    created = await stack.ensure_topics(settings, gt.base)
+    created = await ensure_base(settings, gt.base)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
     await admin.start()
     try:

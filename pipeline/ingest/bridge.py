@@ -44,9 +44,9 @@ import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from pipeline import serde
+from pipeline.contracts.records import dead_letter_value as dead_letter
+from pipeline.contracts.records import readings_value
 from pipeline.ingest import metrics
-from pipeline.ingest.deadletter import dead_letter
 from pipeline.ingest.mqttclient import BufferedClient, Publish
 from pipeline.ingest.registry import ReloadingRegistry
 from pipeline.ingest.validate import BAD_TOPIC, INVALID, UNKNOWN_DEVICE, Refusal, validate_device_payload
@@ -118,21 +118,28 @@ class Bridge:
         self.registry = registry
         self.topics = topics or Topics(prefix=settings.topic_prefix, partitions=settings.readings_partitions)
         self.instance = instance or ing.bridge_instance
-        self.group = group or ing.bridge_group
-        self.client_id = f"larder-bridge-{self.instance}"
-        # Shared: several bridges split the load. Mosquitto 2.0.11 drops what is routed to a shared member whose
-        # session was restored from disk and has not reconnected yet (docs/ingest.md); a plain subscription
-        # keeps those, so a single bridge that must survive broker restarts can use it.
+        # Each instance logs in as its own user, and the broker makes the user the client id
+        # (use_username_as_clientid): no device and no other instance can take this session over.
+        self.user, self._password = settings.mqtt.bridge_login(self.instance)
+        self.client_id = self.user
+        # The group is a secret derived from the bridge master secret: a member of it takes its turn of every
+        # reading, and Mosquitto drops a turn it may not read (a device that joined), so none may guess it.
+        self.group = group or ing.bridge_group or settings.mqtt.shared_group()
+        # Default: a plain subscription. Shared (several bridges split the load) is opt-in: Mosquitto 2.0.11
+        # drops what is routed to a shared member whose session was restored from disk and has not reconnected
+        # yet, i.e. readings are lost across a broker restart (docs/ingest.md).
         self.subscription = f"$share/{self.group}/{SUBSCRIPTION}" if ing.bridge_shared else SUBSCRIPTION
         self.linger_s = ing.linger_ms / 1000
         self.max_inflight = ing.max_inflight
         self.max_inflight_bytes = ing.max_inflight_bytes
         self.max_items = ing.max_batch_items
         self.skew_ms = int(ing.future_skew_s * 1000)
+        self.floor_ms = int(ing.ts_floor.timestamp() * 1000)
         self.retire = retire
         self.idle_s = idle_s
         self.retired = False  # set once the queue is drained and the session dropped
         self.session_present: bool | None = None  # what the broker said at the first CONNACK
+        self.refused: str | None = None  # the first login was refused: the bridge stops with this reason
         self._unsubscribed = threading.Event()
         self._last_arrival = time.monotonic()
         self._cond = threading.Condition()
@@ -154,7 +161,6 @@ class Bridge:
     # -- the paho side (network thread) ------------------------------------------------------------------------
 
     def _make_client(self) -> mqtt.Client:
-        m = self.settings.mqtt
         # paho with chunked socket reads and QoS 1 PUBLISHes handed over a socket read at a time
         # (pipeline.ingest.mqttclient): same protocol code, fewer syscalls, one lock per read.
         c = BufferedClient(
@@ -165,8 +171,7 @@ class Bridge:
             manual_ack=True,
             on_publishes=self._on_publishes,
         )
-        assert m.bridge_password is not None, "load settings with load_settings()"
-        c.username_pw_set(m.bridge_user, m.bridge_password.get_secret_value())
+        c.username_pw_set(self.user, self._password)
         c.max_inflight_messages_set(1000)
         c.reconnect_delay_set(min_delay=1, max_delay=2)  # be back before the backlog grows
         c.on_connect = self._on_connect
@@ -177,7 +182,16 @@ class Bridge:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         if rc.is_failure:
-            log.error("MQTT connect refused: %s", rc)
+            log.error(
+                "MQTT connect refused for %s: %s (is this instance registered? `larder devices add-bridge %s`)",
+                self.user,
+                rc,
+                self.instance,
+            )
+            if self.session_present is None:  # never logged in: fail fast rather than knock forever
+                self.refused = str(rc)
+                if self._loop is not None:
+                    self._loop.call_soon_threadsafe(self._arrived.set)
             return
         if self.session_present is None:
             self.session_present = bool(flags.session_present)
@@ -253,6 +267,11 @@ class Bridge:
             self.client.loop_start()
             last_reload = last_progress = time.monotonic()
             while not stop.is_set():
+                if self.refused is not None:
+                    raise RuntimeError(
+                        f"mqtt://{m.host}:{m.port} refused the login of bridge instance {self.instance} "
+                        f"(user {self.user}): {self.refused}. Register it: `larder devices add-bridge {self.instance}`"
+                    )
                 # Asleep until a message arrives (or the once-a-second chores are due), then linger for more.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._arrived.wait(), 1.0)
@@ -278,7 +297,7 @@ class Bridge:
             self.client.loop_stop()
             await self.producer.stop()
         if self.retire and not stop.is_set():
-            forget_session(self.settings, self.client_id)
+            forget_session(self.settings, self.instance)
             self.retired = True
 
     def _drained(self, now: float) -> bool:
@@ -347,7 +366,7 @@ class Bridge:
                 continue
             base: dict[str, Any] = {**info.base, "received_ms": now}
             try:
-                items, refusals = validate_device_payload(payload, base, now, self.skew_ms)
+                items, refusals = validate_device_payload(payload, base, now, self.skew_ms, self.floor_ms)
             except Exception as exc:  # a validator bug must neither stop the bridge nor lose the message
                 log.exception("could not validate a message from %s", device)
                 items, refusals = [], [Refusal(INVALID, f"could not be validated: {exc!r}", None, payload)]
@@ -375,7 +394,7 @@ class Bridge:
         for p, items in groups.items():
             for i in range(0, len(items), self.max_items):
                 chunk = items[i : i + self.max_items]
-                value = serde.dumps({"v": 1, "kind": "readings", "items": chunk})
+                value = readings_value(chunk)
                 records.append(
                     _Record(self.topics.readings, chunk[0]["device"].encode(), value, p, len(chunk), "readings")
                 )
@@ -436,11 +455,13 @@ class Bridge:
             metrics.DEAD_LETTERED.labels("mqtt", code).inc(n)
 
 
-def forget_session(settings: Settings, client_id: str, timeout: float = 10.0) -> None:
-    """Drop ``client_id``'s persistent session: one login with a clean session (MQTT 3.1.1) discards it, with
-    its subscription and anything still queued for it. Raises ``RuntimeError`` if the broker refuses."""
+def forget_session(settings: Settings, instance: str, timeout: float = 10.0) -> None:
+    """Drop bridge ``instance``'s persistent session: one login as the instance with a clean session (MQTT
+    3.1.1) discards it, with its subscription and anything still queued for it. Raises ``RuntimeError`` if the
+    broker refuses."""
     m = settings.mqtt
-    assert m.bridge_password is not None, "load settings with load_settings()"
+    user, password = m.bridge_login(instance)
+    client_id = user  # the broker binds the client id to the user anyway
     done = threading.Event()
     refused: list[str] = []
 
@@ -450,7 +471,7 @@ def forget_session(settings: Settings, client_id: str, timeout: float = 10.0) ->
         done.set()
 
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-    c.username_pw_set(m.bridge_user, m.bridge_password.get_secret_value())
+    c.username_pw_set(user, password)
     c.on_connect = on_connect
     try:
         c.connect(m.host, m.port, keepalive=10)

@@ -32,12 +32,14 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
-from pipeline import serde
+from pipeline.contracts.records import dead_letter_value as dead_letter
+from pipeline.contracts.records import kitchen_events_value
 from pipeline.ingest import metrics
-from pipeline.ingest.deadletter import dead_letter
 from pipeline.ingest.registry import ReloadingRegistry
 from pipeline.ingest.validate import (
+    BAD_TIMESTAMP,
     BATCH_TOO_LARGE,
+    DEFAULT_TS_FLOOR_MS,
     FUTURE_TIMESTAMP,
     INVALID,
     MISSING_FIELD,
@@ -46,6 +48,7 @@ from pipeline.ingest.validate import (
     WRONG_TYPE,
     element_bytes,
     parse_json,
+    precheck,
     reason_code_for,
 )
 from pipeline.partitioner import partition_for
@@ -95,9 +98,11 @@ def _refuse(status: int, code: str, reason: str, **extra: Any) -> web.Response:
 
 
 def validate_events(
-    body: bytes, now_ms: int, skew_ms: int
+    body: bytes, now_ms: int, skew_ms: int, floor_ms: int = DEFAULT_TS_FLOOR_MS
 ) -> tuple[list[tuple[int, CameraEvent]], list[tuple[int | None, str, str, bytes]]]:
     """Body -> ([(index, event)], [(index, reason_code, reason, bytes)]). Pure."""
+    if (early := precheck(body)) is not None:
+        return [], [(None, early.reason_code, early.reason, early.payload)]
     obj, err = parse_json(body)
     if err is not None:
         return [], [(None, NOT_JSON, err, body)]
@@ -130,6 +135,9 @@ def validate_events(
             bad.append((index, MISSING_FIELD, str(exc), raw))
             continue
         ts_ms = to_ms(event.ts)
+        if ts_ms < floor_ms:
+            bad.append((index, BAD_TIMESTAMP, f"ts: before {floor_ms // 1000} (Unix seconds)", raw))
+            continue
         if ts_ms > now_ms + skew_ms:
             bad.append((index, FUTURE_TIMESTAMP, f"ts: {ts_ms - now_ms} ms in the future", raw))
             continue
@@ -144,6 +152,7 @@ class Hooks:
         self.topics = topics or Topics(prefix=settings.topic_prefix, partitions=settings.readings_partitions)
         self.seen = SeenEvents(settings.ingest.hooks_dedup_size)
         self.skew_ms = int(settings.ingest.future_skew_s * 1000)
+        self.floor_ms = int(settings.ingest.ts_floor.timestamp() * 1000)
         self.producer: AIOKafkaProducer | None = None
         self.partitions = 0
 
@@ -191,7 +200,7 @@ class Hooks:
         futures = []
         t0 = time.perf_counter()
         if fresh:
-            value = serde.dumps({"v": 1, "kind": "kitchen_events", "items": fresh})
+            value = kitchen_events_value(fresh)
             p = partition_for(kitchen, self.partitions)
             futures.append(
                 await self.producer.send(self.topics.kitchen_events, value, key=kitchen.encode(), partition=p)
@@ -215,6 +224,10 @@ class Hooks:
 
     async def handle(self, request: web.Request) -> web.Response:
         received_ms = int(time.time() * 1000)
+        if request.content_type != "application/json":  # contract 2; aiohttp strips "; charset=..."
+            return _refuse(
+                415, "unsupported_media_type", f"Content-Type must be application/json, got {request.content_type}"
+            )
         self.registry.reload()  # a stat() per request: new cameras work without a restart
         camera = request.headers.get("X-Larder-Camera", "")
         ts_header = request.headers.get("X-Larder-Timestamp", "")
@@ -236,7 +249,7 @@ class Hooks:
         if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "surrogateescape")):
             return _refuse(401, "bad_signature", "X-Larder-Signature does not match the body and timestamp")
 
-        ok, bad = validate_events(body, received_ms, self.skew_ms)
+        ok, bad = validate_events(body, received_ms, self.skew_ms, self.floor_ms)
         fresh: list[dict[str, Any]] = []
         duplicates = 0
         keys_seen: set[tuple[str, str]] = set()

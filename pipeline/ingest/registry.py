@@ -1,25 +1,17 @@
 """Device and camera lookups built from the site configuration (contract 5), reloadable while running.
 
 The bridge and the hooks never trust a device or camera for its site, asset, profile or kitchen: they look
-it up here. The registry also edits the site file for ``larder devices`` (ruamel round-trip, so comments and
-layout survive) and regenerates Mosquitto's password file and ACL from it.
+it up here. Editing the site file is :mod:`pipeline.siteedit`; who may log in to the broker is
+:mod:`pipeline.stack.logins`; this module only reads.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 from dataclasses import dataclass, field
-from io import StringIO
 from pathlib import Path
-from typing import Any
 
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap
-
-from pipeline import serde, siteconfig
-from pipeline.settings import Settings
+from pipeline import siteconfig
 from pipeline.siteconfig import SiteConfig, SiteConfigError
 
 log = logging.getLogger(__name__)
@@ -76,15 +68,17 @@ def load_registry(path: Path) -> Registry:
 class ReloadingRegistry:
     """The current registry, re-read when the file changes (polled) or on demand (SIGHUP).
 
-    A broken edit keeps the last good registry and logs the file:line:field problems, so a typo in the site
-    file never stops ingestion.
+    At start the file must load: a missing or broken one raises :class:`SiteConfigError` (file, line, field),
+    so the service exits instead of running with no devices and dead-lettering every reading as
+    ``unknown_device``. Afterwards a broken edit keeps the last good registry and logs the problems, so a typo
+    in the site file never stops ingestion that is running.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._stamp: tuple[int, int] | None = None
-        self.current = Registry.empty()
-        self.reload(force=True)
+        self._stamp = self._file_stamp()
+        self.current = load_registry(path)  # raises: fail fast at start
+        self._loaded()
 
     def _file_stamp(self) -> tuple[int, int] | None:
         try:
@@ -100,9 +94,8 @@ class ReloadingRegistry:
             return False
         self._stamp = stamp
         if stamp is None:
-            log.warning("site configuration %s does not exist; every device is unknown", self.path)
-            self.current = Registry.empty()
-            return True
+            log.error("site configuration %s is gone; keeping the previous one", self.path)
+            return False
         try:
             self.current = load_registry(self.path)
         except SiteConfigError as exc:
@@ -111,122 +104,13 @@ class ReloadingRegistry:
         except Exception:  # anything else the file provokes must not stop ingestion either
             log.exception("site configuration %s not reloaded, keeping the previous one", self.path)
             return False
+        self._loaded()
+        return True
+
+    def _loaded(self) -> None:
         log.info(
             "registry loaded from %s: %d devices, %d cameras",
             self.path,
             len(self.current.devices),
             len(self.current.cameras),
         )
-        return True
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Editing the site file (larder devices ...)
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def new_secret() -> str:
-    return secrets.token_urlsafe(18)
-
-
-def _yaml() -> YAML:
-    yaml = YAML(typ="rt")
-    yaml.preserve_quotes = True
-    yaml.indent(mapping=2, sequence=4, offset=2)
-    return yaml
-
-
-def _edit(path: Path, change: Any) -> SiteConfig:
-    """Load with comments, apply ``change(doc)``, validate the result, then replace the file atomically. A
-    ``.json`` site file stays JSON (indented; JSON has no comments to keep)."""
-    text = siteconfig.read_text(path)
-    siteconfig.parse(text, path)  # refuse to edit a file that is already broken; the errors name the lines
-    if siteconfig.is_json(path):
-        doc = serde.loads(text)
-        change(doc)
-        new_text = serde.dumps_readable(doc).decode()
-    else:
-        yaml = _yaml()
-        doc = yaml.load(text)
-        change(doc)
-        out = StringIO()
-        yaml.dump(doc, out)
-        new_text = out.getvalue()
-    config = siteconfig.parse(new_text, path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(new_text, encoding="utf-8")
-    os.chmod(tmp, path.stat().st_mode & 0o777)
-    tmp.replace(path)
-    return config
-
-
-def _site(doc: Any, path: Path, site: str) -> dict[str, Any]:
-    sites = doc.get("sites") if isinstance(doc, dict) else None
-    if not isinstance(sites, dict) or site not in sites:
-        known = ", ".join(sites or {}) if isinstance(sites, dict) else ""
-        raise SiteConfigError(path, [f"{path}: sites.{site}: no such site (known: {known or 'none'})"])
-    node = sites[site]
-    assert isinstance(node, dict)
-    return node
-
-
-def _taken(doc: Any, ident: str) -> str | None:
-    for site_id, site in (doc.get("sites") or {}).items():
-        for section in ("devices", "cameras"):
-            if ident in (site.get(section) or {}):
-                return f"sites.{site_id}.{section}.{ident}"
-    return None
-
-
-def add_device(
-    path: Path, site: str, device: str, asset: str, secret: str, interval_s: float | None = None
-) -> SiteConfig:
-    def change(doc: Any) -> None:
-        node = _site(doc, path, site)
-        if where := _taken(doc, device):
-            raise SiteConfigError(path, [f"{path}: {where}: {device} already exists"])
-        if node.get("devices") is None:
-            node["devices"] = CommentedMap()
-        entry = CommentedMap(asset=asset, secret=secret)
-        if interval_s is not None:
-            entry["interval_s"] = interval_s
-        node["devices"][device] = entry
-
-    return _edit(path, change)
-
-
-def add_camera(path: Path, site: str, camera: str, kitchen: str, secret: str) -> SiteConfig:
-    def change(doc: Any) -> None:
-        node = _site(doc, path, site)
-        if where := _taken(doc, camera):
-            raise SiteConfigError(path, [f"{path}: {where}: {camera} already exists"])
-        if node.get("cameras") is None:
-            node["cameras"] = CommentedMap()
-        node["cameras"][camera] = CommentedMap(kitchen=kitchen, secret=secret)
-
-    return _edit(path, change)
-
-
-def rotate_secret(path: Path, ident: str, secret: str) -> SiteConfig:
-    def change(doc: Any) -> None:
-        where = _taken(doc, ident)
-        if where is None:
-            raise SiteConfigError(path, [f"{path}: no device or camera {ident!r}"])
-        _, site_id, section, _ = where.split(".", 3)
-        entry = doc["sites"][site_id][section][ident]
-        if "secret_ref" in entry:
-            raise SiteConfigError(
-                path,
-                [f"{path}: {where}.secret_ref: the secret lives outside this file ({entry['secret_ref']})"],
-            )
-        entry["secret"] = secret
-
-    return _edit(path, change)
-
-
-def apply_auth(settings: Settings, config: SiteConfig, extra: dict[str, str] | None = None) -> bool:
-    """Regenerate Mosquitto's password file and ACL from the site file and SIGHUP the broker; returns whether
-    a running broker was reloaded. ``KeyError``: a ``secret_ref`` that does not resolve (message names it)."""
-    from pipeline.stack import mosquitto
-
-    return mosquitto.write_auth(settings, {**(extra or {}), **config.device_secrets()})

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from itertools import accumulate
 from typing import Any
 
 from pydantic import ValidationError
@@ -22,6 +25,7 @@ from pydantic import ValidationError
 from pipeline import serde
 from pipeline.schemas import (
     MAX_DEVICE_BATCH,
+    MAX_MESSAGE_BYTES,
     SEQ_MAX,
     TEMP_MAX_C,
     TEMP_MIN_C,
@@ -44,6 +48,8 @@ UNEXPECTED_FIELD = "unexpected_field"
 UNKNOWN_DEVICE = "unknown_device"
 UNKNOWN_CAMERA = "unknown_camera"
 BAD_TOPIC = "bad_topic"
+TOO_LARGE = "too_large"
+TOO_DEEP = "too_deep"
 INVALID = "invalid"
 
 REASON_CODES = (
@@ -59,8 +65,17 @@ REASON_CODES = (
     UNKNOWN_DEVICE,
     UNKNOWN_CAMERA,
     BAD_TOPIC,
+    TOO_LARGE,
+    TOO_DEEP,
     INVALID,
 )
+
+#: Readings and events are timestamped on or after this by default (IngestSettings.ts_floor): earlier is a
+#: clock that was never set (Unix 0, -1), stored at 1970 it would be history nobody can use.
+DEFAULT_TS_FLOOR_MS = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp() * 1000)
+#: Deepest JSON nesting accepted (contract 1 needs 3, contract 2 needs 3). Checked on the bytes before any
+#: decoder runs: Python's json (the NaN fallback) recursed into a RecursionError on a deep document.
+MAX_JSON_DEPTH = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,15 +88,58 @@ class Refusal:
     payload: bytes
 
 
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def json_depth(payload: bytes) -> int:
+    """Deepest ``[``/``{`` nesting of a JSON text, strings skipped; linear, no recursion. Only called when the
+    bytes hold more brackets than ``MAX_JSON_DEPTH`` (a store-and-forward batch, or something hostile)."""
+    steps = (1 if b in (b"[", b"{") else -1 for b in _BRACKET.findall(_STRING.sub(b"", payload)))
+    return max(accumulate(steps, initial=0))
+
+
+def too_deep(payload: bytes) -> bool:
+    return payload.count(b"[") + payload.count(b"{") > MAX_JSON_DEPTH and json_depth(payload) > MAX_JSON_DEPTH
+
+
 def parse_json(payload: bytes) -> tuple[Any, str | None]:
-    """orjson first; on failure Python's json, which also reads NaN/Infinity, so those get ``not_finite``."""
+    """orjson first; on failure Python's json, which also reads NaN/Infinity, so those get ``not_finite``.
+
+    What the docs promise is refused as ``not_json`` on both paths: bytes that are not UTF-8 (encoded
+    surrogates included), a UTF-8 byte order mark, and ``\\uD800``-style escapes of lone surrogates (orjson
+    refuses all three; Python's json would take them)."""
     try:
         return serde.loads(payload), None
     except serde.JSONDecodeError as exc:
         try:
-            return json.loads(payload), None
+            text = payload.decode("utf-8")  # strict: no surrogates, unlike json.loads(bytes)
+        except UnicodeDecodeError as err:
+            return None, f"not JSON: not UTF-8 ({err.reason} at byte {err.start})"
+        if text.startswith("\ufeff"):
+            return None, "not JSON: starts with a UTF-8 byte order mark"
+        try:
+            obj = json.loads(text)
         except (ValueError, RecursionError):
             return None, f"not JSON: {exc}"
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return None, "not JSON: contains an escaped lone surrogate (not a Unicode character)"
+        except (ValueError, RecursionError):
+            pass
+        return obj, None
+
+
+def precheck(payload: bytes) -> Refusal | None:
+    """Refusals decided on the bytes alone, before any decoder runs: size and nesting depth."""
+    if len(payload) > MAX_MESSAGE_BYTES:
+        limit = MAX_MESSAGE_BYTES
+        reason = f"{len(payload)} bytes, at most {limit}; the dead letter keeps the first {limit}"
+        return Refusal(TOO_LARGE, reason, None, payload[:MAX_MESSAGE_BYTES])
+    if too_deep(payload):
+        return Refusal(TOO_DEEP, f"JSON nested deeper than {MAX_JSON_DEPTH} levels", None, payload)
+    return None
 
 
 def element_bytes(element: Any) -> bytes:
@@ -114,7 +172,14 @@ def _event_ms(value: Any) -> int:
         raise ValueError(f"ts is out of range: {value!r}") from exc
 
 
-def check_reading(obj: Any, now_ms: int, skew_ms: int) -> dict[str, Any] | tuple[str, str]:
+def _before_floor(ts_ms: int, floor_ms: int) -> tuple[str, str]:
+    floor = datetime.fromtimestamp(floor_ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
+    return BAD_TIMESTAMP, f"ts: before {floor} (a device clock that was never set?)"
+
+
+def check_reading(
+    obj: Any, now_ms: int, skew_ms: int, floor_ms: int = DEFAULT_TS_FLOOR_MS
+) -> dict[str, Any] | tuple[str, str]:
     """One contract-1 reading -> its validated fields, or ``(reason_code, reason)``.
 
     Checks fields in the model's order and reports the first problem, like the reference does.
@@ -128,6 +193,8 @@ def check_reading(obj: Any, now_ms: int, skew_ms: int) -> dict[str, Any] | tuple
         ts_ms = _event_ms(ts)
     except ValueError as exc:
         return BAD_TIMESTAMP, f"ts: {exc}"
+    if ts_ms < floor_ms:
+        return _before_floor(ts_ms, floor_ms)
     seq = obj.get("seq", _MISSING)
     if seq is _MISSING:
         return MISSING_FIELD, "seq: field required"
@@ -177,13 +244,15 @@ _MISSING: Any = object()
 
 
 def validate_device_payload(
-    payload: bytes, base: dict[str, Any], now_ms: int, skew_ms: int
+    payload: bytes, base: dict[str, Any], now_ms: int, skew_ms: int, floor_ms: int = DEFAULT_TS_FLOOR_MS
 ) -> tuple[list[dict[str, Any]], list[Refusal]]:
     """A contract-1 MQTT payload (one reading or ``{"readings": [...]}``) -> (items, refusals).
 
     ``base`` is the registry's enrichment plus ``received_ms``; every item is ``{**base, **fields}``, ready
     for the readings topic (:class:`pipeline.schemas.Reading`). One bad element of a batch refuses only itself.
     """
+    if (early := precheck(payload)) is not None:
+        return [], [early]
     obj, err = parse_json(payload)
     if err is not None:
         return [], [Refusal(NOT_JSON, err, None, payload)]
@@ -200,14 +269,14 @@ def validate_device_payload(
         items: list[dict[str, Any]] = []
         refusals: list[Refusal] = []
         for i, element in enumerate(elements):
-            r = check_reading(element, now_ms, skew_ms)
+            r = check_reading(element, now_ms, skew_ms, floor_ms)
             if type(r) is dict:
                 items.append({**base, **r})
             else:
                 code, reason = r  # type: ignore[misc]
                 refusals.append(Refusal(code, reason, i, element_bytes(element)))
         return items, refusals
-    r = check_reading(obj, now_ms, skew_ms)
+    r = check_reading(obj, now_ms, skew_ms, floor_ms)
     if type(r) is dict:
         return [{**base, **r}], []
     code, reason = r  # type: ignore[misc]
@@ -250,24 +319,43 @@ def _describe(err: Any) -> str:
     return f"{loc}: {err['msg']}" if loc else str(err["msg"])
 
 
-def check_reading_reference(obj: Any, now_ms: int, skew_ms: int) -> dict[str, Any] | tuple[str, str]:
+def check_reading_reference(
+    obj: Any, now_ms: int, skew_ms: int, floor_ms: int = DEFAULT_TS_FLOOR_MS
+) -> dict[str, Any] | tuple[str, str]:
     try:
         model = DeviceReading.model_validate(obj)
         ts_ms = to_ms(model.ts)
     except ValidationError as exc:
         first = exc.errors()[0]
+        if first["loc"] and first["loc"][0] != "ts" and isinstance(obj, dict) and "ts" in obj:
+            # The model reports fields in its own order; the floor is a ts problem, reported first like ts's.
+            floor = _floor_first(obj["ts"], floor_ms)
+            if floor is not None:
+                return floor
         return reason_code_for(first), _describe(first)
     except (OverflowError, OSError) as exc:
         return BAD_TIMESTAMP, f"ts: {exc}"
+    if ts_ms < floor_ms:
+        return _before_floor(ts_ms, floor_ms)
     if ts_ms > now_ms + skew_ms:
         return FUTURE_TIMESTAMP, f"ts: {ts_ms - now_ms} ms in the future (allowed skew {skew_ms} ms)"
     fields = model.model_dump(exclude_none=True, exclude={"ts"})
     return {"seq": fields.pop("seq"), "ts_ms": ts_ms, **fields}
 
 
+def _floor_first(ts: Any, floor_ms: int) -> tuple[str, str] | None:
+    try:
+        ts_ms = to_ms(_parse_ts(ts))
+    except (ValueError, OverflowError, OSError):
+        return None
+    return _before_floor(ts_ms, floor_ms) if ts_ms < floor_ms else None
+
+
 def validate_device_payload_reference(
-    payload: bytes, base: dict[str, Any], now_ms: int, skew_ms: int
+    payload: bytes, base: dict[str, Any], now_ms: int, skew_ms: int, floor_ms: int = DEFAULT_TS_FLOOR_MS
 ) -> tuple[list[dict[str, Any]], list[Refusal]]:
+    if (early := precheck(payload)) is not None:
+        return [], [early]
     obj, err = parse_json(payload)
     if err is not None:
         return [], [Refusal(NOT_JSON, err, None, payload)]
@@ -280,13 +368,13 @@ def validate_device_payload_reference(
         items: list[dict[str, Any]] = []
         refusals: list[Refusal] = []
         for i, element in enumerate(batch.readings):
-            r = check_reading_reference(element, now_ms, skew_ms)
+            r = check_reading_reference(element, now_ms, skew_ms, floor_ms)
             if isinstance(r, dict):
                 items.append({**base, **r})
             else:
                 refusals.append(Refusal(r[0], r[1], i, element_bytes(element)))
         return items, refusals
-    r = check_reading_reference(obj, now_ms, skew_ms)
+    r = check_reading_reference(obj, now_ms, skew_ms, floor_ms)
     if isinstance(r, dict):
         return [{**base, **r}], []
     return [], [Refusal(r[0], r[1], None, payload)]

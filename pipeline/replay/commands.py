@@ -1,4 +1,5 @@
-"""`larder simulate`, `larder record`, `larder replay`, `larder demo` (docs/simulators.md)."""
+"""`larder record` and `larder replay` (docs/simulators.md), and the run display they share with `larder simulate`
+and `larder demo` (:mod:`simulators.commands`)."""
 
 from __future__ import annotations
 
@@ -15,35 +16,28 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipeline.replay.run import AlertWatch, RunResult, fresh_prefix
+from pipeline.cliutil import console, fail, parse_duration, usage
+from pipeline.replay.run import AlertWatch, RunResult
 from pipeline.replay.score import Score
 from pipeline.replay.send import SendStats
 from pipeline.schemas import ms_to_iso
 from pipeline.settings import Settings, load_settings
-from pipeline.terminal import make_console
 from pipeline.topics import Topics
 
-console = make_console(stderr=True)
 
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code)
-
-
-def _speed(text: str) -> float | None:
+def parse_speed(text: str) -> float | None:
     if text == "max":
         return None
     try:
         value = float(text.rstrip("x"))
     except ValueError:
-        raise _fail(f"--speed must be a number (e.g. 60) or 'max', not {text!r}") from None
+        raise usage(f"--speed must be a number (e.g. 60) or 'max', not {text!r}") from None
     if value <= 0:
-        raise _fail("--speed must be positive")
+        raise usage("--speed must be positive")
     return value
 
 
-def _parse_start(text: str | None, duration_s: float, clock: str) -> int | None:
+def parse_start(text: str | None, duration_s: float, clock: str) -> int | None:
     """Default: live clock -> now; otherwise the latest 00:00 UTC (08:00 in the sites' zone) from which the
     whole scenario lies in the past, so the bridge's future-timestamp check never refuses simulated data."""
     now = int(time.time() * 1000)
@@ -54,12 +48,12 @@ def _parse_start(text: str | None, duration_s: float, clock: str) -> int | None:
         return (now - int(duration_s * 1000) - 60_000) // day * day
     if text == "now":
         return now // 1000 * 1000
-    from pipeline.schemas import _parse_ts, to_ms
+    from pipeline.contracts.models import ts_to_ms
 
     try:
-        return to_ms(_parse_ts(text))
+        return ts_to_ms(text)
     except ValueError as exc:
-        raise _fail(f"--start: {exc}") from None
+        raise usage(f"--start: {exc}") from None
 
 
 class Display:
@@ -154,7 +148,7 @@ def print_score(sc: Score) -> None:
     console.print(f"result: {verdict}")
 
 
-def _run(
+def run_and_show(
     settings: Settings,
     lines: Any,
     config: Any,
@@ -218,7 +212,7 @@ def _run(
 
             return asyncio.run(go())
     except (StackError, RuntimeError, TimeoutError, OSError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 SpeedOpt = Annotated[str, typer.Option("--speed", help="simulated seconds per wall second, or 'max'")]
@@ -238,82 +232,6 @@ ClockOpt = Annotated[
 ]
 PrefixOpt = Annotated[str | None, typer.Option("--topic-prefix", help="Kafka topic prefix (default: fresh per run)")]
 HooksOpt = Annotated[str | None, typer.Option("--hooks-url", help="with --no-services: the running hook's base URL")]
-
-
-def simulate(
-    scenario: Annotated[str, typer.Option("--scenario", help="a library scenario name or a scenario YAML file")],
-    sites: Annotated[int | None, typer.Option("--sites", help="number of simulated sites")] = None,
-    speed: SpeedOpt = "max",
-    duration: Annotated[str | None, typer.Option("--duration", help="simulated time, e.g. 90m, 6h, 7d")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="same seed, same readings, secrets and truth")] = 1,
-    start: Annotated[str | None, typer.Option("--start", help="simulated start (RFC 3339 or 'now')")] = None,
-    out: Annotated[
-        Path | None, typer.Option("--out", help="folder for sites.yaml, the lines sent, truth, timeline")
-    ] = None,
-    tick_every: TickOpt = 10.0,
-    services: ServicesOpt = True,
-    clock: ClockOpt = "replay",
-    topic_prefix: PrefixOpt = None,
-    hooks_url: HooksOpt = None,
-    check: Annotated[bool, typer.Option("--check", help="exit 1 unless the alerts meet the ground truth")] = False,
-) -> None:
-    """Simulate sites and drive the real device path (MQTT with device credentials, signed hooks); show
-    progress, then compare the alerts with the simulator's ground truth."""
-    from simulators import build, write_lines, write_truth
-    from simulators.core import write_config
-    from simulators.scenarios import parse_duration
-
-    if clock not in ("replay", "live"):
-        raise _fail("--clock must be replay or live")
-    sp = _speed(speed)
-    if clock == "live" and sp != 1.0:
-        raise _fail("--clock live follows the wall clock: use --speed 1 (or the replay clock for other speeds)")
-    settings = load_settings()
-    try:
-        dur = parse_duration(duration) if duration else None
-        from simulators.scenarios import LIBRARY
-
-        default_dur = LIBRARY[scenario].default_duration_s if scenario in LIBRARY else 6 * 3600
-        t0 = _parse_start(start, dur or default_dur, clock)
-        sc = build(scenario, seed=seed, sites=sites, start_ms=t0, duration_s=dur)
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
-    prefix = topic_prefix or (fresh_prefix() if services else settings.topic_prefix)
-    folder = out or settings.state_dir / "sim" / prefix
-    folder.mkdir(parents=True, exist_ok=True)
-    write_config(folder / "sites.yaml", sc.config_doc)
-    write_truth(folder / "truth.jsonl", sc.truth)
-    n = write_lines(folder / "sent.jsonl", sc.iter_lines())
-    console.print(
-        f"[cyan]>[/] {sc.name}: {sc.description}\n[cyan]>[/] {len(sc.config.sites)} sites, "
-        f"{sum(1 for _ in sc.config.devices())} loggers, {sum(1 for _ in sc.config.cameras())} cameras, {n:,} "
-        f"messages over {(sc.end_ms - sc.start_ms) / 3_600_000:.1f} h from {ms_to_iso(sc.start_ms)}; "
-        f"{len(sc.truth)} true alerts; files in {folder}"
-    )
-    if not services:
-        console.print(f"[cyan]>[/] using running services: they must load {folder / 'sites.yaml'}")
-    result = _run(
-        settings,
-        sc.iter_lines(),
-        sc.config,
-        folder / "sites.yaml",
-        services=services,
-        clock=clock,
-        speed=sp,
-        tick_every=tick_every,
-        truth=sc.truth,
-        prefix=prefix,
-        hooks_url=hooks_url,
-        total_ms=sc.end_ms - sc.start_ms,
-        title=sc.name,
-    )
-    from pipeline.replay.timeline import timeline_jsonl
-
-    (folder / "timeline.jsonl").write_bytes(timeline_jsonl(result.alerts))
-    print_summary(result, sc.name)
-    console.print(f"[cyan]>[/] timeline: {folder / 'timeline.jsonl'}")
-    if check and result.score is not None and not result.score.perfect:
-        raise typer.Exit(1)
 
 
 def replay(
@@ -336,8 +254,8 @@ def replay(
     """Send a recording through the real path, advancing the pipeline's clock along it; print the alert timeline
     (JSONL, contract 4) and, given --truth, per-rule precision, recall and detection delay."""
     from pipeline import siteconfig
+    from pipeline.contracts.replay import read_lines, read_truth
     from pipeline.replay.timeline import timeline_jsonl
-    from simulators import read_lines, read_truth
 
     settings = load_settings(**({"site_config": sites} if sites else {}))
     try:
@@ -345,15 +263,15 @@ def replay(
         lines = list(read_lines(file))
         truth_list = read_truth(truth) if truth else None
     except (ValueError, FileNotFoundError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if not lines:
-        raise _fail(f"{file} holds no replay lines")
-    sp = _speed(speed)
+        raise fail(f"{file} holds no replay lines")
+    sp = parse_speed(speed)
     total = lines[-1].at_ms - lines[0].at_ms
     console.print(
         f"[cyan]>[/] {file}: {len(lines):,} lines over {total / 60000:.1f} min from {ms_to_iso(lines[0].at_ms)}"
     )
-    result = _run(
+    result = run_and_show(
         settings,
         lines,
         config,
@@ -386,15 +304,19 @@ def record(
 ) -> None:
     """Capture what arrives (device publishes from MQTT, accepted hook requests from Kafka) into a replay file
     until Ctrl-C or --duration."""
+    from pipeline.replay.record import RECORDER_INSTANCE
     from pipeline.replay.record import record as do_record
-    from simulators.scenarios import parse_duration
 
     settings = load_settings(**({"topic_prefix": topic_prefix} if topic_prefix else {}))
+    if not settings.mqtt.external:
+        from pipeline.stack import logins
+
+        logins.register_bridges(settings, [RECORDER_INSTANCE])  # a reader login of its own
     topics = Topics(settings.topic_prefix, settings.readings_partitions)
     try:
         limit = parse_duration(duration) if duration else None
     except ValueError as exc:
-        raise _fail(str(exc)) from None
+        raise usage(str(exc)) from None
 
     async def go() -> None:
         stop = asyncio.Event()
@@ -427,68 +349,10 @@ def record(
     try:
         asyncio.run(go())
     except (RuntimeError, OSError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
-def demo(
-    speed: Annotated[str, typer.Option("--speed", help="simulated seconds per wall second")] = "120",
-    scenario: Annotated[str, typer.Option("--scenario", help="which scenario to show")] = "demo",
-) -> None:
-    """The quick start: bring up the local stack, start the pipeline, run a simulated site for a few minutes at
-    high speed with a live view of readings and alerts, then a summary against the ground truth."""
-    from pipeline import stack
-    from pipeline.services import available_commands
-
-    settings = load_settings()
-    console.print("[bold]Larder demo[/]: local stack, then the pipeline, then a simulated site.")
-    try:
-        stack.up(settings, report=lambda m: console.print(f"[cyan]>[/] {m}"))
-    except stack.StackError as exc:
-        raise _fail(str(exc)) from None
-    extra = tuple(n for n in ("sink", "notifier") if n in available_commands())
-    from simulators import build, write_lines, write_truth
-    from simulators.core import write_config
-    from simulators.scenarios import LIBRARY
-
-    if scenario not in LIBRARY:
-        raise _fail(f"unknown scenario {scenario!r}; choose one of {', '.join(LIBRARY)}")
-    t0 = _parse_start(None, LIBRARY[scenario].default_duration_s, "replay")
-    sc = build(scenario, start_ms=t0)
-    prefix = fresh_prefix("demo")
-    folder = settings.state_dir / "sim" / prefix
-    folder.mkdir(parents=True, exist_ok=True)
-    write_config(folder / "sites.yaml", sc.config_doc)
-    write_truth(folder / "truth.jsonl", sc.truth)
-    write_lines(folder / "sent.jsonl", sc.iter_lines())
-    console.print(f"[cyan]>[/] {sc.description}")
-    result = _run(
-        settings,
-        sc.iter_lines(),
-        sc.config,
-        folder / "sites.yaml",
-        services=True,
-        clock="replay",
-        speed=_speed(speed),
-        tick_every=10.0,
-        truth=sc.truth,
-        prefix=prefix,
-        hooks_url=None,
-        total_ms=sc.end_ms - sc.start_ms,
-        title="demo",
-        extra=extra,
-    )
-    from pipeline.replay.timeline import timeline_jsonl
-
-    (folder / "timeline.jsonl").write_bytes(timeline_jsonl(result.alerts))
-    _alert_table(result)
-    print_summary(result, "demo")
-    console.print(
-        f"[cyan]>[/] files: {folder} (sites.yaml, sent.jsonl, truth.jsonl, timeline.jsonl); replay it with\n"
-        f"    larder replay {folder / 'sent.jsonl'} --sites {folder / 'sites.yaml'} --truth {folder / 'truth.jsonl'}"
-    )
-
-
-def _alert_table(result: RunResult) -> None:
+def alert_table(result: RunResult) -> None:
     t = Table(title="alert timeline (event time)")
     for col in ("at", "state", "severity", "rule", "subject", "opened at"):
         t.add_column(col)
@@ -506,7 +370,5 @@ def _alert_table(result: RunResult) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("simulate")(simulate)
     app.command("record")(record)
     app.command("replay")(replay)
-    app.command("demo")(demo)

@@ -14,11 +14,9 @@ latencies). Start the recorder before the traffic you want to capture.
 from __future__ import annotations
 
 import asyncio
-import base64
 import heapq
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +25,16 @@ from typing import IO, Any
 import paho.mqtt.client as mqtt
 
 from pipeline import serde
-from pipeline.schemas import ms_to_iso
+from pipeline.contracts import records
+from pipeline.contracts.models import ms_to_iso
+from pipeline.contracts.replay import Line
 from pipeline.settings import Settings
 from pipeline.topics import Topics
-from simulators.core import Line
 
 REORDER_MS = 3000
+
+#: The bridge-instance login `larder record` reads the devices' readings with (pipeline.stack.logins).
+RECORDER_INSTANCE = "recorder"
 
 
 @dataclass
@@ -92,11 +94,8 @@ class Recorder:
         self._connected.set()
 
     def _on_kitchen(self, value: bytes) -> None:
-        rec = serde.loads(value)
-        if rec.get("kind") != "kitchen_events":
-            return
         by_request: dict[tuple[str, int], list[dict[str, Any]]] = {}
-        for it in rec.get("items", ()):
+        for it in records.batch_items(value, "kitchen_events"):
             by_request.setdefault((it["camera"], it["received_ms"]), []).append(event_body(it))
         for (camera, at), events in by_request.items():
             self.stats.hooks += 1
@@ -107,7 +106,7 @@ class Recorder:
         dl = serde.loads(value)
         if dl.get("source") != "hook" or not dl.get("camera") or dl.get("index") is not None:
             return
-        raw = base64.b64decode(dl["payload_b64"])
+        raw = records.dead_letter_payload(dl)
         try:
             body: Any = serde.loads(raw)
         except Exception:
@@ -137,11 +136,11 @@ class Recorder:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         m = self.settings.mqtt
-        assert m.bridge_password is not None, "load settings with load_settings()"
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=f"larder-recorder-{uuid.uuid4().hex[:6]}", clean_session=True
-        )
-        client.username_pw_set(m.bridge_user, m.bridge_password.get_secret_value())
+        # A reader login of its own (registered by `larder record`): the broker binds client ids to logins, so
+        # sharing a bridge instance's login would close that bridge's connection.
+        user, password = m.bridge_login(RECORDER_INSTANCE)
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=user, clean_session=True)
+        client.username_pw_set(user, password)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka.bootstrap_servers, enable_auto_commit=False)
@@ -172,8 +171,8 @@ class Recorder:
             while not stop.is_set():
                 if parts:
                     batch = await consumer.getmany(timeout_ms=200)
-                    for tp, records in batch.items():
-                        for r in records:
+                    for tp, recs in batch.items():
+                        for r in recs:
                             if r.value is None:
                                 continue
                             if tp.topic == self.topics.kitchen_events:
@@ -188,8 +187,8 @@ class Recorder:
             # Drain what the hooks accepted just before the stop.
             if parts:
                 batch = await consumer.getmany(timeout_ms=500)
-                for tp, records in batch.items():
-                    for r in records:
+                for tp, recs in batch.items():
+                    for r in recs:
                         if r.value is not None:
                             (self._on_kitchen if tp.topic == self.topics.kitchen_events else self._on_dead)(r.value)
         finally:

@@ -12,14 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.contracts import records
+from pipeline.contracts.models import Alert, AlertState
+from pipeline.contracts.replay import Line, Truth
 from pipeline.replay.score import Score, score
 from pipeline.replay.send import Progress, SendStats, drive
 from pipeline.replay.timeline import read_alerts, wait_processed
-from pipeline.schemas import Alert, AlertState
 from pipeline.settings import Settings
 from pipeline.siteconfig import SiteConfig
 from pipeline.topics import Topics
-from simulators.core import Line, Truth
 
 
 @dataclass
@@ -43,19 +44,13 @@ def secrets_of(config: SiteConfig) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def register_devices(settings: Settings, config: SiteConfig) -> None:
-    """Let the simulated devices log in to the broker, keeping every device of the configured site file."""
-    from pipeline import siteconfig
-    from pipeline.stack import mosquitto
+    """Let the simulated devices log in to the broker. Only adds (pipeline.stack.logins): every device
+    registered from anywhere else keeps its login."""
+    from pipeline.stack import logins
 
     if settings.mqtt.external:
         return  # an external broker's credentials are not ours to write
-    devices: dict[str, str] = {}
-    if settings.site_config.exists():
-        # An unusable site file must not stop a simulation; its devices keep what the broker has.
-        with contextlib.suppress(Exception):
-            devices.update(siteconfig.load(settings.site_config).device_secrets())
-    devices.update(config.device_secrets())
-    mosquitto.write_auth(settings, devices)
+    logins.register_devices(settings, config.device_secrets(), source="larder replay/simulate")
 
 
 class AlertWatch:
@@ -83,15 +78,13 @@ class AlertWatch:
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        from pipeline import serde
-
         while True:
             batch = await self._c.getmany(timeout_ms=300)
-            for records in batch.values():
-                for r in records:
+            for recs in batch.values():
+                for r in recs:
                     if r.value is None:
                         continue
-                    a = Alert.model_validate(serde.loads(r.value))
+                    a = records.read_alert(r.value)
                     if a.state is AlertState.OPEN:
                         self.opened += 1
                         self.latest = [*self.latest[-4:], a]
@@ -159,11 +152,11 @@ def run_with_services(
     on_watch: Callable[[AlertWatch], Any] | None = None,
 ) -> RunResult:
     """Start bridge + hooks + worker for ``config`` on fresh topics, send ``lines``, collect and score."""
-    from pipeline import stack
+    from pipeline.kafkaadmin import ensure_topics
     from pipeline.services import CORE, Services
 
     topics = Topics(prefix or fresh_prefix(), settings.readings_partitions)
-    asyncio.run(stack.ensure_topics(settings, topics))
+    asyncio.run(ensure_topics(settings, topics))
     register_devices(settings, config)
     svc = Services(settings, config_path, topics.prefix, clock=clock, names=names or CORE, report=report)
     svc.start()

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pipeline.schemas import Alert, AlertState
-from simulators.core import Truth
+from pipeline.contracts.models import Alert, AlertState, ts_to_ms
+from pipeline.contracts.replay import Truth
 
 
 @dataclass
@@ -143,9 +143,7 @@ def score(
 
 
 def _opened_ms(a: Alert) -> int:
-    from pipeline.schemas import _parse_ts, to_ms
-
-    return to_ms(_parse_ts(a.opened_at))
+    return ts_to_ms(a.opened_at)
 
 
 def _same_subject(a: Alert, t: Truth) -> bool:

@@ -15,7 +15,6 @@ Pacing: ``speed`` maps recording seconds to wall seconds; ``None`` means as fast
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import hmac
 import socket
@@ -30,10 +29,11 @@ import httpx
 import paho.mqtt.client as mqtt
 
 from pipeline import serde
-from pipeline.schemas import MQTT_READINGS_TOPIC
+from pipeline.contracts import records
+from pipeline.contracts.models import MQTT_READINGS_TOPIC
+from pipeline.contracts.replay import Line
 from pipeline.settings import Settings
 from pipeline.topics import Topics
-from simulators.core import Line
 
 
 class SendError(RuntimeError):
@@ -195,8 +195,8 @@ class KafkaWatch:
     async def _run(self) -> None:
         while True:
             batch = await self.consumer.getmany(timeout_ms=200, max_records=5000)
-            for tp, records in batch.items():
-                for r in records:
+            for tp, recs in batch.items():
+                for r in recs:
                     if r.value is None:
                         continue
                     if tp.topic == self.topics.readings:
@@ -207,10 +207,7 @@ class KafkaWatch:
                 self._changed.set()
 
     def _on_batch(self, value: bytes) -> None:
-        rec = serde.loads(value)
-        if rec.get("kind") != "readings":
-            return
-        for it in rec.get("items", ()):
+        for it in records.batch_items(value, "readings"):
             key = (it["device"], it["seq"])
             self.readings += 1
             self.seen.add(key)
@@ -222,7 +219,7 @@ class KafkaWatch:
             return
         self.dead += 1
         try:
-            payload = serde.loads(base64.b64decode(dl["payload_b64"]))
+            payload = serde.loads(records.dead_letter_payload(dl))
         except Exception:
             payload = None
         keys = _reading_keys(dl["device"], payload) if payload is not None else []
@@ -330,7 +327,7 @@ async def drive(
             await watch.drained(timeout=600)
             stats.waits_for_kafka_s += time.monotonic() - t0
             sent_since_tick = False
-        value = serde.dumps({"v": 1, "kind": "tick", "now_ms": now_ms})
+        value = records.tick_value(now_ms)
         futs = [await producer.send(t, value, partition=p) for t, p in tick_targets]
         await asyncio.gather(*futs)
         stats.ticks += 1

@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from pipeline import serde
-from pipeline.schemas import Alert, ms_to_iso
+from pipeline.contracts import records
+from pipeline.contracts.models import Alert, ms_to_iso
 from pipeline.settings import Settings
 from pipeline.topics import Topics
 
@@ -81,10 +82,10 @@ async def read_alerts(settings: Settings, topics: Topics, *, settle_s: float = 1
         deadline = time.monotonic() + 60
         while len(done) < len(ends) and time.monotonic() < deadline:
             batch = await c.getmany(timeout_ms=500)
-            for tp, records in batch.items():
-                for r in records:
+            for tp, recs in batch.items():
+                for r in recs:
                     if r.offset < ends[tp] and r.value is not None:
-                        out.append(Alert.model_validate(serde.loads(r.value)))
+                        out.append(records.read_alert(r.value))
                     if r.offset + 1 >= ends[tp]:
                         done.add(tp)
     finally:

@@ -28,7 +28,8 @@ from influxdb_client.rest import ApiException
 from influxdb_client.service.write_service import WriteService
 
 from pipeline import serde
-from pipeline.schemas import Alert, Annotation, Delivery
+from pipeline.console import records as console_records
+from pipeline.contracts import records
 from pipeline.settings import Settings
 from pipeline.sinks import lineproto
 from pipeline.topics import Topics
@@ -119,16 +120,16 @@ class InfluxSink:
     def _lines(self, topic: str, value: bytes) -> tuple[list[str], list[str]]:
         """(millisecond lines, nanosecond lines) for one Kafka record."""
         t = self.topics
-        data: Any = serde.loads(value)
         if topic in (t.readings, t.kitchen_events):
-            return list(lineproto.batch_lines(data)), []
+            # nanoseconds: readings of one device in the same millisecond stay apart (lineproto)
+            return [], list(lineproto.batch_lines(serde.loads(value)))
         if topic == t.alerts:
-            return [], [lineproto.alert_line(Alert.model_validate(data))]
+            return [], [lineproto.alert_line(records.read_alert(value))]
         if topic == t.annotations:
-            return [], [lineproto.annotation_line(Annotation.model_validate(data))]
+            return [], [lineproto.annotation_line(records.read_annotation(value))]
         if topic == t.deliveries:
-            return [], [lineproto.delivery_line(Delivery.model_validate(data))]
-        return [], []
+            return [], [lineproto.delivery_line(records.read_delivery(value))]
+        return [], console_records.sink_lines(t, topic, serde.loads(value)) or []
 
     async def _write_chunk(self, chunk: list[str], precision: str, stop: asyncio.Event) -> bool:
         """Write one chunk, retrying until InfluxDB takes it. False if stopped first."""
@@ -178,8 +179,8 @@ class InfluxSink:
 
         ms_lines: list[str] = []
         ns_lines: list[str] = []
-        for tp, records in polled.items():
-            for rec in records:
+        for tp, recs in polled.items():
+            for rec in recs:
                 self.stats.records += 1
                 if rec.value is None:
                     continue
@@ -196,6 +197,9 @@ class InfluxSink:
                 if len(ms_lines) >= size:
                     await submit(ms_lines[:size], WritePrecision.MS)
                     ms_lines = ms_lines[size:]
+                if len(ns_lines) >= size:
+                    await submit(ns_lines[:size], WritePrecision.NS)
+                    ns_lines = ns_lines[size:]
         for lines, precision in ((ms_lines, WritePrecision.MS), (ns_lines, WritePrecision.NS)):
             for start in range(0, len(lines), size):
                 await submit(lines[start : start + size], precision)
@@ -210,6 +214,10 @@ class InfluxSink:
             t.alerts,
             t.annotations,
             t.deliveries,
+            t.acks,
+            t.audit,
+            t.verdicts,
+            t.resolutions,
             bootstrap_servers=self.settings.kafka.bootstrap_servers,
             group_id=self.group_id,
             enable_auto_commit=False,

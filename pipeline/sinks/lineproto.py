@@ -3,7 +3,7 @@
 Measurements:
 
 * ``reading`` -- tags ``site, asset, device, profile``; fields ``temp_c, humidity, battery, door_open, defrost,
-  seq, delay_ms``; time = the reading's own ``ts_ms``.
+  seq, delay_ms``; time = the reading's own ``ts_ms`` plus ``seq mod 1,000,000`` nanoseconds.
 * ``alert`` -- one point per lifecycle transition; tags ``site, rule, severity, state, subject``; fields
   ``alert_id, step, age_s, by, role, via, note, evidence``; time = the transition's ``at_ms``.
 * ``annotation`` -- tags ``site, subject, kind``; fields ``end_ms, duration_s, detail``; time = ``start_ms``.
@@ -12,11 +12,16 @@ Measurements:
   latency_ms, error``; time = ``at_ms``.
 
 Why every point is idempotent: InfluxDB keeps one value per (series, timestamp, field), so writing a point again
-overwrites it. Readings are unique per device and ``ts_ms``. Alert, annotation and delivery points of one series
-may share a millisecond (two alerts of a site opened by the same reading, a message to three people), so their
-timestamps carry a deterministic sub-millisecond offset derived from what makes them unique (alert id + state +
-step, message id + record kind + attempt): distinct records never collide, the same record always lands on the
-same nanosecond.
+overwrites it. Readings are unique per (device, seq), not per ``ts_ms``: a device may send two readings stamped
+with the same millisecond (different seq, different values), which one point per millisecond merged silently
+(4,719 accepted readings became 3,132 points, issue 27). So a reading's time carries its ``seq`` below the
+millisecond: still the reading's own millisecond, distinct per seq (unless two seqs of one device in one ms differ
+by a multiple of 1,000,000), and the same reading (a QoS 1 duplicate, a retried batch) always lands on the same
+nanosecond. Kitchen events likewise carry a sub-millisecond offset from their camera and event id. Alert,
+annotation and delivery points of one series may share a millisecond (two alerts of a site opened by the same
+reading, a message to three people), so their timestamps carry a deterministic sub-millisecond offset derived
+from what makes them unique (alert id + state + step, message id + record kind + attempt): distinct records
+never collide, the same record always lands on the same nanosecond.
 """
 
 from __future__ import annotations
@@ -70,7 +75,7 @@ def sub_ms(ms: int, *discriminator: object) -> int:
     return ms * NS_PER_MS + int.from_bytes(digest, "big") % NS_PER_MS
 
 
-# -- readings: written with millisecond precision ------------------------------------------------------------
+# -- readings and kitchen events: nanoseconds, the sub-millisecond part from what makes each unique ----------
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -80,8 +85,14 @@ def _reading_series(site: str | None, asset: str | None, device: str | None, pro
     return "reading" + "".join(f",{k}={_tag(v)}" for k, v in tags if v)
 
 
+def reading_ns(ts_ms: int, seq: Any) -> int:
+    """A reading's point time: its millisecond, plus its ``seq`` (mod 1,000,000) in nanoseconds."""
+    sub = seq % NS_PER_MS if isinstance(seq, int) and not isinstance(seq, bool) else 0
+    return ts_ms * NS_PER_MS + sub
+
+
 def reading_line(item: Mapping[str, Any]) -> str | None:
-    """A Reading item of a RecordBatch (a dict, as decoded from Kafka), timestamp in **milliseconds**.
+    """A Reading item of a RecordBatch (a dict, as decoded from Kafka), timestamp in **nanoseconds**.
 
     The hot path of the sink (every reading passes here), so it builds the line directly instead of through
     :func:`line`; the output is the same (tests compare them).
@@ -106,7 +117,7 @@ def reading_line(item: Mapping[str, Any]) -> str | None:
     if not parts:
         return None
     series = _reading_series(get("site"), get("asset"), get("device"), get("profile"))
-    return f"{series} {','.join(parts)} {ts}"
+    return f"{series} {','.join(parts)} {reading_ns(ts, seq)}"
 
 
 def reading_line_generic(item: Mapping[str, Any]) -> str | None:
@@ -130,12 +141,12 @@ def reading_line_generic(item: Mapping[str, Any]) -> str | None:
             "seq": _int(item.get("seq")),
             "delay_ms": int(received) - ts if isinstance(received, int) and not isinstance(received, bool) else None,
         },
-        ts,
+        reading_ns(ts, item.get("seq")),
     )
 
 
 def kitchen_event_line(item: Mapping[str, Any]) -> str | None:
-    """A KitchenEvent item (milliseconds); ``event_id`` is a field, so two events in one ms need distinct types."""
+    """A KitchenEvent item (nanoseconds: two events of one camera and type in one ms stay two points)."""
     return line(
         "kitchen_event",
         {
@@ -150,7 +161,7 @@ def kitchen_event_line(item: Mapping[str, Any]) -> str | None:
             "confidence": _float(item.get("confidence")),
             "count": _int(item.get("count")),
         },
-        int(item["ts_ms"]),
+        sub_ms(int(item["ts_ms"]), item.get("camera"), item.get("event_id")),
     )
 
 
@@ -162,7 +173,7 @@ def _int(v: Any) -> int | None:
     return int(v) if isinstance(v, int) and not isinstance(v, bool) else None
 
 
-# -- everything else: nanosecond precision with the sub-millisecond discriminator -----------------------------
+# -- everything else: the sub-millisecond discriminator from what makes each record unique ------------------
 
 
 def alert_line(alert: Alert) -> str:

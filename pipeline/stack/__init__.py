@@ -11,15 +11,19 @@ import asyncio
 import re
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+from pipeline.kafkaadmin import SCRATCH_RUN, SCRATCH_TOPIC, delete_topics, ensure_topics, prefixed, run_of
 from pipeline.settings import Settings
-from pipeline.stack import influx, kafka, mosquitto
+from pipeline.stack import influx, kafka, logins, mosquitto
 from pipeline.stack.process import StackError, port_open, read_pid, stop_pid, tail, wait_for_service
-from pipeline.topics import Topics
 
 Report = Callable[[str], None]
+
+# Tests and benchmarks also write to InfluxDB databases named like their topic prefixes.
+SCRATCH_DATABASE = re.compile(rf"^{SCRATCH_RUN}$")
 
 __all__ = [
     "SCRATCH_DATABASE",
@@ -32,31 +36,12 @@ __all__ = [
     "ensure_topics",
     "prefixed",
     "prune",
+    "register_site_files",
     "run_of",
+    "site_files",
     "status",
     "up",
 ]
-
-# Topics of a run on a prefix of its own: tests (t + 10 hex), benchmarks (b/bench + hex), simulations and
-# replays on fresh topics (sim/live/demo + 8 hex), Faust's internal topics under them ("<prefix>-worker-..."),
-# and quix-streams' changelogs of the benchmark baseline ("changelog__quix-<hash>--<prefix>-..."). Each run
-# deletes its own; this finds what an interrupted run left behind (`larder stack prune`).
-_SCRATCH = r"(?:t[0-9a-f]{10}|b[0-9a-f]{8}|bench[0-9a-f]{6,8}|(?:sim|live|demo)[0-9a-f]{8})"
-_QUIX_CHANGELOG = r"changelog__quix-[0-9a-f]+--"
-SCRATCH_TOPIC = re.compile(rf"^(?:{_QUIX_CHANGELOG})?{_SCRATCH}[.-]")
-# Tests and benchmarks also write to InfluxDB databases of the same names.
-SCRATCH_DATABASE = re.compile(rf"^{_SCRATCH}$")
-
-
-def prefixed(prefix: str) -> Callable[[str], bool]:
-    """Matches the topics of one prefix: its own, Faust's internal ones, quix-streams' changelogs."""
-    own = re.compile(rf"^(?:{_QUIX_CHANGELOG})?{re.escape(prefix)}[.-]")
-    return lambda name: own.match(name) is not None
-
-
-def run_of(topic: str) -> str:
-    """The prefix of the run a topic belongs to (``prefixed`` read backwards)."""
-    return re.split(r"[.-]", re.sub(rf"^{_QUIX_CHANGELOG}", "", topic))[0]
 
 
 @dataclass(frozen=True)
@@ -147,12 +132,33 @@ def status(settings: Settings) -> list[ServiceStatus]:
     ]
 
 
-def _device_secrets(settings: Settings) -> Mapping[str, str]:
+def site_files(paths: Sequence[Path]) -> list[Path]:
+    """Site files named directly, and every ``*.yaml``/``*.yml``/``*.json`` in a folder named (sorted)."""
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out += sorted(f for f in p.iterdir() if f.suffix in (".yaml", ".yml", ".json") and f.is_file())
+        else:
+            out.append(p)
+    return out
+
+
+def register_site_files(settings: Settings, paths: Sequence[Path], *, revoke: bool = False) -> logins.Change:
+    """Register the devices of these site files with the broker (:func:`logins.sync_site_files`): adds and
+    updates; devices gone from these files are revoked only with ``revoke``."""
     from pipeline import siteconfig
 
-    if not settings.site_config.exists():
-        return {}
-    return siteconfig.load(settings.site_config).device_secrets()
+    files: dict[Path, Mapping[str, str]] = {}
+    for path in site_files(paths):
+        try:
+            files[path] = siteconfig.load(path).device_secrets()
+        except siteconfig.SiteConfigError as exc:
+            raise StackError(str(exc)) from None
+        except KeyError as exc:  # a secret_ref that does not resolve
+            raise StackError(f"{path}: {exc.args[0] if exc.args else exc}") from None
+    if not files:
+        raise StackError(f"no site files in {', '.join(map(str, paths))}")
+    return logins.sync_site_files(settings, files, revoke=revoke)
 
 
 def up(settings: Settings, report: Report = print, *, create_topics: bool = True) -> list[ServiceStatus]:
@@ -192,17 +198,22 @@ def up(settings: Settings, report: Report = print, *, create_topics: bool = True
     if settings.influx.url is None and not influx.healthy(settings):
         _start_fresh(settings, "influxdb", influx.paths(settings), lambda: influx.start(settings), report)
     if not settings.mqtt.external:
-        devices = _device_secrets(settings)
-        if _mqtt_healthy(settings) and read_pid(mosquitto.paths(settings)["pid"]):
-            mosquitto.write_auth(settings, devices)  # picks up site-config changes via SIGHUP
+        # Registrations are kept as they are (pipeline.stack.logins): `stack up` only makes sure the default
+        # bridge instance has its login and the files are rendered; site files are registered by the caller.
+        logins.register_bridges(settings, [settings.ingest.bridge_instance])
+        logins.ensure_rendered(settings)
+        pid = read_pid(mosquitto.paths(settings)["pid"])
+        if _mqtt_healthy(settings) and pid and mosquitto.conf_outdated(settings):
+            # A broker still on an older configuration may lack a protection (client ids bound to logins, the
+            # packet limit): restart it. SIGTERM saves sessions and queued messages; devices reconnect.
+            report("mosquitto: its configuration changed (larder upgraded); restarting it to apply it")
+            stop_pid(pid, timeout=30)
+            mosquitto.paths(settings)["pid"].unlink(missing_ok=True)
+            _start_fresh(settings, "mosquitto", mosquitto.paths(settings), lambda: mosquitto.start(settings), report)
+        elif _mqtt_healthy(settings) and pid:
+            mosquitto.reload(settings)
         elif not _mqtt_healthy(settings):
-            _start_fresh(
-                settings,
-                "mosquitto",
-                mosquitto.paths(settings),
-                lambda: mosquitto.start(settings, devices),
-                report,
-            )
+            _start_fresh(settings, "mosquitto", mosquitto.paths(settings), lambda: mosquitto.start(settings), report)
         else:
             raise StackError(
                 f"port {settings.mqtt.port} is taken by a Mosquitto that larder did not start; "
@@ -211,7 +222,7 @@ def up(settings: Settings, report: Report = print, *, create_topics: bool = True
 
     # A broker with thousands of partitions recovers them for minutes after an unclean stop, logging as it
     # goes: wait while it makes progress rather than for a fixed time.
-    if settings.kafka.bootstrap is None:
+    if settings.kafka.bootstrap is None and settings.kafka.brokers > 1:
         for n in kafka.nodes(settings):
             _wait(
                 report,
@@ -301,46 +312,6 @@ def down(settings: Settings, report: Report = print) -> None:
         report(f"{name}: stopped (pid {pid})")
 
 
-async def ensure_topics(settings: Settings, topics: Topics | None = None) -> list[str]:
-    """Create Larder's topics with their configured partition counts; returns the ones it created."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    topics = topics or Topics(settings.topic_prefix, settings.readings_partitions)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [s for s in topics.specs() if s.name not in existing]
-        if missing:
-            k = settings.kafka
-            isr = ("min.insync.replicas", str(k.min_insync_replicas))
-            await admin.create_topics(
-                [
-                    NewTopic(s.name, s.partitions, k.replication_factor, topic_configs=dict((*s.config, isr)))
-                    for s in missing
-                ]
-            )
-        return [s.name for s in missing]
-    finally:
-        await admin.close()
-
-
-async def delete_topics(settings: Settings, match: Callable[[str], bool], *, dry_run: bool = False) -> list[str]:
-    """Delete the topics ``match`` accepts; returns their names (sorted). Kafka's own topics are never touched."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers, request_timeout_ms=90_000)
-    await admin.start()
-    try:
-        doomed = sorted(t for t in await admin.list_topics() if not t.startswith("__") and match(t))
-        # One request per few hundred: a single DeleteTopics for thousands of partitions times out.
-        for i in range(0, 0 if dry_run else len(doomed), 200):
-            await admin.delete_topics(doomed[i : i + 200], timeout_ms=60_000)
-        return doomed
-    finally:
-        await admin.close()
-
-
 @dataclass(frozen=True)
 class Pruned:
     topics: list[str]
@@ -379,7 +350,7 @@ def prune(settings: Settings, prefixes: list[str] | None = None, *, dry_run: boo
         databases = sorted(d for d in influx.list_databases(settings) if d != settings.influx.database and database(d))
         for d in [] if dry_run else databases:
             influx.drop_database(settings, d)
-    # A worker's RocksDB files are named after its app id, "<prefix>-worker" (pipeline.agents.app): the
+    # A worker's RocksDB files are named after its app id, "<prefix>-worker" (pipeline.agents.faust.app): the
     # topic rule fits them (a benchmark's baseline worker is "<prefix>-base-worker").
     tables = settings.data_dir / "worker"
     table_dirs = sorted(d.name for d in (tables.iterdir() if tables.is_dir() else []) if topic(d.name))

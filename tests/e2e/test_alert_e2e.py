@@ -16,17 +16,16 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from pipeline import serde
 from pipeline.alerts.api import AckApi
 from pipeline.alerts.notifier import Notifier, routing_config
+from pipeline.contracts import records
 from pipeline.partitioner import partition_for
-from pipeline.schemas import Reading
 from pipeline.settings import Settings
 from pipeline.sinks.influx import InfluxSink
 from pipeline.siteconfig import load as load_sites
+from pipeline.testing import curl_form, eventually, free_port, reading_item
 from pipeline.topics import Topics
-from tests.alerts_support import FakeHttp, Service, eventually, flux, link_in, notify_settings
-from tests.integration.ingest_support import free_port
+from tests.alerts_support import FakeHttp, Service, flux, link_in, notify_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -77,10 +76,7 @@ def _readings(site: str, device: str, now_ms: int) -> list[dict[str, Any]]:
     for i in range(READINGS_PER_DEVICE):
         ts = start + i * 60_000
         temp = 10.0 if ts >= now_ms - 15 * 60_000 else 4.0
-        reading = Reading(
-            device=device, site=site, asset="cr-1", profile="chilled", seq=i, ts_ms=ts, temp_c=temp, received_ms=ts
-        )
-        out.append(reading.model_dump(mode="json", exclude_none=True))
+        out.append(reading_item(device, i, ts, temp, site=site))
     return out
 
 
@@ -132,13 +128,13 @@ async def test_excursion_to_sms_to_ack_stops_escalation_and_everything_is_in_inf
         await producer.start()
         try:
             for site, dev in (("S1", "e2e-dev-1"), ("S2", "e2e-dev-2")):
-                value = serde.dumps({"v": 1, "kind": "readings", "items": items[site]})
+                value = records.readings_value(items[site])
                 await producer.send_and_wait(
                     topics.readings, value, key=dev.encode(), partition=partition_for(dev, topics.partitions)
                 )
             # The worker runs on the replay clock: this tick moves its time to the last reading, as
             # `larder replay` does, so the result does not depend on how fast the worker started.
-            tick = serde.dumps({"v": 1, "kind": "tick", "now_ms": items["S1"][-1]["ts_ms"]})
+            tick = records.tick_value(items["S1"][-1]["ts_ms"])
             for p in range(topics.partitions):
                 await producer.send_and_wait(topics.readings, tick, partition=p)
         finally:
@@ -155,23 +151,7 @@ async def test_excursion_to_sms_to_ack_stops_escalation_and_everything_is_in_inf
         text = texted("S1", "operator")[0]
         assert "coldchain.high" in text and "S1/e2e-dev-1" in text
         url, _ = link_in(text)
-        proc = await asyncio.create_subprocess_exec(
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-X",
-            "POST",
-            "--data-urlencode",
-            "name=op-S1",
-            "--data-urlencode",
-            "note=door was open; closed, stock moved",
-            url,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        out, _ = await proc.communicate()
+        out = await curl_form(url, {"name": "op-S1", "note": "door was open; closed, stock moved"})
         assert out == b"200"
 
         await eventually(lambda: bool(texted("S2", "site_manager")), MANAGER_AFTER_S + 30, "the control escalation")

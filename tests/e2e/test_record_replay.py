@@ -22,10 +22,10 @@ from pipeline.replay.run import fresh_prefix, register_devices, run_lines, run_w
 from pipeline.replay.timeline import identity, read_alerts, wait_processed
 from pipeline.services import Services, larder_argv
 from pipeline.settings import Settings
-from pipeline.siteconfig import SiteConfig
+from pipeline.siteconfig import SiteConfig, write_site_file
 from pipeline.topics import Topics
 from simulators import read_lines
-from simulators.core import Line, secret_for, write_config
+from simulators.core import Line, secret_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -101,7 +101,7 @@ def test_live_recording_replays_to_the_same_timeline(live_stack: Settings, tmp_p
     doc = site_doc()
     config = SiteConfig.model_validate(doc)
     sites = tmp_path / "sites.yaml"
-    write_config(sites, doc)
+    write_site_file(sites, doc)
     register_devices(live_stack, config)
     topics = Topics(fresh_prefix("live"), live_stack.readings_partitions)
     asyncio.run(stack.ensure_topics(live_stack, topics))

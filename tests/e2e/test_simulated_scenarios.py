@@ -24,8 +24,8 @@ from pipeline import stack
 from pipeline.replay.run import RunResult, run_with_services
 from pipeline.replay.score import score
 from pipeline.settings import Settings
+from pipeline.siteconfig import write_site_file
 from simulators import LIBRARY, Scenario, build
-from simulators.core import write_config
 from simulators.scenarios import combine
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(400)]
@@ -40,7 +40,7 @@ def past_start(duration_s: float) -> int:
 
 
 def _run(settings: Settings, sc: Scenario, folder: Path, tick_every_s: float) -> RunResult:
-    write_config(folder / "sites.yaml", sc.config_doc)
+    write_site_file(folder / "sites.yaml", sc.config_doc)
     return run_with_services(
         settings, sc.iter_lines(), sc.config, folder / "sites.yaml", truth=sc.truth, tick_every_s=tick_every_s
     )

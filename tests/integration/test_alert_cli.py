@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from pipeline.settings import Settings
+from pipeline.testing import eventually, free_port
 from pipeline.topics import Topics
-from tests.alerts_support import FakeHttp, eventually, flux, make_alert, produce
-from tests.integration.ingest_support import free_port
+from tests.alerts_support import FakeHttp, flux, make_alert, produce
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -18,11 +18,11 @@ from pipeline.clock import ManualClock
 from pipeline.schemas import Alert, AlertState, Delivery
 from pipeline.settings import Settings
 from pipeline.siteconfig import SiteConfig
+from pipeline.testing import curl_form, eventually, free_port
 from pipeline.topics import Topics
 from tests.alerts_support import (
     FakeHttp,
     Service,
-    eventually,
     link_in,
     make_alert,
     notify_settings,
@@ -30,7 +30,6 @@ from tests.alerts_support import (
     sites,
     verify_webhook,
 )
-from tests.integration.ingest_support import free_port
 
 #: The issue asks for a 2-minute gateway outage; the default run uses a shorter one (CI time) through the very
 #: same mechanism. LARDER_TEST_GATEWAY_OUTAGE_S=120 runs the full-length version.
@@ -228,23 +227,7 @@ async def test_ack_link_page_api_and_sms_reply_refuse_forged_expired_replayed(
             ).status_code == 410
 
             # The supervisor acknowledges through the link with curl, as a phone browser would POST the form.
-            proc = await asyncio.create_subprocess_exec(
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-X",
-                "POST",
-                "--data-urlencode",
-                "name=Wang",
-                "--data-urlencode",
-                "note=moved stock to freezer 2",
-                url0,
-                stdout=asyncio.subprocess.PIPE,
-            )
-            out, _ = await proc.communicate()
+            out = await curl_form(url0, {"name": "Wang", "note": "moved stock to freezer 2"})
             assert out == b"200"
             replay = await http.post(url0, data={"note": "again"})
             assert replay.status_code == 409, "a used link is refused"

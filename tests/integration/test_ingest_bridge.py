@@ -14,18 +14,10 @@ import pytest
 from pipeline import serde
 from pipeline.partitioner import partition_for
 from pipeline.settings import Settings
+from pipeline.testing import LARDER, IngestEnv, free_port, make_env, read_all, register_in_broker
+from pipeline.testing import device_payload as reading
 from pipeline.topics import Topics
-from tests.integration.ingest_support import (
-    LARDER,
-    IngestEnv,
-    Readings,
-    dead_letters,
-    everything_in,
-    free_port,
-    make_env,
-    reading,
-    register_in_broker,
-)
+from tests.integration.ingest_support import Readings, dead_letters
 
 KCAT_FMT = "%p %k\n"
 
@@ -106,7 +98,7 @@ async def test_foreign_topic_and_wrong_password_get_nothing_in(env: IngestEnv) -
     time.sleep(1.0)  # anything wrongly let through would have arrived before the sentinel; look again
     got = await Readings().until(env.settings, env.topics, 2, timeout=2)
     assert sorted(got.pairs) == [(d0, 103)]
-    assert await everything_in(env.settings, env.topics.deadletter) == []
+    assert await read_all(env.settings, env.topics.deadletter) == []
 
 
 MALFORMED: list[tuple[str, bytes, str]] = [
@@ -153,7 +145,7 @@ async def test_malformed_payloads_are_dead_lettered_and_valid_ones_pass(env: Ing
         assert d["reason"] and d["arrived_ms"] > 0 and d["mqtt_topic"] == f"larder/v1/devices/{dev}/readings"
     assert (letters[-2]["reason_code"], letters[-2]["index"]) == ("wrong_type", 1)
     assert (letters[-1]["reason_code"], letters[-1]["device"]) == ("unknown_device", ghost)
-    assert len(await everything_in(env.settings, env.topics.deadletter)) == expected, "no more, no fewer"
+    assert len(await read_all(env.settings, env.topics.deadletter)) == expected, "no more, no fewer"
 
     got = await Readings().until(env.settings, env.topics, len(MALFORMED) + 3, timeout=20)
     assert sorted(got.pairs) == [(dev, s) for s in [*range(len(MALFORMED)), seq, seq + 2, seq + 3]]
@@ -180,13 +172,14 @@ async def test_devices_add_while_running_is_picked_up(env: IngestEnv) -> None:
     secret = out.stdout.strip()
     assert "# ingestion test site" in env.site_file.read_text(), "comments survive"
     assert secret not in bridge.log.read_text()
-    # `devices add` rewrote the password file from the site file alone; put the other tests' devices back.
-    register_in_broker(env.settings, {new: secret})
+    # `devices add` registered the new device and nobody else's login changed (pipeline.stack.logins).
     deadline = time.monotonic() + 10
     while pub(env.settings, new, secret, reading(1)) != 0 and time.monotonic() < deadline:
         time.sleep(0.2)
     got = await Readings().until(env.settings, env.topics, 1, timeout=20)
     assert [(item["device"], item["site"], item["profile"]) for _, item in got.items] == [(new, "S2", "frozen")]
+    old, (_, old_secret) = next(iter(env.devices.items()))
+    assert pub(env.settings, old, old_secret, reading(1)) == 0, "a device registered elsewhere keeps its login"
     assert secret not in bridge.log.read_text(), "secrets never logged"
 
 

@@ -16,8 +16,9 @@ import pytest
 from pipeline import serde
 from pipeline.partitioner import partition_for
 from pipeline.settings import Settings
+from pipeline.testing import IngestEnv, consume, free_port, make_env, read_all
 from pipeline.topics import Topics
-from tests.integration.ingest_support import IngestEnv, consume, dead_letters, everything_in, free_port, make_env
+from tests.integration.ingest_support import dead_letters
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -114,7 +115,7 @@ async def test_good_wrong_stale_and_replayed_signatures(env: IngestEnv) -> None:
     assert (first["site"], first["kitchen"], first["event_id"]) == ("S1", kitchen, "e-1")
     assert p == partition_for(kitchen, env.topics.partitions), "partitioned by kitchen id"
     assert first["ts_ms"] == 1_795_347_005_000
-    assert await everything_in(env.settings, env.topics.deadletter) == [], "unauthenticated bytes are not kept"
+    assert await read_all(env.settings, env.topics.deadletter) == [], "unauthenticated bytes are not kept"
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     for line in (
         'larder_ingest_accepted_total{source="hook"} 101.0',

@@ -18,12 +18,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.producer import durable_producer
+from pipeline.services import free_port_block
 from pipeline.settings import Settings, load_settings
 from pipeline.stack.process import pid_alive, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420)]
 
-PORT = 47092  # nodes on 47092 / 47094 / 47096, controllers on the odd ports above each
 TOPIC = "larder.readings.v1"
 
 
@@ -44,6 +44,10 @@ def _partitions(bootstrap: str) -> list[dict[str, object]]:
     return _metadata(bootstrap)["topics"][0]["partitions"]  # type: ignore[index,no-any-return]
 
 
+#: Node n listens on PORT + 2(n - 1), its controller one above; InfluxDB and Mosquitto above the six.
+PORT = free_port_block(9)
+
+
 @pytest.fixture
 def cluster(live_stack: Settings, tmp_path: Path) -> object:
     env = {
@@ -52,9 +56,9 @@ def cluster(live_stack: Settings, tmp_path: Path) -> object:
         "LARDER_CACHE_DIR": str(live_stack.cache_dir),
         "LARDER_KAFKA__PORT": str(PORT),
         "LARDER_KAFKA__CONTROLLER_PORT": str(PORT + 1),
-        "LARDER_INFLUX__PORT": "47086",
-        "LARDER_INFLUX__RPC_PORT": "47088",
-        "LARDER_MQTT__PORT": "47883",
+        "LARDER_INFLUX__PORT": str(PORT + 6),
+        "LARDER_INFLUX__RPC_PORT": str(PORT + 7),
+        "LARDER_MQTT__PORT": str(PORT + 8),
         "COLUMNS": "200",
     }
     env.pop("LARDER_KAFKA__BROKERS", None)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.services import free_port_block
 from pipeline.settings import Settings
 from pipeline.stack.process import pid_alive, wait_until
 
@@ -25,15 +26,18 @@ def _larder(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 
 
 def test_isolated_stack_up_status_down(live_stack: Settings, tmp_path: Path) -> None:
+    base = free_port_block(5)
     env = {
         **os.environ,
         "LARDER_STATE_DIR": str(tmp_path / "state"),
         "LARDER_CACHE_DIR": str(live_stack.cache_dir),  # reuse the built artefacts: warm start
-        "LARDER_KAFKA__PORT": "29092",
-        "LARDER_KAFKA__CONTROLLER_PORT": "29093",
-        "LARDER_INFLUX__PORT": "28086",
-        "LARDER_INFLUX__RPC_PORT": "28088",
-        "LARDER_MQTT__PORT": "21883",
+        # Free ports, not fixed ones: another stack on this machine (a developer's, a second checkout's) may
+        # hold any fixed choice, and `up` then rightly refuses a port it did not start.
+        "LARDER_KAFKA__PORT": str(base),
+        "LARDER_KAFKA__CONTROLLER_PORT": str(base + 1),
+        "LARDER_INFLUX__PORT": str(base + 2),
+        "LARDER_INFLUX__RPC_PORT": str(base + 3),
+        "LARDER_MQTT__PORT": str(base + 4),
         "COLUMNS": "200",
     }
     try:
@@ -44,7 +48,7 @@ def test_isolated_stack_up_status_down(live_stack: Settings, tmp_path: Path) -> 
         assert "started" not in again.stderr, "a second `up` must not restart healthy services"
         status = _larder(env, "stack", "status")
         assert status.returncode == 0, status.stdout + status.stderr
-        for addr in ("127.0.0.1:29092", "127.0.0.1:28086", "127.0.0.1:21883"):
+        for addr in (f"127.0.0.1:{base}", f"127.0.0.1:{base + 2}", f"127.0.0.1:{base + 4}"):
             assert addr in status.stdout
         assert status.stdout.count("healthy") == 3
         pids = [int(p.read_text()) for p in (tmp_path / "state" / "run").glob("*.pid")]

@@ -15,6 +15,7 @@ from influxdb_client import InfluxDBClient, Point
 from influxdb_client.client.write_api import SYNCHRONOUS
 
 from pipeline.settings import Settings
+from pipeline.stack import logins
 from pipeline.topics import Topics
 from tests.conftest import MqttCredentials
 
@@ -82,9 +83,11 @@ def test_influx_refuses_a_wrong_token(live_stack: Settings, influx_bucket: str) 
 def _subscribe(settings: Settings, topic: str) -> tuple[mqtt.Client, list[tuple[str, bytes]]]:
     got: list[tuple[str, bytes]] = []
     ready = threading.Event()
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sub-{uuid.uuid4().hex[:6]}")
-    assert settings.mqtt.bridge_password is not None
-    c.username_pw_set(settings.mqtt.bridge_user, settings.mqtt.bridge_password.get_secret_value())
+    instance = f"smoke-{uuid.uuid4().hex[:6]}"
+    logins.register_bridges(settings, [instance])  # a bridge instance's login: the one kind that may read
+    user, password = settings.mqtt.bridge_login(instance)
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=user)
+    c.username_pw_set(user, password)
     c.on_message = lambda _c, _u, msg: got.append((msg.topic, msg.payload))
     c.on_subscribe = lambda *_a: ready.set()
     c.on_connect = lambda cl, *_a: cl.subscribe(topic, qos=1)

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pipeline import serde
 from pipeline.agents.devices import device_concern
 from pipeline.agents.kitchen import kitchen_concern
+from pipeline.contracts import records
 from pipeline.replay.timeline import wait_processed
 from pipeline.services import free_port
 from pipeline.settings import Settings
@@ -234,7 +235,7 @@ async def test_batches_in_alerts_out(live_stack: Settings, topics: Topics, tmp_p
     assert kitchen_want, "the kitchen scenario must open an alert"
     bad = [
         (0, b"not json"),
-        (1, serde.dumps({"v": 1, "kind": "readings", "items": [{"device": "dev-0001"}]})),
+        (1, records.readings_value([{"device": "dev-0001"}])),
     ]
     port = free_port()
     worker = Worker(topics, tmp_path, "w", "--clock", "replay", "--metrics-port", str(port)).start()

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from pipeline.alerts import acklinks
+from pipeline.contracts import records
 from pipeline.schemas import Alert, AlertState, Delivery, Severity
 from pipeline.sinks import lineproto
 
@@ -50,7 +51,7 @@ def test_malformed_token_is_refused(token: str) -> None:
         acklinks.verify(KEY, token, 0)
 
 
-def test_reading_line_escapes_and_uses_milliseconds() -> None:
+def test_reading_line_escapes_and_carries_seq_below_the_millisecond() -> None:
     item = {
         "device": "dev 1,a=b",
         "site": "S1",
@@ -66,8 +67,17 @@ def test_reading_line_escapes_and_uses_milliseconds() -> None:
     out = lineproto.reading_line(item)
     assert out == (
         r"reading,asset=cold\ room,device=dev\ 1\,a\=b,profile=chilled,site=S1 "
-        "temp_c=3.0,door_open=false,seq=7i,delay_ms=77i 1700000000123"
+        "temp_c=3.0,door_open=false,seq=7i,delay_ms=77i 1700000000123000007"
     )
+
+
+def test_same_millisecond_readings_are_distinct_points_and_a_duplicate_is_the_same_point() -> None:
+    """Issue 27, finding 7: one point per (series, ms) merged readings of one device stamped in one ms."""
+    base = {"device": "d", "site": "S", "asset": "a", "profile": "p", "ts_ms": 1_700_000_000_123}
+    times = [lineproto.reading_line({**base, "seq": seq, "temp_c": 3.0 + seq})[-19:] for seq in range(1000)]  # type: ignore[index]
+    assert len(set(times)) == 1000 and all(t.startswith("1700000000123") for t in times)
+    again = lineproto.reading_line({**base, "seq": 5, "temp_c": 8.0})
+    assert again == lineproto.reading_line({**base, "seq": 5, "temp_c": 8.0}), "a QoS 1 duplicate overwrites"
 
 
 def test_string_fields_escape_quotes_and_newlines() -> None:
@@ -146,7 +156,7 @@ async def test_the_sink_skips_any_shape_of_bad_record_and_writes_the_rest(tmp_pa
         {"v": 1, "kind": "readings", "items": [1]},
         {"v": 1, "kind": "readings", "items": [{**good, "device": 7}]},
     ]
-    values = [serde.dumps(b) for b in bad] + [serde.dumps({"v": 1, "kind": "readings", "items": [good]})]
+    values = [serde.dumps(b) for b in bad] + [records.readings_value([good])]
 
     class Rec:
         def __init__(self, offset: int, value: bytes) -> None:

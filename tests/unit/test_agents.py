@@ -10,13 +10,15 @@ from typing import Any
 import pytest
 
 from pipeline import serde
-from pipeline.agents.app import ListOutputs, WorkerOptions, make_app
-from pipeline.agents.core import Runner, encode_output
+from pipeline.agents.core import ListOutputs, Runner, encode_output
 from pipeline.agents.devices import device_concern
+from pipeline.agents.faust.app import WorkerOptions, make_app
+from pipeline.contracts import records
 from pipeline.partitioner import partition_for
 from pipeline.schemas import Alert
 from pipeline.settings import Settings
 from pipeline.siteconfig import load
+from pipeline.testing import write_site_file
 from pipeline.topics import Topics
 from tests.agents_support import (
     SITE,
@@ -88,16 +90,16 @@ def test_bad_records_and_items_are_dead_lettered_not_raised() -> None:
     cases = {
         b"{not json": "worker.bad_record",
         serde.dumps({"v": 2, "kind": "readings", "items": []}): "worker.bad_record",
-        serde.dumps({"v": 1, "kind": "kitchen_events", "items": []}): "worker.bad_record",
+        records.kitchen_events_value([]): "worker.bad_record",
         serde.dumps({"v": 1, "kind": "tick"}): "worker.bad_tick",
-        serde.dumps({"v": 1, "kind": "readings", "items": [{"device": "d1", "seq": 1}]}): "worker.bad_item",
-        serde.dumps({"v": 1, "kind": "readings", "items": [{**good, "device": wrong_partition}]}): "worker.bad_item",
+        records.readings_value([{"device": "d1", "seq": 1}]): "worker.bad_item",
+        records.readings_value([{**good, "device": wrong_partition}]): "worker.bad_item",
     }
     for value, code in cases.items():
         [dead] = runner.on_record(value, p).dead_letters
         assert dead.reason_code == code and dead.source == "mqtt" and dead.arrived_ms == 42
     # The good item next to a bad one is still processed.
-    mixed = serde.dumps({"v": 1, "kind": "readings", "items": [{"device": "d1"}, good]})
+    mixed = records.readings_value([{"device": "d1"}, good])
     result = runner.on_record(mixed, p)
     assert len(result.dead_letters) == 1 and runner.flush() == 1
     assert runner.stats.dead_letters == len(cases) + 1
@@ -187,7 +189,7 @@ def test_shared_rule_classes_behave_like_one_detector_per_device(tmp_path: Path)
     """devices.py shares one resolved rule set per (site, asset, interval); outputs must not change."""
     from pipeline.detectors.device import DeviceDetector
     from pipeline.detectors.run import run_device_stream
-    from pipeline.profiles import resolve_device_rules
+    from pipeline.siteconfig import resolve_device_rules
 
     names = device_names(12)
     cfg = load(write_sites(tmp_path / "sites.yaml", names))
@@ -213,21 +215,19 @@ def test_an_asset_per_device_resolves_once_per_profile_and_keeps_customised_asse
     from pipeline.agents import devices as devices_mod
     from pipeline.detectors.device import DeviceDetector
     from pipeline.detectors.run import run_device_stream
-    from pipeline.profiles import resolve_device_rules
+    from pipeline.siteconfig import resolve_device_rules
 
     names = device_names(12)
-    special = {
-        names[0]: "{ kind: cold_room, profile: chilled, overrides: { high: { limit: 12.0 } } }",
-        names[1]: "{ kind: cold_room, profile: chilled, defrost_schedule: ['02:00-02:30'] }",
-        names[2]: "{ kind: freezer, profile: frozen }",
+    special: dict[str, dict[str, Any]] = {
+        names[0]: {"kind": "cold_room", "profile": "chilled", "overrides": {"high": {"limit": 12.0}}},
+        names[1]: {"kind": "cold_room", "profile": "chilled", "defrost_schedule": ["02:00-02:30"]},
+        names[2]: {"kind": "freezer", "profile": "frozen"},
     }
-    lines = ["version: 1", "sites:", f"  {SITE}:", "    assets:"]
-    lines += [f"      a-{d}: {special.get(d, '{ kind: cold_room, profile: chilled }')}" for d in names]
-    lines += ["    devices:"]
-    lines += [f"      {d}: {{ asset: a-{d}, interval_s: {STEP_MS // 1000}, secret: s3cret-{d} }}" for d in names[:-1]]
-    lines += [f"      {names[-1]}: {{ asset: a-{names[-1]}, interval_s: 60, secret: s3cret-last }}"]
-    (tmp_path / "sites.yaml").write_text("\n".join(lines) + "\n")
-    cfg = load(tmp_path / "sites.yaml")
+    devices = {d: {"asset": f"a-{d}", "interval_s": STEP_MS // 1000, "secret": f"s3cret-{d}"} for d in names[:-1]}
+    devices[names[-1]] = {"asset": f"a-{names[-1]}", "interval_s": 60, "secret": "s3cret-last"}
+    assets = {f"a-{d}": special.get(d, {"kind": "cold_room", "profile": "chilled"}) for d in names}
+    doc = {"version": 1, "sites": {SITE: {"assets": assets, "devices": devices}}}
+    cfg = load(write_site_file(tmp_path / "sites.yaml", doc))
 
     resolutions: list[str] = []
 

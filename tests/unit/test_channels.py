@@ -140,7 +140,7 @@ async def test_http_status_classification(status: int, retryable: bool) -> None:
 
 
 async def test_unreachable_gateway_is_retryable_not_an_exception() -> None:
-    from tests.integration.ingest_support import free_port
+    from pipeline.testing import free_port
 
     async with httpx.AsyncClient(timeout=2) as client:
         out = await HttpSms(NotifySettings(sms_url=f"http://127.0.0.1:{free_port()}/s")).send(

@@ -66,8 +66,9 @@ sites:
 
 
 def test_devices_add_says_what_it_could_not_apply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No traceback and no false "reloaded": a secret_ref that does not resolve fails with its name; a
-    stopped broker is said to be stopped; the bridge's own user name is refused before the file changes."""
+    """No traceback and no false "reloaded": another device's unresolvable secret_ref does not block adding one;
+    a stopped broker is said to be stopped; a broker login store that cannot be used fails with its path after
+    the file was saved; the bridge's user names are refused before the file changes."""
     from pipeline.stack import mosquitto
 
     monkeypatch.setenv("LARDER_STATE_DIR", str(tmp_path / "state"))
@@ -79,17 +80,20 @@ def test_devices_add_says_what_it_could_not_apply(tmp_path: Path, monkeypatch: p
     args = ["devices", "add", "--site", "S1", "--asset", "a1", "--sites", str(sites)]
 
     result = run(app, [*args, "d3", "--secret", "d3-secret-xyz"])
-    assert result.exit_code == 1, result.output
-    assert "LARDER_TEST_UNSET_SECRET" in result.output and "Traceback" not in result.output
-    assert "d3:" in sites.read_text(), "the file was saved; only the broker's file was not"
-
-    monkeypatch.setenv("LARDER_TEST_UNSET_SECRET", "d2-secret-xyz")
-    result = run(app, [*args, "d4", "--secret", "d4-secret-xyz"])
     assert result.exit_code == 0, result.output
     assert "not running" in " ".join(result.output.split()) and "reloaded (SIGHUP)" not in result.output
-    assert "d4:" in (tmp_path / "mosquitto" / "passwd").read_text()
+    assert "d3:" in (tmp_path / "mosquitto" / "passwd").read_text()
+    assert "d3-secret-xyz" not in (tmp_path / "mosquitto" / "passwd").read_text(), "hashes only"
+
+    (tmp_path / "mosquitto" / "logins.json").write_text("{not json")
+    result = run(app, [*args, "d4", "--secret", "d4-secret-xyz"])
+    assert result.exit_code == 1, result.output
+    said = " ".join(result.output.split())
+    assert "is damaged" in said and "Traceback" not in said
+    assert "d4:" in sites.read_text(), "the file was saved; only the broker's logins were not"
 
     before = sites.read_text()
-    result = run(app, [*args, "larder-bridge", "--secret", "xx-secret-xyz"])
-    assert result.exit_code == 1 and "bridge's MQTT user" in result.output
+    for name in ("larder-bridge", "larder-bridge-2"):
+        result = run(app, [*args, name, "--secret", "xx-secret-xyz"])
+        assert result.exit_code == 1 and "bridge's MQTT user" in result.output
     assert sites.read_text() == before

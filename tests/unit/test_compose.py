@@ -90,11 +90,19 @@ def _larder(containers: list[Container], verb: str) -> list[Container]:
 
 def test_every_bridge_has_its_own_mqtt_client_id(containers: list[Container]) -> None:
     bridges = _larder(containers, "bridge")
-    assert len(bridges) >= 2, "the production file runs at least two bridges"
-    # The bridge's client id is larder-bridge-<instance>; the instance comes from --instance or the environment.
+    assert bridges, "the production file runs a bridge"
+    # The bridge logs in as larder-bridge-<instance> (the broker binds the client id to the login); the instance
+    # comes from --instance or the environment.
     instances = [c.option("--instance") or c.env.get("LARDER_INGEST__BRIDGE_INSTANCE", "1") for c in bridges]
     ids = [f"larder-bridge-{i}" for i in instances]
     assert len(set(ids)) == len(ids), f"bridges sharing a client id: {ids}"
+    # Each has a login: the config service renders one per instance.
+    config = next(c for c in containers if c.command[:3] == ["larder", "stack", "render-mosquitto"])
+    logins = {config.command[i + 1] for i, a in enumerate(config.command) if a == "--bridge"}
+    assert set(instances) <= logins, f"bridge instances without a broker login: {set(instances) - logins}"
+    # Two bridges on plain subscriptions would each get every reading: more than one must share the load.
+    if len(bridges) > 1:
+        assert all("--shared" in c.command for c in bridges), "several bridges need --shared"
 
 
 def test_no_two_workers_share_a_state_folder_or_a_consumer_identity(containers: list[Container]) -> None:
@@ -139,7 +147,8 @@ def test_the_old_file_would_have_failed(tmp_path: Path) -> None:
     old.write_text(
         "x: &l\n  environment: {LARDER_STATE_DIR: /var/lib/larder}\n  volumes: ['larder-state:/var/lib/larder']\n"
         "services:\n"
-        "  bridge: {<<: *l, command: [larder, bridge], deploy: {replicas: 2}}\n"
+        "  cfg: {<<: *l, command: [larder, stack, render-mosquitto, --bridge, '1']}\n"
+        "  bridge: {<<: *l, command: [larder, bridge, --shared], deploy: {replicas: 2}}\n"
         "  worker: {<<: *l, command: [larder, worker], deploy: {replicas: 2}}\n"
     )
     rendered = render(old, {})

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiokafka.structs import TopicPartition
 
-from pipeline.agents.continuity import AckGate, Continuity
+from pipeline.agents.faust.continuity import AckGate, Continuity
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import siteconfig
+from pipeline import siteconfig, siteedit
 from pipeline.ingest import registry
 from pipeline.ingest.hooks import SeenEvents, sign, validate_events
 from pipeline.siteconfig import SiteConfigError
@@ -86,7 +86,7 @@ def test_duplicate_device_across_sites_is_refused() -> None:
 
 
 def test_add_device_keeps_comments_and_validates(site_file: Path) -> None:
-    config = registry.add_device(site_file, "S2", "d9", "b1", "d9-secret-abc")
+    config = siteedit.add_device(site_file, "S2", "d9", "b1", "d9-secret-abc")
     text = site_file.read_text()
     assert "# Larder test site — this comment must survive edits" in text
     assert "# cold room" in text
@@ -97,25 +97,25 @@ def test_add_device_keeps_comments_and_validates(site_file: Path) -> None:
 def test_add_refuses_unknown_site_asset_and_duplicates(site_file: Path) -> None:
     before = site_file.read_text()
     with pytest.raises(SiteConfigError, match="no such site"):
-        registry.add_device(site_file, "S7", "d9", "a1", "d9-secret-abc")
+        siteedit.add_device(site_file, "S7", "d9", "a1", "d9-secret-abc")
     with pytest.raises(SiteConfigError, match=r"sites\.S1: .*asset 'zz'"):
-        registry.add_device(site_file, "S1", "d9", "zz", "d9-secret-abc")
+        siteedit.add_device(site_file, "S1", "d9", "zz", "d9-secret-abc")
     with pytest.raises(SiteConfigError, match="already exists"):
-        registry.add_device(site_file, "S2", "cam-1", "b1", "d9-secret-abc")
+        siteedit.add_device(site_file, "S2", "cam-1", "b1", "d9-secret-abc")
     assert site_file.read_text() == before, "a refused edit leaves the file alone"
 
 
 def test_add_camera_and_rotate_secret(site_file: Path) -> None:
-    registry.add_camera(site_file, "S1", "cam-2", "k1", "cam2-secret-xyz")
-    registry.rotate_secret(site_file, "cam-2", "cam2-new-secret")
-    registry.rotate_secret(site_file, "d1", "d1-new-secret")
+    siteedit.add_camera(site_file, "S1", "cam-2", "k1", "cam2-secret-xyz")
+    siteedit.rotate_secret(site_file, "cam-2", "cam2-new-secret")
+    siteedit.rotate_secret(site_file, "d1", "d1-new-secret")
     config = siteconfig.load(site_file)
     assert config.sites["S1"].cameras["cam-2"].secret == "cam2-new-secret"
     assert config.sites["S1"].devices["d1"].secret == "d1-new-secret"
     with pytest.raises(SiteConfigError, match="secret_ref"):
-        registry.rotate_secret(site_file, "d2", "whatever-secret")
+        siteedit.rotate_secret(site_file, "d2", "whatever-secret")
     with pytest.raises(SiteConfigError, match="no device or camera"):
-        registry.rotate_secret(site_file, "ghost", "whatever-secret")
+        siteedit.rotate_secret(site_file, "ghost", "whatever-secret")
 
 
 def test_registry_enriches_from_the_file_and_reloads(site_file: Path) -> None:
@@ -129,7 +129,7 @@ def test_registry_enriches_from_the_file_and_reloads(site_file: Path) -> None:
     assert "d1-secret-xyz" not in repr(reg.current), "secrets never show in logs or reprs"
     assert reg.reload() is False, "unchanged file, nothing to do"
 
-    registry.add_device(site_file, "S2", "d9", "b1", "d9-secret-abc")
+    siteedit.add_device(site_file, "S2", "d9", "b1", "d9-secret-abc")
     os.utime(site_file, ns=(time.time_ns(), time.time_ns() + 1_000_000))
     assert reg.reload() is True
     assert reg.current.devices["d9"].profile == "pharma"
@@ -163,8 +163,11 @@ def test_hook_signature_and_lru() -> None:
         (b'{"event_id": "e1", "ts": "2099-11-22T11:30:05Z", "type": "fire"}', "future_timestamp"),
         # NaN sends the body to Python's json, which reads this count as an integer (orjson: a float), and only
         # it can write the element back for the dead letter.
-        (b'{"events": [{"event_id": "e1", "ts": "2026-11-22T11:30:05Z", "type": "person_count", '
-         b'"count": 99999999999999999999999, "x": NaN}]}', "out_of_range"),
+        (
+            b'{"events": [{"event_id": "e1", "ts": "2026-11-22T11:30:05Z", "type": "person_count", '
+            b'"count": 99999999999999999999999, "x": NaN}]}',
+            "out_of_range",
+        ),
     ],
 )
 def test_hook_body_validation(body: bytes, code: str) -> None:
@@ -183,8 +186,8 @@ def test_a_json_site_file_loads_edits_and_reports_like_yaml(site_file: Path, tmp
     as_json.write_bytes(serde.dumps_readable(YAML(typ="safe").load(site_file.read_text())))
     assert siteconfig.load(as_json) == siteconfig.load(site_file)
 
-    registry.add_device(as_json, "S2", "d9", "b1", "d9-secret-abc")
-    registry.rotate_secret(as_json, "d1", "d1-secret-new")
+    siteedit.add_device(as_json, "S2", "d9", "b1", "d9-secret-abc")
+    siteedit.rotate_secret(as_json, "d1", "d1-secret-new")
     doc = serde.loads(as_json.read_bytes())  # still JSON
     assert doc["sites"]["S2"]["devices"]["d9"] == {"asset": "b1", "secret": "d9-secret-abc"}
     assert registry.load_registry(as_json).devices["d9"].profile == "pharma"

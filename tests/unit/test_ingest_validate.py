@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline import serde
+from pipeline.contracts import records
 from pipeline.ingest.validate import (
     REASON_CODES,
     validate_device_payload,
@@ -85,6 +86,22 @@ CASES: list[tuple[str, bytes, str | None]] = [
     ("batch too large", j({"readings": [GOOD] * 1001}), "batch_too_large"),
     ("batch not a list", j({"readings": {"a": 1}}), "wrong_type"),
     ("batch with extra field", j({"readings": [GOOD], "x": 1}), "unexpected_field"),
+    # Issue 27, finding 6: what was accepted and should not have been.
+    ("ts -1 (1969)", j({**GOOD, "ts": -1}), "bad_timestamp"),
+    ("ts 0 (clock never set)", j({**GOOD, "ts": 0}), "bad_timestamp"),
+    ("ts 1999 RFC 3339", j({**GOOD, "ts": "1999-12-31T23:59:59Z"}), "bad_timestamp"),
+    ("ts below floor reported before a bad seq", j({**GOOD, "ts": 5, "seq": "x"}), "bad_timestamp"),
+    ("ts 2000-01-01 ok", j({**GOOD, "ts": 946_684_800}), None),
+    ("utf-8 BOM", b"\xef\xbb\xbf" + j(GOOD), "not_json"),
+    ("utf-8 BOM with NaN (python json path)", b'\xef\xbb\xbf{"ts": 1795290000, "seq": 1, "temp_c": NaN}', "not_json"),
+    ("encoded surrogate (CESU-8)", b'{"ts": 1795290000, "seq": 1, "temp_c": 3, "x": "\xed\xa0\x80"}', "not_json"),
+    ("escaped lone surrogate", b'{"ts": 1795290000, "seq": 1, "temp_c": 3, "x": "\\ud800"}', "not_json"),
+    ("escaped lone surrogate with NaN", b'{"ts": 1795290000, "seq": 1, "temp_c": NaN, "x": "\\udfff"}', "not_json"),
+    ("escaped surrogate pair ok", b'{"ts": 1795290000, "seq": 1, "temp_c": 3, "x": "\\ud83d\\ude00"}', None),
+    ("nested 100000 deep", b"[" * 100_000 + b"]" * 100_000, "too_deep"),
+    ("nested objects 5000 deep", b'{"a":' * 5_000 + b"1" + b"}" * 5_000, "too_deep"),
+    ("nested in a field", j({**GOOD, "x": orjson.loads(b"[" * 33 + b"1" + b"]" * 33)}), "too_deep"),
+    ("brackets inside strings do not count", j({**GOOD, "x": "[" * 100}), None),
 ]
 
 
@@ -98,6 +115,7 @@ def test_table_both_implementations(name: str, payload: bytes, code: str | None)
     else:
         assert items == [] and [r[0] for r in refusals] == [code]
         assert refusals[0][2] == payload, "the dead letter keeps the original bytes"
+        assert code in REASON_CODES
         assert code in REASON_CODES
 
 
@@ -122,12 +140,12 @@ def test_a_batch_element_only_python_json_reads_is_dead_lettered_as_json() -> No
     items, refusals = fast
     assert len(items) == 1 and [(r[0], r[1]) for r in refusals] == [("out_of_range", 0)]
     assert refusals[0][2] == b'{"ts": 1795290000, "seq": 99999999999999999999999, "x": NaN}'
-    serde.dumps({"v": 1, "kind": "readings", "items": items})  # the accepted one encodes
+    records.readings_value(items)  # the accepted one encodes
 
 
 def test_items_are_readings_in_a_record_batch() -> None:
     items, _ = validate_device_payload(j({**GOOD, "door_open": True, "temp_c": 4}), BASE, NOW_MS, SKEW_MS)
-    batch = RecordBatch.model_validate_json(serde.dumps({"v": 1, "kind": "readings", "items": items}))
+    batch = RecordBatch.model_validate_json(records.readings_value(items))
     reading = Reading.model_validate(batch.items[0])
     assert (reading.site, reading.asset, reading.profile) == ("S1", "a1", "chilled")
     assert reading.ts_ms == 1_795_334_400_000 and reading.temp_c == 4.0 and reading.door_open is True
@@ -216,11 +234,35 @@ def test_unix_seconds_convert_like_the_datetime_path(ts: float) -> None:
     assert got == expected
 
 
+def test_an_oversize_payload_is_refused_as_too_large_keeping_its_first_bytes() -> None:
+    """Issue 27, finding 6: a 600 KiB message made Mosquitto disconnect the device, which resent it for ever.
+    The broker now lets it through to the bridge, which refuses it here (before decoding it)."""
+    from pipeline.schemas import MAX_MESSAGE_BYTES
+
+    payload = j({**GOOD, "x": "y" * (600 * 1024)})
+    fast, ref = both(payload)
+    assert fast == ref
+    assert fast[0] == [] and [(code, index) for code, index, _ in fast[1]] == [("too_large", None)]
+    assert fast[1][0][2] == payload[:MAX_MESSAGE_BYTES]
+
+
+def test_depth_is_measured_without_recursion() -> None:
+    from pipeline.ingest.validate import MAX_JSON_DEPTH, json_depth
+
+    assert json_depth(b'{"readings": [{"ts": 1, "x": "[[[["}]}') == 3
+    assert json_depth(b"[" * 50_000) == 50_000
+    batch = j({"readings": [GOOD] * 1000})  # 2,001 brackets but 3 deep: the store-and-forward batch passes
+    assert json_depth(batch) == 3 < MAX_JSON_DEPTH
+    fast, ref = both(batch)
+    assert fast == ref and len(fast[0]) == 1000
+
+
 def test_the_largest_refused_message_fits_a_kafka_record(tmp_path: Any) -> None:
-    """Mosquitto refuses packets over MAX_MESSAGE_BYTES (and aiohttp hook bodies over it), so the biggest
-    dead letter, the bytes in base64 with their envelope, stays under Kafka's default message.max.bytes: a
-    refused message can always be kept (a bigger one would be retried for ever, blocking its bridge)."""
-    from pipeline.ingest.deadletter import dead_letter
+    """Mosquitto refuses payloads over twice MAX_MESSAGE_BYTES, the bridge refuses those over MAX_MESSAGE_BYTES
+    and keeps only their first MAX_MESSAGE_BYTES (aiohttp refuses hook bodies over it), so the biggest dead
+    letter, the bytes in base64 with their envelope, stays under Kafka's default message.max.bytes: a refused
+    message can always be kept (a bigger one would be retried for ever, blocking its bridge)."""
+    from pipeline.contracts.records import dead_letter_value as dead_letter
     from pipeline.schemas import MAX_HOOK_BODY, MAX_MESSAGE_BYTES
     from pipeline.settings import load_settings
     from pipeline.stack import mosquitto
@@ -231,4 +273,7 @@ def test_the_largest_refused_message_fits_a_kafka_record(tmp_path: Any) -> None:
     )  # fmt: skip
     assert len(letter) < 1_000_000 and MAX_HOOK_BODY <= MAX_MESSAGE_BYTES
     conf = mosquitto.render_conf(load_settings(state_dir=tmp_path), passwd=tmp_path, acl=tmp_path, data=tmp_path)
-    assert f"max_packet_size {MAX_MESSAGE_BYTES}\n" in conf
+    # The broker lets a payload over the validation limit through (the bridge dead-letters it as too_large)
+    # instead of disconnecting the device, which would send it again for ever.
+    assert f"message_size_limit {2 * MAX_MESSAGE_BYTES}\n" in conf
+    assert f"max_packet_size {2 * MAX_MESSAGE_BYTES + 64 * 1024}\n" in conf

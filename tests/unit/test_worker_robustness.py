@@ -10,9 +10,9 @@ from typing import Any
 from aiokafka.errors import KafkaTimeoutError, NotEnoughReplicasError
 
 from pipeline import serde
-from pipeline.agents.app import KafkaOutputs
 from pipeline.agents.core import Runner
 from pipeline.agents.devices import device_concern
+from pipeline.agents.faust.app import KafkaOutputs
 from pipeline.siteconfig import load
 from pipeline.topics import Topics
 from tests.agents_support import STEP_MS, batches, device_reading, tick, write_sites

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.profiles import resolve_device_rules, resolve_kitchen_rules
 from pipeline.schemas import Severity
-from pipeline.siteconfig import SiteConfigError, parse
+from pipeline.siteconfig import SiteConfigError, parse, resolve_device_rules, resolve_kitchen_rules
 
 YAML = """\
 profiles:

@@ -11,7 +11,7 @@ The records are exactly the ones Faust would have written (same topic, key, valu
 co-partitioned with their source, ``pipeline.agents.core.Runner`` refuses an item of another partition), so
 Faust's recovery and standby replicas read them as their own; the persisted offset is recorded once per batch.
 
-Durability order is the caller's (``pipeline.agents.app``): :meth:`TableWriter.write` hands the batch to the
+Durability order is the caller's (``pipeline.agents.faust.app``): :meth:`TableWriter.write` hands the batch to the
 producer, :meth:`TableWriter.settle` waits until Kafka has it, and only then are the records that changed those
 states acknowledged (committable). A batch Kafka refuses is sent again until it is accepted: the same
 key/value pairs, so a repeat is harmless on a compacted changelog.

@@ -13,7 +13,7 @@ Layout (see ``docs/agents.md``):
   replay (``--clock replay``), only the replay tool's ticks count. Either way timers run when the agent reads
   a tick, in stream context and in log order, so a re-run after a crash re-derives the same outputs.
 * coalesced table writes: a record is acked only once its changed states are in the table (local store and
-  changelog, written in bulk by :mod:`pipeline.agents.changelog`); a partition's held records are released
+  changelog, written in bulk by :mod:`pipeline.agents.faust.changelog`); a partition's held records are released
   by the agent on a later record once ``flush_interval_s`` passed, or by the ``larder-flush-idle`` timer when
   the partition has gone quiet (otherwise an idle input would never be committed).
 
@@ -28,23 +28,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import socket
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import faust
 from faust.streams import _current_event
 from faust.types import TP
 
-from pipeline import serde
-from pipeline.agents.changelog import KafkaBatches, SendBatch, TableWriter
-from pipeline.agents.continuity import AckGate, Continuity
-from pipeline.agents.core import Concern, Result, Runner, Stats, encode_output, tick_record
+from pipeline.agents.core import Concern, Outputs, Result, Runner, Stats, encode_output
+from pipeline.agents.faust.changelog import KafkaBatches, SendBatch, TableWriter
+from pipeline.agents.faust.continuity import AckGate, Continuity
 from pipeline.clock import Clock, WallClock
+from pipeline.contracts.records import encode, tick_value
 from pipeline.producer import until_kafka_takes
 from pipeline.settings import Settings
 from pipeline.topics import Topics
@@ -66,8 +68,14 @@ class WorkerOptions:
     tick_interval_s: float = 1.0
     commit_interval_s: float = 2.8
     commit_every: int = 10_000
-    session_timeout_s: float = 30.0
-    heartbeat_interval_s: float = 3.0
+    #: A killed worker's partitions wait this long before the group moves them (a restarted worker's join waits
+    #: for the dead member to expire): 30 s made every alert 30 s late after a kill -9 (issue 27). 6 s is Kafka's
+    #: smallest by default (group.min.session.timeout.ms); heartbeats a quarter of it.
+    session_timeout_s: float = 6.0
+    heartbeat_interval_s: float = 1.5
+    #: Static group membership (KIP-345): a worker restarted with the same id (host + data folder, which no two
+    #: workers share) takes its partitions back at once instead of waiting for its dead self's session to end.
+    static_membership: bool = True
     standby_replicas: int = 1
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     #: Changed states are written to the table at most this long after the record that changed them (the
@@ -79,10 +87,6 @@ class WorkerOptions:
     flush_items: int = 20_000
     #: ...or once the partition has had no record for this long (an idle input is committed promptly).
     flush_idle_s: float = 0.5
-
-
-class Outputs(Protocol):
-    async def publish(self, result: Result) -> None: ...
 
 
 @dataclass
@@ -101,7 +105,7 @@ class KafkaOutputs:
         # Sent now and awaited: we must know the outputs are in Kafka before the states that produced them
         # are written to the table.
         records: list[tuple[str, bytes | None, bytes]] = [encode_output(o) for o in result.outputs]
-        records += [("deadletter", None, serde.dumps(d.model_dump(mode="json"))) for d in result.dead_letters]
+        records += [("deadletter", None, encode(d)) for d in result.dead_letters]
 
         async def send_all() -> None:
             await asyncio.gather(*[await send(names[which], key, value) for which, key, value in records])
@@ -109,16 +113,6 @@ class KafkaOutputs:
         # Until Kafka has every one: the runner already holds the states that produced them, so giving up here
         # (the agent restarting past this record) would lose the alerts for good.
         await until_kafka_takes(send_all, f"{len(records)} output(s)")
-
-
-@dataclass
-class ListOutputs:
-    """Collects outputs in memory (unit tests with ``agent.test_context()``)."""
-
-    results: list[Result] = field(default_factory=list)
-
-    async def publish(self, result: Result) -> None:
-        self.results.append(result)
 
 
 @dataclass
@@ -140,6 +134,11 @@ class WorkerApp:
 ConcernFactory = Callable[[Settings], Concern[Any, Any]]
 
 
+def _instance_id(app_id: str, data_dir: Path) -> str:
+    where = f"{socket.gethostname()}:{data_dir.resolve()}"
+    return f"{app_id}-{hashlib.sha1(where.encode()).hexdigest()[:12]}"
+
+
 def make_app(
     settings: Settings,
     topics: Topics,
@@ -155,7 +154,21 @@ def make_app(
     ``announce`` receives one line per completed rebalance (the partitions this worker now owns);
     ``changelog`` sends the tables' changelog batches (default: Kafka, :class:`KafkaBatches`)."""
     options = options or WorkerOptions()
-    clock = clock or WallClock()
+    app = _faust_app(settings, topics, options)
+    gate = _gate_acks(app, topics)
+    producer = _producer(app, settings, start=outputs is None)
+    wiring = _Wiring(app, topics, options, gate, outputs or KafkaOutputs(producer, topics), changelog or producer.send)
+    for concern in concerns:
+        wiring.add(concern)
+    wiring.follow_rebalances(announce)
+    wiring.start_timers(clock or WallClock(), producer)
+    return WorkerApp(
+        app, topics, options, wiring.runners, wiring.agents, wiring.tables, wiring.sources, gate, wiring.continuities
+    )
+
+
+def _faust_app(settings: Settings, topics: Topics, options: WorkerOptions) -> faust.App:
+    """The Faust app itself: app id ``<topic prefix>-worker``, raw bytes in and out, manual acks."""
     app_id = f"{topics.prefix}-worker"
     # Faust names a table's RocksDB files after the table alone (``devices-state-<partition>.db``), not the app:
     # one folder per app id, or a worker with another topic prefix would open this one's files (and Faust
@@ -163,7 +176,7 @@ def make_app(
     data_dir = options.data_dir or settings.data_dir / "worker" / app_id
     # Faust creates its datadir without parents: on a fresh machine nothing above it exists yet.
     data_dir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    return faust.App(
         app_id,
         broker=[f"kafka://{b.strip()}" for b in settings.kafka.bootstrap_servers.split(",")],
         store=f"{options.store}://",
@@ -176,6 +189,7 @@ def make_app(
         broker_commit_every=options.commit_every,
         broker_session_timeout=options.session_timeout_s,
         broker_heartbeat_interval=options.heartbeat_interval_s,
+        consumer_group_instance_id=_instance_id(app_id, data_dir) if options.static_membership else None,
         table_standby_replicas=options.standby_replicas,
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
@@ -186,6 +200,11 @@ def make_app(
         key_serializer="raw",
         value_serializer="raw",
     )
+
+
+def _gate_acks(app: faust.App, topics: Topics) -> AckGate:
+    """Faust acks the events its streams skip around a rebalance; see AckGate. Installed on every consumer
+    the app creates."""
     gate = AckGate({topics.readings, topics.kitchen_events})
     new_consumer = app._new_consumer
 
@@ -194,8 +213,12 @@ def make_app(
         gate.install(consumer)
         return consumer
 
-    # Faust acks the events its streams skip around a rebalance; see AckGate.
     app._new_consumer = gated_consumer  # type: ignore[method-assign]
+    return gate
+
+
+def _producer(app: faust.App, settings: Settings, *, start: bool) -> KafkaBatches:
+    """The worker's own producer (outputs, changelog batches, live ticks), stopped after the consumer."""
     producer = KafkaBatches(settings)
 
     async def stop_producer(sender: Any, **_: Any) -> None:
@@ -208,25 +231,38 @@ def make_app(
         # which the first alert would otherwise wait for.
         await producer.start()
 
-    if outputs is None:
+    if start:
         app.task(start_producer)
-    sink: Outputs = outputs or KafkaOutputs(producer, topics)
-    changelog = changelog or producer.send
-    # One lock for all agents and rebalance handlers: a record's read-modify-publish-write of its subjects'
-    # states must not interleave with another coroutine touching the same cache.
-    lock = asyncio.Lock()
-    runners: dict[str, Runner[Any, Any]] = {}
-    agents: dict[str, Any] = {}
-    tables: dict[str, Any] = {}
-    sources: dict[str, Any] = {}
-    source_names: dict[str, str] = {}
-    pendings: dict[str, Pending] = {}
-    continuities: dict[str, Continuity] = {}
+    return producer
 
-    def arrived_ms() -> int:
-        return WallClock().now_ms()
 
-    for concern in concerns:
+class _Wiring:
+    """What the agents, the rebalance handlers and the timers of one app share: per concern its runner, table,
+    source topic, held records (:class:`Pending`) and continuity watch, and one lock for all of them."""
+
+    def __init__(
+        self, app: faust.App, topics: Topics, options: WorkerOptions, gate: AckGate, sink: Outputs, changelog: SendBatch
+    ) -> None:
+        self.app = app
+        self.topics = topics
+        self.options = options
+        self.gate = gate
+        self.sink = sink
+        self.changelog = changelog
+        # One lock for all agents and rebalance handlers: a record's read-modify-publish-write of its subjects'
+        # states must not interleave with another coroutine touching the same cache.
+        self.lock = asyncio.Lock()
+        self.runners: dict[str, Runner[Any, Any]] = {}
+        self.agents: dict[str, Any] = {}
+        self.tables: dict[str, Any] = {}
+        self.sources: dict[str, Any] = {}
+        self.source_names: dict[str, str] = {}
+        self.pendings: dict[str, Pending] = {}
+        self.continuities: dict[str, Continuity] = {}
+
+    def add(self, concern: Concern[Any, Any]) -> None:
+        """An agent on the concern's record-batch topic and its changelogged table (bytes -> bytes)."""
+        app, topics = self.app, self.topics
         source_name = topics.readings if concern.kind == "readings" else topics.kitchen_events
         source = app.topic(
             source_name,
@@ -244,111 +280,122 @@ def make_app(
             partitions=topics.partitions,
             use_partitioner=True,
         )
-        runner: Runner[Any, Any] = Runner(concern, table, topics.partitions, arrived_ms=arrived_ms)
-        pending = pendings[concern.name] = Pending(TableWriter(table, changelog), gate=gate)
-        runners[concern.name] = runner
-        tables[concern.name] = table
-        sources[concern.name] = source
-        source_names[concern.name] = source_name
-        continuity = continuities[concern.name] = Continuity()
-        agents[concern.name] = app.agent(source, name=f"{concern.name}-agent")(
-            _agent_body(app, source_name, runner, table, sink, lock, pending, options, continuity)
-        )
+        runner: Runner[Any, Any] = Runner(concern, table, topics.partitions, arrived_ms=_arrived_ms)
+        pending = self.pendings[concern.name] = Pending(TableWriter(table, self.changelog), gate=self.gate)
+        self.runners[concern.name] = runner
+        self.tables[concern.name] = table
+        self.sources[concern.name] = source
+        self.source_names[concern.name] = source_name
+        continuity = self.continuities[concern.name] = Continuity()
+        body = _agent_body(app, source_name, runner, table, self.sink, self.lock, pending, self.options, continuity)
+        self.agents[concern.name] = app.agent(source, name=f"{concern.name}-agent")(body)
 
-    async def on_revoked(sender: Any, revoked: set[TP], *_: Any, **__: Any) -> None:
-        async with lock:
-            for name, runner in runners.items():
-                gone = [tp.partition for tp in revoked if tp.topic == source_names[name]]
-                continuities[name].forget(tp for tp in revoked if tp.topic == source_names[name])
+    def owned(self, name: str) -> list[TP]:
+        """The active partitions of concern ``name``'s source topic this worker is assigned now."""
+        return sorted(tp for tp in self.app.assignor.assigned_actives() if tp.topic == self.source_names[name])
+
+    # -- rebalances ------------------------------------------------------------------------------------------
+
+    def follow_rebalances(self, announce: Callable[[str], None] | None) -> None:
+        self._announce = announce
+        self.app.on_partitions_revoked.connect(self.on_revoked)  # type: ignore[arg-type]
+        self.app.on_rebalance_complete.connect(self.on_rebalanced)  # type: ignore[arg-type]
+
+    async def on_revoked(self, sender: Any, revoked: set[TP], *_: Any, **__: Any) -> None:
+        async with self.lock:
+            for name, runner in self.runners.items():
+                gone = [tp.partition for tp in revoked if tp.topic == self.source_names[name]]
+                self.continuities[name].forget(tp for tp in revoked if tp.topic == self.source_names[name])
                 runner.forget(gone)
-                pendings[name].drop(gone)
-                pendings[name].writer.drop(gone)
+                self.pendings[name].drop(gone)
+                self.pendings[name].writer.drop(gone)
 
-    app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
-
-    async def on_rebalanced(sender: Any, *_: Any, **__: Any) -> None:
+    async def on_rebalanced(self, sender: Any, *_: Any, **__: Any) -> None:
         # After table recovery, before the streams resume: the line operators (and tests) wait for.
-        actives = app.assignor.assigned_actives()
-        owned = {name: sorted(tp.partition for tp in actives if tp.topic == source_names[name]) for name in runners}
-        async with lock:
-            for name, runner in runners.items():
+        owned = {name: [tp.partition for tp in self.owned(name)] for name in self.runners}
+        async with self.lock:
+            for name, runner in self.runners.items():
                 # A record buffered before a revocation can still reach the agent after it and re-populate the
                 # cache of a partition this worker no longer owns; were that partition assigned back later
                 # without a revocation in between, those stale states would be used instead of the table's.
                 gone = runner.held_partitions() - set(owned[name])
                 runner.forget(gone)
-                pendings[name].drop(gone)
-                pendings[name].writer.drop(list(gone))
+                self.pendings[name].drop(gone)
+                self.pendings[name].writer.drop(list(gone))
         # Stalls are measured from here: before, Faust was holding deliveries back on purpose (recovery).
         now = time.monotonic()
-        for continuity in continuities.values():
+        for continuity in self.continuities.values():
             continuity.suspects.clear()
             if continuity.idle_since is not None:
                 continuity.idle_since = now
-        if announce is not None:
-            announce("assigned " + " ".join(f"{name}={','.join(map(str, ps)) or '-'}" for name, ps in owned.items()))
+        if self._announce is not None:
+            self._announce(
+                "assigned " + " ".join(f"{name}={','.join(map(str, ps)) or '-'}" for name, ps in owned.items())
+            )
 
-    app.on_rebalance_complete.connect(on_rebalanced)  # type: ignore[arg-type]
+    # -- timers ----------------------------------------------------------------------------------------------
 
-    async def flush_idle() -> None:
+    def start_timers(self, clock: Clock, producer: KafkaBatches) -> None:
+        options = self.options
+        # Not faster than 0.5 s: a release can take a few hundred ms (thousands of states, then Kafka's ack),
+        # and Faust warns about a timer that outruns its period.
+        period = max(0.5, min(options.flush_idle_s, options.flush_interval_s) / 2)
+        self.app.timer(period, name="larder-flush-idle")(self.flush_idle)
+        self.app.timer(1.0, name="larder-continuity")(self.watch_continuity)
+        if options.clock == "live":
+            self._clock, self._producer = clock, producer
+            self.app.timer(options.tick_interval_s, name="larder-live-clock")(self.live_clock)
+
+    async def flush_idle(self) -> None:
         """Release the partitions that went quiet (``flush_idle_s``) or whose held records have waited
         ``flush_interval_s``: the agents release only when a record arrives, so without this an idle partition
         (replay finished, or nothing but ticks) would never get its states written nor its offset committed."""
+        app, options = self.app, self.options
         if app.rebalancing or not app.consumer:
             return  # revoked partitions' held records are re-read by their next owner; nothing to save
         now = time.monotonic()
-        async with lock:
-            for name, pending in pendings.items():
+        async with self.lock:
+            for name, pending in self.pendings.items():
                 for partition, started in list(pending.since.items()):
                     quiet = now - pending.last.get(partition, started) >= options.flush_idle_s
                     if quiet or now - started >= options.flush_interval_s:
-                        await pending.release(runners[name], partition)
+                        await pending.release(self.runners[name], partition)
 
-    # Not faster than 0.5 s: a release can take a few hundred ms (thousands of states, then Kafka's ack), and
-    # Faust warns about a timer that outruns its period.
-    period = max(0.5, min(options.flush_idle_s, options.flush_interval_s) / 2)
-    app.timer(period, name="larder-flush-idle")(flush_idle)
-
-    async def watch_continuity() -> None:
+    async def watch_continuity(self) -> None:
         """Rewind partitions whose fetch position ran past records the agent never received (see
-        :mod:`pipeline.agents.continuity`), once the agent has waited ``stall_s`` for its next event."""
+        :mod:`pipeline.agents.faust.continuity`), once the agent has waited ``stall_s`` for its next event."""
+        app = self.app
         consumer = app.consumer
         recovering = getattr(app, "in_recovery", False)  # set by Faust's Recovery service
         held = app.rebalancing or recovering or not getattr(consumer, "flow_active", True)
         if held or not app.flow_control.is_active():
             # Faust holds deliveries back on purpose and seeks to the committed offsets afterwards.
-            for continuity in continuities.values():
+            for continuity in self.continuities.values():
                 continuity.suspects.clear()
             return
-        actives = app.assignor.assigned_actives()
-        for name, continuity in continuities.items():
+        for name, continuity in self.continuities.items():
             if not continuity.stalled():
                 continuity.suspects.clear()  # the agent is getting events: start looking afresh
             else:
-                for tp in sorted(tp for tp in actives if tp.topic == source_names[name]):
+                for tp in self.owned(name):
                     try:
                         await continuity.check(consumer, tp)
                     except Exception:  # a safety net must never take the worker down
                         log.exception("%s: continuity check failed", tp)
 
-    app.timer(1.0, name="larder-continuity")(watch_continuity)
+    async def live_clock(self) -> None:
+        """Publish the wall clock into every owned source partition; the agents run timers on reading it.
+        All partitions' ticks go out at once and are not awaited: the next tick supersedes a lost one."""
+        if self.app.rebalancing or not self.app.consumer:
+            return
+        record = tick_value(self._clock.now_ms())
+        for name in self.sources:
+            for tp in self.owned(name):
+                await self._producer.send_to(self.source_names[name], tp.partition, record)
 
-    if options.clock == "live":
 
-        async def live_clock() -> None:
-            """Publish the wall clock into every owned source partition; the agents run timers on reading it.
-            All partitions' ticks go out at once and are not awaited: the next tick supersedes a lost one."""
-            if app.rebalancing or not app.consumer:
-                return
-            record = tick_record(clock.now_ms())
-            actives = app.assignor.assigned_actives()
-            for name in sources:
-                for p in sorted(tp.partition for tp in actives if tp.topic == source_names[name]):
-                    await producer.send_to(source_names[name], p, record)
-
-        app.timer(options.tick_interval_s, name="larder-live-clock")(live_clock)
-
-    return WorkerApp(app, topics, options, runners, agents, tables, sources, gate, continuities)
+def _arrived_ms() -> int:
+    return WallClock().now_ms()
 
 
 @dataclass

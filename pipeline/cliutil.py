@@ -1,0 +1,78 @@
+"""What every `larder` command shares: the console, how an error ends a command, the exit codes, common options.
+
+Exit codes (documented in the README):
+
+* ``0``: done;
+* ``1``: an error the user can fix in what the command was pointed at: a site file or recording that does not
+  load, a service that cannot be reached or did not start, a refused operation;
+* ``2``: usage: an option or argument is wrong (Typer/Click use 2 for unknown options too).
+
+Errors go to standard error as one ``error: ...`` line, never as a traceback; output meant for pipes (timelines,
+JSON) goes to standard output.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from enum import IntEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.settings import Settings, load_settings
+from pipeline.terminal import make_console
+
+#: Messages, progress and errors: standard error, so standard output stays clean for pipes; as wide as a log
+#: needs off a terminal (:mod:`pipeline.terminal`).
+console = make_console(stderr=True)
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    USER_ERROR = 1
+    USAGE = 2
+
+
+def fail(message: str, code: ExitCode = ExitCode.USER_ERROR) -> typer.Exit:
+    """Print ``error: message`` and return the exit to raise: ``raise fail("...") from None``."""
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(int(code))
+
+
+def usage(message: str) -> typer.Exit:
+    """A wrong option or argument value (exit code 2, as Click gives for an unknown option)."""
+    return fail(message, ExitCode.USAGE)
+
+
+SiteOpt = Annotated[
+    Path | None,
+    typer.Option("--sites", "-s", help="site configuration file (contract 5); default $LARDER_SITE_CONFIG"),
+]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")]
+
+
+def settings_for(sites: Path | None = None, **overrides: object) -> Settings:
+    """Settings from the environment, with ``--sites`` when given: read here, at the edge, and passed down."""
+    return load_settings(**({"site_config": sites} if sites else {}), **overrides)
+
+
+def setup_logging(verbose: bool, quiet: tuple[str, ...] = ("aiokafka",)) -> None:
+    """Log lines with time and source; the chatty client libraries in ``quiet`` only from warnings up."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for name in quiet:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def parse_duration(text: str | float) -> float:
+    """``90``, ``"90s"``, ``"15m"``, ``"6h"``, ``"7d"`` -> seconds."""
+    if isinstance(text, int | float):
+        return float(text)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not m:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 15m, 6h, 7d)")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]

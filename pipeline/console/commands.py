@@ -1,0 +1,220 @@
+"""CLI verbs: ``larder console`` (serve the web console) and ``larder users add/passwd/remove/list``."""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.settings import load_settings
+
+console = Console(stderr=True)
+users_app = typer.Typer(
+    help="Console users (users file next to the site file, argon2 hashes): add, passwd, remove, list.",
+    no_args_is_help=True,
+)
+
+SiteOpt = Annotated[
+    Path | None,
+    typer.Option("--sites", "-s", help="site configuration file (contract 5); default $LARDER_SITE_CONFIG"),
+]
+UsersOpt = Annotated[
+    Path | None,
+    typer.Option("--users", "-u", help="users file; default users.yaml next to the site file ($LARDER_CONSOLE_USERS)"),
+]
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(1)
+
+
+def _paths(sites: Path | None, users_file: Path | None) -> tuple[Path, Path]:
+    from pipeline.console import users
+
+    settings = load_settings(**({"site_config": sites} if sites else {}))
+    return settings.site_config, users_file or users.default_path(settings.site_config)
+
+
+def _password(stdin: bool) -> str:
+    if stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("Password: ")
+    if first != getpass.getpass("Again: "):
+        raise _fail("the two passwords differ")
+    return first
+
+
+def serve(
+    sites: SiteOpt = None,
+    users_file: UsersOpt = None,
+    host: Annotated[
+        str, typer.Option("--host", help="address to listen on (TLS in front in production)")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", envvar="LARDER_CONSOLE_PORT", help="port")] = 8500,
+    bucket: Annotated[str | None, typer.Option("--bucket", help="InfluxDB bucket of the readings")] = None,
+    secure_cookies: Annotated[
+        bool, typer.Option("--secure-cookies", help="mark cookies Secure (served over HTTPS, e.g. behind a proxy)")
+    ] = False,
+    trust_proxy: Annotated[
+        bool, typer.Option("--trust-proxy", help="take the client address from X-Forwarded-For (behind a proxy only)")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+) -> None:
+    """Serve the supervisors' web console: overview, live alert queue, alert pages with actions, sites, devices.
+
+    Reads the alert topics from the start on launch (read model), then follows them live. Users come from the
+    users file (`larder users add`); every action is audited to Kafka and InfluxDB.
+    """
+    from aiohttp import web
+
+    from pipeline import siteconfig
+    from pipeline.console import users
+    from pipeline.console.app import Console as ConsoleApp
+    from pipeline.topics import Topics
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    settings = load_settings(**({"site_config": sites} if sites else {}))
+    try:
+        config = siteconfig.load(settings.site_config)
+    except siteconfig.SiteConfigError as exc:
+        raise _fail(str(exc)) from None
+    path = users_file or users.default_path(settings.site_config)
+    try:
+        loaded = users.load(path)
+    except users.UsersFileError as exc:
+        raise _fail(str(exc)) from None
+    if not loaded.users:
+        console.print(f"[yellow]warning:[/] no users in {path}; add one with `larder users add NAME --role admin`")
+    topics = Topics(prefix=settings.topic_prefix, partitions=settings.readings_partitions)
+    app = ConsoleApp(
+        settings, topics, config, path, bucket=bucket, secure_cookies=secure_cookies, trust_proxy=trust_proxy
+    )
+    console.print(f"[cyan]>[/] console on http://{host}:{port} (users {path}, prefix {topics.prefix})")
+    web.run_app(app.app(), host=host, port=port, print=None, access_log=None)
+
+
+@users_app.command("add")
+def users_add(
+    name: Annotated[str, typer.Argument(help="login name")],
+    role: Annotated[str, typer.Option("--role", "-r", help="operator, site_manager, station, district or admin")],
+    site: Annotated[list[str] | None, typer.Option("--site", help="operator/site_manager: a site id (repeat)")] = None,
+    station: Annotated[list[str] | None, typer.Option("--station", help="station: a station name (repeat)")] = None,
+    district: Annotated[list[str] | None, typer.Option("--district", help="district: a district name (repeat)")] = None,
+    display: Annotated[str, typer.Option("--name", help="display name")] = "",
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read the password from stdin")] = False,
+    sites: SiteOpt = None,
+    users_file: UsersOpt = None,
+) -> None:
+    """Add a user (or replace one), asking for the password; it is stored as an argon2id hash."""
+    from pydantic import ValidationError
+
+    from pipeline import siteconfig
+    from pipeline.console import users
+
+    site_path, path = _paths(sites, users_file)
+    try:
+        current = users.load(path)
+        pw = users.hash_password(_password(password_stdin))
+        user = users.User.model_validate(
+            {
+                "role": role,
+                "name": display,
+                "password_hash": pw,
+                "sites": site or [],
+                "stations": station or [],
+                "districts": district or [],
+            }
+        )
+        import re
+
+        if not re.match(users.USERNAME_PATTERN, name):
+            raise users.UsersFileError(f"user name must match {users.USERNAME_PATTERN}")
+    except users.UsersFileError as exc:
+        raise _fail(str(exc)) from None
+    except ValidationError as exc:
+        raise _fail("; ".join(f"{'.'.join(map(str, e['loc'])) or 'user'}: {e['msg']}" for e in exc.errors())) from None
+    try:
+        for warning in users.check_scope_names(user, siteconfig.load(site_path)):
+            console.print(f"[yellow]warning:[/] {warning}")
+    except (siteconfig.SiteConfigError, FileNotFoundError) as exc:
+        console.print(f"[yellow]warning:[/] scope not checked against the site file: {exc}")
+    current.users[name] = user
+    users.save(path, current)
+    console.print(f"{name} ({role}) saved in {path}")
+
+
+@users_app.command("passwd")
+def users_passwd(
+    name: Annotated[str, typer.Argument(help="login name")],
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read the password from stdin")] = False,
+    sites: SiteOpt = None,
+    users_file: UsersOpt = None,
+) -> None:
+    """Set a user's password."""
+    from pipeline.console import users
+
+    _, path = _paths(sites, users_file)
+    try:
+        current = users.load(path)
+        if name not in current.users:
+            raise users.UsersFileError(f"no user {name!r} in {path}")
+        pw = users.hash_password(_password(password_stdin))
+    except users.UsersFileError as exc:
+        raise _fail(str(exc)) from None
+    current.users[name] = current.users[name].model_copy(update={"password_hash": pw})
+    users.save(path, current)
+    console.print(f"password of {name} changed")
+
+
+@users_app.command("remove")
+def users_remove(
+    name: Annotated[str, typer.Argument(help="login name")], sites: SiteOpt = None, users_file: UsersOpt = None
+) -> None:
+    """Remove a user; their sessions stop working at their next request."""
+    from pipeline.console import users
+
+    _, path = _paths(sites, users_file)
+    try:
+        current = users.load(path)
+    except users.UsersFileError as exc:
+        raise _fail(str(exc)) from None
+    if current.users.pop(name, None) is None:
+        raise _fail(f"no user {name!r} in {path}")
+    users.save(path, current)
+    console.print(f"{name} removed")
+
+
+@users_app.command("list")
+def users_list(sites: SiteOpt = None, users_file: UsersOpt = None) -> None:
+    """List users with role and scope (never the hashes)."""
+    from pipeline import siteconfig
+    from pipeline.console import users
+
+    site_path, path = _paths(sites, users_file)
+    try:
+        current = users.load(path)
+        config = siteconfig.load(site_path)
+    except (users.UsersFileError, siteconfig.SiteConfigError) as exc:
+        raise _fail(str(exc)) from None
+    table = Table(title=str(path))
+    for col in ("user", "role", "scope", "sites seen"):
+        table.add_column(col)
+    for name, u in sorted(current.users.items()):
+        scope = ", ".join(u.sites or u.stations or u.districts) or "all"
+        table.add_row(name, u.role, scope, str(len(u.scope(config))))
+    Console().print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("console")(serve)
+    app.add_typer(users_app, name="users")

@@ -1,0 +1,421 @@
+"""A small kit for testing against Larder, in the spirit of bytewax's ``testing`` module: the tests and the
+benchmarks build their inputs and read their outputs with it instead of each keeping a copy.
+
+* site files: :func:`site_doc` (one site, chilled cold rooms, kitchens with a camera each) and
+  :func:`write_site_file` (the one writer of generated site files, also used by the simulators);
+* inputs: :func:`reading_item` / :func:`kitchen_event_item` (the enriched items of the internal batches),
+  :func:`batch_records` (items grouped by partition into record batches, the way the bridge produces them),
+  :func:`device_payload` (a contract-1 MQTT payload);
+* Kafka: :func:`from_the_beginning` (a consumer on every partition of a topic, at offset 0),
+  :func:`consume` (every record to a callback until a condition holds), :func:`read_all` (everything up to the
+  end offsets now: the way to assert that nothing is there);
+* :func:`eventually`: wait for a condition, failing with what was awaited;
+* real `larder bridge` / `larder hooks` processes on a site file of fresh devices: :func:`make_env`,
+  :class:`IngestEnv`, :class:`Proc`.
+
+It talks to the real services of the local stack (``larder stack up``); nothing here fakes a service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from pipeline import serde
+from pipeline.contracts import records
+from pipeline.contracts.models import KitchenEvent, KitchenEventType, Reading
+from pipeline.partitioner import partition_for
+from pipeline.services import free_port
+from pipeline.settings import Settings
+from pipeline.siteconfig import write_site_file
+from pipeline.topics import Topics
+
+__all__ = [
+    "LARDER",
+    "IngestEnv",
+    "Proc",
+    "batch_records",
+    "clear_session",
+    "consume",
+    "curl_form",
+    "device_payload",
+    "eventually",
+    "free_port",
+    "from_the_beginning",
+    "ingest_site_doc",
+    "kitchen_event_item",
+    "make_env",
+    "read_all",
+    "reading_item",
+    "register_in_broker",
+
+    "site_doc",
+    "wait_login",
+    "write_site_file",
+]
+
+#: The `larder` command of this interpreter's environment.
+LARDER = str(Path(sys.executable).with_name("larder"))
+
+# ---------------------------------------------------------------------------------------------------------------
+# Site files
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def site_doc(
+    devices: Iterable[str],
+    kitchens: Iterable[str] = (),
+    *,
+    site: str = "S01",
+    interval_s: float = 300,
+    timezone: str | None = None,
+    secret: Callable[[str], str] = lambda ident: f"s3cret-{ident}",
+) -> dict[str, Any]:
+    """One site: the devices on one chilled cold room ``cr-1``, each kitchen with one camera ``cam-<kitchen>``
+    (zone ``cook``). Secrets are ``secret(id)``; extend the returned document for anything else."""
+    body: dict[str, Any] = {}
+    if timezone is not None:
+        body["timezone"] = timezone
+    body["assets"] = {"cr-1": {"kind": "cold_room", "profile": "chilled"}}
+    body["devices"] = {d: {"asset": "cr-1", "interval_s": interval_s, "secret": secret(d)} for d in devices}
+    kitchens = list(kitchens)
+    if kitchens:
+        body["kitchens"] = {k: {"name": f"kitchen {k}"} for k in kitchens}
+        body["cameras"] = {f"cam-{k}": {"kitchen": k, "zone": "cook", "secret": secret(f"cam-{k}")} for k in kitchens}
+    return {"version": 1, "sites": {site: body}}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def reading_item(
+    device: str,
+    seq: int,
+    ts_ms: int,
+    temp_c: float,
+    *,
+    site: str = "S01",
+    asset: str = "cr-1",
+    profile: str = "chilled",
+    received_ms: int | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """An enriched reading as the bridge puts it in a batch (validated by :class:`Reading`)."""
+    return Reading(
+        device=device,
+        site=site,
+        asset=asset,
+        profile=profile,
+        seq=seq,
+        ts_ms=ts_ms,
+        temp_c=temp_c,
+        received_ms=ts_ms if received_ms is None else received_ms,
+        **extra,
+    ).model_dump(mode="json", exclude_none=True)
+
+
+def kitchen_event_item(
+    kitchen: str, event_id: str, ts_ms: int, type_: str, *, site: str = "S01", **extra: Any
+) -> dict[str, Any]:
+    """An enriched camera event from camera ``cam-<kitchen>`` (validated by :class:`KitchenEvent`)."""
+    return KitchenEvent(
+        camera=f"cam-{kitchen}",
+        site=site,
+        kitchen=kitchen,
+        event_id=event_id,
+        ts_ms=ts_ms,
+        type=KitchenEventType(type_),
+        received_ms=ts_ms,
+        **extra,
+    ).model_dump(mode="json", exclude_none=True)
+
+
+def batch_records(
+    items: Iterable[dict[str, Any]],
+    partitions: int,
+    *,
+    kind: records.BatchKind = "readings",
+    per_record: int = 500,
+) -> list[tuple[int, bytes, bytes]]:
+    """``(partition, key, value)`` record batches of the items, as the bridge and hooks produce them: grouped
+    by ``murmur2(subject) mod partitions`` in order, at most ``per_record`` a record, keyed by the first item."""
+    key_field = "device" if kind == "readings" else "kitchen"
+    by_partition: dict[int, list[dict[str, Any]]] = {}
+    for item in items:
+        by_partition.setdefault(partition_for(item[key_field], partitions), []).append(item)
+    out: list[tuple[int, bytes, bytes]] = []
+    for p, its in sorted(by_partition.items()):
+        for i in range(0, len(its), per_record):
+            chunk = its[i : i + per_record]
+            out.append((p, chunk[0][key_field].encode(), records.batch_value(kind, chunk)))
+    return out
+
+
+def device_payload(seq: int, ts: float | None = None, temp_c: float = 3.5, **extra: Any) -> bytes:
+    """A contract-1 payload as a device publishes it; ``ts`` defaults to now (Unix seconds)."""
+    return serde.dumps({"ts": ts if ts is not None else round(time.time(), 3), "seq": seq, "temp_c": temp_c, **extra})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kafka readers and waiting
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def from_the_beginning(
+    settings: Settings, topic: str, timeout: float = 30.0
+) -> AsyncIterator[tuple[AIOKafkaConsumer, list[TopicPartition]]]:
+    """A consumer assigned every partition of ``topic`` (waiting up to ``timeout`` for it), at the start."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + timeout
+        parts = consumer.partitions_for_topic(topic)
+        while not parts and time.monotonic() < deadline:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic)
+        assert parts, f"topic {topic} does not exist"
+        tps = [TopicPartition(topic, p) for p in parts]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        yield consumer, tps
+    finally:
+        await consumer.stop()
+
+
+async def consume(
+    settings: Settings, topic: str, on_record: Callable[[Any], None], done: Callable[[], bool], timeout: float = 60.0
+) -> None:
+    """Feed every record of ``topic``, from the beginning, to ``on_record`` until ``done()`` or the timeout."""
+    deadline = time.monotonic() + timeout
+    async with from_the_beginning(settings, topic, timeout) as (consumer, _):
+        while time.monotonic() < deadline and not done():
+            for batch in (await consumer.getmany(timeout_ms=200, max_records=10_000)).values():
+                for r in batch:
+                    on_record(r)
+
+
+async def read_all(settings: Settings, topic: str, timeout: float = 30.0) -> list[Any]:
+    """Every record of ``topic`` up to its end offsets now: for asserting that nothing is there, which a read
+    that simply times out cannot tell from a slow fetch."""
+    deadline = time.monotonic() + timeout
+    async with from_the_beginning(settings, topic, timeout) as (consumer, tps):
+        ends = await consumer.end_offsets(tps)
+        got: list[Any] = []
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            assert time.monotonic() < deadline, f"{topic}: not read to its end offsets in {timeout} s"
+            for batch in (await consumer.getmany(timeout_ms=200)).values():
+                got += batch
+        return got
+
+
+async def eventually(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
+    """Wait until ``check()`` holds; fails naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        await asyncio.sleep(interval)
+    assert check(), f"timed out after {timeout} s waiting for {what}"
+
+
+async def curl_form(url: str, fields: dict[str, str]) -> bytes:
+    """POST ``fields`` as a URL-encoded form with the real curl, as a phone browser submits an ack link's form;
+    returns the HTTP status code as curl prints it (``b"200"``)."""
+    args = [arg for name, value in fields.items() for arg in ("--data-urlencode", f"{name}={value}")]
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", *args, url, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Real ingestion processes on a site file of fresh devices
+# ---------------------------------------------------------------------------------------------------------------
+
+def register_in_broker(settings: Settings, secrets: dict[str, str]) -> None:
+    """Add credentials to the local broker's logins (adds only: other tests' devices keep theirs; SIGHUP reload)
+    and wait until it accepts them."""
+    from pipeline.stack import logins
+
+    logins.register_devices(settings, secrets, source="tests")
+    if secrets:
+        wait_login(settings, *next(reversed(secrets.items())))
+
+
+def wait_login(settings: Settings, username: str, password: str, timeout: float = 5.0) -> None:
+    """SIGHUP reload is asynchronous; wait until the newest credentials are accepted."""
+    import paho.mqtt.client as mqtt
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{uuid.uuid4().hex[:6]}")
+        c.username_pw_set(username, password)
+        try:
+            rc = c.connect(settings.mqtt.host, settings.mqtt.port)
+            c.loop(timeout=0.5)
+            ok = rc == 0 and c.is_connected()
+        except OSError:
+            ok = False
+        finally:
+            c.disconnect()
+        if ok:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"mosquitto did not accept {username} within {timeout} s after SIGHUP")
+
+
+def clear_session(settings: Settings, instance: str) -> None:
+    """Drop a bridge instance's persistent session so its subscription does not outlive the test."""
+    from pipeline.ingest.bridge import forget_session
+
+    with contextlib.suppress(RuntimeError):
+        forget_session(settings, instance)
+
+
+class Proc:
+    """A real `larder ...` process; restartable, killable with SIGKILL."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log_base: Path, *, ready: str, instance: str = "") -> None:
+        self.argv, self.env, self.log_base, self.ready, self.instance = argv, env, log_base, ready, instance
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def log(self) -> Path:
+        return self.log_base.with_name(f"{self.log_base.name}-{self.starts}.log")
+
+    def start(self, timeout: float = 30.0) -> Proc:
+        self.starts += 1
+        out = self.log.open("wb")
+        self.popen = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ready in self.log.read_text(errors="replace"):
+                return self
+            if self.popen.poll() is not None:
+                raise AssertionError(f"{self.argv} exited {self.popen.returncode}:\n{self.log.read_text()}")
+            time.sleep(0.05)
+        raise AssertionError(f"{self.argv} not ready in {timeout} s:\n{self.log.read_text()}")
+
+    def kill9(self) -> None:
+        assert self.popen is not None
+        self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(5)
+
+
+@dataclass
+class IngestEnv:
+    settings: Settings
+    topics: Topics
+    site_file: Path
+    workdir: Path
+    devices: dict[str, tuple[str, str]]
+    cameras: dict[str, tuple[str, str]]
+    group: str = field(default_factory=lambda: f"g{uuid.uuid4().hex[:8]}")
+    procs: list[Proc] = field(default_factory=list)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            "LARDER_SITE_CONFIG": str(self.site_file),
+            "LARDER_TOPIC_PREFIX": self.topics.prefix,
+            "LARDER_INGEST__BRIDGE_GROUP": self.group,
+            "LARDER_INGEST__BRIDGE_METRICS_PORT": "0",
+            **extra,
+        }
+
+    def bridge(self, instance: str | None = None, **extra_env: str) -> Proc:
+        from pipeline.stack import logins
+
+        instance = instance or uuid.uuid4().hex[:8]
+        logins.register_bridges(self.settings, [instance])  # each instance logs in as its own user
+        p = Proc(
+            [LARDER, "bridge", "--instance", instance],
+            self.env(**extra_env),
+            self.workdir / f"bridge-{instance}",
+            ready="connected to mqtt",
+            instance=instance,
+        )
+        self.procs.append(p)
+        return p.start()
+
+    def hooks(self, port: int) -> Proc:
+        p = Proc(
+            [LARDER, "hooks", "--port", str(port)],
+            self.env(),
+            self.workdir / f"hooks-{port}",
+            ready="Running on",
+        )
+        self.procs.append(p)
+        return p.start()
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.stop()
+        from pipeline.stack import logins
+
+        for p in self.procs:
+            if p.instance:
+                clear_session(self.settings, p.instance)
+        if instances := [p.instance for p in self.procs if p.instance]:
+            logins.revoke_bridges(self.settings, instances)
+
+
+def ingest_site_doc(devices: dict[str, tuple[str, str]], cameras: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    """devices: id -> (asset, secret) with assets a1 (chilled, site S1) / b1 (frozen, site S2);
+    cameras: id -> (kitchen, secret) in site S1 with kitchens k1, k2."""
+    s1 = {d: {"asset": "a1", "secret": sec} for d, (asset, sec) in devices.items() if asset == "a1"}
+    s2 = {d: {"asset": "b1", "secret": sec} for d, (asset, sec) in devices.items() if asset == "b1"}
+    return {
+        "version": 1,
+        "sites": {
+            "S1": {
+                "assets": {"a1": {"profile": "chilled"}},
+                "devices": s1,
+                "kitchens": {"k1": {}, "k2": {}},
+                "cameras": {c: {"kitchen": k, "secret": sec} for c, (k, sec) in cameras.items()},
+            },
+            "S2": {"assets": {"b1": {"profile": "frozen"}}, "devices": s2},
+        },
+    }
+
+
+def make_env(settings: Settings, topics: Topics, workdir: Path, n_devices: int = 4, n_cameras: int = 1) -> IngestEnv:
+    """A site file of ``n_devices`` fresh devices (half on S1/a1, half on S2/b1) and ``n_cameras`` cameras,
+    the devices registered in the broker."""
+    tag = uuid.uuid4().hex[:6]
+    devices = {
+        f"d-{tag}-{i}": ("a1" if i % 2 == 0 else "b1", f"secret-{uuid.uuid4().hex[:12]}") for i in range(n_devices)
+    }
+    cameras = {
+        f"cam-{tag}-{i}": ("k1" if i % 2 == 0 else "k2", f"cam-{uuid.uuid4().hex[:12]}") for i in range(n_cameras)
+    }
+    site_file = write_site_file(workdir / "sites.yaml", ingest_site_doc(devices, cameras), header="ingestion test site")
+    register_in_broker(settings, {d: sec for d, (_, sec) in devices.items()})
+    return IngestEnv(settings, topics, site_file, workdir, devices, cameras)
