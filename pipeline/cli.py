@@ -16,6 +16,7 @@ from pipeline.agents.commands import worker as _worker_command
 from pipeline.alerts import commands as _alerts_commands
 from pipeline.cliutil import SiteOpt, console, fail, settings_for
 from pipeline.console import commands as _console_commands
+from pipeline.grading import commands as _grading_commands
 from pipeline.ingest import commands as _ingest_commands
 from pipeline.replay import commands as _replay_commands
 from pipeline.reports import commands as _report_commands
@@ -40,6 +41,7 @@ _replay_commands.register(app)  # larder record, larder replay
 app.command("worker")(_worker_command)  # larder worker: the Faust detection agents
 _console_commands.register(app)  # larder console, larder users ...
 _report_commands.register(app)  # larder report daily | verify | sign | unsigned | serve | retention
+_grading_commands.register(app)  # larder grade worker|show|rollup|override|audit|history|serve
 
 
 @stack_app.command("up")

@@ -180,6 +180,33 @@ class SiteOverrides(_Model):
     kitchen: KitchenRuleSet = Field(default_factory=KitchenRuleSet)
 
 
+#: What a site is, for the static part of its risk grade (docs/grading.md); entered by the station.
+BusinessType = Literal[
+    "school_canteen",
+    "kindergarten_canteen",
+    "elderly_care_canteen",
+    "hospital_canteen",
+    "central_kitchen",
+    "group_meal_supplier",
+    "restaurant",
+    "takeaway",
+    "cold_store",
+    "retail",
+    "other",
+]
+#: Consumers less able to bear a foodborne illness; any one raises the static part of the grade.
+VulnerableGroup = Literal["children", "students", "elderly", "patients", "pregnant"]
+
+
+class GradingProfile(_Model):
+    """The station's static facts about a site for its risk grade (all optional; docs/grading.md)."""
+
+    business_type: BusinessType | None = None
+    floor_area_m2: float | None = Field(None, gt=0, description="business floor area in square metres")
+    diners_per_day: int | None = Field(None, ge=0, description="meals served on a typical day")
+    vulnerable_consumers: list[VulnerableGroup] = Field(default_factory=list)
+
+
 class Site(_Model):
     name: str = ""
     timezone: str = "Asia/Shanghai"
@@ -200,6 +227,8 @@ class Site(_Model):
     escalation: EscalationPolicy = Field(default_factory=lambda: EscalationPolicy())
     #: Rule overrides for every asset (``device``) and kitchen (``kitchen``) of the site, under the asset's own.
     overrides: SiteOverrides = Field(default_factory=lambda: SiteOverrides())
+    #: Static facts for the risk grade, entered by the station (docs/grading.md); optional.
+    grading: GradingProfile = Field(default_factory=lambda: GradingProfile())
 
     @field_validator("timezone")
     @classmethod
