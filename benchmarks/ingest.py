@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import shutil
@@ -39,6 +40,7 @@ from pipeline.topics import Topics
 
 TOPIC = "larder/v1/devices/+/readings"
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).parent / "results"
 
 PAHO_SUB = textwrap.dedent(
     """
@@ -337,6 +339,21 @@ def main() -> None:
     print(f"- validation per reading: fast path {fast_us:.1f} µs, pydantic reference {ref_us:.1f} µs.")
     for w in noise:
         print(f"- NOT A QUIET RUN: {w}")
+    result = {
+        "command": "python -m benchmarks.ingest " + " ".join(sys.argv[1:]),
+        "machine": machine(),
+        "readings": b.n,
+        "publishers": args.devices,
+        "rows": [{"subscriber": name, "backlog_per_s": round(bl), "live_per_s": round(lv)} for name, bl, lv in rows],
+        "hooks_requests_per_s": {"1_event": round(hook1), "100_events": round(hook100)},
+        "validation_us": {"fast": round(fast_us, 2), "pydantic": round(ref_us, 2)},
+        "not_quiet": noise,
+        "load_avg_at_report": [round(x, 2) for x in os.getloadavg()],
+    }
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"ingest-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"\nresults: {path}")
 
 
 if __name__ == "__main__":
