@@ -69,6 +69,7 @@ from pipeline.detectors.device_state import (
     DeviceState,
 )
 from pipeline.detectors.engine import NEG, AlertFactory, ms, tuples, wake_time
+from pipeline.detectors.history import HIST_MAX, PENDING_MAX, HistoryMixin
 from pipeline.detectors.levels import Level, LevelsMixin, outside_levels
 from pipeline.detectors.liveness import LivenessMixin
 from pipeline.detectors.masks import MasksMixin
@@ -91,8 +92,10 @@ class DeviceDetector(AlertFactory):
         self.config = c
         self.site = c.site
         self.subject = c.device
+        self.flags_snapshot = c.flags == "snapshot"
         self.lateness = ms(c.allowed_lateness_min)
         self.interval_ms = round(c.interval_s * 1000)
+        self.hole_ms = self.interval_ms * 3 // 2
         self.hold = max(1, round(c.liveness.offline_k * c.interval_s * 1000))
         self.gap_ms = ms(c.liveness.gap_max_min)
         lv: list[Level | None] = [None] * 5
@@ -175,12 +178,16 @@ class DeviceDetector(AlertFactory):
 
     def on_tick(self, state: DeviceState, now_ms: int) -> tuple[DeviceState, list[Output]]:
         target = max(state.max_ts, now_ms) - self.lateness
+        if state.pending:
+            w = _Work(self, state, clock=True)
+            w.release(max(target, state.frontier))
+            return w.freeze(), w.out
         if target <= state.frontier:
             return state, []
         buf = state.buf
         if not (buf and buf[0][0] < target) and (state.due is None or state.due > target):
             return state, []
-        w = _Work(self, state)
+        w = _Work(self, state, clock=True)
         w.release(target)
         return w.freeze(), w.out
 
@@ -188,6 +195,8 @@ class DeviceDetector(AlertFactory):
         """The earliest ``now_ms`` at which :meth:`on_tick` can change ``state``; ``None``: not before the next
         reading. The runner's timer index leaves the device alone until then (the early returns of
         :meth:`on_tick`, solved for ``now_ms``)."""
+        if state.pending:
+            return NEG  # late readings to evaluate: at the next tick
         return wake_time(state.buf, state.due, state.frontier, state.max_ts, self.lateness)
 
     def state_to_bytes(self, state: DeviceState) -> bytes:
@@ -224,25 +233,21 @@ class DeviceDetector(AlertFactory):
         elif ts > state.max_ts:
             sm, bits = seq, 1  # the device restarted its sequence
         item: BufItem = (ts, seq, temp, door, defrost, battery)
-        if ts < state.frontier:
-            count = state.late_count + 1
-            ann = self.late_annotation(
-                ts,
-                state.frontier,
-                count,
-                {"seq": seq, "temp_c": temp, "outside_levels": outside_levels(self.levels, temp)},
-            )
-            return state._replace(seq_max=sm, seq_bits=bits, late_count=count), [ann]
+        lateness = self.lateness
+        max_ts = state.max_ts
+        if ts < state.frontier or ts < now_ms - lateness:
+            return self._late(state, item, sm, bits, now_ms)
         buf = state.buf
         # Arrivals are usually in order: append; otherwise re-sort the small buffer.
         buf = (*buf, item) if not buf or (ts, seq) >= buf[-1][:2] else tuple(sorted((*buf, item), key=_buf_key))
-        max_ts = ts if ts > state.max_ts else state.max_ts
+        if ts > max_ts:
+            max_ts = ts
         # A reading moves the frontier by event time only; ``now_ms`` moves it on ticks. A store-and-forward batch
         # arrives item by item long after its readings were taken: moving to ``now_ms - lateness`` after its
         # first item would fire offline/gap deadlines the rest of the batch is about to disprove (an offline
         # alert resolving and re-opening within one upload) and turn the rest of the batch into late data.
-        target = max_ts - self.lateness
-        if len(buf) <= BUFFER_MAX and self.shortcuts:
+        target = max_ts - lateness
+        if len(buf) <= BUFFER_MAX and self.shortcuts and not state.pending:
             # Built positionally (frontier, max_ts, seq_max, seq_bits, buf, ...): half the cost of ``_replace``,
             # and these are nearly every reading's paths.
             if target <= state.frontier:
@@ -258,26 +263,67 @@ class DeviceDetector(AlertFactory):
         w.release(target)
         return w.freeze(), w.out
 
+    def _late(
+        self, state: DeviceState, item: BufItem, sm: int, bits: int, now_ms: int
+    ) -> tuple[DeviceState, list[Output]]:
+        """A reading behind the frontier (or behind ``now_ms - lateness``: the rest of an upload arriving after
+        the live clock moved on). After the checkpoint it waits in ``pending`` for a re-run (module
+        :mod:`~pipeline.detectors.history`); before it, it is beyond the history bound: annotated and counted."""
+        ts = item[0]
+        out: list[Output] = []
+        if not state.pending:
+            # What a tick at now_ms would do first (buffered readings, timers up to now_ms - lateness): the late
+            # reading is then evaluated against that past, not against timers that merely had not run yet.
+            state, out = self.on_tick(state, now_ms)
+        ck = state.ckpt
+        bound = ck[0] if ck is not None else state.last_ts
+        if ts <= bound and bound != NEG:
+            count = state.late_count + 1
+            ann = self.late_annotation(
+                ts,
+                max(state.frontier, now_ms - self.lateness),
+                count,
+                {
+                    "seq": item[1],
+                    "temp_c": item[2],
+                    "outside_levels": outside_levels(self.levels, item[2]),
+                    "beyond_history": True,
+                },
+            )
+            return state._replace(seq_max=sm, seq_bits=bits, late_count=count), [*out, ann]
+        pending = (*state.pending, item)
+        new = state._replace(seq_max=sm, seq_bits=bits, pending=pending)
+        if len(pending) >= PENDING_MAX:
+            w = _Work(self, new)
+            w.release(state.frontier)
+            return w.freeze(), [*out, *w.out]
+        return new, out
+
 
 def _buf_key(item: BufItem) -> tuple[int, int]:
     return item[0], item[1]
 
 
-class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin):
+class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin, HistoryMixin):
     """A mutable working copy of :class:`DeviceState` for one call; :meth:`freeze` makes the new state.
 
     The rule families (mixins) each own their part of :meth:`next_deadline`, :meth:`fire` and :meth:`apply`;
     this class drives time (release, advance) and calls them in a fixed order, so outputs at one instant come
     out in the same order every time."""
 
-    __slots__ = (*DeviceState._fields, "d", "due_ok", "now", "orig", "out")
+    __slots__ = (*DeviceState._fields, "abandon", "clock", "d", "due_ok", "now", "orig", "out", "retro")
 
-    def __init__(self, d: DeviceDetector, s: DeviceState) -> None:
+    def __init__(self, d: DeviceDetector, s: DeviceState, clock: bool = False) -> None:
         self.d = d
         self.orig = s
         self.out: list[Output] = []
         self.now = s.frontier
-        self.due_ok = True
+        #: Driven by the clock (a tick): silence deadlines may fire. Driven by a reading: they may not (the
+        #: cached ``due`` includes them, so it is not used).
+        self.clock = clock
+        self.due_ok = clock
+        self.retro = False
+        self.abandon = NEG
         (
             self.frontier,
             self.max_ts,
@@ -302,6 +348,10 @@ class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin):
             self.mkt,
             self.late_count,
             self.due,
+            self.last_seq,
+            self.ckpt,
+            self.hist,
+            self.pending,
         ) = s
 
     def freeze(self) -> DeviceState:
@@ -328,14 +378,27 @@ class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin):
             self.cum,
             self.mkt,
             self.late_count,
-            self.due if self.due_ok else self.next_deadline(),
+            self.due if self.due_ok and self.clock else self.next_deadline(silence=True),
+            self.last_seq,
+            self.ckpt,
+            self.hist,
+            self.pending,
         )
         return self.orig if new == self.orig else new
 
     # -- driving time ----------------------------------------------------------------------------------------------
 
     def release(self, target: int) -> None:
-        """Process buffered readings before ``target`` and fire timers up to it, in event-time order."""
+        """Process buffered readings before ``target`` and fire timers up to it, in event-time order. Late
+        readings waiting for evaluation go first: they are older than anything buffered."""
+        if self.pending:
+            newest = max(p[0] for p in self.pending)
+            k = 0
+            while k < len(self.buf) and self.buf[k][0] <= newest:
+                k += 1
+            if k:  # buffered readings older than a late one are evaluated with it, in event-time order
+                self.pending, self.buf = (*self.pending, *self.buf[:k]), self.buf[k:]
+            self.reevaluate()
         buf = self.buf
         i = 0
         n = len(buf)
@@ -350,6 +413,8 @@ class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin):
         self.advance(target)
         if target > self.frontier:
             self.frontier = target
+        if len(self.hist) > HIST_MAX:
+            self.reevaluate(abandon=True)
 
     def advance(self, t: int) -> None:
         dl = self.due if self.due_ok else self.next_deadline()
@@ -361,7 +426,7 @@ class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin):
         if t > self.now:
             self.now = t
 
-    def next_deadline(self) -> int | None:
+    def next_deadline(self, silence: bool = False) -> int | None:
         """The earliest deadline of any rule family. One that passed while the data was stale (a door still open
         when data returns) fires at the first instant it is known, never in the past: outputs stay in event-time
         order."""
@@ -370,7 +435,7 @@ class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin):
         if last == NEG:
             return None
         fresh = last + d.hold
-        best = self.silence_deadline()
+        best = self.silence_deadline() if (silence or self.clock) and not self.retro else None
         mask_end = NEG
         if self.mask is not None or d.sched:
             _, mask_end, nxt = self.mask_parts(self.now)
@@ -392,10 +457,13 @@ class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin):
         """Every deadline due at ``t``, family by family."""
         d = self.d
         self.now = t
+        if self.ckpt is None:
+            self.ckpt = self.rules_snapshot()  # the state after the last reading, for late readings before t
         fresh = self.last_ts + d.hold
         if self.mask is not None or d.sched:
             self.update_mask(t)
-        self.silence_fire(t)
+        if self.clock and not self.retro:
+            self.silence_fire(t)
         self.door_fire(t, fresh)
         if self.conds != _NO_CONDS:
             self.levels_fire(t, fresh, self.mask_parts(t)[1] if self.mask is not None else NEG)
@@ -405,17 +473,24 @@ class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin):
     def apply(self, item: BufItem) -> None:
         """One reading, at its event time (every deadline before it has fired)."""
         d = self.d
-        t, _seq, x, door, defrost, battery = item
+        t, seq, x, door, defrost, battery = item
+        hole = self.opens_hole(t, seq)
         self.now = t
         self.due_ok = False
         prev = self.last_ts
         self.aggregates_account(t, prev)
-        startup = prev == NEG
-        if self.silence_end(t, prev):
-            startup = True
+        if not self.retro:
+            self.silence_end(t)
+        stale = prev != NEG and t - prev > d.hold
+        # The loading window follows the data: the first reading, and the first after a break in it (not the
+        # offline alert, which follows arrivals: an outage filled by an upload has no break in the data).
+        startup = prev == NEG or stale
         if startup and d.startup_ms:
             self.startup_until = t + d.startup_ms
-        stale = prev != NEG and t - prev > d.hold
+        if d.flags_snapshot:
+            # ``flags: snapshot``: every reading carries its flags, an omitted one is false.
+            door = door is True
+            defrost = defrost is True
         self.flags_apply(t, door, defrost)
         if self.mask is not None or self.door_since is not None or self.defrost_since is not None or startup or d.sched:
             self.update_mask(t)
@@ -424,7 +499,9 @@ class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin):
         self.sensor_apply(x, t, stale, battery)
         self.last_ts = t
         self.last_temp = x
+        self.last_seq = seq
         self.aggregates_start(t)
+        self.note_applied(item, hole)
 
 
 _NO_CONDS: tuple[None, ...] = (None, None, None, None, None)

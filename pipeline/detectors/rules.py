@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.schemas import HYGIENE_TYPES, KitchenEventType, Severity
 
+FlagStyle = Literal["snapshot", "on_change"]
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -140,6 +142,9 @@ class DeviceRules(DeviceRuleSet):
     interval_s: float = Field(60.0, gt=0)
     #: Daily local-time defrost windows as (start, end) minutes after midnight; end < start wraps midnight.
     defrost_schedule: tuple[tuple[int, int], ...] = ()
+    #: How the device reports ``door_open`` / ``defrost``: ``snapshot`` (every reading carries them; omitted =
+    #: false) or ``on_change`` (sent when they change; omitted = unchanged). The site file's ``devices.<id>.flags``.
+    flags: FlagStyle = "snapshot"
 
 
 _DEFAULT_HYGIENE: dict[KitchenEventType, Severity | None] = {t: Severity.WARNING for t in HYGIENE_TYPES}
