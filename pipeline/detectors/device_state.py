@@ -123,6 +123,8 @@ class WorkFields:
     ckpt: Ckpt | None
     hist: tuple[BufItem, ...]
     pending: tuple[BufItem, ...]
+    #: Driven by the clock (a tick): silence deadlines may fire.
+    clock: bool
     #: True in a re-run of the history: liveness (which follows arrivals) is left as it is.
     retro: bool
     #: In a re-run that gives up the oldest holes (history overflow): holes before this ts are not kept.
