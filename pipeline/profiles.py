@@ -119,7 +119,12 @@ def _windows(windows: list[TimeWindow]) -> tuple[tuple[int, int], ...]:
     return tuple((w.start.hour * 60 + w.start.minute, w.end.hour * 60 + w.end.minute) for w in windows)
 
 
-def device_rules_key(cfg: SiteConfig, site_id: str, device_id: str) -> tuple[str, str, str, float]:
+#: What a device's resolved rules depend on besides its id: (site, customised asset or "", profile or "",
+#: reporting interval, flag style).
+DeviceRulesKey = tuple[str, str, str, float, str]
+
+
+def device_rules_key(cfg: SiteConfig, site_id: str, device_id: str) -> DeviceRulesKey:
     """What a device's resolved rules depend on besides its id (which is context only): devices with equal
     keys get equal rule values, so a worker and the site file's validation resolve once per key.
 
@@ -130,8 +135,8 @@ def device_rules_key(cfg: SiteConfig, site_id: str, device_id: str) -> tuple[str
     dev = site.devices[device_id]
     asset = site.assets.get(dev.asset)
     if asset is not None and not asset.overrides.model_fields_set and not asset.defrost_schedule:
-        return (site_id, "", asset.profile, dev.interval_s)
-    return (site_id, dev.asset, "", dev.interval_s)
+        return (site_id, "", asset.profile, dev.interval_s, dev.flags)
+    return (site_id, dev.asset, "", dev.interval_s, dev.flags)
 
 
 def resolve_device_rules(cfg: SiteConfig, site_id: str, device_id: str) -> DeviceRules:
@@ -149,6 +154,7 @@ def resolve_device_rules(cfg: SiteConfig, site_id: str, device_id: str) -> Devic
         timezone=site.timezone,
         interval_s=dev.interval_s,
         defrost_schedule=_windows(asset.defrost_schedule),
+        flags=dev.flags,
     )
 
 

@@ -24,7 +24,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.reader import ReaderError
 
 from pipeline import serde
-from pipeline.detectors.rules import DeviceRuleSet, KitchenRuleSet, ProfileDef
+from pipeline.detectors.rules import DeviceRuleSet, FlagStyle, KitchenRuleSet, ProfileDef
 from pipeline.schemas import Id
 
 Role = Literal["operator", "site_manager", "station", "district"]
@@ -101,6 +101,10 @@ class SecretRef(_Model):
 class Device(SecretRef):
     asset: Id
     interval_s: float = Field(60.0, gt=0, description="how often the device reports; liveness uses k x this")
+    #: How the logger reports ``door_open`` / ``defrost``: ``snapshot`` (every reading carries its flags, an
+    #: omitted one is false: periodic loggers) or ``on_change`` (sent when they change, omitted = unchanged:
+    #: contact sensors and loggers that send flags only when true must not use it). docs/rules.md, "Flags".
+    flags: FlagStyle = "snapshot"
 
 
 class Asset(_Model):
@@ -236,7 +240,7 @@ class SiteConfig(_Model):
         from pipeline.profiles import ProfileError, device_rules_key, resolve_device_rules
 
         # One resolution per rules key (site, profile or customised asset, interval), not per device.
-        resolved: set[tuple[str, str, str, float]] = set()
+        resolved: set[tuple[str, str, str, float, str]] = set()
         for site_id, site in self.sites.items():
             for dev_id, dev in site.devices.items():
                 key = device_rules_key(self, site_id, dev_id)

@@ -14,7 +14,7 @@ from typing import Any
 
 from pipeline.agents.core import Concern
 from pipeline.detectors.device import DeviceDetector, DeviceState
-from pipeline.profiles import device_rules_key, resolve_device_rules
+from pipeline.profiles import DeviceRulesKey, device_rules_key, resolve_device_rules
 from pipeline.settings import Settings
 from pipeline.siteconfig import SiteConfig, load
 
@@ -25,7 +25,7 @@ class UnknownSubject(LookupError):
 
 def device_concern(cfg: SiteConfig) -> Concern[DeviceState, Any]:
     where = {dev_id: device_rules_key(cfg, site_id, dev_id) for dev_id, site_id, _ in cfg.devices()}
-    classes: dict[tuple[str, str, str, float], type[DeviceDetector]] = {}
+    classes: dict[DeviceRulesKey, type[DeviceDetector]] = {}
 
     def detector_for(device: str, _item: dict[str, Any] | None) -> DeviceDetector:
         key = where.get(device)
