@@ -132,6 +132,7 @@ def site_document(seed: int, devices: list[DeviceSim], kitchens: list[KitchenSim
             "asset": asset,
             "interval_s": d.interval_s,
             "secret": secret_for(seed, d.device),
+            **({"flags": d.flags_config} if d.flags_config != "snapshot" else {}),
         }
     for k in kitchens:
         s = site(k.site)
@@ -265,6 +266,51 @@ def _store_and_forward(p: Params) -> tuple[list[DeviceSim], list[KitchenSim]]:
     return b.out()
 
 
+def _outage_excursion(p: Params) -> tuple[list[DeviceSim], list[KitchenSim]]:
+    b = _Builder(p)
+    for i in range(p.sites):
+        # Offline 1 h..7 h, uploading its stored readings on reconnect; the compressor fails 2 h..3.5 h, inside
+        # the outage: the excursion is only seen in the upload (a retrospective coldchain.high).
+        b.cold_room(
+            p.site(i),
+            1,
+            faults=(Fault("offline", p.at(1), p.at(7)), Fault("compressor", p.at(2), p.at(3.5))),
+            physics=_QUIET_DOOR,
+        )
+    return b.out()
+
+
+def _reordered_delivery(p: Params) -> tuple[list[DeviceSim], list[KitchenSim]]:
+    b = _Builder(p)
+    for i in range(p.sites):
+        # Readings delayed by up to 2.5 min (2.5 x the default allowed lateness) and so shuffled, 5%
+        # sent twice; the compressor fails after 1 h.
+        b.cold_room(
+            p.site(i),
+            1,
+            faults=(Fault("compressor", p.at(1), p.at(3)),),
+            reorder_s=150.0,
+            duplicates=0.05,
+            physics=_QUIET_DOOR,
+        )
+    return b.out()
+
+
+def _flag_styles(p: Params) -> tuple[list[DeviceSim], list[KitchenSim]]:
+    b = _Builder(p)
+    for i in range(p.sites):
+        s = p.site(i)
+        # Four loggers, two payload styles each configured as the site file documents: flags sent only while
+        # true (flags: snapshot, the default) and flags sent on change (flags: on_change). Rooms 1-2: a normal
+        # day (routine door openings, defrosts); rooms 3-4: the door left open for 25 min after 2 h.
+        door = (Fault("door", p.at(2), p.at(2) + 25 * MIN),)
+        b.cold_room(s, 1, flag_style="true_only")
+        b.cold_room(s, 2, flag_style="on_change", flags_config="on_change")
+        b.cold_room(s, 3, flag_style="true_only", faults=door, physics=_QUIET_DOOR)
+        b.cold_room(s, 4, flag_style="on_change", flags_config="on_change", faults=door, physics=_QUIET_DOOR)
+    return b.out()
+
+
 def _demo(p: Params) -> tuple[list[DeviceSim], list[KitchenSim]]:
     b = _Builder(p)
     for i in range(p.sites):
@@ -360,6 +406,29 @@ LIBRARY: dict[str, Spec] = {
             1,
             8 * 3600,
             _store_and_forward,
+        ),
+        Spec(
+            "outage-excursion",
+            "A logger offline for 6 h uploads its stored readings on reconnect; inside the outage the compressor "
+            "failed for 1.5 h: a retrospective coldchain.high.",
+            1,
+            8 * 3600,
+            _outage_excursion,
+        ),
+        Spec(
+            "reordered-delivery",
+            "Readings delayed up to 2.5 x the allowed lateness and shuffled, 5% duplicated; the compressor fails.",
+            1,
+            4 * 3600,
+            _reordered_delivery,
+        ),
+        Spec(
+            "flag-styles",
+            "Door/defrost flags sent only while true (flags: snapshot) and on change (flags: on_change): a normal "
+            "day in two rooms, a door left open for 25 min in two others.",
+            1,
+            6 * 3600,
+            _flag_styles,
         ),
         Spec(
             "dead-battery", "A logger's battery drains over 2 h until it stops reporting.", 1, 4 * 3600, _dead_battery

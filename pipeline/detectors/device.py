@@ -291,8 +291,15 @@ class DeviceDetector(AlertFactory):
                 },
             )
             return state._replace(seq_max=sm, seq_bits=bits, late_count=count), [*out, ann]
+        if ts > state.max_ts and (state.offline_open is not None or state.gap_open is not None):
+            # Newer than anything heard: the logger is heard again now (in event time: the frontier), even if
+            # what it sends is old (an upload, a reordered delivery); its readings go to the rules below.
+            w = _Work(self, state)
+            w.silence_end(max(state.frontier, now_ms - self.lateness))
+            state = w.freeze()
+            out = [*out, *w.out]
         pending = (*state.pending, item)
-        new = state._replace(seq_max=sm, seq_bits=bits, pending=pending)
+        new = state._replace(seq_max=sm, seq_bits=bits, pending=pending, max_ts=max(state.max_ts, ts))
         if len(pending) >= PENDING_MAX:
             w = _Work(self, new)
             w.release(state.frontier)

@@ -32,6 +32,8 @@ class LivenessMixin(WorkFields):
     def silence_fire(self, t: int) -> None:
         d = self.d
         heard = self.max_ts
+        if heard == NEG:
+            return
         if self.offline_open is None and heard + d.hold <= t:
             self.offline_open = t
             self.out.append(

@@ -136,7 +136,8 @@ def test_gap_is_a_compliance_finding_even_when_filled_later() -> None:
     f.series(0, 5, 4.0)
     f.tick(30)  # live view: nothing heard since 5; the frontier is at 29
     # A store-and-forward upload fills the gap: 6..29 arrive behind now - lateness (30) and are evaluated
-    # retrospectively; the live view had the gap, and the finding stays. 31 is live and ends it.
+    # retrospectively; the live view had the gap, and the finding stays. The first of them is newer than anything
+    # heard: the logger is heard again at that instant in event time (now - lateness = 30), ending the gap.
     for m in range(6, 30):
         f.r(m, 4.0, now_min=31)
     f.r(31, 4.0, now_min=31)
@@ -144,10 +145,10 @@ def test_gap_is_a_compliance_finding_even_when_filled_later() -> None:
     gap = f.alerts("liveness.gap")
     assert [(a.state.value, minute_of(a.at_ms), a.notify) for a in gap] == [
         ("open", 20.0, False),
-        ("resolved", 31.0, False),
+        ("resolved", 30.0, False),
     ]
     (finding,) = f.annotations("compliance_gap")
-    assert (minute_of(finding.start_ms), minute_of(finding.end_ms)) == (5.0, 31.0)
+    assert (minute_of(finding.start_ms), minute_of(finding.end_ms)) == (5.0, 30.0)
     assert f.annotations("late") == [] and f.state.late_count == 0
 
 
