@@ -222,10 +222,13 @@ class DeviceSim:
         for x in lines:
             if "readings" in x.body:
                 continue
-            at = x.at_ms + int(rnd.uniform(0, self.reorder_s * 1000))
+            # Clamped to the scenario: a line after its end would move the end of a combined fleet run.
+            at = min(x.at_ms + int(rnd.uniform(0, self.reorder_s * 1000)), self.end_ms - 1)
             out.append(Line(at, "mqtt", self.device, x.body))
             if rnd.random() < self.duplicates:
-                out.append(Line(at + int(self.interval_s * 1000) // 2, "mqtt", self.device, x.body))
+                out.append(
+                    Line(min(at + int(self.interval_s * 1000) // 2, self.end_ms - 1), "mqtt", self.device, x.body)
+                )
         return sorted(out, key=lambda x: x.at_ms)
 
     # -- ground truth ---------------------------------------------------------------------------------------
