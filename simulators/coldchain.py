@@ -80,8 +80,8 @@ class DeviceSim:
     #: change). ``flags_config`` is what the site file says (``snapshot`` or ``on_change``).
     flag_style: Literal["snapshot", "true_only", "on_change"] = "snapshot"
     flags_config: Literal["snapshot", "on_change"] = "snapshot"
-    #: Delivery reordered: each reading is delayed by up to this (seconds); ``duplicates`` is the share sent
-    #: twice (QoS 1 redelivery).
+    #: Delivery reordered: some readings arrive this long (seconds) behind the newest; ``duplicates`` is the
+    #: share sent twice (QoS 1 redelivery).
     reorder_s: float = 0.0
     duplicates: float = 0.0
     #: Filled by :meth:`run`.
@@ -215,20 +215,22 @@ class DeviceSim:
         return lines
 
     def _reorder(self, lines: list[Line], rnd: random.Random) -> list[Line]:
-        """Shuffle delivery: each single reading is sent ``U(0, reorder_s)`` after it was taken (so readings
-        arrive out of order, up to ``reorder_s`` behind the newest); a share of them is sent again half a reporting
-        interval later (QoS 1 redelivery)."""
+        """Reordered delivery: in every run of readings spanning ``reorder_s``, the first is held back and sent
+        just after the last (``reorder_s`` behind the newest: beyond the allowed lateness), the others on time,
+        so the logger stays audibly alive; a share of the messages is sent again half an interval later (QoS 1
+        redelivery). Nothing is sent after the scenario ends."""
         out = [x for x in lines if "readings" in x.body]
-        for x in lines:
-            if "readings" in x.body:
-                continue
-            # Clamped to the scenario: a line after its end would move the end of a combined fleet run.
-            at = min(x.at_ms + int(rnd.uniform(0, self.reorder_s * 1000)), self.end_ms - 1)
-            out.append(Line(at, "mqtt", self.device, x.body))
-            if rnd.random() < self.duplicates:
-                out.append(
-                    Line(min(at + int(self.interval_s * 1000) // 2, self.end_ms - 1), "mqtt", self.device, x.body)
-                )
+        single = [x for x in lines if "readings" not in x.body]
+        block = max(2, round(self.reorder_s / self.interval_s) + 1)
+        for i in range(0, len(single), block):
+            run = single[i : i + block]
+            sends = [(x.at_ms, x) for x in run[1:]] + [(run[-1].at_ms + 1000, run[0])]
+            for at, x in sends:
+                at = min(at, self.end_ms - 1)
+                out.append(Line(at, "mqtt", self.device, x.body))
+                if rnd.random() < self.duplicates:
+                    dup = min(at + int(self.interval_s * 1000) // 2, self.end_ms - 1)
+                    out.append(Line(dup, "mqtt", self.device, x.body))
         return sorted(out, key=lambda x: x.at_ms)
 
     # -- ground truth ---------------------------------------------------------------------------------------
