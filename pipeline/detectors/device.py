@@ -98,6 +98,7 @@ class DeviceDetector(AlertFactory):
         self.hole_ms = self.interval_ms * 3 // 2
         self.hold = max(1, round(c.liveness.offline_k * c.interval_s * 1000))
         self.gap_ms = ms(c.liveness.gap_max_min)
+        self.silence_min = min(self.hold, self.gap_ms)
         lv: list[Level | None] = [None] * 5
         for slot, rule, high in (
             (HIGH, c.high, True),
@@ -186,7 +187,11 @@ class DeviceDetector(AlertFactory):
             return state, []
         buf = state.buf
         if not (buf and buf[0][0] < target) and (state.due is None or state.due > target):
-            return state, []
+            if target < state.max_ts + self.silence_min:  # heard from recently: most ticks end here
+                return state, []
+            sd = silence_due(state, self.hold, self.gap_ms)
+            if sd is None or sd > target:
+                return state, []
         w = _Work(self, state, clock=True)
         w.release(target)
         return w.freeze(), w.out
@@ -197,7 +202,11 @@ class DeviceDetector(AlertFactory):
         :meth:`on_tick`, solved for ``now_ms``)."""
         if state.pending:
             return NEG  # late readings to evaluate: at the next tick
-        return wake_time(state.buf, state.due, state.frontier, state.max_ts, self.lateness)
+        due = state.due
+        sd = silence_due(state, self.hold, self.gap_ms)
+        if sd is not None and (due is None or sd < due):
+            due = sd
+        return wake_time(state.buf, due, state.frontier, state.max_ts, self.lateness)
 
     def state_to_bytes(self, state: DeviceState) -> bytes:
         return serde.dumps([*state[:3], format(state.seq_bits, "x"), *state[4:]])
@@ -307,6 +316,16 @@ class DeviceDetector(AlertFactory):
         return new, out
 
 
+def silence_due(state: DeviceState, hold: int, gap_ms: int) -> int | None:
+    """The clock's next liveness deadline (not part of ``due``, which readings also use)."""
+    heard = state.max_ts
+    if heard == NEG:
+        return None
+    if state.offline_open is None:
+        return heard + hold if state.gap_open is not None or hold <= gap_ms else heard + gap_ms
+    return heard + gap_ms if state.gap_open is None else None
+
+
 def _buf_key(item: BufItem) -> tuple[int, int]:
     return item[0], item[1]
 
@@ -325,10 +344,10 @@ class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin, HistoryMixi
         self.orig = s
         self.out: list[Output] = []
         self.now = s.frontier
-        #: Driven by the clock (a tick): silence deadlines may fire. Driven by a reading: they may not (the
-        #: cached ``due`` includes them, so it is not used).
+        #: Driven by the clock (a tick): silence deadlines (not part of the cached ``due``) may fire. Driven by a
+        #: reading: they may not (liveness follows arrivals, docs/rules.md).
         self.clock = clock
-        self.due_ok = clock
+        self.due_ok = True
         self.retro = False
         self.abandon = NEG
         (
@@ -385,7 +404,7 @@ class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin, HistoryMixi
             self.cum,
             self.mkt,
             self.late_count,
-            self.due if self.due_ok and self.clock else self.next_deadline(silence=True),
+            self.due if self.due_ok else self.next_deadline(),
             self.last_seq,
             self.ckpt,
             self.hist,
@@ -425,15 +444,26 @@ class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin, HistoryMixi
 
     def advance(self, t: int) -> None:
         dl = self.due if self.due_ok else self.next_deadline()
-        while dl is not None and dl <= t:
-            self.fire(dl)
-            dl = self.next_deadline()
+        if self.clock and not self.retro:
+            # The silence deadlines (offline, gap) run on the clock only and are not part of ``due``.
+            sd = self.silence_deadline()
+            while True:
+                m = dl if sd is None or (dl is not None and dl <= sd) else max(sd, self.now)
+                if m is None or m > t:
+                    break
+                self.fire(m)
+                dl = self.next_deadline()
+                sd = self.silence_deadline()
+        else:
+            while dl is not None and dl <= t:
+                self.fire(dl)
+                dl = self.next_deadline()
         self.due = dl
         self.due_ok = True
         if t > self.now:
             self.now = t
 
-    def next_deadline(self, silence: bool = False) -> int | None:
+    def next_deadline(self) -> int | None:
         """The earliest deadline of any rule family. One that passed while the data was stale (a door still open
         when data returns) fires at the first instant it is known, never in the past: outputs stay in event-time
         order."""
@@ -442,7 +472,7 @@ class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin, HistoryMixi
         if last == NEG:
             return None
         fresh = last + d.hold
-        best = self.silence_deadline() if (silence or self.clock) and not self.retro else None
+        best: int | None = None
         mask_end = NEG
         if self.mask is not None or d.sched:
             _, mask_end, nxt = self.mask_parts(self.now)
