@@ -444,7 +444,7 @@ class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin, HistoryMixi
 
     def advance(self, t: int) -> None:
         dl = self.due if self.due_ok else self.next_deadline()
-        if self.clock and not self.retro:
+        if self.clock and not self.retro and self.max_ts + self.d.silence_min <= t:
             # The silence deadlines (offline, gap) run on the clock only and are not part of ``due``.
             sd = self.silence_deadline()
             while True:
@@ -508,15 +508,19 @@ class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin, HistoryMixi
         self.aggregates_fire(t)
 
     def apply(self, item: BufItem) -> None:
-        """One reading, at its event time (every deadline before it has fired)."""
+        """One reading, at its event time (every deadline before it has fired). The family calls are guarded
+        here so that a plain in-order reading (nothing open, no flags, no hole) makes as few calls as possible:
+        this is the per-reading hot path."""
         d = self.d
         t, seq, x, door, defrost, battery = item
-        hole = self.opens_hole(t, seq)
+        prev = self.last_ts
+        ls = self.last_seq
+        hole = seq > ls + 1 and ls >= 0 and t - prev > d.hole_ms and self.opens_hole(t, seq)
         self.now = t
         self.due_ok = False
-        prev = self.last_ts
-        self.aggregates_account(t, prev)
-        if not self.retro:
+        if self.cum is not None or self.mkt is not None or ((d.cum_on or d.mkt_on) and prev != NEG):
+            self.aggregates_account(t, prev)
+        if (self.offline_open is not None or self.gap_open is not None) and not self.retro:
             self.silence_end(t)
         stale = prev != NEG and t - prev > d.hold
         # The loading window follows the data: the first reading, and the first after a break in it (not the
@@ -528,17 +532,24 @@ class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin, HistoryMixi
             # ``flags: snapshot``: every reading carries its flags, an omitted one is false.
             door = door is True
             defrost = defrost is True
-        self.flags_apply(t, door, defrost)
+        if door is not None or defrost is not None:
+            self.flags_apply(t, door, defrost)
         if self.mask is not None or self.door_since is not None or self.defrost_since is not None or startup or d.sched:
             self.update_mask(t)
-        self.mask_count(x)
+        if self.mask is not None:
+            self.mask_count(x)
         self.levels_apply(x, t, stale)
-        self.sensor_apply(x, t, stale, battery)
+        if d.stuck_ms is not None or (battery is not None and d.batt_low is not None):
+            self.sensor_apply(x, t, stale, battery)
         self.last_ts = t
         self.last_temp = x
         self.last_seq = seq
-        self.aggregates_start(t)
-        self.note_applied(item, hole)
+        if self.cum is None or self.mkt is None:
+            self.aggregates_start(t)
+        if hole or self.hist:
+            self.hist = (*self.hist, item)
+        else:
+            self.ckpt = None  # the state after this reading is the checkpoint
 
 
 _NO_CONDS: tuple[None, ...] = (None, None, None, None, None)

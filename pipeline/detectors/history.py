@@ -116,13 +116,6 @@ class HistoryMixin(WorkFields):
         if self.ckpt is None:
             self.ckpt = self.rules_snapshot()
 
-    def note_applied(self, item: BufItem, hole: bool) -> None:
-        """After :meth:`apply`: extend the history while a hole is open, else the checkpoint is the new state."""
-        if hole or self.hist:
-            self.hist = (*self.hist, item)
-        else:
-            self.ckpt = None
-
     def opens_hole(self, t: int, seq: int) -> bool:
         """Whether applying ``seq`` at ``t`` leaves a hole behind it (called before :meth:`apply`)."""
         ls = self.last_seq
