@@ -24,7 +24,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.reader import ReaderError
 
 from pipeline import serde
-from pipeline.detectors.rules import DeviceRules, DeviceRuleSet, KitchenRules, KitchenRuleSet, ProfileDef
+from pipeline.detectors.rules import DeviceRules, DeviceRuleSet, FlagStyle, KitchenRules, KitchenRuleSet, ProfileDef
 from pipeline.profiles import ProfileError, device_rules_from, kitchen_rules_from, patch_of, profile_patch
 from pipeline.schemas import Id
 
@@ -102,6 +102,10 @@ class SecretRef(_Model):
 class Device(SecretRef):
     asset: Id
     interval_s: float = Field(60.0, gt=0, description="how often the device reports; liveness uses k x this")
+    #: How the logger reports ``door_open`` / ``defrost``: ``snapshot`` (every reading carries its flags, an
+    #: omitted one is false: periodic loggers) or ``on_change`` (sent when they change, omitted = unchanged:
+    #: contact sensors and loggers that send flags only when true must not use it). docs/rules.md, "Flags".
+    flags: FlagStyle = "snapshot"
 
 
 class Asset(_Model):
@@ -284,7 +288,7 @@ class SiteConfig(_Model):
     def _rules_resolve(self) -> SiteConfig:
         # Profiles and overrides merge only here; a bad profile name or a merge that breaks a rule names the asset.
         # One resolution per rules key (site, profile or customised asset, interval), not per device.
-        resolved: set[tuple[str, str, str, float]] = set()
+        resolved: set[tuple[str, str, str, float, str]] = set()
         for site_id, site in self.sites.items():
             for dev_id, dev in site.devices.items():
                 key = device_rules_key(self, site_id, dev_id)
@@ -475,7 +479,12 @@ def _windows(windows: list[TimeWindow]) -> tuple[tuple[int, int], ...]:
     return tuple((w.start.hour * 60 + w.start.minute, w.end.hour * 60 + w.end.minute) for w in windows)
 
 
-def device_rules_key(cfg: SiteConfig, site_id: str, device_id: str) -> tuple[str, str, str, float]:
+#: What a device's resolved rules depend on besides its id: (site, customised asset or "", profile or "",
+#: reporting interval, flag style).
+DeviceRulesKey = tuple[str, str, str, float, str]
+
+
+def device_rules_key(cfg: SiteConfig, site_id: str, device_id: str) -> DeviceRulesKey:
     """What a device's resolved rules depend on besides its id (which is context only): devices with equal
     keys get equal rule values, so a worker and the site file's validation resolve once per key.
 
@@ -486,8 +495,8 @@ def device_rules_key(cfg: SiteConfig, site_id: str, device_id: str) -> tuple[str
     dev = site.devices[device_id]
     asset = site.assets.get(dev.asset)
     if asset is not None and not asset.overrides.model_fields_set and not asset.defrost_schedule:
-        return (site_id, "", asset.profile, dev.interval_s)
-    return (site_id, dev.asset, "", dev.interval_s)
+        return (site_id, "", asset.profile, dev.interval_s, dev.flags)
+    return (site_id, dev.asset, "", dev.interval_s, dev.flags)
 
 
 def resolve_device_rules(cfg: SiteConfig, site_id: str, device_id: str) -> DeviceRules:
@@ -505,6 +514,7 @@ def resolve_device_rules(cfg: SiteConfig, site_id: str, device_id: str) -> Devic
         timezone=site.timezone,
         interval_s=dev.interval_s,
         defrost_schedule=_windows(asset.defrost_schedule),
+        flags=dev.flags,
     )
 
 

@@ -75,6 +75,15 @@ class DeviceSim:
     battery_start: float = 0.92
     #: Rule overrides written into the asset's ``overrides`` (contract 5); ``rules`` must say the same.
     overrides: dict[str, Any] = field(default_factory=dict)
+    #: How the logger sends its door/defrost flags: ``snapshot`` (every reading), ``true_only`` (only while
+    #: true: a site file with ``flags: snapshot`` reads the omission as false) or ``on_change`` (when they
+    #: change). ``flags_config`` is what the site file says (``snapshot`` or ``on_change``).
+    flag_style: Literal["snapshot", "true_only", "on_change"] = "snapshot"
+    flags_config: Literal["snapshot", "on_change"] = "snapshot"
+    #: Delivery reordered: some readings arrive this long (seconds) behind the newest; ``duplicates`` is the
+    #: share sent twice (QoS 1 redelivery).
+    reorder_s: float = 0.0
+    duplicates: float = 0.0
     #: Filled by :meth:`run`.
     truth: list[Truth] = field(default_factory=list)
 
@@ -100,6 +109,7 @@ class DeviceSim:
         stuck_value: float | None = None
         dead = False
         buffered: list[dict[str, object]] = []
+        last_flags: dict[str, bool] = {}
         lines: list[Line] = []
         # (ts on the device clock, measured temp, door, defrost, sensor trustworthy) for each reading measured.
         samples: list[tuple[int, float, bool, bool, bool]] = []
@@ -171,9 +181,14 @@ class DeviceSim:
                         "temp_c": round(value, 2),
                         "humidity": round(70 + 8 * math.sin(t / 5e6) + rnd.gauss(0, 1), 1),
                         "battery": round(battery, 3),
-                        "door_open": door,
-                        "defrost": bool(in_defrost and powered),
                     }
+                    flags = {"door_open": door, "defrost": bool(in_defrost and powered)}
+                    style = self.flag_style
+                    for name, on in flags.items():
+                        changed = last_flags.get(name) != on
+                        if style == "snapshot" or (style == "true_only" and on) or (style == "on_change" and changed):
+                            payload[name] = on
+                    last_flags = flags
                     # A working sensor's measurement (noise included) is the truth for level rules: limits
                     # apply to what a calibrated logger measures. A stuck or drifting sensor is not trusted.
                     samples.append(
@@ -194,8 +209,29 @@ class DeviceSim:
             t += step_ms
         if buffered:
             lines.append(Line(self.end_ms - 1, "mqtt", self.device, {"readings": buffered[:1000]}))
+        if self.reorder_s:
+            lines = self._reorder(lines, rnd)
         self.truth = self._truth(lines, samples, stuck_periods, battery_low_at)
         return lines
+
+    def _reorder(self, lines: list[Line], rnd: random.Random) -> list[Line]:
+        """Reordered delivery: in every run of readings spanning ``reorder_s``, the first is held back and sent
+        just after the last (``reorder_s`` behind the newest: beyond the allowed lateness), the others on time,
+        so the logger stays audibly alive; a share of the messages is sent again half an interval later (QoS 1
+        redelivery). Nothing is sent after the scenario ends."""
+        out = [x for x in lines if "readings" in x.body]
+        single = [x for x in lines if "readings" not in x.body]
+        block = max(2, round(self.reorder_s / self.interval_s) + 1)
+        for i in range(0, len(single), block):
+            run = single[i : i + block]
+            sends = [(x.at_ms, x) for x in run[1:]] + [(run[-1].at_ms + 1000, run[0])]
+            for at, x in sends:
+                at = min(at, self.end_ms - 1)
+                out.append(Line(at, "mqtt", self.device, x.body))
+                if rnd.random() < self.duplicates:
+                    dup = min(at + int(self.interval_s * 1000) // 2, self.end_ms - 1)
+                    out.append(Line(dup, "mqtt", self.device, x.body))
+        return sorted(out, key=lambda x: x.at_ms)
 
     # -- ground truth ---------------------------------------------------------------------------------------
 
@@ -235,18 +271,28 @@ class DeviceSim:
                 out.append(self._t(R.STUCK, s_start, s_end, r.stuck_after_s, "sensor stuck"))
         if battery_low_at is not None:
             out.append(self._t(R.BATTERY, battery_low_at, None, 0, "battery below threshold"))
-        # Liveness is about arrivals: silence between messages (a batch upload ends it).
-        hold_s = r.offline_k * self.interval_s
-        prev: int | None = None
-        for at in [*(line.at_ms for line in lines), None]:
-            if prev is not None:
-                until = at if at is not None else self.end_ms
-                if until - prev > hold_s * 1000:
-                    out.append(self._t(R.OFFLINE, prev, at, hold_s, "no message arrived"))
-                if until - prev > r.gap_max_s * 1000:
-                    out.append(self._t(R.GAP, prev, at, r.gap_max_s, "silence beyond the logging interval"))
-            if at is not None:
-                prev = at
+        # Liveness is about arrivals: the newest reading heard of (its ts) grows stale. The logger is offline
+        # when, ``allowed lateness`` after ``last heard + k x interval``, nothing newer has arrived (a batch upload
+        # ends it; readings arriving shuffled keep it alive). docs/rules.md, "Liveness".
+        hold_ms = int(r.offline_k * self.interval_s * 1000)
+        gap_ms = int(r.gap_max_s * 1000)
+        late_ms = int(r.allowed_lateness_s * 1000)
+        heard: int | None = None
+        for line in [*lines, None]:
+            at = line.at_ms if line is not None else self.end_ms
+            newest = heard
+            if line is not None:
+                body = line.body
+                for item in body.get("readings", [body]):
+                    ts = _ms_of(item["ts"])
+                    newest = ts if newest is None else max(newest, ts)
+            if heard is not None and (newest != heard or line is None):
+                end = at if line is not None else None
+                if at - late_ms > heard + hold_ms:
+                    out.append(self._t(R.OFFLINE, heard, end, hold_ms / 1000, "nothing newer heard"))
+                if at - late_ms > heard + gap_ms:
+                    out.append(self._t(R.GAP, heard, end, gap_ms / 1000, "silence beyond the logging interval"))
+            heard = newest
         return sorted(out, key=lambda x: x.opened_at_ms)
 
     def _t(self, rule: str, a: int, b: int | None, delay: float, note: str) -> Truth:
@@ -290,6 +336,12 @@ def _masks(ordered: list[tuple[int, float, bool, bool, bool]], r: R.RuleParams) 
         if run is not None:
             out.append((run, run + int(limit * 1000)))
     return sorted(out)
+
+
+def _ms_of(iso: object) -> int:
+    from pipeline.schemas import _parse_ts, to_ms
+
+    return to_ms(_parse_ts(iso))
 
 
 def _iso(ms: int) -> str:

@@ -36,6 +36,8 @@ class RuleParams:
     door_delay_s: float = 5 * 60
     #: Offline after k x the device's reporting interval without data.
     offline_k: float = 2.0
+    #: The default allowed lateness (1 min): liveness is judged this long after its deadline.
+    allowed_lateness_s: float = 60.0
     #: EN 12830 maximum logging interval: a longer silence is a ``liveness.gap``.
     gap_max_s: float = 15 * 60
     stuck_after_s: float = 360 * 60

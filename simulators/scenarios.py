@@ -137,6 +137,7 @@ def site_document(
             "asset": asset,
             "interval_s": d.interval_s,
             "secret": secret_for(seed, d.device),
+            **({"flags": d.flags_config} if d.flags_config != "snapshot" else {}),
         }
     for k in kitchens:
         s = site(k.site)
@@ -274,6 +275,51 @@ def _store_and_forward(p: Params) -> tuple[list[DeviceSim], list[KitchenSim]]:
     return b.out()
 
 
+def _outage_excursion(p: Params) -> tuple[list[DeviceSim], list[KitchenSim]]:
+    b = _Builder(p)
+    for i in range(p.sites):
+        # Offline 1 h..7 h, uploading its stored readings on reconnect; the compressor fails 2 h..3.5 h, inside
+        # the outage: the excursion is only seen in the upload (a retrospective coldchain.high).
+        b.cold_room(
+            p.site(i),
+            1,
+            faults=(Fault("offline", p.at(1), p.at(7)), Fault("compressor", p.at(2), p.at(3.5))),
+            physics=_QUIET_DOOR,
+        )
+    return b.out()
+
+
+def _reordered_delivery(p: Params) -> tuple[list[DeviceSim], list[KitchenSim]]:
+    b = _Builder(p)
+    for i in range(p.sites):
+        # Every 4th reading arrives 3 min behind the newest (3 x the default allowed lateness), 5% of the
+        # messages are sent twice; the compressor fails after 1 h.
+        b.cold_room(
+            p.site(i),
+            1,
+            faults=(Fault("compressor", p.at(1), p.at(3)),),
+            reorder_s=180.0,
+            duplicates=0.05,
+            physics=_QUIET_DOOR,
+        )
+    return b.out()
+
+
+def _flag_styles(p: Params) -> tuple[list[DeviceSim], list[KitchenSim]]:
+    b = _Builder(p)
+    for i in range(p.sites):
+        s = p.site(i)
+        # Four loggers, two payload styles each configured as the site file documents: flags sent only while
+        # true (flags: snapshot, the default) and flags sent on change (flags: on_change). Rooms 1-2: a normal
+        # day (routine door openings, defrosts); rooms 3-4: the door left open for 25 min after 2 h.
+        door = (Fault("door", p.at(2), p.at(2) + 25 * MIN),)
+        b.cold_room(s, 1, flag_style="true_only")
+        b.cold_room(s, 2, flag_style="on_change", flags_config="on_change")
+        b.cold_room(s, 3, flag_style="true_only", faults=door, physics=_QUIET_DOOR)
+        b.cold_room(s, 4, flag_style="on_change", flags_config="on_change", faults=door, physics=_QUIET_DOOR)
+    return b.out()
+
+
 def _demo(p: Params) -> tuple[list[DeviceSim], list[KitchenSim]]:
     b = _Builder(p)
     for i in range(p.sites):
@@ -387,6 +433,29 @@ LIBRARY: dict[str, Spec] = {
             7 * 3600,
             _no_sensors,
             _market_morning,
+        ),
+        Spec(
+            "outage-excursion",
+            "A logger offline for 6 h uploads its stored readings on reconnect; inside the outage the compressor "
+            "failed for 1.5 h: a retrospective coldchain.high.",
+            1,
+            8 * 3600,
+            _outage_excursion,
+        ),
+        Spec(
+            "reordered-delivery",
+            "Every 4th reading arrives 3 x the allowed lateness late, 5% duplicated; the compressor fails.",
+            1,
+            4 * 3600,
+            _reordered_delivery,
+        ),
+        Spec(
+            "flag-styles",
+            "Door/defrost flags sent only while true (flags: snapshot) and on change (flags: on_change): a normal "
+            "day in two rooms, a door left open for 25 min in two others.",
+            1,
+            6 * 3600,
+            _flag_styles,
         ),
         Spec(
             "dead-battery", "A logger's battery drains over 2 h until it stops reporting.", 1, 4 * 3600, _dead_battery

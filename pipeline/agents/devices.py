@@ -4,7 +4,7 @@ gaps, stuck, battery) share one :class:`~pipeline.detectors.device.DeviceDetecto
 One detector and one state per device rather than one agent per rule family: both families read every
 reading of the device, de-duplication by (device, seq) must happen once, and one table write per changed
 device is half the changelog traffic of two. The detector's configuration comes from the site file
-(:func:`pipeline.profiles.resolve_device_rules`), never from the reading, so a device's rules after a restart
+(:func:`pipeline.siteconfig.resolve_device_rules`), never from the reading, so a device's rules after a restart
 are the same whether or not it has spoken since.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 from pipeline.agents.core import Concern
 from pipeline.detectors.device import DeviceDetector, DeviceState
 from pipeline.settings import Settings
-from pipeline.siteconfig import SiteConfig, device_rules_key, load, resolve_device_rules
+from pipeline.siteconfig import DeviceRulesKey, SiteConfig, device_rules_key, load, resolve_device_rules
 
 
 class UnknownSubject(LookupError):
@@ -24,7 +24,7 @@ class UnknownSubject(LookupError):
 
 def device_concern(cfg: SiteConfig) -> Concern[DeviceState, Any]:
     where = {dev_id: device_rules_key(cfg, site_id, dev_id) for dev_id, site_id, _ in cfg.devices()}
-    classes: dict[tuple[str, str, str, float], type[DeviceDetector]] = {}
+    classes: dict[DeviceRulesKey, type[DeviceDetector]] = {}
 
     def detector_for(device: str, _item: dict[str, Any] | None) -> DeviceDetector:
         key = where.get(device)
@@ -53,7 +53,7 @@ def _shared_class(template: DeviceDetector) -> type[DeviceDetector]:
 
     Why: a ``DeviceDetector`` per device, as built from :func:`resolve_device_rules`, costs ~14 KB (its
     pydantic ``DeviceRules`` and ~45 derived fields) and ~1 ms to resolve; at 100k devices that is 1.4 GB
-    and 100 s of start-up. The rules depend only on :func:`~pipeline.profiles.device_rules_key` (site,
+    and 100 s of start-up. The rules depend only on :func:`~pipeline.siteconfig.device_rules_key` (site,
     profile or customised asset, reporting interval) — the inputs of ``resolve_device_rules`` besides the
     id — so one resolution per such key suffices, and each device
     only needs its own ``site`` and ``subject`` (the only per-device fields the detector reads; ``config``

@@ -25,6 +25,14 @@ def _line(p: Pending, tz: ZoneInfo | None) -> str:
     since = a.evidence.get("opened_ms")
     opened = _when(since if isinstance(since, int) else a.at_ms, tz)
     tail = f" cleared {_when(a.at_ms, tz)}" if p.kind == "resolved" else f" since {opened}"
+    if a.evidence.get("withdrawn"):
+        tail = " WITHDRAWN: late readings show it did not hold"
+    elif a.evidence.get("retrospective"):
+        # Found in data that arrived late (a store-and-forward upload after an outage, a reordered delivery):
+        # say so, with the event times, so nobody reads it as happening now.
+        start = _when(_iso_ms(a.opened_at), tz)
+        end = f"and {_when(a.at_ms, tz)}" if a.resolved_at is not None else "and still at the latest reading"
+        tail = f" RETROSPECTIVE (found in late data): between {start} {end}"
     return f"{_KIND.get(p.kind, '')}{a.severity.value.upper()} {a.rule} {a.site}/{a.subject}{tail}{_what(a)}"
 
 
@@ -45,6 +53,12 @@ def _what(a: Alert) -> str:
     if a.state.value == "resolved" and ev.get("reason"):
         parts.append(str(ev["reason"]).replace("_", " "))
     return f" ({', '.join(parts)})" if parts else ""
+
+
+def _iso_ms(iso: str) -> int:
+    from datetime import datetime
+
+    return round(datetime.fromisoformat(iso).timestamp() * 1000)
 
 
 def render_text(

@@ -2,7 +2,7 @@
 liveness (offline, gap, stuck, battery), lateness and exact de-duplication by ``seq``.
 
 How the agent uses it (one :class:`DeviceDetector` per device, built from
-:func:`pipeline.profiles.resolve_device_rules`; one :class:`DeviceState` per device in a Faust table)::
+:func:`pipeline.siteconfig.resolve_device_rules`; one :class:`DeviceState` per device in a Faust table)::
 
     det = DeviceDetector(rules)
     state = det.state_from_bytes(raw) if raw else det.initial()
@@ -69,6 +69,7 @@ from pipeline.detectors.device_state import (
     DeviceState,
 )
 from pipeline.detectors.engine import NEG, AlertFactory, ms, tuples, wake_time
+from pipeline.detectors.history import HIST_MAX, PENDING_MAX, HistoryMixin
 from pipeline.detectors.levels import Level, LevelsMixin, outside_levels
 from pipeline.detectors.liveness import LivenessMixin
 from pipeline.detectors.masks import MasksMixin
@@ -91,10 +92,13 @@ class DeviceDetector(AlertFactory):
         self.config = c
         self.site = c.site
         self.subject = c.device
+        self.flags_snapshot = c.flags == "snapshot"
         self.lateness = ms(c.allowed_lateness_min)
         self.interval_ms = round(c.interval_s * 1000)
+        self.hole_ms = self.interval_ms * 3 // 2
         self.hold = max(1, round(c.liveness.offline_k * c.interval_s * 1000))
         self.gap_ms = ms(c.liveness.gap_max_min)
+        self.silence_min = min(self.hold, self.gap_ms)
         lv: list[Level | None] = [None] * 5
         for slot, rule, high in (
             (HIGH, c.high, True),
@@ -175,12 +179,20 @@ class DeviceDetector(AlertFactory):
 
     def on_tick(self, state: DeviceState, now_ms: int) -> tuple[DeviceState, list[Output]]:
         target = max(state.max_ts, now_ms) - self.lateness
+        if state.pending:
+            w = _Work(self, state, clock=True)
+            w.release(max(target, state.frontier))
+            return w.freeze(), w.out
         if target <= state.frontier:
             return state, []
         buf = state.buf
         if not (buf and buf[0][0] < target) and (state.due is None or state.due > target):
-            return state, []
-        w = _Work(self, state)
+            if target < state.max_ts + self.silence_min:  # heard from recently: most ticks end here
+                return state, []
+            sd = silence_due(state, self.hold, self.gap_ms)
+            if sd is None or sd > target:
+                return state, []
+        w = _Work(self, state, clock=True)
         w.release(target)
         return w.freeze(), w.out
 
@@ -188,7 +200,13 @@ class DeviceDetector(AlertFactory):
         """The earliest ``now_ms`` at which :meth:`on_tick` can change ``state``; ``None``: not before the next
         reading. The runner's timer index leaves the device alone until then (the early returns of
         :meth:`on_tick`, solved for ``now_ms``)."""
-        return wake_time(state.buf, state.due, state.frontier, state.max_ts, self.lateness)
+        if state.pending:
+            return NEG  # late readings to evaluate: at the next tick
+        due = state.due
+        sd = silence_due(state, self.hold, self.gap_ms)
+        if sd is not None and (due is None or sd < due):
+            due = sd
+        return wake_time(state.buf, due, state.frontier, state.max_ts, self.lateness)
 
     def state_to_bytes(self, state: DeviceState) -> bytes:
         return serde.dumps([*state[:3], format(state.seq_bits, "x"), *state[4:]])
@@ -224,25 +242,21 @@ class DeviceDetector(AlertFactory):
         elif ts > state.max_ts:
             sm, bits = seq, 1  # the device restarted its sequence
         item: BufItem = (ts, seq, temp, door, defrost, battery)
-        if ts < state.frontier:
-            count = state.late_count + 1
-            ann = self.late_annotation(
-                ts,
-                state.frontier,
-                count,
-                {"seq": seq, "temp_c": temp, "outside_levels": outside_levels(self.levels, temp)},
-            )
-            return state._replace(seq_max=sm, seq_bits=bits, late_count=count), [ann]
+        lateness = self.lateness
+        max_ts = state.max_ts
+        if ts < state.frontier or ts < now_ms - lateness:
+            return self._late(state, item, sm, bits, now_ms)
         buf = state.buf
         # Arrivals are usually in order: append; otherwise re-sort the small buffer.
         buf = (*buf, item) if not buf or (ts, seq) >= buf[-1][:2] else tuple(sorted((*buf, item), key=_buf_key))
-        max_ts = ts if ts > state.max_ts else state.max_ts
+        if ts > max_ts:
+            max_ts = ts
         # A reading moves the frontier by event time only; ``now_ms`` moves it on ticks. A store-and-forward batch
         # arrives item by item long after its readings were taken: moving to ``now_ms - lateness`` after its
         # first item would fire offline/gap deadlines the rest of the batch is about to disprove (an offline
         # alert resolving and re-opening within one upload) and turn the rest of the batch into late data.
-        target = max_ts - self.lateness
-        if len(buf) <= BUFFER_MAX and self.shortcuts:
+        target = max_ts - lateness
+        if len(buf) <= BUFFER_MAX and self.shortcuts and not state.pending:
             # Built positionally (frontier, max_ts, seq_max, seq_bits, buf, ...): half the cost of ``_replace``,
             # and these are nearly every reading's paths.
             if target <= state.frontier:
@@ -258,26 +272,85 @@ class DeviceDetector(AlertFactory):
         w.release(target)
         return w.freeze(), w.out
 
+    def _late(
+        self, state: DeviceState, item: BufItem, sm: int, bits: int, now_ms: int
+    ) -> tuple[DeviceState, list[Output]]:
+        """A reading behind the frontier (or behind ``now_ms - lateness``: the rest of an upload arriving after
+        the live clock moved on). After the checkpoint it waits in ``pending`` for a re-run (module
+        :mod:`~pipeline.detectors.history`); before it, it is beyond the history bound: annotated and counted."""
+        ts = item[0]
+        out: list[Output] = []
+        if not state.pending:
+            # What a tick at now_ms would do first (buffered readings, timers up to now_ms - lateness): the late
+            # reading is then evaluated against that past, not against timers that merely had not run yet.
+            state, out = self.on_tick(state, now_ms)
+        ck = state.ckpt
+        bound = ck[0] if ck is not None else state.last_ts
+        if ts <= bound and bound != NEG:
+            count = state.late_count + 1
+            ann = self.late_annotation(
+                ts,
+                max(state.frontier, now_ms - self.lateness),
+                count,
+                {
+                    "seq": item[1],
+                    "temp_c": item[2],
+                    "outside_levels": outside_levels(self.levels, item[2]),
+                    "beyond_history": True,
+                },
+            )
+            return state._replace(seq_max=sm, seq_bits=bits, late_count=count), [*out, ann]
+        if ts > state.max_ts and (state.offline_open is not None or state.gap_open is not None):
+            # Newer than anything heard: the logger is heard again now (in event time: the frontier), even if
+            # what it sends is old (an upload, a reordered delivery); its readings go to the rules below.
+            w = _Work(self, state)
+            w.silence_end(max(state.frontier, now_ms - self.lateness))
+            state = w.freeze()
+            out = [*out, *w.out]
+        pending = (*state.pending, item)
+        new = state._replace(seq_max=sm, seq_bits=bits, pending=pending, max_ts=max(state.max_ts, ts))
+        if len(pending) >= PENDING_MAX:
+            w = _Work(self, new)
+            w.release(state.frontier)
+            return w.freeze(), [*out, *w.out]
+        return new, out
+
+
+def silence_due(state: DeviceState, hold: int, gap_ms: int) -> int | None:
+    """The clock's next liveness deadline (not part of ``due``, which readings also use)."""
+    heard = state.max_ts
+    if heard == NEG:
+        return None
+    if state.offline_open is None:
+        return heard + hold if state.gap_open is not None or hold <= gap_ms else heard + gap_ms
+    return heard + gap_ms if state.gap_open is None else None
+
 
 def _buf_key(item: BufItem) -> tuple[int, int]:
     return item[0], item[1]
 
 
-class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin):
+class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin, HistoryMixin):
     """A mutable working copy of :class:`DeviceState` for one call; :meth:`freeze` makes the new state.
 
     The rule families (mixins) each own their part of :meth:`next_deadline`, :meth:`fire` and :meth:`apply`;
     this class drives time (release, advance) and calls them in a fixed order, so outputs at one instant come
     out in the same order every time."""
 
-    __slots__ = (*DeviceState._fields, "d", "due_ok", "now", "orig", "out")
+    __slots__ = (*DeviceState._fields, "abandon", "clock", "d", "due_ok", "now", "orig", "out", "retro")
+    d: DeviceDetector  # the rule families (mixins) see it untyped: they cannot import this module
 
-    def __init__(self, d: DeviceDetector, s: DeviceState) -> None:
+    def __init__(self, d: DeviceDetector, s: DeviceState, clock: bool = False) -> None:
         self.d = d
         self.orig = s
         self.out: list[Output] = []
         self.now = s.frontier
+        #: Driven by the clock (a tick): silence deadlines (not part of the cached ``due``) may fire. Driven by a
+        #: reading: they may not (liveness follows arrivals, docs/rules.md).
+        self.clock = clock
         self.due_ok = True
+        self.retro = False
+        self.abandon = NEG
         (
             self.frontier,
             self.max_ts,
@@ -302,6 +375,10 @@ class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin):
             self.mkt,
             self.late_count,
             self.due,
+            self.last_seq,
+            self.ckpt,
+            self.hist,
+            self.pending,
         ) = s
 
     def freeze(self) -> DeviceState:
@@ -329,13 +406,26 @@ class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin):
             self.mkt,
             self.late_count,
             self.due if self.due_ok else self.next_deadline(),
+            self.last_seq,
+            self.ckpt,
+            self.hist,
+            self.pending,
         )
         return self.orig if new == self.orig else new
 
     # -- driving time ----------------------------------------------------------------------------------------------
 
     def release(self, target: int) -> None:
-        """Process buffered readings before ``target`` and fire timers up to it, in event-time order."""
+        """Process buffered readings before ``target`` and fire timers up to it, in event-time order. Late
+        readings waiting for evaluation go first: they are older than anything buffered."""
+        if self.pending:
+            newest = max(p[0] for p in self.pending)
+            k = 0
+            while k < len(self.buf) and self.buf[k][0] <= newest:
+                k += 1
+            if k:  # buffered readings older than a late one are evaluated with it, in event-time order
+                self.pending, self.buf = (*self.pending, *self.buf[:k]), self.buf[k:]
+            self.reevaluate()
         buf = self.buf
         i = 0
         n = len(buf)
@@ -350,12 +440,25 @@ class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin):
         self.advance(target)
         if target > self.frontier:
             self.frontier = target
+        if len(self.hist) > HIST_MAX:
+            self.reevaluate(abandon=True)
 
     def advance(self, t: int) -> None:
         dl = self.due if self.due_ok else self.next_deadline()
-        while dl is not None and dl <= t:
-            self.fire(dl)
-            dl = self.next_deadline()
+        if self.clock and not self.retro and self.max_ts + self.d.silence_min <= t:
+            # The silence deadlines (offline, gap) run on the clock only and are not part of ``due``.
+            sd = self.silence_deadline()
+            while True:
+                m = dl if sd is None or (dl is not None and dl <= sd) else max(sd, self.now)
+                if m is None or m > t:
+                    break
+                self.fire(m)
+                dl = self.next_deadline()
+                sd = self.silence_deadline()
+        else:
+            while dl is not None and dl <= t:
+                self.fire(dl)
+                dl = self.next_deadline()
         self.due = dl
         self.due_ok = True
         if t > self.now:
@@ -370,7 +473,7 @@ class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin):
         if last == NEG:
             return None
         fresh = last + d.hold
-        best = self.silence_deadline()
+        best: int | None = None
         mask_end = NEG
         if self.mask is not None or d.sched:
             _, mask_end, nxt = self.mask_parts(self.now)
@@ -392,10 +495,13 @@ class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin):
         """Every deadline due at ``t``, family by family."""
         d = self.d
         self.now = t
+        if self.ckpt is None:
+            self.ckpt = self.rules_snapshot()  # the state after the last reading, for late readings before t
         fresh = self.last_ts + d.hold
         if self.mask is not None or d.sched:
             self.update_mask(t)
-        self.silence_fire(t)
+        if self.clock and not self.retro:
+            self.silence_fire(t)
         self.door_fire(t, fresh)
         if self.conds != _NO_CONDS:
             self.levels_fire(t, fresh, self.mask_parts(t)[1] if self.mask is not None else NEG)
@@ -403,28 +509,48 @@ class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin):
         self.aggregates_fire(t)
 
     def apply(self, item: BufItem) -> None:
-        """One reading, at its event time (every deadline before it has fired)."""
+        """One reading, at its event time (every deadline before it has fired). The family calls are guarded
+        here so that a plain in-order reading (nothing open, no flags, no hole) makes as few calls as possible:
+        this is the per-reading hot path."""
         d = self.d
-        t, _seq, x, door, defrost, battery = item
+        t, seq, x, door, defrost, battery = item
+        prev = self.last_ts
+        ls = self.last_seq
+        hole = seq > ls + 1 and ls >= 0 and t - prev > d.hole_ms and self.opens_hole(t, seq)
         self.now = t
         self.due_ok = False
-        prev = self.last_ts
-        self.aggregates_account(t, prev)
-        startup = prev == NEG
-        if self.silence_end(t, prev):
-            startup = True
+        if self.cum is not None or self.mkt is not None or ((d.cum_on or d.mkt_on) and prev != NEG):
+            self.aggregates_account(t, prev)
+        if (self.offline_open is not None or self.gap_open is not None) and not self.retro:
+            self.silence_end(t)
+        stale = prev != NEG and t - prev > d.hold
+        # The loading window follows the data: the first reading, and the first after a break in it (not the
+        # offline alert, which follows arrivals: an outage filled by an upload has no break in the data).
+        startup = prev == NEG or stale
         if startup and d.startup_ms:
             self.startup_until = t + d.startup_ms
-        stale = prev != NEG and t - prev > d.hold
-        self.flags_apply(t, door, defrost)
+        if d.flags_snapshot:
+            # ``flags: snapshot``: every reading carries its flags, an omitted one is false.
+            door = door is True
+            defrost = defrost is True
+        if door is not None or defrost is not None:
+            self.flags_apply(t, door, defrost)
         if self.mask is not None or self.door_since is not None or self.defrost_since is not None or startup or d.sched:
             self.update_mask(t)
-        self.mask_count(x)
+        if self.mask is not None:
+            self.mask_count(x)
         self.levels_apply(x, t, stale)
-        self.sensor_apply(x, t, stale, battery)
+        if d.stuck_ms is not None or (battery is not None and d.batt_low is not None):
+            self.sensor_apply(x, t, stale, battery)
         self.last_ts = t
         self.last_temp = x
-        self.aggregates_start(t)
+        self.last_seq = seq
+        if self.cum is None or self.mkt is None:
+            self.aggregates_start(t)
+        if hole or self.hist:
+            self.hist = (*self.hist, item)
+        else:
+            self.ckpt = None  # the state after this reading is the checkpoint
 
 
 _NO_CONDS: tuple[None, ...] = (None, None, None, None, None)

@@ -3,13 +3,10 @@ rule-family modules (levels, aggregates, masks, liveness) that :class:`pipeline.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import Any, NamedTuple
 
 from pipeline.detectors.base import Output
 from pipeline.detectors.engine import NEG
-
-if TYPE_CHECKING:
-    from pipeline.detectors.device import DeviceDetector
 
 SEQ_WINDOW = 256
 SEQ_MASK = (1 << SEQ_WINDOW) - 1
@@ -25,6 +22,26 @@ Mask = tuple[int, tuple[str, ...], int, float, float]  # start, reasons, reading
 Stuck = tuple[float, int, int | None]  # value, since, opened
 Cum = tuple[int, tuple[int, ...], int, int, int | None]
 Mkt = tuple[int, tuple[float, ...], float, int, int, int | None]
+#: The rule fields of a state (everything the rules read and write; not the frontier, buffer, de-dup window or
+#: liveness, which follow arrivals): last_ts, last_temp, door_since, defrost_since, startup_until, mask,
+#: door_warn, door_crit, conds, ror_anchors, stuck, battery_open, cum, mkt, last_seq.
+Ckpt = tuple[
+    int,
+    float,
+    int | None,
+    int | None,
+    int,
+    Mask | None,
+    int | None,
+    int | None,
+    tuple[Cond | None, ...],
+    tuple[tuple[int, float], ...],
+    Stuck | None,
+    int | None,
+    Cum | None,
+    Mkt | None,
+    int,
+]
 
 
 class DeviceState(NamedTuple):
@@ -58,12 +75,23 @@ class DeviceState(NamedTuple):
     late_count: int = 0
     #: The next timer deadline, cached so a tick that fires nothing is O(1) (derived; recomputed on change).
     due: int | None = None
+    #: seq of the last applied reading (a jump over missing seqs opens a hole in the history)
+    last_seq: int = -1
+    #: The rule fields (:data:`RULE_FIELDS`) right after the last applied reading before the oldest open hole;
+    #: ``None``: the current rule fields are that state (no hole, no timer fired since the last reading).
+    ckpt: Ckpt | None = None
+    #: Readings applied since ``ckpt`` (only while a hole is open), oldest first.
+    hist: tuple[BufItem, ...] = ()
+    #: Late readings within the history bound, waiting to be evaluated (at the next tick).
+    pending: tuple[BufItem, ...] = ()
 
 
 class WorkFields:
     """The attributes of the working copy (declared once for the rule-family mixins; the slots live in ``_Work``)."""
 
-    d: DeviceDetector
+    # The device's DeviceDetector (rules and derived constants). Not imported: pipeline.detectors.device
+    # imports these rule families; `_Work` there declares it with the detector's own type.
+    d: Any
     out: list[Output]
     now: int
     due_ok: bool
@@ -90,6 +118,16 @@ class WorkFields:
     mkt: Mkt | None
     late_count: int
     due: int | None
+    last_seq: int
+    ckpt: Ckpt | None
+    hist: tuple[BufItem, ...]
+    pending: tuple[BufItem, ...]
+    #: Driven by the clock (a tick): silence deadlines may fire.
+    clock: bool
+    #: True in a re-run of the history: liveness (which follows arrivals) is left as it is.
+    retro: bool
+    #: In a re-run that gives up the oldest holes (history overflow): holes before this ts are not kept.
+    abandon: int
 
     def restart_masked_delays(self, t: int) -> None:
         """A mask ended at ``t`` (called by the masks family, implemented by the levels family)."""

@@ -5,29 +5,36 @@ from __future__ import annotations
 
 from pipeline.contracts import rules as R
 from pipeline.detectors.device_state import WorkFields
-from pipeline.detectors.engine import dur_min
+from pipeline.detectors.engine import NEG, dur_min
 from pipeline.schemas import Annotation, Severity, ms_to_iso
 
 
 class LivenessMixin(WorkFields):
-    # -- silence -----------------------------------------------------------------------------------------------
+    # -- silence: follows arrivals ---------------------------------------------------------------------------
+    # The newest event time received (``max_ts``, buffered or applied) is when the logger was last heard of:
+    # readings arriving shuffled or late still show it is alive, and a silence that an upload fills later was
+    # still a silence (nobody could see the food). These alerts are never re-run from the history.
 
     def silence_deadline(self) -> int | None:
         d = self.d
-        last = self.last_ts
+        heard = self.max_ts
+        if heard == NEG:
+            return None
         best: int | None = None
         if self.offline_open is None:
-            best = last + d.hold
+            best = heard + d.hold
         if self.gap_open is None:
-            x = last + d.gap_ms
+            x = heard + d.gap_ms
             if best is None or x < best:
                 best = x
         return best
 
     def silence_fire(self, t: int) -> None:
         d = self.d
-        last = self.last_ts
-        if self.offline_open is None and last + d.hold <= t:
+        heard = self.max_ts
+        if heard == NEG:
+            return
+        if self.offline_open is None and heard + d.hold <= t:
             self.offline_open = t
             self.out.append(
                 d.open_alert(
@@ -36,14 +43,14 @@ class LivenessMixin(WorkFields):
                     at=t,
                     notify=True,
                     evidence={
-                        "last_seen": ms_to_iso(last),
+                        "last_seen": ms_to_iso(heard),
                         "interval_s": d.interval_ms / 1000,
                         "k": d.config.liveness.offline_k,
-                        "silent_min": dur_min(last, t),
+                        "silent_min": dur_min(heard, t),
                     },
                 )
             )
-        if self.gap_open is None and last + d.gap_ms <= t:
+        if self.gap_open is None and heard + d.gap_ms <= t:
             self.gap_open = t
             self.out.append(
                 d.open_alert(
@@ -51,16 +58,15 @@ class LivenessMixin(WorkFields):
                     Severity.INFO,
                     at=t,
                     notify=False,
-                    evidence={"last_seen": ms_to_iso(last), "max_interval_min": d.config.liveness.gap_max_min},
+                    evidence={"last_seen": ms_to_iso(heard), "max_interval_min": d.config.liveness.gap_max_min},
                 )
             )
 
-    def silence_end(self, t: int, prev: int) -> bool:
-        """A reading at ``t`` after the last at ``prev``: resolve an open offline / gap. True if it was offline
-        (the start-up loading window runs again)."""
+    def silence_end(self, t: int) -> None:
+        """A live reading at ``t``: resolve an open offline alert and gap, once (a later one finds them closed)."""
         d = self.d
-        was_offline = False
         if self.offline_open is not None:
+            since = self.offline_open - d.hold
             self.out.append(
                 d.resolve_alert(
                     R.LIVENESS_OFFLINE,
@@ -68,12 +74,12 @@ class LivenessMixin(WorkFields):
                     opened=self.offline_open,
                     at=t,
                     notify=True,
-                    evidence={"last_seen": ms_to_iso(prev), "silent_min": dur_min(prev, t)},
+                    evidence={"last_seen": ms_to_iso(since), "silent_min": dur_min(since, t)},
                 )
             )
             self.offline_open = None
-            was_offline = True
         if self.gap_open is not None:
+            since = self.gap_open - d.gap_ms
             self.out.append(
                 d.resolve_alert(
                     R.LIVENESS_GAP,
@@ -82,9 +88,9 @@ class LivenessMixin(WorkFields):
                     at=t,
                     notify=False,
                     evidence={
-                        "gap_start": ms_to_iso(prev),
+                        "gap_start": ms_to_iso(since),
                         "gap_end": ms_to_iso(t),
-                        "gap_min": dur_min(prev, t),
+                        "gap_min": dur_min(since, t),
                         "max_interval_min": d.config.liveness.gap_max_min,
                     },
                 )
@@ -94,13 +100,12 @@ class LivenessMixin(WorkFields):
                     kind="compliance_gap",
                     site=d.site,
                     subject=d.subject,
-                    start_ms=prev,
+                    start_ms=since,
                     end_ms=t,
-                    detail={"max_interval_min": d.config.liveness.gap_max_min, "gap_min": dur_min(prev, t)},
+                    detail={"max_interval_min": d.config.liveness.gap_max_min, "gap_min": dur_min(since, t)},
                 )
             )
             self.gap_open = None
-        return was_offline
 
     # -- the sensor --------------------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ the exact semantics of each rule.
 
 ``DeviceRuleSet`` / ``KitchenRuleSet`` are the overridable parts; ``DeviceRules`` / ``KitchenRules`` add the
 per-subject context the detectors need (site, subject, time zone, schedules, reporting interval), which only
-:func:`pipeline.profiles.resolve_device_rules` fills in, never a user.
+:func:`pipeline.siteconfig.resolve_device_rules` fills in, never a user.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.schemas import HYGIENE_TYPES, KitchenEventType, Severity
+
+FlagStyle = Literal["snapshot", "on_change"]
 
 
 class _Model(BaseModel):
@@ -131,7 +133,7 @@ class ProfileDef(DeviceRuleSet):
 
 
 class DeviceRules(DeviceRuleSet):
-    """Everything one device's detector needs, resolved (see :func:`pipeline.profiles.resolve_device_rules`)."""
+    """Everything one device's detector needs, resolved (see :func:`pipeline.siteconfig.resolve_device_rules`)."""
 
     site: str = ""
     device: str = ""
@@ -140,6 +142,9 @@ class DeviceRules(DeviceRuleSet):
     interval_s: float = Field(60.0, gt=0)
     #: Daily local-time defrost windows as (start, end) minutes after midnight; end < start wraps midnight.
     defrost_schedule: tuple[tuple[int, int], ...] = ()
+    #: How the device reports ``door_open`` / ``defrost``: ``snapshot`` (every reading carries them; omitted =
+    #: false) or ``on_change`` (sent when they change; omitted = unchanged). The site file's ``devices.<id>.flags``.
+    flags: FlagStyle = "snapshot"
 
 
 _DEFAULT_HYGIENE: dict[KitchenEventType, Severity | None] = {t: Severity.WARNING for t in HYGIENE_TYPES}

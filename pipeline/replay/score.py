@@ -98,7 +98,14 @@ def score(
     delays = delays or {}
     tol = int(tolerance_s * 1000)
     events = list(alerts)
-    opens = sorted((a for a in events if a.state is AlertState.OPEN), key=lambda a: (a.at_ms, a.alert_id))
+    # An alert that late data withdrew (docs/rules.md, "Late data") was never a finding; an id opened again by
+    # late data is one alert.
+    withdrawn = {a.alert_id for a in events if a.evidence.get("withdrawn")}
+    first_open: dict[str, Alert] = {}
+    for a in events:
+        if a.state is AlertState.OPEN and a.alert_id not in withdrawn:
+            first_open.setdefault(a.alert_id, a)
+    opens = sorted(first_open.values(), key=lambda a: (a.at_ms, a.alert_id))
     resolved_at = {a.alert_id: a.at_ms for a in events if a.state is AlertState.RESOLVED}
     truths = sorted(truth, key=lambda t: (t.opened_at_ms, t.rule, t.subject))
     rules: dict[str, RuleScore] = {}

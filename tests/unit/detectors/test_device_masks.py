@@ -101,3 +101,38 @@ def test_masked_readings_still_count_in_aggregates() -> None:
     f.series(0, 30, 12.0, door_open=True)
     cum = f.state.cum
     assert cum is not None and cum[2] == 30 * M  # exposure >= 10 °C counted through the mask
+
+
+def _flag_day(det_flags: str, explicit_false: bool) -> Feeder:
+    """A door opened for 2 min at 10 and defrost for 20 min at 60 on a quiet day, the flags sent only while true
+    (or, with ``explicit_false``, as a full snapshot in every reading)."""
+    rules = device_rules(door={"warn_min": 5, "critical_min": 15}).model_copy(update={"flags": det_flags})
+    f = Feeder(DeviceDetector(rules))
+    for m in range(0, 240):
+        extra: dict[str, bool] = {}
+        door, defrost = 10 <= m < 12, 60 <= m < 80
+        if door or explicit_false:
+            extra["door_open"] = door
+        if defrost or explicit_false:
+            extra["defrost"] = defrost
+        f.r(m, 9.5 if 62 <= m < 80 else 4.0, **extra)  # defrost heats the coil: masked
+    f.tick(240)  # before the offline deadline
+    return f
+
+
+def test_snapshot_flags_an_omitted_flag_is_false() -> None:
+    """``flags: snapshot`` (the default): a logger that sends ``door_open: true`` only while open is closed by the
+    next reading without it; the same day with explicit ``false`` flags gives the same (zero) alerts."""
+    for explicit in (False, True):
+        f = _flag_day("snapshot", explicit)
+        assert f.alerts() == [], [(a.rule, a.state.value) for a in f.alerts()]
+        reasons = {r for a in f.annotations("masked") for r in a.detail["reasons"]}
+        assert reasons == {"door", "defrost"}
+
+
+def test_on_change_flags_an_omitted_flag_is_unchanged() -> None:
+    """``flags: on_change``: with explicit changes it matches the snapshot day; sent only while true, the door
+    stays open (warning, then critical) and the defrost mask expires: the documented misuse of the style."""
+    assert _flag_day("on_change", True).alerts() == []
+    rules = {a.rule for a in _flag_day("on_change", False).alerts()}
+    assert "coldchain.door_open" in rules

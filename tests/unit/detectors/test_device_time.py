@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pipeline.detectors.device import DeviceDetector
+from pipeline.detectors.history import net_alerts
 from pipeline.detectors.run import run_device_stream
 from pipeline.schemas import AlertState, Reading, Severity
 
@@ -28,18 +29,45 @@ def test_out_of_order_within_lateness_changes_nothing() -> None:
     assert ("coldchain.high", "open", "warning", 20.0) in summary(a)
 
 
-def test_a_reading_beyond_the_lateness_is_annotated_and_counted_not_applied() -> None:
+def test_a_reading_before_the_history_bound_is_annotated_and_counted_not_applied() -> None:
+    """An in-order device keeps no history: its checkpoint is the state after its last applied reading, so an
+    older reading arriving beyond the lateness is beyond the bound: annotated and counted, never silent."""
     f = Feeder(_det(allowed_lateness_min=1))
-    f.series(0, 10, 4.0)  # frontier now at 9 (10 - 1)
+    f.series(0, 10, 4.0)  # frontier now at 9 (10 - 1); 0..8 applied
     before = f.state
     late = f.r(5.5, 30.0, seq=5500, now_min=10)
     assert [o.kind for o in late] == ["late"]  # type: ignore[union-attr]
     ann = late[0]
     assert ann.detail["late_by_ms"] == 3.5 * M and ann.detail["late_count"] == 1  # type: ignore[union-attr]
     assert ann.detail["outside_levels"] == ["coldchain.high", "coldchain.high_high"]  # type: ignore[union-attr]
+    assert ann.detail["beyond_history"] is True  # type: ignore[union-attr]
     assert f.state.late_count == 1 and f.state.conds == before.conds
     f.series(11, 60, 4.0)
     assert f.alerts() == []
+
+
+def test_a_late_reading_in_a_hole_is_evaluated_with_its_true_event_time() -> None:
+    """Reading 5 (9 °C) arrives after 6..40: beyond the lateness but inside the hole it left, so the excursion
+    it starts is found retrospectively, with the in-order alert id and times."""
+    temps = {m: (9.0 if 5 <= m < 30 else 4.0) for m in range(0, 41)}
+    in_order = Feeder(_det(allowed_lateness_min=1))
+    for m in range(0, 41):
+        in_order.r(m, temps[m], seq=m)
+    in_order.tick(45)
+    late = Feeder(_det(allowed_lateness_min=1))
+    for m in [*range(0, 5), *range(6, 41)]:
+        late.r(m, temps[m], seq=m)
+    late.r(5, temps[5], seq=5, now_min=40)
+    late.tick(45)
+    want = {(a.alert_id, a.state, a.opened_at, a.resolved_at) for a in net_alerts(in_order.out).values()}
+    got = {(a.alert_id, a.state, a.opened_at, a.resolved_at) for a in net_alerts(late.out).values()}
+    assert want == got and want
+    # The live view opened at 21 (breach seen from 6); the late reading moves it to 20: withdrawn, not left open.
+    (withdrawn,) = [a for a in late.alerts() if a.evidence.get("withdrawn")]
+    assert withdrawn.opened_at.startswith("2026-11-22T00:21") and withdrawn.resolved_at != withdrawn.opened_at
+    retro = [a for a in late.alerts() if a.evidence.get("retrospective")]
+    assert retro and all(a.evidence["detection_delay_min"] >= 0 for a in retro)
+    assert late.annotations("late") == [] and late.state.hist == ()  # the hole closed: no history kept
 
 
 def test_exact_duplicate_by_seq_returns_the_same_state() -> None:
@@ -106,8 +134,10 @@ def test_offline_deadline_waits_for_the_lateness() -> None:
 def test_gap_is_a_compliance_finding_even_when_filled_later() -> None:
     f = Feeder(_det(allowed_lateness_min=1))
     f.series(0, 5, 4.0)
-    f.tick(30)  # live view: no data since 5; the frontier is at 29
-    # store-and-forward upload fills the gap: 6..28 are late (the finding stays), 29 is not
+    f.tick(30)  # live view: nothing heard since 5; the frontier is at 29
+    # A store-and-forward upload fills the gap: 6..29 arrive behind now - lateness (30) and are evaluated
+    # retrospectively; the live view had the gap, and the finding stays. The first of them is newer than anything
+    # heard: the logger is heard again at that instant in event time (now - lateness = 30), ending the gap.
     for m in range(6, 30):
         f.r(m, 4.0, now_min=31)
     f.r(31, 4.0, now_min=31)
@@ -115,11 +145,11 @@ def test_gap_is_a_compliance_finding_even_when_filled_later() -> None:
     gap = f.alerts("liveness.gap")
     assert [(a.state.value, minute_of(a.at_ms), a.notify) for a in gap] == [
         ("open", 20.0, False),
-        ("resolved", 29.0, False),
+        ("resolved", 30.0, False),
     ]
     (finding,) = f.annotations("compliance_gap")
-    assert (minute_of(finding.start_ms), minute_of(finding.end_ms)) == (5.0, 29.0)
-    assert len(f.annotations("late")) == 23 and f.state.late_count == 23
+    assert (minute_of(finding.start_ms), minute_of(finding.end_ms)) == (5.0, 30.0)
+    assert f.annotations("late") == [] and f.state.late_count == 0
 
 
 def test_stuck_sensor_and_recovery() -> None:

@@ -60,3 +60,13 @@ def test_errors_name_line_and_field(old: str, new: str, expected: str) -> None:
     with pytest.raises(SiteConfigError) as exc:
         parse(YAML.replace(old, new), Path("s.yaml"))
     assert expected in str(exc.value)
+
+
+def test_flag_style_is_per_device_default_snapshot() -> None:
+    text = YAML.replace("interval_s: 30}", "interval_s: 30, flags: on_change}")
+    cfg = parse(text, Path("s.yaml"))
+    assert resolve_device_rules(cfg, "S01", "d1").flags == "snapshot"  # omitted: snapshot
+    assert resolve_device_rules(cfg, "S01", "d2").flags == "on_change"
+    with pytest.raises(SiteConfigError) as exc:
+        parse(YAML.replace("interval_s: 30}", "interval_s: 30, flags: sometimes}"), Path("s.yaml"))
+    assert "s.yaml:15: sites.S01.devices.d2.flags: Input should be 'snapshot' or 'on_change'" in str(exc.value)
