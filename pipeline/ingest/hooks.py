@@ -36,7 +36,7 @@ from pipeline.contracts.records import kitchen_events_value
 from pipeline.ingest import metrics
 from pipeline.ingest.rapidhook import RapidTestRoute
 from pipeline.ingest.registry import ReloadingRegistry
-from pipeline.ingest.signedhook import read_signed
+from pipeline.ingest.signedhook import answer, read_signed
 from pipeline.ingest.signedhook import refuse as _refuse
 from pipeline.ingest.signing import sign as sign  # re-exported: cameras' and tests' import path
 from pipeline.ingest.validate import (
@@ -260,19 +260,7 @@ class Hooks:
             return _refuse(503, "kafka_unavailable", "the events are not stored yet; send the request again")
         for item in fresh:
             self.seen.add((camera, item["event_id"]))
-        metrics.ACCEPTED.labels("hook").inc(len(fresh))
-        if duplicates:
-            metrics.DUPLICATES.labels("hook").inc(duplicates)
-        for _, code, _, _ in bad:
-            metrics.DEAD_LETTERED.labels("hook", code).inc()
-        if bad:
-            rejected = [{"index": i, "reason_code": c, "reason": r} for i, c, r, _ in bad]
-            return _refuse(400, bad[0][1], bad[0][2], rejected=rejected, accepted=len(fresh), duplicates=duplicates)
-        metrics.HOOK_REQUESTS.labels("202").inc()
-        return web.json_response(
-            {"accepted": len(fresh), "duplicates": duplicates, "duplicate": not fresh and duplicates > 0},
-            status=202,
-        )
+        return answer("hook", len(fresh), duplicates, bad)
 
 
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:

@@ -29,9 +29,8 @@ from aiokafka.errors import KafkaError
 from pipeline.contracts.rapidtest import enrich, validate_results
 from pipeline.contracts.records import dead_letter_value as dead_letter
 from pipeline.contracts.records import rapid_tests_value
-from pipeline.ingest import metrics
 from pipeline.ingest.registry import ReloadingRegistry
-from pipeline.ingest.signedhook import read_signed
+from pipeline.ingest.signedhook import answer, read_signed
 from pipeline.ingest.signedhook import refuse as _refuse
 from pipeline.partitioner import partition_for
 from pipeline.topics import Topics
@@ -116,18 +115,7 @@ class RapidTestRoute:
             return _refuse(503, "kafka_unavailable", "the results are not stored yet; send the request again")
         for key in batch_keys:
             hooks.seen.add(key)
-        metrics.ACCEPTED.labels("rapid_test").inc(len(fresh))
-        if duplicates:
-            metrics.DUPLICATES.labels("rapid_test").inc(duplicates)
-        for _, code, _, _ in bad:
-            metrics.DEAD_LETTERED.labels("rapid_test", code).inc()
-        if bad:
-            rejected = [{"index": i, "reason_code": c, "reason": r} for i, c, r, _ in bad]
-            return _refuse(400, bad[0][1], bad[0][2], rejected=rejected, accepted=len(fresh), duplicates=duplicates)
-        metrics.HOOK_REQUESTS.labels("202").inc()
-        return web.json_response(
-            {"accepted": len(fresh), "duplicates": duplicates, "duplicate": not fresh and duplicates > 0}, status=202
-        )
+        return answer("rapid_test", len(fresh), duplicates, bad)
 
     async def _produce(
         self,

@@ -41,3 +41,21 @@ async def read_signed(request: web.Request, secret: bytes, received_ms: int) -> 
     if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "surrogateescape")):
         return refuse(401, "bad_signature", "X-Larder-Signature does not match the body and timestamp")
     return body
+
+
+def answer(source: str, accepted: int, duplicates: int, bad: list[tuple[int | None, str, str, bytes]]) -> web.Response:
+    """The answer once Kafka has the accepted items and the dead letters of ``bad`` (``source`` labels the
+    metrics): 400 listing the ``rejected`` ones when any were bad, else 202 ``{accepted, duplicates, duplicate}``
+    (``duplicate``: all of it was a replay, so the sender stops retrying)."""
+    metrics.ACCEPTED.labels(source).inc(accepted)
+    if duplicates:
+        metrics.DUPLICATES.labels(source).inc(duplicates)
+    for _, code, _, _ in bad:
+        metrics.DEAD_LETTERED.labels(source, code).inc()
+    if bad:
+        rejected = [{"index": i, "reason_code": c, "reason": r} for i, c, r, _ in bad]
+        return refuse(400, bad[0][1], bad[0][2], rejected=rejected, accepted=accepted, duplicates=duplicates)
+    metrics.HOOK_REQUESTS.labels("202").inc()
+    return web.json_response(
+        {"accepted": accepted, "duplicates": duplicates, "duplicate": not accepted and duplicates > 0}, status=202
+    )
