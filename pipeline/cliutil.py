@@ -13,16 +13,21 @@ JSON) goes to standard output.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+from collections.abc import Coroutine
 from enum import IntEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from pipeline.settings import Settings, load_settings
 from pipeline.terminal import make_console
+
+if TYPE_CHECKING:
+    import faust
 
 #: Messages, progress and errors: standard error, so standard output stays clean for pipes; as wide as a log
 #: needs off a terminal (:mod:`pipeline.terminal`).
@@ -76,3 +81,31 @@ def parse_duration(text: str | float) -> float:
     if not m:
         raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 15m, 6h, 7d)")
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def ensure_worker_topics(settings: Settings, ensure: Coroutine[Any, Any, list[str]]) -> None:
+    """Run ``ensure`` (a topic-creating coroutine) before a Faust worker starts: an agent whose topic is missing
+    may never subscribe. It runs on a loop of its own, closed after; Faust gets a fresh current loop. Prints the
+    topics created; an unreachable Kafka is one ``error:`` line."""
+    loop = asyncio.new_event_loop()
+    try:
+        created = loop.run_until_complete(ensure)
+    except Exception as exc:
+        raise fail(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}") from None
+    finally:
+        loop.close()
+    if created:
+        console.print(f"[cyan]>[/] created topics {', '.join(created)}")
+    asyncio.set_event_loop(asyncio.new_event_loop())
+
+
+def faust_worker(app: faust.App, log_level: str) -> faust.Worker:
+    """A quiet Faust worker for ``app`` at ``log_level`` (crit/error/warn/info/debug; Larder's own loggers too)."""
+    import faust
+
+    logging.getLogger("pipeline").setLevel(log_level.upper().replace("WARN", "WARNING").replace("CRIT", "CRITICAL"))
+    fworker = faust.Worker(app, loglevel=log_level, quiet=True)
+    # Faust's progress spinner sets the *root* logger to DEBUG (its handler spins on every record), so every
+    # aiokafka/faust debug call builds a LogRecord: ~10% of the worker's CPU under load (py-spy). No spinner.
+    fworker.spinner = None
+    return fworker

@@ -9,12 +9,20 @@ and :mod:`pipeline.stack` imports it, never the other way round.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from pipeline.settings import Settings
-from pipeline.topics import Topics
+from pipeline.topics import Topics, TopicSpec
 
-__all__ = ["SCRATCH_RUN", "SCRATCH_TOPIC", "delete_topics", "ensure_topics", "prefixed", "run_of"]
+__all__ = [
+    "SCRATCH_RUN",
+    "SCRATCH_TOPIC",
+    "create_missing",
+    "delete_topics",
+    "ensure_topics",
+    "prefixed",
+    "run_of",
+]
 
 # Topics of a run on a prefix of its own: tests (t + 10 hex), benchmarks (b/bench + hex), simulations and
 # replays on fresh topics (sim/live/demo + 8 hex), Faust's internal topics under them ("<prefix>-worker-..."),
@@ -38,14 +46,20 @@ def run_of(topic: str) -> str:
 
 async def ensure_topics(settings: Settings, topics: Topics | None = None) -> list[str]:
     """Create Larder's topics with their configured partition counts; returns the ones it created."""
+    topics = topics or Topics(settings.topic_prefix, settings.readings_partitions)
+    return await create_missing(settings, topics.specs())
+
+
+async def create_missing(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:
+    """Create those of ``specs`` that do not exist yet (with the configured replication and min ISR); returns
+    their names. Also what other topic families (grading) ensure theirs with."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    topics = topics or Topics(settings.topic_prefix, settings.readings_partitions)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [s for s in topics.specs() if s.name not in existing]
+        missing = [s for s in specs if s.name not in existing]
         if missing:
             k = settings.kafka
             isr = ("min.insync.replicas", str(k.min_insync_replicas))

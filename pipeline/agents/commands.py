@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import importlib
-import logging
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from pipeline.agents.core import Concern
-from pipeline.cliutil import console, fail, usage
+from pipeline.cliutil import console, ensure_worker_topics, fail, faust_worker, usage
 from pipeline.settings import Settings, load_settings
 from pipeline.topics import Topics
 
@@ -78,7 +76,6 @@ def worker(
     ] = DEFAULT_CONCERNS,
 ) -> None:
     """Run the detection agents until interrupted (Ctrl-C / SIGTERM stop cleanly; state is in Kafka)."""
-    import faust
 
     from pipeline.agents.faust.app import ClockMode, WorkerOptions, make_app
 
@@ -107,16 +104,7 @@ def worker(
     # Topics must exist before the agents subscribe (an agent whose topic is missing may never subscribe).
     from pipeline.kafkaadmin import ensure_topics
 
-    loop = asyncio.new_event_loop()
-    try:
-        created = loop.run_until_complete(ensure_topics(settings, topics))
-    except Exception as exc:
-        raise fail(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}") from None
-    finally:
-        loop.close()
-    if created:
-        console.print(f"[cyan]>[/] created topics {', '.join(created)}")
-    asyncio.set_event_loop(asyncio.new_event_loop())
+    ensure_worker_topics(settings, ensure_topics(settings, topics))
     wapp = make_app(settings, topics, found, options, announce=lambda line: console.print(f"[cyan]>[/] {line}"))
     console.print(
         f"[cyan]>[/] worker {wapp.app.conf.id}: {', '.join(c.name for c in found)} on "
@@ -126,11 +114,7 @@ def worker(
         from pipeline.agents.metrics import serve
 
         serve(wapp, metrics_port)
-    logging.getLogger("pipeline").setLevel(log_level.upper().replace("WARN", "WARNING").replace("CRIT", "CRITICAL"))
-    fworker = faust.Worker(wapp.app, loglevel=log_level, quiet=True)
-    # Faust's progress spinner sets the *root* logger to DEBUG (its handler spins on every record), so every
-    # aiokafka/faust debug call builds a LogRecord: ~10% of the worker's CPU under load (py-spy). No spinner.
-    fworker.spinner = None
+    fworker = faust_worker(wapp.app, log_level)
     # Start-up objects (Faust, the site file, the rule sets) live for the whole run: keep them out of the
     # collector's generations, and collect the young one less often. Detectors allocate short-lived objects
     # per reading; at the default threshold of 700 the full-heap passes cost ~15% of the worker's throughput.

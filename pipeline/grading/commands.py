@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import logging
 import sys
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ import typer
 from pydantic import ValidationError
 
 from pipeline import serde
-from pipeline.cliutil import console, fail, usage
+from pipeline.cliutil import console, ensure_worker_topics, fail, faust_worker, usage
 from pipeline.grading.evidence import Override, iso_ms
 from pipeline.grading.score import DEFAULT_WEIGHTS, SiteGrade, Weights
 from pipeline.grading.topics import GradingTopics
@@ -128,7 +127,6 @@ def worker(
     heartbeat_interval: Annotated[float, typer.Option("--heartbeat-interval", help="seconds")] = 3.0,
 ) -> None:
     """Fold the alerts and grade-overrides topics into per-site evidence (a Faust table) and publish daily grades."""
-    import faust
 
     from pipeline.grading.app import GradingOptions, make_app
     from pipeline.grading.store import ensure_topics
@@ -137,16 +135,7 @@ def worker(
         raise usage("--store must be rocksdb or memory")
     settings, gt, cfg = _context(sites)
     w = _weights(weights)
-    loop = asyncio.new_event_loop()
-    try:
-        created = loop.run_until_complete(ensure_topics(settings, gt))
-    except Exception as exc:
-        raise fail(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}") from None
-    finally:
-        loop.close()
-    if created:
-        console.print(f"[cyan]>[/] created topics {', '.join(created)}")
-    asyncio.set_event_loop(asyncio.new_event_loop())
+    ensure_worker_topics(settings, ensure_topics(settings, gt))
     options = GradingOptions(
         store="rocksdb" if store == "rocksdb" else "memory",
         data_dir=data_dir,
@@ -156,9 +145,7 @@ def worker(
     )
     gapp = make_app(settings, gt, cfg, options, w)
     console.print(f"[cyan]>[/] grading worker {gapp.app.conf.id} on {settings.kafka.bootstrap_servers}")
-    logging.getLogger("pipeline").setLevel(log_level.upper().replace("WARN", "WARNING").replace("CRIT", "CRITICAL"))
-    fworker = faust.Worker(gapp.app, loglevel=log_level, quiet=True)
-    fworker.spinner = None
+    fworker = faust_worker(gapp.app, log_level)
     fworker.execute_from_commandline()
 
 

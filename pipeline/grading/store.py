@@ -26,28 +26,11 @@ from pipeline.siteconfig import SiteConfig
 
 async def ensure_topics(settings: Settings, gt: GradingTopics) -> list[str]:
     """Larder's topics and the grading ones; returns those created."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
+    from pipeline.kafkaadmin import create_missing
     from pipeline.kafkaadmin import ensure_topics as ensure_base
 
     created = await ensure_base(settings, gt.base)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [s for s in gt.specs() if s.name not in existing]
-        if missing:
-            k = settings.kafka
-            isr = ("min.insync.replicas", str(k.min_insync_replicas))
-            await admin.create_topics(
-                [
-                    NewTopic(s.name, s.partitions, k.replication_factor, topic_configs=dict((*s.config, isr)))
-                    for s in missing
-                ]
-            )
-        return created + [s.name for s in missing]
-    finally:
-        await admin.close()
+    return created + await create_missing(settings, gt.specs())
 
 
 async def read_states(settings: Settings, gt: GradingTopics) -> dict[str, SiteEvidence]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import signal
 import time
@@ -37,6 +36,8 @@ from pipeline.contracts.records import kitchen_events_value
 from pipeline.ingest import metrics
 from pipeline.ingest.rapidhook import RapidTestRoute
 from pipeline.ingest.registry import ReloadingRegistry
+from pipeline.ingest.signedhook import answer, read_signed
+from pipeline.ingest.signedhook import refuse as _refuse
 from pipeline.ingest.signing import sign as sign  # re-exported: cameras' and tests' import path
 from pipeline.ingest.validate import (
     BAD_TIMESTAMP,
@@ -57,7 +58,6 @@ from pipeline.partitioner import partition_for
 from pipeline.producer import durable_producer
 from pipeline.schemas import (
     HOOK_PATH,
-    HOOK_TIMESTAMP_WINDOW_S,
     MAX_HOOK_BATCH,
     MAX_HOOK_BODY,
     CameraEvent,
@@ -87,11 +87,6 @@ class SeenEvents:
         self._seen.move_to_end(key)
         while len(self._seen) > self.size:
             self._seen.popitem(last=False)
-
-
-def _refuse(status: int, code: str, reason: str, **extra: Any) -> web.Response:
-    metrics.HOOK_REQUESTS.labels(str(status)).inc()
-    return web.json_response({"error": code, "reason": reason, **extra}, status=status)
 
 
 def validate_events(
@@ -231,24 +226,12 @@ class Hooks:
             )
         self.registry.reload()  # a stat() per request: new cameras work without a restart
         camera = request.headers.get("X-Larder-Camera", "")
-        ts_header = request.headers.get("X-Larder-Timestamp", "")
-        signature = request.headers.get("X-Larder-Signature", "")
         info = self.registry.current.cameras.get(camera)
         if info is None:
             return _refuse(401, "unknown_camera", "X-Larder-Camera names no camera in the site configuration")
-        try:
-            sent_s = float(ts_header)
-        except ValueError:
-            return _refuse(401, "bad_timestamp", "X-Larder-Timestamp must be Unix seconds")
-        if not abs(received_ms / 1000 - sent_s) <= HOOK_TIMESTAMP_WINDOW_S:
-            return _refuse(
-                401, "stale_timestamp", f"X-Larder-Timestamp is more than {HOOK_TIMESTAMP_WINDOW_S} s from now"
-            )
-        body = await request.read()
-        expected = sign(info.secret, ts_header, body)
-        # surrogateescape: aiohttp keeps undecodable header bytes as surrogates; such a header is a bad signature.
-        if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "surrogateescape")):
-            return _refuse(401, "bad_signature", "X-Larder-Signature does not match the body and timestamp")
+        body = await read_signed(request, info.secret, received_ms)
+        if isinstance(body, web.Response):
+            return body
 
         ok, bad = validate_events(body, received_ms, self.skew_ms, self.floor_ms)
         fresh: list[dict[str, Any]] = []
@@ -277,19 +260,7 @@ class Hooks:
             return _refuse(503, "kafka_unavailable", "the events are not stored yet; send the request again")
         for item in fresh:
             self.seen.add((camera, item["event_id"]))
-        metrics.ACCEPTED.labels("hook").inc(len(fresh))
-        if duplicates:
-            metrics.DUPLICATES.labels("hook").inc(duplicates)
-        for _, code, _, _ in bad:
-            metrics.DEAD_LETTERED.labels("hook", code).inc()
-        if bad:
-            rejected = [{"index": i, "reason_code": c, "reason": r} for i, c, r, _ in bad]
-            return _refuse(400, bad[0][1], bad[0][2], rejected=rejected, accepted=len(fresh), duplicates=duplicates)
-        metrics.HOOK_REQUESTS.labels("202").inc()
-        return web.json_response(
-            {"accepted": len(fresh), "duplicates": duplicates, "duplicate": not fresh and duplicates > 0},
-            status=202,
-        )
+        return answer("hook", len(fresh), duplicates, bad)
 
 
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:

@@ -18,7 +18,6 @@ registry and the de-duplication LRU.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from typing import Any, Protocol
@@ -30,11 +29,10 @@ from aiokafka.errors import KafkaError
 from pipeline.contracts.rapidtest import enrich, validate_results
 from pipeline.contracts.records import dead_letter_value as dead_letter
 from pipeline.contracts.records import rapid_tests_value
-from pipeline.ingest import metrics
 from pipeline.ingest.registry import ReloadingRegistry
-from pipeline.ingest.signing import sign
+from pipeline.ingest.signedhook import answer, read_signed
+from pipeline.ingest.signedhook import refuse as _refuse
 from pipeline.partitioner import partition_for
-from pipeline.schemas import HOOK_TIMESTAMP_WINDOW_S
 from pipeline.topics import Topics
 
 
@@ -66,11 +64,6 @@ class HookHost(Protocol):
 log = logging.getLogger(__name__)
 
 
-def _refuse(status: int, code: str, reason: str, **extra: Any) -> web.Response:
-    metrics.HOOK_REQUESTS.labels(str(status)).inc()
-    return web.json_response({"error": code, "reason": reason, **extra}, status=status)
-
-
 class RapidTestRoute:
     def __init__(self, hooks: HookHost) -> None:
         self.hooks = hooks
@@ -92,23 +85,12 @@ class RapidTestRoute:
             return _refuse(415, "unsupported_media_type", "send the result with Content-Type: application/json")
         hooks.registry.reload()
         instrument = request.headers.get("X-Larder-Instrument", "")
-        ts_header = request.headers.get("X-Larder-Timestamp", "")
-        signature = request.headers.get("X-Larder-Signature", "")
         info = hooks.registry.current.instruments.get(instrument)
         if info is None:
             return _refuse(401, "unknown_instrument", "X-Larder-Instrument names no instrument in the site file")
-        try:
-            sent_s = float(ts_header)
-        except ValueError:
-            return _refuse(401, "bad_timestamp", "X-Larder-Timestamp must be Unix seconds")
-        if not abs(received_ms / 1000 - sent_s) <= HOOK_TIMESTAMP_WINDOW_S:
-            return _refuse(
-                401, "stale_timestamp", f"X-Larder-Timestamp is more than {HOOK_TIMESTAMP_WINDOW_S} s from now"
-            )
-        body = await request.read()
-        expected = sign(info.secret, ts_header, body)
-        if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "surrogateescape")):
-            return _refuse(401, "bad_signature", "X-Larder-Signature does not match the body and timestamp")
+        body = await read_signed(request, info.secret, received_ms)
+        if isinstance(body, web.Response):
+            return body
 
         ok, bad = validate_results(body, received_ms, hooks.skew_ms)
         fresh: list[dict[str, Any]] = []
@@ -133,18 +115,7 @@ class RapidTestRoute:
             return _refuse(503, "kafka_unavailable", "the results are not stored yet; send the request again")
         for key in batch_keys:
             hooks.seen.add(key)
-        metrics.ACCEPTED.labels("rapid_test").inc(len(fresh))
-        if duplicates:
-            metrics.DUPLICATES.labels("rapid_test").inc(duplicates)
-        for _, code, _, _ in bad:
-            metrics.DEAD_LETTERED.labels("rapid_test", code).inc()
-        if bad:
-            rejected = [{"index": i, "reason_code": c, "reason": r} for i, c, r, _ in bad]
-            return _refuse(400, bad[0][1], bad[0][2], rejected=rejected, accepted=len(fresh), duplicates=duplicates)
-        metrics.HOOK_REQUESTS.labels("202").inc()
-        return web.json_response(
-            {"accepted": len(fresh), "duplicates": duplicates, "duplicate": not fresh and duplicates > 0}, status=202
-        )
+        return answer("rapid_test", len(fresh), duplicates, bad)
 
     async def _produce(
         self,

@@ -5,6 +5,8 @@ The site file of fresh devices, the real `larder bridge` / `larder hooks` proces
 
 from __future__ import annotations
 
+import json
+import subprocess
 import threading
 import time
 import uuid
@@ -97,3 +99,43 @@ async def dead_letters(settings: Settings, topics: Topics, n: int, timeout: floa
         settings, topics.deadletter, lambda r: got.append(serde.loads(r.value)), lambda: len(got) >= n, timeout
     )
     return got
+
+
+def openssl_signature(secret: str, timestamp: str, body: bytes) -> str:
+    """The signature of a signed hook as a camera or instrument vendor's shell script would compute it."""
+    out = subprocess.run(
+        ["openssl", "dgst", "-sha256", "-hmac", secret],
+        input=timestamp.encode() + b"." + body,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    return "sha256=" + out.strip().rsplit(" ", 1)[-1]
+
+
+def curl_signed(
+    port: int,
+    path: str,
+    sender: tuple[str, str],
+    timestamp: str,
+    signature: str,
+    body: bytes,
+    content_type: str = "application/json",
+) -> tuple[int, dict[str, Any]]:
+    """POST ``body`` to a signed-hook route of `larder hooks` with the real `curl`; ``sender`` is the
+    (header, id) pair, e.g. ``("X-Larder-Camera", "cam-1")``. Returns (HTTP status, JSON answer)."""
+    header, sender_id = sender
+    out = subprocess.run(
+        [
+            *("curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-X", "POST"),
+            f"http://127.0.0.1:{port}{path}",
+            *("-H", f"Content-Type: {content_type}", "-H", f"{header}: {sender_id}"),
+            *("-H", f"X-Larder-Timestamp: {timestamp}", "-H", f"X-Larder-Signature: {signature}"),
+            "--data-binary",
+            "@-",
+        ],
+        input=body,
+        capture_output=True,
+        timeout=30,
+    ).stdout.decode()
+    text, _, code = out.rpartition("\n")
+    return int(code), json.loads(text)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +16,7 @@ from pipeline.partitioner import partition_for
 from pipeline.settings import Settings
 from pipeline.testing import IngestEnv, consume, free_port, make_env, read_all
 from pipeline.topics import Topics
-from tests.integration.ingest_support import dead_letters
+from tests.integration.ingest_support import curl_signed, dead_letters, openssl_signature
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -30,33 +28,8 @@ def env(live_stack: Settings, topics: Topics, tmp_path: Path) -> Iterator[Ingest
     e.close()
 
 
-def openssl_signature(secret: str, timestamp: str, body: bytes) -> str:
-    """The signature as a camera vendor's shell script would compute it."""
-    out = subprocess.run(
-        ["openssl", "dgst", "-sha256", "-hmac", secret],
-        input=timestamp.encode() + b"." + body,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    return "sha256=" + out.strip().rsplit(" ", 1)[-1]
-
-
 def curl(port: int, camera: str, timestamp: str, signature: str, body: bytes) -> tuple[int, dict[str, Any]]:
-    out = subprocess.run(
-        [
-            *("curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-X", "POST"),
-            f"http://127.0.0.1:{port}/v1/kitchen/events",
-            *("-H", "Content-Type: application/json", "-H", f"X-Larder-Camera: {camera}"),
-            *("-H", f"X-Larder-Timestamp: {timestamp}", "-H", f"X-Larder-Signature: {signature}"),
-            "--data-binary",
-            "@-",
-        ],
-        input=body,
-        capture_output=True,
-        timeout=30,
-    ).stdout.decode()
-    text, _, code = out.rpartition("\n")
-    return int(code), json.loads(text)
+    return curl_signed(port, "/v1/kitchen/events", ("X-Larder-Camera", camera), timestamp, signature, body)
 
 
 def event(event_id: str, **extra: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from pipeline.partitioner import partition_for
 from pipeline.settings import Settings
 from pipeline.testing import IngestEnv, free_port, read_all, register_in_broker
 from pipeline.topics import Topics
-from tests.integration.test_ingest_hooks import openssl_signature
+from tests.integration.ingest_support import curl_signed, openssl_signature
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -42,21 +42,9 @@ def env(live_stack: Settings, topics: Topics, tmp_path: Path) -> Iterator[tuple[
 def curl(
     port: int, instrument: str, timestamp: str, signature: str, body: bytes, content_type: str = "application/json"
 ) -> tuple[int, dict[str, Any]]:
-    out = subprocess.run(
-        [
-            *("curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-X", "POST"),
-            f"http://127.0.0.1:{port}/v1/rapid-tests",
-            *("-H", f"Content-Type: {content_type}", "-H", f"X-Larder-Instrument: {instrument}"),
-            *("-H", f"X-Larder-Timestamp: {timestamp}", "-H", f"X-Larder-Signature: {signature}"),
-            "--data-binary",
-            "@-",
-        ],
-        input=body,
-        capture_output=True,
-        timeout=30,
-    ).stdout.decode()
-    text, _, code = out.rpartition("\n")
-    return int(code), json.loads(text)
+    return curl_signed(
+        port, "/v1/rapid-tests", ("X-Larder-Instrument", instrument), timestamp, signature, body, content_type
+    )
 
 
 def result(result_id: str, **extra: Any) -> dict[str, Any]:
