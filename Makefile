@@ -26,7 +26,8 @@ test: $(STAMP)
 	@$(VENV)/bin/larder stack up
 	@$(VENV)/bin/ruff check $(LINT_DIRS)
 	@$(VENV)/bin/mypy $(TYPED_DIRS)
-	@$(VENV)/bin/pytest -q -p no:cacheprovider -n 2 --dist loadfile tests
+	@$(VENV)/bin/pytest -q -p no:cacheprovider -n 2 --dist loadfile -m 'not exclusive' tests
+	@$(VENV)/bin/pytest -q -p no:cacheprovider -m exclusive tests
 	@$(VENV)/bin/python -m benchmarks.e2e --quick
 
 lint: $(STAMP)

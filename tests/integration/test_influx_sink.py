@@ -25,7 +25,8 @@ from tests.alerts_support import Service, flux, make_alert, notify_settings, pro
 #: LARDER_TEST_INFLUX_OUTAGE_S=120 runs the full-length version.
 INFLUX_OUTAGE_S = float(os.environ.get("LARDER_TEST_INFLUX_OUTAGE_S", "20"))
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240 + 2 * INFLUX_OUTAGE_S)]
+# exclusive: the outage test stops the shared InfluxDB, which every other module's test would see.
+pytestmark = [pytest.mark.integration, pytest.mark.exclusive, pytest.mark.timeout(240 + 2 * INFLUX_OUTAGE_S)]
 T0 = 1_795_000_000_000  # 2026-11-18, any fixed event time
 
 

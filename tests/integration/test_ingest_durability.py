@@ -19,7 +19,8 @@ from pipeline.testing import LARDER, IngestEnv, make_env
 from pipeline.topics import Topics
 from tests.integration.ingest_support import Flood, Readings
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
+# exclusive: these tests restart (and kill -9) the shared Mosquitto, which every other module's test would see.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.exclusive, pytest.mark.timeout(180)]
 
 
 @pytest.fixture
