@@ -20,4 +20,5 @@ def make_console(*, stderr: bool = False) -> Console:
     console = Console(stderr=stderr)
     if console.is_terminal or os.environ.get("COLUMNS", "").isdigit():
         return console
-    return Console(stderr=stderr, width=LOG_WIDTH)
+    # soft_wrap: a message (a path, an error naming file and line) stays on one line; tables still fit the width.
+    return Console(stderr=stderr, width=LOG_WIDTH, soft_wrap=True)

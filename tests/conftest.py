@@ -38,11 +38,17 @@ def live_stack(settings: Settings) -> Iterator[Settings]:
     lock = settings.state_dir / "run" / "test-sessions.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     with lock.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        # Shared at once when the stack is up (`make test` starts it; parallel test processes then share it
+        # without waiting for each other); exclusive only to start it, checking again under the lock.
+        fcntl.flock(fh, fcntl.LOCK_SH)
         was_up = all(s.healthy for s in stack.status(settings))
         if not was_up:
-            stack.up(settings, report=lambda m: print(f"[stack] {m}"))
-        fcntl.flock(fh, fcntl.LOCK_SH)
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            was_up = all(s.healthy for s in stack.status(settings))
+            if not was_up:
+                stack.up(settings, report=lambda m: print(f"[stack] {m}"))
+            fcntl.flock(fh, fcntl.LOCK_SH)
         yield settings
         if was_up or os.environ.get("LARDER_KEEP_STACK"):
             return

@@ -146,8 +146,11 @@ async def test_daily_record_numbers_versions_and_verify(
     spans = {}
     for a in day.alerts:
         if a.rule in ("coldchain.high", "coldchain.high_high") and a.state == AlertState.OPEN:
-            res = next(x for x in day.alerts if x.alert_id == a.alert_id and x.state == AlertState.RESOLVED)
-            spans[a.alert_id] = (a.subject, _ts_ms(a.evidence["breach_since"]), res.at_ms)
+            # The last resolution of the alert counts: late data may correct an earlier one (issue 25 re-evaluates
+            # the span and emits the corrected record; contract 4's resolved_at is its event time).
+            res = [x for x in day.alerts if x.alert_id == a.alert_id and x.state == AlertState.RESOLVED][-1]
+            assert res.resolved_at is not None
+            spans[a.alert_id] = (a.subject, _ts_ms(a.evidence["breach_since"]), _ts_ms(res.resolved_at))
     want_rows = []
     for dev, pts in sorted(expect.items()):
         for ts, temp, _ in pts:
@@ -167,7 +170,9 @@ async def test_daily_record_numbers_versions_and_verify(
     ]:
         row = exc[aid]
         if aid == retro.alert_id:
-            end = next(a.at_ms for a in day.alerts if a.alert_id == aid and a.state == AlertState.RESOLVED)
+            last = [a for a in day.alerts if a.alert_id == aid and a.state == AlertState.RESOLVED][-1]
+            assert last.resolved_at is not None
+            end = _ts_ms(last.resolved_at)
         opened = next(a.at_ms for a in day.alerts if a.alert_id == aid and a.state == AlertState.OPEN)
         in_span = [t for ts, t, _ in expect[dev] if start <= ts <= end]
         assert (row["start"], row["alarm"], row["end"]) == (local(start), local(opened), local(end))
