@@ -18,7 +18,8 @@ LOG_WIDTH = 200
 
 def make_console(*, stderr: bool = False) -> Console:
     console = Console(stderr=stderr)
-    if console.is_terminal or os.environ.get("COLUMNS", "").isdigit():
+    if console.is_terminal:
         return console
+    columns = os.environ.get("COLUMNS", "")
     # soft_wrap: a message (a path, an error naming file and line) stays on one line; tables still fit the width.
-    return Console(stderr=stderr, width=LOG_WIDTH, soft_wrap=True)
+    return Console(stderr=stderr, width=int(columns) if columns.isdigit() else LOG_WIDTH, soft_wrap=True)
