@@ -30,6 +30,16 @@ def libs_dir(settings: Settings) -> Path:
     return settings.cache_dir / "kafka" / settings.kafka.version / "libs"
 
 
+def new_cluster_id() -> str:
+    """A URL-safe base64 UUID without padding (what `random-uuid` prints). Like Kafka's own ``Uuid``, never one
+    that starts with "-": StorageTool's argument parser reads ``-t -xyz...`` as a missing value (1 in 64 fresh
+    machines failed `stack up` on it)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
 def node_name(settings: Settings, node: int) -> str:
     return "kafka" if settings.kafka.brokers == 1 else f"kafka-{node}"
 
@@ -150,8 +160,7 @@ def start(settings: Settings, node: int = 1) -> int:
     record.write_text(f"{settings.kafka.brokers}\n")
     p["cluster_id"].parent.mkdir(parents=True, exist_ok=True)
     if not p["cluster_id"].exists():
-        # StorageTool wants a URL-safe base64 UUID without padding (what `random-uuid` prints).
-        p["cluster_id"].write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+        p["cluster_id"].write_text(new_cluster_id())
     formatted = p["data"] / "log" / "meta.properties"
     if not formatted.exists():
         cid = p["cluster_id"].read_text().strip()

@@ -159,3 +159,12 @@ def test_run_of_reads_prefixed_backwards() -> None:
     for name in ("bench13ccc9.alerts.v1", "bench13ccc9-worker-devices-state-changelog"):
         assert run_of(name) == "bench13ccc9" and prefixed(run_of(name))(name)
     assert run_of("changelog__quix-842115ed--bench13ccc9-base.single-readings.v1--default") == "bench13ccc9"
+
+
+def test_a_kafka_cluster_id_never_starts_with_a_dash() -> None:
+    """StorageTool's parser took `-t -ee6z...` for a missing value: a fresh CI machine failed `stack up` on it."""
+    from pipeline.stack.kafka import new_cluster_id
+
+    ids = [new_cluster_id() for _ in range(5000)]
+    assert not [c for c in ids if c.startswith("-")]
+    assert all(len(c) == 22 for c in ids)
