@@ -122,6 +122,14 @@ class MqttSettings(_Group):
     max_queued_messages: int = 2_000_000
     max_queued_bytes: int = 512 * 1024 * 1024
     external: bool = Field(False, description="the broker is run elsewhere; `stack` does not manage it")
+    # Two deployments must not share a broker: a bridge dead-letters every device its site file lacks. A second
+    # broker on one host (one per parallel test process, or an MQTT tier of independent brokers) needs its own
+    # password file, ACL, sessions, pid and log.
+    broker_id: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9_-]{0,32}$",
+        description="names a second broker on this host: its files in <state_dir>/mosquitto-<id>; default: none",
+    )
     # Mosquitto keeps sessions, queued and in-flight messages in memory and writes them out every this many
     # seconds (and on SIGTERM). A kill -9 loses what it acknowledged to devices since the last save and had not
     # handed to the bridge yet (docs/ingest.md). Saving every N changes instead bounds that by a count, but each

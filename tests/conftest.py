@@ -18,9 +18,31 @@ from dataclasses import dataclass
 import pytest
 
 from pipeline import stack, testing
+from pipeline.services import free_port
 from pipeline.settings import Settings, load_settings
-from pipeline.stack import influx
+from pipeline.stack import influx, mosquitto
+from pipeline.stack.process import read_pid, stop_pid
 from pipeline.topics import Topics
+
+_MAIN_BROKER: dict[str, str] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each worker process gets a Mosquitto of its own (Kafka and InfluxDB stay shared).
+
+    Every bridge subscribes to every device's readings and dead-letters the devices its site file lacks: on one
+    shared broker, a test's bridge dead-lettered another test's readings (a fleet run counted 2 dead letters
+    while a parallel test published). Topic prefixes keep Kafka apart; brokers must be apart too. Set in the
+    environment, so the services a test starts as processes reach the same broker."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker or os.environ.get("LARDER_MQTT__BROKER_ID"):
+        return
+    base = load_settings()
+    if base.mqtt.external:
+        return
+    _MAIN_BROKER.update(port=str(base.mqtt.port))
+    os.environ["LARDER_MQTT__BROKER_ID"] = f"test-{worker}"
+    os.environ["LARDER_MQTT__PORT"] = str(free_port())
 
 
 @pytest.fixture(scope="session")
@@ -34,22 +56,37 @@ def live_stack(settings: Settings) -> Iterator[Settings]:
 
     Test sessions running at the same time share the stack through a lock file: one at a time checks and
     starts it (two ``stack up`` at once would start two influxd, one of them losing the port), and the
-    session that started it stops it only if no other session still holds the lock."""
+    session that started it stops it only if no other session still holds the lock. A pytest-xdist worker
+    then starts its own broker (see :func:`pytest_configure`) and stops it at the end."""
+    shared = settings
+    if _MAIN_BROKER:
+        mqtt = settings.mqtt.model_copy(update={"broker_id": "", "port": int(_MAIN_BROKER["port"])})
+        shared = settings.model_copy(update={"mqtt": mqtt})
     lock = settings.state_dir / "run" / "test-sessions.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     with lock.open("a") as fh:
         # Shared at once when the stack is up (`make test` starts it; parallel test processes then share it
         # without waiting for each other); exclusive only to start it, checking again under the lock.
         fcntl.flock(fh, fcntl.LOCK_SH)
-        was_up = all(s.healthy for s in stack.status(settings))
+        was_up = all(s.healthy for s in stack.status(shared))
         if not was_up:
             fcntl.flock(fh, fcntl.LOCK_UN)
             fcntl.flock(fh, fcntl.LOCK_EX)
-            was_up = all(s.healthy for s in stack.status(settings))
+            was_up = all(s.healthy for s in stack.status(shared))
             if not was_up:
-                stack.up(settings, report=lambda m: print(f"[stack] {m}"))
+                stack.up(shared, report=lambda m: print(f"[stack] {m}"))
             fcntl.flock(fh, fcntl.LOCK_SH)
-        yield settings
+        if _MAIN_BROKER:
+            stack.up(settings, report=lambda m: None, create_topics=False)  # only this worker's broker is missing
+        try:
+            yield settings
+        finally:
+            if _MAIN_BROKER:
+                pid_file = mosquitto.paths(settings)["pid"]
+                pid = read_pid(pid_file)
+                if pid is not None:
+                    stop_pid(pid, timeout=30)
+                pid_file.unlink(missing_ok=True)
         if was_up or os.environ.get("LARDER_KEEP_STACK"):
             return
         try:
@@ -57,7 +94,7 @@ def live_stack(settings: Settings) -> Iterator[Settings]:
         except BlockingIOError:
             print("[stack] left running: another test session is using it")
             return
-        stack.down(settings, report=lambda m: print(f"[stack] {m}"))
+        stack.down(shared, report=lambda m: print(f"[stack] {m}"))
 
 
 @pytest.fixture

@@ -41,12 +41,17 @@ def _files_dir(settings: Settings) -> Path:
     user on SIGHUP, so the files must sit where that user can reach them. Root's home (mode 0700) is not such
     a place: then they go under /var/lib/larder-mosquitto, one folder per state dir so stacks stay apart.
     """
-    default = settings.state_dir / "mosquitto"
+    default = settings.state_dir / _name(settings)
     owner = _owner()
     if owner is None or _reachable(default, owner[0]):
         return default
     digest = hashlib.sha1(str(settings.state_dir.resolve()).encode()).hexdigest()[:10]
-    return Path("/var/lib/larder-mosquitto") / digest
+    return Path("/var/lib/larder-mosquitto") / digest / settings.mqtt.broker_id
+
+
+def _name(settings: Settings) -> str:
+    """``mosquitto``, or ``mosquitto-<id>`` for a second broker of the same state folder."""
+    return f"mosquitto-{settings.mqtt.broker_id}" if settings.mqtt.broker_id else "mosquitto"
 
 
 def _reachable(path: Path, uid: int) -> bool:
@@ -69,8 +74,8 @@ def paths(settings: Settings) -> dict[str, Path]:
         "acl": base / "acl",
         "logins": base / "logins.json",
         "data": base / "data",
-        "log": settings.log_dir / "mosquitto.log",
-        "pid": settings.state_dir / "run" / "mosquitto.pid",
+        "log": settings.log_dir / f"{_name(settings)}.log",
+        "pid": settings.state_dir / "run" / f"{_name(settings)}.pid",
     }
 
 

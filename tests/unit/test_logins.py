@@ -58,3 +58,15 @@ def test_a_password_file_from_before_the_store_keeps_its_logins(settings: Settin
     logins.register_bridges(settings, ["1"])
     assert users(tmp_path) == {"old-dev", "larder-bridge-1"}
     assert logins.registered(settings)[0] == {"old-dev": logins.IMPORTED}
+
+
+def test_a_second_broker_of_one_state_folder_has_files_of_its_own(tmp_path: Path) -> None:
+    main = load_settings(state_dir=tmp_path / "state")
+    second = main.model_copy(update={"mqtt": main.mqtt.model_copy(update={"broker_id": "gw1"})})
+    a, b = mosquitto.paths(main), mosquitto.paths(second)
+    assert a["pid"].name == "mosquitto.pid" and b["pid"].name == "mosquitto-gw1.pid"
+    assert a["log"].name == "mosquitto.log" and b["log"].name == "mosquitto-gw1.log"
+    for key in ("conf", "passwd", "acl", "logins", "data"):
+        assert a[key] != b[key] and not b[key].is_relative_to(a[key].parent / "data"), key
+    with pytest.raises(ValueError):
+        load_settings(state_dir=tmp_path / "state", mqtt={"broker_id": "../etc"})
