@@ -216,3 +216,47 @@ def cold_chain_scenario(
 
 def device_names(devices: int) -> list[str]:
     return [f"dev-{i:04d}" for i in range(devices)]
+
+
+#: Steps between a device's reconnection (live readings again) and the upload of what it stored while offline.
+UPLOAD_AFTER = 3
+
+
+def outage_upload_scenario(
+    devices: int, steps: int, partitions: int, t0: int, seed: int = 7
+) -> list[list[tuple[int, bytes]]]:
+    """Like :func:`cold_chain_scenario`, but two devices in five lose their network for 10-14 steps (50-70 min),
+    report live again on reconnect and upload the stored readings :data:`UPLOAD_AFTER` steps later, as one
+    store-and-forward run (what the re-run needs then is in the state: the checkpoint from before the outage
+    and the live readings applied since, ``ckpt`` and ``hist``). Inside
+    each outage the room sat at 10 °C for 4-6 steps (longer than the 15 min delay): a ``coldchain.high`` that
+    only the upload shows, found by the retrospective re-run (:mod:`pipeline.detectors.history`). The other
+    devices report in order, some with a breach of their own. Outages are staggered over the run, so uploads
+    (and re-runs) keep arriving while the worker works through it."""
+    rng = random.Random(seed)
+    plan = []
+    for i in range(devices):
+        outage = rng.random() < 0.4
+        start = rng.randrange(14, max(15, steps - 16))
+        length = rng.randrange(10, 15) if outage else rng.randrange(2, 8)
+        hot = (start + 2, start + 2 + rng.randrange(4, 7)) if outage else (start, start + length)
+        plan.append((f"dev-{i:04d}", outage, start, start + length, hot))
+    out: list[list[tuple[int, bytes]]] = []
+    for step in range(steps):
+        ts = t0 + step * STEP_MS
+        items = []
+        for dev, outage, a, b, (h0, h1) in plan:
+            jitter = int(dev[-4:]) * 7 % 1000
+
+            def reading(s: int, dev: str = dev, jitter: int = jitter, h0: int = h0, h1: int = h1) -> dict[str, Any]:
+                return device_reading(dev, s, t0 + s * STEP_MS + jitter, 10.0 if h0 <= s < h1 else 4.0)
+
+            if outage and a <= step < b:
+                continue  # offline: stored on the logger
+            if outage and step == b + UPLOAD_AFTER:
+                items += [reading(s) for s in range(a, b)]  # the backlog, oldest first
+            items.append(reading(step))
+        recs = batches(items, partitions)
+        recs += [(p, tick(ts + STEP_MS // 2)) for p in range(partitions)]
+        out.append(recs)
+    return out

@@ -24,6 +24,7 @@ from pipeline import serde
 from pipeline.agents.devices import device_concern
 from pipeline.agents.kitchen import kitchen_concern
 from pipeline.contracts import records
+from pipeline.contracts.models import Alert
 from pipeline.replay.timeline import wait_processed
 from pipeline.services import free_port
 from pipeline.settings import Settings
@@ -38,6 +39,7 @@ from tests.agents_support import (
     kitchen_batches,
     kitchen_event,
     oracle,
+    outage_upload_scenario,
     tick,
     write_sites,
 )
@@ -346,6 +348,50 @@ async def test_kill9_restart_loses_and_duplicates_nothing(
             await alerts.settle(2.0)
         got = keyed(alerts.values)
         print(f"kill -9 after {killed_at} of {sum(want.values())} alert events; {repeats(alerts.values)} repeated")
+        assert set(got) == set(want), "lost or invented alert events"
+    finally:
+        worker.stop()
+
+
+async def test_kill9_during_retrospective_reruns_loses_and_duplicates_nothing(
+    live_stack: Settings, topics: Topics, tmp_path: Path, sites: Path
+) -> None:
+    """Issue 25: store-and-forward uploads after outages, each hiding an excursion that only the re-run from the
+    checkpoint finds. The worker is killed once retrospective alerts are coming out, i.e. with devices holding
+    checkpoints, histories and pending late readings in their changelogged state: after the restart the alert
+    events are those of the uninterrupted run (ids, states, times), retrospective findings included."""
+    steps = outage_upload_scenario(devices=200, steps=48, partitions=topics.partitions, t0=T0, seed=3)
+    result = oracle(flat(steps), topics.partitions, device_concern(load(sites)))
+    retro = {
+        (a.alert_id, a.state.value)
+        for a in result.outputs
+        if isinstance(a, Alert) and (a.evidence or {}).get("retrospective")
+    }
+    want = expected(flat(steps), topics.partitions, sites)
+    assert len(retro) >= 40, "the scenario must make the worker re-run late data"
+    worker = Worker(topics, tmp_path, "w", "--clock", "replay").start()
+    try:
+        await worker.assigned()
+        async with Collector(live_stack, topics.alerts) as alerts:
+
+            def retro_seen(values: list[dict[str, Any]]) -> int:
+                return sum(1 for v in values if (v["alert_id"], v["state"]) in retro)
+
+            feeder = asyncio.create_task(_feed(live_stack, topics.readings, steps, per_s=6))
+            await alerts.until(lambda v: retro_seen(v) >= 4, 90)
+            worker.kill9()
+            found = retro_seen(alerts.values)
+            assert found < len(retro) * 0.8, "killed too late: most re-runs were done"
+            worker.start()
+            await worker.assigned()
+            await feeder
+            await alerts.until(lambda v: set(keyed(v)) == set(want), 60)
+            await alerts.settle(2.0)
+        got = keyed(alerts.values)
+        print(
+            f"kill -9 after {found} of {len(retro)} retrospective alert events; "
+            f"{repeats(alerts.values)} of {sum(got.values())} events repeated"
+        )
         assert set(got) == set(want), "lost or invented alert events"
     finally:
         worker.stop()
