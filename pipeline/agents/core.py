@@ -81,6 +81,10 @@ class Concern(Generic[S, E]):
     origin: Literal["mqtt", "hook"]
     #: Item field naming the producer of the item (device or camera id) for dead letters.
     origin_field: str
+    #: A second kind of record the source topic carries (kitchen verdicts, written by the console), fed to
+    #: ``on_side_item`` on arrival at the partition's clock: it never moves event time (a verdict is wall-clock).
+    side_kind: records.BatchKind | None = None
+    on_side_item: Callable[[Any, S, dict[str, Any], int], tuple[S, list[Output]]] | None = None
 
 
 @dataclass
@@ -195,19 +199,31 @@ class Runner(Generic[S, E]):
         if value is None:  # a tombstone (a null value): other producers may write one to the topic
             result.dead_letters.append(self._dead(b"", "worker.bad_record", "a record without a value", None))
             return result
+        concern = self.concern
         try:
-            batch = records.read_batch(value, self.concern.kind)
+            batch = records.read_batch(value, concern.kind, concern.side_kind)
         except records.BadRecord as exc:
             result.dead_letters.append(self._dead(value, exc.code, str(exc), None))
             return result
         if batch.kind == "tick":
             self.tick(partition, batch.now_ms, result)
             return result
-        items = batch.items
-        self._on_items(items, partition, result)
+        if batch.kind == concern.kind:
+            self._on_items(batch.items, partition, result, concern.on_item, concern.time_field)
+        elif concern.on_side_item is not None:
+            self._on_items(batch.items, partition, result, concern.on_side_item, None)
         return result
 
-    def _on_items(self, items: list[Any], partition: int, result: Result) -> None:
+    def _on_items(
+        self,
+        items: list[Any],
+        partition: int,
+        result: Result,
+        on_item: Callable[[Any, S, dict[str, Any], int], tuple[S, list[Output]]],
+        time_field: str | None,
+    ) -> None:
+        """Feed ``items`` to their subjects' detectors at ``max(partition clock, item time)``, or at the
+        partition clock for side items (``time_field=None``)."""
         concern = self.concern
         cache = self._cache.setdefault(partition, {})
         dirty = self._dirty.setdefault(partition, {})
@@ -215,7 +231,7 @@ class Runner(Generic[S, E]):
         outputs = result.outputs
         clock = self._clock.get(partition, 0)
         duplicates = 0
-        on_item, key_field, time_field, n = concern.on_item, concern.key_field, concern.time_field, self.partitions
+        key_field, n = concern.key_field, self.partitions
         for item in items:
             try:
                 subject = item[key_field]
@@ -229,8 +245,11 @@ class Runner(Generic[S, E]):
                     cache[key] = state
                     touched.add(key)
                 detector = self._detectors.get(key) or self._detector(key, item)
-                t = item[time_field]
-                new, outs = on_item(detector, state, item, t if t > clock else clock)
+                if time_field is None:
+                    new, outs = on_item(detector, state, item, clock)
+                else:
+                    t = item[time_field]
+                    new, outs = on_item(detector, state, item, t if t > clock else clock)
             except Exception as exc:  # a bad item, or a detector bug on it: dead-letter it, keep going
                 log.warning("%s: dead-lettering an item: %s", concern.name, exc)
                 result.dead_letters.append(self._dead(serde.dumps(item), "worker.bad_item", repr(exc), item))
@@ -239,7 +258,7 @@ class Runner(Generic[S, E]):
                 cache[key] = new
                 dirty[key] = new
                 touched.add(key)
-            elif not outs:
+            elif not outs and time_field is not None:
                 # The detectors' contract: a (device, seq) / (camera, event_id) duplicate returns the very same
                 # state and no outputs (anything else at least moves the de-dup window or a buffer).
                 duplicates += 1

@@ -38,6 +38,8 @@ def kitchen_concern(cfg: SiteConfig) -> Concern[KitchenState, Any]:
         detector_for=detector_for,
         origin="hook",
         origin_field="camera",
+        side_kind="kitchen_verdicts",
+        on_side_item=KitchenDetector.on_verdict_dict,
     )
 
 

@@ -32,7 +32,10 @@ from pipeline.console import auth, charts, users
 from pipeline.console.model import AGE_BUCKETS, AlertView, ReadModel
 from pipeline.console.records import AuditRecord, ResolutionRecord, VerdictRecord
 from pipeline.console.series import Series
+from pipeline.contracts import records as record_values
+from pipeline.contracts.models import KitchenVerdict
 from pipeline.detectors.kitchen import VerdictError, apply_verdict
+from pipeline.partitioner import partition_for
 from pipeline.producer import durable_producer
 from pipeline.schemas import Ack, ms_to_iso
 from pipeline.settings import Settings
@@ -320,6 +323,25 @@ class Console:
         )
         await self._send(self.topics.audit, site or rec.user, rec)
 
+    async def _feed_kitchen_rules(self, v: AlertView, vr: VerdictRecord) -> None:
+        """The verdict again, for the worker's kitchen rules: in the kitchen's partition of the kitchen-events
+        topic, so it is ordered with that kitchen's camera events (the verdicts topic is keyed by site, for
+        the people and systems that account for it). Written after it, so a failure between the two leaves
+        the accountable record; the user's retry writes both again (a repeated verdict changes nothing)."""
+        kitchen = v.first.subject.split("/", 1)[-1]
+        item = KitchenVerdict(
+            kitchen=kitchen, site=v.site, alert_id=v.alert_id, verdict=vr.verdict, by=vr.by, at_ms=vr.at_ms
+        )
+        assert self._producer is not None
+        topic = self.topics.kitchen_events
+        partitions = await self._producer.partitions_for(topic)
+        await self._producer.send_and_wait(
+            topic,
+            record_values.kitchen_verdicts_value([item.model_dump(mode="json")]),
+            key=kitchen.encode(),
+            partition=partition_for(kitchen, len(partitions)),
+        )
+
     async def _send(self, topic: str, key: str, rec: BaseModel) -> None:
         assert self._producer is not None
         await self._producer.send_and_wait(topic, serde.dumps(rec.model_dump(mode="json")), key=key.encode())
@@ -501,6 +523,7 @@ class Console:
                     "step": t.evidence.get("step"),
                     "by": t.evidence.get("by"),
                     "via": t.evidence.get("via"),
+                    "reason": t.evidence.get("reason"),
                 }
                 for t in v.transitions
             ],
@@ -756,6 +779,7 @@ class Console:
                     at_ms=now,
                 )
                 await self._send(self.topics.verdicts, v.site, vr)
+                await self._feed_kitchen_rules(v, vr)
                 self.model.on_verdict(vr)
                 out = vr.model_dump(mode="json")
         except VerdictError as exc:

@@ -248,11 +248,30 @@ class RecordBatch(BaseModel):
     """
 
     v: Literal[1] = 1
-    kind: Literal["readings", "kitchen_events", "rapid_tests", "tick"]
+    kind: Literal["readings", "kitchen_events", "kitchen_verdicts", "rapid_tests", "tick"]
     items: list[dict[str, Any]] = Field(default_factory=list)
     #: Only on ``tick`` records: the replay clock's time. Replay publishes one tick into every partition once
     #: everything sent before that instant is in Kafka, so timers fire at the recording's times.
     now_ms: int | None = None
+
+
+class KitchenVerdict(BaseModel):
+    """An item of a ``kitchen_verdicts`` record on the kitchen-events topic: a person's verdict on a hygiene alert,
+    routed to the kitchen's partition so the kitchen rules see it in log order with the camera events.
+
+    Written by the console (never by the hooks: a camera cannot judge its own alerts). The accountable record
+    is the verdicts topic's; this copy only feeds the rules (:meth:`KitchenDetector.on_verdict_dict`). It takes
+    effect on arrival and does not move the kitchen's event-time clock (a verdict is wall-clock, the events may
+    be a replayed day)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kitchen: str
+    site: str
+    alert_id: str
+    verdict: Literal["confirmed", "false_positive"]
+    by: str = ""
+    at_ms: int
 
 
 class DeadLetter(BaseModel):

@@ -10,7 +10,7 @@ deliveries, dead letters written by the worker) go through their pydantic models
 | topic | key | value |
 |---|---|---|
 | readings | device id of the first item | :func:`readings_value` / :func:`tick_value` |
-| kitchen events | kitchen id of the first item | :func:`kitchen_events_value` / :func:`tick_value` |
+| kitchen events | kitchen id of the first item | :func:`kitchen_events_value`, :func:`kitchen_verdicts_value`, ticks |
 | alerts, annotations, acks | site | :func:`encode` of :class:`Alert` / :class:`Annotation` / :class:`Ack` |
 | deliveries | message id | :func:`encode` of :class:`Delivery` |
 | dead letters | device or camera id, or none | :func:`dead_letter_value` / :func:`encode` of :class:`DeadLetter` |
@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pipeline import serde
 from pipeline.contracts.models import BATCH_VERSION, Ack, Alert, Annotation, DeadLetter, Delivery
 
-BatchKind = Literal["readings", "kitchen_events", "rapid_tests"]
+BatchKind = Literal["readings", "kitchen_events", "kitchen_verdicts", "rapid_tests"]
 Record = Alert | Annotation | Ack | Delivery | DeadLetter
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -45,6 +45,12 @@ def readings_value(items: list[dict[str, Any]]) -> bytes:
 
 def kitchen_events_value(items: list[dict[str, Any]]) -> bytes:
     return batch_value("kitchen_events", items)
+
+
+def kitchen_verdicts_value(items: list[dict[str, Any]]) -> bytes:
+    """Verdicts on hygiene alerts for the kitchen rules (:class:`~pipeline.contracts.models.KitchenVerdict`),
+    on the kitchen-events topic in the kitchen's partition."""
+    return batch_value("kitchen_verdicts", items)
 
 
 def rapid_tests_value(items: list[dict[str, Any]]) -> bytes:
@@ -69,13 +75,13 @@ class BadRecord(ValueError):
 class Batch:
     """A decoded batch record: ``items`` for data records, ``now_ms`` for ticks."""
 
-    kind: Literal["readings", "kitchen_events", "rapid_tests", "tick"]
+    kind: Literal["readings", "kitchen_events", "kitchen_verdicts", "rapid_tests", "tick"]
     items: list[Any]
     now_ms: int = 0
 
 
-def read_batch(value: bytes, expect: BatchKind) -> Batch:
-    """Decode one record of a batch topic carrying ``expect`` records (or ticks), strictly.
+def read_batch(value: bytes, expect: BatchKind, also: BatchKind | None = None) -> Batch:
+    """Decode one record of a batch topic carrying ``expect`` records (or ``also`` records, or ticks), strictly.
 
     Raises :class:`BadRecord` (``worker.bad_record`` or ``worker.bad_tick``) with the reason; the items
     themselves are not checked here (each is checked by its consumer, so one bad item costs only itself).
@@ -92,12 +98,12 @@ def read_batch(value: bytes, expect: BatchKind) -> Batch:
         if not isinstance(now, int) or isinstance(now, bool):
             raise BadRecord("worker.bad_tick", "tick without integer now_ms")
         return Batch("tick", [], now)
-    if kind != expect:
+    if kind != expect and (also is None or kind != also):
         raise BadRecord("worker.bad_record", f"kind {kind!r} on a {expect} topic")
     items = batch.get("items")
     if not isinstance(items, list):
         raise BadRecord("worker.bad_record", "items is not a list")
-    return Batch(expect, items)
+    return Batch(kind, items)
 
 
 def batch_items(value: bytes | Mapping[str, Any], kind: BatchKind) -> list[Any]:

@@ -33,7 +33,7 @@ from pipeline.detectors.base import Output
 from pipeline.detectors.calendar import window_state
 from pipeline.detectors.engine import NEG, AlertFactory, insert_sorted, tuples, wake_time
 from pipeline.detectors.rules import KitchenRules
-from pipeline.schemas import Alert, KitchenEvent, KitchenEventType, Severity, ms_to_iso
+from pipeline.schemas import Alert, KitchenEvent, KitchenEventType, Severity, alert_id, ms_to_iso
 
 BUFFER_MAX = 256
 DEDUP_HORIZON_MS = 3_600_000
@@ -142,6 +142,39 @@ class KitchenDetector(AlertFactory):
 
     #: The :class:`~pipeline.detectors.base.Detector` protocol's name for the RecordBatch fast path.
     on_item = on_event_dict
+
+    def on_verdict_dict(self, state: KitchenState, d: dict[str, Any], now_ms: int) -> tuple[KitchenState, list[Output]]:
+        """A person's verdict on one of this kitchen's hygiene alerts (a ``kitchen_verdicts`` item,
+        :class:`~pipeline.contracts.models.KitchenVerdict`), applied on arrival.
+
+        A false positive on an episode still open ends it (resolved at the kitchen's frontier, evidence saying
+        why): further events of that type within the de-dup window would otherwise be counted into an alert a
+        person has just dismissed; now the next one opens an alert of its own. ``confirmed`` changes nothing
+        here (the episode goes on), nor does a verdict on an episode already over or on another kitchen's
+        alert: the same state, no outputs, so a redelivered verdict is harmless."""
+        alert, verdict, by, at = d["alert_id"], d["verdict"], d.get("by", ""), d["at_ms"]
+        if type(alert) is not str or verdict not in ("confirmed", "false_positive") or type(at) is not int:
+            raise ValueError("a verdict needs a string alert_id, confirmed or false_positive, integer at_ms")
+        if verdict != "false_positive":
+            return state, []
+        for i, (typ, opened, count, conf) in enumerate(state.hygiene):
+            rule = R.hygiene(typ)
+            if alert_id(rule, self.subject, opened) != alert:
+                continue
+            ev = {
+                "type": typ,
+                "events": count,
+                "max_confidence": conf,
+                "dedup_min": self.config.hygiene.dedup_min,
+                "verdict": verdict,
+                "verdict_at": ms_to_iso(at),
+                "verdict_by": by,
+                "reason": "false_positive",
+            }
+            end = max(state.frontier, opened)
+            out = self.resolve_alert(rule, self.hyg_sev[typ], opened=opened, at=end, notify=False, evidence=ev)
+            return state._replace(hygiene=(*state.hygiene[:i], *state.hygiene[i + 1 :])), [out]
+        return state, []
 
     def on_tick(self, state: KitchenState, now_ms: int) -> tuple[KitchenState, list[Output]]:
         target = max(state.max_ts, now_ms) - self.lateness

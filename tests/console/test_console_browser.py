@@ -548,6 +548,15 @@ def test_hygiene_alert_marked_false_positive(env: Env) -> None:
     assert api["verdict"] == "false_positive" and api["evidence"]["verdict_by"] == "station-st1"  # via apply_verdict
     rows = wait_for(lambda: [x for x in influx_rows(env, "verdict") if x.get("alert_id") == aid], 30, "verdict point")
     assert rows[0]["verdict"] == "false_positive"
+    # The worker's kitchen rules take it too (through the kitchen's partition of the kitchen-events topic): the
+    # dismissed episode ends now, so the next no_hat event opens an alert of its own.
+
+    def ended() -> dict[str, Any] | None:
+        a = page.request.get(f"{env.url}/api/v1/alerts/{aid}").json()
+        return a if a["state"] == "resolved" else None
+
+    done = wait_for(ended, 30, "the worker ending the episode marked false positive")
+    assert [(t["state"], t["reason"]) for t in done["transitions"]][-1] == ("resolved", "false_positive")
     # A cold-chain alert takes no verdict.
     csrf = page.request.get(f"{env.url}/api/v1/session").json()["csrf"]
     s1 = env.state.get("s1_alert")

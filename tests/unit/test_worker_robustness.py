@@ -13,6 +13,7 @@ from pipeline import serde
 from pipeline.agents.core import Runner
 from pipeline.agents.devices import device_concern
 from pipeline.agents.faust.app import KafkaOutputs
+from pipeline.contracts import records
 from pipeline.siteconfig import load
 from pipeline.topics import Topics
 from tests.agents_support import STEP_MS, batches, device_reading, tick, write_sites
@@ -130,3 +131,30 @@ def test_a_camera_event_of_the_wrong_types_is_refused_on_arrival_and_its_kitchen
     assert [d.reason_code for d in letters] == ["worker.bad_item"], "the bad one only, at once"
     for k in range(1, 10):
         assert not r.on_record(tick(T0 + k * 10 * 60_000), 0).dead_letters
+
+
+def test_a_verdict_record_reaches_the_kitchen_rules_and_a_bad_one_is_dead_lettered(tmp_path: Path) -> None:
+    """The console writes a ``kitchen_verdicts`` record to the kitchen's partition of the kitchen-events topic:
+    the runner feeds it to the kitchen's detector (a false positive ends the open hygiene episode) at the
+    partition's clock, and dead-letters one it cannot apply, as any other item."""
+    from pipeline.agents.kitchen import kitchen_concern
+    from pipeline.contracts.models import KitchenVerdict
+    from tests.agents_support import kitchen_batches, kitchen_event
+
+    cfg = load(write_sites(tmp_path / "sites.yaml", ["dev-0001"], ("k1",)))
+    r: Runner[Any, Any] = Runner(kitchen_concern(cfg), {}, 1, arrived_ms=lambda: 0)
+    outs: list[Any] = []
+    for _, v in kitchen_batches([kitchen_event("k1", "e1", T0, "no_hat")], 1):
+        outs += r.on_record(v, 0).outputs
+    outs += r.on_record(tick(T0 + 2 * 60_000), 0).outputs
+    (opened,) = [o for o in outs if getattr(o, "rule", "").startswith("kitchen.hygiene")]
+    verdict = KitchenVerdict(kitchen="k1", site=opened.site, alert_id=opened.alert_id, verdict="false_positive",
+                             by="st-1", at_ms=T0 + 86_400_000)  # fmt: skip
+    res = r.on_record(records.kitchen_verdicts_value([verdict.model_dump(mode="json")]), 0)
+    (closed,) = res.outputs
+    assert closed.alert_id == opened.alert_id and closed.state.value == "resolved" and not res.dead_letters
+    assert closed.evidence["verdict_by"] == "st-1" and r.stats.duplicates == 0
+    (state,) = [s for _, s in r.states(0)]
+    assert state.hygiene == () and state.frontier < T0 + 86_400_000, "a verdict does not move event time"
+    bad = r.on_record(records.kitchen_verdicts_value([{"kitchen": "k1", "alert_id": 7}]), 0)
+    assert [d.reason_code for d in bad.dead_letters] == ["worker.bad_item"] and not bad.outputs

@@ -204,3 +204,43 @@ def test_verdict_refuses_other_rules_and_unknown_verdicts() -> None:
         apply_verdict(a, "maybe", T0)
     with pytest.raises(VerdictError):
         apply_verdict(a.model_copy(update={"rule": "kitchen.unattended"}), "confirmed", T0)
+
+
+def _verdict(k: K, alert: Alert, verdict: str, minute: float) -> list[Any]:
+    item = {"kitchen": "k1", "site": "S01", "alert_id": alert.alert_id, "verdict": verdict, "by": "st-1"}
+    k.state, o = k.det.on_verdict_dict(k.state, item | {"at_ms": T0 + round(minute * M)}, k.state.frontier)
+    k.out += o
+    return o
+
+
+def test_a_false_positive_ends_the_open_episode_so_the_next_event_is_an_alert_of_its_own() -> None:
+    k = K(allowed_lateness_min=0)
+    k.e(ev(0, "no_mask", confidence=0.9))
+    k.tick(1)
+    (opened,) = k.alerts("kitchen.hygiene")
+    k.e(ev(2, "no_mask", confidence=0.9))
+    k.tick(3)  # within the de-dup window: counted into the open episode
+    assert len(k.alerts("kitchen.hygiene")) == 1 and k.state.hygiene[0][2] == 2
+    assert _verdict(k, opened, "confirmed", 3) == [] and len(k.state.hygiene) == 1  # confirmed: it goes on
+    (closed,) = _verdict(k, opened, "false_positive", 3)
+    assert closed.alert_id == opened.alert_id and closed.state is AlertState.RESOLVED and not closed.notify
+    assert closed.evidence["verdict"] == "false_positive" and closed.evidence["events"] == 2
+    assert closed.resolved_at != closed.opened_at and k.state.hygiene == ()
+    before = k.state
+    assert _verdict(k, opened, "false_positive", 4) == [] and k.state is before  # redelivered: nothing
+    k.e(ev(4, "no_mask", confidence=0.9))
+    k.tick(5)
+    fresh = k.alerts("kitchen.hygiene")[-1]
+    assert fresh.state is AlertState.OPEN and fresh.alert_id != opened.alert_id
+
+
+def test_a_verdict_does_not_move_the_kitchen_clock_and_bad_ones_are_refused() -> None:
+    k = K(allowed_lateness_min=0)
+    k.e(ev(0, "smoking", confidence=0.9))
+    k.tick(1)
+    (a,) = k.alerts("kitchen.hygiene")
+    frontier = k.state.frontier
+    _verdict(k, a, "false_positive", 24 * 60)  # clicked a day later (a replayed day): wall-clock time
+    assert k.state.frontier == frontier
+    with pytest.raises(ValueError):
+        k.det.on_verdict_dict(k.state, {"alert_id": a.alert_id, "verdict": "maybe", "at_ms": T0}, T0)
