@@ -61,8 +61,10 @@ def test_a_password_file_from_before_the_store_keeps_its_logins(settings: Settin
 
 
 def test_a_second_broker_of_one_state_folder_has_files_of_its_own(tmp_path: Path) -> None:
-    main = load_settings(state_dir=tmp_path / "state")
-    second = main.model_copy(update={"mqtt": main.mqtt.model_copy(update={"broker_id": "gw1"})})
+    base = load_settings(state_dir=tmp_path / "state")
+    # Under pytest-xdist this process runs its own broker (tests/conftest.py): name both here.
+    main = base.model_copy(update={"mqtt": base.mqtt.model_copy(update={"broker_id": ""})})
+    second = base.model_copy(update={"mqtt": base.mqtt.model_copy(update={"broker_id": "gw1"})})
     a, b = mosquitto.paths(main), mosquitto.paths(second)
     assert a["pid"].name == "mosquitto.pid" and b["pid"].name == "mosquitto-gw1.pid"
     assert a["log"].name == "mosquitto.log" and b["log"].name == "mosquitto-gw1.log"
