@@ -28,13 +28,16 @@ from pydantic import BaseModel, ValidationError
 from pipeline import serde
 from pipeline.alerts.kafkaio import read_to_end, tail
 from pipeline.clock import Clock, WallClock
-from pipeline.console import auth, charts, users
+from pipeline.console import auth, charts, grades, users
 from pipeline.console.model import AGE_BUCKETS, AlertView, ReadModel
 from pipeline.console.records import AuditRecord, ResolutionRecord, VerdictRecord
 from pipeline.console.series import Series
 from pipeline.contracts import records as record_values
 from pipeline.contracts.models import KitchenVerdict
 from pipeline.detectors.kitchen import VerdictError, apply_verdict
+from pipeline.grading import store
+from pipeline.grading.evidence import Override
+from pipeline.grading.topics import GradingTopics
 from pipeline.partitioner import partition_for
 from pipeline.producer import durable_producer
 from pipeline.schemas import Ack, ms_to_iso
@@ -45,6 +48,8 @@ from pipeline.topics import Topics
 log = logging.getLogger("larder.console")
 HERE = Path(__file__).parent
 QUEUE_LIMIT = 200
+#: Sites listed on the grades page, the riskiest first (all of them: the JSON API).
+GRADES_SHOWN = 300
 SEVERITIES = ("critical", "warning", "info")
 FAVICON = (
     b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" fill="#13202e"/>'
@@ -74,6 +79,7 @@ class Console:
         secure_cookies: bool = False,
         trust_proxy: bool = False,
         login_limiter: auth.LoginLimiter | None = None,
+        grades_refresh_s: float = 300.0,
     ) -> None:
         self.settings = settings
         self.topics = topics
@@ -91,6 +97,8 @@ class Console:
         self._producer: AIOKafkaProducer | None = None
         self._stop = asyncio.Event()
         self._follower: asyncio.Task[None] | None = None
+        self.grading = grades.GradingBoard(settings, topics, config, self.clock, refresh_s=grades_refresh_s)
+        self._grading_task: asyncio.Task[None] | None = None
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, trim_blocks=True, lstrip_blocks=True
         )
@@ -134,6 +142,8 @@ class Console:
         r.add_post("/alerts/{alert_id}/{action:ack|resolve|verdict}", self._act_form)
         r.add_get("/sites/{site}", self._site)
         r.add_get("/devices", self._devices)
+        r.add_get("/grades", self._grades)
+        r.add_post("/grades/{site}/override", self._override_form)
         r.add_get("/events", self._events)
         r.add_get("/api/v1/session", self._api_session)
         r.add_get("/api/v1/overview", self._api_overview)
@@ -142,6 +152,8 @@ class Console:
         r.add_post("/api/v1/alerts/{alert_id}/{action:ack|resolve|verdict}", self._act_api)
         r.add_get("/api/v1/sites/{site}", self._api_site)
         r.add_get("/api/v1/devices", self._api_devices)
+        r.add_get("/api/v1/grades", self._api_grades)
+        r.add_get("/api/v1/rollup", self._api_rollup)
         app.on_startup.append(self._start)
         app.on_shutdown.append(self._end_streams)
         app.on_cleanup.append(self._cleanup)
@@ -167,6 +179,8 @@ class Console:
             len(self.model.messages),
         )
         self._follower = asyncio.create_task(self._follow(names, ends))
+        if self.grading.refresh_s > 0:
+            self._grading_task = asyncio.create_task(self.grading.run(self._stop))
         self.ready.set()
 
     async def _follow(self, names: list[str], start: dict) -> None:  # type: ignore[type-arg]
@@ -188,9 +202,10 @@ class Console:
 
     async def _cleanup(self, _app: web.Application) -> None:
         await self._end_streams(_app)
-        if self._follower is not None:
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(self._follower, timeout=5)
+        for task in (self._follower, self._grading_task):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(task, timeout=5)
         if self._producer is not None:
             await self._producer.stop()
         self.series.close()
@@ -711,6 +726,82 @@ class Console:
 
     async def _devices(self, req: web.Request) -> web.Response:
         return self.page(req, "devices.html", title="Device health", data=self.devices_data(req["principal"]))
+
+    # -- risk grades and rollups (pipeline.console.grades) --------------------------------------------------
+
+    def grades_data(self, p: Principal, level: str, period: str, limit: int | None = None) -> dict[str, Any]:
+        """From the board's snapshot only (nothing is graded on request); ``limit``: the riskiest sites only."""
+        snap = self.grading.snapshot
+        if level not in grades.LEVELS or period not in grades.PERIODS:
+            raise web.HTTPBadRequest(text="level: station or district; period: day, week or month")
+        if snap is None:
+            return {"as_of": None, "grades": [], "sites": 0, "rollup": [], "error": self.grading.error,
+                    "level": level, "period": period}  # fmt: skip
+        rows, total = grades.visible_rows(snap, p.scope, limit)
+        return {
+            "as_of": ms_to_iso(snap.as_of_ms),
+            "level": level,
+            "period": period,
+            "grades": rows,
+            "sites": total,
+            "rollup": grades.visible_rollup(snap, p.user, self.config, level, period),
+            "error": self.grading.error,
+            "may_override": p.user.role in ("station", "district", "admin"),
+        }
+
+    def _level_period(self, req: web.Request, p: Principal) -> tuple[str, str]:
+        default = "district" if p.user.role in ("district", "admin") else "station"
+        return req.query.get("level", default), req.query.get("period", "day")
+
+    async def _grades(self, req: web.Request) -> web.Response:
+        p: Principal = req["principal"]
+        level, period = self._level_period(req, p)
+        data = self.grades_data(p, level, period, limit=GRADES_SHOWN)
+        return self.page(req, "grades.html", title="Risk grades", data=data, notice=req.query.get("done", ""))
+
+    async def _api_grades(self, req: web.Request) -> web.Response:
+        p: Principal = req["principal"]
+        data = self.grades_data(p, *self._level_period(req, p))
+        body = serde.dumps({k: data[k] for k in ("as_of", "sites", "grades", "error")})
+        return web.Response(body=body, content_type="application/json")
+
+    async def _api_rollup(self, req: web.Request) -> web.Response:
+        p: Principal = req["principal"]
+        level, period = self._level_period(req, p)
+        data = self.grades_data(p, level, period)
+        if req.query.get("format") == "csv":
+            name = f"rollup-{level}-{period}-{(data['as_of'] or 'none')[:10]}.csv"
+            return web.Response(
+                text=grades.rollup_csv(data["rollup"]),
+                content_type="text/csv",
+                headers={"Content-Disposition": f'attachment; filename="{name}"'},
+            )
+        body = serde.dumps({k: data[k] for k in ("as_of", "level", "period", "rollup", "error")})
+        return web.Response(body=body, content_type="application/json")
+
+    async def _override_form(self, req: web.Request) -> web.StreamResponse:
+        """A station, district or admin user overrides a site's grade (or clears an override) with a reason:
+        published to the overrides topic for the grading worker, and audited."""
+        p: Principal = req["principal"]
+        site = req.match_info["site"]
+        if site not in p.scope or p.user.role not in ("station", "district", "admin"):
+            await self.audit(req, p, "denied", ok=False, site=site[:100], detail={"path": req.path[:300]})
+            return self.not_found(req)
+        form = await req.post()
+        grade = str(form.get("grade", "")).strip() or None
+        try:
+            override = Override(
+                site=site, grade=grade, reason=str(form.get("reason", "")).strip(), by=p.username,
+                role=p.user.role, at_ms=self.clock.now_ms(),  # type: ignore[arg-type]
+            )  # fmt: skip
+        except ValidationError as exc:
+            msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            level, period = self._level_period(req, p)
+            data = self.grades_data(p, level, period, limit=GRADES_SHOWN)
+            return self.page(req, "grades.html", status=400, title="Risk grades", data=data, error=msg)
+        await store.publish_override(self.settings, GradingTopics(self.topics), override)
+        await self.audit(req, p, "grade_override", site=site, detail={"grade": grade, "reason": override.reason})
+        raise web.HTTPSeeOther(f"/grades?done={quote('override of ' + site + ' recorded')}")
 
     # -- actions --------------------------------------------------------------------------------------------
 

@@ -65,9 +65,17 @@ def serve(
     trust_proxy: Annotated[
         bool, typer.Option("--trust-proxy", help="take the client address from X-Forwarded-For (behind a proxy only)")
     ] = False,
+    grades_refresh: Annotated[
+        float,
+        typer.Option(
+            "--grades-refresh",
+            help="seconds between re-reads of the grading worker's evidence for the grades page (0: no grades)",
+        ),
+    ] = 300.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
 ) -> None:
-    """Serve the supervisors' web console: overview, live alert queue, alert pages with actions, sites, devices.
+    """Serve the supervisors' web console: overview, live alert queue, alert pages with actions, sites, devices,
+    risk grades and the station / district rollups.
 
     Reads the alert topics from the start on launch (read model), then follows them live. Users come from the
     users file (`larder users add`); every action is audited to Kafka and InfluxDB.
@@ -97,7 +105,14 @@ def serve(
         console.print(f"[yellow]warning:[/] no users in {path}; add one with `larder users add NAME --role admin`")
     topics = Topics(prefix=settings.topic_prefix, partitions=settings.readings_partitions)
     app = ConsoleApp(
-        settings, topics, config, path, bucket=bucket, secure_cookies=secure_cookies, trust_proxy=trust_proxy
+        settings,
+        topics,
+        config,
+        path,
+        bucket=bucket,
+        secure_cookies=secure_cookies,
+        trust_proxy=trust_proxy,
+        grades_refresh_s=grades_refresh,
     )
     console.print(f"[cyan]>[/] console on http://{host}:{port} (users {path}, prefix {topics.prefix})")
     web.run_app(app.app(), host=host, port=port, print=None, access_log=None)

@@ -31,6 +31,8 @@ import pytest
 from pipeline import serde, stack
 from pipeline.console import users
 from pipeline.console.browser import LAUNCH_ARGS, ensure_chromium
+from pipeline.grading import store
+from pipeline.grading.topics import GradingTopics
 from pipeline.replay.send import sign
 from pipeline.schemas import Alert, AlertState, Severity, alert_id, ms_to_iso
 from pipeline.services import ALL, Services, free_port, larder_argv
@@ -237,12 +239,20 @@ def env(live_stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
         },
     )
     svc.start()
+    # The grading worker folds the alerts into per-site evidence; the console's grades page reads its table.
+    with (work / "grading.log").open("ab") as log:
+        grading = subprocess.Popen(
+            [*larder_argv(), "grade", "worker", "--sites", str(site_path), "--data-dir", str(work / "grading"),
+             "--store", "memory", "--commit-interval", "0.5"],
+            env=svc.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
     console = ConsoleProc(
-        [*larder_argv(), "console", "--sites", str(site_path), "--users", str(users_path), "--port", str(port)],
+        [*larder_argv(), "console", "--sites", str(site_path), "--users", str(users_path), "--port", str(port),
+         "--grades-refresh", "2"],
         svc.env(),
         work / "console.log",
         f"http://127.0.0.1:{port}",
-    ).start()
+    ).start()  # fmt: skip
     url = console.url
     shots = os.environ.get("LARDER_CONSOLE_SCREENSHOTS")
     try:
@@ -267,6 +277,8 @@ def env(live_stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
     finally:
         # Outside Playwright's block: its sync API runs an event loop in this thread, so asyncio.run fails inside.
         console.stop()
+        grading.terminate()
+        grading.wait(30)
         svc.stop()
         gw.server.shutdown()
         stack.prune(live_stack, [topics.prefix])
@@ -566,6 +578,60 @@ def test_hygiene_alert_marked_false_positive(env: Env) -> None:
         )
         assert bad.status == 400 and "hygiene" in bad.json()["error"]
     page.context.close()
+
+
+def test_grades_and_rollups_are_scoped_and_an_override_is_audited(env: Env) -> None:
+    """Issue 22 in the console: grades from the running grading worker, the riskiest first with the alert ids
+    behind them; a station sees its own station's rollup and sites, a district its district, a site manager
+    its site's grade and no rollup; the CSV; an override by the station is published, audited and shown."""
+    page = login(env, "station-st1")
+    page.goto(f"{env.url}/grades")
+    assert {r.get_attribute("data-site") for r in page.query_selector_all("#site-grades tr[data-site]")} == {"S1"}
+    assert [r.get_attribute("data-unit") for r in page.query_selector_all("#rollup tr[data-unit]")] == [
+        "Huangpu Station"
+    ]
+    s1 = env.state.get("s1_alert")
+    if s1:  # the excursion of the test above: the grading worker folded it, the grade names it
+
+        def names_it() -> bool:
+            grades = page.request.get(f"{env.url}/api/v1/grades").json()["grades"]
+            return any(s1 in c["alert_ids"] for g in grades for c in g["top"])
+
+        wait_for(names_it, 60, "S1's grade naming the excursion alert")
+    csv_text = page.request.get(f"{env.url}/api/v1/rollup?level=station&period=week&format=csv").text()
+    assert csv_text.startswith("level,unit,") and "Huangpu Station" in csv_text and "Xuhui" not in csv_text
+    assert page.request.get(f"{env.url}/api/v1/rollup?level=week").status == 400
+    page.select_option("tr[data-site='S1'] select[name=grade]", "C")
+    page.fill("tr[data-site='S1'] input[name=reason]", "rodent droppings found at the inspection on site")
+    page.click("tr[data-site='S1'] form button")
+    page.wait_for_selector("p.ok")
+    overrides = in_thread(store.read_overrides(env.settings, GradingTopics(env.topics), "S1"))
+    assert [(o.grade, o.by, o.role) for o in overrides] == [("C", "station-st1", "station")]
+    wait_for(lambda: [r for r in influx_rows(env, "audit") if r.get("action") == "grade_override"], 30, "the audit")
+
+    def shown() -> bool:
+        page.goto(f"{env.url}/grades")
+        return "set by station-st1" in page.inner_text("tr[data-site='S1']")
+
+    wait_for(shown, 60, "the override folded by the grading worker and shown")
+    csrf = page.request.get(f"{env.url}/api/v1/session").json()["csrf"]
+    other = page.request.post(
+        f"{env.url}/grades/S2/override", form={"grade": "A", "reason": "not mine to grade", "csrf": csrf}
+    )
+    assert other.status == 404, "another station's site"
+    env.shot(page, "grades")
+    page.context.close()
+
+    district = login(env, "district-d1")
+    rows = district.request.get(f"{env.url}/api/v1/rollup?level=district&period=month").json()["rollup"]
+    assert [r["district"] for r in rows] == ["Central District"]
+    rows = district.request.get(f"{env.url}/api/v1/rollup?level=station&period=day").json()["rollup"]
+    assert sorted(r["station"] for r in rows) == ["Huangpu Station", "Xuhui Station"]
+    district.context.close()
+    manager = login(env, "mgr-s3")
+    assert manager.request.get(f"{env.url}/api/v1/rollup").json()["rollup"] == []
+    assert [g["site"] for g in manager.request.get(f"{env.url}/api/v1/grades").json()["grades"]] == ["S3"]
+    manager.context.close()
 
 
 def test_post_without_csrf_token_is_refused(env: Env) -> None:

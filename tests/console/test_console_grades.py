@@ -1,0 +1,51 @@
+"""The console's grades board (pipeline/console/grades.py): one grading serves every rollup, and each role sees
+exactly its rows. The figures themselves are checked against an independent computation in
+tests/unit/test_grading.py; here the precomputed snapshot must equal computing each rollup on its own."""
+
+from __future__ import annotations
+
+from pipeline.console import grades, users
+from pipeline.grading import evidence, rollup, simulate
+from pipeline.grading.evidence import DAY_MS
+
+START = 1_790_035_200_000 - 1_790_035_200_000 % DAY_MS
+AS_OF = START + 30 * DAY_MS
+
+
+def _user(role: str, **scope: list[str]) -> users.User:
+    return users.User(role=role, password_hash="$argon2id$v=19$m=65536,t=3,p=4$x$y", **scope)  # type: ignore[arg-type]
+
+
+def test_snapshot_equals_each_rollup_computed_alone_and_roles_see_their_rows() -> None:
+    cfg = simulate.site_config(24, seed=5)
+    states: dict[str, evidence.SiteEvidence] = {}
+    for e in simulate.events(simulate.simulate(cfg, START, 30, seed=2)):
+        states[e["site"]] = evidence.fold(states.get(e["site"]) or evidence.empty(e["site"]), e)
+    snap = grades.compute_snapshot(states, cfg, AS_OF)
+    assert set(snap.grades) == set(cfg.sites) and snap.sites_with_evidence == len(states) > 0
+    for level in grades.LEVELS:
+        for period in grades.PERIODS:
+            assert snap.rollups[(level, period)] == rollup.rollup(states, cfg, AS_OF, period, level), (level, period)
+
+    stations = sorted({s.station for s in cfg.sites.values()})
+    districts = sorted({s.district for s in cfg.sites.values()})
+    assert len(stations) > 1 and districts
+    st = _user("station", stations=[stations[0]])
+    assert [r["station"] for r in grades.visible_rollup(snap, st, cfg, "station", "day")] == [stations[0]]
+    assert grades.visible_rollup(snap, st, cfg, "district", "day") == []
+    d = _user("district", districts=[districts[0]])
+    mine = {s.station for s in cfg.sites.values() if s.district == districts[0]}
+    assert {r["station"] for r in grades.visible_rollup(snap, d, cfg, "station", "week")} == mine
+    assert [r["district"] for r in grades.visible_rollup(snap, d, cfg, "district", "week")] == [districts[0]]
+    admin = _user("admin")
+    assert len(grades.visible_rollup(snap, admin, cfg, "station", "month")) == len(stations)
+    site = sorted(cfg.sites)[0]
+    manager = _user("site_manager", sites=[site])
+    assert grades.visible_rollup(snap, manager, cfg, "station", "day") == []
+    assert [g.site for g in grades.visible_grades(snap, manager.scope(cfg))] == [site]
+    ranked = grades.visible_grades(snap, admin.scope(cfg))
+    assert [g.points for g in ranked] == sorted((g.points for g in ranked), reverse=True)
+
+    csv_text = grades.rollup_csv(grades.visible_rollup(snap, admin, cfg, "station", "day"))
+    lines = csv_text.strip().splitlines()
+    assert lines[0].startswith("level,unit,") and len(lines) == 1 + len(stations)
