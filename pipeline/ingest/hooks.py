@@ -41,16 +41,14 @@ from pipeline.ingest.signedhook import refuse as _refuse
 from pipeline.ingest.signing import sign as sign  # re-exported: cameras' and tests' import path
 from pipeline.ingest.validate import (
     BAD_TIMESTAMP,
-    BATCH_TOO_LARGE,
     DEFAULT_TS_FLOOR_MS,
     FUTURE_TIMESTAMP,
     INVALID,
     MISSING_FIELD,
-    NOT_JSON,
-    UNEXPECTED_FIELD,
-    WRONG_TYPE,
+    Refused,
+    batch_elements,
+    describe,
     element_bytes,
-    parse_json,
     precheck,
     reason_code_for,
 )
@@ -91,37 +89,22 @@ class SeenEvents:
 
 def validate_events(
     body: bytes, now_ms: int, skew_ms: int, floor_ms: int = DEFAULT_TS_FLOOR_MS
-) -> tuple[list[tuple[int, CameraEvent]], list[tuple[int | None, str, str, bytes]]]:
+) -> tuple[list[tuple[int, CameraEvent]], list[Refused]]:
     """Body -> ([(index, event)], [(index, reason_code, reason, bytes)]). Pure."""
     if (early := precheck(body)) is not None:
         return [], [(None, early.reason_code, early.reason, early.payload)]
-    obj, err = parse_json(body)
-    if err is not None:
-        return [], [(None, NOT_JSON, err, body)]
-    if isinstance(obj, dict) and "events" in obj:
-        events = obj["events"]
-        if not isinstance(events, list) or not events:
-            return [], [(None, WRONG_TYPE, "events: expected a non-empty JSON array", body)]
-        if len(events) > MAX_HOOK_BATCH:
-            return [], [(None, BATCH_TOO_LARGE, f"events: {len(events)} events, at most {MAX_HOOK_BATCH}", body)]
-        if len(obj) > 1:
-            return [], [(None, UNEXPECTED_FIELD, "unexpected field(s) next to events", body)]
-        elements: list[tuple[int | None, Any]] = list(enumerate(events))
-    else:
-        elements = [(None, obj)]
+    elements, bad = batch_elements(body, "events", MAX_HOOK_BATCH)
     ok: list[tuple[int, CameraEvent]] = []
-    bad: list[tuple[int | None, str, str, bytes]] = []
     for index, element in elements:
         raw = body if index is None else element_bytes(element)
         try:
             event = CameraEvent.model_validate(element)
         except ValidationError as exc:
             first = exc.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"])
             code = reason_code_for(first)
             if code == INVALID and "'count'" in first["msg"]:
                 code = MISSING_FIELD
-            bad.append((index, code, f"{loc}: {first['msg']}" if loc else first["msg"], raw))
+            bad.append((index, code, describe(first), raw))
             continue
         except ValueError as exc:  # model_post_init: person_count without count
             bad.append((index, MISSING_FIELD, str(exc), raw))
