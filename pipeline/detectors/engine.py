@@ -9,6 +9,7 @@ reported* (alerts with deterministic ids, annotations). See ``docs/rules.md``, "
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -59,6 +60,70 @@ def wake_time(buf: tuple[Any, ...], due: int | None, frontier: int, max_ts: int,
         m = due
     need = max(m, frontier + 1) + lateness
     return need if max_ts < need else NEG
+
+
+# -- de-duplication and buffering by (event time, sender, id): the kitchen and rapid-test detectors ------------
+
+#: Remembered (hash of sender|id, event ts) pairs, oldest first.
+Seen = tuple[tuple[int, int], ...]
+
+
+def remember(seen: Seen, sender: str, ident: str, ts: int) -> Seen | None:
+    """``seen`` with (sender, id) added at ``ts``; ``None`` if it is already there (a duplicate: the caller
+    returns the state unchanged). Kept as 56-bit hashes so the state stays small whatever the ids."""
+    h = int.from_bytes(hashlib.blake2b(f"{sender}|{ident}".encode(), digest_size=7).digest(), "big")
+    for sh, _ in seen:
+        if sh == h:
+            return None
+    return (*seen, (h, ts))
+
+
+def trim_seen(seen: Seen, frontier: int, horizon_ms: int, most: int) -> Seen:
+    """Forget what is more than ``horizon_ms`` of event time behind the frontier (a duplicate that old is late
+    anyway), keeping at most the ``most`` newest."""
+    horizon = frontier - horizon_ms
+    if len(seen) > most or (seen and seen[0][1] < horizon):
+        kept = sorted((s for s in seen if s[1] >= horizon), key=lambda s: s[1])
+        return tuple(kept[-most:])
+    return seen
+
+
+def by_ts_sender_id(item: tuple[Any, ...]) -> tuple[int, str, str]:
+    """The buffer order of items ``(ts, sender, id, ...)``: event time, then a stable tie-break."""
+    return item[0], item[1], item[2]
+
+
+class BufferedWork:
+    """The release loop of a working copy whose state buffers items ``(ts, ...)`` until the frontier passes
+    them (kitchen and rapid-test detectors; the device detector's has lateness re-runs of its own)."""
+
+    #: Most items buffered: past it the oldest is processed early and the frontier follows it.
+    buffer_max: int
+    buf: tuple[Any, ...]
+    frontier: int
+
+    def advance(self, t: int) -> None:
+        """Fire the deadlines due before an item at ``t``."""
+        raise NotImplementedError
+
+    def apply(self, item: Any) -> None:
+        """One item, in event-time order."""
+        raise NotImplementedError
+
+    def release(self, target: int) -> None:
+        """Process the buffered items before ``target`` (and any over :attr:`buffer_max`), firing deadlines
+        between them, then move the frontier to ``target``."""
+        buf = self.buf
+        i, n = 0, len(buf)
+        while i < n and (buf[i][0] < target or n - i > self.buffer_max):
+            item = buf[i]
+            i += 1
+            self.advance(item[0])
+            self.apply(item)
+            target = max(target, item[0])
+        self.buf = buf[i:] if i else buf
+        self.advance(target)
+        self.frontier = max(self.frontier, target)
 
 
 class AlertFactory:

@@ -23,7 +23,6 @@ never applied twice.
 
 from __future__ import annotations
 
-import hashlib
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -31,7 +30,18 @@ from pipeline import serde
 from pipeline.contracts import rules as R
 from pipeline.detectors.base import Output
 from pipeline.detectors.calendar import window_state
-from pipeline.detectors.engine import NEG, AlertFactory, insert_sorted, tuples, wake_time
+from pipeline.detectors.engine import (
+    NEG,
+    AlertFactory,
+    BufferedWork,
+    Seen,
+    by_ts_sender_id,
+    insert_sorted,
+    remember,
+    trim_seen,
+    tuples,
+    wake_time,
+)
 from pipeline.detectors.rules import KitchenRules
 from pipeline.schemas import Alert, KitchenEvent, KitchenEventType, Severity, ms_to_iso
 
@@ -66,14 +76,6 @@ class KitchenState(NamedTuple):
     unattended_crit: int | None = None
     hygiene: tuple[HygieneOpen, ...] = ()
     late_count: int = 0
-
-
-def _event_hash(camera: str, event_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{camera}|{event_id}".encode(), digest_size=7).digest(), "big")
-
-
-def _key(item: KItem) -> tuple[int, str, str]:
-    return item[0], item[1], item[2]
 
 
 class KitchenDetector(AlertFactory):
@@ -169,11 +171,9 @@ class KitchenDetector(AlertFactory):
 
     def _arrive(self, state: KitchenState, item: KItem, now_ms: int) -> tuple[KitchenState, list[Output]]:
         ts = item[0]
-        h = _event_hash(item[1], item[2])
-        for sh, _ in state.seen:
-            if sh == h:
-                return state, []
-        seen = (*state.seen, (h, ts))
+        seen = remember(state.seen, item[1], item[2], ts)
+        if seen is None:
+            return state, []
         if ts < state.frontier:
             count = state.late_count + 1
             ann = self.late_annotation(
@@ -181,7 +181,7 @@ class KitchenDetector(AlertFactory):
             )
             return state._replace(seen=self._trim(seen, state.frontier), late_count=count), [ann]
         buf = state.buf
-        buf = insert_sorted(buf, item, _key)
+        buf = insert_sorted(buf, item, by_ts_sender_id)
         max_ts = max(ts, state.max_ts)
         # Event time only, as for devices: an upload of a backlog arrives event by event long after it was
         # recorded, and moving to ``now_ms - lateness`` after its first event would make the rest of it late
@@ -196,16 +196,13 @@ class KitchenDetector(AlertFactory):
         return w.freeze(), w.out
 
     @staticmethod
-    def _trim(seen: tuple[tuple[int, int], ...], frontier: int) -> tuple[tuple[int, int], ...]:
-        horizon = frontier - DEDUP_HORIZON_MS
-        if len(seen) > DEDUP_MAX or (seen and seen[0][1] < horizon):
-            kept = sorted((s for s in seen if s[1] >= horizon), key=lambda s: s[1])
-            return tuple(kept[-DEDUP_MAX:])
-        return seen
+    def _trim(seen: Seen, frontier: int) -> Seen:
+        return trim_seen(seen, frontier, DEDUP_HORIZON_MS, DEDUP_MAX)
 
 
-class _KWork:
+class _KWork(BufferedWork):
     __slots__ = (*KitchenState._fields, "d", "now", "orig", "out")
+    buffer_max = BUFFER_MAX
 
     def __init__(self, d: KitchenDetector, s: KitchenState) -> None:
         self.d = d
@@ -241,19 +238,6 @@ class _KWork:
             self.late_count,
         )
         return self.orig if new == self.orig else new
-
-    def release(self, target: int) -> None:
-        buf = self.buf
-        i, n = 0, len(buf)
-        while i < n and (buf[i][0] < target or n - i > BUFFER_MAX):
-            item = buf[i]
-            i += 1
-            self.advance(item[0])
-            self.apply(item)
-            target = max(target, item[0])
-        self.buf = buf[i:] if i else buf
-        self.advance(target)
-        self.frontier = max(self.frontier, target)
 
     def advance(self, t: int) -> None:
         while True:

@@ -24,13 +24,24 @@ alerts are marked ``retrospective``), never dropped. De-duplication by (instrume
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, NamedTuple
 
 from pipeline import serde
 from pipeline.contracts import rules as R
 from pipeline.detectors.base import Output
-from pipeline.detectors.engine import NEG, AlertFactory, insert_sorted, ms, tuples, wake_time
+from pipeline.detectors.engine import (
+    NEG,
+    AlertFactory,
+    BufferedWork,
+    Seen,
+    by_ts_sender_id,
+    insert_sorted,
+    ms,
+    remember,
+    trim_seen,
+    tuples,
+    wake_time,
+)
 from pipeline.schemas import Severity, alert_id, ms_to_iso
 
 BUFFER_MAX = 512
@@ -89,14 +100,6 @@ class RapidTestState(NamedTuple):
     #: open samples, sorted by id
     samples: tuple[Sample, ...] = ()
     late_count: int = 0
-
-
-def _hash(instrument: str, result_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{instrument}|{result_id}".encode(), digest_size=7).digest(), "big")
-
-
-def _key(item: RItem) -> tuple[int, str, str]:
-    return item[0], item[1], item[2]
 
 
 class _SampleAlerts(AlertFactory):
@@ -174,11 +177,9 @@ class RapidTestDetector:
 
     def _arrive(self, state: RapidTestState, item: RItem, now_ms: int) -> tuple[RapidTestState, list[Output]]:
         ts = item[0]
-        h = _hash(item[1], item[2])
-        for sh, _ in state.seen:
-            if sh == h:
-                return state, []
-        seen = (*state.seen, (h, ts))
+        seen = remember(state.seen, item[1], item[2], ts)
+        if seen is None:
+            return state, []
         w = _Work(self, state)
         if ts < state.frontier:
             # Late evidence: applied now, at its own event time; its alerts say they are retrospective.
@@ -186,7 +187,7 @@ class RapidTestDetector:
             w.apply(item, retrospective=True)
             w.seen = _trim(seen, w.frontier)
             return w.freeze(), w.out
-        buf = insert_sorted(state.buf, item, _key)
+        buf = insert_sorted(state.buf, item, by_ts_sender_id)
         max_ts = max(ts, state.max_ts)
         target = max_ts - self.lateness
         if target <= state.frontier and len(buf) <= BUFFER_MAX:
@@ -197,16 +198,14 @@ class RapidTestDetector:
         return w.freeze(), w.out
 
 
-def _trim(seen: tuple[tuple[int, int], ...], frontier: int) -> tuple[tuple[int, int], ...]:
-    horizon = frontier - DEDUP_HORIZON_MS
-    if len(seen) > DEDUP_MAX or (seen and seen[0][1] < horizon):
-        kept = sorted((s for s in seen if s[1] >= horizon), key=lambda s: s[1])
-        return tuple(kept[-DEDUP_MAX:])
-    return seen
+def _trim(seen: Seen, frontier: int) -> Seen:
+    return trim_seen(seen, frontier, DEDUP_HORIZON_MS, DEDUP_MAX)
 
 
-class _Work:
+class _Work(BufferedWork):
     """A mutable working copy of one site's state for one arrival or tick."""
+
+    buffer_max = BUFFER_MAX
 
     def __init__(self, d: RapidTestDetector, s: RapidTestState) -> None:
         self.d = d
@@ -229,19 +228,6 @@ class _Work:
     def next_deadline(self) -> int | None:
         dues = [s.recheck_due for s in self.samples.values() if s.recheck_due is not None]
         return min(dues) if dues else None
-
-    def release(self, target: int) -> None:
-        buf = self.buf
-        i, n = 0, len(buf)
-        while i < n and (buf[i][0] < target or n - i > BUFFER_MAX):
-            item = buf[i]
-            i += 1
-            self.advance(item[0])
-            self.apply(item, retrospective=False)
-            target = max(target, item[0])
-        self.buf = buf[i:] if i else buf
-        self.advance(target)
-        self.frontier = max(self.frontier, target)
 
     def advance(self, t: int) -> None:
         """Fire every recheck deadline strictly before ``t`` (a recheck at the deadline itself is in time)."""
@@ -268,7 +254,7 @@ class _Work:
         )
         self.samples[s.sample_id] = s._replace(recheck_due=None, overdue=at)
 
-    def apply(self, item: RItem, *, retrospective: bool) -> None:
+    def apply(self, item: RItem, *, retrospective: bool = False) -> None:
         d = self.d
         t, _, result_id, it = item
         sid: str = it["sample_id"]
