@@ -86,6 +86,26 @@ class DeviceState(NamedTuple):
     pending: tuple[BufItem, ...] = ()
 
 
+#: The names of the rule fields, in :data:`Ckpt` order.
+RULE_FIELDS = (
+    "last_ts",
+    "last_temp",
+    "door_since",
+    "defrost_since",
+    "startup_until",
+    "mask",
+    "door_warn",
+    "door_crit",
+    "conds",
+    "ror_anchors",
+    "stuck",
+    "battery_open",
+    "cum",
+    "mkt",
+    "last_seq",
+)
+
+
 class WorkFields:
     """The attributes of the working copy (declared once for the rule-family mixins; the slots live in ``_Work``)."""
 
