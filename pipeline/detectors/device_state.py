@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from pipeline.detectors.base import Output
-from pipeline.detectors.engine import NEG
+from pipeline.detectors.engine import NEG, Emits
 
 SEQ_WINDOW = 256
 SEQ_MASK = (1 << SEQ_WINDOW) - 1
@@ -106,7 +106,7 @@ RULE_FIELDS = (
 )
 
 
-class WorkFields:
+class WorkFields(Emits):
     """The attributes of the working copy (declared once for the rule-family mixins; the slots live in ``_Work``)."""
 
     # The device's DeviceDetector (rules and derived constants). Not imported: pipeline.detectors.device

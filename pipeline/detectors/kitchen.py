@@ -24,30 +24,21 @@ never applied twice.
 from __future__ import annotations
 
 from enum import StrEnum
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 from pipeline import serde
 from pipeline.contracts import rules as R
 from pipeline.detectors.base import Output
 from pipeline.detectors.calendar import window_state
-from pipeline.detectors.engine import (
-    NEG,
-    AlertFactory,
-    BufferedWork,
-    Seen,
-    by_ts_sender_id,
-    insert_sorted,
-    remember,
-    trim_seen,
-    tuples,
-    wake_time,
-)
+from pipeline.detectors.engine import NEG, AlertFactory, BufferedWork, Emits, SeenIds, buffer_event, tuples, wake_time
 from pipeline.detectors.rules import KitchenRules
 from pipeline.schemas import Alert, KitchenEvent, KitchenEventType, Severity, ms_to_iso
 
 BUFFER_MAX = 256
 DEDUP_HORIZON_MS = 3_600_000
 DEDUP_MAX = 512
+_DEDUP = SeenIds(DEDUP_HORIZON_MS, DEDUP_MAX)
 _MIN = 60_000
 
 _PRESENT = KitchenEventType.PERSON_PRESENT.value
@@ -171,7 +162,7 @@ class KitchenDetector(AlertFactory):
 
     def _arrive(self, state: KitchenState, item: KItem, now_ms: int) -> tuple[KitchenState, list[Output]]:
         ts = item[0]
-        seen = remember(state.seen, item[1], item[2], ts)
+        seen = _DEDUP.remember(state.seen, item[1], item[2], ts)
         if seen is None:
             return state, []
         if ts < state.frontier:
@@ -179,28 +170,28 @@ class KitchenDetector(AlertFactory):
             ann = self.late_annotation(
                 ts, state.frontier, count, {"camera": item[1], "event_id": item[2], "type": item[3]}
             )
-            return state._replace(seen=self._trim(seen, state.frontier), late_count=count), [ann]
+            return state._replace(seen=_DEDUP.trim(seen, state.frontier), late_count=count), [ann]
         buf = state.buf
-        buf = insert_sorted(buf, item, by_ts_sender_id)
+        buf = buffer_event(buf, item)
         max_ts = max(ts, state.max_ts)
         # Event time only, as for devices: an upload of a backlog arrives event by event long after it was
         # recorded, and moving to ``now_ms - lateness`` after its first event would make the rest of it late
         # (or not, depending on where the last tick fell: live and replay could differ). Ticks move it by now.
         target = max_ts - self.lateness
         if target <= state.frontier and len(buf) <= BUFFER_MAX:
-            return state._replace(seen=self._trim(seen, state.frontier), buf=buf, max_ts=max_ts), []
+            return state._replace(seen=_DEDUP.trim(seen, state.frontier), buf=buf, max_ts=max_ts), []
         w = _KWork(self, state)
         w.buf, w.max_ts = buf, max_ts
         w.release(target)
-        w.seen = self._trim(seen, w.frontier)
+        w.seen = _DEDUP.trim(seen, w.frontier)
         return w.freeze(), w.out
 
-    @staticmethod
-    def _trim(seen: Seen, frontier: int) -> Seen:
-        return trim_seen(seen, frontier, DEDUP_HORIZON_MS, DEDUP_MAX)
+
+#: A working copy's fields as a :class:`KitchenState` tuple.
+_state_fields_of = attrgetter(*KitchenState._fields)
 
 
-class _KWork(BufferedWork):
+class _KWork(BufferedWork, Emits):
     __slots__ = (*KitchenState._fields, "d", "now", "orig", "out")
     buffer_max = BUFFER_MAX
 
@@ -224,19 +215,7 @@ class _KWork(BufferedWork):
         ) = s
 
     def freeze(self) -> KitchenState:
-        new = KitchenState(
-            self.frontier,
-            self.max_ts,
-            self.seen,
-            self.buf,
-            self.stove_since,
-            self.presence,
-            self.unattended_since,
-            self.unattended_warn,
-            self.unattended_crit,
-            self.hygiene,
-            self.late_count,
-        )
+        new = KitchenState._make(_state_fields_of(self))
         return self.orig if new == self.orig else new
 
     def advance(self, t: int) -> None:
@@ -271,15 +250,13 @@ class _KWork(BufferedWork):
             for opened, sev in ((self.unattended_warn, Severity.WARNING), (self.unattended_crit, Severity.CRITICAL)):
                 if opened is not None:
                     ev = {"unattended_since": ms_to_iso(since), "unattended_min": (t - since) / _MIN, "reason": reason}
-                    self.out.append(
-                        d.resolve_alert(
-                            R.KITCHEN_UNATTENDED,
-                            sev,
-                            opened=opened,
-                            at=t,
-                            notify=d.config.unattended.notify_on_clear,
-                            evidence=ev,
-                        )
+                    self.emit_resolved(
+                        R.KITCHEN_UNATTENDED,
+                        sev,
+                        opened=opened,
+                        at=t,
+                        notify=d.config.unattended.notify_on_clear,
+                        evidence=ev,
                     )
             self.unattended_since = self.unattended_warn = self.unattended_crit = None
 
@@ -319,7 +296,7 @@ class _KWork(BufferedWork):
                         "unattended_min": (t - s) / _MIN,
                         "stage": stage,
                     }
-                    self.out.append(d.open_alert(R.KITCHEN_UNATTENDED, sev, at=t, notify=True, evidence=ev))
+                    self.emit_open(R.KITCHEN_UNATTENDED, sev, at=t, notify=True, evidence=ev)
                     if stage == "warning":
                         self.unattended_warn = t
                     else:
@@ -329,9 +306,7 @@ class _KWork(BufferedWork):
             for typ, opened, count, conf in self.hygiene:
                 if opened + d.dedup_ms == t:
                     ev = {"type": typ, "events": count, "max_confidence": conf, "dedup_min": d.config.hygiene.dedup_min}
-                    self.out.append(
-                        d.resolve_alert(R.hygiene(typ), d.hyg_sev[typ], opened=opened, at=t, notify=False, evidence=ev)
-                    )
+                    self.emit_resolved(R.hygiene(typ), d.hyg_sev[typ], opened=opened, at=t, notify=False, evidence=ev)
                 else:
                     keep.append((typ, opened, count, conf))
             self.hygiene = tuple(keep)
@@ -375,9 +350,7 @@ class _KWork(BufferedWork):
             }
             if image_url:
                 ev["image_url"] = image_url
-            self.out.append(
-                d.open_alert(R.hygiene(typ), d.hyg_sev[typ], at=t, notify=d.config.hygiene.notify, evidence=ev)
-            )
+            self.emit_open(R.hygiene(typ), d.hyg_sev[typ], at=t, notify=d.config.hygiene.notify, evidence=ev)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -29,19 +29,7 @@ from typing import Any, NamedTuple
 from pipeline import serde
 from pipeline.contracts import rules as R
 from pipeline.detectors.base import Output
-from pipeline.detectors.engine import (
-    NEG,
-    AlertFactory,
-    BufferedWork,
-    Seen,
-    by_ts_sender_id,
-    insert_sorted,
-    ms,
-    remember,
-    trim_seen,
-    tuples,
-    wake_time,
-)
+from pipeline.detectors.engine import NEG, AlertFactory, BufferedWork, SeenIds, buffer_event, ms, tuples, wake_time
 from pipeline.schemas import Severity, alert_id, ms_to_iso
 
 BUFFER_MAX = 512
@@ -49,6 +37,7 @@ BUFFER_MAX = 512
 #: catches an instrument's immediate retries; this catches Kafka redeliveries and other hook processes).
 DEDUP_HORIZON_MS = 48 * 3_600_000
 DEDUP_MAX = 4096
+_DEDUP = SeenIds(DEDUP_HORIZON_MS, DEDUP_MAX)
 #: Linked result ids kept per sample (evidence).
 LINKED_MAX = 32
 
@@ -177,7 +166,7 @@ class RapidTestDetector:
 
     def _arrive(self, state: RapidTestState, item: RItem, now_ms: int) -> tuple[RapidTestState, list[Output]]:
         ts = item[0]
-        seen = remember(state.seen, item[1], item[2], ts)
+        seen = _DEDUP.remember(state.seen, item[1], item[2], ts)
         if seen is None:
             return state, []
         w = _Work(self, state)
@@ -185,21 +174,17 @@ class RapidTestDetector:
             # Late evidence: applied now, at its own event time; its alerts say they are retrospective.
             w.late_count += 1
             w.apply(item, retrospective=True)
-            w.seen = _trim(seen, w.frontier)
+            w.seen = _DEDUP.trim(seen, w.frontier)
             return w.freeze(), w.out
-        buf = insert_sorted(state.buf, item, by_ts_sender_id)
+        buf = buffer_event(state.buf, item)
         max_ts = max(ts, state.max_ts)
         target = max_ts - self.lateness
         if target <= state.frontier and len(buf) <= BUFFER_MAX:
-            return state._replace(seen=_trim(seen, state.frontier), buf=buf, max_ts=max_ts), []
+            return state._replace(seen=_DEDUP.trim(seen, state.frontier), buf=buf, max_ts=max_ts), []
         w.buf, w.max_ts = buf, max_ts
         w.release(target)
-        w.seen = _trim(seen, w.frontier)
+        w.seen = _DEDUP.trim(seen, w.frontier)
         return w.freeze(), w.out
-
-
-def _trim(seen: Seen, frontier: int) -> Seen:
-    return trim_seen(seen, frontier, DEDUP_HORIZON_MS, DEDUP_MAX)
 
 
 class _Work(BufferedWork):
