@@ -58,6 +58,22 @@ SiteOpt = Annotated[
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")]
 
 
+def faust_options(
+    store: str, data_dir: Path | None, commit_interval: float, session_timeout: float, heartbeat_interval: float
+) -> dict[str, Any]:
+    """The Faust worker options `larder worker` and `larder grade worker` share, as keyword arguments of their
+    options records; a ``--store`` other than rocksdb or memory is a usage error."""
+    if store not in ("rocksdb", "memory"):
+        raise usage("--store must be rocksdb or memory")
+    return {
+        "store": store,
+        "data_dir": data_dir,
+        "commit_interval_s": commit_interval,
+        "session_timeout_s": session_timeout,
+        "heartbeat_interval_s": heartbeat_interval,
+    }
+
+
 def settings_for(sites: Path | None = None, **overrides: object) -> Settings:
     """Settings from the environment, with ``--sites`` when given: read here, at the edge, and passed down."""
     return load_settings(**({"site_config": sites} if sites else {}), **overrides)

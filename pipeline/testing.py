@@ -4,6 +4,7 @@ benchmarks build their inputs and read their outputs with it instead of each kee
 * site files: :func:`site_doc` (one site, chilled cold rooms, kitchens with a camera each) and
   :func:`write_site_file` (the one writer of generated site files, also used by the simulators);
 * inputs: :func:`reading_item` / :func:`kitchen_event_item` (the enriched items of the internal batches),
+  :func:`open_alert` (an alert record as detectors emit it),
   :func:`batch_records` (items grouped by partition into record batches, the way the bridge produces them),
   :func:`device_payload` (a contract-1 MQTT payload);
 * Kafka: :func:`from_the_beginning` (a consumer on every partition of a topic, at offset 0),
@@ -12,7 +13,7 @@ benchmarks build their inputs and read their outputs with it instead of each kee
   readings topic, counted);
 * :func:`eventually`: wait for a condition, failing with what was awaited;
 * real `larder bridge` / `larder hooks` processes on a site file of fresh devices: :func:`make_env`,
-  :class:`IngestEnv`, :class:`Proc`.
+  :class:`IngestEnv`, :class:`Proc`; :func:`kill9` / :func:`terminate` for any process a test started.
 
 It talks to the real services of the local stack (``larder stack up``); nothing here fakes a service.
 """
@@ -36,7 +37,16 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline import serde
 from pipeline.contracts import records
-from pipeline.contracts.models import KitchenEvent, KitchenEventType, Reading
+from pipeline.contracts.models import (
+    Alert,
+    AlertState,
+    KitchenEvent,
+    KitchenEventType,
+    Reading,
+    Severity,
+    alert_id,
+    ms_to_iso,
+)
 from pipeline.partitioner import partition_for
 from pipeline.services import free_port
 from pipeline.settings import Settings
@@ -143,6 +153,29 @@ def kitchen_event_item(
         received_ms=ts_ms,
         **extra,
     ).model_dump(mode="json", exclude_none=True)
+
+
+def open_alert(
+    site: str,
+    subject: str,
+    opened_ms: int,
+    *,
+    rule: str = "coldchain.high",
+    severity: str = "warning",
+    evidence: dict[str, Any] | None = None,
+) -> Alert:
+    """An ``open`` alert record as a detector emits it (id from rule, subject and opening time)."""
+    return Alert(
+        alert_id=alert_id(rule, subject, opened_ms),
+        rule=rule,
+        severity=Severity(severity),
+        site=site,
+        subject=subject,
+        state=AlertState.OPEN,
+        opened_at=ms_to_iso(opened_ms),
+        at_ms=opened_ms,
+        evidence=evidence or {},
+    )
 
 
 def batch_records(
@@ -312,6 +345,51 @@ def clear_session(settings: Settings, instance: str) -> None:
         forget_session(settings, instance)
 
 
+def own_stack_env(state_dir: Path, cache_dir: Path, kafka: int, influx: int, mqtt: int) -> dict[str, str]:
+    """The environment of a `larder stack` of a test's own (its state folder, free ports: another stack on this
+    machine may hold any fixed choice), sharing the build cache for a warm start. Kafka's controller listens one
+    above ``kafka``, InfluxDB's RPC one above ``influx``; messages do not wrap."""
+    env = {
+        **os.environ,
+        "LARDER_STATE_DIR": str(state_dir),
+        "LARDER_CACHE_DIR": str(cache_dir),
+        "LARDER_KAFKA__PORT": str(kafka),
+        "LARDER_KAFKA__CONTROLLER_PORT": str(kafka + 1),
+        "LARDER_INFLUX__PORT": str(influx),
+        "LARDER_INFLUX__RPC_PORT": str(influx + 1),
+        "LARDER_MQTT__PORT": str(mqtt),
+        "COLUMNS": "200",
+    }
+    env.pop("LARDER_KAFKA__BROKERS", None)  # the stack's own broker, not a cluster named outside
+    return env
+
+
+def larder(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``larder ARGS`` in a subprocess with ``env``, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def kill9(popen: subprocess.Popen[bytes] | None) -> None:
+    """SIGKILL a test's process (a crash: nothing of it runs after) and reap it."""
+    assert popen is not None
+    popen.send_signal(signal.SIGKILL)
+    popen.wait(10)
+
+
+def terminate(popen: subprocess.Popen[bytes] | None, timeout: float = 30.0) -> None:
+    """SIGTERM a test's process if it still runs (a clean stop), SIGKILL it if it has not exited in ``timeout``."""
+    if popen is None or popen.poll() is not None:
+        return
+    popen.send_signal(signal.SIGTERM)
+    try:
+        popen.wait(timeout)
+    except subprocess.TimeoutExpired:
+        popen.kill()
+        popen.wait(5)
+
+
 class Proc:
     """A real `larder ...` process; restartable, killable with SIGKILL."""
 
@@ -338,19 +416,10 @@ class Proc:
         raise AssertionError(f"{self.argv} not ready in {timeout} s:\n{self.log.read_text()}")
 
     def kill9(self) -> None:
-        assert self.popen is not None
-        self.popen.send_signal(signal.SIGKILL)
-        self.popen.wait(10)
+        kill9(self.popen)
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.popen is None or self.popen.poll() is not None:
-            return
-        self.popen.send_signal(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(5)
+        terminate(self.popen, timeout)
 
 
 @dataclass

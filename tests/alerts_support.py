@@ -16,8 +16,8 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from influxdb_client import InfluxDBClient
 
-from pipeline import serde
-from pipeline.schemas import Alert, AlertState, Severity, alert_id, ms_to_iso
+from pipeline import serde, testing
+from pipeline.schemas import Alert
 from pipeline.settings import NotifySettings, Settings
 from pipeline.siteconfig import SiteConfig
 
@@ -120,17 +120,7 @@ def sites(spec: dict[str, Any]) -> SiteConfig:
 
 def make_alert(site: str, subject: str, *, rule: str = "coldchain.high", severity: str = "warning") -> Alert:
     opened = time.time_ns() // 1_000_000
-    return Alert(
-        alert_id=alert_id(rule, subject, opened),
-        rule=rule,
-        severity=Severity(severity),
-        site=site,
-        subject=subject,
-        state=AlertState.OPEN,
-        opened_at=ms_to_iso(opened),
-        at_ms=opened,
-        evidence={"temp_c": 9.5},
-    )
+    return testing.open_alert(site, subject, opened, rule=rule, severity=severity, evidence={"temp_c": 9.5})
 
 
 async def produce(settings: Settings, topic: str, records: list[tuple[str, Any]]) -> None:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from pipeline.agents.core import Concern
-from pipeline.cliutil import console, ensure_worker_topics, fail, faust_worker, usage
+from pipeline.cliutil import console, ensure_worker_topics, fail, faust_options, faust_worker, usage
 from pipeline.settings import Settings, load_settings
 from pipeline.topics import Topics
 
@@ -83,8 +83,7 @@ def worker(
         raise usage(f"--clock must be live or replay, not {clock!r}")
     if log_level not in LOG_LEVELS:
         raise usage(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
-    if store not in ("rocksdb", "memory"):
-        raise usage("--store must be rocksdb or memory")
+    common = faust_options(store, data_dir, commit_interval, session_timeout, heartbeat_interval)
     settings = load_settings(**({"site_config": sites} if sites else {}))
     topics = Topics(settings.topic_prefix, settings.readings_partitions)
     try:
@@ -92,15 +91,7 @@ def worker(
     except Exception as exc:  # a site file or rule error: say which, don't dump a trace
         raise fail(f"cannot build the detectors: {exc}") from None
     mode: ClockMode = "live" if clock == "live" else "replay"
-    options = WorkerOptions(
-        store="rocksdb" if store == "rocksdb" else "memory",
-        data_dir=data_dir,
-        clock=mode,
-        tick_interval_s=tick_interval,
-        commit_interval_s=commit_interval,
-        session_timeout_s=session_timeout,
-        heartbeat_interval_s=heartbeat_interval,
-    )
+    options = WorkerOptions(clock=mode, tick_interval_s=tick_interval, **common)
     # Topics must exist before the agents subscribe (an agent whose topic is missing may never subscribe).
     from pipeline.kafkaadmin import ensure_topics
 

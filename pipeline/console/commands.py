@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.cliutil import SiteOpt
 from pipeline.settings import load_settings
 
 console = Console(stderr=True)
@@ -20,10 +21,6 @@ users_app = typer.Typer(
     no_args_is_help=True,
 )
 
-SiteOpt = Annotated[
-    Path | None,
-    typer.Option("--sites", "-s", help="site configuration file (contract 5); default $LARDER_SITE_CONFIG"),
-]
 UsersOpt = Annotated[
     Path | None,
     typer.Option("--users", "-u", help="users file; default users.yaml next to the site file ($LARDER_CONSOLE_USERS)"),

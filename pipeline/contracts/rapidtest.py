@@ -19,15 +19,14 @@ from typing import Any, Final
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError, model_validator
 
 from pipeline.ingest.validate import (
-    BATCH_TOO_LARGE,
     FUTURE_TIMESTAMP,
     INVALID,
     MISSING_FIELD,
-    NOT_JSON,
-    UNEXPECTED_FIELD,
     WRONG_TYPE,
+    Refused,
+    batch_elements,
+    describe,
     element_bytes,
-    parse_json,
     reason_code_for,
 )
 from pipeline.schemas import ID_PATTERN, EventTime, to_ms
@@ -108,29 +107,11 @@ class RapidTestResult(BaseModel):
         return self
 
 
-#: Refusal: (index in the batch or None, reason code, reason, the refused bytes).
-Refused = tuple[int | None, str, str, bytes]
-
-
 def validate_results(body: bytes, now_ms: int, skew_ms: int) -> tuple[list[tuple[int, RapidTestResult]], list[Refused]]:
     """Body -> ([(index, result)], [refusals]). Pure: ``now_ms`` is passed in. One bad element of a batch
     refuses only itself."""
-    obj, err = parse_json(body)
-    if err is not None:
-        return [], [(None, NOT_JSON, err, body)]
-    if isinstance(obj, dict) and "results" in obj:
-        results = obj["results"]
-        if not isinstance(results, list) or not results:
-            return [], [(None, WRONG_TYPE, "results: expected a non-empty JSON array", body)]
-        if len(results) > MAX_RESULTS_BATCH:
-            return [], [(None, BATCH_TOO_LARGE, f"results: {len(results)}, at most {MAX_RESULTS_BATCH}", body)]
-        if len(obj) > 1:
-            return [], [(None, UNEXPECTED_FIELD, "unexpected field(s) next to results", body)]
-        elements: list[tuple[int | None, Any]] = list(enumerate(results))
-    else:
-        elements = [(None, obj)]
+    elements, bad = batch_elements(body, "results", MAX_RESULTS_BATCH)
     ok: list[tuple[int, RapidTestResult]] = []
-    bad: list[Refused] = []
     for index, element in elements:
         raw = body if index is None else element_bytes(element)
         if not isinstance(element, dict):
@@ -140,13 +121,12 @@ def validate_results(body: bytes, now_ms: int, skew_ms: int) -> tuple[list[tuple
             result = RapidTestResult.model_validate(element)
         except ValidationError as exc:
             first = exc.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"])
             code = reason_code_for(first)
-            if first["type"] == "value_error" and loc == "" and "needs" in first["msg"]:
+            if first["type"] == "value_error" and not first["loc"] and "needs" in first["msg"]:
                 code = MISSING_FIELD
             if first["loc"] and first["loc"][0] == "tested_at" and code == INVALID:
                 code = "bad_timestamp"
-            bad.append((index, code, f"{loc}: {first['msg']}" if loc else first["msg"], raw))
+            bad.append((index, code, describe(first), raw))
             continue
         ts_ms = to_ms(result.tested_at)
         if ts_ms > now_ms + skew_ms:

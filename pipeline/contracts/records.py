@@ -19,7 +19,7 @@ deliveries, dead letters written by the worker) go through their pydantic models
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -178,6 +178,24 @@ def dead_letter_value(
             **({"instrument": instrument} if instrument is not None else {}),
         }
     )
+
+
+def refusal_dead_letters(
+    bad: Iterable[tuple[int | None, str, str, bytes]],
+    *,
+    source: Literal["mqtt", "hook"],
+    arrived_ms: int,
+    **sender: str | None,
+) -> list[bytes]:
+    """One dead letter per refused part of a request ``(index, reason code, reason, bytes)``, each naming its
+    sender (``camera=``, ``instrument=``, ``mqtt_topic=``): what the hook routes and the bridge's rapid-test
+    path produce for the bad elements of a batch."""
+    return [
+        dead_letter_value(
+            source=source, reason_code=code, reason=reason, arrived_ms=arrived_ms, payload=raw, index=index, **sender
+        )
+        for index, code, reason, raw in bad
+    ]
 
 
 def dead_letter_payload(letter: DeadLetter | Mapping[str, Any]) -> bytes:

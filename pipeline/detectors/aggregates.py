@@ -116,13 +116,11 @@ class AggregatesMixin(WorkFields):
         }
         if cu[4] is None and total >= d.cum_budget:
             self.cum = (*cu[:4], t)
-            self.out.append(d.open_alert(R.COLDCHAIN_CUMULATIVE, c.severity, at=t, notify=c.notify, evidence=ev))
+            self.emit_open(R.COLDCHAIN_CUMULATIVE, c.severity, at=t, notify=c.notify, evidence=ev)
         elif cu[4] is not None and total < d.cum_budget and t == (cu[0]) * d.cum_bucket:
             self.cum = (*cu[:4], None)
-            self.out.append(
-                d.resolve_alert(
-                    R.COLDCHAIN_CUMULATIVE, c.severity, opened=cu[4], at=t, notify=c.notify_on_clear, evidence=ev
-                )
+            self.emit_resolved(
+                R.COLDCHAIN_CUMULATIVE, c.severity, opened=cu[4], at=t, notify=c.notify_on_clear, evidence=ev
             )
 
     # -- mean kinetic temperature ------------------------------------------------------------------------------
@@ -177,9 +175,7 @@ class AggregatesMixin(WorkFields):
         }
         if opened is None and value > d.mkt_limit:
             self.mkt = (*mk[:5], t)
-            self.out.append(d.open_alert(R.COLDCHAIN_MKT, c.severity, at=t, notify=c.notify, evidence=ev))
+            self.emit_open(R.COLDCHAIN_MKT, c.severity, at=t, notify=c.notify, evidence=ev)
         elif opened is not None and value <= d.mkt_limit - c.deadband:
             self.mkt = (*mk[:5], None)
-            self.out.append(
-                d.resolve_alert(R.COLDCHAIN_MKT, c.severity, opened=opened, at=t, notify=c.notify_on_clear, evidence=ev)
-            )
+            self.emit_resolved(R.COLDCHAIN_MKT, c.severity, opened=opened, at=t, notify=c.notify_on_clear, evidence=ev)

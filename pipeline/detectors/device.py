@@ -51,6 +51,7 @@ State size: a few hundred bytes of JSON (MKT and cumulative keep 24 bucket aggre
 from __future__ import annotations
 
 import math
+from operator import attrgetter
 from typing import Any
 
 from pipeline import serde
@@ -330,6 +331,11 @@ def _buf_key(item: BufItem) -> tuple[int, int]:
     return item[0], item[1]
 
 
+#: A working copy's fields as a :class:`DeviceState` tuple (in C: :meth:`_Work.freeze` ends every call that
+#: does work, on the per-reading hot path).
+_state_fields_of = attrgetter(*DeviceState._fields)
+
+
 class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin, HistoryMixin):
     """A mutable working copy of :class:`DeviceState` for one call; :meth:`freeze` makes the new state.
 
@@ -382,35 +388,10 @@ class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin, HistoryMixi
         ) = s
 
     def freeze(self) -> DeviceState:
-        new = DeviceState(
-            self.frontier,
-            self.max_ts,
-            self.seq_max,
-            self.seq_bits,
-            self.buf,
-            self.last_ts,
-            self.last_temp,
-            self.offline_open,
-            self.gap_open,
-            self.door_since,
-            self.defrost_since,
-            self.startup_until,
-            self.mask,
-            self.door_warn,
-            self.door_crit,
-            self.conds,
-            self.ror_anchors,
-            self.stuck,
-            self.battery_open,
-            self.cum,
-            self.mkt,
-            self.late_count,
-            self.due if self.due_ok else self.next_deadline(),
-            self.last_seq,
-            self.ckpt,
-            self.hist,
-            self.pending,
-        )
+        if not self.due_ok:
+            self.due = self.next_deadline()
+            self.due_ok = True
+        new = DeviceState._make(_state_fields_of(self))
         return self.orig if new == self.orig else new
 
     # -- driving time ----------------------------------------------------------------------------------------------

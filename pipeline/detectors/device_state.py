@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from pipeline.detectors.base import Output
-from pipeline.detectors.engine import NEG
+from pipeline.detectors.engine import NEG, Emits
 
 SEQ_WINDOW = 256
 SEQ_MASK = (1 << SEQ_WINDOW) - 1
@@ -86,7 +86,27 @@ class DeviceState(NamedTuple):
     pending: tuple[BufItem, ...] = ()
 
 
-class WorkFields:
+#: The names of the rule fields, in :data:`Ckpt` order.
+RULE_FIELDS = (
+    "last_ts",
+    "last_temp",
+    "door_since",
+    "defrost_since",
+    "startup_until",
+    "mask",
+    "door_warn",
+    "door_crit",
+    "conds",
+    "ror_anchors",
+    "stuck",
+    "battery_open",
+    "cum",
+    "mkt",
+    "last_seq",
+)
+
+
+class WorkFields(Emits):
     """The attributes of the working copy (declared once for the rule-family mixins; the slots live in ``_Work``)."""
 
     # The device's DeviceDetector (rules and derived constants). Not imported: pipeline.detectors.device

@@ -9,9 +9,11 @@ reported* (alerts with deterministic ids, annotations). See ``docs/rules.md``, "
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from pipeline.detectors.base import Output
 from pipeline.schemas import Alert, AlertState, Annotation, Severity, alert_id, ms_to_iso
 
 #: "Never" / "before everything" in event-time ms (fits a JSON integer and a signed 64-bit field).
@@ -61,6 +63,97 @@ def wake_time(buf: tuple[Any, ...], due: int | None, frontier: int, max_ts: int,
     return need if max_ts < need else NEG
 
 
+# -- de-duplication and buffering by (event time, sender, id): the kitchen and rapid-test detectors ------------
+
+#: Remembered (hash of sender|id, event ts) pairs, oldest first.
+Seen = tuple[tuple[int, int], ...]
+
+
+class SeenIds:
+    """Exact de-duplication by (sender, id) (camera event ids, rapid-test result ids), remembered for
+    ``horizon_ms`` of event time behind the frontier, at most ``most`` of them (a duplicate older than that is
+    behind the frontier: late, never applied twice). Kept as 56-bit hashes so the state stays small."""
+
+    def __init__(self, horizon_ms: int, most: int) -> None:
+        self.horizon_ms = horizon_ms
+        self.most = most
+
+    @staticmethod
+    def remember(seen: Seen, sender: str, ident: str, ts: int) -> Seen | None:
+        """``seen`` with (sender, id) added at ``ts``; ``None`` for a duplicate (the state stays as it is)."""
+        h = int.from_bytes(hashlib.blake2b(f"{sender}|{ident}".encode(), digest_size=7).digest(), "big")
+        for sh, _ in seen:
+            if sh == h:
+                return None
+        return (*seen, (h, ts))
+
+    def trim(self, seen: Seen, frontier: int) -> Seen:
+        """Forget what is past the horizon behind ``frontier``, keeping at most the newest ``most``."""
+        horizon = frontier - self.horizon_ms
+        if len(seen) > self.most or (seen and seen[0][1] < horizon):
+            kept = sorted((s for s in seen if s[1] >= horizon), key=lambda s: s[1])
+            return tuple(kept[-self.most :])
+        return seen
+
+
+def _by_ts_sender_id(item: tuple[Any, ...]) -> tuple[Any, ...]:
+    return item[:3]
+
+
+def buffer_event(buf: tuple[T, ...], item: T) -> tuple[T, ...]:
+    """``buf`` with an item ``(ts, sender, id, ...)`` added in (event time, sender, id) order: a stable order
+    for items of the same instant, whatever their arrival order."""
+    return insert_sorted(buf, item, _by_ts_sender_id)
+
+
+class BufferedWork:
+    """The release loop of a working copy whose state buffers items ``(ts, ...)`` until the frontier passes
+    them (kitchen and rapid-test detectors; the device detector's has lateness re-runs of its own)."""
+
+    #: Most items buffered: past it the oldest is processed early and the frontier follows it.
+    buffer_max: int
+    buf: tuple[Any, ...]
+    frontier: int
+
+    def advance(self, t: int) -> None:
+        """Fire the deadlines due before an item at ``t``."""
+        raise NotImplementedError
+
+    def apply(self, item: Any) -> None:
+        """One item, in event-time order."""
+        raise NotImplementedError
+
+    def release(self, target: int) -> None:
+        """Process the buffered items before ``target`` (and any over :attr:`buffer_max`), firing deadlines
+        between them, then move the frontier to ``target``."""
+        buf = self.buf
+        i, n = 0, len(buf)
+        while i < n and (buf[i][0] < target or n - i > self.buffer_max):
+            item = buf[i]
+            i += 1
+            self.advance(item[0])
+            self.apply(item)
+            target = max(target, item[0])
+        self.buf = buf[i:] if i else buf
+        self.advance(target)
+        self.frontier = max(self.frontier, target)
+
+
+class Emits:
+    """What a working copy reports through: its detector ``d`` (an :class:`AlertFactory`) and its outputs."""
+
+    d: Any
+    out: list[Output]
+
+    def emit_open(self, rule: str, severity: Severity, *, at: int, notify: bool, evidence: dict[str, Any]) -> None:
+        self.out.append(self.d.open_alert(rule, severity, at=at, notify=notify, evidence=evidence))
+
+    def emit_resolved(
+        self, rule: str, severity: Severity, *, opened: int, at: int, notify: bool, evidence: dict[str, Any]
+    ) -> None:
+        self.out.append(self.d.resolve_alert(rule, severity, opened=opened, at=at, notify=notify, evidence=evidence))
+
+
 class AlertFactory:
     """Alert records for one subject (``site`` and ``subject`` are set by the detector, per device or kitchen).
 
@@ -74,37 +167,36 @@ class AlertFactory:
 
     def open_alert(self, rule: str, severity: Severity, *, at: int, notify: bool, evidence: dict[str, Any]) -> Alert:
         """The ``open`` transition of an alert whose condition was met at event time ``at``."""
-        iso = ms_to_iso(at)
-        return Alert(
-            alert_id=alert_id(rule, self.subject, at),
-            rule=rule,
-            severity=severity,
-            site=self.site,
-            subject=self.subject,
-            state=AlertState.OPEN,
-            opened_at=iso,
-            resolved_at=None,
-            at_ms=at,
-            notify=notify,
-            evidence=evidence,
-        )
+        return self._transition(rule, severity, AlertState.OPEN, at, None, notify, evidence)
 
     def resolve_alert(
         self, rule: str, severity: Severity, *, opened: int, at: int, notify: bool, evidence: dict[str, Any]
     ) -> Alert:
         """The ``resolved`` transition of the alert opened at ``opened``, its condition cleared at ``at``."""
-        if at <= opened:
-            at = opened + 1
+        return self._transition(rule, severity, AlertState.RESOLVED, opened, max(at, opened + 1), notify, evidence)
+
+    def _transition(
+        self,
+        rule: str,
+        severity: Severity,
+        state: AlertState,
+        opened: int,
+        resolved: int | None,
+        notify: bool,
+        evidence: dict[str, Any],
+    ) -> Alert:
+        """An alert record of this subject. Its id is ``alert_id(rule, subject, opened)`` (replay-safe); no alert
+        ever has zero duration, so a resolution is at least 1 ms after the opening."""
         return Alert(
             alert_id=alert_id(rule, self.subject, opened),
             rule=rule,
             severity=severity,
             site=self.site,
             subject=self.subject,
-            state=AlertState.RESOLVED,
+            state=state,
             opened_at=ms_to_iso(opened),
-            resolved_at=ms_to_iso(at),
-            at_ms=at,
+            resolved_at=None if resolved is None else ms_to_iso(resolved),
+            at_ms=opened if resolved is None else resolved,
             notify=notify,
             evidence=evidence,
         )

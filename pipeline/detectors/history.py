@@ -32,11 +32,12 @@ How (per device, all in the state, see ``docs/rules.md`` "Late data"):
 from __future__ import annotations
 
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 
 from pipeline.contracts import rules as R
 from pipeline.detectors.base import Output
-from pipeline.detectors.device_state import ROR, BufItem, Ckpt, WorkFields
+from pipeline.detectors.device_state import ROR, RULE_FIELDS, BufItem, Ckpt, WorkFields
 from pipeline.detectors.engine import NEG, dur_min
 from pipeline.detectors.levels import COND_RULES
 from pipeline.schemas import Alert, AlertState, Annotation, Severity, alert_id, ms_to_iso
@@ -46,6 +47,10 @@ from pipeline.schemas import Alert, AlertState, Annotation, Severity, alert_id, 
 HIST_MAX = 128
 #: Late readings waiting for evaluation before one is forced (a store-and-forward batch holds up to 1,000).
 PENDING_MAX = 2048
+
+
+#: The rule fields of a working copy as a :data:`Ckpt` tuple (in C: it runs whenever a timer fires).
+_rule_fields_of = attrgetter(*RULE_FIELDS)
 
 
 def _key(item: BufItem) -> tuple[int, int]:
@@ -74,42 +79,12 @@ class HistoryMixin(WorkFields):
     # -- the checkpoint ----------------------------------------------------------------------------------------
 
     def rules_snapshot(self) -> Ckpt:
-        return (
-            self.last_ts,
-            self.last_temp,
-            self.door_since,
-            self.defrost_since,
-            self.startup_until,
-            self.mask,
-            self.door_warn,
-            self.door_crit,
-            self.conds,
-            self.ror_anchors,
-            self.stuck,
-            self.battery_open,
-            self.cum,
-            self.mkt,
-            self.last_seq,
-        )
+        ckpt: Ckpt = _rule_fields_of(self)
+        return ckpt
 
     def load_rules(self, c: Ckpt) -> None:
-        (
-            self.last_ts,
-            self.last_temp,
-            self.door_since,
-            self.defrost_since,
-            self.startup_until,
-            self.mask,
-            self.door_warn,
-            self.door_crit,
-            self.conds,
-            self.ror_anchors,
-            self.stuck,
-            self.battery_open,
-            self.cum,
-            self.mkt,
-            self.last_seq,
-        ) = c
+        for name, value in zip(RULE_FIELDS, c, strict=True):
+            setattr(self, name, value)
 
     def hold_checkpoint(self) -> None:
         """Before a timer changes the rule fields: keep the state right after the last reading."""

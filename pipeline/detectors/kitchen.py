@@ -23,21 +23,22 @@ never applied twice.
 
 from __future__ import annotations
 
-import hashlib
 from enum import StrEnum
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 from pipeline import serde
 from pipeline.contracts import rules as R
 from pipeline.detectors.base import Output
 from pipeline.detectors.calendar import window_state
-from pipeline.detectors.engine import NEG, AlertFactory, insert_sorted, tuples, wake_time
+from pipeline.detectors.engine import NEG, AlertFactory, BufferedWork, Emits, SeenIds, buffer_event, tuples, wake_time
 from pipeline.detectors.rules import KitchenRules
 from pipeline.schemas import Alert, KitchenEvent, KitchenEventType, Severity, alert_id, ms_to_iso
 
 BUFFER_MAX = 256
 DEDUP_HORIZON_MS = 3_600_000
 DEDUP_MAX = 512
+_DEDUP = SeenIds(DEDUP_HORIZON_MS, DEDUP_MAX)
 _MIN = 60_000
 
 _PRESENT = KitchenEventType.PERSON_PRESENT.value
@@ -66,14 +67,6 @@ class KitchenState(NamedTuple):
     unattended_crit: int | None = None
     hygiene: tuple[HygieneOpen, ...] = ()
     late_count: int = 0
-
-
-def _event_hash(camera: str, event_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{camera}|{event_id}".encode(), digest_size=7).digest(), "big")
-
-
-def _key(item: KItem) -> tuple[int, str, str]:
-    return item[0], item[1], item[2]
 
 
 class KitchenDetector(AlertFactory):
@@ -202,43 +195,38 @@ class KitchenDetector(AlertFactory):
 
     def _arrive(self, state: KitchenState, item: KItem, now_ms: int) -> tuple[KitchenState, list[Output]]:
         ts = item[0]
-        h = _event_hash(item[1], item[2])
-        for sh, _ in state.seen:
-            if sh == h:
-                return state, []
-        seen = (*state.seen, (h, ts))
+        seen = _DEDUP.remember(state.seen, item[1], item[2], ts)
+        if seen is None:
+            return state, []
         if ts < state.frontier:
             count = state.late_count + 1
             ann = self.late_annotation(
                 ts, state.frontier, count, {"camera": item[1], "event_id": item[2], "type": item[3]}
             )
-            return state._replace(seen=self._trim(seen, state.frontier), late_count=count), [ann]
+            return state._replace(seen=_DEDUP.trim(seen, state.frontier), late_count=count), [ann]
         buf = state.buf
-        buf = insert_sorted(buf, item, _key)
+        buf = buffer_event(buf, item)
         max_ts = max(ts, state.max_ts)
         # Event time only, as for devices: an upload of a backlog arrives event by event long after it was
         # recorded, and moving to ``now_ms - lateness`` after its first event would make the rest of it late
         # (or not, depending on where the last tick fell: live and replay could differ). Ticks move it by now.
         target = max_ts - self.lateness
         if target <= state.frontier and len(buf) <= BUFFER_MAX:
-            return state._replace(seen=self._trim(seen, state.frontier), buf=buf, max_ts=max_ts), []
+            return state._replace(seen=_DEDUP.trim(seen, state.frontier), buf=buf, max_ts=max_ts), []
         w = _KWork(self, state)
         w.buf, w.max_ts = buf, max_ts
         w.release(target)
-        w.seen = self._trim(seen, w.frontier)
+        w.seen = _DEDUP.trim(seen, w.frontier)
         return w.freeze(), w.out
 
-    @staticmethod
-    def _trim(seen: tuple[tuple[int, int], ...], frontier: int) -> tuple[tuple[int, int], ...]:
-        horizon = frontier - DEDUP_HORIZON_MS
-        if len(seen) > DEDUP_MAX or (seen and seen[0][1] < horizon):
-            kept = sorted((s for s in seen if s[1] >= horizon), key=lambda s: s[1])
-            return tuple(kept[-DEDUP_MAX:])
-        return seen
+
+#: A working copy's fields as a :class:`KitchenState` tuple.
+_state_fields_of = attrgetter(*KitchenState._fields)
 
 
-class _KWork:
+class _KWork(BufferedWork, Emits):
     __slots__ = (*KitchenState._fields, "d", "now", "orig", "out")
+    buffer_max = BUFFER_MAX
 
     def __init__(self, d: KitchenDetector, s: KitchenState) -> None:
         self.d = d
@@ -260,33 +248,8 @@ class _KWork:
         ) = s
 
     def freeze(self) -> KitchenState:
-        new = KitchenState(
-            self.frontier,
-            self.max_ts,
-            self.seen,
-            self.buf,
-            self.stove_since,
-            self.presence,
-            self.unattended_since,
-            self.unattended_warn,
-            self.unattended_crit,
-            self.hygiene,
-            self.late_count,
-        )
+        new = KitchenState._make(_state_fields_of(self))
         return self.orig if new == self.orig else new
-
-    def release(self, target: int) -> None:
-        buf = self.buf
-        i, n = 0, len(buf)
-        while i < n and (buf[i][0] < target or n - i > BUFFER_MAX):
-            item = buf[i]
-            i += 1
-            self.advance(item[0])
-            self.apply(item)
-            target = max(target, item[0])
-        self.buf = buf[i:] if i else buf
-        self.advance(target)
-        self.frontier = max(self.frontier, target)
 
     def advance(self, t: int) -> None:
         while True:
@@ -320,15 +283,13 @@ class _KWork:
             for opened, sev in ((self.unattended_warn, Severity.WARNING), (self.unattended_crit, Severity.CRITICAL)):
                 if opened is not None:
                     ev = {"unattended_since": ms_to_iso(since), "unattended_min": (t - since) / _MIN, "reason": reason}
-                    self.out.append(
-                        d.resolve_alert(
-                            R.KITCHEN_UNATTENDED,
-                            sev,
-                            opened=opened,
-                            at=t,
-                            notify=d.config.unattended.notify_on_clear,
-                            evidence=ev,
-                        )
+                    self.emit_resolved(
+                        R.KITCHEN_UNATTENDED,
+                        sev,
+                        opened=opened,
+                        at=t,
+                        notify=d.config.unattended.notify_on_clear,
+                        evidence=ev,
                     )
             self.unattended_since = self.unattended_warn = self.unattended_crit = None
 
@@ -368,7 +329,7 @@ class _KWork:
                         "unattended_min": (t - s) / _MIN,
                         "stage": stage,
                     }
-                    self.out.append(d.open_alert(R.KITCHEN_UNATTENDED, sev, at=t, notify=True, evidence=ev))
+                    self.emit_open(R.KITCHEN_UNATTENDED, sev, at=t, notify=True, evidence=ev)
                     if stage == "warning":
                         self.unattended_warn = t
                     else:
@@ -378,9 +339,7 @@ class _KWork:
             for typ, opened, count, conf in self.hygiene:
                 if opened + d.dedup_ms == t:
                     ev = {"type": typ, "events": count, "max_confidence": conf, "dedup_min": d.config.hygiene.dedup_min}
-                    self.out.append(
-                        d.resolve_alert(R.hygiene(typ), d.hyg_sev[typ], opened=opened, at=t, notify=False, evidence=ev)
-                    )
+                    self.emit_resolved(R.hygiene(typ), d.hyg_sev[typ], opened=opened, at=t, notify=False, evidence=ev)
                 else:
                     keep.append((typ, opened, count, conf))
             self.hygiene = tuple(keep)
@@ -424,9 +383,7 @@ class _KWork:
             }
             if image_url:
                 ev["image_url"] = image_url
-            self.out.append(
-                d.open_alert(R.hygiene(typ), d.hyg_sev[typ], at=t, notify=d.config.hygiene.notify, evidence=ev)
-            )
+            self.emit_open(R.hygiene(typ), d.hyg_sev[typ], at=t, notify=d.config.hygiene.notify, evidence=ev)
 
 
 # ---------------------------------------------------------------------------------------------------------------

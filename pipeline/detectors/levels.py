@@ -104,10 +104,10 @@ class LevelsMixin(WorkFields):
         if opened is None:
             assert since is not None
             ev |= {"breach_since": ms_to_iso(since), "value_c": self.last_temp, ev_peak: peak}
-            self.out.append(d.open_alert(rule, sev, at=t, notify=notify, evidence=ev))
+            self.emit_open(rule, sev, at=t, notify=notify, evidence=ev)
             return (since, t, None, peak)
         ev |= {ev_peak: peak, "open_min": dur_min(opened, t)}
-        self.out.append(d.resolve_alert(rule, sev, opened=opened, at=t, notify=notify_clear, evidence=ev))
+        self.emit_resolved(rule, sev, opened=opened, at=t, notify=notify_clear, evidence=ev)
         return None
 
     # -- one reading -------------------------------------------------------------------------------------------

@@ -36,30 +36,26 @@ class LivenessMixin(WorkFields):
             return
         if self.offline_open is None and heard + d.hold <= t:
             self.offline_open = t
-            self.out.append(
-                d.open_alert(
-                    R.LIVENESS_OFFLINE,
-                    Severity.WARNING,
-                    at=t,
-                    notify=True,
-                    evidence={
-                        "last_seen": ms_to_iso(heard),
-                        "interval_s": d.interval_ms / 1000,
-                        "k": d.config.liveness.offline_k,
-                        "silent_min": dur_min(heard, t),
-                    },
-                )
+            self.emit_open(
+                R.LIVENESS_OFFLINE,
+                Severity.WARNING,
+                at=t,
+                notify=True,
+                evidence={
+                    "last_seen": ms_to_iso(heard),
+                    "interval_s": d.interval_ms / 1000,
+                    "k": d.config.liveness.offline_k,
+                    "silent_min": dur_min(heard, t),
+                },
             )
         if self.gap_open is None and heard + d.gap_ms <= t:
             self.gap_open = t
-            self.out.append(
-                d.open_alert(
-                    R.LIVENESS_GAP,
-                    Severity.INFO,
-                    at=t,
-                    notify=False,
-                    evidence={"last_seen": ms_to_iso(heard), "max_interval_min": d.config.liveness.gap_max_min},
-                )
+            self.emit_open(
+                R.LIVENESS_GAP,
+                Severity.INFO,
+                at=t,
+                notify=False,
+                evidence={"last_seen": ms_to_iso(heard), "max_interval_min": d.config.liveness.gap_max_min},
             )
 
     def silence_end(self, t: int) -> None:
@@ -67,33 +63,29 @@ class LivenessMixin(WorkFields):
         d = self.d
         if self.offline_open is not None:
             since = self.offline_open - d.hold
-            self.out.append(
-                d.resolve_alert(
-                    R.LIVENESS_OFFLINE,
-                    Severity.WARNING,
-                    opened=self.offline_open,
-                    at=t,
-                    notify=True,
-                    evidence={"last_seen": ms_to_iso(since), "silent_min": dur_min(since, t)},
-                )
+            self.emit_resolved(
+                R.LIVENESS_OFFLINE,
+                Severity.WARNING,
+                opened=self.offline_open,
+                at=t,
+                notify=True,
+                evidence={"last_seen": ms_to_iso(since), "silent_min": dur_min(since, t)},
             )
             self.offline_open = None
         if self.gap_open is not None:
             since = self.gap_open - d.gap_ms
-            self.out.append(
-                d.resolve_alert(
-                    R.LIVENESS_GAP,
-                    Severity.INFO,
-                    opened=self.gap_open,
-                    at=t,
-                    notify=False,
-                    evidence={
-                        "gap_start": ms_to_iso(since),
-                        "gap_end": ms_to_iso(t),
-                        "gap_min": dur_min(since, t),
-                        "max_interval_min": d.config.liveness.gap_max_min,
-                    },
-                )
+            self.emit_resolved(
+                R.LIVENESS_GAP,
+                Severity.INFO,
+                opened=self.gap_open,
+                at=t,
+                notify=False,
+                evidence={
+                    "gap_start": ms_to_iso(since),
+                    "gap_end": ms_to_iso(t),
+                    "gap_min": dur_min(since, t),
+                    "max_interval_min": d.config.liveness.gap_max_min,
+                },
             )
             self.out.append(
                 Annotation(
@@ -121,14 +113,12 @@ class LivenessMixin(WorkFields):
         st = self.stuck
         if st is not None and st[2] is None and d.stuck_ms is not None and st[1] + d.stuck_ms <= min(t, fresh):
             self.stuck = (st[0], st[1], t)
-            self.out.append(
-                d.open_alert(
-                    R.LIVENESS_STUCK,
-                    Severity.WARNING,
-                    at=t,
-                    notify=True,
-                    evidence={"value_c": st[0], "since": ms_to_iso(st[1]), "stuck_min": d.config.liveness.stuck_min},
-                )
+            self.emit_open(
+                R.LIVENESS_STUCK,
+                Severity.WARNING,
+                at=t,
+                notify=True,
+                evidence={"value_c": st[0], "since": ms_to_iso(st[1]), "stuck_min": d.config.liveness.stuck_min},
             )
 
     def sensor_apply(self, x: float, t: int, stale: bool, battery: float | None) -> None:
@@ -137,38 +127,32 @@ class LivenessMixin(WorkFields):
             st = self.stuck
             if st is None or abs(x - st[0]) > d.stuck_eps or stale:
                 if st is not None and st[2] is not None:
-                    self.out.append(
-                        d.resolve_alert(
-                            R.LIVENESS_STUCK,
-                            Severity.WARNING,
-                            opened=st[2],
-                            at=t,
-                            notify=True,
-                            evidence={"value_c": st[0], "new_value_c": x, "stuck_min": dur_min(st[1], t)},
-                        )
+                    self.emit_resolved(
+                        R.LIVENESS_STUCK,
+                        Severity.WARNING,
+                        opened=st[2],
+                        at=t,
+                        notify=True,
+                        evidence={"value_c": st[0], "new_value_c": x, "stuck_min": dur_min(st[1], t)},
                     )
                 self.stuck = (x, t, None)
         if battery is not None and d.batt_low is not None:
             if self.battery_open is None and battery < d.batt_low:
                 self.battery_open = t
-                self.out.append(
-                    d.open_alert(
-                        R.LIVENESS_BATTERY_LOW,
-                        Severity.WARNING,
-                        at=t,
-                        notify=True,
-                        evidence={"battery": battery, "limit": d.batt_low},
-                    )
+                self.emit_open(
+                    R.LIVENESS_BATTERY_LOW,
+                    Severity.WARNING,
+                    at=t,
+                    notify=True,
+                    evidence={"battery": battery, "limit": d.batt_low},
                 )
             elif self.battery_open is not None and battery >= d.batt_low + d.batt_band:
-                self.out.append(
-                    d.resolve_alert(
-                        R.LIVENESS_BATTERY_LOW,
-                        Severity.WARNING,
-                        opened=self.battery_open,
-                        at=t,
-                        notify=False,
-                        evidence={"battery": battery, "limit": d.batt_low},
-                    )
+                self.emit_resolved(
+                    R.LIVENESS_BATTERY_LOW,
+                    Severity.WARNING,
+                    opened=self.battery_open,
+                    at=t,
+                    notify=False,
+                    evidence={"battery": battery, "limit": d.batt_low},
                 )
                 self.battery_open = None

@@ -34,15 +34,13 @@ class MasksMixin(WorkFields):
         assert ds is not None
         for opened, sev in ((self.door_warn, Severity.WARNING), (self.door_crit, Severity.CRITICAL)):
             if opened is not None:
-                self.out.append(
-                    d.resolve_alert(
-                        R.COLDCHAIN_DOOR_OPEN,
-                        sev,
-                        opened=opened,
-                        at=t,
-                        notify=d.config.door.notify_on_clear,
-                        evidence={"door_open_since": ms_to_iso(ds), "open_min": dur_min(ds, t)},
-                    )
+                self.emit_resolved(
+                    R.COLDCHAIN_DOOR_OPEN,
+                    sev,
+                    opened=opened,
+                    at=t,
+                    notify=d.config.door.notify_on_clear,
+                    evidence={"door_open_since": ms_to_iso(ds), "open_min": dur_min(ds, t)},
                 )
         self.door_since = self.door_warn = self.door_crit = None
 
@@ -77,14 +75,12 @@ class MasksMixin(WorkFields):
                     self.door_warn = t
                 else:
                     self.door_crit = t
-                self.out.append(
-                    d.open_alert(
-                        R.COLDCHAIN_DOOR_OPEN,
-                        sev,
-                        at=t,
-                        notify=True,
-                        evidence={"door_open_since": ms_to_iso(ds), "open_min": dur_min(ds, t), "stage": stage},
-                    )
+                self.emit_open(
+                    R.COLDCHAIN_DOOR_OPEN,
+                    sev,
+                    at=t,
+                    notify=True,
+                    evidence={"door_open_since": ms_to_iso(ds), "open_min": dur_min(ds, t), "stage": stage},
                 )
 
     # -- masks -------------------------------------------------------------------------------------------------

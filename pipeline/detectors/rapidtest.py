@@ -24,13 +24,12 @@ alerts are marked ``retrospective``), never dropped. De-duplication by (instrume
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, NamedTuple
 
 from pipeline import serde
 from pipeline.contracts import rules as R
 from pipeline.detectors.base import Output
-from pipeline.detectors.engine import NEG, AlertFactory, insert_sorted, ms, tuples, wake_time
+from pipeline.detectors.engine import NEG, AlertFactory, BufferedWork, SeenIds, buffer_event, ms, tuples, wake_time
 from pipeline.schemas import Severity, alert_id, ms_to_iso
 
 BUFFER_MAX = 512
@@ -38,6 +37,7 @@ BUFFER_MAX = 512
 #: catches an instrument's immediate retries; this catches Kafka redeliveries and other hook processes).
 DEDUP_HORIZON_MS = 48 * 3_600_000
 DEDUP_MAX = 4096
+_DEDUP = SeenIds(DEDUP_HORIZON_MS, DEDUP_MAX)
 #: Linked result ids kept per sample (evidence).
 LINKED_MAX = 32
 
@@ -89,14 +89,6 @@ class RapidTestState(NamedTuple):
     #: open samples, sorted by id
     samples: tuple[Sample, ...] = ()
     late_count: int = 0
-
-
-def _hash(instrument: str, result_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{instrument}|{result_id}".encode(), digest_size=7).digest(), "big")
-
-
-def _key(item: RItem) -> tuple[int, str, str]:
-    return item[0], item[1], item[2]
 
 
 class _SampleAlerts(AlertFactory):
@@ -174,39 +166,31 @@ class RapidTestDetector:
 
     def _arrive(self, state: RapidTestState, item: RItem, now_ms: int) -> tuple[RapidTestState, list[Output]]:
         ts = item[0]
-        h = _hash(item[1], item[2])
-        for sh, _ in state.seen:
-            if sh == h:
-                return state, []
-        seen = (*state.seen, (h, ts))
+        seen = _DEDUP.remember(state.seen, item[1], item[2], ts)
+        if seen is None:
+            return state, []
         w = _Work(self, state)
         if ts < state.frontier:
             # Late evidence: applied now, at its own event time; its alerts say they are retrospective.
             w.late_count += 1
             w.apply(item, retrospective=True)
-            w.seen = _trim(seen, w.frontier)
+            w.seen = _DEDUP.trim(seen, w.frontier)
             return w.freeze(), w.out
-        buf = insert_sorted(state.buf, item, _key)
+        buf = buffer_event(state.buf, item)
         max_ts = max(ts, state.max_ts)
         target = max_ts - self.lateness
         if target <= state.frontier and len(buf) <= BUFFER_MAX:
-            return state._replace(seen=_trim(seen, state.frontier), buf=buf, max_ts=max_ts), []
+            return state._replace(seen=_DEDUP.trim(seen, state.frontier), buf=buf, max_ts=max_ts), []
         w.buf, w.max_ts = buf, max_ts
         w.release(target)
-        w.seen = _trim(seen, w.frontier)
+        w.seen = _DEDUP.trim(seen, w.frontier)
         return w.freeze(), w.out
 
 
-def _trim(seen: tuple[tuple[int, int], ...], frontier: int) -> tuple[tuple[int, int], ...]:
-    horizon = frontier - DEDUP_HORIZON_MS
-    if len(seen) > DEDUP_MAX or (seen and seen[0][1] < horizon):
-        kept = sorted((s for s in seen if s[1] >= horizon), key=lambda s: s[1])
-        return tuple(kept[-DEDUP_MAX:])
-    return seen
-
-
-class _Work:
+class _Work(BufferedWork):
     """A mutable working copy of one site's state for one arrival or tick."""
+
+    buffer_max = BUFFER_MAX
 
     def __init__(self, d: RapidTestDetector, s: RapidTestState) -> None:
         self.d = d
@@ -229,19 +213,6 @@ class _Work:
     def next_deadline(self) -> int | None:
         dues = [s.recheck_due for s in self.samples.values() if s.recheck_due is not None]
         return min(dues) if dues else None
-
-    def release(self, target: int) -> None:
-        buf = self.buf
-        i, n = 0, len(buf)
-        while i < n and (buf[i][0] < target or n - i > BUFFER_MAX):
-            item = buf[i]
-            i += 1
-            self.advance(item[0])
-            self.apply(item, retrospective=False)
-            target = max(target, item[0])
-        self.buf = buf[i:] if i else buf
-        self.advance(target)
-        self.frontier = max(self.frontier, target)
 
     def advance(self, t: int) -> None:
         """Fire every recheck deadline strictly before ``t`` (a recheck at the deadline itself is in time)."""
@@ -268,7 +239,7 @@ class _Work:
         )
         self.samples[s.sample_id] = s._replace(recheck_due=None, overdue=at)
 
-    def apply(self, item: RItem, *, retrospective: bool) -> None:
+    def apply(self, item: RItem, *, retrospective: bool = False) -> None:
         d = self.d
         t, _, result_id, it = item
         sid: str = it["sample_id"]

@@ -14,7 +14,7 @@ import typer
 from pydantic import ValidationError
 
 from pipeline import serde
-from pipeline.cliutil import console, ensure_worker_topics, fail, faust_worker, usage
+from pipeline.cliutil import SiteOpt, console, ensure_worker_topics, fail, faust_options, faust_worker, usage
 from pipeline.grading.evidence import Override, iso_ms
 from pipeline.grading.score import DEFAULT_WEIGHTS, SiteGrade, Weights
 from pipeline.grading.topics import GradingTopics
@@ -30,9 +30,6 @@ grade_app = typer.Typer(
     no_args_is_help=True,
 )
 
-SiteOpt = Annotated[
-    Path | None, typer.Option("--sites", "-s", help="site configuration file; default $LARDER_SITE_CONFIG")
-]
 AsOfOpt = Annotated[
     str | None,
     typer.Option("--as-of", help="RFC 3339 instant (e.g. 2026-11-30T16:00:00Z); default: the latest event seen"),
@@ -131,19 +128,11 @@ def worker(
     from pipeline.grading.app import GradingOptions, make_app
     from pipeline.grading.store import ensure_topics
 
-    if store not in ("rocksdb", "memory"):
-        raise usage("--store must be rocksdb or memory")
+    common = faust_options(store, data_dir, commit_interval, session_timeout, heartbeat_interval)
     settings, gt, cfg = _context(sites)
     w = _weights(weights)
     ensure_worker_topics(settings, ensure_topics(settings, gt))
-    options = GradingOptions(
-        store="rocksdb" if store == "rocksdb" else "memory",
-        data_dir=data_dir,
-        commit_interval_s=commit_interval,
-        session_timeout_s=session_timeout,
-        heartbeat_interval_s=heartbeat_interval,
-    )
-    gapp = make_app(settings, gt, cfg, options, w)
+    gapp = make_app(settings, gt, cfg, GradingOptions(**common), w)
     console.print(f"[cyan]>[/] grading worker {gapp.app.conf.id} on {settings.kafka.bootstrap_servers}")
     fworker = faust_worker(gapp.app, log_level)
     fworker.execute_from_commandline()

@@ -225,26 +225,9 @@ class AmqpBridge(Bridge):
         consumer_stop = asyncio.Event()
         consumer: asyncio.Task[None] | None = None
         try:
-            parts = await self.producer.partitions_for(self.topics.readings)
-            if not parts:
-                raise RuntimeError(f"topic {self.topics.readings} does not exist; run `larder stack up`")
-            self.partitions = len(parts)
+            await self._find_partitions()
             consumer = asyncio.create_task(self._consume(consumer_stop))
-            last_reload = last_progress = time.monotonic()
-            while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._arrived.wait(), 1.0)
-                self._arrived.clear()
-                if self._pending and not stop.is_set():
-                    await asyncio.sleep(self.linger_s)
-                await self.tick()
-                now = time.monotonic()
-                if now - last_reload >= 1.0:
-                    last_reload = now
-                    self.registry.reload()
-                if on_progress and now - last_progress >= 10.0:
-                    last_progress = now
-                    on_progress(self)
+            await self._pump(stop, on_progress)  # the MQTT bridge's loop: only the hand-in differs
             # Stop taking deliveries, hand what was received to Kafka, acknowledge it, then close.
             consumer_stop.set()
             await consumer

@@ -263,36 +263,11 @@ class Bridge:
         self.producer = durable_producer(self.settings)
         await self.producer.start()
         try:
-            parts = await self.producer.partitions_for(self.topics.readings)
-            if not parts:
-                raise RuntimeError(f"topic {self.topics.readings} does not exist; run `larder stack up`")
-            self.partitions = len(parts)
+            await self._find_partitions()
             m = self.settings.mqtt
             self.client.connect_async(m.host, m.port, keepalive=30)
             self.client.loop_start()
-            last_reload = last_progress = time.monotonic()
-            while not stop.is_set():
-                if self.refused is not None:
-                    raise RuntimeError(
-                        f"mqtt://{m.host}:{m.port} refused the login of bridge instance {self.instance} "
-                        f"(user {self.user}): {self.refused}. Register it: `larder devices add-bridge {self.instance}`"
-                    )
-                # Asleep until a message arrives (or the once-a-second chores are due), then linger for more.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._arrived.wait(), 1.0)
-                self._arrived.clear()
-                if self._pending and not stop.is_set():
-                    await asyncio.sleep(self.linger_s)
-                await self.tick()
-                now = time.monotonic()
-                if now - last_reload >= 1.0:
-                    last_reload = now
-                    self.registry.reload()
-                if on_progress and now - last_progress >= 10.0:
-                    last_progress = now
-                    on_progress(self)
-                if self.retire and self._drained(now):
-                    break
+            await self._pump(stop, on_progress)
             await self.drain()
         finally:
             self._stopping = True
@@ -304,6 +279,43 @@ class Bridge:
         if self.retire and not stop.is_set():
             forget_session(self.settings, self.instance)
             self.retired = True
+
+    async def _find_partitions(self) -> None:
+        """The readings topic's partition count (batches go to explicit partitions); it must exist already."""
+        assert self.producer is not None
+        parts = await self.producer.partitions_for(self.topics.readings)
+        if not parts:
+            raise RuntimeError(f"topic {self.topics.readings} does not exist; run `larder stack up`")
+        self.partitions = len(parts)
+
+    async def _pump(self, stop: asyncio.Event, on_progress: Callable[[Bridge], None] | None) -> None:
+        """The main loop, whatever hands in the messages (MQTT here, AMQP in :mod:`pipeline.ingest.amqp_bridge`):
+        asleep until a message arrives (or the once-a-second chores are due), then linger for more and
+        :meth:`tick`; reload the registry once a second, report progress every 10 s. Returns on ``stop``, or
+        once a retiring bridge has drained its queue."""
+        last_reload = last_progress = time.monotonic()
+        while not stop.is_set():
+            if self.refused is not None:
+                m = self.settings.mqtt
+                raise RuntimeError(
+                    f"mqtt://{m.host}:{m.port} refused the login of bridge instance {self.instance} "
+                    f"(user {self.user}): {self.refused}. Register it: `larder devices add-bridge {self.instance}`"
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), 1.0)
+            self._arrived.clear()
+            if self._pending and not stop.is_set():
+                await asyncio.sleep(self.linger_s)
+            await self.tick()
+            now = time.monotonic()
+            if now - last_reload >= 1.0:
+                last_reload = now
+                self.registry.reload()
+            if on_progress and now - last_progress >= 10.0:
+                last_progress = now
+                on_progress(self)
+            if self.retire and self._drained(now):
+                break
 
     def _drained(self, now: float) -> bool:
         """Retiring: unsubscribed, nothing arrived for ``idle_s``, nothing waiting for Kafka or the broker."""

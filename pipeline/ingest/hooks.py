@@ -31,26 +31,23 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from pipeline.contracts.rapidtest import RAPID_TEST_PATH
-from pipeline.contracts.records import dead_letter_value as dead_letter
-from pipeline.contracts.records import kitchen_events_value
+from pipeline.contracts.records import kitchen_events_value, refusal_dead_letters
 from pipeline.ingest import metrics
 from pipeline.ingest.rapidhook import RapidTestRoute
 from pipeline.ingest.registry import ReloadingRegistry
-from pipeline.ingest.signedhook import answer, read_signed
+from pipeline.ingest.signedhook import answer, fresh_items, read_signed, store
 from pipeline.ingest.signedhook import refuse as _refuse
 from pipeline.ingest.signing import sign as sign  # re-exported: cameras' and tests' import path
 from pipeline.ingest.validate import (
     BAD_TIMESTAMP,
-    BATCH_TOO_LARGE,
     DEFAULT_TS_FLOOR_MS,
     FUTURE_TIMESTAMP,
     INVALID,
     MISSING_FIELD,
-    NOT_JSON,
-    UNEXPECTED_FIELD,
-    WRONG_TYPE,
+    Refused,
+    batch_elements,
+    describe,
     element_bytes,
-    parse_json,
     precheck,
     reason_code_for,
 )
@@ -91,37 +88,22 @@ class SeenEvents:
 
 def validate_events(
     body: bytes, now_ms: int, skew_ms: int, floor_ms: int = DEFAULT_TS_FLOOR_MS
-) -> tuple[list[tuple[int, CameraEvent]], list[tuple[int | None, str, str, bytes]]]:
+) -> tuple[list[tuple[int, CameraEvent]], list[Refused]]:
     """Body -> ([(index, event)], [(index, reason_code, reason, bytes)]). Pure."""
     if (early := precheck(body)) is not None:
         return [], [(None, early.reason_code, early.reason, early.payload)]
-    obj, err = parse_json(body)
-    if err is not None:
-        return [], [(None, NOT_JSON, err, body)]
-    if isinstance(obj, dict) and "events" in obj:
-        events = obj["events"]
-        if not isinstance(events, list) or not events:
-            return [], [(None, WRONG_TYPE, "events: expected a non-empty JSON array", body)]
-        if len(events) > MAX_HOOK_BATCH:
-            return [], [(None, BATCH_TOO_LARGE, f"events: {len(events)} events, at most {MAX_HOOK_BATCH}", body)]
-        if len(obj) > 1:
-            return [], [(None, UNEXPECTED_FIELD, "unexpected field(s) next to events", body)]
-        elements: list[tuple[int | None, Any]] = list(enumerate(events))
-    else:
-        elements = [(None, obj)]
+    elements, bad = batch_elements(body, "events", MAX_HOOK_BATCH)
     ok: list[tuple[int, CameraEvent]] = []
-    bad: list[tuple[int | None, str, str, bytes]] = []
     for index, element in elements:
         raw = body if index is None else element_bytes(element)
         try:
             event = CameraEvent.model_validate(element)
         except ValidationError as exc:
             first = exc.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"])
             code = reason_code_for(first)
             if code == INVALID and "'count'" in first["msg"]:
                 code = MISSING_FIELD
-            bad.append((index, code, f"{loc}: {first['msg']}" if loc else first["msg"], raw))
+            bad.append((index, code, describe(first), raw))
             continue
         except ValueError as exc:  # model_post_init: person_count without count
             bad.append((index, MISSING_FIELD, str(exc), raw))
@@ -183,41 +165,6 @@ class Hooks:
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def _produce(
-        self,
-        camera: str,
-        kitchen: str,
-        fresh: list[dict[str, Any]],
-        bad: list[tuple[int | None, str, str, bytes]],
-        received_ms: int,
-    ) -> None:
-        """Send the accepted events (one record) and the dead letters; return once Kafka has every one."""
-        assert self.producer is not None
-        futures = []
-        t0 = time.perf_counter()
-        if fresh:
-            value = kitchen_events_value(fresh)
-            p = partition_for(kitchen, self.partitions)
-            futures.append(
-                await self.producer.send(self.topics.kitchen_events, value, key=kitchen.encode(), partition=p)
-            )
-            metrics.BATCH_SIZE.labels("hook").observe(len(fresh))
-        for index, code, reason, raw in bad:
-            dl = dead_letter(
-                source="hook",
-                reason_code=code,
-                reason=reason,
-                arrived_ms=received_ms,
-                payload=raw,
-                camera=camera,
-                index=index,
-            )
-            futures.append(await self.producer.send(self.topics.deadletter, dl, key=camera.encode()))
-        for fut in futures:
-            await fut  # 202 only once Kafka (acks=all) has every record
-        if futures:
-            metrics.PRODUCE_SECONDS.labels("hook").observe(time.perf_counter() - t0)
-
     async def handle(self, request: web.Request) -> web.Response:
         received_ms = int(time.time() * 1000)
         if request.content_type != "application/json":  # contract 2; aiohttp strips "; charset=..."
@@ -234,32 +181,38 @@ class Hooks:
             return body
 
         ok, bad = validate_events(body, received_ms, self.skew_ms, self.floor_ms)
-        fresh: list[dict[str, Any]] = []
-        duplicates = 0
-        keys_seen: set[tuple[str, str]] = set()
-        for _, event in ok:
-            key = (camera, event.event_id)
-            if key in self.seen or key in keys_seen:
-                duplicates += 1
-                continue
-            keys_seen.add(key)
-            item = {
+        fresh, keys, duplicates = fresh_items(
+            ok,
+            self.seen,
+            lambda event: (camera, event.event_id),
+            lambda event: {
                 "camera": camera,
                 "site": info.site,
                 "kitchen": info.kitchen,
                 **event.model_dump(mode="json", exclude_none=True, exclude={"ts"}),
                 "ts_ms": to_ms(event.ts),
                 "received_ms": received_ms,
-            }
-            fresh.append(item)
+            },
+        )
+        kitchen = info.kitchen
+        batch = None
+        if fresh:
+            p = partition_for(kitchen, self.partitions)
+            batch = (self.topics.kitchen_events, kitchen, kitchen_events_value(fresh), p)
+            metrics.BATCH_SIZE.labels("hook").observe(len(fresh))
+        dead = refusal_dead_letters(bad, source="hook", arrived_ms=received_ms, camera=camera)
+        t0 = time.perf_counter()
         try:
-            await self._produce(camera, info.kitchen, fresh, bad, received_ms)
+            assert self.producer is not None
+            await store(self.producer, batch, self.topics.deadletter, dead, camera)
         except KafkaError as exc:
             # Nothing was confirmed: the camera sends the request again (the same event ids, de-duplicated).
             log.warning("Kafka did not take a hook request from %s: %s", camera, exc)
             return _refuse(503, "kafka_unavailable", "the events are not stored yet; send the request again")
-        for item in fresh:
-            self.seen.add((camera, item["event_id"]))
+        if batch or dead:
+            metrics.PRODUCE_SECONDS.labels("hook").observe(time.perf_counter() - t0)
+        for key in keys:
+            self.seen.add(key)
         return answer("hook", len(fresh), duplicates, bad)
 
 

@@ -20,26 +20,19 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from pipeline.contracts.rapidtest import enrich, validate_results
-from pipeline.contracts.records import dead_letter_value as dead_letter
-from pipeline.contracts.records import rapid_tests_value
+from pipeline.contracts.records import rapid_tests_value, refusal_dead_letters
 from pipeline.ingest.registry import ReloadingRegistry
-from pipeline.ingest.signedhook import answer, read_signed
+from pipeline.ingest.signedhook import Seen, answer, fresh_items, read_signed, store
 from pipeline.ingest.signedhook import refuse as _refuse
 from pipeline.partitioner import partition_for
 from pipeline.topics import Topics
-
-
-class _Seen(Protocol):
-    def __contains__(self, key: tuple[str, str]) -> bool: ...
-
-    def add(self, key: tuple[str, str]) -> None: ...
 
 
 class HookHost(Protocol):
@@ -56,7 +49,7 @@ class HookHost(Protocol):
     def registry(self) -> ReloadingRegistry: ...
 
     @property
-    def seen(self) -> _Seen: ...
+    def seen(self) -> Seen: ...
 
     @property
     def skew_ms(self) -> int: ...
@@ -93,58 +86,27 @@ class RapidTestRoute:
             return body
 
         ok, bad = validate_results(body, received_ms, hooks.skew_ms)
-        fresh: list[dict[str, Any]] = []
-        duplicates = 0
-        batch_keys: set[tuple[str, str]] = set()
-        for _, result in ok:
+        fresh, keys, duplicates = fresh_items(
+            ok,
+            hooks.seen,
             # The LRU is shared with cameras: a prefix keeps an instrument and a camera of one id apart.
-            key = (f"instrument:{instrument}", result.result_id)
-            if key in hooks.seen or key in batch_keys:
-                duplicates += 1
-                continue
-            batch_keys.add(key)
-            fresh.append(
-                enrich(
-                    result, instrument=instrument, instrument_type=info.type, site=info.site, received_ms=received_ms
-                )
-            )
+            lambda result: (f"instrument:{instrument}", result.result_id),
+            lambda result: enrich(
+                result, instrument=instrument, instrument_type=info.type, site=info.site, received_ms=received_ms
+            ),
+        )
+        # One record of the new results, keyed by site: the detector's state is per site.
+        site = info.site
+        batch = None
+        if fresh:
+            batch = (hooks.topics.rapid_tests, site, rapid_tests_value(fresh), partition_for(site, self.partitions))
+        dead = refusal_dead_letters(bad, source="hook", arrived_ms=received_ms, instrument=instrument)
         try:
-            await self._produce(instrument, info.site, fresh, bad, received_ms)
+            assert hooks.producer is not None
+            await store(hooks.producer, batch, hooks.topics.deadletter, dead, instrument)
         except KafkaError as exc:
             log.warning("Kafka did not take rapid-test results from %s: %s", instrument, exc)
             return _refuse(503, "kafka_unavailable", "the results are not stored yet; send the request again")
-        for key in batch_keys:
+        for key in keys:
             hooks.seen.add(key)
         return answer("rapid_test", len(fresh), duplicates, bad)
-
-    async def _produce(
-        self,
-        instrument: str,
-        site: str,
-        fresh: list[dict[str, Any]],
-        bad: list[tuple[int | None, str, str, bytes]],
-        received_ms: int,
-    ) -> None:
-        """One record of the new results (keyed by site: the detector's state is per site) and the dead letters;
-        returns once Kafka has every one."""
-        producer = self.hooks.producer
-        assert producer is not None
-        topics = self.hooks.topics
-        futures = []
-        if fresh:
-            value = rapid_tests_value(fresh)
-            p = partition_for(site, self.partitions)
-            futures.append(await producer.send(topics.rapid_tests, value, key=site.encode(), partition=p))
-        for index, code, reason, raw in bad:
-            dl = dead_letter(
-                source="hook",
-                reason_code=code,
-                reason=reason,
-                arrived_ms=received_ms,
-                payload=raw,
-                instrument=instrument,
-                index=index,
-            )
-            futures.append(await producer.send(topics.deadletter, dl, key=instrument.encode()))
-        for fut in futures:
-            await fut

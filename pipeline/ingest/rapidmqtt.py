@@ -13,7 +13,7 @@ from typing import Any
 
 from pipeline.contracts.rapidtest import KIND, MQTT_RESULTS_TOPIC, enrich, validate_results
 from pipeline.contracts.records import dead_letter_value as dead_letter
-from pipeline.contracts.records import rapid_tests_value
+from pipeline.contracts.records import rapid_tests_value, refusal_dead_letters
 from pipeline.ingest.registry import Registry
 from pipeline.ingest.validate import BAD_TOPIC
 from pipeline.partitioner import partition_for
@@ -70,16 +70,6 @@ def records_for(
         out.append(
             (topics.rapid_tests, info.site.encode(), value, partition_for(info.site, partitions), len(items), KIND)
         )
-    for index, code, reason, raw in bad:
-        value = dead_letter(
-            source="mqtt",
-            reason_code=code,
-            reason=reason,
-            arrived_ms=now_ms,
-            payload=raw,
-            mqtt_topic=topic,
-            instrument=instrument,
-            index=index,
-        )
+    for value in refusal_dead_letters(bad, source="mqtt", arrived_ms=now_ms, mqtt_topic=topic, instrument=instrument):
         out.append((dl, instrument.encode(), value, 0, 1, "deadletter"))
     return out, [code for _, code, _, _ in bad]

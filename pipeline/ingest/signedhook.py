@@ -8,9 +8,11 @@ Each route still looks its sender up itself (camera or instrument: different hea
 from __future__ import annotations
 
 import hmac
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
+from aiokafka import AIOKafkaProducer
 
 from pipeline.ingest import metrics
 from pipeline.ingest.signing import sign
@@ -41,6 +43,58 @@ async def read_signed(request: web.Request, secret: bytes, received_ms: int) -> 
     if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "surrogateescape")):
         return refuse(401, "bad_signature", "X-Larder-Signature does not match the body and timestamp")
     return body
+
+
+T = TypeVar("T")
+Key = tuple[str, str]
+
+
+class Seen(Protocol):
+    """The hooks' de-duplication LRU of (sender, id), shared by both routes."""
+
+    def __contains__(self, key: Key) -> bool: ...
+
+    def add(self, key: Key) -> None: ...
+
+
+def fresh_items(
+    ok: Iterable[tuple[int, T]], seen: Seen, key_of: Callable[[T], Key], item_of: Callable[[T], dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[Key], int]:
+    """The validated elements not seen before (by this process, or earlier in the same request) as topic items,
+    with their keys (to add to ``seen`` once Kafka has them, not before: a failed produce must be retried) and
+    the number of duplicates."""
+    items: list[dict[str, Any]] = []
+    keys: list[Key] = []
+    in_request: set[Key] = set()
+    duplicates = 0
+    for _, element in ok:
+        key = key_of(element)
+        if key in seen or key in in_request:
+            duplicates += 1
+            continue
+        in_request.add(key)
+        keys.append(key)
+        items.append(item_of(element))
+    return items, keys, duplicates
+
+
+async def store(
+    producer: AIOKafkaProducer,
+    batch: tuple[str, str, bytes, int] | None,
+    deadletter_topic: str,
+    dead_letters: list[bytes],
+    sender: str,
+) -> None:
+    """Send one request's batch record ``(topic, key, value, partition)`` and its dead letters (keyed by the
+    sender), then wait until Kafka (acks=all) has every one: a route answers 202/400 only after this returns."""
+    futures = []
+    if batch is not None:
+        topic, key, value, partition = batch
+        futures.append(await producer.send(topic, value, key=key.encode(), partition=partition))
+    for value in dead_letters:
+        futures.append(await producer.send(deadletter_topic, value, key=sender.encode()))
+    for fut in futures:
+        await fut
 
 
 def answer(source: str, accepted: int, duplicates: int, bad: list[tuple[int | None, str, str, bytes]]) -> web.Response:

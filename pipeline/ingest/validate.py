@@ -151,6 +151,30 @@ def element_bytes(element: Any) -> bytes:
         return json.dumps(element).encode()
 
 
+#: A refusal of part of a body: (index in the batch, or None for the whole body; reason code; reason; its bytes).
+Refused = tuple[int | None, str, str, bytes]
+
+
+def batch_elements(body: bytes, field: str, limit: int) -> tuple[list[tuple[int | None, Any]], list[Refused]]:
+    """A body that is one JSON object or ``{field: [...]}`` (camera events, rapid-test results) -> its elements with
+    their index in the batch (None: the body itself is the element), or the refusal of the whole body: not JSON,
+    no non-empty array, more than ``limit`` elements, or another field next to the array. Checking each element
+    is the caller's (one bad element refuses only itself)."""
+    obj, err = parse_json(body)
+    if err is not None:
+        return [], [(None, NOT_JSON, err, body)]
+    if not (isinstance(obj, dict) and field in obj):
+        return [(None, obj)], []
+    elements = obj[field]
+    if not isinstance(elements, list) or not elements:
+        return [], [(None, WRONG_TYPE, f"{field}: expected a non-empty JSON array", body)]
+    if len(elements) > limit:
+        return [], [(None, BATCH_TOO_LARGE, f"{field}: {len(elements)} {field}, at most {limit}", body)]
+    if len(obj) > 1:
+        return [], [(None, UNEXPECTED_FIELD, f"unexpected field(s) next to {field}", body)]
+    return list(enumerate(elements)), []
+
+
 _OPTIONAL_NUMBERS = (("humidity", 0.0, 100.0), ("battery", 0.0, 1.0))
 
 
@@ -314,7 +338,8 @@ def reason_code_for(err: Any) -> str:
     return INVALID
 
 
-def _describe(err: Any) -> str:
+def describe(err: Any) -> str:
+    """One pydantic error as a reason: ``<field path>: <message>``."""
     loc = ".".join(str(p) for p in err["loc"])
     return f"{loc}: {err['msg']}" if loc else str(err["msg"])
 
@@ -332,7 +357,7 @@ def check_reading_reference(
             floor = _floor_first(obj["ts"], floor_ms)
             if floor is not None:
                 return floor
-        return reason_code_for(first), _describe(first)
+        return reason_code_for(first), describe(first)
     except (OverflowError, OSError) as exc:
         return BAD_TIMESTAMP, f"ts: {exc}"
     if ts_ms < floor_ms:
@@ -364,7 +389,7 @@ def validate_device_payload_reference(
             batch = DeviceBatch.model_validate(obj)
         except ValidationError as exc:
             first = exc.errors()[0]
-            return [], [Refusal(reason_code_for(first), _describe(first), None, payload)]
+            return [], [Refusal(reason_code_for(first), describe(first), None, payload)]
         items: list[dict[str, Any]] = []
         refusals: list[Refusal] = []
         for i, element in enumerate(batch.readings):

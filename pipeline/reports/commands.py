@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from pipeline.cliutil import SiteOpt
 from pipeline.settings import Settings, load_settings
 from pipeline.terminal import make_console
 
@@ -24,10 +25,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-SiteOpt = Annotated[
-    Path | None,
-    typer.Option("--sites", "-s", help="site configuration file (contract 5); default $LARDER_SITE_CONFIG"),
-]
 SiteId = Annotated[str, typer.Option("--site", help="site id, as in the site file")]
 DateOpt = Annotated[str, typer.Option("--date", help="the day, YYYY-MM-DD, in the site's time zone")]
 

@@ -9,7 +9,6 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +18,10 @@ import pytest
 from pipeline.settings import Settings
 from pipeline.siteconfig import write_site_file
 from pipeline.stack import logins
-from pipeline.testing import LARDER, IngestEnv, device_payload, ingest_site_doc, make_env, register_in_broker
-from pipeline.topics import Topics
+from pipeline.testing import LARDER, IngestEnv, device_payload, ingest_site_doc, register_in_broker
 from tests.integration.ingest_support import Flood, Readings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
-
-
-@pytest.fixture
-def env(live_stack: Settings, topics: Topics, tmp_path: Path) -> Iterator[IngestEnv]:
-    e = make_env(live_stack, topics, tmp_path, n_devices=4)
-    yield e
-    e.close()
 
 
 class Client:

@@ -6,7 +6,6 @@ import subprocess
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,21 +13,13 @@ import pytest
 from pipeline import serde
 from pipeline.partitioner import partition_for
 from pipeline.settings import Settings
-from pipeline.testing import LARDER, IngestEnv, free_port, make_env, read_all, register_in_broker
+from pipeline.testing import LARDER, IngestEnv, free_port, read_all, register_in_broker
 from pipeline.testing import device_payload as reading
-from pipeline.topics import Topics
 from tests.integration.ingest_support import Readings, dead_letters
 
 KCAT_FMT = "%p %k\n"
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
-
-
-@pytest.fixture
-def env(live_stack: Settings, topics: Topics, tmp_path: Path) -> Iterator[IngestEnv]:
-    e = make_env(live_stack, topics, tmp_path, n_devices=4)
-    yield e
-    e.close()
 
 
 def pub(settings: Settings, user: str, password: str, payload: bytes, topic: str | None = None) -> int:

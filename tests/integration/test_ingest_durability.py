@@ -7,27 +7,16 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from pipeline.settings import Settings
 from pipeline.stack import mosquitto
 from pipeline.stack.process import pid_alive, read_pid
-from pipeline.testing import LARDER, IngestEnv, make_env
-from pipeline.topics import Topics
+from pipeline.testing import LARDER, IngestEnv
 from tests.integration.ingest_support import Flood, Readings
 
 # exclusive: these tests restart (and kill -9) the shared Mosquitto, which every other module's test would see.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.exclusive, pytest.mark.timeout(180)]
-
-
-@pytest.fixture
-def env(live_stack: Settings, topics: Topics, tmp_path: Path) -> Iterator[IngestEnv]:
-    e = make_env(live_stack, topics, tmp_path, n_devices=4)
-    yield e
-    e.close()
 
 
 def _wait_sent(flood: Flood, n: int, timeout: float = 60) -> None:

@@ -10,13 +10,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from pipeline import testing
 from pipeline.producer import durable_producer
 from pipeline.services import free_port_block
 from pipeline.settings import Settings, load_settings
@@ -25,12 +25,6 @@ from pipeline.stack.process import pid_alive, wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420)]
 
 TOPIC = "larder.readings.v1"
-
-
-def _larder(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args], env=env, capture_output=True, text=True, timeout=300
-    )
 
 
 def _metadata(bootstrap: str) -> dict[str, object]:
@@ -50,20 +44,9 @@ PORT = free_port_block(9)
 
 @pytest.fixture
 def cluster(live_stack: Settings, tmp_path: Path) -> object:
-    env = {
-        **os.environ,
-        "LARDER_STATE_DIR": str(tmp_path / "state"),
-        "LARDER_CACHE_DIR": str(live_stack.cache_dir),
-        "LARDER_KAFKA__PORT": str(PORT),
-        "LARDER_KAFKA__CONTROLLER_PORT": str(PORT + 1),
-        "LARDER_INFLUX__PORT": str(PORT + 6),
-        "LARDER_INFLUX__RPC_PORT": str(PORT + 7),
-        "LARDER_MQTT__PORT": str(PORT + 8),
-        "COLUMNS": "200",
-    }
-    env.pop("LARDER_KAFKA__BROKERS", None)
+    env = testing.own_stack_env(tmp_path / "state", live_stack.cache_dir, PORT, PORT + 6, PORT + 8)
     yield env
-    _larder(env, "stack", "down")
+    testing.larder(env, "stack", "down")
 
 
 async def _produce(settings: Settings, start: int, n: int) -> None:
@@ -99,10 +82,10 @@ async def _read_all(settings: Settings) -> Counter[str]:
 
 def test_three_brokers_replicate_and_survive_a_leader_kill(cluster: dict[str, str], tmp_path: Path) -> None:
     env = cluster
-    up = _larder(env, "stack", "up", "--brokers", "3")
+    up = testing.larder(env, "stack", "up", "--brokers", "3")
     assert up.returncode == 0, up.stdout + up.stderr
     # Later commands know every node without the flag (recorded by `up`).
-    status = _larder(env, "stack", "status")
+    status = testing.larder(env, "stack", "status")
     assert status.returncode == 0, status.stdout + status.stderr
     for node, port in (("kafka-1", PORT), ("kafka-2", PORT + 2), ("kafka-3", PORT + 4)):
         assert node in status.stdout and f"127.0.0.1:{port}" in status.stdout
@@ -140,7 +123,7 @@ def test_three_brokers_replicate_and_survive_a_leader_kill(cluster: dict[str, st
     assert all(int(p["leader"]) != leader for p in after), after  # type: ignore[call-overload]
     assert all(len(p["isrs"]) == 2 for p in after), after  # type: ignore[arg-type]
 
-    again = _larder(env, "stack", "up")  # restarts only the dead node
+    again = testing.larder(env, "stack", "up")  # restarts only the dead node
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"kafka-{leader}: started" in again.stdout + again.stderr
     assert wait_until(lambda: all(len(p["isrs"]) == 3 for p in _partitions(bootstrap)), timeout=60)
@@ -151,7 +134,7 @@ def test_three_brokers_replicate_and_survive_a_leader_kill(cluster: dict[str, st
     assert max(seen.values()) == 1, f"{sum(n - 1 for n in seen.values())} duplicates"
     print(f"20,000 records through a kill -9 of leader kafka-{leader} and its restart: none lost, none duplicated")
 
-    down = _larder(env, "stack", "down")
+    down = testing.larder(env, "stack", "down")
     assert down.returncode == 0, down.stdout + down.stderr
     pids = [int(p.read_text()) for p in (tmp_path / "state" / "run").glob("*.pid")]
     assert not [p for p in pids if pid_alive(p)], "down left a process behind"

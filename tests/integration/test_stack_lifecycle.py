@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from pipeline import testing
 from pipeline.services import free_port_block
 from pipeline.settings import Settings
 from pipeline.stack.process import pid_alive, wait_until
@@ -19,34 +18,16 @@ from pipeline.stack.process import pid_alive, wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _larder(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args], env=env, capture_output=True, text=True, timeout=300
-    )
-
-
 def test_isolated_stack_up_status_down(live_stack: Settings, tmp_path: Path) -> None:
     base = free_port_block(5)
-    env = {
-        **os.environ,
-        "LARDER_STATE_DIR": str(tmp_path / "state"),
-        "LARDER_CACHE_DIR": str(live_stack.cache_dir),  # reuse the built artefacts: warm start
-        # Free ports, not fixed ones: another stack on this machine (a developer's, a second checkout's) may
-        # hold any fixed choice, and `up` then rightly refuses a port it did not start.
-        "LARDER_KAFKA__PORT": str(base),
-        "LARDER_KAFKA__CONTROLLER_PORT": str(base + 1),
-        "LARDER_INFLUX__PORT": str(base + 2),
-        "LARDER_INFLUX__RPC_PORT": str(base + 3),
-        "LARDER_MQTT__PORT": str(base + 4),
-        "COLUMNS": "200",
-    }
+    env = testing.own_stack_env(tmp_path / "state", live_stack.cache_dir, base, base + 2, base + 4)
     try:
-        first = _larder(env, "stack", "up")
+        first = testing.larder(env, "stack", "up")
         assert first.returncode == 0, first.stderr
-        again = _larder(env, "stack", "up")
+        again = testing.larder(env, "stack", "up")
         assert again.returncode == 0, again.stderr
         assert "started" not in again.stderr, "a second `up` must not restart healthy services"
-        status = _larder(env, "stack", "status")
+        status = testing.larder(env, "stack", "status")
         assert status.returncode == 0, status.stdout + status.stderr
         for addr in (f"127.0.0.1:{base}", f"127.0.0.1:{base + 2}", f"127.0.0.1:{base + 4}"):
             assert addr in status.stdout
@@ -62,16 +43,16 @@ def test_isolated_stack_up_status_down(live_stack: Settings, tmp_path: Path) -> 
         kafka_pid = int((tmp_path / "state" / "run" / "kafka.pid").read_text())
         os.killpg(kafka_pid, signal.SIGKILL)
         assert wait_until(lambda: not pid_alive(kafka_pid), timeout=10)
-        after_kill = _larder(env, "stack", "up")
+        after_kill = testing.larder(env, "stack", "up")
         assert after_kill.returncode == 0, after_kill.stderr
         assert "kafka: started" in after_kill.stderr and "kafka: healthy" in after_kill.stderr
         pids = [int(p.read_text()) for p in (tmp_path / "state" / "run").glob("*.pid")]
         assert kafka_pid not in pids and len(pids) == 3
     finally:
-        down = _larder(env, "stack", "down")
+        down = testing.larder(env, "stack", "down")
     assert down.returncode == 0, down.stderr
     for pid in pids:
         # A zombie waiting for init to reap it is not a running process.
         assert not pid_alive(pid), f"pid {pid} survived `stack down`"
-    after = _larder(env, "stack", "status")
+    after = testing.larder(env, "stack", "status")
     assert after.returncode == 1 and "down" in after.stdout

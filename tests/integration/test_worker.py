@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from pipeline import serde
+from pipeline import serde, testing
 from pipeline.agents.devices import device_concern
 from pipeline.agents.kitchen import kitchen_concern
 from pipeline.contracts import records
@@ -109,18 +108,10 @@ class Worker:
         raise AssertionError("worker not assigned in time:\n" + "\n".join(self.lines()[-30:]))
 
     def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+        testing.kill9(self.proc)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        testing.terminate(self.proc, 20)
 
 
 async def produce(settings: Settings, topic: str, records: list[tuple[int, bytes]]) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from pipeline import testing
 from pipeline.alerts.routing import (
     MINUTE_MS,
     Router,
@@ -18,7 +19,7 @@ from pipeline.alerts.routing import (
     quiet_until,
 )
 from pipeline.clock import ManualClock
-from pipeline.schemas import Ack, Alert, AlertState, Severity, alert_id, ms_to_iso
+from pipeline.schemas import Ack, Alert, AlertState, ms_to_iso
 from pipeline.siteconfig import SiteConfig
 
 T0 = int(datetime(2026, 11, 23, 2, 0, tzinfo=UTC).timestamp() * 1000)  # 10:00 in Asia/Shanghai
@@ -49,16 +50,7 @@ def router(sites: dict[str, Any], **cfg: int) -> Router:
 def alert(
     site_id: str, opened_ms: int, *, rule: str = "coldchain.high", sev: str = "warning", subj: str = "d1"
 ) -> Alert:
-    return Alert(
-        alert_id=alert_id(rule, subj, opened_ms),
-        rule=rule,
-        severity=Severity(sev),
-        site=site_id,
-        subject=subj,
-        state=AlertState.OPEN,
-        opened_at=ms_to_iso(opened_ms),
-        at_ms=opened_ms,
-    )
+    return testing.open_alert(site_id, subj, opened_ms, rule=rule, severity=sev)
 
 
 def resolved(a: Alert, at_ms: int) -> Alert:

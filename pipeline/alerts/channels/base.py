@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from pipeline.settings import NotifySettings
 from pipeline.siteconfig import Recipient
 
 
@@ -36,6 +37,53 @@ class Channel(Protocol):
         ...
 
     async def send(self, client: httpx.AsyncClient, msg: OutMessage, recipient: Recipient) -> Outcome: ...
+
+
+class AddressedChannel:
+    """What every Larder channel does the same way: a recipient is reached at one field of its record
+    (``address``); :meth:`send` refuses a recipient without one (not retryable: no retry can give it an address)
+    and hands the address to :meth:`deliver`, the channel's own request."""
+
+    name: str
+    #: The error a recipient without an address on this channel gets.
+    missing: str
+
+    def __init__(self, settings: NotifySettings) -> None:
+        pass
+
+    def address(self, recipient: Recipient) -> str | None:
+        raise NotImplementedError
+
+    async def send(self, client: httpx.AsyncClient, msg: OutMessage, recipient: Recipient) -> Outcome:
+        to = self.address(recipient)
+        if not to:
+            return Outcome(False, retryable=False, error=self.missing)
+        return await self.deliver(client, msg, recipient, to)
+
+    async def deliver(self, client: httpx.AsyncClient, msg: OutMessage, recipient: Recipient, to: str) -> Outcome:
+        raise NotImplementedError
+
+
+class SmsChannel(AddressedChannel):
+    """The SMS drivers (generic gateway, Twilio): one channel name, reached at the recipient's phone."""
+
+    name = "sms"
+    missing = "recipient has no phone number"
+
+    def address(self, recipient: Recipient) -> str | None:
+        return recipient.phone
+
+
+class RobotChannel(AddressedChannel):
+    """Group robots (DingTalk, WeCom): the same text body to the robot's URL, answered with an ``errcode``."""
+
+    #: errcodes that mean "too fast, try again later" on this robot.
+    rate_limited: frozenset[int]
+
+    async def deliver(self, client: httpx.AsyncClient, msg: OutMessage, recipient: Recipient, to: str) -> Outcome:
+        body = {"msgtype": "text", "text": {"content": msg.text}}
+        outcome, resp = await post(client, to, json=body)
+        return robot_outcome(outcome, resp, self.rate_limited)
 
 
 def classify(resp: httpx.Response, started: float) -> Outcome:

@@ -16,9 +16,8 @@ import urllib.parse
 
 import httpx
 
-from pipeline.alerts.channels.base import Outcome, OutMessage, post, robot_outcome
+from pipeline.alerts.channels.base import Outcome, OutMessage, RobotChannel
 from pipeline.alerts.channels.webhook import recipient_secret
-from pipeline.settings import NotifySettings
 from pipeline.siteconfig import Recipient
 
 RATE_LIMITED = frozenset({130101})
@@ -31,25 +30,19 @@ def signed_url(url: str, secret: str, now_ms: int) -> str:
     return f"{url}{sep}timestamp={now_ms}&sign={urllib.parse.quote_plus(sig)}"
 
 
-class DingTalk:
+class DingTalk(RobotChannel):
     name = "dingtalk"
-
-    def __init__(self, settings: NotifySettings) -> None:
-        pass
+    missing = "recipient has no DingTalk robot URL"
+    rate_limited = RATE_LIMITED
 
     def address(self, recipient: Recipient) -> str | None:
         return recipient.dingtalk
 
-    async def send(self, client: httpx.AsyncClient, msg: OutMessage, recipient: Recipient) -> Outcome:
-        url = self.address(recipient)
-        if not url:
-            return Outcome(False, retryable=False, error="recipient has no DingTalk robot URL")
+    async def deliver(self, client: httpx.AsyncClient, msg: OutMessage, recipient: Recipient, to: str) -> Outcome:
         try:
             secret = recipient_secret(recipient, None)
         except (KeyError, OSError) as exc:
             return Outcome(False, retryable=False, error=f"DingTalk secret unavailable: {exc}")
         if secret:
-            url = signed_url(url, secret, time.time_ns() // 1_000_000)
-        body = {"msgtype": "text", "text": {"content": msg.text}}
-        outcome, resp = await post(client, url, json=body)
-        return robot_outcome(outcome, resp, RATE_LIMITED)
+            to = signed_url(to, secret, time.time_ns() // 1_000_000)
+        return await super().deliver(client, msg, recipient, to)

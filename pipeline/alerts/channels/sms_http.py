@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from pipeline import serde
-from pipeline.alerts.channels.base import Outcome, OutMessage, post
+from pipeline.alerts.channels.base import Outcome, OutMessage, SmsChannel, post
 from pipeline.settings import NotifySettings
 from pipeline.siteconfig import Recipient
 
@@ -32,9 +32,7 @@ def _fill(template: Any, values: dict[str, str]) -> Any:
     return template
 
 
-class HttpSms:
-    name = "sms"
-
+class HttpSms(SmsChannel):
     def __init__(self, settings: NotifySettings) -> None:
         try:
             self._template = serde.loads(settings.sms_template)
@@ -43,13 +41,7 @@ class HttpSms:
         self._url = settings.sms_url
         self._token = settings.sms_token
 
-    def address(self, recipient: Recipient) -> str | None:
-        return recipient.phone
-
-    async def send(self, client: httpx.AsyncClient, msg: OutMessage, recipient: Recipient) -> Outcome:
-        to = self.address(recipient)
-        if not to:
-            return Outcome(False, retryable=False, error="recipient has no phone number")
+    async def deliver(self, client: httpx.AsyncClient, msg: OutMessage, recipient: Recipient, to: str) -> Outcome:
         # Substituted after parsing, so a quote or newline in the text cannot break the JSON.
         body = _fill(self._template, {"to": to, "text": msg.text, "id": msg.message_id})
         headers = {"Idempotency-Key": msg.message_id, "Content-Type": "application/json"}

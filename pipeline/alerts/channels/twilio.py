@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import httpx
 
-from pipeline.alerts.channels.base import Outcome, OutMessage, post
+from pipeline.alerts.channels.base import Outcome, OutMessage, SmsChannel, post
 from pipeline.settings import NotifySettings
 from pipeline.siteconfig import Recipient
 
 
-class TwilioSms:
-    name = "sms"
-
+class TwilioSms(SmsChannel):
     def __init__(self, settings: NotifySettings) -> None:
         if not settings.twilio_account_sid or settings.twilio_auth_token is None or not settings.twilio_from:
             raise ValueError("the twilio SMS driver needs notify.twilio_account_sid, twilio_auth_token, twilio_from")
@@ -25,13 +23,7 @@ class TwilioSms:
         self._auth = (settings.twilio_account_sid, settings.twilio_auth_token.get_secret_value())
         self._from = settings.twilio_from
 
-    def address(self, recipient: Recipient) -> str | None:
-        return recipient.phone
-
-    async def send(self, client: httpx.AsyncClient, msg: OutMessage, recipient: Recipient) -> Outcome:
-        to = self.address(recipient)
-        if not to:
-            return Outcome(False, retryable=False, error="recipient has no phone number")
+    async def deliver(self, client: httpx.AsyncClient, msg: OutMessage, recipient: Recipient, to: str) -> Outcome:
         outcome, _ = await post(
             client, self._url, data={"To": to, "From": self._from, "Body": msg.text}, auth=self._auth
         )

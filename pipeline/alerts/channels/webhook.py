@@ -15,7 +15,7 @@ import time
 import httpx
 
 from pipeline import serde
-from pipeline.alerts.channels.base import Outcome, OutMessage, post
+from pipeline.alerts.channels.base import AddressedChannel, Outcome, OutMessage, post
 from pipeline.settings import NotifySettings
 from pipeline.siteconfig import Recipient, SecretRef
 
@@ -30,8 +30,9 @@ def recipient_secret(recipient: Recipient, default: str | None) -> str | None:
     return default
 
 
-class Webhook:
+class Webhook(AddressedChannel):
     name = "webhook"
+    missing = "recipient has no webhook URL"
 
     def __init__(self, settings: NotifySettings) -> None:
         self._default = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
@@ -39,10 +40,7 @@ class Webhook:
     def address(self, recipient: Recipient) -> str | None:
         return recipient.webhook
 
-    async def send(self, client: httpx.AsyncClient, msg: OutMessage, recipient: Recipient) -> Outcome:
-        url = self.address(recipient)
-        if not url:
-            return Outcome(False, retryable=False, error="recipient has no webhook URL")
+    async def deliver(self, client: httpx.AsyncClient, msg: OutMessage, recipient: Recipient, to: str) -> Outcome:
         try:
             secret = recipient_secret(recipient, self._default)
         except (KeyError, OSError) as exc:
@@ -59,5 +57,5 @@ class Webhook:
             "X-Larder-Signature": sign(secret, ts, body),
             "Idempotency-Key": msg.message_id,
         }
-        outcome, _ = await post(client, url, content=body, headers=headers)
+        outcome, _ = await post(client, to, content=body, headers=headers)
         return outcome

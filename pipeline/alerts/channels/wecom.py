@@ -7,28 +7,14 @@ idempotency key: at-least-once.
 
 from __future__ import annotations
 
-import httpx
-
-from pipeline.alerts.channels.base import Outcome, OutMessage, post, robot_outcome
-from pipeline.settings import NotifySettings
+from pipeline.alerts.channels.base import RobotChannel
 from pipeline.siteconfig import Recipient
 
-RATE_LIMITED = frozenset({45009})
 
-
-class WeCom:
+class WeCom(RobotChannel):
     name = "wecom"
-
-    def __init__(self, settings: NotifySettings) -> None:
-        pass
+    missing = "recipient has no WeCom robot URL"
+    rate_limited = frozenset({45009})
 
     def address(self, recipient: Recipient) -> str | None:
         return recipient.wecom
-
-    async def send(self, client: httpx.AsyncClient, msg: OutMessage, recipient: Recipient) -> Outcome:
-        url = self.address(recipient)
-        if not url:
-            return Outcome(False, retryable=False, error="recipient has no WeCom robot URL")
-        body = {"msgtype": "text", "text": {"content": msg.text}}
-        outcome, resp = await post(client, url, json=body)
-        return robot_outcome(outcome, resp, RATE_LIMITED)

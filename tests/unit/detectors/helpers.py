@@ -30,31 +30,42 @@ def reading(minute: float, temp: float, seq: int | None = None, **extra: Any) ->
     return {"ts_ms": ts, "seq": seq if seq is not None else round(minute * 1000), "temp_c": temp} | extra
 
 
-class Feeder:
-    """Feeds readings/ticks into one detector and collects every output."""
+class Run:
+    """Feeds items (RecordBatch dicts) and ticks into one detector of any kind and collects every output."""
 
-    def __init__(self, det: DeviceDetector) -> None:
+    def __init__(self, det: Any, t0: int = T0) -> None:
         self.det = det
-        self.state: DeviceState = det.initial()
+        self.state: Any = det.initial()
         self.out: list[Output] = []
+        self.t0 = t0  # minute 0 of ``now_min`` and ticks
 
-    def r(self, minute: float, temp: float, now_min: float | None = None, **extra: Any) -> list[Output]:
-        d = reading(minute, temp, **extra)
-        now = d["ts_ms"] if now_min is None else T0 + round(now_min * M)
-        self.state, o = self.det.on_reading_dict(self.state, d, now)
+    def item(self, d: dict[str, Any], now_min: float | None = None) -> list[Output]:
+        """One item; ``now_ms`` is its own event time unless ``now_min`` says otherwise."""
+        now = d["ts_ms"] if now_min is None else self.t0 + round(now_min * M)
+        self.state, o = self.det.on_item(self.state, d, now)
         self.out += o
         return o
+
+    def tick(self, minute: float) -> list[Output]:
+        self.state, o = self.det.on_tick(self.state, self.t0 + round(minute * M))
+        self.out += o
+        return o
+
+
+class Feeder(Run):
+    """Feeds readings/ticks into one device detector."""
+
+    det: DeviceDetector
+    state: DeviceState
+
+    def r(self, minute: float, temp: float, now_min: float | None = None, **extra: Any) -> list[Output]:
+        return self.item(reading(minute, temp, **extra), now_min)
 
     def series(self, start: float, end: float, temp: float, step: float = 1.0, **extra: Any) -> None:
         m = start
         while m <= end + 1e-9:
             self.r(m, temp, **extra)
             m += step
-
-    def tick(self, minute: float) -> list[Output]:
-        self.state, o = self.det.on_tick(self.state, T0 + round(minute * M))
-        self.out += o
-        return o
 
     def alerts(self, rule: str | None = None) -> list[Alert]:
         return [a for a in self.out if isinstance(a, Alert) and (rule is None or a.rule == rule)]

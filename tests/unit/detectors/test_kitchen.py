@@ -10,7 +10,7 @@ from pipeline.detectors.kitchen import KitchenDetector, KitchenState, Verdict, V
 from pipeline.detectors.run import run_kitchen_stream
 from pipeline.schemas import Alert, AlertState, KitchenEvent, Severity
 
-from .helpers import T0, M, kitchen_rules, minute_of
+from .helpers import T0, M, Run, kitchen_rules, minute_of
 
 _n = 0
 
@@ -27,22 +27,14 @@ def ev(minute: float, typ: str, camera: str = "cam-1", **extra: Any) -> dict[str
     } | extra
 
 
-class K:
+class K(Run):
+    det: KitchenDetector
+    state: KitchenState
+
     def __init__(self, **patch: Any) -> None:
-        self.det = KitchenDetector(kitchen_rules(**patch))
-        self.state: KitchenState = self.det.initial()
-        self.out: list[Any] = []
+        super().__init__(KitchenDetector(kitchen_rules(**patch)))
 
-    def e(self, item: dict[str, Any], now_min: float | None = None) -> list[Any]:
-        now = item["ts_ms"] if now_min is None else T0 + round(now_min * M)
-        self.state, o = self.det.on_event_dict(self.state, item, now)
-        self.out += o
-        return o
-
-    def tick(self, minute: float) -> list[Any]:
-        self.state, o = self.det.on_tick(self.state, T0 + round(minute * M))
-        self.out += o
-        return o
+    e = Run.item
 
     def alerts(self, prefix: str = "") -> list[Alert]:
         return [a for a in self.out if isinstance(a, Alert) and a.rule.startswith(prefix)]

@@ -40,13 +40,14 @@ _DET = DeviceDetector(
 )
 
 
-@st.composite
-def device_streams(draw: st.DrawFn) -> list[dict[str, Any]]:
-    n = draw(st.integers(5, 70))
+def _readings(draw: st.DrawFn, most: int, steps: list[int]) -> list[dict[str, Any]]:
+    """5 to ``most`` readings ``steps`` ms apart (drawn), temperatures around the chilled levels, now and then a
+    door, defrost or battery flag."""
+    n = draw(st.integers(5, most))
     out = []
     t = T0
     for seq in range(n):
-        t += draw(st.sampled_from([15_000, 30_000, 60_000, 60_000, 60_000, 90_000, 200_000, 400_000]))
+        t += draw(st.sampled_from(steps))
         temp = draw(st.sampled_from([-3.0, -0.2, 1.0, 4.0, 4.0, 4.0, 7.9, 8.2, 9.0, 11.0, 13.0]))
         r: dict[str, Any] = {"ts_ms": t, "seq": seq, "temp_c": temp}
         if draw(st.integers(0, 5)) == 0:
@@ -57,6 +58,11 @@ def device_streams(draw: st.DrawFn) -> list[dict[str, Any]]:
             r["battery"] = draw(st.sampled_from([0.1, 0.22, 0.9]))
         out.append(r)
     return out
+
+
+@st.composite
+def device_streams(draw: st.DrawFn) -> list[dict[str, Any]]:
+    return _readings(draw, 70, [15_000, 30_000, 60_000, 60_000, 60_000, 90_000, 200_000, 400_000])
 
 
 def _arrival(draw: st.DrawFn, items: list[dict[str, Any]], lateness_ms: int) -> list[dict[str, Any]]:
@@ -115,21 +121,7 @@ def test_device_outputs_do_not_depend_on_arrival_order_or_batching(stream: list[
 @st.composite
 def logger_streams(draw: st.DrawFn) -> list[dict[str, Any]]:
     """A logger reporting every minute, with silences (outages whose readings it still took, or not)."""
-    n = draw(st.integers(5, 60))
-    out = []
-    t = T0
-    for seq in range(n):
-        t += draw(st.sampled_from([60_000] * 8 + [120_000, 400_000]))
-        temp = draw(st.sampled_from([-3.0, -0.2, 1.0, 4.0, 4.0, 4.0, 7.9, 8.2, 9.0, 11.0, 13.0]))
-        r: dict[str, Any] = {"ts_ms": t, "seq": seq, "temp_c": temp}
-        if draw(st.integers(0, 5)) == 0:
-            r["door_open"] = draw(st.booleans())
-        if draw(st.integers(0, 8)) == 0:
-            r["defrost"] = draw(st.booleans())
-        if draw(st.integers(0, 6)) == 0:
-            r["battery"] = draw(st.sampled_from([0.1, 0.22, 0.9]))
-        out.append(r)
-    return out
+    return _readings(draw, 60, [60_000] * 8 + [120_000, 400_000])
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])

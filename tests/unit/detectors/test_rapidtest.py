@@ -10,6 +10,8 @@ from pipeline.contracts import rules as R
 from pipeline.detectors.rapidtest import RapidTestDetector, RapidTestState
 from pipeline.schemas import Alert, AlertState, Severity, alert_id
 
+from . import helpers
+
 T0 = 1_795_334_400_000  # 2026-11-22T08:00:00Z
 M = 60_000
 
@@ -37,22 +39,12 @@ def res(minute: float, rid: str, sample: str, result: str, stage: str = "initial
     } | extra
 
 
-class Run:
+class Run(helpers.Run):
+    det: RapidTestDetector
+    state: RapidTestState
+
     def __init__(self, recheck_min: float = 240, lateness_min: float = 5) -> None:
-        self.det = RapidTestDetector("S01", recheck_min, lateness_min)
-        self.state: RapidTestState = self.det.initial()
-        self.out: list[Any] = []
-
-    def item(self, d: dict[str, Any], now_min: float | None = None) -> list[Any]:
-        now = d["ts_ms"] if now_min is None else T0 + round(now_min * M)
-        self.state, o = self.det.on_item(self.state, d, now)
-        self.out += o
-        return o
-
-    def tick(self, now_min: float) -> list[Any]:
-        self.state, o = self.det.on_tick(self.state, T0 + round(now_min * M))
-        self.out += o
-        return o
+        super().__init__(RapidTestDetector("S01", recheck_min, lateness_min), T0)
 
     def alerts(self) -> list[tuple[str, str, str, int]]:
         """(rule, severity, state, minute of at_ms) of every alert output."""
