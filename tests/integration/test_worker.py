@@ -318,30 +318,48 @@ async def test_idle_input_commits_everything(
     assert worker.proc is not None and worker.proc.returncode == 0, "\n".join(worker.lines()[-20:])
 
 
-async def test_kill9_restart_loses_and_duplicates_nothing(
-    live_stack: Settings, topics: Topics, tmp_path: Path, sites: Path
-) -> None:
-    steps = cold_chain_scenario(devices=200, steps=40, partitions=topics.partitions, t0=T0, seed=11)
-    want = expected(flat(steps), topics.partitions, sites)
+async def _kill9_mid_run(
+    settings: Settings,
+    topics: Topics,
+    tmp_path: Path,
+    steps: list[list[tuple[int, bytes]]],
+    want: Counter[tuple[str, str, int]],
+    kill_when: Callable[[list[dict[str, Any]]], bool],
+    per_s: float,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Feed ``steps`` to a worker, kill -9 it once ``kill_when(alert events so far)``, restart it at once, and
+    collect alert events until every expected one is there (then a little longer, for late repeats). Returns
+    every alert event and those seen at the kill."""
     worker = Worker(topics, tmp_path, "w", "--clock", "replay").start()
     try:
         await worker.assigned()
-        async with Collector(live_stack, topics.alerts) as alerts:
-            feeder = asyncio.create_task(_feed(live_stack, topics.readings, steps, per_s=8))
-            await alerts.until(lambda v: len(v) >= sum(want.values()) // 3, 60)
+        async with Collector(settings, topics.alerts) as alerts:
+            feeder = asyncio.create_task(_feed(settings, topics.readings, steps, per_s=per_s))
+            await alerts.until(kill_when, 90)
             worker.kill9()
-            killed_at = len(alerts.values)
-            assert killed_at < sum(want.values()) * 0.8, "killed too late to test anything"
+            at_kill = list(alerts.values)
             worker.start()
             await worker.assigned()
             await feeder
             await alerts.until(lambda v: set(keyed(v)) == set(want), 60)
             await alerts.settle(2.0)
-        got = keyed(alerts.values)
-        print(f"kill -9 after {killed_at} of {sum(want.values())} alert events; {repeats(alerts.values)} repeated")
-        assert set(got) == set(want), "lost or invented alert events"
+        return alerts.values, at_kill
     finally:
         worker.stop()
+
+
+async def test_kill9_restart_loses_and_duplicates_nothing(
+    live_stack: Settings, topics: Topics, tmp_path: Path, sites: Path
+) -> None:
+    steps = cold_chain_scenario(devices=200, steps=40, partitions=topics.partitions, t0=T0, seed=11)
+    want = expected(flat(steps), topics.partitions, sites)
+    total = sum(want.values())
+    values, at_kill = await _kill9_mid_run(
+        live_stack, topics, tmp_path, steps, want, lambda v: len(v) >= total // 3, per_s=8
+    )
+    assert len(at_kill) < total * 0.8, "killed too late to test anything"
+    print(f"kill -9 after {len(at_kill)} of {total} alert events; {repeats(values)} repeated")
+    assert set(keyed(values)) == set(want), "lost or invented alert events"
 
 
 async def test_kill9_during_retrospective_reruns_loses_and_duplicates_nothing(
@@ -360,32 +378,19 @@ async def test_kill9_during_retrospective_reruns_loses_and_duplicates_nothing(
     }
     want = expected(flat(steps), topics.partitions, sites)
     assert len(retro) >= 40, "the scenario must make the worker re-run late data"
-    worker = Worker(topics, tmp_path, "w", "--clock", "replay").start()
-    try:
-        await worker.assigned()
-        async with Collector(live_stack, topics.alerts) as alerts:
 
-            def retro_seen(values: list[dict[str, Any]]) -> int:
-                return sum(1 for v in values if (v["alert_id"], v["state"]) in retro)
+    def retro_seen(values: list[dict[str, Any]]) -> int:
+        return sum(1 for v in values if (v["alert_id"], v["state"]) in retro)
 
-            feeder = asyncio.create_task(_feed(live_stack, topics.readings, steps, per_s=6))
-            await alerts.until(lambda v: retro_seen(v) >= 4, 90)
-            worker.kill9()
-            found = retro_seen(alerts.values)
-            assert found < len(retro) * 0.8, "killed too late: most re-runs were done"
-            worker.start()
-            await worker.assigned()
-            await feeder
-            await alerts.until(lambda v: set(keyed(v)) == set(want), 60)
-            await alerts.settle(2.0)
-        got = keyed(alerts.values)
-        print(
-            f"kill -9 after {found} of {len(retro)} retrospective alert events; "
-            f"{repeats(alerts.values)} of {sum(got.values())} events repeated"
-        )
-        assert set(got) == set(want), "lost or invented alert events"
-    finally:
-        worker.stop()
+    values, at_kill = await _kill9_mid_run(
+        live_stack, topics, tmp_path, steps, want, lambda v: retro_seen(v) >= 4, per_s=6
+    )
+    assert retro_seen(at_kill) < len(retro) * 0.8, "killed too late: most re-runs were done"
+    print(
+        f"kill -9 after {retro_seen(at_kill)} of {len(retro)} retrospective alert events; "
+        f"{repeats(values)} of {len(values)} events repeated"
+    )
+    assert set(keyed(values)) == set(want), "lost or invented alert events"
 
 
 async def test_rebalance_survivor_restores_state(
