@@ -60,6 +60,21 @@ def site_doc(n_sites: int, per_site: int) -> dict[str, Any]:
     return {"version": 1, "sites": sites}
 
 
+def bench_users(path: Path, station: str) -> Path:
+    """The users file of the console benchmarks: ``admin`` (every site) and ``station`` (``station``'s sites)."""
+    pw = users.hash_password(PASSWORD)
+    users.save(
+        path,
+        users.UsersFile(
+            users={
+                "admin": users.User(role="admin", password_hash=pw),
+                "station": users.User(role="station", stations=[station], password_hash=pw),
+            }
+        ),
+    )
+    return path
+
+
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
@@ -205,17 +220,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     doc = site_doc(args.sites, args.devices_per_site)
     site_path = work / "sites.json"
     site_path.write_text(json.dumps(doc))
-    pw = users.hash_password(PASSWORD)
-    users_path = work / "users.yaml"
-    users.save(
-        users_path,
-        users.UsersFile(
-            users={
-                "admin": users.User(role="admin", password_hash=pw),
-                "station": users.User(role="station", stations=["ST00"], password_hash=pw),
-            }
-        ),
-    )
+    users_path = bench_users(work / "users.yaml", "ST00")
     now = int(time.time() * 1000)
     result: dict[str, Any] = {"sites": args.sites, "devices": args.sites * args.devices_per_site, "open": args.open}
     console = None

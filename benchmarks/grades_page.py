@@ -28,9 +28,8 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaProducer
 
-from benchmarks.console import PASSWORD, login, pct, timed
+from benchmarks.console import bench_users, login, pct, timed
 from pipeline import stack
-from pipeline.console import users
 from pipeline.grading import evidence, simulate
 from pipeline.grading.evidence import DAY_MS
 from pipeline.grading.topics import GradingTopics
@@ -76,17 +75,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     site_path = work / "sites.json"
     site_path.write_text(json.dumps(simulate.site_doc(args.sites, seed=7)))
     stations = sorted({s.station for s in cfg.sites.values()})
-    pw = users.hash_password(PASSWORD)
-    users_path = work / "users.yaml"
-    users.save(
-        users_path,
-        users.UsersFile(
-            users={
-                "admin": users.User(role="admin", password_hash=pw),
-                "station": users.User(role="station", stations=[stations[0]], password_hash=pw),
-            }
-        ),
-    )
+    users_path = bench_users(work / "users.yaml", stations[0])
     result: dict[str, Any] = {
         "sites": args.sites,
         "days": args.days,
