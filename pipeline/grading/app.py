@@ -7,11 +7,20 @@
   ``use_partitioner=True``, as many partitions as the sources: co-partitioned with them, so after a rebalance
   a worker restores exactly the sites of the partitions it now reads (docs/agents.md explains why bytes keys).
 * Per record: fold; if the site's event time passed a local midnight, its daily grade record (history) goes to
-  ``<prefix>.grades.v1`` and is awaited; then the table is written. Offsets are committed by Faust after the
-  record was processed, so a crash re-reads records whose effect may already be in the table: the fold is
-  idempotent (every fact is a min/max/latest merge), so the state is the same; a daily record may repeat.
-* A record that is not JSON, not an alert event or override, or whose key is not its site (its state would
-  live in another partition) goes to ``<prefix>.grading-deadletter.v1`` with the reason; nothing stops.
+  ``<prefix>.grades.v1`` and is awaited; the changed state is kept (dirty) and the record held, not acked.
+* Acks never run ahead of the changelog (:mod:`pipeline.agents.faust.durable`, shared with the detection
+  worker): a partition's changed states are written to the table (local store + one changelog record batch)
+  every ``flush_interval_s`` (or ``flush_items`` records, or when the partition goes quiet), Kafka's ack of the
+  batch is awaited, and only then are the held records acked (committable). A worker killed at any point
+  restarts from a committed offset whose states are all in the changelog (issue 22: with Faust's
+  ``table[key] = value`` the offset could be committed while the changelog write was still in Faust's buffer,
+  or had failed, and the restarted worker lost the first half of the month). Faust's acks of events it skipped
+  are refused (AckGate) and records it dropped are read again (Continuity). A crash re-reads records whose
+  effect may already be in the table: the fold is idempotent (every fact is a min/max/latest merge), so the
+  state is the same; a daily record may repeat.
+* A record that is not JSON, not an alert event or override, whose key is not its site, or that sits in
+  another partition than its key's (its state would live in another partition) goes to
+  ``<prefix>.grading-deadletter.v1`` with the reason; nothing stops.
 
 Readers (the CLI, the HTTP endpoint, the console) read the states from the table's changelog topic
 (``<prefix>-grading-grading-state-changelog``, compacted, latest state per site): :mod:`pipeline.grading.store`.
@@ -19,20 +28,26 @@ Readers (the CLI, the HTTP endpoint, the console) read the states from the table
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import faust
-from aiokafka import AIOKafkaProducer
+from faust.types import TP
 
 from pipeline import serde
+from pipeline.agents.faust.changelog import KafkaBatches, TableWriter
+from pipeline.agents.faust.continuity import AckGate, Continuity
+from pipeline.agents.faust.durable import Pending, check_continuity, gate_acks
 from pipeline.grading import evidence
 from pipeline.grading.score import DEFAULT_WEIGHTS, Weights, daily
 from pipeline.grading.topics import GradingTopics
-from pipeline.producer import durable_producer, until_kafka_takes
+from pipeline.partitioner import partition_for
+from pipeline.producer import until_kafka_takes
 from pipeline.settings import Settings
 from pipeline.siteconfig import SiteConfig
 
@@ -49,6 +64,13 @@ class GradingOptions:
     session_timeout_s: float = 30.0
     heartbeat_interval_s: float = 3.0
     standby_replicas: int = 1
+    #: Changed site states are written to the table (and their records acked) at most this long after the
+    #: record that changed them, as the detection worker does...
+    flush_interval_s: float = 2.8
+    #: ...or once this many records of the partition are held...
+    flush_items: int = 5_000
+    #: ...or once the partition has had no record for this long.
+    flush_idle_s: float = 0.5
 
 
 @dataclass
@@ -61,6 +83,42 @@ class GradingStats:
     ignored_sites: int = 0
 
 
+class SiteStates:
+    """Decoded site states per partition (decoding a few KB of JSON per record would cost more than the fold)
+    and the ones changed since their last table write (:class:`~pipeline.agents.faust.durable.Dirty`)."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self.cache: dict[int, dict[bytes, evidence.SiteEvidence]] = {}
+        self.dirty: dict[int, dict[bytes, evidence.SiteEvidence]] = {}
+
+    def get(self, partition: int, key: bytes, site_id: str) -> evidence.SiteEvidence:
+        state = self.cache.get(partition, {}).get(key)
+        if state is None:
+            raw = self.table.get(key)
+            state = evidence.from_bytes(raw) if raw else evidence.empty(site_id)
+            self.cache.setdefault(partition, {})[key] = state
+        return state
+
+    def put(self, partition: int, key: bytes, state: evidence.SiteEvidence) -> None:
+        self.cache.setdefault(partition, {})[key] = state
+        self.dirty.setdefault(partition, {})[key] = state
+
+    def take(self, partition: int) -> list[tuple[bytes, bytes]]:
+        dirty = self.dirty.pop(partition, {})
+        return [(key, evidence.to_bytes(state)) for key, state in sorted(dirty.items())]
+
+    def partitions(self) -> set[int]:
+        return set(self.cache) | set(self.dirty)
+
+    def forget(self, partitions: Any) -> None:
+        """Partitions revoked: their held records are re-read by their next owner from the committed offset, so
+        their unsaved states go too; a partition that comes back is read from the (restored) table again."""
+        for p in partitions:
+            self.cache.pop(p, None)
+            self.dirty.pop(p, None)
+
+
 @dataclass
 class GradingApp:
     app: faust.App
@@ -68,6 +126,9 @@ class GradingApp:
     table: Any
     agent: Any
     stats: GradingStats = field(default_factory=GradingStats)
+    gate: AckGate | None = None
+    continuity: Continuity | None = None
+    pending: Pending | None = None
 
 
 def app_id(topics: GradingTopics) -> str:
@@ -85,12 +146,13 @@ def make_app(
     aid = app_id(topics)
     data_dir = options.data_dir or settings.data_dir / "grading" / aid
     data_dir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
+    partitions = topics.base.partitions
     app = faust.App(
         aid,
         broker=[f"kafka://{b.strip()}" for b in settings.kafka.bootstrap_servers.split(",")],
         store=f"{options.store}://",
         datadir=str(data_dir),
-        topic_partitions=topics.base.partitions,
+        topic_partitions=partitions,
         topic_replication_factor=settings.kafka.replication_factor,
         broker_commit_interval=options.commit_interval_s,
         broker_session_timeout=options.session_timeout_s,
@@ -98,14 +160,19 @@ def make_app(
         table_standby_replicas=options.standby_replicas,
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
+        # Records are acked only once their states are in the changelog: waiting for "all streams empty" at a
+        # rebalance or stop would wait for a release that needs the next record or timer. Unacked ones are re-read.
+        stream_wait_empty=False,
         autodiscover=False,
         key_serializer="raw",
         value_serializer="raw",
     )
+    source_names = {topics.base.alerts, topics.overrides}
+    gate = gate_acks(app, source_names)
     source = app.topic(
         topics.base.alerts,
         topics.overrides,
-        partitions=topics.base.partitions,
+        partitions=partitions,
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",
@@ -116,39 +183,55 @@ def make_app(
         default=None,
         key_type=bytes,
         value_type=bytes,
-        partitions=topics.base.partitions,
+        partitions=partitions,
         use_partitioner=True,
     )
-    producer: dict[str, AIOKafkaProducer] = {}
+    # One idempotent acks=all producer for the daily grades, the dead letters and the changelog batches.
+    producer = KafkaBatches(settings)
+
+    async def stop_producer(sender: Any, **_: Any) -> None:
+        await producer.stop()  # after the consumer stopped: nothing writes any more
+
+    app.on_before_shutdown.connect(stop_producer)  # type: ignore[arg-type]
 
     async def send(topic: str, key: bytes | None, value: bytes) -> None:
-        if "p" not in producer:
-            producer["p"] = durable_producer(settings)
-            await producer["p"].start()
-
         async def once() -> None:
-            await (await producer["p"].send(topic, value, key=key))
+            await (await producer.send_one(topic, key, value))
 
         await until_kafka_takes(once, f"a record for {topic}")
 
-    async def stop_producer(sender: Any, **_: Any) -> None:
-        if "p" in producer:
-            await producer.pop("p").stop()
-
-    app.on_before_shutdown.connect(stop_producer)  # type: ignore[arg-type]
-    gapp = GradingApp(app, topics, table, None)
+    states = SiteStates(table)
+    pending = Pending(TableWriter(table, producer.send), gate=gate)
+    continuity = Continuity()
+    gapp = GradingApp(app, topics, table, None, gate=gate, continuity=continuity, pending=pending)
     stats = gapp.stats
-    # Decoded states of the sites this worker has touched since its last rebalance: decoding a site's state
-    # (a few KB of JSON) per record would cost more than the fold. Cleared whenever partitions move, so a site
-    # whose partition comes back is read from the (restored) table again, never from a stale copy.
-    cache: dict[bytes, evidence.SiteEvidence] = {}
+    # One lock for the agent, the flush timer and the rebalance handlers: a record's read-fold-write of its
+    # site's state must not interleave with a release or a revocation of the same partition.
+    lock = asyncio.Lock()
 
-    async def forget(sender: Any, *_: Any, **__: Any) -> None:
-        cache.clear()
+    def owned() -> list[TP]:
+        return sorted(tp for tp in app.assignor.assigned_actives() if tp.topic in source_names)
 
-    app.on_partitions_revoked.connect(forget)  # type: ignore[arg-type]
-    app.on_partitions_assigned.connect(forget)  # type: ignore[arg-type]
-    app.on_rebalance_complete.connect(forget)  # type: ignore[arg-type]
+    async def on_revoked(sender: Any, revoked: set[TP], *_: Any, **__: Any) -> None:
+        async with lock:
+            gone = sorted({tp.partition for tp in revoked if tp.topic in source_names})
+            continuity.forget(tp for tp in revoked if tp.topic in source_names)
+            states.forget(gone)
+            pending.drop(gone)
+            pending.writer.drop(gone)
+
+    async def on_rebalanced(sender: Any, *_: Any, **__: Any) -> None:
+        async with lock:
+            # A record buffered before a revocation can reach the agent after it and re-populate the cache of a
+            # partition no longer owned; were it assigned back later, those stale states would be used.
+            gone = sorted(states.partitions() - {tp.partition for tp in owned()})
+            states.forget(gone)
+            pending.drop(gone)
+            pending.writer.drop(gone)
+        continuity.suspects.clear()
+
+    app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+    app.on_rebalance_complete.connect(on_rebalanced)  # type: ignore[arg-type]
 
     async def dead(msg: Any, reason: str) -> None:
         stats.dead_letters += 1
@@ -163,38 +246,86 @@ def make_app(
         }
         await send(topics.deadletter, msg.key, serde.dumps(record))
 
+    async def on_event(event: Any) -> None:
+        msg = event.message
+        partition = msg.partition
+        stats.records += 1
+        try:
+            doc = serde.loads(event.value)
+            site_id = doc["site"]
+            if not isinstance(site_id, str) or (event.key or b"") != site_id.encode():
+                raise ValueError(f"record key {event.key!r} is not its site {site_id!r}")
+            if partition_for(site_id, partitions) != partition:
+                raise ValueError(f"site {site_id!r} belongs in partition {partition_for(site_id, partitions)}")
+            state = states.get(partition, event.key, site_id)
+            new = evidence.fold(state, doc)
+        except Exception as exc:  # bad input: dead-lettered with the reason, never a crash
+            await dead(msg, f"{type(exc).__name__}: {exc}"[:500])
+            return
+        site = cfg.sites.get(site_id)
+        if site is None:
+            stats.ignored_sites += 1  # an alert of a site not in this site file: kept, graded once it is
+        else:
+            new, grades = daily(new, site, weights)
+            for g in grades:
+                # Awaited before the state that records this day as graded is written.
+                await send(topics.grades, event.key, g.model_dump_json().encode())
+                stats.grades += 1
+        if new is state:
+            stats.unchanged += 1
+            return
+        stats.folded += 1
+        states.put(partition, event.key, new)
+
     async def agent(stream: Any) -> None:
-        async for event in stream.events():
+        manual = stream.noack()
+        pending.ack = manual.ack
+        continuity.idle_since = time.monotonic()
+        async for event in manual.events():
+            continuity.idle_since = None
             msg = event.message
-            stats.records += 1
-            try:
-                doc = serde.loads(event.value)
-                site_id = doc["site"]
-                if not isinstance(site_id, str) or (event.key or b"") != site_id.encode():
-                    raise ValueError(f"record key {event.key!r} is not its site {site_id!r}")
-                state = cache.get(event.key)
-                if state is None:
-                    raw = table.get(event.key)
-                    state = evidence.from_bytes(raw) if raw else evidence.empty(site_id)
-                new = evidence.fold(state, doc)
-            except Exception as exc:  # bad input: dead-lettered with the reason, never a crash
-                await dead(msg, f"{type(exc).__name__}: {exc}"[:500])
+            await continuity.baseline(app.consumer, msg.tp)
+            rewind_to = continuity.admit(msg.tp, msg.offset)
+            if rewind_to is not None:
+                # Records before this one never arrived: skip it (not acked) and read them all again in order.
+                if rewind_to >= 0:
+                    await continuity.rewind(app.consumer, msg.tp, rewind_to, arrived=msg.offset)
+                continuity.idle_since = time.monotonic()
                 continue
-            site = cfg.sites.get(site_id)
-            if site is None:
-                stats.ignored_sites += 1  # an alert of a site not in this site file: kept, graded once it is
-            else:
-                new, grades = daily(new, site, weights)
-                for g in grades:
-                    await send(topics.grades, event.key, g.model_dump_json().encode())
-                    stats.grades += 1
-            if new is state:
-                stats.unchanged += 1
-                cache[event.key] = state
-                continue
-            stats.folded += 1
-            table[event.key] = evidence.to_bytes(new)
-            cache[event.key] = new
+            async with lock:
+                await on_event(event)
+                due = pending.hold(
+                    msg.partition,
+                    event,
+                    1,
+                    flush_interval_s=options.flush_interval_s,
+                    flush_items=options.flush_items,
+                )
+                if due:
+                    await pending.release(states, msg.partition)
+            continuity.idle_since = time.monotonic()
 
     gapp.agent = app.agent(source, name="grading-agent")(agent)
+
+    async def flush_idle() -> None:
+        """Release partitions that went quiet or waited long enough: the agent releases only when a record
+        arrives, so an idle partition would otherwise never be written nor committed."""
+        if app.rebalancing or not app.consumer:
+            return  # revoked partitions' held records are re-read by their next owner
+        async with lock:
+            for partition in pending.due(idle_s=options.flush_idle_s, interval_s=options.flush_interval_s):
+                await pending.release(states, partition)
+
+    period = max(0.5, min(options.flush_idle_s, options.flush_interval_s) / 2)
+    app.timer(period, name="grading-flush-idle")(flush_idle)
+
+    async def watch_continuity() -> None:
+        await check_continuity(app, [(continuity, owned)])
+
+    app.timer(1.0, name="grading-continuity")(watch_continuity)
+
+    async def start_producer() -> None:
+        await producer.start()  # at start-up, not on the first output (the idempotent producer's id takes ~1 s)
+
+    app.task(start_producer)
     return gapp

@@ -106,8 +106,15 @@ def _grade_row(g: SiteGrade) -> dict[str, Any]:
         "static": g.static_points,
         "dynamic": g.dynamic_points,
         "override": f"{g.override.grade} by {g.override.by}: {g.override.reason}" if g.override else "",
+        "rapid_tests_failed": _quantity(g, "rapid_tests"),
+        "rapid_tests_confirmed": _quantity(g, "rapid_confirmed"),
         "top_factors": "; ".join(f"{c.factor} {c.points:g} ({' '.join(c.alert_ids)})" for c in g.top),
     }
+
+
+def _quantity(g: SiteGrade, factor: str) -> int:
+    """A counted factor's quantity (0 when the grade has no such factor, e.g. one made with older weights)."""
+    return int(next((c.quantity for c in g.factors if c.factor == factor), 0))
 
 
 @grade_app.command("worker")
@@ -168,7 +175,8 @@ def show(
         from rich.table import Table
 
         table = Table(title=f"risk grades as of {ms_to_iso(at)}")
-        for col in ("site", "station", "grade", "computed", "points", "static", "dynamic", "top factors"):
+        cols = ("site", "station", "grade", "computed", "points", "static", "dynamic", "rapid tests", "top factors")
+        for col in cols:
             table.add_column(col)
         for g in result:
             row = _grade_row(g)
@@ -180,6 +188,7 @@ def show(
                 f"{g.points:g}",
                 f"{g.static_points:g}",
                 f"{g.dynamic_points:g}",
+                f"{row['rapid_tests_failed']} failed, {row['rapid_tests_confirmed']} lab-confirmed",
                 row["top_factors"],
             )
         make_console().print(table)

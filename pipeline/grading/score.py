@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.contracts import rules as R
 from pipeline.grading.evidence import DAY_MS, WINDOW_MS, Facts, Grade, Override, SiteEvidence
 from pipeline.siteconfig import EscalationPolicy, Site
 
@@ -24,6 +25,11 @@ UNATTENDED_RULE = "kitchen.unattended"
 PEST_RULES = frozenset({"kitchen.hygiene.rodent"})
 HYGIENE_PREFIX = "kitchen.hygiene."
 OFFLINE_RULE = "liveness.offline"
+#: A failed rapid test (contract 6): a positive or suspect result opens ``rapidtest.positive`` for its sample; a
+#: lab-confirmed positive opens ``rapidtest.confirmed``. ``rapidtest.recheck_overdue`` is the escalation of the
+#: same failure (late handling counts it), so it does not count as another failed sample.
+RAPID_FAILED_RULES = frozenset({R.RAPIDTEST_POSITIVE, R.RAPIDTEST_CONFIRMED})
+RAPID_CONFIRMED_RULE = R.RAPIDTEST_CONFIRMED
 
 
 class Factor(BaseModel):
@@ -76,6 +82,8 @@ class Weights(BaseModel):
     late_handling: Factor = Factor(per_unit=10.0, cap=10.0)  # x share of alerts not handled within the steps
     ack_median: Factor = Factor(per_unit=4.0 / 60.0, cap=4.0)  # per minute of the median time to ack
     offline: Factor = Factor(per_unit=20.0, cap=6.0)  # x share of device/camera time offline
+    rapid_tests: Factor = Factor(per_unit=3.0, cap=9.0)  # per sample that failed a rapid test (positive/suspect)
+    rapid_confirmed: Factor = Factor(per_unit=4.0, cap=8.0)  # per sample whose positive a lab confirmed
 
     #: How many alert ids an explanation names per factor, and how many factors it lists.
     ids_per_factor: int = 10
@@ -348,6 +356,24 @@ def compute(
         n,
     )
 
+    failed, confirmed = rapid_test_failures(recent)
+    acc.add(
+        "rapid_tests",
+        w.rapid_tests,
+        len(failed),
+        f"{len(failed)} samples failed a rapid test (positive or suspect)",
+        [f.alert_id for f in failed],
+        n,
+    )
+    acc.add(
+        "rapid_confirmed",
+        w.rapid_confirmed,
+        len(confirmed),
+        f"{len(confirmed)} rapid-test positives confirmed by a lab",
+        [f.alert_id for f in confirmed],
+        n,
+    )
+
     share = online_share(facts, site, max(start, 0), end)
     off = [f for f in facts if f.rule == OFFLINE_RULE and offline_ms(f, start, end) > 0]
     off.sort(key=lambda f: (-offline_ms(f, start, end), f.alert_id))
@@ -381,6 +407,20 @@ def compute(
         factors=[*dynamic, *static],
         alerts_considered=len(recent),
     )
+
+
+def rapid_test_failures(facts: list[Facts]) -> tuple[list[Facts], list[Facts]]:
+    """The samples that failed a rapid test and those a lab confirmed, each as its first such alert (by opening
+    time, then id); ``facts`` in opening order. A sample is the alerts' subject (``<site>/<sample id>``): an
+    initial positive, its positive recheck and its lab confirmation are one failed sample, not three."""
+    failed: dict[str, Facts] = {}
+    confirmed: dict[str, Facts] = {}
+    for f in sorted(facts, key=lambda f: (f.opened_ms, f.alert_id)):
+        if f.rule in RAPID_FAILED_RULES:
+            failed.setdefault(f.subject, f)
+        if f.rule == RAPID_CONFIRMED_RULE:
+            confirmed.setdefault(f.subject, f)
+    return list(failed.values()), list(confirmed.values())
 
 
 def _handled_ms(f: Facts) -> int | None:

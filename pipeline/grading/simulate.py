@@ -35,13 +35,15 @@ class Behaviour:
     ack_prob: float
     ack_median_min: float
     confirm_prob: float = 0.7
+    #: Samples failing a rapid test (positive or suspect, contract 6) per day.
+    rapid_failed_per_day: float = 0.0
 
 
 BEHAVIOURS: dict[str, Behaviour] = {
-    "exemplary": Behaviour("exemplary", 0.05, 0.02, 0.05, 0.0, 0.03, 0.98, 4),
-    "average": Behaviour("average", 0.3, 0.15, 0.3, 0.01, 0.15, 0.85, 20),
-    "sloppy": Behaviour("sloppy", 0.8, 0.5, 1.0, 0.05, 0.4, 0.5, 70),
-    "neglected": Behaviour("neglected", 1.5, 1.0, 2.0, 0.15, 1.0, 0.2, 180),
+    "exemplary": Behaviour("exemplary", 0.05, 0.02, 0.05, 0.0, 0.03, 0.98, 4, rapid_failed_per_day=0.0),
+    "average": Behaviour("average", 0.3, 0.15, 0.3, 0.01, 0.15, 0.85, 20, rapid_failed_per_day=0.05),
+    "sloppy": Behaviour("sloppy", 0.8, 0.5, 1.0, 0.05, 0.4, 0.5, 70, rapid_failed_per_day=0.1),
+    "neglected": Behaviour("neglected", 1.5, 1.0, 2.0, 0.15, 1.0, 0.2, 180, rapid_failed_per_day=0.25),
 }
 
 
@@ -201,6 +203,9 @@ def simulate(cfg: SiteConfig, start_ms: int, days: int = 30, seed: int = 1) -> l
                     a.steps.append((i, deadline, roles))
             a.arrives_ms = a.opened_ms + (6 * 3_600_000 if a.retrospective else 0)
         truth.extend(made)
+        # Rapid tests from a generator of their own, so the other draws (and every test built on them) stay as
+        # they were before rapid tests existed.
+        truth.extend(_rapid_tests(sid, site, b, start_ms, days, random.Random(f"{seed}/{sid}/rapid")))
     # Two alerts of one subject opening at one instant would share an id; keep the first.
     seen: set[str] = set()
     unique = []
@@ -209,6 +214,75 @@ def simulate(cfg: SiteConfig, start_ms: int, days: int = 30, seed: int = 1) -> l
             seen.add(a.alert_id)
             unique.append(a)
     return unique
+
+
+def _rapid_tests(sid: str, site: Any, b: Behaviour, start_ms: int, days: int, rng: random.Random) -> list[TruthAlert]:
+    """Failed rapid tests (the ``rapidtest.*`` alerts the detector would open): per failed sample a
+    ``rapidtest.positive`` (warning) at the test; then a negative recheck within 1-3 h resolves it (half), or no
+    recheck comes within 4 h and ``rapidtest.recheck_overdue`` (critical) opens, resolved by the recheck 5-8 h
+    after the test (a quarter), or a lab confirms it 5-24 h after the test: ``rapidtest.positive`` resolves
+    and ``rapidtest.confirmed`` (critical) opens, resolved by the disposition an hour later (a quarter)."""
+    end_ms = start_ms + days * DAY_MS
+    made: list[TruthAlert] = []
+    n = _poisson(rng, b.rapid_failed_per_day * days)
+    for i, t in enumerate(sorted(start_ms + rng.randrange(days * DAY_MS) for _ in range(n))):
+        sample = f"{sid}/RT{i:04d}"
+        fate = rng.random()
+        if fate < 0.5:
+            recheck = t + rng.randrange(60, 180) * MIN_MS
+            made.append(
+                TruthAlert(
+                    alert_id("rapidtest.positive", sample, t), "rapidtest.positive", "warning", sid, sample, t, recheck
+                )
+            )
+        elif fate < 0.75:
+            recheck = t + rng.randrange(300, 480) * MIN_MS
+            due = t + 240 * MIN_MS
+            made.append(
+                TruthAlert(
+                    alert_id("rapidtest.positive", sample, t), "rapidtest.positive", "warning", sid, sample, t, recheck
+                )
+            )
+            made.append(
+                TruthAlert(
+                    alert_id("rapidtest.recheck_overdue", sample, due),
+                    "rapidtest.recheck_overdue",
+                    "critical",
+                    sid,
+                    sample,
+                    due,
+                    recheck,
+                )
+            )
+        else:
+            lab = t + rng.randrange(300, 1440) * MIN_MS
+            made.append(
+                TruthAlert(
+                    alert_id("rapidtest.positive", sample, t), "rapidtest.positive", "warning", sid, sample, t, lab
+                )
+            )
+            made.append(
+                TruthAlert(
+                    alert_id("rapidtest.confirmed", sample, lab),
+                    "rapidtest.confirmed",
+                    "critical",
+                    sid,
+                    sample,
+                    lab,
+                    lab + 60 * MIN_MS,
+                )
+            )
+    made = [a for a in made if a.opened_ms < end_ms]  # an overdue recheck or a lab result after the period
+    for a in made:
+        if rng.random() < b.ack_prob:
+            a.acked_ms = a.opened_ms + int(max(0.2, rng.expovariate(1.0 / b.ack_median_min) * 1.44) * MIN_MS)
+        handled = min(x for x in (a.acked_ms, a.resolved_ms, end_ms + 365 * DAY_MS) if x is not None)
+        for i, (after, roles) in enumerate(_steps(a.severity, site.escalation)):
+            deadline = a.opened_ms + int(after * MIN_MS)
+            if i >= 1 and deadline < handled and deadline < end_ms:
+                a.steps.append((i, deadline, roles))
+        a.arrives_ms = a.opened_ms
+    return made
 
 
 def _poisson(rng: random.Random, lam: float) -> int:

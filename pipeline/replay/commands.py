@@ -302,8 +302,8 @@ def record(
         str | None, typer.Option("--topic-prefix", help="where the hooks write (default $LARDER_TOPIC_PREFIX)")
     ] = None,
 ) -> None:
-    """Capture what arrives (device publishes from MQTT, accepted hook requests from Kafka) into a replay file
-    until Ctrl-C or --duration."""
+    """Capture what arrives (device publishes from MQTT; camera and rapid-test requests, accepted or refused, from
+    Kafka) into a replay file until Ctrl-C or --duration."""
     from pipeline.replay.record import RECORDER_INSTANCE
     from pipeline.replay.record import record as do_record
 
@@ -330,7 +330,10 @@ def record(
         def progress(s: Any) -> None:
             if time.monotonic() - last[0] > 2:
                 last[0] = time.monotonic()
-                console.print(f"[cyan]>[/] recorded {s.mqtt:,} device messages, {s.hooks:,} hook requests")
+                console.print(
+                    f"[cyan]>[/] recorded {s.mqtt:,} device messages, {s.hooks:,} hook requests, "
+                    f"{s.rapid_tests:,} rapid-test requests"
+                )
 
         stats = await do_record(
             settings,
@@ -343,7 +346,7 @@ def record(
         span = ((stats.last_ms or 0) - (stats.first_ms or 0)) / 1000
         console.print(
             f"[green]recorded[/] {stats.lines:,} lines ({stats.mqtt:,} device messages, {stats.hooks:,} hook "
-            f"requests) over {span:.0f} s into {out}"
+            f"requests, {stats.rapid_tests:,} rapid-test requests) over {span:.0f} s into {out}"
         )
 
     try:

@@ -6,6 +6,9 @@
 * Camera events: the hook is an HTTP endpoint, so there is nothing to subscribe to; the recorder reads what
   the hook accepted from the kitchen-events topic (and what it refused from the dead-letter topic) and writes
   each request back as its contract-2 body. ``at`` = when the hook received it (``received_ms``).
+* Rapid-test results (contract 6): likewise read from the rapid-tests topic (whether the instrument posted them
+  to the hook or published them over MQTT) and written back as one contract-6 body per request, a
+  ``rapid_test`` line; refused ones from the dead-letter topic. ``at`` = ``received_ms``.
 
 Lines are written in ``at`` order through a short reorder buffer (the two sources arrive with different
 latencies). Start the recorder before the traffic you want to capture.
@@ -27,7 +30,7 @@ import paho.mqtt.client as mqtt
 from pipeline import serde
 from pipeline.contracts import records
 from pipeline.contracts.models import ms_to_iso
-from pipeline.contracts.replay import Line
+from pipeline.contracts.replay import Line, LineKind
 from pipeline.settings import Settings
 from pipeline.topics import Topics
 
@@ -41,6 +44,7 @@ RECORDER_INSTANCE = "recorder"
 class RecordStats:
     mqtt: int = 0
     hooks: int = 0
+    rapid_tests: int = 0
     lines: int = 0
     first_ms: int | None = None
     last_ms: int | None = None
@@ -52,6 +56,17 @@ def event_body(item: dict[str, Any]) -> dict[str, Any]:
     for k in ("zone", "confidence", "count", "image_url"):
         if item.get(k) is not None:
             body[k] = item[k]
+    return body
+
+
+#: What the hook adds to a result from the registry and the request; not part of the instrument's body.
+_ENRICHED = frozenset({"instrument", "instrument_type", "site", "ts_ms", "received_ms"})
+
+
+def rapid_test_body(item: dict[str, Any]) -> dict[str, Any]:
+    """A stored rapid-test item back in its contract-6 form (``tested_at`` as RFC 3339 UTC)."""
+    body = {k: v for k, v in item.items() if k not in _ENRICHED}
+    body["tested_at"] = ms_to_iso(item["ts_ms"])
     return body
 
 
@@ -102,17 +117,44 @@ class Recorder:
             body: Any = events[0] if len(events) == 1 else {"events": events}
             self._push(Line(at, "hook", camera, body))
 
+    def _on_rapid(self, value: bytes) -> None:
+        by_request: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for it in records.batch_items(value, "rapid_tests"):
+            by_request.setdefault((it["instrument"], it["received_ms"]), []).append(rapid_test_body(it))
+        for (instrument, at), results in by_request.items():
+            self.stats.rapid_tests += 1
+            body: Any = results[0] if len(results) == 1 else {"results": results}
+            self._push(Line(at, "rapid_test", instrument, body))
+
     def _on_dead(self, value: bytes) -> None:
         dl = serde.loads(value)
-        if dl.get("source") != "hook" or not dl.get("camera") or dl.get("index") is not None:
+        if dl.get("index") is not None:
+            return  # one refused element of a batch: the accepted rest is recorded from its topic
+        kind: LineKind
+        if dl.get("source") == "hook" and dl.get("camera"):
+            kind, source = "hook", dl["camera"]
+        elif dl.get("instrument"):
+            kind, source = "rapid_test", dl["instrument"]  # posted to the hook, or published over MQTT
+        else:
             return
         raw = records.dead_letter_payload(dl)
         try:
             body: Any = serde.loads(raw)
         except Exception:
             body = raw.decode("utf-8", "replace")
-        self.stats.hooks += 1
-        self._push(Line(dl["arrived_ms"], "hook", dl["camera"], body))
+        if kind == "hook":
+            self.stats.hooks += 1
+        else:
+            self.stats.rapid_tests += 1
+        self._push(Line(dl["arrived_ms"], kind, source, body))
+
+    def _dispatch(self, topic: str, value: bytes) -> None:
+        if topic == self.topics.kitchen_events:
+            self._on_kitchen(value)
+        elif topic == self.topics.rapid_tests:
+            self._on_rapid(value)
+        else:
+            self._on_dead(value)
 
     # -- writing ----------------------------------------------------------------------------------------------
 
@@ -148,7 +190,7 @@ class Recorder:
         try:
             # Larder creates its topics with known partition counts; a fresh aiokafka consumer's
             # partitions_for_topic() is None until it has metadata, which made the recorder capture no events.
-            wanted = (self.topics.kitchen_events, self.topics.deadletter)
+            wanted = (self.topics.kitchen_events, self.topics.rapid_tests, self.topics.deadletter)
             parts = [
                 TopicPartition(spec.name, p)
                 for spec in self.topics.specs()
@@ -175,10 +217,7 @@ class Recorder:
                         for r in recs:
                             if r.value is None:
                                 continue
-                            if tp.topic == self.topics.kitchen_events:
-                                self._on_kitchen(r.value)
-                            else:
-                                self._on_dead(r.value)
+                            self._dispatch(tp.topic, r.value)
                 else:
                     await asyncio.sleep(0.2)
                 self.flush(time.time_ns() // 1_000_000 - REORDER_MS)
@@ -190,7 +229,7 @@ class Recorder:
                 for tp, recs in batch.items():
                     for r in recs:
                         if r.value is not None:
-                            (self._on_kitchen if tp.topic == self.topics.kitchen_events else self._on_dead)(r.value)
+                            self._dispatch(tp.topic, r.value)
         finally:
             client.disconnect()
             client.loop_stop()

@@ -16,6 +16,9 @@ docs/reports.md, and the tests recompute every number from the simulator's readi
 * **excursions**: every ``coldchain.*`` alert of the site that overlaps the day. Start = the breach's start
   (evidence ``breach_since``) or the opening, end = resolution; peak = the highest (lowest for ``low`` rules)
   reading of the day in [start, end].
+* **rapid tests**: every ``rapid_test`` result of the site tested in the day (contract 6), by time; result =
+  value and unit against the limit (quantitative) or ``qualitative``; verdict = the outcome (negative / positive
+  / suspect) and, unless initial, the stage (recheck, lab confirmed).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from pipeline.reports.model import (
     KitchenEpisode,
     Notified,
     Point,
+    RapidTestPoint,
+    RapidTestRow,
 )
 from pipeline.siteconfig import Site, SiteConfig, resolve_device_rules
 
@@ -243,6 +248,37 @@ def _episode(alert: AlertHistory) -> KitchenEpisode:
     )
 
 
+def _number(v: float) -> str:
+    return f"{v:g}"
+
+
+def rapid_test_row(x: RapidTestPoint) -> RapidTestRow:
+    if x.value is not None:
+        result = f"{_number(x.value)} {x.unit}".strip()
+        if x.limit is not None:
+            basis = f", {x.limit_basis}" if x.limit_basis else ""
+            result += f" (limit {_number(x.limit)} {x.unit}{basis})".replace(" ,", ",").replace("  ", " ")
+    else:
+        result = "qualitative"
+    disposition = x.disposition.replace("_", " ")
+    if disposition and x.quantity_kg is not None:
+        disposition += f" {_number(x.quantity_kg)} kg"
+    return RapidTestRow(
+        ts_ms=x.ts_ms,
+        instrument=x.instrument,
+        result_id=x.result_id,
+        sample_id=x.sample_id,
+        sample_name=x.sample_name,
+        test_item=x.test_item,
+        method=x.method,
+        result=result,
+        outcome=x.outcome,
+        stage=x.stage,
+        operator=x.operator,
+        disposition=disposition,
+    )
+
+
 def compute(cfg: SiteConfig, data: DayData) -> DailyReport:
     site = cfg.sites[data.site]
     assets = tuple(
@@ -268,4 +304,10 @@ def compute(cfg: SiteConfig, data: DayData) -> DailyReport:
         excursions=tuple(sorted(excursions, key=lambda e: (e.start_ms, e.alert_id))),
         unattended=tuple(_episode(a) for a in kitchens if a.rule == "kitchen.unattended"),
         hygiene=tuple(_episode(a) for a in kitchens if a.rule.startswith("kitchen.hygiene.")),
+        rapid_tests=tuple(
+            rapid_test_row(x)
+            for x in sorted(data.rapid_tests, key=lambda x: (x.ts_ms, x.instrument, x.result_id))
+            if data.start_ms <= x.ts_ms < data.end_ms
+        ),
+        has_instruments=bool(site.instruments),
     )

@@ -8,6 +8,7 @@ What is read (schema in docs/alerts.md):
   alert that overlaps the day, including its acknowledgement and resolution the next morning.
 * ``delivery`` points of the site (and of multi-site messages, ``site="*"``) in the same window.
 * ``annotation`` points (compliance gaps, late data) starting up to a day before and ending after the day start.
+* ``rapid_test`` points of the site (contract 6 results) tested in the day.
 
 The day's window depends on the site's time zone (23, 24 or 25 hours around daylight-saving changes).
 """
@@ -23,7 +24,15 @@ from influxdb_client import InfluxDBClient
 from influxdb_client.domain.dialect import Dialect
 
 from pipeline import serde
-from pipeline.reports.model import AlertHistory, AnnotationPoint, DayData, DeliveryPoint, Point, Transition
+from pipeline.reports.model import (
+    AlertHistory,
+    AnnotationPoint,
+    DayData,
+    DeliveryPoint,
+    Point,
+    RapidTestPoint,
+    Transition,
+)
 from pipeline.settings import Settings
 
 #: Alerts that opened this long before the day and are still open in it are shown (a week: the Kafka topics'
@@ -193,6 +202,41 @@ from(bucket: {_flux_str(self.bucket)})
         out.sort(key=lambda a: (a.subject, a.start_ms, a.kind))
         return out
 
+    def rapid_tests(self, site: str, start_ms: int, end_ms: int) -> list[RapidTestPoint]:
+        flux = f"""
+from(bucket: {_flux_str(self.bucket)})
+  |> range(start: {_flux_time(start_ms)}, stop: {_flux_time(end_ms)})
+  |> filter(fn: (r) => r._measurement == "rapid_test" and r.site == {_flux_str(site)})
+  |> pivot(rowKey: ["_time", "instrument"], columnKey: ["_field"], valueColumn: "_value")"""
+        out = []
+        for r in self.rows(flux):
+            if not r.get("result_id"):
+                continue
+            out.append(
+                RapidTestPoint(
+                    ts_ms=rfc3339_ms(r["_time"]),
+                    result_id=r["result_id"],
+                    instrument=r.get("instrument", ""),
+                    test_item=r.get("test_item", ""),
+                    outcome=r.get("outcome", ""),
+                    stage=r.get("stage", "") or "initial",
+                    sample_id=r.get("sample_id", ""),
+                    sample_name=r.get("sample_name", ""),
+                    food_category=r.get("food_category", ""),
+                    stall=r.get("stall", ""),
+                    method=r.get("method", ""),
+                    value=_float(r.get("value")),
+                    unit=r.get("unit", ""),
+                    limit=_float(r.get("limit")),
+                    limit_basis=r.get("limit_basis", ""),
+                    operator=r.get("operator", ""),
+                    disposition=r.get("disposition", ""),
+                    quantity_kg=_float(r.get("quantity_kg")),
+                )
+            )
+        out.sort(key=lambda x: (x.ts_ms, x.instrument, x.result_id))
+        return out
+
     def day(self, site: str, day: date, tz: str) -> DayData:
         start, end = day_window(day, tz)
         alerts = [
@@ -209,7 +253,12 @@ from(bucket: {_flux_str(self.bucket)})
             alerts=alerts,
             deliveries=self.deliveries(site, start - LOOKBACK_MS, end + LOOKAHEAD_MS, {a.alert_id for a in alerts}),
             annotations=self.annotations(site, start, end, ("compliance_gap",)),
+            rapid_tests=self.rapid_tests(site, start, end),
         )
+
+
+def _float(text: str | None) -> float | None:
+    return float(text) if text not in (None, "") else None
 
 
 def data_digest(d: DayData) -> str:
@@ -229,7 +278,15 @@ def data_digest(d: DayData) -> str:
         ],
         "annotations": [[a.kind, a.subject, a.start_ms, a.end_ms, a.detail] for a in d.annotations],
     }
+    if d.rapid_tests:
+        # Only when there are any: the digest of a day without rapid tests is what it was before they existed,
+        # so regenerating an old day makes no new version.
+        doc["rapid_tests"] = [_rapid(x) for x in d.rapid_tests]
     return hashlib.sha256(canonical(doc)).hexdigest()
+
+
+def _rapid(x: RapidTestPoint) -> list[Any]:
+    return [getattr(x, f) for f in RapidTestPoint.__slots__]
 
 
 def _transition(t: Transition) -> list[Any]:

@@ -29,7 +29,9 @@ from pipeline.settings import Settings
 from pipeline.sinks import lineproto
 from pipeline.topics import Topics
 
-FILES = ("report.pdf", "readings.csv", "excursions.csv")
+#: A version's files (``rapid_tests.csv`` only for sites with rapid-test instruments or a day with results); each
+#: one's SHA-256 is in the chained manifest (``ReportRecord.files``).
+FILES = ("report.pdf", "readings.csv", "excursions.csv", "rapid_tests.csv")
 
 
 def sha256(data: bytes) -> str:

@@ -96,6 +96,30 @@ class AnnotationPoint:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class RapidTestPoint:
+    """One ``rapid_test`` point (contract 6 result, as the sink stores it)."""
+
+    ts_ms: int  # tested_at
+    result_id: str
+    instrument: str
+    test_item: str
+    outcome: str  # negative / positive / suspect
+    stage: str  # initial / recheck / lab_confirmed
+    sample_id: str = ""
+    sample_name: str = ""
+    food_category: str = ""
+    stall: str = ""
+    method: str = ""
+    value: float | None = None
+    unit: str = ""
+    limit: float | None = None
+    limit_basis: str = ""
+    operator: str = ""
+    disposition: str = ""
+    quantity_kg: float | None = None
+
+
 @dataclass
 class DayData:
     """Everything InfluxDB holds about one site and one local day that the record shows."""
@@ -108,6 +132,8 @@ class DayData:
     alerts: list[AlertHistory]
     deliveries: list[DeliveryPoint]
     annotations: list[AnnotationPoint]
+    #: The site's rapid-test results tested in the day, by time (contract 6).
+    rapid_tests: list[RapidTestPoint] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -208,6 +234,30 @@ class KitchenEpisode:
 
 
 @dataclass(frozen=True)
+class RapidTestRow:
+    """One rapid-test result of the day as the record shows it: time, instrument, sample, test item, result
+    (value and unit against the limit, or the qualitative outcome), verdict (outcome and stage)."""
+
+    ts_ms: int
+    instrument: str
+    result_id: str
+    sample_id: str
+    sample_name: str
+    test_item: str
+    method: str
+    result: str  # "63.5 % (limit 50 %)" or "qualitative"
+    outcome: str  # negative / positive / suspect
+    stage: str  # initial / recheck / lab_confirmed
+    operator: str
+    disposition: str  # "destroyed 12.5 kg", or ""
+
+    @property
+    def verdict(self) -> str:
+        """``positive (recheck)``: the outcome, with the stage unless it is the initial test."""
+        return self.outcome if self.stage in ("", "initial") else f"{self.outcome} ({self.stage.replace('_', ' ')})"
+
+
+@dataclass(frozen=True)
 class DailyReport:
     site: str
     site_name: str
@@ -223,6 +273,11 @@ class DailyReport:
     excursions: tuple[Excursion, ...]
     unattended: tuple[KitchenEpisode, ...]
     hygiene: tuple[KitchenEpisode, ...]
+    #: The day's rapid-test results (contract 6), by time.
+    rapid_tests: tuple[RapidTestRow, ...] = ()
+    #: The site has rapid-test instruments: the record has a rapid-test section (and ``rapid_tests.csv``)
+    #: even on a day without results.
+    has_instruments: bool = False
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""The record's files: ``readings.csv``, ``excursions.csv`` and ``report.pdf`` (a jinja2 HTML template through
-WeasyPrint, with one matplotlib SVG chart per asset).
+"""The record's files: ``readings.csv``, ``excursions.csv``, ``rapid_tests.csv`` (sites with rapid-test
+instruments, or a day with results) and ``report.pdf`` (a jinja2 HTML template through WeasyPrint, with one
+matplotlib SVG chart per asset).
 
 Every output is a pure function of the computed report and the version's metadata: the same input gives the
 same bytes (the charts' SVG ids are salted with a constant, matplotlib writes no date, WeasyPrint writes no
@@ -96,6 +97,55 @@ EXCURSIONS_HEADER = (
     "corrective_action",
     "disposition",
 )
+
+
+RAPID_TESTS_HEADER = (
+    "tested_at",
+    "instrument",
+    "result_id",
+    "sample_id",
+    "sample_name",
+    "test_item",
+    "method",
+    "result",
+    "verdict",
+    "outcome",
+    "stage",
+    "operator",
+    "disposition",
+)
+
+
+def has_rapid_tests(report: DailyReport) -> bool:
+    """Whether the record shows rapid tests: the site has instruments, or the day has results."""
+    return report.has_instruments or bool(report.rapid_tests)
+
+
+def rapid_tests_csv(report: DailyReport) -> bytes:
+    """One row per rapid-test result tested in the day, by time (contract 6)."""
+    tz = ZoneInfo(report.timezone)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(RAPID_TESTS_HEADER)
+    for x in report.rapid_tests:
+        w.writerow(
+            (
+                local_iso(x.ts_ms, tz),
+                x.instrument,
+                x.result_id,
+                x.sample_id,
+                x.sample_name,
+                x.test_item,
+                x.method,
+                x.result,
+                x.verdict,
+                x.outcome,
+                x.stage,
+                x.operator,
+                x.disposition,
+            )
+        )
+    return buf.getvalue().encode()
 
 
 def readings_csv(report: DailyReport) -> bytes:
@@ -271,6 +321,7 @@ def html(report: DailyReport, info: VersionInfo, caps: dict[str, int]) -> str:
         "font": CJK_FONT_FAMILY,
         "hours": (report.end_ms - report.start_ms) / 3_600_000,
         "names": {a.device: a.name for a in report.assets},
+        "show_rapid_tests": has_rapid_tests(report),
     }
     return env.get_template("daily.html").render(**ctx)
 

@@ -59,11 +59,15 @@ def render_files(cfg: siteconfig.SiteConfig, report: DailyReport, info: render.V
     for a in report.assets:
         rules = resolve_device_rules(cfg, report.site, a.device)
         caps[a.device] = int(rules.liveness.offline_k * a.interval_s * 1000)
-    return {
+    files = {
         "report.pdf": render.pdf(report, info, caps),
         "readings.csv": render.readings_csv(report),
         "excursions.csv": render.excursions_csv(report),
     }
+    if render.has_rapid_tests(report):
+        # Only then: a site without instruments keeps the files (and hashes) it had before rapid tests existed.
+        files["rapid_tests.csv"] = render.rapid_tests_csv(report)
+    return files
 
 
 def _info(record: ReportRecord, signoffs: list[SignOff]) -> render.VersionInfo:

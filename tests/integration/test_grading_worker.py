@@ -1,8 +1,9 @@
 """`larder grade worker` through real Kafka: a simulated month of alert events in, per-site states in the table's
-changelog out, equal to the pure fold of the same events; killed with -9 and restarted with its local table
-files gone, it resumes (restores its table from the changelog, reads on from its committed offsets) and ends
-equal to the fold of the whole month; a bad record is dead-lettered; the CLI shows the grades, the override
-and its audit record.
+changelog out, equal to the pure fold of the same events; while Kafka refuses the table's changelog writes no
+source offset is committed (issue 22: Faust committed them anyway, and a worker killed then lost those states);
+killed with -9 and restarted with its local table files gone, it resumes (restores its table from the
+changelog, reads on from its committed offsets) and ends equal to the fold of the whole month; a bad record is
+dead-lettered; the CLI shows the grades, the override and its audit record.
 """
 
 from __future__ import annotations
@@ -96,6 +97,35 @@ async def produce(settings: Settings, topic: str, records: list[tuple[bytes | No
         await producer.stop()
 
 
+async def changelog_refuses_writes(settings: Settings, gt: GradingTopics, refuse: bool) -> None:
+    """Create the grading table's changelog (as Faust would: compacted, the sources' partition count) with a
+    record-batch limit no site state fits in, or lift the limit: Kafka then refuses, or accepts, every write."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    configs = {"cleanup.policy": "compact", "max.message.bytes": "100" if refuse else "1048588"}
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        if refuse:
+            await admin.create_topics([NewTopic(gt.changelog(), gt.base.partitions, 1, topic_configs=configs)])
+        else:
+            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, gt.changelog(), configs=configs)])
+    finally:
+        await admin.close()
+
+
+async def count_records(settings: Settings, topic: str) -> int:
+    n = 0
+
+    def one(_: Any) -> None:
+        nonlocal n
+        n += 1
+
+    await read_to_end(settings, [topic], one)
+    return n
+
+
 async def committed_alerts(settings: Settings, group: str, topic: str) -> int:
     from aiokafka.admin import AIOKafkaAdminClient
 
@@ -128,17 +158,16 @@ async def until_states(
         if {k: (v.alerts, v.override) for k, v in got.items()} == {k: (v.alerts, v.override) for k, v in want.items()}:
             return got
         await asyncio.sleep(0.5)
-    missing = {k: len(want[k].alerts) - len(got.get(k, evidence.empty(k)).alerts) for k in want}
-    raise AssertionError(f"states never matched the fold (alerts missing per site {missing}):\n{worker.tail()}")
+    diffs = []
+    for k in sorted(want):
+        w, g = want[k], got.get(k, evidence.empty(k))
+        differ = sorted(a for a in w.alerts.keys() | g.alerts.keys() if w.alerts.get(a) != g.alerts.get(a))
+        diffs += [f"{k} {a}: want {w.alerts.get(a)} got {g.alerts.get(a)}" for a in differ[:3]]
+        diffs += [f"{k}: {len(differ)} alerts differ"] if differ else []
+        diffs += [f"{k} override: want {w.override} got {g.override}"] if w.override != g.override else []
+    raise AssertionError("states never matched the fold:\n" + "\n".join(diffs) + f"\n{worker.tail()}")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="KNOWN DEFECT (issue 22, open): after kill -9 and a restart from the changelog the grading worker's "
-    "states sometimes miss first-half alerts (seen in about 2 of 3 runs on a loaded machine, with or without this "
-    "stop's last changes); kept running so it is seen, not gating CI until the adapter acks records only once "
-    "their state is in the changelog, as the detection worker does",
-)
 async def test_grading_worker_resumes_after_kill_and_matches_the_fold(
     live_stack: Settings, topics: Topics, tmp_path: Path
 ) -> None:
@@ -155,16 +184,39 @@ async def test_grading_worker_resumes_after_kill_and_matches_the_fold(
     ov = Override(site=worst, grade="B", reason="re-inspected after repairs", by="Wang", at_ms=START + 20 * DAY_MS)
     first = [(e["site"].encode(), serde.dumps(e)) for e in events[:half]]
     await produce(settings, topics.alerts, [*first, (b"S00000", b"not json at all")])
-    await produce(settings, gt.overrides, [(worst.encode(), ov.model_dump_json().encode())])
+
+    # Kafka refuses the table's changelog writes (a record-batch limit below any state) until further notice.
+    await changelog_refuses_writes(settings, gt, refuse=True)
 
     worker = GradingWorker(tmp_path, topics, sites)
     worker.start()
     try:
         t0 = time.monotonic()
+        # The worker is folding: its daily grade records (sent before a state is kept; a site's first record
+        # makes one) are coming out.
+        deadline = time.monotonic() + 60
+        while await count_records(settings, gt.grades) < 1:
+            assert worker.proc is not None and worker.proc.poll() is None, worker.tail()
+            assert time.monotonic() < deadline, f"no daily grade records:\n{worker.tail()}"
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(4.0)  # > flush interval (2.8 s) + commit interval (0.5 s): a commit would have happened
+        # Not one source offset is committed while the states they changed are not in the changelog: a worker
+        # killed now re-reads them all. (Faust's own table writes let the commit through: issue 22.)
+        assert worker.proc is not None and worker.proc.poll() is None, worker.tail()
+        assert await store.read_states(settings, gt) == {}
+        assert await committed_alerts(settings, f"{topics.prefix}-grading", topics.alerts) == 0
+        await changelog_refuses_writes(settings, gt, refuse=False)
+        # (The override only now: folded first, it would have made no daily record to wait for above.)
+        await produce(settings, gt.overrides, [(worst.encode(), ov.model_dump_json().encode())])
+
         want1 = fold_all([*events[:half], ov.model_dump()])
         await until_states(settings, gt, want1, worker)
         first_pass_s = time.monotonic() - t0
-        await asyncio.sleep(1.5)  # let a commit happen (0.5 s interval) so the restart starts past the first half
+        # The changelog has every state; the commit follows within its interval (0.5 s).
+        deadline = time.monotonic() + 30
+        while await committed_alerts(settings, f"{topics.prefix}-grading", topics.alerts) < half:
+            assert time.monotonic() < deadline, f"first half never committed:\n{worker.tail()}"
+            await asyncio.sleep(0.25)
         worker.kill9()
         shutil.rmtree(worker.data)  # a fresh machine: the table must come back from its changelog
         # The group committed past the first half: the restarted worker does not re-read it, so its states can

@@ -208,3 +208,62 @@ async def test_the_same_results_over_mqtt_as_the_instruments_own_user(env: tuple
     # The spoofed publish never reached the bridge: a moment later still only the two results.
     time.sleep(1.0)
     assert len([it for r in kcat(e.settings, e.topics.rapid_tests) for it in r["items"]]) == 2
+
+
+async def test_larder_record_captures_rapid_test_requests(
+    env: tuple[IngestEnv, dict[str, str]], tmp_path: Path
+) -> None:
+    """`larder record` (the CLI, a process) writes what instruments posted to the real hook, accepted or refused,
+    as contract-3 ``rapid_test`` lines whose bodies are the requests' results."""
+    import os
+    import signal
+
+    from pipeline.contracts.replay import Line
+    from pipeline.services import larder_argv
+
+    e, instruments = env
+    ins, secret = next(iter(instruments.items()))
+    port = free_port()
+    e.hooks(port)
+    out, log = tmp_path / "recording.jsonl", tmp_path / "record.log"
+    with log.open("wb") as fh:
+        rec = subprocess.Popen(
+            [*larder_argv(), "record", "--out", str(out), "--topic-prefix", e.topics.prefix],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "recording to" not in log.read_text():
+            assert rec.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        one = result(f"r-{uuid.uuid4().hex[:6]}")
+        batch = {"results": [result("b-1", stage="recheck"), result("b-2", result="negative", value=9.5)]}
+        bad = {**result("bad-1"), "tested_at": "not a time"}
+        for doc in (one, batch, bad):
+            body = serde.dumps(doc)
+            now = str(int(time.time()))
+            code, _ = curl(port, ins, now, openssl_signature(secret, now, body), body)
+            assert code in (202, 400), code
+        time.sleep(4.0)  # past the recorder's 3 s reorder window
+    finally:
+        rec.send_signal(signal.SIGINT)
+        assert rec.wait(30) == 0, log.read_text()
+    lines = [Line.parse(x) for x in out.read_bytes().splitlines() if x.strip()]
+    rapid = [x for x in lines if x.kind == "rapid_test"]
+    assert [x.source for x in rapid] == [ins, ins, ins], log.read_text()
+    # Accepted: the results as posted (the hook's enrichment removed; tested_at in UTC, the same instant).
+    got_one, got_batch, got_bad = (x.body for x in rapid)
+    assert {k: v for k, v in got_one.items() if k != "tested_at"} == {k: v for k, v in one.items() if k != "tested_at"}
+    from datetime import datetime
+
+    def instant(text: str) -> datetime:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+    assert instant(got_one["tested_at"]) == instant(one["tested_at"])
+    assert [{k: v for k, v in r.items() if k != "tested_at"} for r in got_batch["results"]] == [
+        {k: v for k, v in r.items() if k != "tested_at"} for r in batch["results"]
+    ]
+    assert got_bad == bad, "a refused request is recorded as it was sent"
+    assert "3 rapid-test requests" in log.read_text()

@@ -252,3 +252,40 @@ def test_repairs_are_exported_as_prometheus_counters() -> None:
     assert 'larder_worker_rewinds_total{concern="devices"} 3.0' in text
     assert 'larder_worker_rewinds_total{concern="kitchens"} 0.0' in text
     assert "larder_worker_skip_acks_refused_total 7.0" in text
+
+
+async def test_the_first_event_after_an_assignment_is_checked_against_the_committed_offset() -> None:
+    """Issue 22: Faust skipped the first record after the committed offset (195) and delivered 196 first; with
+    the committed offset as the baseline that is a gap, rewound to 195, not a new start."""
+    kafka = FakeKafka({A: 200, B: 0}, committed_offsets={A: 195})
+    consumer = FakeConsumer(kafka)
+    c = Continuity()
+    await c.baseline(consumer, A)
+    assert c.admit(A, 196) == 195, "196 first: 195 never arrived"
+    assert await c.rewind(consumer, A, 195, arrived=196)
+    assert kafka.seeks == [(A, 195)]
+    assert c.admit(A, 195) is None and c.admit(A, 196) is None
+    # No commit yet: the group reads from the first retained offset, which is expected first.
+    await c.baseline(consumer, B)
+    assert c.expected[B] == 0 and c.admit(B, 0) is None
+    # Asked once per assignment: known partitions are not asked again; forgotten ones are.
+    kafka.committed_offsets[A] = 999
+    await c.baseline(consumer, A)
+    assert c.expected[A] == 197
+    c.forget([A])
+    await c.baseline(consumer, A)
+    assert c.expected[A] == 999
+
+
+async def test_a_redelivery_below_the_committed_offset_is_processed() -> None:
+    kafka = FakeKafka({A: 50}, committed_offsets={A: 40})
+    c = Continuity()
+    await c.baseline(FakeConsumer(kafka), A)
+    assert [c.admit(A, o) for o in (38, 39, 40, 41)] == [None] * 4
+    assert c.expected[A] == 42
+
+
+async def test_without_a_kafka_consumer_the_first_event_sets_the_expectation() -> None:
+    c = Continuity()
+    await c.baseline(object(), A)
+    assert A not in c.expected and c.admit(A, 7) is None and c.expected[A] == 8

@@ -129,6 +129,16 @@ def oracle_grade(cfg: SiteConfig, truth: list[simulate.TruthAlert], sid: str, as
             stop = known(a, as_of)["res"] or (as_of + 1)
             off += max(0, min(stop, as_of + 1) - max(a.opened_ms, lo))
     pts["offline"] = capped(20.0, 6, off / (watched * (as_of + 1 - lo)))
+    # Rapid tests: a sample is failed once, whatever alerts it opened; lab-confirmed samples weigh again.
+    failed = sorted(
+        {a.subject: a for a in sorted(recent, key=lambda a: -a.opened_ms) if a.rule == "rapidtest.positive"}.values(),
+        key=lambda a: (a.opened_ms, a.alert_id),
+    )
+    lab = sorted((a for a in recent if a.rule == "rapidtest.confirmed"), key=lambda a: (a.opened_ms, a.alert_id))
+    pts["rapid_tests"] = capped(3.0, 9, len(failed))
+    ids["rapid_tests"] = [a.alert_id for a in failed][:10]
+    pts["rapid_confirmed"] = capped(4.0, 8, len(lab))
+    ids["rapid_confirmed"] = [a.alert_id for a in lab][:10]
     dynamic = min(60.0, sum(pts.values()))
     total = static + dynamic
     grade = "A" if total <= 30 else "B" if total <= 45 else "C" if total <= 60 else "D"
@@ -193,6 +203,10 @@ def test_the_month_has_different_histories(month: Any) -> None:
     grades = {sid: oracle_grade(cfg, truth, sid, AS_OF)["grade"] for sid in cfg.sites}
     assert len(set(grades.values())) >= 3, grades  # the simulated sites really differ
     assert any(a.retrospective for a in truth) and any(a.verdict == "false_positive" for a in truth)
+    # Failed rapid tests at several sites, some lab-confirmed, some rechecked too late.
+    rapid = {a.rule for a in truth if a.rule.startswith("rapidtest.")}
+    assert rapid == {"rapidtest.positive", "rapidtest.recheck_overdue", "rapidtest.confirmed"}, rapid
+    assert len({a.site for a in truth if a.rule == "rapidtest.positive"}) >= 3
 
 
 @pytest.mark.parametrize("as_of", [AS_OF, AS_OF - 10 * DAY_MS - 3_600_000])
@@ -226,6 +240,9 @@ def test_explanation_names_the_alert_ids_behind_each_factor(month: Any) -> None:
                 checked += 1
             elif c.factor == "pests":
                 assert sorted(c.alert_ids) == want["ids"]["pests"][: W.ids_per_factor], sid
+                checked += 1
+            elif c.factor in ("rapid_tests", "rapid_confirmed"):
+                assert c.alert_ids == want["ids"][c.factor], (sid, c.factor)
                 checked += 1
             elif c.factor == "late_handling":
                 assert set(c.alert_ids) <= set(want["ids"]["late_handling"])

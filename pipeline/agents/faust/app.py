@@ -28,23 +28,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import socket
 import time
-import weakref
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import faust
-from faust.streams import _current_event
 from faust.types import TP
 
 from pipeline.agents.core import Concern, Outputs, Result, Runner, Stats, encode_output
 from pipeline.agents.faust.changelog import KafkaBatches, SendBatch, TableWriter
 from pipeline.agents.faust.continuity import AckGate, Continuity
+from pipeline.agents.faust.durable import Pending, check_continuity, gate_acks
 from pipeline.clock import Clock, WallClock
 from pipeline.contracts.records import encode, tick_value
 from pipeline.producer import until_kafka_takes
@@ -155,7 +155,7 @@ def make_app(
     ``changelog`` sends the tables' changelog batches (default: Kafka, :class:`KafkaBatches`)."""
     options = options or WorkerOptions()
     app = _faust_app(settings, topics, options)
-    gate = _gate_acks(app, topics)
+    gate = gate_acks(app, _sources(topics).values())
     producer = _producer(app, settings, start=outputs is None)
     wiring = _Wiring(app, topics, options, gate, outputs or KafkaOutputs(producer, topics), changelog or producer.send)
     for concern in concerns:
@@ -209,21 +209,6 @@ def _sources(topics: Topics) -> dict[str, str]:
         "kitchen_events": topics.kitchen_events,
         "rapid_tests": topics.rapid_tests,
     }
-
-
-def _gate_acks(app: faust.App, topics: Topics) -> AckGate:
-    """Faust acks the events its streams skip around a rebalance; see AckGate. Installed on every consumer
-    the app creates."""
-    gate = AckGate(set(_sources(topics).values()))
-    new_consumer = app._new_consumer
-
-    def gated_consumer() -> Any:
-        consumer = new_consumer()
-        gate.install(consumer)
-        return consumer
-
-    app._new_consumer = gated_consumer  # type: ignore[method-assign]
-    return gate
 
 
 def _producer(app: faust.App, settings: Settings, *, start: bool) -> KafkaBatches:
@@ -365,32 +350,15 @@ class _Wiring:
         now = time.monotonic()
         async with self.lock:
             for name, pending in self.pendings.items():
-                for partition, started in list(pending.since.items()):
-                    quiet = now - pending.last.get(partition, started) >= options.flush_idle_s
-                    if quiet or now - started >= options.flush_interval_s:
-                        await pending.release(self.runners[name], partition)
+                for partition in pending.due(idle_s=options.flush_idle_s, interval_s=options.flush_interval_s, now=now):
+                    await pending.release(self.runners[name], partition)
 
     async def watch_continuity(self) -> None:
         """Rewind partitions whose fetch position ran past records the agent never received (see
         :mod:`pipeline.agents.faust.continuity`), once the agent has waited ``stall_s`` for its next event."""
-        app = self.app
-        consumer = app.consumer
-        recovering = getattr(app, "in_recovery", False)  # set by Faust's Recovery service
-        held = app.rebalancing or recovering or not getattr(consumer, "flow_active", True)
-        if held or not app.flow_control.is_active():
-            # Faust holds deliveries back on purpose and seeks to the committed offsets afterwards.
-            for continuity in self.continuities.values():
-                continuity.suspects.clear()
-            return
-        for name, continuity in self.continuities.items():
-            if not continuity.stalled():
-                continuity.suspects.clear()  # the agent is getting events: start looking afresh
-            else:
-                for tp in self.owned(name):
-                    try:
-                        await continuity.check(consumer, tp)
-                    except Exception:  # a safety net must never take the worker down
-                        log.exception("%s: continuity check failed", tp)
+        await check_continuity(
+            self.app, [(c, functools.partial(self.owned, name)) for name, c in self.continuities.items()]
+        )
 
     async def live_clock(self) -> None:
         """Publish the wall clock into every owned source partition; the agents run timers on reading it.
@@ -405,47 +373,6 @@ class _Wiring:
 
 def _arrived_ms() -> int:
     return WallClock().now_ms()
-
-
-@dataclass
-class Pending:
-    """Events of a partition whose state changes are not yet in the table: acked (committable) only once they
-    are, so a committed offset never runs ahead of the changelog."""
-
-    writer: TableWriter
-    events: dict[int, list[Any]] = field(default_factory=dict)
-    since: dict[int, float] = field(default_factory=dict)
-    #: partition -> readings/events in its held records.
-    items: dict[int, int] = field(default_factory=dict)
-    #: partition -> when its latest held record arrived.
-    last: dict[int, float] = field(default_factory=dict)
-    #: The agent's manual-ack stream's ``ack``, set when the agent starts.
-    ack: Callable[[Any], Awaitable[bool]] | None = None
-    gate: AckGate | None = None
-
-    async def release(self, runner: Runner[Any, Any], partition: int) -> None:
-        """Write the partition's changed states to the table, wait until Kafka has them, then ack its held
-        records (call under the lock): the committed offset never runs ahead of the saved states."""
-        events = self.events.get(partition)
-        if not events:
-            return
-        assert self.ack is not None, "events are held only by a running agent"
-        # The RocksDB store files a write under the *current event's* partition; the agent is in stream
-        # context, the idle timer is not. A held record of this very partition is the correct context.
-        await self.writer.write(partition, runner.take(partition), lambda: _event_context(events[-1]))
-        await self.writer.settle(partition)
-        for done in events:
-            with self.gate.allow(done.message) if self.gate else contextlib.nullcontext():
-                await self.ack(done)
-        self.drop([partition])
-
-    def drop(self, partitions: Iterable[int]) -> None:
-        # Revoked: never acked, so their records are read again, by the new owner, from the committed offset.
-        for p in partitions:
-            self.events.pop(p, None)
-            self.since.pop(p, None)
-            self.items.pop(p, None)
-            self.last.pop(p, None)
 
 
 def _agent_body(
@@ -466,6 +393,7 @@ def _agent_body(
         async for event in manual.events():
             continuity.idle_since = None
             message = event.message
+            await continuity.baseline(app.consumer, message.tp)
             rewind_to = continuity.admit(message.tp, message.offset)
             if rewind_to is not None:
                 # Records before this one never arrived: skip it (not acked) and read them all again in order.
@@ -492,28 +420,13 @@ def _agent_body(
                     # duplicates to it (seq / event_id de-dup) and ticks before its frontier do nothing.
                     subjects = {o.subject.encode() for o in result.outputs}
                     await pending.writer.write(partition, runner.take(partition, subjects), contextlib.nullcontext)
-                events = pending.events.setdefault(partition, [])
-                events.append(event)
-                held = pending.items[partition] = pending.items.get(partition, 0) + runner.stats.items - items_before
-                now = pending.last[partition] = time.monotonic()
-                started = pending.since.setdefault(partition, now)
-                if now - started >= options.flush_interval_s or held >= options.flush_items:
+                items = runner.stats.items - items_before
+                if pending.hold(
+                    partition, event, items, flush_interval_s=options.flush_interval_s, flush_items=options.flush_items
+                ):
                     # Coalesced: one table write per changed subject per interval, not per record batch. A
                     # partition that goes quiet is released by the ``larder-flush-idle`` timer instead.
                     await pending.release(runner, partition)
             continuity.idle_since = time.monotonic()
 
     return agent
-
-
-@contextlib.contextmanager
-def _event_context(event: Any) -> Iterator[None]:
-    """Make ``event`` Faust's current event for the block (what a stream sets while it yields the event).
-
-    Faust has no public way to do this outside a stream; the context variable is reset on exit so the
-    caller's context (a timer's) is unchanged."""
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)

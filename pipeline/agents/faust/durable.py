@@ -1,0 +1,167 @@
+"""Acks that never run ahead of the changelog: what every Faust worker of Larder with a table uses.
+
+A source record may be committed only once the state it changed is in Kafka (the table's changelog): a
+worker killed after the commit and restarted elsewhere restores its table from the changelog and reads on
+from the committed offset, so anything committed but not yet in the changelog is lost for good. Faust's own
+``table[key] = value`` does not hold to that: the changelog message is queued in Faust's producer buffer,
+the record is acked when the agent asks for the next one, and the commit's ``producer.flush()`` gives up
+on the buffer after 0.1 s without a send (``ProducerBuffer.flush_atmost``) and goes on committing when a
+changelog send failed (the failure only reaches a callback). Faust also acks the events its streams skip
+around a rebalance (:class:`~pipeline.agents.faust.continuity.AckGate`).
+
+So a worker here:
+
+* reads its source with a manual-ack stream (``stream.noack()``) and installs an :class:`AckGate`
+  (:func:`gate_acks`) so that only its own acks count;
+* keeps changed states in a dirty set of its own (anything with :class:`Dirty`'s ``take``) and holds the
+  records that changed them in :class:`Pending`;
+* on :meth:`Pending.release` writes the partition's changed states with a
+  :class:`~pipeline.agents.faust.changelog.TableWriter` (local store + one changelog record batch), waits
+  until Kafka has acknowledged the batch (resending until it is accepted), and only then acks the held
+  records;
+* releases when ``flush_interval_s`` has passed or enough items are held (:meth:`Pending.hold`), and from a
+  timer when a partition went quiet (:meth:`Pending.due`), so an idle input is committed too;
+* watches :class:`~pipeline.agents.faust.continuity.Continuity` so that records Faust dropped are read again.
+
+Used by the detection worker (:mod:`pipeline.agents.faust.app`) and the grading worker
+(:mod:`pipeline.grading.app`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import faust
+from faust.streams import _current_event
+from faust.types import TP
+
+from pipeline.agents.faust.changelog import TableWriter
+from pipeline.agents.faust.continuity import AckGate, Continuity
+
+log = logging.getLogger(__name__)
+
+
+class Dirty(Protocol):
+    """Changed states not yet written to the table, per partition (the detection :class:`Runner`, the grading
+    worker's site cache)."""
+
+    def take(self, partition: int) -> list[tuple[bytes, bytes]]:
+        """Remove and return the partition's changed states as (key, encoded state)."""
+        ...
+
+
+@dataclass
+class Pending:
+    """Events of a partition whose state changes are not yet in the table: acked (committable) only once they
+    are, so a committed offset never runs ahead of the changelog."""
+
+    writer: TableWriter
+    events: dict[int, list[Any]] = field(default_factory=dict)
+    since: dict[int, float] = field(default_factory=dict)
+    #: partition -> readings/events in its held records.
+    items: dict[int, int] = field(default_factory=dict)
+    #: partition -> when its latest held record arrived.
+    last: dict[int, float] = field(default_factory=dict)
+    #: The agent's manual-ack stream's ``ack``, set when the agent starts.
+    ack: Callable[[Any], Awaitable[bool]] | None = None
+    gate: AckGate | None = None
+
+    def hold(self, partition: int, event: Any, items: int, *, flush_interval_s: float, flush_items: int) -> bool:
+        """Hold ``event`` (carrying ``items`` readings/events) until its partition is released; True when the
+        partition is due now (held for ``flush_interval_s`` or ``flush_items`` items held)."""
+        self.events.setdefault(partition, []).append(event)
+        held = self.items[partition] = self.items.get(partition, 0) + items
+        now = self.last[partition] = time.monotonic()
+        started = self.since.setdefault(partition, now)
+        return now - started >= flush_interval_s or held >= flush_items
+
+    def due(self, *, idle_s: float, interval_s: float, now: float | None = None) -> list[int]:
+        """The partitions that went quiet for ``idle_s`` or whose held records waited ``interval_s``."""
+        now = time.monotonic() if now is None else now
+        return [
+            partition
+            for partition, started in self.since.items()
+            if now - self.last.get(partition, started) >= idle_s or now - started >= interval_s
+        ]
+
+    async def release(self, dirty: Dirty, partition: int) -> None:
+        """Write the partition's changed states to the table, wait until Kafka has them, then ack its held
+        records (call under the agent's lock): the committed offset never runs ahead of the saved states."""
+        events = self.events.get(partition)
+        if not events:
+            return
+        assert self.ack is not None, "events are held only by a running agent"
+        # The RocksDB store files a write under the *current event's* partition; the agent is in stream
+        # context, the idle timer is not. A held record of this very partition is the correct context.
+        await self.writer.write(partition, dirty.take(partition), lambda: event_context(events[-1]))
+        await self.writer.settle(partition)
+        for done in events:
+            with self.gate.allow(done.message) if self.gate else contextlib.nullcontext():
+                await self.ack(done)
+        self.drop([partition])
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        # Revoked: never acked, so their records are read again, by the new owner, from the committed offset.
+        for p in partitions:
+            self.events.pop(p, None)
+            self.since.pop(p, None)
+            self.items.pop(p, None)
+            self.last.pop(p, None)
+
+
+def gate_acks(app: faust.App, topics: Iterable[str]) -> AckGate:
+    """Only the agents' own acks commit records of ``topics``: Faust acks the events its streams skip around a
+    rebalance (see :class:`AckGate`). Installed on every consumer the app creates."""
+    gate = AckGate(set(topics))
+    new_consumer = app._new_consumer
+
+    def gated_consumer() -> Any:
+        consumer = new_consumer()
+        gate.install(consumer)
+        return consumer
+
+    app._new_consumer = gated_consumer  # type: ignore[method-assign]
+    return gate
+
+
+async def check_continuity(app: faust.App, watched: Iterable[tuple[Continuity, Callable[[], Iterable[TP]]]]) -> None:
+    """Rewind partitions whose fetch position ran past records the agent never received (see
+    :mod:`pipeline.agents.faust.continuity`), once the agent has waited ``stall_s`` for its next event.
+    ``watched``: each agent's continuity and a function giving the source partitions it owns now."""
+    watched = list(watched)
+    consumer = app.consumer
+    recovering = getattr(app, "in_recovery", False)  # set by Faust's Recovery service
+    held = app.rebalancing or recovering or not getattr(consumer, "flow_active", True)
+    if held or not app.flow_control.is_active():
+        # Faust holds deliveries back on purpose and seeks to the committed offsets afterwards.
+        for continuity, _ in watched:
+            continuity.suspects.clear()
+        return
+    for continuity, owned in watched:
+        if not continuity.stalled():
+            continuity.suspects.clear()  # the agent is getting events: start looking afresh
+            continue
+        for tp in owned():
+            try:
+                await continuity.check(consumer, tp)
+            except Exception:  # a safety net must never take the worker down
+                log.exception("%s: continuity check failed", tp)
+
+
+@contextlib.contextmanager
+def event_context(event: Any) -> Iterator[None]:
+    """Make ``event`` Faust's current event for the block (what a stream sets while it yields the event).
+
+    Faust has no public way to do this outside a stream; the context variable is reset on exit so the
+    caller's context (a timer's) is unchanged."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
