@@ -26,6 +26,7 @@ from typing import Any
 import aiormq
 from aiormq.abc import DeliveredMessage
 
+from benchmarks import resultfile
 from benchmarks.ingest import machine
 from pipeline import stack
 from pipeline.ingest.amqp_bridge import urls_for
@@ -35,7 +36,6 @@ from pipeline.stack import rabbitmq
 from pipeline.testing import Readings, consume, ingest_site_doc
 from pipeline.topics import Topics
 
-RESULTS = Path(__file__).parent / "results"
 DEVICE, SECRET = "drain-dev-1", "drain-secret-1"
 
 
@@ -128,9 +128,7 @@ def main() -> None:
         "bare_aiormq_drain_per_s": round(bare),
         "amqp_bridge_drain_into_kafka_per_s": round(bridge),
     }
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"amqp-drain-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(out, indent=2))
+    path = resultfile.save("amqp-drain", out)
     print(json.dumps(out, indent=2))
     print(f"results: {path}")
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
 import random
 import re
@@ -40,6 +39,7 @@ import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from benchmarks import resultfile
 from pipeline import serde, testing
 from pipeline.agents.core import Runner
 from pipeline.agents.devices import device_concern
@@ -50,7 +50,6 @@ from pipeline.siteconfig import SiteConfig
 from pipeline.topics import Topics
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).parent / "results"
 T0 = 1_700_000_000_000
 STEP_MS = 300_000
 PER_RECORD = 500
@@ -475,9 +474,7 @@ def run(args: argparse.Namespace) -> None:
         "quix_single": quix,
         "memory_per_device": mem,
     }
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"detection-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2))
+    path = resultfile.save("detection", result)
     print(f"\nresults: {path}")
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import shutil
@@ -29,7 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from benchmarks import quiet
+from benchmarks import quiet, resultfile
 from pipeline import serde, stack
 from pipeline.contracts import records
 from pipeline.ingest.hooks import sign
@@ -40,7 +39,6 @@ from pipeline.topics import Topics
 
 TOPIC = "larder/v1/devices/+/readings"
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).parent / "results"
 
 PAHO_SUB = textwrap.dedent(
     """
@@ -350,9 +348,7 @@ def main() -> None:
         "not_quiet": noise,
         "load_avg_at_report": [round(x, 2) for x in os.getloadavg()],
     }
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"ingest-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2))
+    path = resultfile.save("ingest", result)
     print(f"\nresults: {path}")
 
 

@@ -51,7 +51,7 @@ from typing import Any
 
 import psutil
 
-from benchmarks import quiet
+from benchmarks import quiet, resultfile
 from benchmarks.ingest import machine
 from benchmarks.loadgen import LoadGenerator, _Connection, connect_packet
 from pipeline import stack
@@ -63,7 +63,6 @@ from pipeline.stack.process import port_open, read_pid, stop_pid, wait_until
 from pipeline.testing import IngestEnv, Proc, Readings, clear_session, consume, ingest_site_doc
 from pipeline.topics import Topics
 
-RESULTS = Path(__file__).parent / "results"
 #: Where the benchmark's device logins say they came from (logins.json), so a leftover is recognisable.
 SOURCE = "benchmarks.mqtt_tier"
 ROOT = Path(__file__).resolve().parents[1]
@@ -603,9 +602,7 @@ def report(args: argparse.Namespace, settings: Settings, results: dict[str, Any]
         "not_quiet": noise,
         "tiers": results,
     }
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"mqtt-tier-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(out, indent=2, default=str))
+    path = resultfile.save("mqtt-tier", out)
     base = results.get("single", {}).get("runs", [{}])[0].get("kafka_per_s")
     print(f"`python -m benchmarks.mqtt_tier {' '.join(sys.argv[1:])}` — {machine()}; {n:,} readings per flood from")
     print(f"{args.devices} devices (window {args.window}){'; NOT A QUIET RUN' if noise else ''}.\n")

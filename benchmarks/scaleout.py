@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import subprocess
@@ -30,15 +29,13 @@ from typing import Any
 
 import psutil
 
-from benchmarks import quiet
+from benchmarks import quiet, resultfile
 from benchmarks.detection import ROOT, metric, prepare, produce, readings, record_batches, say, site_doc
 from pipeline import testing
 from pipeline.kafkaadmin import delete_topics, prefixed
 from pipeline.services import free_port
 from pipeline.settings import Settings, load_settings
 from pipeline.topics import Topics
-
-RESULTS = Path(__file__).parent / "results"
 
 
 async def run_group(settings: Settings, workers: int, n: int, d: int, partitions: int, tmp: Path) -> dict[str, Any]:
@@ -140,9 +137,7 @@ def main() -> None:
         "not_quiet": noise,
         "runs": runs,
     }
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"scaleout-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(out, indent=2))
+    path = resultfile.save("scaleout", out)
     print(f"\nresults: {path}")
 
 

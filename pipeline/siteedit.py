@@ -73,47 +73,37 @@ def _taken(doc: Any, ident: str) -> str | None:
     return None
 
 
+def _add(path: Path, site: str, section: str, ident: str, entry: CommentedMap) -> SiteConfig:
+    """Add ``entry`` as ``sites.<site>.<section>.<ident>``; ids are unique across devices, cameras and
+    instruments of every site (each is also a login or a signing identity)."""
+
+    def change(doc: Any) -> None:
+        node = _site(doc, path, site)
+        if where := _taken(doc, ident):
+            raise SiteConfigError(path, [f"{path}: {where}: {ident} already exists"])
+        if node.get(section) is None:
+            node[section] = CommentedMap()
+        node[section][ident] = entry
+
+    return _edit(path, change)
+
+
 def add_device(
     path: Path, site: str, device: str, asset: str, secret: str, interval_s: float | None = None
 ) -> SiteConfig:
-    def change(doc: Any) -> None:
-        node = _site(doc, path, site)
-        if where := _taken(doc, device):
-            raise SiteConfigError(path, [f"{path}: {where}: {device} already exists"])
-        if node.get("devices") is None:
-            node["devices"] = CommentedMap()
-        entry = CommentedMap(asset=asset, secret=secret)
-        if interval_s is not None:
-            entry["interval_s"] = interval_s
-        node["devices"][device] = entry
-
-    return _edit(path, change)
+    entry = CommentedMap(asset=asset, secret=secret)
+    if interval_s is not None:
+        entry["interval_s"] = interval_s
+    return _add(path, site, "devices", device, entry)
 
 
 def add_camera(path: Path, site: str, camera: str, kitchen: str, secret: str) -> SiteConfig:
-    def change(doc: Any) -> None:
-        node = _site(doc, path, site)
-        if where := _taken(doc, camera):
-            raise SiteConfigError(path, [f"{path}: {where}: {camera} already exists"])
-        if node.get("cameras") is None:
-            node["cameras"] = CommentedMap()
-        node["cameras"][camera] = CommentedMap(kitchen=kitchen, secret=secret)
-
-    return _edit(path, change)
+    return _add(path, site, "cameras", camera, CommentedMap(kitchen=kitchen, secret=secret))
 
 
 def add_instrument(path: Path, site: str, instrument: str, kind: str, secret: str) -> SiteConfig:
     """A rapid-test instrument (contract 6) of type ``kind``."""
-
-    def change(doc: Any) -> None:
-        node = _site(doc, path, site)
-        if where := _taken(doc, instrument):
-            raise SiteConfigError(path, [f"{path}: {where}: {instrument} already exists"])
-        if node.get("instruments") is None:
-            node["instruments"] = CommentedMap()
-        node["instruments"][instrument] = CommentedMap(type=kind, secret=secret)
-
-    return _edit(path, change)
+    return _add(path, site, "instruments", instrument, CommentedMap(type=kind, secret=secret))
 
 
 def rotate_secret(path: Path, ident: str, secret: str) -> SiteConfig:

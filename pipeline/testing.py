@@ -39,14 +39,12 @@ from pipeline import serde
 from pipeline.contracts import records
 from pipeline.contracts.models import (
     Alert,
-    AlertState,
     KitchenEvent,
     KitchenEventType,
     Reading,
     Severity,
-    alert_id,
-    ms_to_iso,
 )
+from pipeline.detectors.engine import AlertFactory
 from pipeline.partitioner import partition_for
 from pipeline.services import free_port
 from pipeline.settings import Settings
@@ -162,20 +160,12 @@ def open_alert(
     *,
     rule: str = "coldchain.high",
     severity: str = "warning",
+    notify: bool = True,
     evidence: dict[str, Any] | None = None,
 ) -> Alert:
     """An ``open`` alert record as a detector emits it (id from rule, subject and opening time)."""
-    return Alert(
-        alert_id=alert_id(rule, subject, opened_ms),
-        rule=rule,
-        severity=Severity(severity),
-        site=site,
-        subject=subject,
-        state=AlertState.OPEN,
-        opened_at=ms_to_iso(opened_ms),
-        at_ms=opened_ms,
-        evidence=evidence or {},
-    )
+    factory = AlertFactory(site, subject)
+    return factory.open_alert(rule, Severity(severity), at=opened_ms, notify=notify, evidence=evidence or {})
 
 
 def batch_records(

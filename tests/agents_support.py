@@ -6,7 +6,10 @@ runs the detector over the same records without Kafka."""
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,9 +27,21 @@ from pipeline.schemas import (
     alert_id,
     ms_to_iso,
 )
-from pipeline.testing import batch_records, kitchen_event_item, reading_item, site_doc, write_site_file
+from pipeline.testing import (
+    batch_records,
+    kill9,
+    kitchen_event_item,
+    reading_item,
+    site_doc,
+    terminate,
+    write_site_file,
+)
+from pipeline.topics import Topics
 
 RULE = "test.high"
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -260,3 +275,45 @@ def outage_upload_scenario(
         recs += [(p, tick(ts + STEP_MS // 2)) for p in range(partitions)]
         out.append(recs)
     return out
+
+
+class WorkerProcess:
+    """A `larder worker` or `larder grade worker` subprocess (``command``) on the test's topics, with its own data
+    folder and log file, committing every 0.5 s and rebalancing quickly (6 s session timeout)."""
+
+    def __init__(self, command: list[str], topics: Topics, sites: Path, data: Path, log: Path, *args: str) -> None:
+        self.log = log
+        self.data = data
+        self.args = [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            *command,
+            "--sites",
+            str(sites),
+            "--data-dir",
+            str(data),
+            "--commit-interval",
+            "0.5",
+            "--session-timeout",
+            "6",
+            "--heartbeat-interval",
+            "1",
+            *args,
+        ]
+        self.env = {
+            **os.environ,
+            "LARDER_TOPIC_PREFIX": topics.prefix,
+            "LARDER_READINGS_PARTITIONS": str(topics.partitions),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _spawn(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.args, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+
+    def kill9(self) -> None:
+        kill9(self.proc)
+
+    def stop(self) -> None:
+        terminate(self.proc, 20)

@@ -39,6 +39,7 @@ from pipeline.alerts.routing import RoutingConfig
 from pipeline.clock import Clock, WallClock
 from pipeline.contracts import records
 from pipeline.contracts.models import Ack, Alert, AlertState, Delivery
+from pipeline.httpbody import json_object
 from pipeline.producer import durable_producer
 from pipeline.settings import Settings
 from pipeline.topics import Topics
@@ -237,12 +238,9 @@ class AckApi:
 
     async def _api_ack(self, req: web.Request) -> web.Response:
         alert_id = req.match_info["alert_id"]
-        try:
-            body = serde.loads(await req.read()) if req.can_read_body else {}
-        except serde.JSONDecodeError:
-            return web.json_response({"error": "body is not JSON"}, status=400)
-        if not isinstance(body, dict):
-            return web.json_response({"error": "body must be a JSON object"}, status=400)
+        body = await json_object(req)
+        if isinstance(body, web.Response):
+            return body
         auth = req.headers.get("Authorization", "")
         token = body.get("token") or (auth[7:] if auth.startswith("Bearer ") else "")
         if not isinstance(token, str) or not token:

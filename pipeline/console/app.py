@@ -38,6 +38,7 @@ from pipeline.detectors.kitchen import VerdictError, apply_verdict
 from pipeline.grading import store
 from pipeline.grading.evidence import Override
 from pipeline.grading.topics import GradingTopics
+from pipeline.httpbody import json_object
 from pipeline.partitioner import partition_for
 from pipeline.producer import durable_producer
 from pipeline.schemas import Ack, ms_to_iso
@@ -805,6 +806,15 @@ class Console:
 
     # -- actions --------------------------------------------------------------------------------------------
 
+    async def _acknowledge(self, v: AlertView, p: Principal, note: str, now: int) -> Ack:
+        """Publish (acks=all) an acknowledgement of ``v`` by ``p`` from the console and apply it to the model."""
+        ack = Ack(
+            alert_id=v.alert_id, site=v.site, by=p.username, role=p.user.role, via="console", note=note, at_ms=now
+        )
+        await self._send(self.topics.acks, v.site, ack)
+        self.model.on_ack(ack)
+        return ack
+
     async def act(
         self, req: web.Request, v: AlertView, action: str, body: dict[str, Any]
     ) -> tuple[int, dict[str, Any]]:
@@ -816,18 +826,7 @@ class Console:
             if action == "ack":
                 if not note:
                     return 400, {"error": "a comment is required to acknowledge"}
-                ack = Ack(
-                    alert_id=v.alert_id,
-                    site=v.site,
-                    by=p.username,
-                    role=p.user.role,
-                    via="console",
-                    note=note[:2000],
-                    at_ms=now,
-                )
-                await self._send(self.topics.acks, v.site, ack)
-                self.model.on_ack(ack)
-                out: dict[str, Any] = ack.model_dump(mode="json")
+                out: dict[str, Any] = (await self._acknowledge(v, p, note[:2000], now)).model_dump(mode="json")
             elif action == "resolve":
                 res = ResolutionRecord(
                     alert_id=v.alert_id,
@@ -843,17 +842,7 @@ class Console:
                 )
                 if not v.acknowledged:
                     # Resolving is owning: it stops the escalation exactly as an acknowledgement does.
-                    ack = Ack(
-                        alert_id=v.alert_id,
-                        site=v.site,
-                        by=p.username,
-                        role=p.user.role,
-                        via="console",
-                        note=res.corrective_action,
-                        at_ms=now,
-                    )
-                    await self._send(self.topics.acks, v.site, ack)
-                    self.model.on_ack(ack)
+                    await self._acknowledge(v, p, res.corrective_action, now)
                 await self._send(self.topics.resolutions, v.site, res)
                 self.model.on_resolution(res)
                 out = res.model_dump(mode="json")
@@ -922,12 +911,9 @@ class Console:
         v = self._view(req)
         if v is None:
             return await self._denied(req)
-        try:
-            body = serde.loads(await req.read()) if req.can_read_body else {}
-        except serde.JSONDecodeError:
-            return web.json_response({"error": "body is not JSON"}, status=400)
-        if not isinstance(body, dict):
-            return web.json_response({"error": "body must be a JSON object"}, status=400)
+        body = await json_object(req)
+        if isinstance(body, web.Response):
+            return body
         status, out = await self.act(req, v, req.match_info["action"], body)
         return web.json_response(out, status=status)
 

@@ -7,12 +7,11 @@ use the way ``larder stack up`` installs Mosquitto.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 from pipeline.settings import Settings
-from pipeline.stack.process import StackError, run
+from pipeline.stack.process import StackError, apt_install
 
 CHROMIUM = "/usr/bin/chromium"
 #: No sandbox (tests run as root in containers), no GPU, and nothing that phones home during a test.
@@ -35,15 +34,12 @@ def ensure_chromium(settings: Settings) -> str:
     found = chromium()
     if found:
         return found
-    apt = shutil.which("apt-get")
-    if not apt:
-        raise StackError("chromium is not installed and apt-get is not available: install Chromium yourself")
-    sudo: list[str] = [] if os.geteuid() == 0 else ["sudo", "-n"]
     log = settings.log_dir / "install-chromium.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = {"DEBIAN_FRONTEND": "noninteractive"}
-    run([*sudo, apt, "update", "-qq"], log_file=log, env=env, what="apt-get update")
-    run([*sudo, apt, "install", "-y", "-qq", "chromium"], log_file=log, env=env, what="apt-get install chromium")
+    apt_install(
+        ["chromium"],
+        log,
+        without_apt="chromium is not installed and apt-get is not available: install Chromium yourself",
+    )
     found = chromium()
     if not found:
         raise StackError(f"apt-get installed chromium but {CHROMIUM} is missing; see {log}")

@@ -80,19 +80,17 @@ class ResolutionRecord(BaseModel):
 
 def ack_line(ack: Ack) -> str:
     """``ack`` -- tags ``site, via, role``; fields ``alert_id, by, note, token_id``; time = ``at_ms``."""
-    out = lineproto.line(
+    return lineproto.record_line(
         "ack",
         {"site": ack.site, "via": ack.via, "role": ack.role},
         {"alert_id": ack.alert_id, "by": ack.by, "note": ack.note, "token_id": ack.token_id},
         lineproto.sub_ms(ack.at_ms, ack.alert_id, ack.via, ack.by, ack.token_id),
     )
-    assert out is not None
-    return out
 
 
 def audit_line(a: AuditRecord) -> str:
     """``audit`` -- tags ``action, ok, role, site``; fields ``user, remote, user_agent, alert_id, detail``."""
-    out = lineproto.line(
+    return lineproto.record_line(
         "audit",
         {"action": a.action, "ok": "true" if a.ok else "false", "role": a.role, "site": a.site},
         {
@@ -104,23 +102,19 @@ def audit_line(a: AuditRecord) -> str:
         },
         lineproto.sub_ms(a.at_ms, a.user, a.action, a.alert_id, a.remote),
     )
-    assert out is not None
-    return out
 
 
 def verdict_line(v: VerdictRecord) -> str:
-    out = lineproto.line(
+    return lineproto.record_line(
         "verdict",
         {"site": v.site, "verdict": v.verdict, "role": v.role},
         {"alert_id": v.alert_id, "by": v.by, "note": v.note},
         lineproto.sub_ms(v.at_ms, v.alert_id, v.verdict, v.by),
     )
-    assert out is not None
-    return out
 
 
 def resolution_line(r: ResolutionRecord) -> str:
-    out = lineproto.line(
+    return lineproto.record_line(
         "resolution",
         {"site": r.site, "disposition": r.disposition, "role": r.role},
         {
@@ -133,8 +127,6 @@ def resolution_line(r: ResolutionRecord) -> str:
         },
         lineproto.sub_ms(r.at_ms, r.alert_id, r.by),
     )
-    assert out is not None
-    return out
 
 
 def sink_lines(topics: Topics, topic: str, data: Any) -> list[str] | None:

@@ -180,6 +180,25 @@ def dead_letter_value(
     )
 
 
+def mqtt_dead_letter(
+    topic: str,
+    payload: bytes,
+    arrived_ms: int,
+    reason_code: str,
+    reason: str,
+    *,
+    device: str | None = None,
+    instrument: str | None = None,
+) -> bytes:
+    """The dead letter of a whole MQTT message the bridge cannot route (an unknown device or instrument, a topic
+    that names none), with its topic and sender (``device=`` or ``instrument=``): the refusal of the whole
+    message, so no batch index."""
+    refusal = (None, reason_code, reason, payload)
+    sender = {"mqtt_topic": topic, "device": device, "instrument": instrument}
+    (value,) = refusal_dead_letters([refusal], source="mqtt", arrived_ms=arrived_ms, **sender)
+    return value
+
+
 def refusal_dead_letters(
     bad: Iterable[tuple[int | None, str, str, bytes]],
     *,

@@ -153,6 +153,15 @@ class Emits:
     ) -> None:
         self.out.append(self.d.resolve_alert(rule, severity, opened=opened, at=at, notify=notify, evidence=evidence))
 
+    def emit_resolved_stages(
+        self, rule: str, warn: int | None, crit: int | None, *, at: int, notify: bool, evidence: dict[str, Any]
+    ) -> None:
+        """Resolve a two-stage alert (a warning after T1, a critical after T2: door, unattended stove): each stage
+        still open, warning first, each with its own copy of the evidence."""
+        for opened, severity in ((warn, Severity.WARNING), (crit, Severity.CRITICAL)):
+            if opened is not None:
+                self.emit_resolved(rule, severity, opened=opened, at=at, notify=notify, evidence=dict(evidence))
+
 
 class AlertFactory:
     """Alert records for one subject (``site`` and ``subject`` are set by the detector, per device or kitchen).
@@ -164,6 +173,10 @@ class AlertFactory:
 
     site: str
     subject: str
+
+    def __init__(self, site: str, subject: str) -> None:
+        self.site = site
+        self.subject = subject
 
     def open_alert(self, rule: str, severity: Severity, *, at: int, notify: bool, evidence: dict[str, Any]) -> Alert:
         """The ``open`` transition of an alert whose condition was met at event time ``at``."""

@@ -280,17 +280,14 @@ class _KWork(BufferedWork, Emits):
                 if self.stove_since is None
                 else ("person_returned" if any(p for _, p in self.presence) else "service_hours_ended")
             )
-            for opened, sev in ((self.unattended_warn, Severity.WARNING), (self.unattended_crit, Severity.CRITICAL)):
-                if opened is not None:
-                    ev = {"unattended_since": ms_to_iso(since), "unattended_min": (t - since) / _MIN, "reason": reason}
-                    self.emit_resolved(
-                        R.KITCHEN_UNATTENDED,
-                        sev,
-                        opened=opened,
-                        at=t,
-                        notify=d.config.unattended.notify_on_clear,
-                        evidence=ev,
-                    )
+            self.emit_resolved_stages(
+                R.KITCHEN_UNATTENDED,
+                self.unattended_warn,
+                self.unattended_crit,
+                at=t,
+                notify=d.config.unattended.notify_on_clear,
+                evidence={"unattended_since": ms_to_iso(since), "unattended_min": (t - since) / _MIN, "reason": reason},
+            )
             self.unattended_since = self.unattended_warn = self.unattended_crit = None
 
     def next_deadline(self) -> int | None:

@@ -32,16 +32,14 @@ class MasksMixin(WorkFields):
         d = self.d
         ds = self.door_since
         assert ds is not None
-        for opened, sev in ((self.door_warn, Severity.WARNING), (self.door_crit, Severity.CRITICAL)):
-            if opened is not None:
-                self.emit_resolved(
-                    R.COLDCHAIN_DOOR_OPEN,
-                    sev,
-                    opened=opened,
-                    at=t,
-                    notify=d.config.door.notify_on_clear,
-                    evidence={"door_open_since": ms_to_iso(ds), "open_min": dur_min(ds, t)},
-                )
+        self.emit_resolved_stages(
+            R.COLDCHAIN_DOOR_OPEN,
+            self.door_warn,
+            self.door_crit,
+            at=t,
+            notify=d.config.door.notify_on_clear,
+            evidence={"door_open_since": ms_to_iso(ds), "open_min": dur_min(ds, t)},
+        )
         self.door_since = self.door_warn = self.door_crit = None
 
     # -- the door alert ------------------------------------------------------------------------------------------

@@ -91,12 +91,6 @@ class RapidTestState(NamedTuple):
     late_count: int = 0
 
 
-class _SampleAlerts(AlertFactory):
-    def __init__(self, site: str, sample_id: str) -> None:
-        self.site = site
-        self.subject = f"{site}/{sample_id}"
-
-
 class RapidTestDetector:
     name = "rapidtest"
 
@@ -224,7 +218,7 @@ class _Work(BufferedWork):
 
     def _escalate(self, s: Sample, at: int) -> None:
         d = self.d
-        alerts = _SampleAlerts(d.site, s.sample_id)
+        alerts = AlertFactory(d.site, f"{d.site}/{s.sample_id}")
         assert s.positive is not None
         ev = {
             "sample_id": s.sample_id,
@@ -248,7 +242,7 @@ class _Work(BufferedWork):
         s = self.samples.get(sid) or Sample(sid)
         results = s.results if result_id in s.results else (*s.results, result_id)[-LINKED_MAX:]
         s = s._replace(results=results)
-        alerts = _SampleAlerts(d.site, sid)
+        alerts = AlertFactory(d.site, f"{d.site}/{sid}")
         base = {
             "sample_id": sid,
             "result_id": result_id,

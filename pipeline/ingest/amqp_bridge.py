@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -42,7 +41,7 @@ import aiormq
 from aiormq.abc import DeliveredMessage
 
 from pipeline.ingest import amqp_topology
-from pipeline.ingest.bridge import Bridge
+from pipeline.ingest.bridge import Bridge, run_until_signalled
 from pipeline.ingest.registry import ReloadingRegistry
 from pipeline.producer import durable_producer
 from pipeline.settings import Settings, load_settings
@@ -256,19 +255,8 @@ def urls_for(settings: Settings, servers: list[str]) -> list[str]:
 
 async def serve(settings: Settings, servers: list[str], *, instance: str | None = None) -> AmqpBridge:
     """Run one AMQP bridge until SIGINT/SIGTERM; SIGHUP re-reads the site configuration."""
-    from prometheus_client import start_http_server
-
     registry = ReloadingRegistry(settings.site_config)
-    bridge = AmqpBridge(settings, registry, urls_for(settings, servers), instance=instance)
-    if settings.ingest.bridge_metrics_port:
-        start_http_server(settings.ingest.bridge_metrics_port, addr="127.0.0.1")
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: registry.reload(force=True))
-    await bridge.run(stop)
-    return bridge
+    return await run_until_signalled(AmqpBridge(settings, registry, urls_for(settings, servers), instance=instance))
 
 
 def main(argv: list[str] | None = None) -> None:

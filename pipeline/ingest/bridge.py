@@ -38,14 +38,14 @@ import time
 from collections import Counter as Tally
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from pipeline.contracts.records import dead_letter_value as dead_letter
-from pipeline.contracts.records import readings_value
+from pipeline.contracts.records import mqtt_dead_letter, readings_value
 from pipeline.ingest import metrics, rapidmqtt
 from pipeline.ingest.mqttclient import BufferedClient, Publish
 from pipeline.ingest.registry import ReloadingRegistry
@@ -377,15 +377,7 @@ class Bridge:
                     if device is not None
                     else f"not a readings topic: {topic}"
                 )
-                value = dead_letter(
-                    source="mqtt",
-                    reason_code=code,
-                    reason=reason,
-                    arrived_ms=now,
-                    payload=payload,
-                    device=device,
-                    mqtt_topic=topic,
-                )
+                value = mqtt_dead_letter(topic, payload, now, code, reason, device=device)
                 records.append(_Record(dl_topic, (device or "").encode(), value, 0, 1, "deadletter"))
                 reasons[code] += 1
                 continue
@@ -512,19 +504,28 @@ def forget_session(settings: Settings, instance: str, timeout: float = 10.0) -> 
         c.loop_stop()
 
 
+B = TypeVar("B", bound=Bridge)
+
+
 async def serve(settings: Settings, *, on_progress: Callable[[Bridge], None] | None = None, **kwargs: Any) -> Bridge:
     """Run one bridge until SIGINT/SIGTERM (or, retiring, until its queue is drained); SIGHUP re-reads the site
     configuration."""
+    registry = ReloadingRegistry(settings.site_config)
+    return await run_until_signalled(Bridge(settings, registry, **kwargs), on_progress)
+
+
+async def run_until_signalled(bridge: B, on_progress: Callable[[Bridge], None] | None = None) -> B:
+    """Serve ``bridge`` (MQTT or AMQP) with its metrics endpoint until SIGINT/SIGTERM; SIGHUP re-reads the site
+    configuration at once instead of at the next poll."""
     from prometheus_client import start_http_server
 
-    registry = ReloadingRegistry(settings.site_config)
-    bridge = Bridge(settings, registry, **kwargs)
-    if settings.ingest.bridge_metrics_port:
-        start_http_server(settings.ingest.bridge_metrics_port, addr="127.0.0.1")
+    port = bridge.settings.ingest.bridge_metrics_port
+    if port:
+        start_http_server(port, addr="127.0.0.1")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: registry.reload(force=True))
+    loop.add_signal_handler(signal.SIGHUP, lambda: bridge.registry.reload(force=True))
     await bridge.run(stop, on_progress)
     return bridge

@@ -26,17 +26,15 @@ from typing import Any
 
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from pipeline.contracts.rapidtest import RAPID_TEST_PATH
-from pipeline.contracts.records import kitchen_events_value, refusal_dead_letters
+from pipeline.contracts.records import kitchen_events_value
 from pipeline.ingest import metrics
 from pipeline.ingest.rapidhook import RapidTestRoute
 from pipeline.ingest.registry import ReloadingRegistry
-from pipeline.ingest.signedhook import answer, fresh_items, read_signed, store
-from pipeline.ingest.signedhook import refuse as _refuse
+from pipeline.ingest.signedhook import authenticate, commit, fresh_items, partitions_of
 from pipeline.ingest.signing import sign as sign  # re-exported: cameras' and tests' import path
 from pipeline.ingest.validate import (
     BAD_TIMESTAMP,
@@ -151,10 +149,7 @@ class Hooks:
     async def _producer_ctx(self, app: web.Application) -> Any:
         self.producer = durable_producer(self.settings)
         await self.producer.start()
-        parts = await self.producer.partitions_for(self.topics.kitchen_events)
-        if not parts:
-            raise RuntimeError(f"topic {self.topics.kitchen_events} does not exist; run `larder stack up`")
-        self.partitions = len(parts)
+        self.partitions = await partitions_of(self.producer, self.topics.kitchen_events)
         await self.rapid_tests.start()
         yield
         await self.producer.stop()
@@ -167,21 +162,13 @@ class Hooks:
 
     async def handle(self, request: web.Request) -> web.Response:
         received_ms = int(time.time() * 1000)
-        if request.content_type != "application/json":  # contract 2; aiohttp strips "; charset=..."
-            return _refuse(
-                415, "unsupported_media_type", f"Content-Type must be application/json, got {request.content_type}"
-            )
         self.registry.reload()  # a stat() per request: new cameras work without a restart
-        camera = request.headers.get("X-Larder-Camera", "")
-        info = self.registry.current.cameras.get(camera)
-        if info is None:
-            return _refuse(401, "unknown_camera", "X-Larder-Camera names no camera in the site configuration")
-        body = await read_signed(request, info.secret, received_ms)
-        if isinstance(body, web.Response):
-            return body
-
+        signed = await authenticate(request, "X-Larder-Camera", self.registry.current.cameras, "camera", received_ms)
+        if isinstance(signed, web.Response):
+            return signed
+        camera, info, body = signed
         ok, bad = validate_events(body, received_ms, self.skew_ms, self.floor_ms)
-        fresh, keys, duplicates = fresh_items(
+        fresh = fresh_items(
             ok,
             self.seen,
             lambda event: (camera, event.event_id),
@@ -194,26 +181,14 @@ class Hooks:
                 "received_ms": received_ms,
             },
         )
-        kitchen = info.kitchen
         batch = None
-        if fresh:
-            p = partition_for(kitchen, self.partitions)
-            batch = (self.topics.kitchen_events, kitchen, kitchen_events_value(fresh), p)
-            metrics.BATCH_SIZE.labels("hook").observe(len(fresh))
-        dead = refusal_dead_letters(bad, source="hook", arrived_ms=received_ms, camera=camera)
-        t0 = time.perf_counter()
-        try:
-            assert self.producer is not None
-            await store(self.producer, batch, self.topics.deadletter, dead, camera)
-        except KafkaError as exc:
-            # Nothing was confirmed: the camera sends the request again (the same event ids, de-duplicated).
-            log.warning("Kafka did not take a hook request from %s: %s", camera, exc)
-            return _refuse(503, "kafka_unavailable", "the events are not stored yet; send the request again")
-        if batch or dead:
-            metrics.PRODUCE_SECONDS.labels("hook").observe(time.perf_counter() - t0)
-        for key in keys:
-            self.seen.add(key)
-        return answer("hook", len(fresh), duplicates, bad)
+        if fresh.items:
+            p = partition_for(info.kitchen, self.partitions)
+            batch = (self.topics.kitchen_events, info.kitchen, kitchen_events_value(fresh.items), p)
+            metrics.BATCH_SIZE.labels("hook").observe(len(fresh.items))
+        return await commit(
+            self, batch, fresh, bad, source="hook", sender=("camera", camera), received_ms=received_ms, what="events"
+        )
 
 
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:

@@ -23,70 +23,48 @@ import time
 from typing import Protocol
 
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 
 from pipeline.contracts.rapidtest import enrich, validate_results
-from pipeline.contracts.records import rapid_tests_value, refusal_dead_letters
+from pipeline.contracts.records import rapid_tests_value
 from pipeline.ingest.registry import ReloadingRegistry
-from pipeline.ingest.signedhook import Seen, answer, fresh_items, read_signed, store
-from pipeline.ingest.signedhook import refuse as _refuse
+from pipeline.ingest.signedhook import HookHost, authenticate, commit, fresh_items, partitions_of
 from pipeline.partitioner import partition_for
-from pipeline.topics import Topics
 
 
-class HookHost(Protocol):
-    """What the route uses of :class:`pipeline.ingest.hooks.Hooks`, which mounts it (no import of that module:
-    it imports this one)."""
-
-    @property
-    def producer(self) -> AIOKafkaProducer | None: ...
-
-    @property
-    def topics(self) -> Topics: ...
+class RouteHost(HookHost, Protocol):
+    """What this route uses of :class:`pipeline.ingest.hooks.Hooks` besides what :func:`commit` does."""
 
     @property
     def registry(self) -> ReloadingRegistry: ...
 
     @property
-    def seen(self) -> Seen: ...
-
-    @property
     def skew_ms(self) -> int: ...
+
 
 log = logging.getLogger(__name__)
 
 
 class RapidTestRoute:
-    def __init__(self, hooks: HookHost) -> None:
+    def __init__(self, hooks: RouteHost) -> None:
         self.hooks = hooks
         self.partitions = 0
 
     async def start(self) -> None:
         """Called by the hooks' producer context once the producer runs: the topic must exist."""
-        assert self.hooks.producer is not None
-        topic = self.hooks.topics.rapid_tests
-        parts = await self.hooks.producer.partitions_for(topic)
-        if not parts:
-            raise RuntimeError(f"topic {topic} does not exist; run `larder stack up`")
-        self.partitions = len(parts)
+        self.partitions = await partitions_of(self.hooks.producer, self.hooks.topics.rapid_tests)
 
     async def handle(self, request: web.Request) -> web.Response:
         hooks = self.hooks
         received_ms = int(time.time() * 1000)
-        if request.content_type != "application/json":
-            return _refuse(415, "unsupported_media_type", "send the result with Content-Type: application/json")
         hooks.registry.reload()
-        instrument = request.headers.get("X-Larder-Instrument", "")
-        info = hooks.registry.current.instruments.get(instrument)
-        if info is None:
-            return _refuse(401, "unknown_instrument", "X-Larder-Instrument names no instrument in the site file")
-        body = await read_signed(request, info.secret, received_ms)
-        if isinstance(body, web.Response):
-            return body
-
+        signed = await authenticate(
+            request, "X-Larder-Instrument", hooks.registry.current.instruments, "instrument", received_ms
+        )
+        if isinstance(signed, web.Response):
+            return signed
+        instrument, info, body = signed
         ok, bad = validate_results(body, received_ms, hooks.skew_ms)
-        fresh, keys, duplicates = fresh_items(
+        fresh = fresh_items(
             ok,
             hooks.seen,
             # The LRU is shared with cameras: a prefix keeps an instrument and a camera of one id apart.
@@ -96,17 +74,17 @@ class RapidTestRoute:
             ),
         )
         # One record of the new results, keyed by site: the detector's state is per site.
-        site = info.site
         batch = None
-        if fresh:
-            batch = (hooks.topics.rapid_tests, site, rapid_tests_value(fresh), partition_for(site, self.partitions))
-        dead = refusal_dead_letters(bad, source="hook", arrived_ms=received_ms, instrument=instrument)
-        try:
-            assert hooks.producer is not None
-            await store(hooks.producer, batch, hooks.topics.deadletter, dead, instrument)
-        except KafkaError as exc:
-            log.warning("Kafka did not take rapid-test results from %s: %s", instrument, exc)
-            return _refuse(503, "kafka_unavailable", "the results are not stored yet; send the request again")
-        for key in keys:
-            hooks.seen.add(key)
-        return answer("rapid_test", len(fresh), duplicates, bad)
+        if fresh.items:
+            p = partition_for(info.site, self.partitions)
+            batch = (hooks.topics.rapid_tests, info.site, rapid_tests_value(fresh.items), p)
+        return await commit(
+            hooks,
+            batch,
+            fresh,
+            bad,
+            source="rapid_test",
+            sender=("instrument", instrument),
+            received_ms=received_ms,
+            what="results",
+        )

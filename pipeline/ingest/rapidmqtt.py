@@ -12,8 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.contracts.rapidtest import KIND, MQTT_RESULTS_TOPIC, enrich, validate_results
-from pipeline.contracts.records import dead_letter_value as dead_letter
-from pipeline.contracts.records import rapid_tests_value, refusal_dead_letters
+from pipeline.contracts.records import mqtt_dead_letter, rapid_tests_value, refusal_dead_letters
 from pipeline.ingest.registry import Registry
 from pipeline.ingest.validate import BAD_TOPIC
 from pipeline.partitioner import partition_for
@@ -49,15 +48,7 @@ def records_for(
     if info is None:
         code = BAD_TOPIC if instrument is None else UNKNOWN_INSTRUMENT
         reason = f"instrument {instrument} is not in the site configuration" if instrument else f"bad topic {topic}"
-        value = dead_letter(
-            source="mqtt",
-            reason_code=code,
-            reason=reason,
-            arrived_ms=now_ms,
-            payload=payload,
-            mqtt_topic=topic,
-            instrument=instrument,
-        )
+        value = mqtt_dead_letter(topic, payload, now_ms, code, reason, instrument=instrument)
         return [(dl, (instrument or "").encode(), value, 0, 1, "deadletter")], [code]
     assert instrument is not None
     ok, bad = validate_results(payload, now_ms, skew_ms)

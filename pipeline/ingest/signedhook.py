@@ -8,15 +8,23 @@ Each route still looks its sender up itself (camera or instrument: different hea
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol, TypeVar
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
+from pipeline.contracts.records import refusal_dead_letters
 from pipeline.ingest import metrics
 from pipeline.ingest.signing import sign
+from pipeline.ingest.validate import Refused
 from pipeline.schemas import HOOK_TIMESTAMP_WINDOW_S
+from pipeline.topics import Topics
+
+log = logging.getLogger(__name__)
 
 
 def refuse(status: int, code: str, reason: str, **extra: Any) -> web.Response:
@@ -57,9 +65,15 @@ class Seen(Protocol):
     def add(self, key: Key) -> None: ...
 
 
+class Fresh(NamedTuple):
+    items: list[dict[str, Any]]
+    keys: list[Key]
+    duplicates: int
+
+
 def fresh_items(
     ok: Iterable[tuple[int, T]], seen: Seen, key_of: Callable[[T], Key], item_of: Callable[[T], dict[str, Any]]
-) -> tuple[list[dict[str, Any]], list[Key], int]:
+) -> Fresh:
     """The validated elements not seen before (by this process, or earlier in the same request) as topic items,
     with their keys (to add to ``seen`` once Kafka has them, not before: a failed produce must be retried) and
     the number of duplicates."""
@@ -75,29 +89,101 @@ def fresh_items(
         in_request.add(key)
         keys.append(key)
         items.append(item_of(element))
-    return items, keys, duplicates
+    return Fresh(items, keys, duplicates)
 
 
-async def store(
-    producer: AIOKafkaProducer,
+class HookHost(Protocol):
+    """What the routes use of :class:`pipeline.ingest.hooks.Hooks`, which owns the producer, the topics and the
+    de-duplication LRU and mounts both routes (no import of that module: it imports the routes)."""
+
+    @property
+    def producer(self) -> AIOKafkaProducer | None: ...
+
+    @property
+    def topics(self) -> Topics: ...
+
+    @property
+    def seen(self) -> Seen: ...
+
+
+async def partitions_of(producer: AIOKafkaProducer | None, topic: str) -> int:
+    """The partition count of ``topic`` (a route produces to explicit partitions); it must exist already."""
+    assert producer is not None
+    parts = await producer.partitions_for(topic)
+    if not parts:
+        raise RuntimeError(f"topic {topic} does not exist; run `larder stack up`")
+    return len(parts)
+
+
+async def commit(
+    host: HookHost,
     batch: tuple[str, str, bytes, int] | None,
-    deadletter_topic: str,
-    dead_letters: list[bytes],
-    sender: str,
-) -> None:
-    """Send one request's batch record ``(topic, key, value, partition)`` and its dead letters (keyed by the
-    sender), then wait until Kafka (acks=all) has every one: a route answers 202/400 only after this returns."""
-    futures = []
-    if batch is not None:
-        topic, key, value, partition = batch
-        futures.append(await producer.send(topic, value, key=key.encode(), partition=partition))
-    for value in dead_letters:
-        futures.append(await producer.send(deadletter_topic, value, key=sender.encode()))
-    for fut in futures:
-        await fut
+    fresh: Fresh,
+    bad: list[Refused],
+    *,
+    source: str,
+    sender: tuple[str, str],
+    received_ms: int,
+    what: str,
+) -> web.Response:
+    """Send one request's batch record ``(topic, key, value, partition)`` and the dead letters of its refused
+    parts (naming the sender, ``("camera", id)`` or ``("instrument", id)``), wait until Kafka (acks=all) has
+    every one, then remember the new keys and answer (:func:`answer`). If Kafka does not confirm, nothing is
+    remembered and the answer is 503: the sender sends the request again (the same ids, de-duplicated)."""
+    field, ident = sender
+    dead = refusal_dead_letters(bad, source="hook", arrived_ms=received_ms, **{field: ident})
+    t0 = time.perf_counter()
+    try:
+        assert host.producer is not None
+        futures = []
+        if batch is not None:
+            topic, key, value, partition = batch
+            futures.append(await host.producer.send(topic, value, key=key.encode(), partition=partition))
+        for value in dead:
+            futures.append(await host.producer.send(host.topics.deadletter, value, key=ident.encode()))
+        for fut in futures:
+            await fut
+    except KafkaError as exc:
+        log.warning("Kafka did not take %s from %s: %s", what, ident, exc)
+        return refuse(503, "kafka_unavailable", f"the {what} are not stored yet; send the request again")
+    if futures:
+        metrics.PRODUCE_SECONDS.labels(source).observe(time.perf_counter() - t0)
+    for k in fresh.keys:
+        host.seen.add(k)
+    return answer(source, len(fresh.items), fresh.duplicates, bad)
 
 
-def answer(source: str, accepted: int, duplicates: int, bad: list[tuple[int | None, str, str, bytes]]) -> web.Response:
+class Sender(Protocol):
+    """A camera or instrument of the registry: what signs its requests."""
+
+    @property
+    def secret(self) -> bytes: ...
+
+
+S = TypeVar("S", bound=Sender)
+
+
+async def authenticate(
+    request: web.Request, header: str, senders: Mapping[str, S], kind: str, received_ms: int
+) -> tuple[str, S, bytes] | web.Response:
+    """(sender id, its registry entry, the raw body) of a JSON request signed by a sender the site file knows
+    (``header`` names it; ``kind``: camera or instrument), or the refusal to answer: 415 for another content
+    type (nothing is read), 401 ``unknown_<kind>``, or the 401s of :func:`read_signed`."""
+    if request.content_type != "application/json":  # aiohttp strips "; charset=..."
+        return refuse(
+            415, "unsupported_media_type", f"Content-Type must be application/json, got {request.content_type}"
+        )
+    ident = request.headers.get(header, "")
+    info = senders.get(ident)
+    if info is None:
+        return refuse(401, f"unknown_{kind}", f"{header} names no {kind} in the site configuration")
+    body = await read_signed(request, info.secret, received_ms)
+    if isinstance(body, web.Response):
+        return body
+    return ident, info, body
+
+
+def answer(source: str, accepted: int, duplicates: int, bad: list[Refused]) -> web.Response:
     """The answer once Kafka has the accepted items and the dead letters of ``bad`` (``source`` labels the
     metrics): 400 listing the ``rejected`` ones when any were bad, else 202 ``{accepted, duplicates, duplicate}``
     (``duplicate``: all of it was a replay, so the sender stops retrying)."""

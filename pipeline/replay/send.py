@@ -388,21 +388,26 @@ async def drive(
     return stats
 
 
-async def _post_hook(http: httpx.AsyncClient, line: Line, secrets: dict[str, str], stats: SendStats) -> None:
+async def _post_signed(
+    http: httpx.AsyncClient, path: str, sender_header: str, kind: str, line: Line, secrets: dict[str, str]
+) -> httpx.Response:
+    """One request signed like contract 2 with the sender's secret (``sender_header`` names the sender: camera
+    or instrument), retried on a transport error or a 5xx (the hooks restarting, Kafka not confirming yet); a
+    401 is a :class:`SendError` (wrong secrets). Returns the last answer."""
     secret = secrets.get(line.source)
     if secret is None:
-        raise SendError(f"no secret for camera {line.source}: it is not in the site configuration")
+        raise SendError(f"no secret for {kind} {line.source}: it is not in the site configuration")
     body = serde.dumps(line.body)
     ts = int(time.time())
     headers = {
         "Content-Type": "application/json",
-        "X-Larder-Camera": line.source,
+        sender_header: line.source,
         "X-Larder-Timestamp": str(ts),
         "X-Larder-Signature": sign(secret, body, ts),
     }
     for attempt in range(5):
         try:
-            resp = await http.post("/v1/kitchen/events", content=body, headers=headers)
+            resp = await http.post(path, content=body, headers=headers)
         except httpx.TransportError as exc:
             if attempt == 4:
                 raise SendError(f"cannot reach the hook at {http.base_url}: {exc}") from None
@@ -412,12 +417,17 @@ async def _post_hook(http: httpx.AsyncClient, line: Line, secrets: dict[str, str
             await asyncio.sleep(0.2 * (attempt + 1))
             continue
         break
+    if resp.status_code == 401:
+        raise SendError(f"the hook refused {kind} {line.source}'s signature (401): {resp.text[:200]}")
+    return resp
+
+
+async def _post_hook(http: httpx.AsyncClient, line: Line, secrets: dict[str, str], stats: SendStats) -> None:
+    resp = await _post_signed(http, "/v1/kitchen/events", "X-Larder-Camera", "camera", line, secrets)
     stats.hook_requests += 1
     n = len(line.body.get("events", [])) if isinstance(line.body, dict) and "events" in line.body else 1
     if resp.status_code == 202:
         stats.events_sent += n
-    elif resp.status_code == 401:
-        raise SendError(f"the hook refused camera {line.source}'s signature (401): {resp.text[:200]}")
     else:
         # 400 means the hook dead-lettered a malformed body: part of what a recording may hold, not our error.
         stats.hook_refusals += 1
@@ -427,33 +437,9 @@ async def _post_rapid_test(http: httpx.AsyncClient, line: Line, secrets: dict[st
     """One contract-6 request, signed with the instrument's secret; 202 only once the results are in Kafka."""
     from pipeline.contracts.rapidtest import RAPID_TEST_PATH
 
-    secret = secrets.get(line.source)
-    if secret is None:
-        raise SendError(f"no secret for instrument {line.source}: it is not in the site configuration")
-    body = serde.dumps(line.body)
-    ts = int(time.time())
-    headers = {
-        "Content-Type": "application/json",
-        "X-Larder-Instrument": line.source,
-        "X-Larder-Timestamp": str(ts),
-        "X-Larder-Signature": sign(secret, body, ts),
-    }
-    for attempt in range(5):
-        try:
-            resp = await http.post(RAPID_TEST_PATH, content=body, headers=headers)
-        except httpx.TransportError as exc:
-            if attempt == 4:
-                raise SendError(f"cannot reach the hook at {http.base_url}: {exc}") from None
-            await asyncio.sleep(0.2 * (attempt + 1))
-            continue
-        if resp.status_code in (500, 502, 503, 504) and attempt < 4:
-            await asyncio.sleep(0.2 * (attempt + 1))
-            continue
-        break
+    resp = await _post_signed(http, RAPID_TEST_PATH, "X-Larder-Instrument", "instrument", line, secrets)
     if resp.status_code == 202:
         stats.rapid_tests_sent += int(resp.json().get("accepted", 0))
-    elif resp.status_code == 401:
-        raise SendError(f"the hook refused instrument {line.source}'s signature (401): {resp.text[:200]}")
     else:
         stats.rapid_test_refusals += 1
 

@@ -130,7 +130,7 @@ async def load(settings: Settings, topics: Topics, site: str | None = None) -> L
 
 
 def report_line(r: ReportRecord, day_start_ms: int) -> str:
-    out = lineproto.line(
+    return lineproto.record_line(
         "report",
         {"site": r.site, "date": r.date},
         {
@@ -145,12 +145,10 @@ def report_line(r: ReportRecord, day_start_ms: int) -> str:
         # One point per version at the day's start (+ version ns): rewriting a version overwrites only itself.
         day_start_ms * lineproto.NS_PER_MS + r.version,
     )
-    assert out is not None
-    return out
 
 
 def signoff_line(s: SignOff) -> str:
-    out = lineproto.line(
+    return lineproto.record_line(
         "report_signoff",
         {"site": s.site, "date": s.date},
         {
@@ -164,8 +162,6 @@ def signoff_line(s: SignOff) -> str:
         },
         lineproto.sub_ms(s.at_ms, s.name),
     )
-    assert out is not None
-    return out
 
 
 async def publish(

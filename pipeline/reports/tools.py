@@ -7,12 +7,11 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 from pipeline.settings import Settings
-from pipeline.stack.process import StackError, run
+from pipeline.stack.process import StackError, apt_install
 
 PACKAGES = ("fonts-wqy-zenhei", "poppler-utils")
 #: Where Debian's fonts-wqy-zenhei puts its one font file.
@@ -34,17 +33,13 @@ def install(settings: Settings) -> bool:
     todo = missing()
     if not todo:
         return False
-    apt = shutil.which("apt-get")
-    if not apt:
-        raise StackError(
-            f"{', '.join(todo)} missing and apt-get is not available: install them with your package manager "
-            "(a CJK font for the PDF reports, pdftoppm to view them)"
-        )
-    sudo: list[str] = [] if os.geteuid() == 0 else ["sudo", "-n"]
     log = settings.log_dir / "install-report-tools.log"
-    env = {"DEBIAN_FRONTEND": "noninteractive"}
-    run([*sudo, apt, "update", "-qq"], log_file=log, env=env, what="apt-get update")
-    run([*sudo, apt, "install", "-y", "-qq", *todo], log_file=log, env=env, what=f"apt-get install {' '.join(todo)}")
+    apt_install(
+        todo,
+        log,
+        without_apt=f"{', '.join(todo)} missing and apt-get is not available: install them with your package manager "
+        "(a CJK font for the PDF reports, pdftoppm to view them)",
+    )
     still = missing()
     if still:
         raise StackError(f"apt-get installed {' '.join(todo)} but {', '.join(still)} is still missing; see {log}")

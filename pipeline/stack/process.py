@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -128,6 +129,25 @@ def run(
         )
     if result.returncode != 0:
         raise StackError(f"{what} failed (exit {result.returncode}); see {log_file}:\n{tail(log_file)}")
+
+
+def apt_install(packages: Sequence[str], log_file: Path, *, without_apt: str) -> list[str]:
+    """``apt-get update`` then ``apt-get install`` of ``packages`` (through ``sudo -n`` unless root), logged to
+    ``log_file``. Without apt-get: a :class:`StackError` with the message ``without_apt`` (what to install by
+    hand). Returns the sudo prefix used, for the caller's own follow-up steps."""
+    apt = shutil.which("apt-get")
+    if not apt:
+        raise StackError(without_apt)
+    sudo: list[str] = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    run([*sudo, apt, "update", "-qq"], log_file=log_file, env=env, what="apt-get update")
+    run(
+        [*sudo, apt, "install", "-y", "-qq", *packages],
+        log_file=log_file,
+        env=env,
+        what=f"apt-get install {' '.join(packages)}",
+    )
+    return sudo
 
 
 def tail_bytes(path: Path, max_bytes: int = 64 * 1024) -> bytes:

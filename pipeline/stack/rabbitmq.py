@@ -50,6 +50,7 @@ from pipeline.ingest.amqp_topology import routing_key as routing_key
 from pipeline.settings import Settings
 from pipeline.stack.process import (
     StackError,
+    apt_install,
     pid_alive,
     port_open,
     read_pid,
@@ -181,14 +182,12 @@ def install(settings: Settings) -> bool:
     is not ours and is stopped."""
     if installed():
         return False
-    apt = shutil.which("apt-get")
-    if not apt:
-        raise StackError("rabbitmq-server is not installed and apt-get is not available: install rabbitmq-server 3.10")
-    sudo: list[str] = [] if os.geteuid() == 0 else ["sudo", "-n"]
     log = settings.log_dir / "install-rabbitmq.log"
-    env = {"DEBIAN_FRONTEND": "noninteractive"}
-    run([*sudo, apt, "update", "-qq"], log_file=log, env=env, what="apt-get update")
-    run([*sudo, apt, "install", "-y", "-qq", "rabbitmq-server"], log_file=log, env=env, what="apt-get install")
+    sudo = apt_install(
+        ["rabbitmq-server"],
+        log,
+        without_apt="rabbitmq-server is not installed and apt-get is not available: install rabbitmq-server 3.10",
+    )
     if shutil.which("systemctl") and Path("/run/systemd/system").exists():
         run([*sudo, "systemctl", "disable", "--now", "rabbitmq-server"], log_file=log, what="stop packaged broker")
     if not installed():

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline import serde, stack
+from pipeline import serde, stack, testing
 from pipeline.console import users
 from pipeline.console.browser import LAUNCH_ARGS, ensure_chromium
 from pipeline.grading import store
@@ -673,17 +673,7 @@ def test_read_model_survives_a_restart_and_open_pages_reconnect(env: Env) -> Non
             assert again[k] == d[k], (aid, k)
     # ... and the reconnected page is live again.
     now = int(time.time() * 1000)
-    a = Alert(
-        alert_id=alert_id("liveness.stuck", f"{env.tag}-d3a", now),
-        rule="liveness.stuck",
-        severity=Severity.WARNING,
-        site="S3",
-        subject=f"{env.tag}-d3a",
-        state=AlertState.OPEN,
-        opened_at=ms_to_iso(now),
-        at_ms=now,
-        notify=False,
-    )
+    a = testing.open_alert("S3", f"{env.tag}-d3a", now, rule="liveness.stuck", notify=False)
     in_thread(produce(env.settings, env.topics.alerts, [("S3", a)]))
     page.wait_for_selector(f"#queue tr[data-id='{a.alert_id}']", timeout=5_000)
     page.context.close()

@@ -9,7 +9,6 @@ dead-lettered; the CLI shows the grades, the override and its audit record.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from typer.testing import CliRunner
 
-from pipeline import serde, testing
+from pipeline import serde
 from pipeline.alerts.kafkaio import read_to_end
 from pipeline.cli import app
 from pipeline.grading import evidence, score, simulate, store
@@ -30,6 +29,7 @@ from pipeline.grading.topics import GradingTopics
 from pipeline.settings import Settings
 from pipeline.siteconfig import SiteConfig
 from pipeline.topics import Topics
+from tests.agents_support import WorkerProcess
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,43 +44,12 @@ def fold_all(records: list[dict[str, Any]]) -> dict[str, evidence.SiteEvidence]:
     return states
 
 
-class GradingWorker:
+class GradingWorker(WorkerProcess):
     def __init__(self, tmp: Path, topics: Topics, sites: Path) -> None:
-        self.log = tmp / "grading.log"
-        self.data = tmp / "grading-data"
-        self.args = [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "grade",
-            "worker",
-            "--sites",
-            str(sites),
-            "--data-dir",
-            str(self.data),
-            "--commit-interval",
-            "0.5",
-            "--session-timeout",
-            "6",
-            "--heartbeat-interval",
-            "1",
-        ]
-        self.env = {
-            **os.environ,
-            "LARDER_TOPIC_PREFIX": topics.prefix,
-            "LARDER_READINGS_PARTITIONS": str(topics.partitions),
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(["grade", "worker"], topics, sites, tmp / "grading-data", tmp / "grading.log")
 
     def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(self.args, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
-
-    def kill9(self) -> None:
-        testing.kill9(self.proc)
-
-    def stop(self) -> None:
-        testing.terminate(self.proc, 20)
+        self._spawn()
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""

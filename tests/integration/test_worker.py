@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -19,7 +17,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from pipeline import serde, testing
+from pipeline import serde
 from pipeline.agents.devices import device_concern
 from pipeline.agents.kitchen import kitchen_concern
 from pipeline.contracts import records
@@ -31,6 +29,7 @@ from pipeline.siteconfig import load
 from pipeline.topics import Topics
 from tests.agents_support import (
     STEP_MS,
+    WorkerProcess,
     batches,
     cold_chain_scenario,
     device_names,
@@ -45,47 +44,21 @@ from tests.agents_support import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
-ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000_000
 
 
-class Worker:
+class Worker(WorkerProcess):
     """One `larder worker` subprocess with its own data folder and log file."""
 
     def __init__(self, topics: Topics, tmp: Path, name: str, *args: str) -> None:
-        self.log = tmp / f"{name}.log"
-        self.args = [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "worker",
-            "--sites",
-            str(tmp / "sites.yaml"),
-            "--data-dir",
-            str(tmp / name),
-            "--commit-interval",
-            "0.5",
-            "--session-timeout",
-            "6",
-            "--heartbeat-interval",
-            "1",
-            "-l",
-            # LARDER_TEST_WORKER_LOG=info keeps Faust's rebalance and recovery steps in the workers' logs.
-            os.environ.get("LARDER_TEST_WORKER_LOG", "warn"),
-            *args,
-        ]
-        self.env = {
-            **os.environ,
-            "LARDER_TOPIC_PREFIX": topics.prefix,
-            "LARDER_READINGS_PARTITIONS": str(topics.partitions),
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
+        # LARDER_TEST_WORKER_LOG=info keeps Faust's rebalance and recovery steps in the workers' logs.
+        level = os.environ.get("LARDER_TEST_WORKER_LOG", "warn")
+        super().__init__(["worker"], topics, tmp / "sites.yaml", tmp / name, tmp / f"{name}.log", "-l", level, *args)
         self._seen = 0
 
     def start(self) -> Worker:
         self._seen = len(self.lines())
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(self.args, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        self._spawn()
         return self
 
     def lines(self) -> list[str]:
@@ -106,12 +79,6 @@ class Worker:
                     break
             await asyncio.sleep(0.2)
         raise AssertionError("worker not assigned in time:\n" + "\n".join(self.lines()[-30:]))
-
-    def kill9(self) -> None:
-        testing.kill9(self.proc)
-
-    def stop(self) -> None:
-        testing.terminate(self.proc, 20)
 
 
 async def produce(settings: Settings, topic: str, records: list[tuple[int, bytes]]) -> None:

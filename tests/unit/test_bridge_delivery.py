@@ -11,20 +11,11 @@ from typing import Any
 import pytest
 from aiokafka.errors import KafkaTimeoutError, NotEnoughReplicasError
 
-from pipeline import serde
+from pipeline import serde, testing
 from pipeline.ingest import bridge as bridge_mod
 from pipeline.ingest.bridge import Bridge
 from pipeline.ingest.registry import ReloadingRegistry
 from pipeline.settings import load_settings
-
-SITES = """version: 1
-sites:
-  S1:
-    assets:
-      a1: { profile: chilled }
-    devices:
-      d1: { asset: a1, secret: "d1-secret-xyz" }
-"""
 
 
 class FlakyProducer:
@@ -52,7 +43,7 @@ class FlakyProducer:
 
 @pytest.fixture
 def bridge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Bridge, list[int]]:
-    (tmp_path / "sites.yaml").write_text(SITES)
+    testing.write_site_file(tmp_path / "sites.yaml", testing.ingest_site_doc({"d1": ("a1", "d1-secret-xyz")}, {}))
     settings = load_settings(state_dir=tmp_path, site_config=tmp_path / "sites.yaml")
     b = Bridge(settings, ReloadingRegistry(settings.site_config))
     b.partitions = 4
