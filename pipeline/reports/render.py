@@ -9,6 +9,7 @@ regenerated report has the same SHA-256.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import threading
 from dataclasses import dataclass
@@ -287,12 +288,18 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
-def html(report: DailyReport, info: VersionInfo, caps: dict[str, int]) -> str:
+@functools.cache
+def _jinja() -> Any:
+    """One environment per process: it keeps the compiled template (re-read only when the file changes)."""
     import jinja2
 
-    env = jinja2.Environment(
+    return jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=jinja2.select_autoescape(["html"]), trim_blocks=True
     )
+
+
+def html(report: DailyReport, info: VersionInfo, caps: dict[str, int]) -> str:
+    env = _jinja()
     tz = ZoneInfo(report.timezone)
     day = report.date
     ctx: dict[str, Any] = {
