@@ -31,6 +31,7 @@ from pipeline.clock import Clock, WallClock
 from pipeline.console import auth, charts, grades, users
 from pipeline.console.model import AGE_BUCKETS, AlertView, ReadModel
 from pipeline.console.records import AuditRecord, ResolutionRecord, VerdictRecord
+from pipeline.console.reports import CONTENT_TYPES, DATE_PATTERN, SERVED, ReportIndex
 from pipeline.console.series import Series
 from pipeline.contracts import records as record_values
 from pipeline.contracts.models import KitchenVerdict
@@ -92,6 +93,11 @@ class Console:
         self.trust_proxy = trust_proxy
         self.model = ReadModel(topics)
         self.series = Series(settings, bucket)
+        self.bucket = bucket
+        #: The daily records' ledger (reports and sign-offs topics), for the records pages.
+        self.reports = ReportIndex()
+        #: One sign-off at a time: each makes the next version of a day, and two at once would race for it.
+        self._sign_lock = asyncio.Lock()
         self._users: users.UsersFile = users.load(users_path)
         self._users_mtime = self._mtime()
         self._scopes: dict[str, frozenset[str]] = {}
@@ -145,6 +151,10 @@ class Console:
         r.add_get("/devices", self._devices)
         r.add_get("/grades", self._grades)
         r.add_post("/grades/{site}/override", self._override_form)
+        r.add_get("/records", self._unsigned)
+        r.add_get("/sites/{site}/records", self._records)
+        r.add_get("/sites/{site}/records/{date}/v{version:[0-9]+}/{file}", self._record_file)
+        r.add_post("/sites/{site}/records/{date}/sign", self._sign_form)
         r.add_get("/events", self._events)
         r.add_get("/api/v1/session", self._api_session)
         r.add_get("/api/v1/overview", self._api_overview)
@@ -155,6 +165,10 @@ class Console:
         r.add_get("/api/v1/devices", self._api_devices)
         r.add_get("/api/v1/grades", self._api_grades)
         r.add_get("/api/v1/rollup", self._api_rollup)
+        r.add_get("/api/v1/records/unsigned", self._api_unsigned)
+        r.add_get("/api/v1/sites/{site}/records", self._api_records)
+        r.add_get("/api/v1/sites/{site}/records/{date}/v{version:[0-9]+}/{file}", self._record_file)
+        r.add_post("/api/v1/sites/{site}/records/{date}/sign", self._sign_api)
         app.on_startup.append(self._start)
         app.on_shutdown.append(self._end_streams)
         app.on_cleanup.append(self._cleanup)
@@ -165,10 +179,14 @@ class Console:
         await self._producer.start()
         t = self.topics
         names = [t.deliveries, t.alerts, t.acks, t.annotations, t.verdicts, t.resolutions]
+        names += [t.reports, t.report_signoffs]
         started = time.monotonic()
 
         def fold(rec: Any) -> None:
-            self.model.apply_record(rec.topic, rec.value)
+            if rec.topic in (t.reports, t.report_signoffs):
+                self.reports.apply(rec.topic == t.reports, rec.key, rec.value)
+            else:
+                self.model.apply_record(rec.topic, rec.value)
 
         ends = await read_to_end(self.settings, names, fold)
         self.model.fix_early_messages()
@@ -188,6 +206,9 @@ class Console:
         async for records in tail(self.settings, names, start, self._stop, timeout_ms=100):
             changed: list[str] = []
             for rec in records:
+                if rec.topic in (self.topics.reports, self.topics.report_signoffs):
+                    self.reports.apply(rec.topic == self.topics.reports, rec.key, rec.value)
+                    continue
                 aid = self.model.apply_record(rec.topic, rec.value)
                 if aid:
                     changed.append(aid)
@@ -917,6 +938,225 @@ class Console:
         status, out = await self.act(req, v, req.match_info["action"], body)
         return web.json_response(out, status=status)
 
+    # -- daily records (issue 21) ---------------------------------------------------------------------------
+
+    def may_sign(self, p: Principal, site: str) -> bool:
+        """Only the site's own food-safety officer (食品安全员) signs its daily record (users file flag)."""
+        return p.user.food_safety_officer and p.user.role in ("operator", "site_manager") and site in p.scope
+
+    def records_data(self, p: Principal, sid: str) -> dict[str, Any]:
+        site = self.config.sites[sid]
+        days = self.reports.site_rows(sid)
+        for d in days:
+            for v in d["versions"]:
+                v["urls"] = {f: _record_url(sid, d["date"], v["version"], f) for f in (*v["files"], "manifest.json")}
+        return {
+            "site": sid,
+            "name": site.name or sid,
+            "station": site.station,
+            "district": site.district,
+            "timezone": site.timezone,
+            "may_sign": self.may_sign(p, sid),
+            "days": days,
+            "unsigned": sum(1 for d in days if not d["signed"]),
+        }
+
+    def unsigned_data(self, p: Principal) -> dict[str, Any]:
+        """The unsigned days of the user's sites, by station (what a 市场监管所 follows up)."""
+        stations: dict[str, list[dict[str, Any]]] = {}
+        rows = self.reports.unsigned(p.scope)
+        for row in rows:
+            name, station, district, _n_dev, _n_kit = self._site_static[row["site"]]
+            row |= {"name": name, "station": station, "district": district}
+            stations.setdefault(station, []).append(row)
+        reported = sum(1 for sid in p.scope if self.reports.days.get(sid))
+        return {
+            "unsigned": len(rows),
+            "sites_reported": reported,
+            "stations": [{"station": k, "days": v} for k, v in sorted(stations.items())],
+        }
+
+    async def _records_denied(self, req: web.Request) -> web.Response:
+        """A record of a site outside the user's scope (or none such): 404 like any unknown, and audited."""
+        await self.audit(
+            req,
+            req["principal"],
+            "denied",
+            ok=False,
+            detail={"path": req.path[:300], "site": req.match_info.get("site", "")[:100]},
+        )
+        return self.not_found(req)
+
+    async def _records(self, req: web.Request) -> web.Response:
+        p: Principal = req["principal"]
+        sid = req.match_info["site"]
+        if sid not in p.scope:
+            return await self._records_denied(req)
+        return self.page(
+            req,
+            "records.html",
+            title=f"Daily records · {sid}",
+            r=self.records_data(p, sid),
+            notice=req.query.get("done", ""),
+            error="",
+        )
+
+    async def _unsigned(self, req: web.Request) -> web.Response:
+        return self.page(req, "unsigned.html", title="Daily records to sign", data=self.unsigned_data(req["principal"]))
+
+    async def _record_file(self, req: web.Request) -> web.StreamResponse:
+        """One file of a stored version, checked against the ledger's SHA-256 before it is served."""
+        p: Principal = req["principal"]
+        sid, day_s, name = req.match_info["site"], req.match_info["date"], req.match_info["file"]
+        if sid not in p.scope:
+            return await self._records_denied(req)
+        day = self.reports.day(sid, day_s) if DATE_PATTERN.match(day_s) else None
+        rec = day.versions.get(int(req.match_info["version"])) if day else None
+        if rec is None or name not in SERVED:
+            return self.not_found(req)
+        from pipeline.reports.ledger import sha256, version_dir
+
+        path = version_dir(self.settings, sid, day_s, rec.version) / name
+        try:
+            data = await asyncio.to_thread(path.read_bytes)
+            if name == "manifest.json":
+                intact = serde.loads(data) == rec.model_dump(mode="json")
+            else:
+                intact = sha256(data) == rec.files.get(name)
+        except (OSError, ValueError):
+            data, intact = b"", False
+        if not intact:
+            # Evidence that does not match its ledger is never handed out as if it did.
+            await self.audit(req, p, "record_damaged", ok=False, site=sid, detail={"path": req.path[:300]})
+            message = f"The stored {name} of {rec.report_id} is missing or does not match its SHA-256 on the ledger. "
+            message += f"Run `larder report verify --site {sid}`."
+            if req.path.startswith("/api/"):
+                return web.json_response({"error": message}, status=500)
+            return self.page(req, "error.html", status=500, title="Record damaged", message=message)
+        await self.audit(
+            req, p, "record_download", site=sid, detail={"date": day_s, "version": rec.version, "file": name}
+        )
+        ctype, _, charset = CONTENT_TYPES[name].partition("; charset=")
+        return web.Response(
+            body=data,
+            content_type=ctype,
+            charset=charset or None,
+            headers={"Content-Disposition": f'attachment; filename="{rec.report_id}-{name}"'},
+        )
+
+    async def sign(self, req: web.Request, sid: str, day_s: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """The officer's sign-off ("reviewed"), through :func:`pipeline.reports.service.sign` as the CLI does:
+        the sign-off on Kafka and InfluxDB, then the day's next version that shows it on its PDF."""
+        from datetime import date
+
+        from pipeline.reports import service
+
+        p: Principal = req["principal"]
+        if not self.may_sign(p, sid):
+            await self.audit(req, p, "sign_refused", ok=False, site=sid, detail={"date": day_s})
+            return 403, {"error": "only the site's food-safety officer (食品安全员) signs its daily records"}
+        comment = str(body.get("comment", "")).strip()
+        if len(comment) > 2000:
+            return 400, {"error": "comment: at most 2,000 characters"}
+        name = f"{p.user.name} ({p.username})" if p.user.name else p.username
+        async with self._sign_lock:
+            day = self.reports.day(sid, day_s)
+            if day is None:
+                return 404, {"error": "not found"}
+            if day.signoffs:
+                by = ", ".join(s.name for s in day.signed())
+                return 409, {"error": f"{sid} {day_s} is signed already (by {by})"}
+            now = self.clock.now_ms()
+
+            def run() -> tuple[Any, Any]:
+                # Its own thread and loop: making the new version renders a PDF (seconds of CPU) that must not
+                # stall the event streams and the other users' requests.
+                return asyncio.run(
+                    service.sign(
+                        self.settings,
+                        sid,
+                        date.fromisoformat(day_s),
+                        name,
+                        comment=comment,
+                        via="console",
+                        now_ms=now,
+                        bucket=self.bucket,
+                    )
+                )
+
+            try:
+                signoff, outcome = await asyncio.to_thread(run)
+            except service.ReportError as exc:
+                await self.audit(req, p, "sign", ok=False, site=sid, detail={"date": day_s, "error": str(exc)})
+                return 409, {"error": str(exc)}
+            except Exception as exc:  # Kafka or InfluxDB away: say so, audited, keep serving
+                log.exception("sign-off of %s %s failed", sid, day_s)
+                await self.audit(req, p, "sign", ok=False, site=sid, detail={"date": day_s, "error": repr(exc)[:300]})
+                return 503, {"error": f"the sign-off could not be completed ({type(exc).__name__}); try again"}
+            self.reports.add(signoff)
+            self.reports.add(outcome.record)
+        await self.audit(
+            req,
+            p,
+            "sign",
+            site=sid,
+            detail={
+                "date": day_s,
+                "name": signoff.name,
+                "meaning": signoff.meaning,
+                "reviewed_version": signoff.report_version,
+                "reviewed_sha256": signoff.report_sha256,
+                "new_version": outcome.record.version,
+                "comment": comment,
+            },
+        )
+        return 202, {"signoff": signoff.model_dump(mode="json"), "record": outcome.record.model_dump(mode="json")}
+
+    async def _sign_form(self, req: web.Request) -> web.StreamResponse:
+        p: Principal = req["principal"]
+        sid, day_s = req.match_info["site"], req.match_info["date"]
+        if sid not in p.scope:
+            return await self._records_denied(req)
+        form = await req.post()
+        status, out = await self.sign(req, sid, day_s, {k: str(x) for k, x in form.items()})
+        if status == 404:
+            return self.not_found(req)
+        if status >= 400:
+            return self.page(
+                req,
+                "records.html",
+                status=status,
+                title=f"Daily records · {sid}",
+                r=self.records_data(p, sid),
+                notice="",
+                error=out["error"],
+            )
+        raise web.HTTPSeeOther(f"/sites/{quote(sid)}/records?done=signed#d-{day_s}")
+
+    async def _sign_api(self, req: web.Request) -> web.Response:
+        p: Principal = req["principal"]
+        sid, day_s = req.match_info["site"], req.match_info["date"]
+        if sid not in p.scope:
+            return await self._records_denied(req)
+        try:
+            body = serde.loads(await req.read()) if req.can_read_body else {}
+        except serde.JSONDecodeError:
+            return web.json_response({"error": "body is not JSON"}, status=400)
+        if not isinstance(body, dict):
+            return web.json_response({"error": "body must be a JSON object"}, status=400)
+        status, out = await self.sign(req, sid, day_s, body)
+        return web.json_response(out, status=status, dumps=_dumps)
+
+    async def _api_records(self, req: web.Request) -> web.Response:
+        p: Principal = req["principal"]
+        sid = req.match_info["site"]
+        if sid not in p.scope:
+            return await self._records_denied(req)
+        return web.json_response(self.records_data(p, sid), dumps=_dumps)
+
+    async def _api_unsigned(self, req: web.Request) -> web.Response:
+        return web.json_response(self.unsigned_data(req["principal"]), dumps=_dumps)
+
     # -- API ------------------------------------------------------------------------------------------------
 
     async def _api_session(self, req: web.Request) -> web.Response:
@@ -982,6 +1222,10 @@ class Console:
 
 def _dumps(obj: Any) -> str:
     return serde.dumps(obj).decode()
+
+
+def _record_url(site: str, day: str, version: int, name: str) -> str:
+    return f"/sites/{quote(site)}/records/{day}/v{version}/{name}"
 
 
 def _num(x: Any) -> float | None:

@@ -123,6 +123,13 @@ def users_add(
     station: Annotated[list[str] | None, typer.Option("--station", help="station: a station name (repeat)")] = None,
     district: Annotated[list[str] | None, typer.Option("--district", help="district: a district name (repeat)")] = None,
     display: Annotated[str, typer.Option("--name", help="display name")] = "",
+    officer: Annotated[
+        bool,
+        typer.Option(
+            "--food-safety-officer",
+            help="operator/site_manager: the sites' food-safety officer (食品安全员), who signs off daily records",
+        ),
+    ] = False,
     password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read the password from stdin")] = False,
     sites: SiteOpt = None,
     users_file: UsersOpt = None,
@@ -145,6 +152,7 @@ def users_add(
                 "sites": site or [],
                 "stations": station or [],
                 "districts": district or [],
+                "food_safety_officer": officer,
             }
         )
         import re
@@ -223,7 +231,8 @@ def users_list(sites: SiteOpt = None, users_file: UsersOpt = None) -> None:
         table.add_column(col)
     for name, u in sorted(current.users.items()):
         scope = ", ".join(u.sites or u.stations or u.districts) or "all"
-        table.add_row(name, u.role, scope, str(len(u.scope(config))))
+        role = u.role + (" · food-safety officer" if u.food_safety_officer else "")
+        table.add_row(name, role, scope, str(len(u.scope(config))))
     Console().print(table)
 
 

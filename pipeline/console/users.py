@@ -9,7 +9,8 @@ Roles and their scope (which sites a user sees and may act on):
 * ``admin`` -- every site.
 * ``district`` -- every site whose ``district`` (site file) is one of the user's ``districts``.
 * ``station`` -- every site whose ``station`` is one of the user's ``stations`` (a 市场监管所 sees only its sites).
-* ``site_manager``, ``operator`` -- the sites listed in the user's ``sites``.
+* ``site_manager``, ``operator`` -- the sites listed in the user's ``sites``. With ``food_safety_officer: true``
+  the user is the sites' food-safety officer (食品安全员) and signs off their daily records in the console.
 
 ::
 
@@ -57,6 +58,8 @@ class User(BaseModel):
     sites: list[str] = Field(default_factory=list)
     stations: list[str] = Field(default_factory=list)
     districts: list[str] = Field(default_factory=list)
+    #: The site's food-safety officer (食品安全员): may sign off the daily records of the sites in ``sites``.
+    food_safety_officer: bool = False
 
     @model_validator(mode="after")
     def _scope_given(self) -> User:
@@ -64,6 +67,8 @@ class User(BaseModel):
         field = need.get(self.role)
         if field and not getattr(self, field):
             raise ValueError(f"a {self.role} needs at least one entry in '{field}'")
+        if self.food_safety_officer and self.role not in ("operator", "site_manager"):
+            raise ValueError("food_safety_officer is a site's own staff: role operator or site_manager")
         if not self.password_hash.startswith("$argon2"):
             raise ValueError("password_hash must be an argon2 hash (use `larder users add` / `passwd`)")
         return self

@@ -1,16 +1,18 @@
 """The record's files: ``readings.csv``, ``excursions.csv``, ``rapid_tests.csv`` (sites with rapid-test
 instruments, or a day with results) and ``report.pdf`` (a jinja2 HTML template through WeasyPrint, with one
-matplotlib SVG chart per asset).
+matplotlib chart per asset, a PNG drawn by Agg).
 
 Every output is a pure function of the computed report and the version's metadata: the same input gives the
-same bytes (the charts' SVG ids are salted with a constant, matplotlib writes no date, WeasyPrint writes no
-creation time), so a regenerated report has the same SHA-256.
+same bytes (the charts' PNGs carry no date or software tag, WeasyPrint writes no creation time), so a
+regenerated report has the same SHA-256.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import io
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -211,7 +213,7 @@ def excursions_csv(report: DailyReport) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Chart (matplotlib, SVG inline in the HTML)
+# Chart (matplotlib Agg, a PNG data URI in the HTML)
 # ---------------------------------------------------------------------------------------------------------------
 
 _MPL_READY = False
@@ -226,8 +228,6 @@ def _mpl() -> None:
     matplotlib.use("Agg")
     matplotlib.rcParams.update(
         {
-            "svg.hashsalt": "larder-daily-record",  # stable element ids: same chart, same bytes
-            "svg.fonttype": "none",  # text stays text: the PDF's fonts (CJK too) draw it, and the SVG is small
             "font.family": ["DejaVu Sans"],  # the charts' text is numbers and °C; the PDF's font draws it
             "font.size": 7,
             "axes.spines.top": False,
@@ -237,55 +237,94 @@ def _mpl() -> None:
     _MPL_READY = True
 
 
-def chart_svg(a: AssetDay, report: DailyReport, cap_ms: int) -> str:
-    """The day of one asset: temperature (broken where data is missing), limits, excursions and gaps shaded."""
-    _mpl()
-    from matplotlib.figure import Figure
+#: Resolution of the charts in the PDF: 1,560 x 240 pixels for the 10.4 x 1.6 in chart, sharper than print needs.
+CHART_DPI = 150
+_charts = threading.local()
 
-    h0 = report.start_ms
-    hours = (report.end_ms - report.start_ms) / 3_600_000
 
-    def x(ms: int) -> float:
-        return (ms - h0) / 3_600_000
+def chart_png(a: AssetDay, report: DailyReport, cap_ms: int) -> bytes:
+    """The day of one asset: temperature (broken where data is missing), limits, excursions and gaps shaded.
 
-    xs: list[float] = []
-    ys: list[float] = []
-    prev: int | None = None
-    for p in a.points:
-        if prev is not None and p.ts_ms - prev > cap_ms:
-            xs.append(x(prev + cap_ms))
-            ys.append(float("nan"))
-        xs.append(x(p.ts_ms))
-        ys.append(p.temp_c)
-        prev = p.ts_ms
-    fig = Figure(figsize=(10.4, 1.6), dpi=72)
-    ax = fig.add_axes((0.05, 0.16, 0.925, 0.8))  # room for the last tick label, 24:00
-    for g in a.gaps:
-        ax.axvspan(x(g.start_ms), x(g.end_ms), color="#9aa5b1", alpha=0.25, lw=0)
-    for e in report.excursions:
-        if e.device == a.device:
-            end = e.end_ms if e.end_ms is not None else report.end_ms
-            ax.axvspan(max(0.0, x(e.start_ms)), min(hours, x(end)), color="#d64545", alpha=0.16, lw=0)
-    for limit in (a.high_c, a.low_c):
-        if limit is not None:
-            ax.axhline(limit, color="#b42318", lw=0.8, ls=(0, (4, 3)))
-    ax.plot(xs, ys, color="#1f4e79", lw=0.9)
-    values = [v for v in ys if v == v]
-    lo = min([*values, *(v for v in (a.low_c, a.high_c) if v is not None)], default=0.0)
-    hi = max([*values, *(v for v in (a.low_c, a.high_c) if v is not None)], default=1.0)
-    pad = max(0.5, (hi - lo) * 0.08)
-    ax.set_ylim(lo - pad, hi + pad)
-    ax.set_xlim(0, hours)
-    ax.set_xticks([h for h in range(0, int(hours) + 1, 2)])
-    ax.set_xticklabels([f"{h:02d}:00" for h in range(0, int(hours) + 1, 2)])
-    ax.set_ylabel("°C")
-    ax.grid(axis="y", color="#e4e7eb", lw=0.5)
-    # No tick marks (labels and grid say enough): every SVG element costs WeasyPrint time to draw (~10 %).
-    ax.tick_params(length=0, pad=2, colors="#52606d", bottom=False, left=False)
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
-    svg = buf.getvalue()
-    return svg[svg.index("<svg") :]
+    A picture drawn by matplotlib's Agg renderer, not SVG: WeasyPrint draws an SVG with its own Python interpreter
+    of paths and text (each chart's 1,440-point line and ~20 labels), about a third of a ten-asset record's CPU;
+    a PNG it only embeds. One figure per thread is kept and only its data, limits and shading change between
+    charts: building a figure (axes, ~20 tick objects) cost as much as drawing it. Deterministic: the PNG
+    carries no date or software tag, and a reused figure draws the same pixels as a fresh one (tested).
+    """
+    chart: _Chart | None = getattr(_charts, "chart", None)
+    if chart is None:
+        chart = _charts.chart = _Chart()
+    return chart.png(a, report, cap_ms)
+
+
+class _Chart:
+    def __init__(self) -> None:
+        _mpl()
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        self.fig = Figure(figsize=(10.4, 1.6), dpi=CHART_DPI)
+        self.canvas = FigureCanvasAgg(self.fig)
+        ax = self.ax = self.fig.add_axes((0.05, 0.16, 0.925, 0.8))  # room for the last tick label, 24:00
+        # Drawn in this order (shading, limits, then the readings on top), as a fresh figure would add them.
+        self.limits = [ax.axhline(0.0, color="#b42318", lw=0.8, ls=(0, (4, 3))) for _ in range(2)]
+        (self.line,) = ax.plot([], [], color="#1f4e79", lw=0.9)
+        self.spans: list[Any] = []
+        ax.set_ylabel("°C")
+        ax.grid(axis="y", color="#e4e7eb", lw=0.5)
+        # No tick marks: labels and grid say enough.
+        ax.tick_params(length=0, pad=2, colors="#52606d", bottom=False, left=False)
+
+    def png(self, a: AssetDay, report: DailyReport, cap_ms: int) -> bytes:
+        ax = self.ax
+        h0 = report.start_ms
+        hours = (report.end_ms - report.start_ms) / 3_600_000
+
+        def x(ms: int) -> float:
+            return (ms - h0) / 3_600_000
+
+        xs: list[float] = []
+        ys: list[float] = []
+        prev: int | None = None
+        for p in a.points:
+            if prev is not None and p.ts_ms - prev > cap_ms:
+                xs.append(x(prev + cap_ms))
+                ys.append(float("nan"))
+            xs.append(x(p.ts_ms))
+            ys.append(p.temp_c)
+            prev = p.ts_ms
+        for span in self.spans:
+            span.remove()
+        self.spans = [ax.axvspan(x(g.start_ms), x(g.end_ms), color="#9aa5b1", alpha=0.25, lw=0) for g in a.gaps]
+        for e in report.excursions:
+            if e.device == a.device:
+                end = e.end_ms if e.end_ms is not None else report.end_ms
+                span = ax.axvspan(max(0.0, x(e.start_ms)), min(hours, x(end)), color="#d64545", alpha=0.16, lw=0)
+                self.spans.append(span)
+        for artist, limit in zip(self.limits, (a.high_c, a.low_c), strict=True):
+            artist.set_visible(limit is not None)
+            artist.set_ydata([limit or 0.0, limit or 0.0])
+        self.line.set_data(xs, ys)
+        values = [v for v in ys if v == v]
+        lo = min([*values, *(v for v in (a.low_c, a.high_c) if v is not None)], default=0.0)
+        hi = max([*values, *(v for v in (a.low_c, a.high_c) if v is not None)], default=1.0)
+        pad = max(0.5, (hi - lo) * 0.08)
+        ax.set_ylim(lo - pad, hi + pad)
+        ax.set_xlim(0, hours)
+        ax.set_xticks([h for h in range(0, int(hours) + 1, 2)])
+        ax.set_xticklabels([f"{h:02d}:00" for h in range(0, int(hours) + 1, 2)])
+        # RGB, not matplotlib's RGBA PNG: the figure is opaque, and WeasyPrint re-encodes an RGBA picture twice
+        # (colour, then the alpha channel as a mask). Quick compression: WeasyPrint re-encodes it anyway.
+        from PIL import Image
+
+        self.canvas.draw()
+        rgba = self.canvas.buffer_rgba()
+        w, h = self.canvas.get_width_height(physical=True)
+        buf = io.BytesIO()
+        Image.frombuffer("RGBA", (w, h), rgba, "raw", "RGBA", 0, 1).convert("RGB").save(
+            buf, format="PNG", compress_level=1
+        )
+        return buf.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -293,18 +332,24 @@ def chart_svg(a: AssetDay, report: DailyReport, cap_ms: int) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _b64(svg: str) -> str:
+def _data_uri(png: bytes) -> str:
     import base64
 
-    return base64.b64encode(svg.encode()).decode()
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+@functools.cache
+def _jinja() -> Any:
+    """One environment per process: it keeps the compiled template (re-read only when the file changes)."""
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=jinja2.select_autoescape(["html"]), trim_blocks=True
+    )
 
 
 def html(report: DailyReport, info: VersionInfo, caps: dict[str, int]) -> str:
-    import jinja2
-
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=jinja2.select_autoescape(["html"]), trim_blocks=True
-    )
+    env = _jinja()
     tz = ZoneInfo(report.timezone)
     day = report.date
     ctx: dict[str, Any] = {
@@ -312,9 +357,8 @@ def html(report: DailyReport, info: VersionInfo, caps: dict[str, int]) -> str:
         "info": info,
         "larder_version": __version__,
         "generated": local_iso(info.generated_ms, tz)[:19].replace("T", " "),
-        # As images (data URIs), not inline: WeasyPrint then draws each SVG on its own instead of running the
-        # HTML cascade over every chart element (a third less time for ten charts).
-        "charts": {a.device: _b64(chart_svg(a, report, caps[a.device])) for a in report.assets},
+        # As images (data URIs): WeasyPrint embeds a picture instead of laying out chart elements (see chart_png).
+        "charts": {a.device: _data_uri(chart_png(a, report, caps[a.device])) for a in report.assets},
         "hm": lambda ms: local_hm(ms, tz, day),
         "fmt": fmt,
         "notified": lambda n: notified_text(n, tz, day),

@@ -64,6 +64,7 @@ USERS = {
     "station-st2": {"role": "station", "stations": ["Xuhui Station"], "name": "Wang (Xuhui Station)"},
     "op-s1": {"role": "operator", "sites": ["S1"], "name": "Chen (operator)"},
     "mgr-s3": {"role": "site_manager", "sites": ["S3"], "name": "Zhao (manager)"},
+    "mgr-s1": {"role": "site_manager", "sites": ["S1"], "name": "Sun 孙丽", "food_safety_officer": True},
     "locked": {"role": "operator", "sites": ["S3"]},
 }
 SCOPES = {
@@ -236,6 +237,7 @@ def env(live_stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
             "LARDER_NOTIFY__SMS_URL": f"http://127.0.0.1:{gw.port}/sms",
             "LARDER_NOTIFY__GROUP_WINDOW_S": "1",
             "LARDER_NOTIFY__BACKOFF_S": "0.3",
+            "LARDER_REPORTS__DIR": str(work / "reports"),  # the daily records' archive, this module's own
         },
     )
     svc.start()
@@ -696,6 +698,137 @@ def test_wrong_passwords_are_rate_limited(env: Env) -> None:
     failed = wait_for(lambda: [r for r in influx_rows(env, "audit") if r.get("action") == "login_failed"], 30, "audit")
     assert len(failed) == 5
     ctx.close()
+
+
+def make_record(env: Env, site: str, day: str) -> None:
+    """`larder report daily` as a real process on the module's topics, database and archive."""
+    out = subprocess.run(
+        [*larder_argv(), "report", "daily", "--site", site, "--date", day],
+        env=env.svc.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_daily_records_list_download_sign_and_unsigned_days(env: Env, tmp_path: Path) -> None:
+    """Issue 21 in the console: the site's officer lists, downloads and signs a day; the PDF of the new version
+    shows the sign-off; the station sees the days still unsigned; another station gets 404s (audited)."""
+    import hashlib
+    from datetime import date, datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    today = datetime.now(ZoneInfo("Asia/Shanghai")).date()
+    d1, d2 = (today - timedelta(days=2)).isoformat(), (today - timedelta(days=1)).isoformat()
+    for site, day in (("S1", d1), ("S1", d2), ("S2", d2)):
+        make_record(env, site, day)
+
+    page = login(env, "mgr-s1")
+    page.click("a[href='/sites/S1']")
+    page.click("a[href='/sites/S1/records']")
+    assert [e for e in page.eval_on_selector_all("section.record", "els => els.map(e => e.dataset.date)")] == [d2, d1]
+    assert page.inner_text("#unsigned-count") == "2 unsigned days"
+    listed = page.request.get(f"{env.url}/api/v1/sites/S1/records").json()
+    assert listed["may_sign"] is True and [d["date"] for d in listed["days"]] == [d2, d1]
+    v1 = listed["days"][1]["latest"]
+    assert v1["version"] == 1 and not listed["days"][1]["signed"]
+
+    # Downloads: the bytes the ledger's manifest vouches for.
+    day1 = page.locator(f"#d-{d1}")
+    manifest = json.loads(page.request.get(f"{env.url}/sites/S1/records/{d1}/v1/manifest.json").body())
+    assert manifest["sha256"] == v1["sha256"]
+    with page.expect_download() as dl:
+        day1.locator("a", has_text="report.pdf").click()
+    pdf = Path(dl.value.path()).read_bytes()
+    assert pdf.startswith(b"%PDF") and hashlib.sha256(pdf).hexdigest() == manifest["files"]["report.pdf"]
+    assert dl.value.suggested_filename == f"LDR-S1-{date.fromisoformat(d1):%Y%m%d}-v1-report.pdf"
+    with page.expect_download() as dl:
+        day1.locator("a", has_text="readings.csv").click()
+    csv_bytes = Path(dl.value.path()).read_bytes()
+    assert csv_bytes.startswith(b"ts,asset,device,value,in_range,alert_id")
+    assert hashlib.sha256(csv_bytes).hexdigest() == manifest["files"]["readings.csv"]
+
+    # Sign the older day in the form (CSRF token in it), with a comment.
+    day1.locator("textarea[name=comment]").fill("checked with the kitchen log")
+    env.shot(page, "records")
+    day1.locator("button[type=submit]").click()
+    page.wait_for_url("**/sites/S1/records?done=signed*", timeout=120_000)
+    assert "Signed off as reviewed" in page.inner_text("[role=status]")
+    signed = page.locator(f"#d-{d1}")
+    assert "Reviewed by Sun 孙丽 (mgr-s1)" in signed.inner_text()
+    assert signed.locator("tr[data-version]").count() == 2 and signed.locator("form").count() == 0
+    assert page.inner_text("#unsigned-count") == "1 unsigned day"
+    v2 = page.request.get(f"{env.url}/api/v1/sites/S1/records").json()["days"][1]
+    assert v2["signed"] and v2["latest"]["version"] == 2 and v2["latest"]["signed_version"]
+    assert v2["signoffs"][0]["report_sha256"] == v1["sha256"] and v2["signoffs"][0]["meaning"] == "reviewed"
+    pdf2 = tmp_path / "v2.pdf"
+    pdf2.write_bytes(page.request.get(f"{env.url}/sites/S1/records/{d1}/v2/report.pdf").body())
+    text = subprocess.run(["pdftotext", str(pdf2), "-"], capture_output=True, text=True, check=True).stdout
+    assert "Reviewed by" in text and "Sun" in text and "mgr-s1" in text
+    env.shot(page, "records-signed")
+    # A second sign-off of the same day is refused (the API, with the session's CSRF token).
+    csrf = page.request.get(f"{env.url}/api/v1/session").json()["csrf"]
+    again = page.request.post(f"{env.url}/api/v1/sites/S1/records/{d1}/sign", data="{}", headers={"X-CSRF-Token": csrf})
+    assert again.status == 409
+    page.context.close()
+
+    # The station sees S1's remaining unsigned day (and not S2's: another station's site).
+    st1 = login(env, "station-st1")
+    st1.click("nav a[href='/records']")
+    rows = st1.eval_on_selector_all(
+        "table.unsigned tr[data-date]", "els => els.map(e => [e.dataset.site, e.dataset.date])"
+    )
+    assert rows == [["S1", d2]]
+    assert st1.request.get(f"{env.url}/api/v1/records/unsigned").json()["unsigned"] == 1
+    env.shot(st1, "records-unsigned")
+    # A station may read its sites' records but does not sign them (it is not the site's officer).
+    csrf = st1.request.get(f"{env.url}/api/v1/session").json()["csrf"]
+    assert (
+        st1.request.post(
+            f"{env.url}/api/v1/sites/S1/records/{d2}/sign", data="{}", headers={"X-CSRF-Token": csrf}
+        ).status
+        == 403
+    )
+    st1.context.close()
+
+    # Another station: S1's records are a 404 (page, file, API, sign), and every one is audited as denied.
+    other = login(env, "station-st2")
+    assert other.goto(f"{env.url}/sites/S1/records").status == 404
+    assert other.request.get(f"{env.url}/sites/S1/records/{d1}/v1/report.pdf").status == 404
+    assert other.request.get(f"{env.url}/api/v1/sites/S1/records").status == 404
+    csrf = other.request.get(f"{env.url}/api/v1/session").json()["csrf"]
+    assert (
+        other.request.post(
+            f"{env.url}/api/v1/sites/S1/records/{d2}/sign", data="{}", headers={"X-CSRF-Token": csrf}
+        ).status
+        == 404
+    )
+    own = other.request.get(f"{env.url}/api/v1/records/unsigned").json()
+    assert [(r["site"], r["date"]) for st in own["stations"] for r in st["days"]] == [("S2", d2)]
+    other.context.close()
+
+    def audited() -> list[dict[str, Any]]:
+        rows = influx_rows(env, "audit")
+        denied = [
+            r
+            for r in rows
+            if r.get("action") == "denied"
+            and r.get("user") == "station-st2"
+            and "/records" in json.loads(r.get("detail") or "{}").get("path", "")
+        ]
+        signs = [r for r in rows if r.get("action") == "sign" and r.get("ok") == "true"]
+        return [*denied, *signs] if len(denied) >= 4 and signs else []
+
+    got = audited() or wait_for(audited, 30, "audit of the denials and the sign-off")
+    sign_row = next(r for r in got if r["action"] == "sign")
+    assert sign_row["user"] == "mgr-s1" and json.loads(sign_row["detail"])["new_version"] == 2
+
+    # The chain still verifies after the console's sign-off (the real CLI).
+    out = subprocess.run(
+        [*larder_argv(), "report", "verify", "--site", "S1"], env=env.svc.env(), capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_screens(env: Env) -> None:

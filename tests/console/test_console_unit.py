@@ -222,3 +222,49 @@ def test_overview_counts_by_severity_age_and_scope(tmp_path: Path) -> None:
     rows = {r["site"]: r for st in d["stations"] for r in st["sites"]}
     assert set(rows) == {"S1", "S2"} and rows["S1"]["status"] == "critical" and rows["S1"]["open"]["warning"] == 3
     assert rows["S2"]["devices_offline"] == 1 and rows["S2"]["status"] == "warning" and d["devices_offline"] == 1
+
+
+def test_only_site_staff_can_be_the_food_safety_officer() -> None:
+    u = users.User.model_validate(
+        {"role": "site_manager", "sites": ["S1"], "food_safety_officer": True, "password_hash": HASH}
+    )
+    assert u.food_safety_officer and user("operator", sites=["S1"]).food_safety_officer is False
+    for role, scope in (("station", {"stations": ["ST1"]}), ("admin", {})):
+        with pytest.raises(ValueError, match="food_safety_officer"):
+            users.User.model_validate({"role": role, "food_safety_officer": True, "password_hash": HASH, **scope})
+
+
+def test_report_index_folds_versions_signoffs_and_tombstones() -> None:
+    from pipeline import serde
+    from pipeline.console.reports import ReportIndex
+    from pipeline.reports.model import ReportRecord, SignOff
+
+    def rec(site: str, day: str, v: int) -> ReportRecord:
+        return ReportRecord(
+            site=site,
+            date=day,
+            version=v,
+            report_id=f"LDR-{site}-{day}-v{v}",
+            sha256=f"{v:064d}",
+            prev_sha256="0" * 64,
+            generated_ms=T0 + v,
+            data_sha256="d" * 64,
+            files={"report.pdf": "a" * 64},
+        )
+
+    idx = ReportIndex()
+    for r in (rec("S1", "2026-11-22", 1), rec("S1", "2026-11-23", 1), rec("S2", "2026-11-23", 1)):
+        idx.apply(True, r.key.encode(), serde.dumps(r.model_dump(mode="json")))
+    idx.apply(True, b"x", b"not json")  # a foreign record is skipped, not fatal
+    assert [(u["site"], u["date"]) for u in idx.unsigned({"S1"})] == [("S1", "2026-11-22"), ("S1", "2026-11-23")]
+    s = SignOff(site="S1", date="2026-11-22", name="Sun", at_ms=T0, report_sha256=f"{1:064d}", report_version=1)
+    idx.apply(False, s.key.encode(), serde.dumps(s.model_dump(mode="json")))
+    idx.add(rec("S1", "2026-11-22", 2))
+    rows = idx.site_rows("S1")
+    assert [r["date"] for r in rows] == ["2026-11-23", "2026-11-22"]
+    assert rows[1]["signed"] and rows[1]["latest"]["version"] == 2 and len(rows[1]["versions"]) == 2
+    assert [(u["site"], u["date"]) for u in idx.unsigned({"S1", "S2"})] == [("S1", "2026-11-23"), ("S2", "2026-11-23")]
+    idx.apply(False, s.key.encode(), None)  # tombstone of the sign-off
+    idx.apply(True, b"S1|2026-11-23|v1", None)
+    assert [u["date"] for u in idx.unsigned({"S1"})] == ["2026-11-22"]
+    assert idx.day("S1", "2026-11-23") is None and idx.site_rows("S3") == []

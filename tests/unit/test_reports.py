@@ -115,3 +115,46 @@ def test_an_empty_day_renders_and_the_same_input_gives_the_same_bytes() -> None:
         first["report.pdf"].startswith(b"%PDF-")
         and first["readings.csv"] == b"ts,asset,device,value,in_range,alert_id\n"
     )
+
+
+def test_a_reused_chart_figure_draws_the_same_png_as_a_fresh_one() -> None:
+    """The PDF's charts share one matplotlib figure per thread (the render cost): a chart drawn after another
+    (other limits, a gap, other values) must be byte-identical to the same chart drawn first, or a record
+    regenerated in a fresh process would not have the same hash."""
+    import math
+    import threading
+
+    from pipeline.reports import render
+    from pipeline.reports.compute import compute
+    from pipeline.reports.model import DayData
+
+    cfg = SiteConfig.model_validate(
+        {
+            "sites": {
+                "S1": {
+                    "assets": {"a1": {"profile": "chilled"}, "a2": {"profile": "frozen"}},
+                    "devices": {"d1": {"asset": "a1", "secret": "s" * 16}, "d2": {"asset": "a2", "secret": "t" * 16}},
+                }
+            }
+        }
+    )
+    start, end = day_window(date(2026, 11, 23), "Asia/Shanghai")
+    readings = {
+        "d1": [Point(start + i * 60_000, 4 + 3 * math.sin(i / 50)) for i in range(1440)],
+        "d2": [Point(start + i * 60_000, -20 + (i % 90) / 10) for i in range(1440) if not 300 <= i < 420],
+    }
+    report = compute(cfg, DayData("S1", "2026-11-23", start, end, readings, [], [], []))
+    a1, a2 = report.assets
+
+    def fresh(asset: object) -> bytes:
+        out: list[bytes] = []
+        t = threading.Thread(target=lambda: out.append(render.chart_png(asset, report, 180_000)))  # type: ignore[arg-type]
+        t.start()
+        t.join()
+        return out[0]
+
+    first_a1, first_a2 = fresh(a1), fresh(a2)
+    assert first_a1.startswith(b"\x89PNG") and first_a1 != first_a2
+    assert render.chart_png(a2, report, 180_000) == first_a2
+    assert render.chart_png(a1, report, 180_000) == first_a1  # after a2 in this thread: the figure was reused
+    assert render.chart_png(a2, report, 180_000) == first_a2
