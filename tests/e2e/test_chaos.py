@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import json
 import os
 import signal
@@ -99,12 +100,15 @@ class Size:
     #: the lines trickles out over up to ``cover_s`` more seconds, so every disruption still meets traffic.
     cover_s: float
     reserve: float = 0.3
+    #: how many sites keep their kitchen (camera events are POSTed one by one and answered once in Kafka: at
+    #: 100,000 readings, 93 kitchens' 4,400 events would make the publishing several times longer)
+    kitchens: int | None = None
     lead_s: float = 4.0
     tick_every_s: float = 600.0
 
 
-SHORT = Size("short", sites=2, send_s=60.0, broker_stop_s=15.0, cover_s=120.0)
-FULL = Size("full", sites=93, send_s=330.0, broker_stop_s=120.0, cover_s=300.0, lead_s=10.0)
+SHORT = Size("short", sites=2, send_s=60.0, broker_stop_s=15.0, cover_s=300.0)
+FULL = Size("full", sites=93, send_s=330.0, broker_stop_s=120.0, cover_s=300.0, kitchens=3, lead_s=10.0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -233,6 +237,26 @@ class Gateway:
         asyncio.run_coroutine_threadsafe(self.http.stop(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+def without_kitchens(sc: Scenario, keep: int | None) -> Scenario:
+    """The scenario with kitchens (cameras, their events and their ground truth) on the first ``keep`` sites only."""
+    if keep is None:
+        return sc
+    doc = copy.deepcopy(sc.config_doc)
+    gone: set[str] = set()
+    for sid in sorted(doc["sites"])[keep:]:
+        site = doc["sites"][sid]
+        gone.update(site.get("cameras", {}))
+        gone.update(f"{sid}/{k}" for k in site.get("kitchens", {}))
+        site["cameras"], site["kitchens"] = {}, {}
+    return dataclasses.replace(
+        sc,
+        config=siteconfig.SiteConfig.model_validate(doc),
+        config_doc=doc,
+        lines=[x for x in sc.lines if not (x.kind == "hook" and x.source in gone)],
+        truth=[t for t in sc.truth if t.subject not in gone],
+    )
 
 
 def with_recipients(doc: dict[str, Any], gateway: str) -> dict[str, Any]:
@@ -671,11 +695,21 @@ def check(o: Outcome, sc: Scenario, reference: Timeline | None) -> list[str]:
         )
 
     planned: dict[str, set[str]] = {}
+    closed: dict[str, Delivery] = {}
     for d in o.ledger:
         if d.kind == "planned":
             planned.setdefault(d.message_id, set()).update(d.keys)
+        elif d.kind in ("delivered", "failed"):
+            assert d.message_id not in closed, f"{d.message_id} closed twice: {closed[d.message_id]} and {d}"
+            closed[d.message_id] = d
     key_owner = Counter(k for keys in planned.values() for k in keys)
     assert max(key_owner.values(), default=1) == 1, f"a key in two messages: {key_owner.most_common(3)}"
+    assert set(closed) == set(planned), f"planned, never closed: {sorted(set(planned) - set(closed))[:5]}"
+    # A message closes as failed only when its alerts were resolved before it got out (docs/alerts.md): the test
+    # gateway accepts everything and every recipient stays in the site file.
+    dropped = {m: d for m, d in closed.items() if d.kind == "failed"}
+    assert all(d.error == "acknowledged or resolved before delivery" for d in dropped.values()), dropped
+    should = {k for m, keys in planned.items() if m not in dropped for k in keys}
     by_message: dict[str, set[str]] = {}
     bad_signatures = 0
     for r in o.requests:
@@ -689,15 +723,20 @@ def check(o: Outcome, sc: Scenario, reference: Timeline | None) -> list[str]:
     delivered_keys = Counter(k for keys in by_message.values() for k in keys)
     resent = sum(1 for r in o.requests if 200 <= r.status < 300) - len(by_message)
     out.append(
-        f"  notifications: {len(key_owner):,} (alert, step, recipient) keys planned in {len(planned):,} messages; "
-        f"{len(delivered_keys):,} keys delivered under {len(by_message):,} idempotency keys, each key under one; "
-        f"{resent} repeated requests (dropped by the gateway by key), {bad_signatures} bad signatures"
+        f"  notifications: {len(key_owner):,} (alert, step, recipient) keys planned in {len(planned):,} messages, "
+        f"{len(dropped)} of them dropped because their alerts resolved first; {len(delivered_keys):,} keys "
+        f"delivered under {len(by_message):,} idempotency keys, each key under one; {resent} repeated requests "
+        f"(dropped by the gateway by key), {bad_signatures} bad signatures"
     )
     assert planned, "the notifier planned nothing"
     assert bad_signatures == 0
-    assert set(delivered_keys) == set(key_owner), (
-        f"planned but not delivered: {sorted(set(key_owner) - set(delivered_keys))[:5]}; "
-        f"delivered but never planned: {sorted(set(delivered_keys) - set(key_owner))[:5]}"
+    assert set(by_message) == set(planned) - set(dropped), (
+        f"delivered in the ledger, never at the gateway: {sorted(set(planned) - set(dropped) - set(by_message))[:5]};"
+        f" at the gateway, not delivered in the ledger: {sorted(set(by_message) - (set(planned) - set(dropped)))[:5]}"
+    )
+    assert set(delivered_keys) == should, (
+        f"planned but not delivered: {sorted(should - set(delivered_keys))[:5]}; "
+        f"delivered but never planned: {sorted(set(delivered_keys) - should)[:5]}"
     )
     assert max(delivered_keys.values()) == 1, f"a key delivered in two messages: {delivered_keys.most_common(3)}"
     out.append("  timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in o.timings.items()))
@@ -713,14 +752,14 @@ def check(o: Outcome, sc: Scenario, reference: Timeline | None) -> list[str]:
 @pytest.mark.parametrize(
     "size",
     [
-        pytest.param(SHORT, id="short", marks=pytest.mark.timeout(900)),
-        pytest.param(FULL, id="full", marks=[pytest.mark.long, pytest.mark.timeout(3600)]),
+        pytest.param(SHORT, id="short", marks=pytest.mark.timeout(1800)),
+        pytest.param(FULL, id="full", marks=[pytest.mark.long, pytest.mark.timeout(5400)]),
     ],
 )
 async def test_chaos_loses_nothing_and_changes_no_alert(cluster: Cluster, size: Size, tmp_path: Path) -> None:
     spec = LIBRARY[SCENARIO]
     start = (int(time.time() * 1000) - int(spec.default_duration_s * 1000) - 60_000) // DAY_MS * DAY_MS
-    sc = build(SCENARIO, sites=size.sites, start_ms=start)
+    sc = without_kitchens(build(SCENARIO, sites=size.sites, start_ms=start), size.kitchens)
     t0 = time.monotonic()
     reference = await run_once(cluster, sc, tmp_path, size, disturb=False)
     lines = check(reference, sc, None)
