@@ -33,7 +33,7 @@ What the design promises, and so what is checked (docs/ingest.md, docs/agents.md
   idempotency key; the gateway drops a repeated key, as docs/alerts.md requires of it.
 
 Two sizes, one test (``size``): ``short`` runs in CI (a few thousand readings, the broker stopped 15 s);
-``full`` (100,000 readings, the broker stopped 2 minutes, ~15 minutes) is marked ``long`` and left out of
+``full`` (100,000 readings, the broker stopped 2 minutes, 20+ minutes) is marked ``long`` and left out of
 ``make test``: run it with ``make chaos`` (``pytest -s -m long tests/e2e/test_chaos.py``). Both print their counts.
 
 The cluster is this test's own (its own state folder and ports, like ``tests/integration/test_kafka_cluster.py``),
