@@ -849,6 +849,8 @@ def test_screens(env: Env) -> None:
     page.wait_for_selector("svg.spark path.series")
     env.shot(page, "site")
     page.goto(f"{env.url}/devices")
-    assert page.locator("table.queue tbody tr").count() == 6
+    # Every device has gone quiet by now (offline; a gap too, the longer the module runs): each is listed.
+    listed = {c.inner_text() for c in page.query_selector_all("table.queue tbody tr td:nth-child(2)")}
+    assert listed == {d for d, _s, _dev in env.config.devices()}
     env.shot(page, "devices")
     page.context.close()
