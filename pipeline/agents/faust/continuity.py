@@ -11,8 +11,8 @@ skipped the rest of the killed worker's partitions in ~1 run in 7 of
 
 So the agent checks continuity itself, per partition:
 
-* **a baseline**: before the first event of a partition since its assignment, the agent fetches the group's
-  committed offset (:meth:`Continuity.baseline`) and expects that offset first. Without it the first offset
+* **a baseline** (the grading worker's agent only): before the first event of a partition since its
+  assignment, it fetches the group's committed offset (:meth:`Continuity.baseline`) and expects that first. Without it the first offset
   delivered became the expectation, so a dropped *first* record went unnoticed: measured in the grading
   worker's restart test (issue 22), a partition committed at 195 delivered 196 first (or 96 where 79 was
   committed), and the restarted worker lost those records' effect for good: 5 failed runs of 10 before this
@@ -96,12 +96,16 @@ class Continuity:
                 committed = int((await kafka.beginning_offsets([tp]))[tp])
             return committed
 
-        try:
-            offset = await asyncio.wait_for(thread.call_thread(start), BASELINE_TIMEOUT_S)
-        except Exception:  # no baseline: the first event sets the expectation, as before
+        # Not wait_for: cancelling a call into the consumer's thread does not stop it, and wait_for then waits
+        # for the cancellation for ever (seen: a restarted detection worker hung on its first event). Left
+        # running on timeout instead; its result is then ignored.
+        call = asyncio.ensure_future(thread.call_thread(start))
+        done, _ = await asyncio.wait({call}, timeout=BASELINE_TIMEOUT_S)
+        if not done or call.exception() is not None:
+            call.add_done_callback(lambda c: c.cancelled() or c.exception())  # retrieved: no "never retrieved"
             log.warning("%s[%d]: committed offset unavailable; continuity checked from the first event", *tp)
             return
-        self.expected.setdefault(tp, offset)
+        self.expected.setdefault(tp, call.result())
 
     def admit(self, tp: Any, offset: int) -> int | None:
         """``None`` to process the event; else skip it (not acked) and, if >= 0, rewind the partition there."""
