@@ -12,11 +12,11 @@ skipped the rest of the killed worker's partitions in ~1 run in 7 of
 So the agent checks continuity itself, per partition:
 
 * **a baseline** (the grading worker's agent only): before the first event of a partition since its
-  assignment, it fetches the group's committed offset (:meth:`Continuity.baseline`) and expects that first. Without it the first offset
-  delivered became the expectation, so a dropped *first* record went unnoticed: measured in the grading
-  worker's restart test (issue 22), a partition committed at 195 delivered 196 first (or 96 where 79 was
-  committed), and the restarted worker lost those records' effect for good: 5 failed runs of 10 before this
-  check, 0 of 6 after.
+  assignment, it fetches the group's committed offset (:meth:`Continuity.baseline`) and expects that first.
+  Without it the first offset delivered became the expectation, so a dropped *first* record went unnoticed:
+  measured in the grading worker's restart test (issue 22), a partition committed at 195 delivered 196 first
+  (or 96 where 79 was committed), and the restarted worker lost those records' effect for good: 5 failed runs
+  of 10 before this check, 0 of 6 after.
 
 * **a gap**: an event's offset is beyond the next expected one. The event is not processed (nor acked) and
   the partition is rewound to the expected offset; events beyond it are skipped until it arrives, so the
