@@ -2,7 +2,8 @@
 
 The session fixture reuses a healthy running stack (``larder stack up`` beforehand makes test runs faster) or
 starts one, and stops at the end only what it started itself (set ``LARDER_KEEP_STACK=1`` to keep it).
-Each test gets its own topic prefix and its own InfluxDB database, so tests never see each other's data.
+Each test gets its own topic prefix and its own InfluxDB database, and each pytest-xdist worker its own
+Mosquitto, so tests never see each other's data.
 """
 
 from __future__ import annotations
