@@ -807,8 +807,7 @@ class Console:
         p: Principal = req["principal"]
         site = req.match_info["site"]
         if site not in p.scope or p.user.role not in ("station", "district", "admin"):
-            await self.audit(req, p, "denied", ok=False, site=site[:100], detail={"path": req.path[:300]})
-            return self.not_found(req)
+            return await self._refuse(req, site=site[:100])
         form = await req.post()
         grade = str(form.get("grade", "")).strip() or None
         try:
@@ -892,17 +891,24 @@ class Console:
         self.model.publish(v.alert_id)
         return 202, out
 
-    async def _denied(self, req: web.Request) -> web.Response:
-        """An action on an alert that does not exist or is outside the user's scope: 404, and audited."""
+    async def _refuse(
+        self, req: web.Request, *, site: str = "", alert_id: str = "", detail: dict[str, Any] | None = None
+    ) -> web.Response:
+        """Something outside the user's scope (or that does not exist): 404 like any unknown, audited as denied."""
         await self.audit(
             req,
             req["principal"],
             "denied",
             ok=False,
-            alert_id=req.match_info["alert_id"][:100],
-            detail={"path": req.path[:300]},
+            site=site,
+            alert_id=alert_id,
+            detail={"path": req.path[:300], **(detail or {})},
         )
         return self.not_found(req)
+
+    async def _denied(self, req: web.Request) -> web.Response:
+        """An action on an alert that does not exist or is outside the user's scope."""
+        return await self._refuse(req, alert_id=req.match_info["alert_id"][:100])
 
     async def _act_form(self, req: web.Request) -> web.StreamResponse:
         v = self._view(req)
@@ -977,15 +983,8 @@ class Console:
         }
 
     async def _records_denied(self, req: web.Request) -> web.Response:
-        """A record of a site outside the user's scope (or none such): 404 like any unknown, and audited."""
-        await self.audit(
-            req,
-            req["principal"],
-            "denied",
-            ok=False,
-            detail={"path": req.path[:300], "site": req.match_info.get("site", "")[:100]},
-        )
-        return self.not_found(req)
+        """A record of a site outside the user's scope (or none such)."""
+        return await self._refuse(req, detail={"site": req.match_info.get("site", "")[:100]})
 
     async def _records(self, req: web.Request) -> web.Response:
         p: Principal = req["principal"]
