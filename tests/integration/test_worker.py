@@ -129,13 +129,24 @@ class Collector:
         self._task.cancel()
         await self.consumer.stop()
 
-    async def until(self, cond: Callable[[list[dict[str, Any]]], bool], timeout: float) -> None:
+    async def until(
+        self,
+        cond: Callable[[list[dict[str, Any]]], bool],
+        timeout: float,
+        want: Counter[tuple[str, str, int]] | None = None,
+    ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if cond(self.values):
                 return
             await asyncio.sleep(0.2)
-        raise AssertionError(f"timed out with {len(self.values)} values")
+        detail = ""
+        if want is not None:
+            # Say which way it went wrong: still missing (slow or lost) or different (a restarted delay).
+            got = set(keyed(self.values))
+            missing, extra = sorted(set(want) - got), sorted(got - set(want))
+            detail = f"; {len(missing)} missing {missing[:5]}, {len(extra)} unexpected {extra[:5]}"
+        raise AssertionError(f"timed out with {len(self.values)} values{detail}")
 
     async def settle(self, quiet: float = 2.0) -> None:
         """Wait until nothing new arrived for ``quiet`` seconds (late duplicates would show up here)."""
@@ -308,7 +319,7 @@ async def _kill9_mid_run(
             worker.start()
             await worker.assigned()
             await feeder
-            await alerts.until(lambda v: set(keyed(v)) == set(want), 60)
+            await alerts.until(lambda v: set(keyed(v)) == set(want), 60, want)
             await alerts.settle(2.0)
         return alerts.values, at_kill
     finally:
@@ -380,13 +391,13 @@ async def test_rebalance_survivor_restores_state(
         async with Collector(live_stack, topics.alerts) as alerts:
             await produce(live_stack, topics.readings, flat(steps[:half]))
             first_half = expected(flat(steps[:half]), topics.partitions, sites)
-            await alerts.until(lambda v: set(keyed(v)) == set(first_half), 30)
+            await alerts.until(lambda v: set(keyed(v)) == set(first_half), 30, first_half)
             b.kill9()
             # Breaches under way in b's partitions continue in the second half: their delays must keep their
             # original start (the alert id hashes the opening time, so a restarted delay changes the id).
             await produce(live_stack, topics.readings, flat(steps[half:]))
             await a.assigned(want=lambda line: line.split()[0] == "devices=0,1,2,3", timeout=40)
-            await alerts.until(lambda v: set(keyed(v)) == set(want), 40)
+            await alerts.until(lambda v: set(keyed(v)) == set(want), 40, want)
             await alerts.settle(2.0)
         got = keyed(alerts.values)
         print(f"failover: {repeats(alerts.values)} repeated alert events")

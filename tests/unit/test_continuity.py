@@ -145,8 +145,16 @@ async def test_rewind_to_the_committed_offset_when_nothing_arrived() -> None:
     kafka = FakeKafka({A: 80, B: 80}, committed_offsets={A: 44})
     c = Continuity()
     assert await c.rewind(FakeConsumer(kafka), A, None)
-    assert not await c.rewind(FakeConsumer(kafka), B, None), "no committed offset: nothing known, leave it"
-    assert kafka.seeks == [(A, 44)]
+    # B's owner was killed before its first commit: the group reads it from the earliest retained offset.
+    assert await c.rewind(FakeConsumer(kafka), B, None), "no committed offset: rewound to the first retained one"
+    assert kafka.seeks == [(A, 44), (B, 0)]
+
+
+async def test_no_commit_and_nothing_retained_before_the_position_is_left_alone() -> None:
+    kafka = FakeKafka({A: 80}, beginning=80)
+    c = Continuity()
+    assert not await c.rewind(FakeConsumer(kafka), A, None)
+    assert kafka.seeks == [] and c.expected[A] == 80
 
 
 async def test_a_partition_at_its_committed_offset_expects_it_next() -> None:
