@@ -72,7 +72,7 @@ from pipeline.detectors.device_state import (
 from pipeline.detectors.engine import NEG, AlertFactory, ms, tuples, wake_time
 from pipeline.detectors.history import HIST_MAX, PENDING_MAX, HistoryMixin
 from pipeline.detectors.levels import Level, LevelsMixin, outside_levels
-from pipeline.detectors.liveness import LivenessMixin
+from pipeline.detectors.liveness import LivenessMixin, silence_delays
 from pipeline.detectors.masks import MasksMixin
 from pipeline.detectors.rules import DeviceRules
 from pipeline.schemas import Reading
@@ -97,8 +97,7 @@ class DeviceDetector(AlertFactory):
         self.lateness = ms(c.allowed_lateness_min)
         self.interval_ms = round(c.interval_s * 1000)
         self.hole_ms = self.interval_ms * 3 // 2
-        self.hold = max(1, round(c.liveness.offline_k * c.interval_s * 1000))
-        self.gap_ms = ms(c.liveness.gap_max_min)
+        self.hold, self.gap_ms = silence_delays(c)
         self.silence_min = min(self.hold, self.gap_ms)
         lv: list[Level | None] = [None] * 5
         for slot, rule, high in (

@@ -5,8 +5,24 @@ from __future__ import annotations
 
 from pipeline.contracts import rules as R
 from pipeline.detectors.device_state import WorkFields
-from pipeline.detectors.engine import NEG, dur_min
+from pipeline.detectors.engine import NEG, dur_min, ms
+from pipeline.detectors.rules import DeviceRules
 from pipeline.schemas import Annotation, Severity, ms_to_iso
+
+
+def silence_delays(c: DeviceRules) -> tuple[int, int]:
+    """(offline hold, gap) in ms: how long after the newest reading each silence alert falls due."""
+    return max(1, round(c.liveness.offline_k * c.interval_s * 1000)), ms(c.liveness.gap_max_min)
+
+
+def silence_decisions(c: DeviceRules) -> tuple[int, int]:
+    """How long after a logger was last heard a clock tick decides each of its silence alerts (offline, gap):
+    the deadline plus the allowed lateness, as a tick at ``now`` moves the frontier to ``now - lateness``.
+    Silences follow arrivals, so they are the one thing a clock decides: a replay ticks at these instants too
+    (:func:`pipeline.replay.send.drive`), or a silence ending between two coarse ticks would go unseen."""
+    lateness = ms(c.allowed_lateness_min)
+    hold, gap = silence_delays(c)
+    return hold + lateness, gap + lateness
 
 
 class LivenessMixin(WorkFields):

@@ -38,6 +38,9 @@ REORDER_MS = 3000
 
 #: The bridge-instance login `larder record` reads the devices' readings with (pipeline.stack.logins).
 RECORDER_INSTANCE = "recorder"
+#: This many connection drops within the window mean another recorder holds the login (:meth:`Recorder._taken_over`).
+TAKEOVER_DROPS = 3
+TAKEOVER_WINDOW_S = 10.0
 
 
 @dataclass
@@ -81,6 +84,8 @@ class Recorder:
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._error: str | None = None
+        #: When the broker closed the connection (paho reconnects): see :meth:`_on_disconnect`.
+        self._drops: list[float] = []
 
     # -- collecting -------------------------------------------------------------------------------------------
 
@@ -107,6 +112,17 @@ class Recorder:
         else:
             client.subscribe("larder/v1/devices/+/readings", qos=1)
         self._connected.set()
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
+        self._drops.append(time.monotonic())
+
+    def _taken_over(self) -> bool:
+        """The broker allows one connection per login: a second recorder (or a stale one left running) makes the
+        two close each other's connection in a loop, and neither records what arrives meanwhile. One drop is
+        a broker restart (paho reconnects); several within seconds are that fight."""
+        now = time.monotonic()
+        self._drops = [t for t in self._drops if now - t < TAKEOVER_WINDOW_S]
+        return len(self._drops) >= TAKEOVER_DROPS
 
     def _on_kitchen(self, value: bytes) -> None:
         by_request: dict[tuple[str, int], list[dict[str, Any]]] = {}
@@ -185,6 +201,7 @@ class Recorder:
         client.username_pw_set(user, password)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
+        client.on_disconnect = self._on_disconnect
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka.bootstrap_servers, enable_auto_commit=False)
         await consumer.start()
         try:
@@ -211,6 +228,12 @@ class Recorder:
             if ready:
                 ready()
             while not stop.is_set():
+                if self._taken_over():
+                    raise RuntimeError(
+                        f"the MQTT broker closed the recorder's connection {TAKEOVER_DROPS} times in "
+                        f"{TAKEOVER_WINDOW_S:.0f} s: another `larder record` is using the same login (one connection "
+                        "per login); stop it and record again (device messages were missed meanwhile)"
+                    )
                 if parts:
                     batch = await consumer.getmany(timeout_ms=200)
                     for tp, recs in batch.items():

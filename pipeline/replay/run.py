@@ -15,11 +15,12 @@ from typing import Any
 from pipeline.contracts import records
 from pipeline.contracts.models import Alert, AlertState
 from pipeline.contracts.replay import Line, Truth
+from pipeline.detectors.liveness import silence_decisions
 from pipeline.replay.score import Score, score
 from pipeline.replay.send import Progress, SendStats, drive
 from pipeline.replay.timeline import read_alerts, wait_processed
 from pipeline.settings import Settings
-from pipeline.siteconfig import SiteConfig
+from pipeline.siteconfig import SiteConfig, resolve_device_rules
 from pipeline.topics import Topics
 
 
@@ -123,6 +124,10 @@ async def run_lines(
         device_secrets=devices,
         camera_secrets=cameras,
         instrument_secrets={ins_id: ins.resolve_secret() for ins_id, _, ins in config.instruments()},
+        silences={
+            device: silence_decisions(resolve_device_rules(config, site, device))
+            for device, site, _ in config.devices()
+        },
         hooks_url=hooks_url,
         speed=speed,
         ticks=ticks,

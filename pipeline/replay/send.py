@@ -8,6 +8,11 @@
   instant is in Kafka (a consumer of those topics and of the dead-letter topic checks off each (device, seq)).
   So in every partition the ticks sit between the same readings whatever the speed, and the worker's timers
   fire at the same points of the stream: identical alerts at 1x and at max speed.
+  Silence alerts (offline, gap) follow arrivals, so they are decided by the clock alone: a live worker ticking
+  every second decides a silence within a second of it falling due, and a replay ticking every 10 s would miss
+  one that ended before the next tick. So the replay clock also ticks at each silence decision the recording
+  reaches (``silences``: per device, the delays after its last message, from
+  :func:`pipeline.detectors.liveness.silence_decisions`) unless a tick already covered it.
 
 Pacing: ``speed`` maps recording seconds to wall seconds; ``None`` means as fast as the path takes.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
 import hmac
 import socket
 import threading
@@ -300,8 +306,10 @@ async def drive(
     on_progress: Progress | None = None,
     progress_every_s: float = 0.25,
     instrument_secrets: dict[str, str] | None = None,
+    silences: dict[str, tuple[int, ...]] | None = None,
 ) -> SendStats:
-    """Send ``lines`` (in ``at`` order) through MQTT and the hook, ticking the replay clock; returns counts."""
+    """Send ``lines`` (in ``at`` order) through MQTT and the hook, ticking the replay clock; returns counts.
+    ``silences``: per device, how long after its last message the clock decides a silence (module docstring)."""
     from pipeline.producer import durable_producer
 
     stats = SendStats()
@@ -321,9 +329,21 @@ async def drive(
     next_tick: int | None = None
     last_progress = 0.0
     sent_since_tick = False
+    last_tick = -1
+    # (decision time, device, the device's message count then): stale once the device sent again.
+    decisions: list[tuple[int, str, int]] = []
+    heard: dict[str, int] = {}
+
+    def next_due(until: int) -> int | None:
+        """The earliest tick owed at or before ``until``: the regular schedule or a silence decision."""
+        while decisions and (decisions[0][2] != heard[decisions[0][1]] or decisions[0][0] <= last_tick):
+            heapq.heappop(decisions)  # the device spoke again, or a tick at or after it covered it
+        due = [t for t in (next_tick, decisions[0][0] if decisions else None) if t is not None and t <= until]
+        return min(due) if due else None
 
     async def tick(now_ms: int) -> None:
-        nonlocal sent_since_tick
+        nonlocal sent_since_tick, last_tick
+        last_tick = max(last_tick, now_ms)
         if sent_since_tick:
             # Seeing the readings in Kafka is what orders the tick after them; waiting for the broker's PUBACKs
             # first would only add latency (with Mosquitto's default Nagle, ~40 ms per burst).
@@ -355,13 +375,18 @@ async def drive(
                 next_tick = (line.at_ms // tick_ms + 1) * tick_ms
             assert next_tick is not None
             # Ticks due before this line (the tick schedule depends on the recording only, never on speed).
-            while ticks and next_tick <= line.at_ms:
-                await _pace(speed, wall0, sim0, next_tick)
-                await tick(next_tick)
-                next_tick += tick_ms
+            while ticks and (due := next_due(line.at_ms)) is not None:
+                await _pace(speed, wall0, sim0, due)
+                await tick(due)
+                while next_tick <= due:
+                    next_tick += tick_ms
                 report()
             await _pace(speed, wall0, sim0, line.at_ms)
             stats.sim_ms = line.at_ms - sim0
+            if line.kind == "mqtt" and silences and line.source in silences:
+                n = heard[line.source] = heard.get(line.source, 0) + 1
+                for delay in silences[line.source]:
+                    heapq.heappush(decisions, (line.at_ms + delay, line.source, n))
             if line.kind == "mqtt":
                 keys = _reading_keys(line.source, line.body)
                 watch.expect(keys)

@@ -97,13 +97,6 @@ def live_lines(t0: int) -> list[Line]:
     return sorted(out, key=lambda x: x.at_ms)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known defect, not diagnosed (stop 19): in about 1 run in 3 a replay of the recording lacks the live "
-    "run's liveness.offline of the logger silent 15-27 s (opened at t0+18.5 s, resolved at t0+31 s); every other "
-    "alert matches. Liveness is fired by ticks, and a tick must fall between the deadline + lateness and the "
-    "logger's next arrival: suspected tick phase in the replay. Kept visible, not skipped.",
-)
 def test_live_recording_replays_to_the_same_timeline(live_stack: Settings, tmp_path: Path) -> None:
     doc = site_doc()
     config = SiteConfig.model_validate(doc)
@@ -116,6 +109,7 @@ def test_live_recording_replays_to_the_same_timeline(live_stack: Settings, tmp_p
     svc.start()
     rec_path = tmp_path / "recording.jsonl"
     rec_log = tmp_path / "record.log"
+    rec: subprocess.Popen[bytes] | None = None
     try:
         with rec_log.open("wb") as log:
             rec = subprocess.Popen(
@@ -141,6 +135,9 @@ def test_live_recording_replays_to_the_same_timeline(live_stack: Settings, tmp_p
         asyncio.run(wait_processed(live_stack, topics))
         live = asyncio.run(read_alerts(live_stack, topics))
     finally:
+        if rec is not None and rec.poll() is None:  # a recorder left running would hold the login for the next run
+            rec.kill()
+            rec.wait(10)
         svc.stop()
 
     recorded = list(read_lines(rec_path))
@@ -158,5 +155,6 @@ def test_live_recording_replays_to_the_same_timeline(live_stack: Settings, tmp_p
         stack.prune(live_stack, [prefix])  # topics and the worker's table files
     rules = {a.rule for a in live}
     assert {"coldchain.door_open", "liveness.offline", "kitchen.unattended", "kitchen.hygiene.no_hat"} <= rules
-    assert upto(live) == upto(one_x.alerts) == upto(fastest.alerts)
+    assert upto(one_x.alerts) == upto(live), "the 1x replay differs from the live run"
+    assert upto(fastest.alerts) == upto(live), "the max-speed replay differs from the live run"
     assert len(upto(live)) >= 8
