@@ -188,38 +188,23 @@ def rapid_test_body(
 
 
 def rapid_test_item(
-    ts_ms: int,
-    result_id: str,
-    sample_id: str,
-    result: str,
-    stage: str = "initial",
-    *,
-    site: str = "S01",
-    **extra: Any,
+    ts_ms: int, result_id: str, sample_id: str, result: str, stage: str = "initial", *, site: str = "S01", **extra: Any
 ) -> dict[str, Any]:
-    """A rapid-test result as the rapid-tests topic carries it (enriched with instrument ``rt-1`` and its site):
-    62 % inhibition against a limit of 50 % (12 % when negative). Not validated, so that a test can feed a
-    detector the items the hook would have refused; ``extra`` adds or replaces fields."""
-    return {
-        "ts_ms": ts_ms,
-        "instrument": "rt-1",
-        "instrument_type": "enzyme_inhibition",
-        "site": site,
-        "result_id": result_id,
-        "sample_id": sample_id,
-        "sample_name": "菠菜",
-        "food_category": "vegetable",
-        "test_item": "organophosphate",
-        "method": "GB/T 5009.199",
-        "result_type": "quantitative",
-        "value": 62.0 if result != "negative" else 12.0,
-        "unit": "%",
-        "limit": 50.0,
-        "limit_basis": "GB/T 5009.199",
-        "result": result,
-        "stage": stage,
-        "operator": "王",
-    } | extra
+    """A rapid-test result as the rapid-tests topic carries it: :func:`rapid_test_body` (here 62 % inhibition of
+    organophosphate, by 王) enriched with instrument ``rt-1`` and its site, tested at ``ts_ms``. Not validated,
+    so that a test can feed a detector the items the hook would have refused; ``extra`` adds or replaces fields."""
+    body = rapid_test_body(
+        result_id,
+        result,
+        sample_id=sample_id,
+        stage=stage,
+        test_item="organophosphate",
+        value=62.0 if result != "negative" else 12.0,
+        limit=50.0,
+        operator="王",
+    )
+    del body["tested_at"]
+    return {"ts_ms": ts_ms, "instrument": "rt-1", "instrument_type": "enzyme_inhibition", "site": site} | body | extra
 
 
 def open_alert(
