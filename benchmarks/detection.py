@@ -32,7 +32,7 @@ import time
 import tracemalloc
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import psutil
@@ -219,22 +219,29 @@ async def run_plain(settings: Settings, topic: str, cfg: SiteConfig, partitions:
 # -- 3. quix-streams -----------------------------------------------------------------------------------------
 
 
-def run_quix(settings: Settings, topic: str, cfg: SiteConfig, n: int, tmp: Path) -> dict[str, float]:
+def quix_app(
+    settings: Settings, topic: str, name: str, tmp: Path, value_deserializer: Literal["json", "bytes"]
+) -> tuple[Any, Any]:
+    """A quix-streams app reading ``topic`` from the beginning in a fresh group, state under ``tmp / name``,
+    and its dataframe."""
     import logging
 
     from quixstreams import Application
 
-    concern = device_concern(cfg)
-    detectors: dict[str, Any] = {}
     app = Application(
         broker_address=settings.kafka.bootstrap_servers,
-        consumer_group=f"quix-{uuid.uuid4().hex[:8]}",
+        consumer_group=f"{name}-{uuid.uuid4().hex[:8]}",
         auto_offset_reset="earliest",
-        state_dir=str(tmp / "quix"),
+        state_dir=str(tmp / name),
         loglevel=logging.WARNING,
     )
-    src = app.topic(topic, value_deserializer="json", key_deserializer="str")
-    sdf = app.dataframe(src)
+    return app, app.dataframe(app.topic(topic, value_deserializer=value_deserializer, key_deserializer="str"))
+
+
+def run_quix(settings: Settings, topic: str, cfg: SiteConfig, n: int, tmp: Path) -> dict[str, float]:
+    concern = device_concern(cfg)
+    detectors: dict[str, Any] = {}
+    app, sdf = quix_app(settings, topic, "quix", tmp, "json")
     marks: list[float] = []
 
     def detect(value: dict[str, Any], state: Any) -> None:
@@ -262,21 +269,9 @@ def run_quix_batches(
     quix scopes state to the message key, and a batch's key is its first device; the batches are therefore
     produced to ``topic`` keyed by their partition (:func:`partition_keyed`), so each partition's devices
     share one state scope that survives from batch to batch, as they do in the Faust worker."""
-    import logging
-
-    from quixstreams import Application
-
     concern = device_concern(cfg)
     detectors: dict[str, Any] = {}
-    app = Application(
-        broker_address=settings.kafka.bootstrap_servers,
-        consumer_group=f"quixb-{uuid.uuid4().hex[:8]}",
-        auto_offset_reset="earliest",
-        state_dir=str(tmp / "quix-batches"),
-        loglevel=logging.WARNING,
-    )
-    src = app.topic(topic, value_deserializer="bytes", key_deserializer="str")
-    sdf = app.dataframe(src)
+    app, sdf = quix_app(settings, topic, "quix-batches", tmp, "bytes")
     marks: list[float] = []
 
     def detect(value: bytes, state: Any) -> None:

@@ -3,7 +3,8 @@ benchmarks build their inputs and read their outputs with it instead of each kee
 
 * site files: :func:`site_doc` (one site, chilled cold rooms, kitchens with a camera each) and
   :func:`write_site_file` (the one writer of generated site files, also used by the simulators);
-* inputs: :func:`reading_item` / :func:`kitchen_event_item` (the enriched items of the internal batches),
+* inputs: :func:`reading_item` / :func:`kitchen_event_item` / :func:`rapid_test_item` (the enriched items of
+  the internal batches), :func:`rapid_test_body` (a contract-6 result as an instrument sends it),
   :func:`open_alert` (an alert record as detectors emit it),
   :func:`batch_records` (items grouped by partition into record batches, the way the bridge produces them),
   :func:`device_payload` (a contract-1 MQTT payload);
@@ -67,6 +68,8 @@ __all__ = [
     "ingest_site_doc",
     "kitchen_event_item",
     "make_env",
+    "rapid_test_body",
+    "rapid_test_item",
     "read_all",
     "reading_item",
     "register_in_broker",
@@ -151,6 +154,57 @@ def kitchen_event_item(
         received_ms=ts_ms,
         **extra,
     ).model_dump(mode="json", exclude_none=True)
+
+
+def rapid_test_body(
+    result_id: str,
+    result: str = "positive",
+    *,
+    sample_id: str = "20261122-007",
+    stage: str = "initial",
+    tested_at: str = "2026-11-22T06:10:00+08:00",
+    **extra: Any,
+) -> dict[str, Any]:
+    """A contract-6 result as an instrument sends it: an enzyme-inhibition test of spinach, 63.5 % inhibition
+    against a limit of 50 % (12 % when ``result`` is negative). ``extra`` adds or replaces fields, ``None``
+    included (a body the hook must refuse is built the same way)."""
+    return {
+        "result_id": result_id,
+        "sample_id": sample_id,
+        "sample_name": "菠菜",
+        "food_category": "vegetable",
+        "test_item": "organophosphate/carbamate",
+        "method": "GB/T 5009.199",
+        "result_type": "quantitative",
+        "value": 63.5 if result != "negative" else 12.0,
+        "unit": "%",
+        "limit": 50,
+        "limit_basis": "GB/T 5009.199",
+        "result": result,
+        "stage": stage,
+        "operator": "检测员 Li",
+        "tested_at": tested_at,
+    } | extra
+
+
+def rapid_test_item(
+    ts_ms: int, result_id: str, sample_id: str, result: str, stage: str = "initial", *, site: str = "S01", **extra: Any
+) -> dict[str, Any]:
+    """A rapid-test result as the rapid-tests topic carries it: :func:`rapid_test_body` (here 62 % inhibition of
+    organophosphate, by 王) enriched with instrument ``rt-1`` and its site, tested at ``ts_ms``. Not validated,
+    so that a test can feed a detector the items the hook would have refused; ``extra`` adds or replaces fields."""
+    body = rapid_test_body(
+        result_id,
+        result,
+        sample_id=sample_id,
+        stage=stage,
+        test_item="organophosphate",
+        value=62.0 if result != "negative" else 12.0,
+        limit=50.0,
+        operator="王",
+    )
+    del body["tested_at"]
+    return {"ts_ms": ts_ms, "instrument": "rt-1", "instrument_type": "enzyme_inhibition", "site": site} | body | extra
 
 
 def open_alert(

@@ -22,6 +22,11 @@ def _ms(ts: Any) -> int:
     return ts_to_ms(ts)
 
 
+def _elements(body: Any, many: str) -> list[Any]:
+    """A message's elements: a batch ``{many: [...]}``, or the one element the body is."""
+    return body[many] if isinstance(body, dict) and many in body else [body]
+
+
 def detect(config: SiteConfig, lines: Iterable[Line], *, tick_every_s: float = 10.0) -> list[Alert]:
     from pipeline.detectors.device import DeviceDetector
     from pipeline.detectors.kitchen import KitchenDetector
@@ -70,8 +75,7 @@ def detect(config: SiteConfig, lines: Iterable[Line], *, tick_every_s: float = 1
                 r = config.sites[site].rapid_tests
                 detectors[key] = RapidTestDetector(site, r.recheck_within_min, r.allowed_lateness_min)
                 states[key] = detectors[key].initial()
-            body = line.body
-            for res in body["results"] if isinstance(body, dict) and "results" in body else [body]:
+            for res in _elements(line.body, "results"):
                 d = {k: v for k, v in res.items() if k != "tested_at"} | {
                     "instrument": line.source,
                     "instrument_type": ins.type,
@@ -85,10 +89,8 @@ def detect(config: SiteConfig, lines: Iterable[Line], *, tick_every_s: float = 1
         if line.kind == "mqtt":
             site, dev = dev_site[line.source]
             key = subject("device", line.source, site, line.source)
-            body = line.body
-            items = body["readings"] if isinstance(body, dict) and "readings" in body else [body]
             det = detectors[key]
-            for it in items:
+            for it in _elements(line.body, "readings"):
                 d = {
                     "device": line.source,
                     "site": site,
@@ -108,10 +110,8 @@ def detect(config: SiteConfig, lines: Iterable[Line], *, tick_every_s: float = 1
         else:
             site, cam = cam_site[line.source]
             key = subject("kitchen", f"{site}/{cam.kitchen}", site, cam.kitchen)
-            body = line.body
-            events = body["events"] if isinstance(body, dict) and "events" in body else [body]
             det = detectors[key]
-            for ev in events:
+            for ev in _elements(line.body, "events"):
                 d = {
                     "camera": line.source,
                     "site": site,

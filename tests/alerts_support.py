@@ -21,6 +21,15 @@ from pipeline.schemas import Alert
 from pipeline.settings import NotifySettings, Settings
 from pipeline.siteconfig import SiteConfig
 
+#: The phones of the operator and the site manager of sites S1 (acknowledges) and S2 (the control site) in the
+#: escalation tests (end to end, and in the console's browser test).
+PHONES = {
+    ("S1", "operator"): "+8613800000011",
+    ("S1", "site_manager"): "+8613800000012",
+    ("S2", "operator"): "+8613800000021",
+    ("S2", "site_manager"): "+8613800000022",
+}
+
 
 @dataclass
 class Received:

@@ -316,6 +316,21 @@ def write(day: SimDay, settings: Any, bucket: str) -> int:
     return len(readings) + len(ns)
 
 
+async def flip_a_byte(settings: Any, target: Path) -> None:
+    """Flip one byte in the middle of a stored file of the day's record: ``verify`` must name the day and the
+    file. The byte is flipped back before returning (the caller checks that ``verify`` is content again)."""
+    from pipeline.reports import service
+
+    target.chmod(0o644)
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    _, findings = await service.verify(settings, SITE)
+    assert findings and findings[0].date == DAY.isoformat() and f"{target.name} does not match" in findings[0].problem
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+
+
 async def sample(out: Path) -> None:
     """Make the sample record shown in the README (docs/daily-record-page1.png) on scratch topics and database."""
     import shutil

@@ -87,18 +87,24 @@ class Concern(Generic[S, E]):
     on_side_item: Callable[[Any, S, dict[str, Any], int], tuple[S, list[Output]]] | None = None
 
 
+def _counter(meaning: str) -> int:
+    """A counter field, starting at 0, with what it counts: the help text of its Prometheus metric."""
+    return field(default=0, metadata={"help": meaning})
+
+
 @dataclass
 class Stats:
-    """Counters the worker exports (Prometheus) and the tests read."""
+    """Counters the worker exports (Prometheus: ``larder_worker_<name>`` per concern, each field's help) and the
+    tests read."""
 
-    records: int = 0
-    items: int = 0
-    ticks: int = 0
-    duplicates: int = 0
-    alerts: int = 0
-    annotations: int = 0
-    table_writes: int = 0
-    dead_letters: int = 0
+    records: int = _counter("Kafka records (record batches) consumed")
+    items: int = _counter("readings / camera events processed")
+    ticks: int = _counter("tick records processed (timers run)")
+    duplicates: int = _counter("items that were exact duplicates (device, seq) / (camera, event_id)")
+    alerts: int = _counter("alert lifecycle events produced")
+    annotations: int = _counter("annotations produced")
+    table_writes: int = _counter("state table writes (changelog records)")
+    dead_letters: int = _counter("records or items refused to the dead-letter topic")
 
 
 @dataclass

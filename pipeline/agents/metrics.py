@@ -15,18 +15,6 @@ from pipeline.agents.core import Runner, Stats
 if TYPE_CHECKING:
     from pipeline.agents.faust.app import WorkerApp
 
-_HELP = {
-    "records": "Kafka records (record batches) consumed",
-    "items": "readings / camera events processed",
-    "ticks": "tick records processed (timers run)",
-    "duplicates": "items that were exact duplicates (device, seq) / (camera, event_id)",
-    "alerts": "alert lifecycle events produced",
-    "annotations": "annotations produced",
-    "table_writes": "state table writes (changelog records)",
-    "dead_letters": "records or items refused to the dead-letter topic",
-}
-
-
 class RunnerCollector(Collector):
     def __init__(self, wapp: Callable[[], WorkerApp]) -> None:
         self._wapp = wapp
@@ -35,7 +23,7 @@ class RunnerCollector(Collector):
         wapp = self._wapp()
         runners: dict[str, Runner[Any, Any]] = wapp.runners
         for f in fields(Stats):
-            family = CounterMetricFamily(f"larder_worker_{f.name}", _HELP[f.name], labels=["concern"])
+            family = CounterMetricFamily(f"larder_worker_{f.name}", f.metadata["help"], labels=["concern"])
             for name, runner in runners.items():
                 family.add_metric([name], getattr(runner.stats, f.name))
             yield family

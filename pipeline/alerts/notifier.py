@@ -20,6 +20,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TypeVar
 
 import httpx
 from aiokafka import AIOKafkaProducer, ConsumerRecord
@@ -49,6 +50,8 @@ from pipeline.siteconfig import SiteConfig
 from pipeline.topics import Topics
 
 log = logging.getLogger("larder.notifier")
+
+_T = TypeVar("_T")
 
 
 def routing_config(settings: Settings, sites: SiteConfig) -> RoutingConfig:
@@ -129,27 +132,25 @@ class Notifier:
 
         actions: list[Action] = []
 
-        def on_alert(rec: ConsumerRecord) -> None:
-            try:
-                alert = records.read_alert(rec.value)
-            except (ValueError, ValidationError):
-                return
-            self.state, acts = self.router.on_alert(self.state, alert, now)
-            actions.extend(acts)
+        def folding(
+            read: Callable[[bytes], _T], step: Callable[[RouterState, _T, int], tuple[RouterState, list[Action]]]
+        ) -> Callable[[ConsumerRecord], None]:
+            """Each record, as ``read`` makes it, through the router's ``step``; unreadable ones are skipped."""
 
-        alert_end = await read_to_end(s, [self.topics.alerts], on_alert)
+            def handle(rec: ConsumerRecord) -> None:
+                try:
+                    value = read(rec.value)
+                except (ValueError, ValidationError):
+                    return
+                self.state, acts = step(self.state, value, now)
+                actions.extend(acts)
+
+            return handle
+
+        alert_end = await read_to_end(s, [self.topics.alerts], folding(records.read_alert, self.router.on_alert))
         # Every alert the ledger names has its track now (or is older than the topic): the map did its job.
         self.state = replace(self.state, notified_before={})
-
-        def on_ack(rec: ConsumerRecord) -> None:
-            try:
-                ack = records.read_ack(rec.value)
-            except (ValueError, ValidationError):
-                return
-            self.state, acts = self.router.on_ack(self.state, ack, now)
-            actions.extend(acts)
-
-        ack_end = await read_to_end(s, [self.topics.acks], on_ack)
+        ack_end = await read_to_end(s, [self.topics.acks], folding(records.read_ack, self.router.on_ack))
         return {**alert_end, **ack_end}, actions
 
     # -- main loop ---------------------------------------------------------------------------------------------

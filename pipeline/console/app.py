@@ -44,7 +44,7 @@ from pipeline.partitioner import partition_for
 from pipeline.producer import durable_producer
 from pipeline.schemas import Ack, ms_to_iso
 from pipeline.settings import Settings
-from pipeline.siteconfig import SiteConfig
+from pipeline.siteconfig import Site, SiteConfig
 from pipeline.topics import Topics
 
 log = logging.getLogger("larder.console")
@@ -663,12 +663,7 @@ class Console:
                     "cameras": [c for c, cam in site.cameras.items() if cam.kitchen == kid],
                 }
             )
-        return {
-            "site": sid,
-            "name": site.name or sid,
-            "station": site.station,
-            "district": site.district,
-            "timezone": site.timezone,
+        return _site_head(sid, site) | {
             "assets": assets,
             "kitchens": kitchens,
             "open_alerts": len(open_views),
@@ -956,12 +951,7 @@ class Console:
         for d in days:
             for v in d["versions"]:
                 v["urls"] = {f: _record_url(sid, d["date"], v["version"], f) for f in (*v["files"], "manifest.json")}
-        return {
-            "site": sid,
-            "name": site.name or sid,
-            "station": site.station,
-            "district": site.district,
-            "timezone": site.timezone,
+        return _site_head(sid, site) | {
             "may_sign": self.may_sign(p, sid),
             "days": days,
             "unsigned": sum(1 for d in days if not d["signed"]),
@@ -1137,12 +1127,9 @@ class Console:
         sid, day_s = req.match_info["site"], req.match_info["date"]
         if sid not in p.scope:
             return await self._records_denied(req)
-        try:
-            body = serde.loads(await req.read()) if req.can_read_body else {}
-        except serde.JSONDecodeError:
-            return web.json_response({"error": "body is not JSON"}, status=400)
-        if not isinstance(body, dict):
-            return web.json_response({"error": "body must be a JSON object"}, status=400)
+        body = await json_object(req)
+        if isinstance(body, web.Response):
+            return body
         status, out = await self.sign(req, sid, day_s, body)
         return web.json_response(out, status=status, dumps=_dumps)
 
@@ -1221,6 +1208,17 @@ class Console:
 
 def _dumps(obj: Any) -> str:
     return serde.dumps(obj).decode()
+
+
+def _site_head(sid: str, site: Site) -> dict[str, Any]:
+    """What every site page (the site, its daily records) shows at the top."""
+    return {
+        "site": sid,
+        "name": site.name or sid,
+        "station": site.station,
+        "district": site.district,
+        "timezone": site.timezone,
+    }
 
 
 def _record_url(site: str, day: str, version: int, name: str) -> str:

@@ -6,7 +6,7 @@ import getpass
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -14,6 +14,9 @@ from rich.table import Table
 
 from pipeline.cliutil import SiteOpt
 from pipeline.settings import load_settings
+
+if TYPE_CHECKING:
+    from pipeline.console.users import UsersFile
 
 console = Console(stderr=True)
 users_app = typer.Typer(
@@ -37,6 +40,16 @@ def _paths(sites: Path | None, users_file: Path | None) -> tuple[Path, Path]:
 
     settings = load_settings(**({"site_config": sites} if sites else {}))
     return settings.site_config, users_file or users.default_path(settings.site_config)
+
+
+def _load_users(path: Path) -> UsersFile:
+    """The users file, or exit 1 saying what is wrong with it."""
+    from pipeline.console import users
+
+    try:
+        return users.load(path)
+    except users.UsersFileError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _password(stdin: bool) -> str:
@@ -94,10 +107,7 @@ def serve(
     except siteconfig.SiteConfigError as exc:
         raise _fail(str(exc)) from None
     path = users_file or users.default_path(settings.site_config)
-    try:
-        loaded = users.load(path)
-    except users.UsersFileError as exc:
-        raise _fail(str(exc)) from None
+    loaded = _load_users(path)
     if not loaded.users:
         console.print(f"[yellow]warning:[/] no users in {path}; add one with `larder users add NAME --role admin`")
     topics = Topics(prefix=settings.topic_prefix, partitions=settings.readings_partitions)
@@ -141,8 +151,8 @@ def users_add(
     from pipeline.console import users
 
     site_path, path = _paths(sites, users_file)
+    current = _load_users(path)
     try:
-        current = users.load(path)
         pw = users.hash_password(_password(password_stdin))
         user = users.User.model_validate(
             {
@@ -184,10 +194,10 @@ def users_passwd(
     from pipeline.console import users
 
     _, path = _paths(sites, users_file)
+    current = _load_users(path)
+    if name not in current.users:
+        raise _fail(f"no user {name!r} in {path}")
     try:
-        current = users.load(path)
-        if name not in current.users:
-            raise users.UsersFileError(f"no user {name!r} in {path}")
         pw = users.hash_password(_password(password_stdin))
     except users.UsersFileError as exc:
         raise _fail(str(exc)) from None
@@ -204,10 +214,7 @@ def users_remove(
     from pipeline.console import users
 
     _, path = _paths(sites, users_file)
-    try:
-        current = users.load(path)
-    except users.UsersFileError as exc:
-        raise _fail(str(exc)) from None
+    current = _load_users(path)
     if current.users.pop(name, None) is None:
         raise _fail(f"no user {name!r} in {path}")
     users.save(path, current)
@@ -218,13 +225,12 @@ def users_remove(
 def users_list(sites: SiteOpt = None, users_file: UsersOpt = None) -> None:
     """List users with role and scope (never the hashes)."""
     from pipeline import siteconfig
-    from pipeline.console import users
 
     site_path, path = _paths(sites, users_file)
+    current = _load_users(path)
     try:
-        current = users.load(path)
         config = siteconfig.load(site_path)
-    except (users.UsersFileError, siteconfig.SiteConfigError) as exc:
+    except siteconfig.SiteConfigError as exc:
         raise _fail(str(exc)) from None
     table = Table(title=str(path))
     for col in ("user", "role", "scope", "sites seen"):

@@ -56,6 +56,17 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MQTT_READINGS_TOPIC = "larder/v1/devices/{device}/readings"
 HOOK_PATH = "/v1/kitchen/events"
 
+
+def topic_id(template: str, topic: str) -> str | None:
+    """The id an MQTT ``topic`` carries in the one ``{...}`` level of ``template`` (``MQTT_READINGS_TOPIC``,
+    ``MQTT_RESULTS_TOPIC``), or ``None`` if the topic is not of that form or the id is empty or spans levels."""
+    prefix, suffix = template.split("{", 1)[0], template.split("}", 1)[1]
+    if topic.startswith(prefix) and topic.endswith(suffix):
+        ident = topic[len(prefix) : len(topic) - len(suffix)]
+        if ident and "/" not in ident:
+            return ident
+    return None
+
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,7 +39,8 @@ import faust
 from faust.types import TP
 
 from pipeline import serde
-from pipeline.agents.faust.changelog import KafkaBatches, TableWriter
+from pipeline.agents.faust.build import admitted, bytes_table, faust_app, own_producer, raw_topic
+from pipeline.agents.faust.changelog import TableWriter
 from pipeline.agents.faust.continuity import AckGate, Continuity
 from pipeline.agents.faust.durable import Pending, check_continuity, gate_acks
 from pipeline.grading import evidence
@@ -145,54 +145,14 @@ def make_app(
     options = options or GradingOptions()
     aid = app_id(topics)
     data_dir = options.data_dir or settings.data_dir / "grading" / aid
-    data_dir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     partitions = topics.base.partitions
-    app = faust.App(
-        aid,
-        broker=[f"kafka://{b.strip()}" for b in settings.kafka.bootstrap_servers.split(",")],
-        store=f"{options.store}://",
-        datadir=str(data_dir),
-        topic_partitions=partitions,
-        topic_replication_factor=settings.kafka.replication_factor,
-        broker_commit_interval=options.commit_interval_s,
-        broker_session_timeout=options.session_timeout_s,
-        broker_heartbeat_interval=options.heartbeat_interval_s,
-        table_standby_replicas=options.standby_replicas,
-        consumer_auto_offset_reset="earliest",
-        web_enabled=False,
-        # Records are acked only once their states are in the changelog: waiting for "all streams empty" at a
-        # rebalance or stop would wait for a release that needs the next record or timer. Unacked ones are re-read.
-        stream_wait_empty=False,
-        autodiscover=False,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
+    app = faust_app(aid, settings, options, data_dir, partitions)
     source_names = {topics.base.alerts, topics.overrides}
     gate = gate_acks(app, source_names)
-    source = app.topic(
-        topics.base.alerts,
-        topics.overrides,
-        partitions=partitions,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-    table = app.Table(
-        TABLE,
-        default=None,
-        key_type=bytes,
-        value_type=bytes,
-        partitions=partitions,
-        use_partitioner=True,
-    )
+    source = raw_topic(app, topics.base.alerts, topics.overrides, partitions=partitions)
+    table = bytes_table(app, TABLE, partitions)
     # One idempotent acks=all producer for the daily grades, the dead letters and the changelog batches.
-    producer = KafkaBatches(settings)
-
-    async def stop_producer(sender: Any, **_: Any) -> None:
-        await producer.stop()  # after the consumer stopped: nothing writes any more
-
-    app.on_before_shutdown.connect(stop_producer)  # type: ignore[arg-type]
+    producer = own_producer(app, settings)
 
     async def send(topic: str, key: bytes | None, value: bytes) -> None:
         async def once() -> None:
@@ -278,20 +238,8 @@ def make_app(
         states.put(partition, event.key, new)
 
     async def agent(stream: Any) -> None:
-        manual = stream.noack()
-        pending.ack = manual.ack
-        continuity.idle_since = time.monotonic()
-        async for event in manual.events():
-            continuity.idle_since = None
+        async for event in admitted(stream, app, pending, continuity, baseline=True):
             msg = event.message
-            await continuity.baseline(app.consumer, msg.tp)
-            rewind_to = continuity.admit(msg.tp, msg.offset)
-            if rewind_to is not None:
-                # Records before this one never arrived: skip it (not acked) and read them all again in order.
-                if rewind_to >= 0:
-                    await continuity.rewind(app.consumer, msg.tp, rewind_to, arrived=msg.offset)
-                continuity.idle_since = time.monotonic()
-                continue
             async with lock:
                 await on_event(event)
                 due = pending.hold(
@@ -303,7 +251,6 @@ def make_app(
                 )
                 if due:
                     await pending.release(states, msg.partition)
-            continuity.idle_since = time.monotonic()
 
     gapp.agent = app.agent(source, name="grading-agent")(agent)
 
@@ -324,8 +271,4 @@ def make_app(
 
     app.timer(1.0, name="grading-continuity")(watch_continuity)
 
-    async def start_producer() -> None:
-        await producer.start()  # at start-up, not on the first output (the idempotent producer's id takes ~1 s)
-
-    app.task(start_producer)
     return gapp

@@ -15,6 +15,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.contracts import rules as R
 from pipeline.grading.evidence import DAY_MS
 from pipeline.schemas import alert_id, ms_to_iso
 from pipeline.siteconfig import EscalationPolicy, SiteConfig
@@ -66,6 +67,13 @@ class TruthAlert:
     verdict_ms: int | None = None
     #: (step index >= 1, deadline ms, roles) of each escalation step entered.
     steps: list[tuple[int, int, list[str]]] = field(default_factory=list)
+
+    @classmethod
+    def of(
+        cls, rule: str, severity: str, site: str, subject: str, opened_ms: int, resolved_ms: int | None, **more: Any
+    ) -> TruthAlert:
+        """The alert with the id the detector gives it (rule, subject, opening time)."""
+        return cls(alert_id(rule, subject, opened_ms), rule, severity, site, subject, opened_ms, resolved_ms, **more)
 
 
 def site_config(n_sites: int, seed: int = 7, devices: int = 3, cameras: int = 1) -> SiteConfig:
@@ -133,8 +141,7 @@ def simulate(cfg: SiteConfig, start_ms: int, days: int = 30, seed: int = 1) -> l
             critical = rng.random() < 0.3
             rule, limit = ("coldchain.high_high", 12.0) if critical else ("coldchain.high", 8.0)
             dur = rng.randrange(10, 600) * MIN_MS
-            a = TruthAlert(
-                alert_id(rule, dev, t),
+            a = TruthAlert.of(
                 rule,
                 "critical" if critical else "warning",
                 sid,
@@ -148,36 +155,16 @@ def simulate(cfg: SiteConfig, start_ms: int, days: int = 30, seed: int = 1) -> l
             made.append(a)
         for t in draw(b.unattended_per_day):
             dur = rng.randrange(1, 40) * MIN_MS
-            made.append(
-                TruthAlert(
-                    alert_id("kitchen.unattended", kitchen, t),
-                    "kitchen.unattended",
-                    "warning",
-                    sid,
-                    kitchen,
-                    t,
-                    t + dur,
-                )
-            )
+            made.append(TruthAlert.of("kitchen.unattended", "warning", sid, kitchen, t, t + dur))
             if dur > 10 * MIN_MS:  # the critical alert of the same episode (critical_min 15 after its start)
                 tc = t + 10 * MIN_MS
-                made.append(
-                    TruthAlert(
-                        alert_id("kitchen.unattended", kitchen, tc),
-                        "kitchen.unattended",
-                        "critical",
-                        sid,
-                        kitchen,
-                        tc,
-                        t + dur,
-                    )
-                )
+                made.append(TruthAlert.of("kitchen.unattended", "critical", sid, kitchen, tc, t + dur))
         for rule, rate, sev in (
             ("kitchen.hygiene.no_hat", b.hygiene_per_day, "warning"),
             ("kitchen.hygiene.rodent", b.rodents_per_day, "critical"),
         ):
             for t in draw(rate):
-                a = TruthAlert(alert_id(rule, kitchen, t), rule, sev, sid, kitchen, t, t + 10 * MIN_MS)
+                a = TruthAlert.of(rule, sev, sid, kitchen, t, t + 10 * MIN_MS)
                 r = rng.random()
                 if r < 0.85:
                     a.verdict = "confirmed" if rng.random() < b.confirm_prob else "false_positive"
@@ -189,9 +176,7 @@ def simulate(cfg: SiteConfig, start_ms: int, days: int = 30, seed: int = 1) -> l
             resolved: int | None = t + dur
             if t + dur > end_ms:
                 resolved = None  # still offline at the end of the month
-            made.append(
-                TruthAlert(alert_id("liveness.offline", dev, t), "liveness.offline", "warning", sid, dev, t, resolved)
-            )
+            made.append(TruthAlert.of("liveness.offline", "warning", sid, dev, t, resolved))
         for a in made:
             if rng.random() < b.ack_prob:
                 delay = max(0.2, rng.expovariate(1.0 / b.ack_median_min) * 1.44)
@@ -230,48 +215,16 @@ def _rapid_tests(sid: str, site: Any, b: Behaviour, start_ms: int, days: int, rn
         fate = rng.random()
         if fate < 0.5:
             recheck = t + rng.randrange(60, 180) * MIN_MS
-            made.append(
-                TruthAlert(
-                    alert_id("rapidtest.positive", sample, t), "rapidtest.positive", "warning", sid, sample, t, recheck
-                )
-            )
+            made.append(TruthAlert.of(R.RAPIDTEST_POSITIVE, "warning", sid, sample, t, recheck))
         elif fate < 0.75:
             recheck = t + rng.randrange(300, 480) * MIN_MS
             due = t + 240 * MIN_MS
-            made.append(
-                TruthAlert(
-                    alert_id("rapidtest.positive", sample, t), "rapidtest.positive", "warning", sid, sample, t, recheck
-                )
-            )
-            made.append(
-                TruthAlert(
-                    alert_id("rapidtest.recheck_overdue", sample, due),
-                    "rapidtest.recheck_overdue",
-                    "critical",
-                    sid,
-                    sample,
-                    due,
-                    recheck,
-                )
-            )
+            made.append(TruthAlert.of(R.RAPIDTEST_POSITIVE, "warning", sid, sample, t, recheck))
+            made.append(TruthAlert.of(R.RAPIDTEST_RECHECK_OVERDUE, "critical", sid, sample, due, recheck))
         else:
             lab = t + rng.randrange(300, 1440) * MIN_MS
-            made.append(
-                TruthAlert(
-                    alert_id("rapidtest.positive", sample, t), "rapidtest.positive", "warning", sid, sample, t, lab
-                )
-            )
-            made.append(
-                TruthAlert(
-                    alert_id("rapidtest.confirmed", sample, lab),
-                    "rapidtest.confirmed",
-                    "critical",
-                    sid,
-                    sample,
-                    lab,
-                    lab + 60 * MIN_MS,
-                )
-            )
+            made.append(TruthAlert.of(R.RAPIDTEST_POSITIVE, "warning", sid, sample, t, lab))
+            made.append(TruthAlert.of(R.RAPIDTEST_CONFIRMED, "critical", sid, sample, lab, lab + 60 * MIN_MS))
     made = [a for a in made if a.opened_ms < end_ms]  # an overdue recheck or a lab result after the period
     for a in made:
         if rng.random() < b.ack_prob:

@@ -44,6 +44,7 @@ import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from pipeline.contracts.models import MQTT_READINGS_TOPIC, topic_id
 from pipeline.contracts.records import dead_letter_value as dead_letter
 from pipeline.contracts.records import mqtt_dead_letter, readings_value
 from pipeline.ingest import metrics, rapidmqtt
@@ -57,17 +58,11 @@ from pipeline.topics import Topics
 
 log = logging.getLogger(__name__)
 
-_PREFIX = "larder/v1/devices/"
-_SUFFIX = "/readings"
-SUBSCRIPTION = "larder/v1/devices/+/readings"
+SUBSCRIPTION = MQTT_READINGS_TOPIC.format(device="+")
 
 
 def device_of(topic: str) -> str | None:
-    if topic.startswith(_PREFIX) and topic.endswith(_SUFFIX):
-        device = topic[len(_PREFIX) : -len(_SUFFIX)]
-        if device and "/" not in device:
-            return device
-    return None
+    return topic_id(MQTT_READINGS_TOPIC, topic)
 
 
 _PUBACK = struct.Struct("!BBH")

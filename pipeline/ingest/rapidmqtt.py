@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.contracts.models import topic_id
 from pipeline.contracts.rapidtest import KIND, MQTT_RESULTS_TOPIC, enrich, validate_results
 from pipeline.contracts.records import mqtt_dead_letter, rapid_tests_value, refusal_dead_letters
 from pipeline.ingest.registry import Registry
@@ -31,11 +32,7 @@ def is_instrument_topic(topic: str) -> bool:
 
 
 def instrument_of(topic: str) -> str | None:
-    if topic.startswith(PREFIX) and topic.endswith(SUFFIX):
-        ident = topic[len(PREFIX) : -len(SUFFIX)]
-        if ident and "/" not in ident:
-            return ident
-    return None
+    return topic_id(MQTT_RESULTS_TOPIC, topic)
 
 
 def records_for(

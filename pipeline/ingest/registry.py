@@ -8,6 +8,7 @@ it up here. Editing the site file is :mod:`pipeline.siteedit`; who may log in to
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,28 +55,31 @@ class Registry:
             profile = config.sites[site_id].assets[dev.asset].profile
             base = {"device": dev_id, "site": site_id, "asset": dev.asset, "profile": profile}
             devices[dev_id] = DeviceInfo(site_id, dev.asset, profile, base)
-        cameras: dict[str, CameraInfo] = {}
-        for cam_id, site_id, cam in config.cameras():
-            try:
-                secret = cam.resolve_secret().encode()
-            except (KeyError, OSError) as exc:
-                # One camera with a missing secret reference must not take the others down; it gets 401s.
-                log.error("camera %s has no usable secret (%s); its requests will be refused", cam_id, exc)
-                continue
-            cameras[cam_id] = CameraInfo(site_id, cam.kitchen, secret)
-        instruments: dict[str, InstrumentInfo] = {}
-        for ins_id, site_id, ins in config.instruments():
-            try:
-                secret = ins.resolve_secret().encode()
-            except (KeyError, OSError) as exc:
-                log.error("instrument %s has no usable secret (%s); its requests will be refused", ins_id, exc)
-                continue
-            instruments[ins_id] = InstrumentInfo(site_id, ins.type, secret)
+        cameras = {
+            cam_id: CameraInfo(site_id, cam.kitchen, secret)
+            for cam_id, site_id, cam in config.cameras()
+            if (secret := _usable_secret("camera", cam_id, cam.resolve_secret)) is not None
+        }
+        instruments = {
+            ins_id: InstrumentInfo(site_id, ins.type, secret)
+            for ins_id, site_id, ins in config.instruments()
+            if (secret := _usable_secret("instrument", ins_id, ins.resolve_secret)) is not None
+        }
         return cls(devices, cameras, instruments)
 
     @classmethod
     def empty(cls) -> Registry:
         return cls({}, {})
+
+
+def _usable_secret(kind: str, ident: str, resolve: Callable[[], str]) -> bytes | None:
+    """A signer's secret, or ``None`` (logged) when its reference does not resolve: one camera or instrument with
+    a missing secret must not take the others down; its requests get 401s."""
+    try:
+        return resolve().encode()
+    except (KeyError, OSError) as exc:
+        log.error("%s %s has no usable secret (%s); its requests will be refused", kind, ident, exc)
+        return None
 
 
 def load_registry(path: Path) -> Registry:

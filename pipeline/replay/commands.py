@@ -190,27 +190,21 @@ def run_and_show(
                 )
             topics = Topics(prefix or settings.topic_prefix, settings.readings_partitions)
 
-            async def go() -> RunResult:
-                watch = AlertWatch(settings, topics)
-                await watch.start()
-                display.watch = watch
-                try:
-                    return await run_lines(
-                        settings,
-                        topics,
-                        lines,
-                        config,
-                        hooks_url=hooks_url or f"http://127.0.0.1:{settings.ingest.hooks_port}",
-                        speed=speed,
-                        ticks=clock == "replay",
-                        tick_every_s=tick_every,
-                        truth=truth,
-                        on_progress=display.update,
-                    )
-                finally:
-                    await watch.stop()
-
-            return asyncio.run(go())
+            return asyncio.run(
+                run_lines(
+                    settings,
+                    topics,
+                    lines,
+                    config,
+                    hooks_url=hooks_url or f"http://127.0.0.1:{settings.ingest.hooks_port}",
+                    speed=speed,
+                    ticks=clock == "replay",
+                    tick_every_s=tick_every,
+                    truth=truth,
+                    on_progress=display.update,
+                    on_watch=lambda w: setattr(display, "watch", w),
+                )
+            )
     except (StackError, RuntimeError, TimeoutError, OSError) as exc:
         raise fail(str(exc)) from None
 

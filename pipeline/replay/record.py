@@ -20,7 +20,7 @@ import asyncio
 import heapq
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -71,6 +71,17 @@ def rapid_test_body(item: dict[str, Any]) -> dict[str, Any]:
     body = {k: v for k, v in item.items() if k not in _ENRICHED}
     body["tested_at"] = ms_to_iso(item["ts_ms"])
     return body
+
+
+def request_bodies(
+    items: Iterable[dict[str, Any]], source_field: str, body_of: Callable[[dict[str, Any]], Any], many: str
+) -> list[tuple[str, int, Any]]:
+    """``(source, received_ms, body)``: the items of a record batch grouped back into the requests they came in
+    (same sender, same arrival), each body as it was sent: one element alone, several as ``{many: [...]}``."""
+    by_request: dict[tuple[str, int], list[Any]] = {}
+    for it in items:
+        by_request.setdefault((it[source_field], it["received_ms"]), []).append(body_of(it))
+    return [(source, at, bs[0] if len(bs) == 1 else {many: bs}) for (source, at), bs in by_request.items()]
 
 
 class Recorder:
@@ -125,21 +136,15 @@ class Recorder:
         return len(self._drops) >= TAKEOVER_DROPS
 
     def _on_kitchen(self, value: bytes) -> None:
-        by_request: dict[tuple[str, int], list[dict[str, Any]]] = {}
-        for it in records.batch_items(value, "kitchen_events"):
-            by_request.setdefault((it["camera"], it["received_ms"]), []).append(event_body(it))
-        for (camera, at), events in by_request.items():
+        items = records.batch_items(value, "kitchen_events")
+        for camera, at, body in request_bodies(items, "camera", event_body, "events"):
             self.stats.hooks += 1
-            body: Any = events[0] if len(events) == 1 else {"events": events}
             self._push(Line(at, "hook", camera, body))
 
     def _on_rapid(self, value: bytes) -> None:
-        by_request: dict[tuple[str, int], list[dict[str, Any]]] = {}
-        for it in records.batch_items(value, "rapid_tests"):
-            by_request.setdefault((it["instrument"], it["received_ms"]), []).append(rapid_test_body(it))
-        for (instrument, at), results in by_request.items():
+        items = records.batch_items(value, "rapid_tests")
+        for instrument, at, body in request_bodies(items, "instrument", rapid_test_body, "results"):
             self.stats.rapid_tests += 1
-            body: Any = results[0] if len(results) == 1 else {"results": results}
             self._push(Line(at, "rapid_test", instrument, body))
 
     def _on_dead(self, value: bytes) -> None:

@@ -112,31 +112,40 @@ async def run_lines(
     tick_every_s: float = 10.0,
     truth: list[Truth] | None = None,
     on_progress: Progress | None = None,
-    watch: AlertWatch | None = None,
+    on_watch: Callable[[AlertWatch], Any] | None = None,
     process_timeout_s: float = 180.0,
 ) -> RunResult:
-    devices, cameras = secrets_of(config)
-    t0 = time.monotonic()
-    stats = await drive(
-        settings,
-        topics,
-        lines,
-        device_secrets=devices,
-        camera_secrets=cameras,
-        instrument_secrets={ins_id: ins.resolve_secret() for ins_id, _, ins in config.instruments()},
-        silences={
-            device: silence_decisions(resolve_device_rules(config, site, device))
-            for device, site, _ in config.devices()
-        },
-        hooks_url=hooks_url,
-        speed=speed,
-        ticks=ticks,
-        tick_every_s=tick_every_s,
-        on_progress=on_progress,
-    )
-    t1 = time.monotonic()
-    waited = await wait_processed(settings, topics, timeout=process_timeout_s)
-    alerts = await read_alerts(settings, topics)
+    """Send ``lines`` through the real path, wait until the worker has processed everything, read the alert
+    timeline and score it against ``truth``. ``on_watch`` is handed an :class:`AlertWatch` counting the alerts
+    while the run goes on (for a live display)."""
+    async with contextlib.AsyncExitStack() as running:
+        if on_watch is not None:
+            watch = AlertWatch(settings, topics)
+            await watch.start()
+            running.push_async_callback(watch.stop)
+            on_watch(watch)
+        devices, cameras = secrets_of(config)
+        t0 = time.monotonic()
+        stats = await drive(
+            settings,
+            topics,
+            lines,
+            device_secrets=devices,
+            camera_secrets=cameras,
+            instrument_secrets={ins_id: ins.resolve_secret() for ins_id, _, ins in config.instruments()},
+            silences={
+                device: silence_decisions(resolve_device_rules(config, site, device))
+                for device, site, _ in config.devices()
+            },
+            hooks_url=hooks_url,
+            speed=speed,
+            ticks=ticks,
+            tick_every_s=tick_every_s,
+            on_progress=on_progress,
+        )
+        t1 = time.monotonic()
+        waited = await wait_processed(settings, topics, timeout=process_timeout_s)
+        alerts = await read_alerts(settings, topics)
     sc = score(truth, alerts) if truth is not None else None
     return RunResult(topics, stats, alerts, sc, waited, {"send_s": t1 - t0, "drain_s": time.monotonic() - t1})
 
@@ -167,29 +176,20 @@ def run_with_services(
     svc = Services(settings, config_path, topics.prefix, clock=clock, names=names or CORE, report=report)
     svc.start()
     try:
-
-        async def go() -> RunResult:
-            watch = AlertWatch(settings, topics)
-            await watch.start()
-            if on_watch is not None:
-                on_watch(watch)
-            try:
-                return await run_lines(
-                    settings,
-                    topics,
-                    lines,
-                    config,
-                    hooks_url=svc.hooks_url,
-                    speed=speed,
-                    ticks=clock == "replay",
-                    tick_every_s=tick_every_s,
-                    truth=truth,
-                    on_progress=on_progress,
-                    watch=watch,
-                )
-            finally:
-                await watch.stop()
-
-        return asyncio.run(go())
+        return asyncio.run(
+            run_lines(
+                settings,
+                topics,
+                lines,
+                config,
+                hooks_url=svc.hooks_url,
+                speed=speed,
+                ticks=clock == "replay",
+                tick_every_s=tick_every_s,
+                truth=truth,
+                on_progress=on_progress,
+                on_watch=on_watch,
+            )
+        )
     finally:
         svc.stop()

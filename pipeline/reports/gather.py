@@ -68,6 +68,10 @@ def _flux_str(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _flux_list(values: tuple[str, ...]) -> str:
+    return "[" + ", ".join(_flux_str(v) for v in values) + "]"
+
+
 class Source:
     """A Flux reader over one bucket; one per process (the HTTP pool is reused across site-days)."""
 
@@ -92,18 +96,40 @@ class Source:
                 continue
             yield dict(zip(header, row, strict=False))
 
-    # -- the four measurements -------------------------------------------------------------------------------
-
-    def readings(self, site: str, start_ms: int, end_ms: int) -> dict[str, list[Point]]:
+    def pivoted(
+        self,
+        measurement: str,
+        start_ms: int,
+        end_ms: int,
+        where: str,
+        *,
+        row_key: tuple[str, ...] = ("_time",),
+        keep: tuple[str, ...] = (),
+    ) -> Iterator[dict[str, str]]:
+        """The points of ``measurement`` in ``[start_ms, end_ms)`` for which the Flux predicate ``where`` (over
+        ``r``) holds, pivoted: one row per ``row_key`` with a column per field (only the ``keep`` columns, if
+        given)."""
         flux = f"""
 from(bucket: {_flux_str(self.bucket)})
   |> range(start: {_flux_time(start_ms)}, stop: {_flux_time(end_ms)})
-  |> filter(fn: (r) => r._measurement == "reading" and r.site == {_flux_str(site)}
-                       and (r._field == "temp_c" or r._field == "delay_ms"))
-  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")
-  |> keep(columns: ["_time", "device", "temp_c", "delay_ms"])"""
+  |> filter(fn: (r) => r._measurement == {_flux_str(measurement)} and {where})
+  |> pivot(rowKey: {_flux_list(row_key)}, columnKey: ["_field"], valueColumn: "_value")"""
+        if keep:
+            flux += f"\n  |> keep(columns: {_flux_list(keep)})"
+        return self.rows(flux)
+
+    # -- the measurements ------------------------------------------------------------------------------------
+
+    def readings(self, site: str, start_ms: int, end_ms: int) -> dict[str, list[Point]]:
+        rows = self.pivoted(
+            "reading",
+            start_ms,
+            end_ms,
+            f'r.site == {_flux_str(site)} and (r._field == "temp_c" or r._field == "delay_ms")',
+            keep=("_time", "device", "temp_c", "delay_ms"),
+        )
         out: dict[str, list[Point]] = {}
-        for r in self.rows(flux):
+        for r in rows:
             temp = r.get("temp_c", "")
             if temp == "":
                 continue
@@ -116,13 +142,8 @@ from(bucket: {_flux_str(self.bucket)})
         return out
 
     def alerts(self, site: str, start_ms: int, end_ms: int) -> list[AlertHistory]:
-        flux = f"""
-from(bucket: {_flux_str(self.bucket)})
-  |> range(start: {_flux_time(start_ms)}, stop: {_flux_time(end_ms)})
-  |> filter(fn: (r) => r._measurement == "alert" and r.site == {_flux_str(site)})
-  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")"""
         by_id: dict[str, AlertHistory] = {}
-        for r in self.rows(flux):
+        for r in self.pivoted("alert", start_ms, end_ms, f"r.site == {_flux_str(site)}"):
             aid = r.get("alert_id", "")
             if not aid:
                 continue
@@ -149,14 +170,11 @@ from(bucket: {_flux_str(self.bucket)})
     def deliveries(self, site: str, start_ms: int, end_ms: int, alert_ids: set[str]) -> list[DeliveryPoint]:
         if not alert_ids:
             return []
-        flux = f"""
-from(bucket: {_flux_str(self.bucket)})
-  |> range(start: {_flux_time(start_ms)}, stop: {_flux_time(end_ms)})
-  |> filter(fn: (r) => r._measurement == "delivery" and (r.site == {_flux_str(site)} or r.site == "*")
-                       and (r._field == "message_id" or r._field == "recipient" or r._field == "alert_ids"))
-  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")"""
+        fields = '(r._field == "message_id" or r._field == "recipient" or r._field == "alert_ids")'
         out = []
-        for r in self.rows(flux):
+        for r in self.pivoted(
+            "delivery", start_ms, end_ms, f'(r.site == {_flux_str(site)} or r.site == "*") and {fields}'
+        ):
             ids = tuple(x for x in (r.get("alert_ids") or "").split(",") if x)
             if ids and not alert_ids.intersection(ids):
                 continue
@@ -177,14 +195,9 @@ from(bucket: {_flux_str(self.bucket)})
 
     def annotations(self, site: str, start_ms: int, end_ms: int, kinds: tuple[str, ...]) -> list[AnnotationPoint]:
         kind_test = " or ".join(f"r.kind == {_flux_str(k)}" for k in kinds)
-        flux = f"""
-from(bucket: {_flux_str(self.bucket)})
-  |> range(start: {_flux_time(start_ms - 24 * 3600 * 1000)}, stop: {_flux_time(end_ms)})
-  |> filter(fn: (r) => r._measurement == "annotation" and r.site == {_flux_str(site)} and ({kind_test})
-                       and (r._field == "end_ms" or r._field == "detail"))
-  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")"""
+        where = f'r.site == {_flux_str(site)} and ({kind_test}) and (r._field == "end_ms" or r._field == "detail")'
         out = []
-        for r in self.rows(flux):
+        for r in self.pivoted("annotation", start_ms - 24 * 3600 * 1000, end_ms, where):
             end = int(r.get("end_ms") or 0)
             if end <= start_ms:
                 continue
@@ -203,13 +216,11 @@ from(bucket: {_flux_str(self.bucket)})
         return out
 
     def rapid_tests(self, site: str, start_ms: int, end_ms: int) -> list[RapidTestPoint]:
-        flux = f"""
-from(bucket: {_flux_str(self.bucket)})
-  |> range(start: {_flux_time(start_ms)}, stop: {_flux_time(end_ms)})
-  |> filter(fn: (r) => r._measurement == "rapid_test" and r.site == {_flux_str(site)})
-  |> pivot(rowKey: ["_time", "instrument"], columnKey: ["_field"], valueColumn: "_value")"""
         out = []
-        for r in self.rows(flux):
+        rows = self.pivoted(
+            "rapid_test", start_ms, end_ms, f"r.site == {_flux_str(site)}", row_key=("_time", "instrument")
+        )
+        for r in rows:
             if not r.get("result_id"):
                 continue
             out.append(

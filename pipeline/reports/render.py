@@ -13,6 +13,7 @@ import csv
 import functools
 import io
 import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -123,14 +124,21 @@ def has_rapid_tests(report: DailyReport) -> bool:
     return report.has_instruments or bool(report.rapid_tests)
 
 
+def _csv(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> bytes:
+    """The CSV files of the record: a header row, then ``rows``, ``\n`` line ends, UTF-8."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue().encode()
+
+
 def rapid_tests_csv(report: DailyReport) -> bytes:
     """One row per rapid-test result tested in the day, by time (contract 6)."""
     tz = ZoneInfo(report.timezone)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(RAPID_TESTS_HEADER)
-    for x in report.rapid_tests:
-        w.writerow(
+    return _csv(
+        RAPID_TESTS_HEADER,
+        (
             (
                 local_iso(x.ts_ms, tz),
                 x.instrument,
@@ -146,8 +154,9 @@ def rapid_tests_csv(report: DailyReport) -> bytes:
                 x.operator,
                 x.disposition,
             )
-        )
-    return buf.getvalue().encode()
+            for x in report.rapid_tests
+        ),
+    )
 
 
 def readings_csv(report: DailyReport) -> bytes:
@@ -155,19 +164,17 @@ def readings_csv(report: DailyReport) -> bytes:
     ``[start, end)`` holds the reading, ``;``-separated."""
     tz = ZoneInfo(report.timezone)
     spans = _excursion_alerts(report)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(READINGS_HEADER)
-    for a in report.assets:
-        mine = spans.get(a.device, [])
-        for p in a.points:
-            ids = ";".join(
-                e.alert_id
-                for e in mine
-                if e.start_ms <= p.ts_ms < (e.end_ms if e.end_ms is not None else report.end_ms)
-            )
-            w.writerow(
-                (
+
+    def rows() -> Iterator[tuple[str, ...]]:
+        for a in report.assets:
+            mine = spans.get(a.device, [])
+            for p in a.points:
+                ids = ";".join(
+                    e.alert_id
+                    for e in mine
+                    if e.start_ms <= p.ts_ms < (e.end_ms if e.end_ms is not None else report.end_ms)
+                )
+                yield (
                     local_iso(p.ts_ms, tz),
                     a.asset,
                     a.device,
@@ -175,17 +182,15 @@ def readings_csv(report: DailyReport) -> bytes:
                     str(in_range(p.temp_c, a.low_c, a.high_c)).lower(),
                     ids,
                 )
-            )
-    return buf.getvalue().encode()
+
+    return _csv(READINGS_HEADER, rows())
 
 
 def excursions_csv(report: DailyReport) -> bytes:
     tz = ZoneInfo(report.timezone)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(EXCURSIONS_HEADER)
-    for e in report.excursions:
-        w.writerow(
+    return _csv(
+        EXCURSIONS_HEADER,
+        (
             (
                 e.alert_id,
                 e.rule,
@@ -208,8 +213,9 @@ def excursions_csv(report: DailyReport) -> bytes:
                 e.corrective_action,
                 e.disposition,
             )
-        )
-    return buf.getvalue().encode()
+            for e in report.excursions
+        ),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------

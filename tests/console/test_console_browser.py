@@ -40,7 +40,7 @@ from pipeline.settings import Settings
 from pipeline.siteconfig import load as load_sites
 from pipeline.stack import influx
 from pipeline.topics import Topics
-from tests.alerts_support import flux, produce
+from tests.alerts_support import PHONES, flux, produce
 from tests.integration.ingest_support import register_in_broker
 
 playwright_api = pytest.importorskip("playwright.sync_api")  # a dev dependency; absent means `make venv` was not run
@@ -48,12 +48,6 @@ playwright_api = pytest.importorskip("playwright.sync_api")  # a dev dependency;
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(300)]
 
 PASSWORD = "console-test-pw-1"
-PHONES = {
-    ("S1", "operator"): "+8613800000011",
-    ("S1", "site_manager"): "+8613800000012",
-    ("S2", "operator"): "+8613800000021",
-    ("S2", "site_manager"): "+8613800000022",
-}
 # The excursion opens at event time now - 60 s (see readings()): the manager step falls 40 s after publishing,
 # time enough for the browser to acknowledge first (the control site shows it would have fired).
 MANAGER_AFTER_S = 100
@@ -712,6 +706,13 @@ def make_record(env: Env, site: str, day: str) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def sign_api(env: Env, page: Any, site: str, day: str) -> int:
+    """The status of a sign-off of ``day`` through the API, as the page's user with its session's CSRF token."""
+    csrf = page.request.get(f"{env.url}/api/v1/session").json()["csrf"]
+    url = f"{env.url}/api/v1/sites/{site}/records/{day}/sign"
+    return int(page.request.post(url, data="{}", headers={"X-CSRF-Token": csrf}).status)
+
+
 def test_daily_records_list_download_sign_and_unsigned_days(env: Env, tmp_path: Path) -> None:
     """Issue 21 in the console: the site's officer lists, downloads and signs a day; the PDF of the new version
     shows the sign-off; the station sees the days still unsigned; another station gets 404s (audited)."""
@@ -768,9 +769,7 @@ def test_daily_records_list_download_sign_and_unsigned_days(env: Env, tmp_path: 
     assert "Reviewed by" in text and "Sun" in text and "mgr-s1" in text
     env.shot(page, "records-signed")
     # A second sign-off of the same day is refused (the API, with the session's CSRF token).
-    csrf = page.request.get(f"{env.url}/api/v1/session").json()["csrf"]
-    again = page.request.post(f"{env.url}/api/v1/sites/S1/records/{d1}/sign", data="{}", headers={"X-CSRF-Token": csrf})
-    assert again.status == 409
+    assert sign_api(env, page, "S1", d1) == 409
     page.context.close()
 
     # The station sees S1's remaining unsigned day (and not S2's: another station's site).
@@ -783,13 +782,7 @@ def test_daily_records_list_download_sign_and_unsigned_days(env: Env, tmp_path: 
     assert st1.request.get(f"{env.url}/api/v1/records/unsigned").json()["unsigned"] == 1
     env.shot(st1, "records-unsigned")
     # A station may read its sites' records but does not sign them (it is not the site's officer).
-    csrf = st1.request.get(f"{env.url}/api/v1/session").json()["csrf"]
-    assert (
-        st1.request.post(
-            f"{env.url}/api/v1/sites/S1/records/{d2}/sign", data="{}", headers={"X-CSRF-Token": csrf}
-        ).status
-        == 403
-    )
+    assert sign_api(env, st1, "S1", d2) == 403
     st1.context.close()
 
     # Another station: S1's records are a 404 (page, file, API, sign), and every one is audited as denied.
@@ -797,13 +790,7 @@ def test_daily_records_list_download_sign_and_unsigned_days(env: Env, tmp_path: 
     assert other.goto(f"{env.url}/sites/S1/records").status == 404
     assert other.request.get(f"{env.url}/sites/S1/records/{d1}/v1/report.pdf").status == 404
     assert other.request.get(f"{env.url}/api/v1/sites/S1/records").status == 404
-    csrf = other.request.get(f"{env.url}/api/v1/session").json()["csrf"]
-    assert (
-        other.request.post(
-            f"{env.url}/api/v1/sites/S1/records/{d2}/sign", data="{}", headers={"X-CSRF-Token": csrf}
-        ).status
-        == 404
-    )
+    assert sign_api(env, other, "S1", d2) == 404
     own = other.request.get(f"{env.url}/api/v1/records/unsigned").json()
     assert [(r["site"], r["date"]) for st in own["stations"] for r in st["days"]] == [("S2", d2)]
     other.context.close()

@@ -25,17 +25,11 @@ from pipeline.sinks.influx import InfluxSink
 from pipeline.siteconfig import load as load_sites
 from pipeline.testing import curl_form, eventually, free_port, reading_item
 from pipeline.topics import Topics
-from tests.alerts_support import FakeHttp, Service, flux, link_in, notify_settings
+from tests.alerts_support import PHONES, FakeHttp, Service, flux, link_in, notify_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(180)]
 
 ROOT = Path(__file__).resolve().parents[2]
-PHONES = {
-    ("S1", "operator"): "+8613800000011",
-    ("S1", "site_manager"): "+8613800000012",
-    ("S2", "operator"): "+8613800000021",
-    ("S2", "site_manager"): "+8613800000022",
-}
 MANAGER_AFTER_S = 20
 READINGS_PER_DEVICE = 39
 

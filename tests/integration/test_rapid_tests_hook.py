@@ -17,7 +17,7 @@ import pytest
 from pipeline import serde
 from pipeline.partitioner import partition_for
 from pipeline.settings import Settings
-from pipeline.testing import IngestEnv, free_port, read_all, register_in_broker
+from pipeline.testing import IngestEnv, free_port, rapid_test_body, read_all, register_in_broker
 from pipeline.topics import Topics
 from tests.integration.ingest_support import curl_signed, openssl_signature
 
@@ -48,27 +48,8 @@ def curl(
 
 
 def result(result_id: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "result_id": result_id,
-        "sample_id": "20261122-007",
-        "sample_name": "菠菜",
-        "food_category": "vegetable",
-        "stall": "A07",
-        "supplier": "寿光蔬菜合作社",
-        "trace_code": "TR0001",
-        "test_item": "organophosphate/carbamate",
-        "method": "GB/T 5009.199",
-        "result_type": "quantitative",
-        "value": 63.5,
-        "unit": "%",
-        "limit": 50,
-        "limit_basis": "GB/T 5009.199",
-        "result": "positive",
-        "stage": "initial",
-        "operator": "检测员 Li",
-        "tested_at": "2026-11-22T06:10:00+08:00",
-        **extra,
-    }
+    """A contract-6 body from a market stall, its supplier and trace code named."""
+    return rapid_test_body(result_id, **{"stall": "A07", "supplier": "寿光蔬菜合作社", "trace_code": "TR0001", **extra})
 
 
 def kcat(settings: Settings, topic: str) -> list[dict[str, Any]]:

@@ -282,15 +282,7 @@ async def test_daily_record_numbers_versions_and_verify(
     assert (checked, findings) == (4, [])
 
     # ---- tampering: a flipped byte, a deleted day, a day removed from the ledger -----------------------------
-    target = fix.folder / "report.pdf"
-    target.chmod(0o644)
-    data = bytearray(target.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    target.write_bytes(bytes(data))
-    _, findings = await service.verify(settings, S.SITE)
-    assert findings and findings[0].date == "2026-11-23" and "report.pdf does not match" in findings[0].problem
-    data[len(data) // 2] ^= 0x01
-    target.write_bytes(bytes(data))
+    await S.flip_a_byte(settings, fix.folder / "report.pdf")
     assert (await service.verify(settings, S.SITE))[1] == []
 
     shutil.move(str(settings.report_dir / S.SITE / "2026-11-23"), str(tmp_path / "moved"))

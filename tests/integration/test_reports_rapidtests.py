@@ -25,6 +25,7 @@ from pipeline.settings import ReportSettings, Settings
 from pipeline.sinks.influx import InfluxWriter
 from pipeline.sinks.rapidtest_lines import rapid_test_lines
 from pipeline.siteconfig import write_site_file
+from pipeline.testing import rapid_test_body
 from pipeline.topics import Topics
 from tests import reports_support as S
 
@@ -36,24 +37,7 @@ INSTRUMENT = "S1-rt1"
 def body(
     rid: str, when: str, sample: str, name: str, outcome: str, stage: str = "initial", **extra: Any
 ) -> dict[str, Any]:
-    return {
-        "result_id": rid,
-        "sample_id": sample,
-        "sample_name": name,
-        "food_category": "vegetable",
-        "test_item": "organophosphate/carbamate",
-        "method": "GB/T 5009.199",
-        "result_type": "quantitative",
-        "value": 63.5 if outcome != "negative" else 12.0,
-        "unit": "%",
-        "limit": 50,
-        "limit_basis": "GB/T 5009.199",
-        "result": outcome,
-        "stage": stage,
-        "operator": "检测员 Li",
-        "tested_at": when,
-        **extra,
-    }
+    return rapid_test_body(rid, outcome, sample_id=sample, stage=stage, tested_at=when, sample_name=name, **extra)
 
 
 DAY_RESULTS = [
@@ -185,15 +169,7 @@ async def test_daily_record_lists_the_days_rapid_tests_in_pdf_and_csv_and_chains
     # Chained: the CSV's hash is in the record, and verify finds a flipped byte in it.
     assert o.record.files["rapid_tests.csv"] == L.sha256((folder / "rapid_tests.csv").read_bytes())
     assert await service.verify(settings, S.SITE) == (1, [])
-    target = folder / "rapid_tests.csv"
-    target.chmod(0o644)
-    data = bytearray(target.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    target.write_bytes(bytes(data))
-    _, findings = await service.verify(settings, S.SITE)
-    assert findings and findings[0].date == "2026-11-23" and "rapid_tests.csv does not match" in findings[0].problem
-    data[len(data) // 2] ^= 0x01
-    target.write_bytes(bytes(data))
+    await S.flip_a_byte(settings, folder / "rapid_tests.csv")
     assert await service.verify(settings, S.SITE) == (1, [])
 
     # Unchanged data: the same record again. A result uploaded late: a new version that lists it.

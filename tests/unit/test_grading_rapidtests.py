@@ -16,6 +16,7 @@ from pipeline.grading import evidence, score, simulate
 from pipeline.grading.evidence import DAY_MS
 from pipeline.schemas import Alert
 from pipeline.siteconfig import SiteConfig
+from pipeline.testing import rapid_test_item
 
 T0 = 1_795_334_400_000  # 2026-11-22T08:00:00Z
 M = 60_000
@@ -23,26 +24,7 @@ SITE = "S00000"
 
 
 def result(minute: float, rid: str, sample: str, verdict: str, stage: str = "initial") -> dict[str, Any]:
-    return {
-        "ts_ms": T0 + round(minute * M),
-        "instrument": "rt-1",
-        "instrument_type": "enzyme_inhibition",
-        "site": SITE,
-        "result_id": rid,
-        "sample_id": sample,
-        "sample_name": "菠菜",
-        "food_category": "vegetable",
-        "test_item": "organophosphate",
-        "method": "GB/T 5009.199",
-        "result_type": "quantitative",
-        "value": 62.0 if verdict != "negative" else 12.0,
-        "unit": "%",
-        "limit": 50.0,
-        "limit_basis": "GB/T 5009.199",
-        "result": verdict,
-        "stage": stage,
-        "operator": "王",
-    }
+    return rapid_test_item(T0 + round(minute * M), rid, sample, verdict, stage, site=SITE)
 
 
 def detector_records(items: list[dict[str, Any]], until_min: float) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from pipeline.contracts.rapidtest import enrich, validate_results
 from pipeline.contracts.replay import Line
 from pipeline.replay.record import Recorder
 from pipeline.settings import Settings
+from pipeline.testing import rapid_test_body
 from pipeline.topics import Topics
 
 T = Topics("unit", 4)
@@ -20,25 +21,9 @@ RECEIVED = 1_795_300_000_000
 
 
 def result(rid: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "result_id": rid,
-        "sample_id": "20261122-007",
-        "sample_name": "菠菜",
-        "food_category": "vegetable",
-        "stall": "A07",
-        "test_item": "organophosphate/carbamate",
-        "method": "GB/T 5009.199",
-        "result_type": "quantitative",
-        "value": 63.5,
-        "unit": "%",
-        "limit": 50,
-        "limit_basis": "GB/T 5009.199",
-        "result": "positive",
-        "stage": "initial",
-        "operator": "检测员 Li",
-        "tested_at": "2026-11-22T06:10:00+08:00",
-        **extra,
-    } | ({"disposition": {"action": "destroyed", "quantity_kg": 3}} if rid == "r2" else {})
+    """A contract-6 body; ``r2`` also says what was done with the food."""
+    body = rapid_test_body(rid, **{"stall": "A07", **extra})
+    return body | ({"disposition": {"action": "destroyed", "quantity_kg": 3}} if rid == "r2" else {})
 
 
 def hook_items(body: bytes, instrument: str, received_ms: int) -> list[dict[str, Any]]:

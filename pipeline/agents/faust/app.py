@@ -42,6 +42,7 @@ import faust
 from faust.types import TP
 
 from pipeline.agents.core import Concern, Outputs, Result, Runner, Stats, encode_output
+from pipeline.agents.faust.build import admitted, bytes_table, faust_app, own_producer, raw_topic
 from pipeline.agents.faust.changelog import KafkaBatches, SendBatch, TableWriter
 from pipeline.agents.faust.continuity import AckGate, Continuity
 from pipeline.agents.faust.durable import Pending, check_continuity, gate_acks
@@ -156,7 +157,7 @@ def make_app(
     options = options or WorkerOptions()
     app = _faust_app(settings, topics, options)
     gate = gate_acks(app, _sources(topics).values())
-    producer = _producer(app, settings, start=outputs is None)
+    producer = own_producer(app, settings, start=outputs is None)
     wiring = _Wiring(app, topics, options, gate, outputs or KafkaOutputs(producer, topics), changelog or producer.send)
     for concern in concerns:
         wiring.add(concern)
@@ -168,37 +169,21 @@ def make_app(
 
 
 def _faust_app(settings: Settings, topics: Topics, options: WorkerOptions) -> faust.App:
-    """The Faust app itself: app id ``<topic prefix>-worker``, raw bytes in and out, manual acks."""
+    """The Faust app itself: app id ``<topic prefix>-worker`` (:func:`~pipeline.agents.faust.build.faust_app`)."""
     app_id = f"{topics.prefix}-worker"
     # Faust names a table's RocksDB files after the table alone (``devices-state-<partition>.db``), not the app:
     # one folder per app id, or a worker with another topic prefix would open this one's files (and Faust
     # refuses a persisted offset beyond its own changelog's end).
     data_dir = options.data_dir or settings.data_dir / "worker" / app_id
-    # Faust creates its datadir without parents: on a fresh machine nothing above it exists yet.
-    data_dir.mkdir(parents=True, exist_ok=True)
-    return faust.App(
+    return faust_app(
         app_id,
-        broker=[f"kafka://{b.strip()}" for b in settings.kafka.bootstrap_servers.split(",")],
-        store=f"{options.store}://",
-        datadir=str(data_dir),
-        topic_partitions=topics.partitions,
-        # The tables' changelog topics Faust creates get the same copies as Larder's own topics.
-        topic_replication_factor=settings.kafka.replication_factor,
+        settings,
+        options,
+        data_dir,
+        topics.partitions,
         processing_guarantee=options.processing_guarantee,
-        broker_commit_interval=options.commit_interval_s,
         broker_commit_every=options.commit_every,
-        broker_session_timeout=options.session_timeout_s,
-        broker_heartbeat_interval=options.heartbeat_interval_s,
         consumer_group_instance_id=_instance_id(app_id, data_dir) if options.static_membership else None,
-        table_standby_replicas=options.standby_replicas,
-        consumer_auto_offset_reset="earliest",
-        web_enabled=False,
-        # Records are acked only once their states are in the table (coalesced writes): waiting for "all
-        # streams empty" at a rebalance or stop would wait for the next record. Unacked ones are re-read.
-        stream_wait_empty=False,
-        autodiscover=False,
-        key_serializer="raw",
-        value_serializer="raw",
     )
 
 
@@ -209,25 +194,6 @@ def _sources(topics: Topics) -> dict[str, str]:
         "kitchen_events": topics.kitchen_events,
         "rapid_tests": topics.rapid_tests,
     }
-
-
-def _producer(app: faust.App, settings: Settings, *, start: bool) -> KafkaBatches:
-    """The worker's own producer (outputs, changelog batches, live ticks), stopped after the consumer."""
-    producer = KafkaBatches(settings)
-
-    async def stop_producer(sender: Any, **_: Any) -> None:
-        await producer.stop()  # after the consumer stopped: nothing writes any more
-
-    app.on_before_shutdown.connect(stop_producer)  # type: ignore[arg-type]
-
-    async def start_producer() -> None:
-        # At start-up, not on the first output: connecting and the idempotent producer's id request take ~1 s,
-        # which the first alert would otherwise wait for.
-        await producer.start()
-
-    if start:
-        app.task(start_producer)
-    return producer
 
 
 class _Wiring:
@@ -258,22 +224,8 @@ class _Wiring:
         """An agent on the concern's record-batch topic and its changelogged table (bytes -> bytes)."""
         app, topics = self.app, self.topics
         source_name = _sources(topics)[concern.kind]
-        source = app.topic(
-            source_name,
-            partitions=topics.partitions,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-        )
-        table = app.Table(
-            f"{concern.name}-state",
-            default=None,
-            key_type=bytes,
-            value_type=bytes,
-            partitions=topics.partitions,
-            use_partitioner=True,
-        )
+        source = raw_topic(app, source_name, partitions=topics.partitions)
+        table = bytes_table(app, f"{concern.name}-state", topics.partitions)
         runner: Runner[Any, Any] = Runner(concern, table, topics.partitions, arrived_ms=_arrived_ms)
         pending = self.pendings[concern.name] = Pending(TableWriter(table, self.changelog), gate=self.gate)
         self.runners[concern.name] = runner
@@ -387,22 +339,11 @@ def _agent_body(
     continuity: Continuity,
 ) -> Callable[[Any], Any]:
     async def agent(stream: Any) -> None:
-        manual = stream.noack()
-        pending.ack = manual.ack
-        continuity.idle_since = time.monotonic()
-        async for event in manual.events():
-            continuity.idle_since = None
+        # No committed-offset baseline here (the grading worker has one, continuity.py): with it a restarted
+        # worker stalled on its first event in the failover test (alerts 10-16 s after kill -9, or none for 90 s,
+        # against 5-9 s without), and its stall check already catches records skipped after a restart.
+        async for event in admitted(stream, app, pending, continuity):
             message = event.message
-            # No committed-offset baseline here (the grading worker has one, continuity.py): with it a restarted
-            # worker stalled on its first event in the failover test (alerts 10-16 s after kill -9, or none for
-            # 90 s, against 5-9 s without), and its stall check already catches records skipped after a restart.
-            rewind_to = continuity.admit(message.tp, message.offset)
-            if rewind_to is not None:
-                # Records before this one never arrived: skip it (not acked) and read them all again in order.
-                if rewind_to >= 0:
-                    await continuity.rewind(app.consumer, message.tp, rewind_to, arrived=message.offset)
-                continuity.idle_since = time.monotonic()
-                continue
             partition = message.partition
             async with lock:
                 if not runner.loaded(partition):
@@ -429,6 +370,5 @@ def _agent_body(
                     # Coalesced: one table write per changed subject per interval, not per record batch. A
                     # partition that goes quiet is released by the ``larder-flush-idle`` timer instead.
                     await pending.release(runner, partition)
-            continuity.idle_since = time.monotonic()
 
     return agent

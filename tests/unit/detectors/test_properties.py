@@ -9,6 +9,7 @@ with QoS-1 duplicates. The full output lists (alerts with ids and event times, a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -75,18 +76,27 @@ def _arrival(draw: st.DrawFn, items: list[dict[str, Any]], lateness_ms: int) -> 
     return order
 
 
-def _feed_device(order: list[dict[str, Any]], draw: st.DrawFn, final: int) -> list[Any]:
-    det = _DET
+def _feed(
+    det: Any,
+    on_item: Callable[[Any, dict[str, Any], int], tuple[Any, list[Any]]],
+    order: list[dict[str, Any]],
+    draw: st.DrawFn,
+    final: int,
+    *,
+    ticks: bool = True,
+) -> list[Any]:
+    """Every output of ``order`` fed to ``det`` through ``on_item``, with (``ticks``) up to two ticks drawn
+    before each item, then a tick at ``final``."""
     s = det.initial()
     outs: list[Any] = []
     now = T0
     for item in order:
-        for _ in range(draw(st.integers(0, 2))):
-            tick = draw(st.integers(now, max(now, item["ts_ms"])))  # any time up to the next event
-            now = tick
-            s, o = det.on_tick(s, now)
-            outs += o
-        s, o = det.on_reading_dict(s, item, now)
+        if ticks:
+            for _ in range(draw(st.integers(0, 2))):
+                now = draw(st.integers(now, max(now, item["ts_ms"])))  # any time up to the next event
+                s, o = det.on_tick(s, now)
+                outs += o
+        s, o = on_item(s, item, now)
         outs += o
         # state must survive the changelog at any point
         assert det.state_from_bytes(det.state_to_bytes(s)) == s
@@ -113,7 +123,7 @@ def test_device_outputs_do_not_depend_on_arrival_order_or_batching(stream: list[
     final = stream[-1]["ts_ms"] + 120 * M
     baseline = run_device_stream(_DET, stream, final_ms=final)
     order = _arrival(data.draw, stream, LATENESS_MIN * M)
-    got = _feed_device(order, data.draw, final)
+    got = _feed(_DET, _DET.on_reading_dict, order, data.draw, final)
     assert _rules_only(got) == _rules_only(baseline)
     assert not any(getattr(o, "kind", None) == "late" for o in got)
 
@@ -140,7 +150,7 @@ def test_late_data_within_the_history_bound_ends_with_the_in_order_alerts(
     order = [first, *(rest[i] for _, i in sorted(keyed))]
     for pos in sorted(data.draw(st.lists(st.integers(0, len(order) - 1), max_size=4)), reverse=True):
         order.insert(data.draw(st.integers(pos + 1, len(order))), order[pos])  # a redelivery, any time later
-    got = _feed_device(order, data.draw, final)
+    got = _feed(_DET, _DET.on_reading_dict, order, data.draw, final)
 
     def view(outs: list[Any]) -> list[tuple[Any, ...]]:
         net = net_alerts(_rules_only(outs))
@@ -217,23 +227,7 @@ def kitchen_streams(draw: st.DrawFn) -> list[dict[str, Any]]:
 def test_kitchen_outputs_do_not_depend_on_arrival_order_or_batching(stream: list[dict[str, Any]], data: Any) -> None:
     det = _KDET
     final = stream[-1]["ts_ms"] + 60 * M
-
-    def feed(order: list[dict[str, Any]], ticks: bool) -> list[Any]:
-        s = det.initial()
-        outs: list[Any] = []
-        now = T0
-        for item in order:
-            if ticks:
-                for _ in range(data.draw(st.integers(0, 2))):
-                    now = data.draw(st.integers(now, max(now, item["ts_ms"])))
-                    s, o = det.on_tick(s, now)
-                    outs += o
-            s, o = det.on_event_dict(s, item, now)
-            outs += o
-            assert det.state_from_bytes(det.state_to_bytes(s)) == s
-        s, o = det.on_tick(s, final)
-        return outs + o
-
-    baseline = feed(sorted(stream, key=lambda e: (e["ts_ms"], e["camera"], e["event_id"])), ticks=False)
-    got = feed(_arrival(data.draw, stream, LATENESS_MIN * M), ticks=True)
+    in_order = sorted(stream, key=lambda e: (e["ts_ms"], e["camera"], e["event_id"]))
+    baseline = _feed(det, det.on_event_dict, in_order, data.draw, final, ticks=False)
+    got = _feed(det, det.on_event_dict, _arrival(data.draw, stream, LATENESS_MIN * M), data.draw, final)
     assert got == baseline

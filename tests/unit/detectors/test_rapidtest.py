@@ -9,6 +9,7 @@ from typing import Any
 from pipeline.contracts import rules as R
 from pipeline.detectors.rapidtest import RapidTestDetector, RapidTestState
 from pipeline.schemas import Alert, AlertState, Severity, alert_id
+from pipeline.testing import rapid_test_item
 
 from . import helpers
 
@@ -17,26 +18,7 @@ M = 60_000
 
 
 def res(minute: float, rid: str, sample: str, result: str, stage: str = "initial", **extra: Any) -> dict[str, Any]:
-    return {
-        "ts_ms": T0 + round(minute * M),
-        "instrument": "rt-1",
-        "instrument_type": "enzyme_inhibition",
-        "site": "S01",
-        "result_id": rid,
-        "sample_id": sample,
-        "sample_name": "菠菜",
-        "food_category": "vegetable",
-        "test_item": "organophosphate",
-        "method": "GB/T 5009.199",
-        "result_type": "quantitative",
-        "value": 62.0,
-        "unit": "%",
-        "limit": 50.0,
-        "limit_basis": "GB/T 5009.199",
-        "result": result,
-        "stage": stage,
-        "operator": "王",
-    } | extra
+    return rapid_test_item(T0 + round(minute * M), rid, sample, result, stage, **extra)
 
 
 class Run(helpers.Run):
