@@ -368,12 +368,6 @@ class _Chart:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _data_uri(png: bytes) -> str:
-    import base64
-
-    return "data:image/png;base64," + base64.b64encode(png).decode()
-
-
 @functools.cache
 def _jinja() -> Any:
     """One environment per process: it keeps the compiled template (re-read only when the file changes)."""
@@ -384,7 +378,13 @@ def _jinja() -> Any:
     )
 
 
-def html(report: DailyReport, info: VersionInfo, caps: dict[str, int]) -> str:
+def chart_urls(report: DailyReport) -> dict[str, str]:
+    """The address of each asset's chart in the HTML (``larder-chart:<n>``), served by :func:`pdf`'s fetcher."""
+    return {a.device: f"larder-chart:{i}" for i, a in enumerate(report.assets)}
+
+
+def html(report: DailyReport, info: VersionInfo, charts: dict[str, str]) -> str:
+    """The record as HTML; ``charts``: the address of each device's chart picture."""
     env = _jinja()
     tz = ZoneInfo(report.timezone)
     day = report.date
@@ -393,8 +393,7 @@ def html(report: DailyReport, info: VersionInfo, caps: dict[str, int]) -> str:
         "info": info,
         "larder_version": __version__,
         "generated": local_iso(info.generated_ms, tz)[:19].replace("T", " "),
-        # As images (data URIs): WeasyPrint embeds a picture instead of laying out chart elements (see chart_png).
-        "charts": {a.device: _data_uri(chart_png(a, report, caps[a.device])) for a in report.assets},
+        "charts": charts,
         "hm": lambda ms: local_hm(ms, tz, day),
         "fmt": fmt,
         "notified": lambda n: notified_text(n, tz, day),
@@ -407,8 +406,24 @@ def html(report: DailyReport, info: VersionInfo, caps: dict[str, int]) -> str:
 
 
 def pdf(report: DailyReport, info: VersionInfo, caps: dict[str, int]) -> bytes:
+    """The PDF. The charts are pictures (see :func:`chart_png`) handed to WeasyPrint by its URL fetcher, not as
+    ``data:`` URIs inside the HTML: a chart's base64 text went through the HTML parser character by character.
+    The fetcher serves those pictures and nothing else (the record loads nothing from files or the network)."""
     import weasyprint
+    from weasyprint.urls import URLFetcher, URLFetcherResponse
 
-    out = weasyprint.HTML(string=html(report, info, caps), base_url=str(TEMPLATES)).write_pdf()
+    urls = chart_urls(report)
+    pictures = {urls[a.device]: chart_png(a, report, caps[a.device]) for a in report.assets}
+
+    class Charts(URLFetcher):  # type: ignore[misc]  # WeasyPrint has no type hints
+        def fetch(self, url: str, headers: Any = None) -> URLFetcherResponse:
+            if url not in pictures:
+                raise ValueError(f"the daily record loads nothing but its charts, not {url!r}")
+            return URLFetcherResponse(url, pictures[url], headers={"Content-Type": "image/png"})
+
+    document = weasyprint.HTML(
+        string=html(report, info, urls), base_url=str(TEMPLATES), url_fetcher=Charts(fail_on_errors=True)
+    )
+    out = document.write_pdf()
     assert out is not None
     return bytes(out)
