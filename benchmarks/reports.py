@@ -14,7 +14,9 @@ Measured:
    (Flux), compute, render (charts + HTML + PDF + CSV), and the whole call (including the archive write and the
    Kafka + InfluxDB ledger publish); the first call includes imports and font loading (a cold process).
 2. the batch: every site-day through :func:`pipeline.reports.service.run_batch` (what `larder report serve`
-   runs), in ``--workers`` processes (each takes a share of the sites), wall time and per site-day.
+   runs), in ``--workers`` processes (each takes a share of the sites), wall time and per site-day. By default
+   this benchmark deals the shares to a process pool itself (as the first runs did); with ``--service`` one call
+   of ``run_batch(workers=W)`` does it (``report serve --workers W``: spawned processes), CPU from the children.
 
 Results are printed and written to ``benchmarks/results/reports-<stamp>.json``.
 """
@@ -152,6 +154,32 @@ def _worker(args: tuple[dict[str, Any], list[tuple[str, str]]]) -> tuple[float, 
     return time.perf_counter() - t, len(done), per, time.process_time() - c
 
 
+def _service_batch(settings: Any, todo: list[tuple[str, str]], workers: int) -> tuple[float, int, list[float], float]:
+    """The batch as `report serve --workers W` makes it; CPU = this process + its (joined) children."""
+    import resource
+
+    from pipeline.reports import service
+
+    per: list[float] = []
+    last = [time.perf_counter()]
+
+    def progress(i: int, n: int, sid: str, d: date, o: Any, err: str | None) -> None:
+        now = time.perf_counter()
+        per.append((now - last[0]) * workers)  # completions of W processes interleave: W x the gap, per process
+        last[0] = now
+        if err:
+            print(f"  {sid} {d}: FAILED {err}", file=sys.stderr)
+
+    def cpu() -> float:
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+    t, c = time.perf_counter(), cpu()
+    jobs = [(s, date.fromisoformat(d)) for s, d in todo]
+    done = asyncio.run(service.run_batch(settings, jobs, progress=progress, workers=workers))
+    return time.perf_counter() - t, len(done), per, cpu() - c
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline import stack
     from pipeline.reports import service
@@ -233,8 +261,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ]
         shares = [todo[i :: args.workers] for i in range(args.workers)]
         t = time.perf_counter()
-        with ProcessPoolExecutor(args.workers) as pool:
-            outs = list(pool.map(_worker, [(env, share) for share in shares if share]))
+        if args.service:
+            outs = [_service_batch(settings, todo, args.workers)]
+        else:
+            with ProcessPoolExecutor(args.workers) as pool:
+                outs = list(pool.map(_worker, [(env, share) for share in shares if share]))
         wall = time.perf_counter() - t
         made = sum(o[1] for o in outs)
         per = [x for o in outs for x in o[2]]
@@ -242,6 +273,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "site_days": len(todo),
             "made": made,
             "workers": args.workers,
+            "via": "service.run_batch(workers)" if args.service else "process pool of run_batch shares",
             "wall_s": wall,
             "per_site_day_s_median": statistics.median(per) if per else None,
             "cpu_s_per_site_day": sum(o[3] for o in outs) / made if made else None,
@@ -291,6 +323,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=4)
     parser.add_argument("--profile", type=str, help="cProfile the last single site-day run into FILE")
+    parser.add_argument(
+        "--service", action="store_true", help="the batch through service.run_batch(workers=W), as `report serve`"
+    )
     args = parser.parse_args()
     result = run(args)
     RESULTS.mkdir(parents=True, exist_ok=True)

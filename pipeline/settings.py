@@ -244,6 +244,13 @@ class ReportSettings(_Group):
     after_midnight_min: float = Field(
         30.0, ge=0, description="`report serve` makes a site's day this long after its local midnight (late data)"
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="processes that make a batch of records in parallel (`report serve`); a site's days stay in one, "
+        "in order; rendering is CPU-bound, so about one per core",
+    )
 
 
 class Settings(BaseSettings):

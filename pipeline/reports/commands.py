@@ -166,6 +166,15 @@ def retention(
 def serve(
     back_days: Annotated[int, typer.Option("--back-days", help="catch up this many past days")] = 7,
     every: Annotated[float, typer.Option("--every", help="seconds between passes")] = 60.0,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=64,
+            help="processes making records in parallel, ~one per core (LARDER_REPORTS__WORKERS)",
+        ),
+    ] = None,
     sites: SiteOpt = None,
 ) -> None:
     """Make every site's record after its local midnight (+ LARDER_REPORTS__AFTER_MIDNIGHT_MIN), with progress."""
@@ -176,6 +185,8 @@ def serve(
     for noisy in ("aiokafka", "weasyprint", "fontTools", "matplotlib"):  # progress lines per PDF step
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = _settings(sites)
+    if workers is not None:
+        settings = settings.model_copy(update={"reports": settings.reports.model_copy(update={"workers": workers})})
     try:  # a broken site file is the user's to fix: say so once, before the loop (which re-reads it each pass)
         siteconfig.load(settings.site_config)
     except siteconfig.SiteConfigError as exc:

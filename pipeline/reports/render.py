@@ -47,8 +47,11 @@ class VersionInfo:
 
 
 def local_iso(ms: int, tz: ZoneInfo) -> str:
-    """``2026-11-23T08:15:00.000+08:00``: the CSV's timestamps, local with their offset."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).astimezone(tz).isoformat(timespec="milliseconds")
+    """``2026-11-23T08:15:00.000+08:00``: the CSV's timestamps, local with their offset.
+
+    ``fromtimestamp(tz=...)`` converts through ``tz.fromutc`` as ``astimezone`` does (the same result, DST folds
+    included) without building the UTC datetime first: ~40 % less time over the 14,400 rows of a ten-asset day."""
+    return datetime.fromtimestamp(ms / 1000, tz=tz).isoformat(timespec="milliseconds")
 
 
 def local_hm(ms: int | None, tz: ZoneInfo, day: str) -> str:
@@ -243,8 +246,10 @@ def _mpl() -> None:
     _MPL_READY = True
 
 
-#: Resolution of the charts in the PDF: 1,560 x 240 pixels for the 10.4 x 1.6 in chart, sharper than print needs.
-CHART_DPI = 150
+#: Resolution of the charts in the PDF: 1,248 x 192 pixels for the 10.4 x 1.6 in chart (the width it is shown at on
+#: A4 landscape), 7 pt labels ~12 px high. WeasyPrint decodes and re-compresses every picture (zlib, adaptive PNG
+#: filters) when it writes the PDF, a cost proportional to the pixels: 120 dpi has 36 % fewer than 150.
+CHART_DPI = 120
 _charts = threading.local()
 
 
@@ -276,6 +281,9 @@ class _Chart:
         self.limits = [ax.axhline(0.0, color="#b42318", lw=0.8, ls=(0, (4, 3))) for _ in range(2)]
         (self.line,) = ax.plot([], [], color="#1f4e79", lw=0.9)
         self.spans: list[Any] = []
+        # What every chart of a day of this length shares (the x axis: 13 time labels, the spines, the frame),
+        # drawn once and copied in (matplotlib's blitting); see _draw.
+        self.backgrounds: dict[float, Any] = {}
         ax.set_ylabel("°C")
         ax.grid(axis="y", color="#e4e7eb", lw=0.5)
         # No tick marks: labels and grid say enough.
@@ -320,28 +328,50 @@ class _Chart:
         ax.set_xticks([h for h in range(0, int(hours) + 1, 2)])
         ax.set_xticklabels([f"{h:02d}:00" for h in range(0, int(hours) + 1, 2)])
         # RGB, not matplotlib's RGBA PNG: the figure is opaque, and WeasyPrint re-encodes an RGBA picture twice
-        # (colour, then the alpha channel as a mask). Quick compression: WeasyPrint re-encodes it anyway.
+        # (colour, then the alpha channel as a mask). Not compressed (level 0, stored): this PNG never leaves the
+        # process, and WeasyPrint decodes and compresses it again for the PDF anyway.
         from PIL import Image
 
-        self.canvas.draw()
+        self._draw(hours)
         rgba = self.canvas.buffer_rgba()
         w, h = self.canvas.get_width_height(physical=True)
         buf = io.BytesIO()
         Image.frombuffer("RGBA", (w, h), rgba, "raw", "RGBA", 0, 1).convert("RGB").save(
-            buf, format="PNG", compress_level=1
+            buf, format="PNG", compress_level=0
         )
         return buf.getvalue()
+
+    def _draw(self, hours: float) -> None:
+        """Draw the chart: the day's shared background, then this asset's artists in the order (zorder) that a
+        full ``canvas.draw()`` uses: shading (1), y axis with its grid and labels (1.5), limits and readings (2),
+        the left and bottom spines (2.5).
+
+        Text is most of a chart's drawing (glyph layout and rasterising), and the 13 time labels of the x axis are
+        the same on every chart of a day: they are drawn once per day length (23, 24 or 25 h) into a background
+        that is copied in, instead of ten times. The x axis lies outside the plot area, where no shading reaches,
+        so drawing it first changes no pixel's order that matters. Deterministic: the background depends only on
+        the day length, so a fresh figure and a reused one give the same bytes (tested).
+        """
+        ax, canvas = self.ax, self.canvas
+        bg = self.backgrounds.get(hours)
+        # Spines too (drawn last, over the shading, and only once: antialiased edges drawn twice come out darker).
+        own = [*self.spans, ax.yaxis, *self.limits, self.line, ax.spines["left"], ax.spines["bottom"]]
+        if bg is None:
+            shown = [artist.get_visible() for artist in own]
+            for artist in own:
+                artist.set_visible(False)
+            canvas.draw()
+            bg = self.backgrounds[hours] = canvas.copy_from_bbox(self.fig.bbox)
+            for artist, visible in zip(own, shown, strict=True):
+                artist.set_visible(visible)
+        canvas.restore_region(bg)
+        for artist in own:
+            ax.draw_artist(artist)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # PDF
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _data_uri(png: bytes) -> str:
-    import base64
-
-    return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
 @functools.cache
@@ -354,7 +384,13 @@ def _jinja() -> Any:
     )
 
 
-def html(report: DailyReport, info: VersionInfo, caps: dict[str, int]) -> str:
+def chart_urls(report: DailyReport) -> dict[str, str]:
+    """The address of each asset's chart in the HTML (``larder-chart:<n>``), served by :func:`pdf`'s fetcher."""
+    return {a.device: f"larder-chart:{i}" for i, a in enumerate(report.assets)}
+
+
+def html(report: DailyReport, info: VersionInfo, charts: dict[str, str]) -> str:
+    """The record as HTML; ``charts``: the address of each device's chart picture."""
     env = _jinja()
     tz = ZoneInfo(report.timezone)
     day = report.date
@@ -363,8 +399,7 @@ def html(report: DailyReport, info: VersionInfo, caps: dict[str, int]) -> str:
         "info": info,
         "larder_version": __version__,
         "generated": local_iso(info.generated_ms, tz)[:19].replace("T", " "),
-        # As images (data URIs): WeasyPrint embeds a picture instead of laying out chart elements (see chart_png).
-        "charts": {a.device: _data_uri(chart_png(a, report, caps[a.device])) for a in report.assets},
+        "charts": charts,
         "hm": lambda ms: local_hm(ms, tz, day),
         "fmt": fmt,
         "notified": lambda n: notified_text(n, tz, day),
@@ -377,8 +412,24 @@ def html(report: DailyReport, info: VersionInfo, caps: dict[str, int]) -> str:
 
 
 def pdf(report: DailyReport, info: VersionInfo, caps: dict[str, int]) -> bytes:
+    """The PDF. The charts are pictures (see :func:`chart_png`) handed to WeasyPrint by its URL fetcher, not as
+    ``data:`` URIs inside the HTML: a chart's base64 text went through the HTML parser character by character.
+    The fetcher serves those pictures and nothing else (the record loads nothing from files or the network)."""
     import weasyprint
+    from weasyprint.urls import URLFetcher, URLFetcherResponse
 
-    out = weasyprint.HTML(string=html(report, info, caps), base_url=str(TEMPLATES)).write_pdf()
+    urls = chart_urls(report)
+    pictures = {urls[a.device]: chart_png(a, report, caps[a.device]) for a in report.assets}
+
+    class Charts(URLFetcher):  # type: ignore[misc]  # WeasyPrint has no type hints
+        def fetch(self, url: str, headers: Any = None) -> URLFetcherResponse:
+            if url not in pictures:
+                raise ValueError(f"the daily record loads nothing but its charts, not {url!r}")
+            return URLFetcherResponse(url, pictures[url], headers={"Content-Type": "image/png"})
+
+    document = weasyprint.HTML(
+        string=html(report, info, urls), base_url=str(TEMPLATES), url_fetcher=Charts(fail_on_errors=True)
+    )
+    out = document.write_pdf()
     assert out is not None
     return bytes(out)

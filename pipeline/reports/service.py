@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from pipeline import __version__, siteconfig
@@ -455,14 +456,101 @@ def due_days(
     return out
 
 
+Progress = Callable[[int, int, str, date, Outcome | None, str | None], None]
+
+
+def shares(todo: list[tuple[str, date]], workers: int) -> list[list[tuple[str, date]]]:
+    """``todo`` split into at most ``workers`` shares by site: every day of a site in the same share (a site's hash
+    chain is made day after day by one process), sites dealt round-robin in sorted order."""
+    sites = sorted({s for s, _ in todo})
+    slot = {s: i % max(1, workers) for i, s in enumerate(sites)}
+    out: list[list[tuple[str, date]]] = [[] for _ in range(min(max(1, workers), len(sites)))]
+    for s, d in todo:
+        out[slot[s]].append((s, d))
+    return out
+
+
 async def run_batch(
     settings: Settings,
     todo: list[tuple[str, date]],
     *,
-    progress: Callable[[int, int, str, date, Outcome | None, str | None], None] | None = None,
+    progress: Progress | None = None,
     bucket: str | None = None,
+    workers: int | None = None,
 ) -> list[Outcome]:
-    """Make a batch of site-days with one ledger read and one InfluxDB connection; one failure does not stop it."""
+    """Make a batch of site-days with one ledger read and one InfluxDB connection per process; one failure does not
+    stop it. ``workers`` (default ``settings.reports.workers``) processes share the sites (:func:`shares`): a
+    record's render is CPU-bound Python (WeasyPrint, matplotlib), so one process uses one core whatever the
+    machine has."""
+    n = settings.reports.workers if workers is None else workers
+    parts = shares(todo, n)
+    if len(parts) <= 1:
+        return await _run_share(settings, todo, progress, bucket)
+    return await _run_parallel(settings, parts, progress, bucket)
+
+
+async def _run_parallel(
+    settings: Settings, parts: list[list[tuple[str, date]]], progress: Progress | None, bucket: str | None
+) -> list[Outcome]:
+    """Each share in a process of its own (spawned: a fresh interpreter, no copy of this one's event loop or Kafka
+    clients); their progress comes back through a queue, numbered here across the whole batch."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    events = ctx.Queue()
+    procs = [ctx.Process(target=_share_process, args=(settings, part, bucket, events), daemon=True) for part in parts]
+    for proc in procs:
+        proc.start()
+    total = sum(len(p) for p in parts)
+    done: list[Outcome] = []
+    finished = 0
+    count = 0
+    loop = asyncio.get_running_loop()
+    try:
+        while finished < len(procs):
+            try:
+                kind, payload = await loop.run_in_executor(None, events.get, True, 5.0)
+            except Exception:  # queue.Empty: look for a process that died without saying so
+                dead = [p for p in procs if not p.is_alive() and p.exitcode not in (0, None)]
+                if dead and events.empty():
+                    raise ReportError(f"a report process exited with code {dead[0].exitcode}") from None
+                continue
+            if kind == "end":
+                finished += 1
+                continue
+            sid, day_text, outcome, err = payload
+            count += 1
+            if outcome is not None:
+                done.append(outcome)
+            if progress:
+                progress(count, total, sid, date.fromisoformat(day_text), outcome, err)
+    finally:
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.terminate()
+    return done
+
+
+def _share_process(settings: Settings, todo: list[tuple[str, date]], bucket: str | None, events: Any) -> None:
+    """A spawned process's share of a batch: the sequential batch, each outcome (or failure) sent to the parent."""
+
+    def report(i: int, n: int, sid: str, d: date, o: Outcome | None, err: str | None) -> None:
+        events.put(("item", (sid, d.isoformat(), o, err)))
+
+    try:
+        asyncio.run(_run_share(settings, todo, report, bucket))
+    except Exception as exc:  # the ledger or InfluxDB unreachable: every site-day of this share failed
+        log.exception("report process failed")
+        for sid, d in todo:
+            events.put(("item", (sid, d.isoformat(), None, f"{type(exc).__name__}: {exc}")))
+    finally:
+        events.put(("end", None))
+
+
+async def _run_share(
+    settings: Settings, todo: list[tuple[str, date]], progress: Progress | None, bucket: str | None
+) -> list[Outcome]:
     led = await L.load(settings, _topics(settings))
     src = Source(settings, bucket)
     done: list[Outcome] = []

@@ -370,3 +370,38 @@ async def test_a_version_stored_before_kafka_took_it_is_published_on_the_next_ru
     assert (again.status, again.record.version) == ("corrected", 2)
     assert "renders differently with Larder" in again.record.reason and again.record.supersedes == o.record.sha256
     assert await service.verify(settings, "S9") == (2, [])
+
+
+async def test_a_batch_in_two_processes_keeps_each_sites_chain(
+    live_stack: Settings, topics: Topics, influx_bucket: str, tmp_path: Path
+) -> None:
+    """`report serve` with two workers: the sites are shared between two spawned processes, a site's days stay in
+    one (in order, so day 2 chains to day 1), and every outcome and progress line reaches the caller."""
+    from datetime import timedelta
+
+    site_file = tmp_path / "sites.yaml"
+    site_file.write_text(
+        "sites:\n"
+        "  S7:\n    assets: {a: {}}\n    devices: {d7: {asset: a, secret: '0123456789abcdef'}}\n"
+        "  S8:\n    assets: {a: {}}\n    devices: {d8: {asset: a, secret: 'fedcba9876543210'}}\n"
+    )
+    settings = _settings(live_stack, topics, influx_bucket, tmp_path, site_file)
+    before = S.DAY - timedelta(days=1)
+    assert service.shares([("S7", before), ("S7", S.DAY), ("S8", S.DAY)], 2) == [
+        [("S7", before), ("S7", S.DAY)],
+        [("S8", S.DAY)],
+    ]
+    seen: list[tuple[int, int, str, date, str | None]] = []
+    done = await service.run_batch(
+        settings,
+        [("S8", S.DAY), ("S7", S.DAY), ("S7", before)],
+        progress=lambda i, n, sid, d, o, err: seen.append((i, n, sid, d, err)),
+        workers=2,
+    )
+    assert sorted((i, n, err) for i, n, _, _, err in seen) == [(1, 3, None), (2, 3, None), (3, 3, None)]
+    made = {(o.record.site, o.record.date): o for o in done}
+    assert sorted(made) == [("S7", str(before)), ("S7", str(S.DAY)), ("S8", str(S.DAY))]
+    assert all(o.status == "new" for o in done)
+    assert made["S7", str(S.DAY)].record.prev_sha256 == made["S7", str(before)].record.sha256
+    assert await service.verify(settings, "S7") == (2, [])
+    assert await service.verify(settings, "S8") == (1, [])
