@@ -23,7 +23,7 @@ import faust
 
 from pipeline.agents.faust.changelog import KafkaBatches
 from pipeline.agents.faust.continuity import Continuity
-from pipeline.agents.faust.durable import Pending
+from pipeline.agents.faust.durable import Pending, clamp_recovery_seeks
 from pipeline.settings import Settings
 
 
@@ -48,7 +48,7 @@ def faust_app(
     """The app (not started); ``extra``: further ``faust.App`` settings of this app only."""
     # Faust creates its datadir without parents: on a fresh machine nothing above it exists yet.
     data_dir.mkdir(parents=True, exist_ok=True)
-    return faust.App(
+    app = faust.App(
         app_id,
         broker=[f"kafka://{b.strip()}" for b in settings.kafka.bootstrap_servers.split(",")],
         store=f"{options.store}://",
@@ -71,6 +71,8 @@ def faust_app(
         value_serializer="raw",
         **extra,
     )
+    clamp_recovery_seeks(app)
+    return app
 
 
 def raw_topic(app: faust.App, *names: str, partitions: int) -> Any:

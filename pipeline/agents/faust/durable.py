@@ -115,6 +115,27 @@ class Pending:
             self.last.pop(p, None)
 
 
+def clamp_recovery_seeks(app: faust.App) -> None:
+    """Faust's table recovery seeks each changelog partition to an offset it computes one below the real one
+    (its "-1" convention) and maps only ``-1`` to 0. While a broker was down the surviving worker computed a
+    lower one for a standby partition and its Recovery service crashed
+    (``ValueError: Offset must be a positive integer`` from aiokafka's ``seek``: issue 26's chaos run); the
+    worker then processed nothing. Any negative offset now means "from the start": a changelog holds the last
+    value per key, so reading it from offset 0 costs time and changes nothing."""
+    tables: Any = app.tables  # the TableManager type does not declare its recovery service
+    recovery = tables.recovery
+    seek = recovery._seek_offsets
+
+    async def seek_from_zero_at_worst(consumer: Any, tps: Any, offsets: Any, title: str) -> None:
+        for tp in tps:
+            if offsets[tp] < -1:
+                log.warning("%s[%d]: recovery computed offset %d; reading it from the start", *tp, offsets[tp])
+                offsets[tp] = -1
+        await seek(consumer, tps, offsets, title)
+
+    recovery._seek_offsets = seek_from_zero_at_worst
+
+
 def gate_acks(app: faust.App, topics: Iterable[str]) -> AckGate:
     """Only the agents' own acks commit records of ``topics``: Faust acks the events its streams skip around a
     rebalance (see :class:`AckGate`). Installed on every consumer the app creates."""
