@@ -4,6 +4,8 @@ tests/unit/test_grading.py; here the precomputed snapshot must equal computing e
 
 from __future__ import annotations
 
+from typing import Any
+
 from pipeline.console import grades, users
 from pipeline.grading import evidence, rollup, simulate
 from pipeline.grading.evidence import DAY_MS
@@ -49,3 +51,31 @@ def test_snapshot_equals_each_rollup_computed_alone_and_roles_see_their_rows() -
     csv_text = grades.rollup_csv(grades.visible_rollup(snap, admin, cfg, "station", "day"))
     lines = csv_text.strip().splitlines()
     assert lines[0].startswith("level,unit,") and len(lines) == 1 + len(stations)
+
+
+def test_the_grades_page_shows_each_units_rapid_test_pass_rate(tmp_path: Any) -> None:
+    """The rollup table of /grades has the rapid-test pass rate of each row (as the JSON / CSV carry it)."""
+    import re
+
+    from pipeline.console.app import Console, Principal
+    from pipeline.settings import Settings
+    from pipeline.topics import Topics
+
+    cfg = simulate.site_config(10, seed=5)
+    truth = simulate.simulate(cfg, START, 30, seed=2)
+    states: dict[str, evidence.SiteEvidence] = {}
+    for e in simulate.events(truth):
+        states[e["site"]] = evidence.fold(states.get(e["site"]) or evidence.empty(e["site"]), e)
+    for d in simulate.rapid_results(cfg, truth, START, 30, seed=4):
+        states[d["site"]] = evidence.fold_rapid_test(states.get(d["site"]) or evidence.empty(d["site"]), d)
+    c = Console(Settings(state_dir=tmp_path), Topics(prefix="x"), cfg, tmp_path / "users.yaml")
+    c.grading.snapshot = grades.compute_snapshot(states, cfg, AS_OF)
+    admin = _user("admin")
+    p = Principal("boss", admin, admin.scope(cfg), "t")
+    data = c.grades_data(p, "station", "month")
+    html = c.env.get_template("grades.html").render(me=p, csrf="", path="/grades", now_ms=AS_OF, data=data)
+    shown = dict(re.findall(r'<tr data-unit="([^"]+)">.*?<td class="rapid-pass">([^<]*)</td>', html, re.S))
+    assert len(shown) == len(data["rollup"]) == 2
+    for r in data["rollup"]:
+        assert r["rapid_tests"] > 0
+        assert shown[r["station"]] == f"{r['rapid_test_pass_rate'] * 100:.1f}% of {r['rapid_tests']}"
