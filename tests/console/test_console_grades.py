@@ -79,3 +79,52 @@ def test_the_grades_page_shows_each_units_rapid_test_pass_rate(tmp_path: Any) ->
     for r in data["rollup"]:
         assert r["rapid_tests"] > 0
         assert shown[r["station"]] == f"{r['rapid_test_pass_rate'] * 100:.1f}% of {r['rapid_tests']}"
+
+
+async def test_a_refresh_keeps_no_evidence_and_freezes_the_snapshot(tmp_path: Any, monkeypatch: Any) -> None:
+    """The board's collector handling (why: pipeline/console/grades.py): after a refresh the evidence it graded is
+    gone, the survivors are frozen (so full collections skip them), and the collector is on again, also when
+    Kafka is away."""
+    import gc
+    import weakref
+
+    from pipeline.clock import Clock
+    from pipeline.grading import store
+    from pipeline.settings import Settings
+    from pipeline.topics import Topics
+
+    class States(dict[str, evidence.SiteEvidence]):
+        """A dict that can be weakly referenced."""
+
+    cfg = simulate.site_config(10, seed=5)
+    read: list[weakref.ref[States]] = []
+
+    async def fake_read(settings: Any, gt: Any) -> States:
+        states = States()
+        for e in simulate.events(simulate.simulate(cfg, START, 30, seed=2)):
+            states[e["site"]] = evidence.fold(states.get(e["site"]) or evidence.empty(e["site"]), e)
+        read.append(weakref.ref(states))
+        return states
+
+    class Fixed(Clock):
+        def now_ms(self) -> int:
+            return AS_OF
+
+    monkeypatch.setattr(store, "read_states", fake_read)
+    board = grades.GradingBoard(Settings(state_dir=tmp_path), Topics(prefix="x"), cfg, Fixed())
+    try:
+        await board.refresh()
+        assert board.error is None and board.snapshot is not None and set(board.snapshot.grades) == set(cfg.sites)
+        assert gc.isenabled() and gc.get_freeze_count() > 0
+        assert read and read[0]() is None  # the graded evidence was not kept
+
+        async def kafka_away(settings: Any, gt: Any) -> States:
+            raise RuntimeError("no broker")
+
+        monkeypatch.setattr(store, "read_states", kafka_away)
+        before = board.snapshot
+        await board.refresh()
+        assert board.error == "no broker" and board.snapshot is before and gc.isenabled()
+    finally:
+        gc.enable()
+        gc.unfreeze()
