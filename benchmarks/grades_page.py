@@ -105,7 +105,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         assert line, log_path.read_text()[-2000:]
         result["snapshot_sites"] = int(line.group(1))
         result["snapshot_cpu_s"] = float(line.group(3))
-        settle = re.search(r"one collection ([\d.]+) s, (\d+) objects frozen", log_path.read_text())
+        settle = re.search(r"one collection ([\d.]+) s[^,]*, (\d+) objects frozen", log_path.read_text())
         if settle:  # the board's one collection after a refresh (pipeline/console/grades.py)
             result["refresh_collection_s"] = float(settle.group(1))
             result["objects_frozen"] = int(settle.group(2))

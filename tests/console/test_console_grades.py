@@ -153,13 +153,27 @@ async def test_a_refresh_keeps_no_evidence_and_freezes_the_snapshot(tmp_path: An
         def now_ms(self) -> int:
             return AS_OF
 
+    unfrozen: list[int] = []
+    real_unfreeze = gc.unfreeze
+
+    def unfreeze() -> None:
+        unfrozen.append(len(read))
+        real_unfreeze()
+
     monkeypatch.setattr(store, "read_states", fake_read)
-    board = grades.GradingBoard(Settings(state_dir=tmp_path), Topics(prefix="x"), cfg, Fixed())
+    monkeypatch.setattr(gc, "unfreeze", unfreeze)
+    board = grades.GradingBoard(Settings(state_dir=tmp_path), Topics(prefix="x"), cfg, Fixed(), full_collect_every=2)
     try:
         await board.refresh()
         assert board.error is None and board.snapshot is not None and set(board.snapshot.grades) == set(cfg.sites)
         assert gc.isenabled() and gc.get_freeze_count() > 0
         assert read and read[0]() is None  # the graded evidence was not kept
+        first = board.snapshot
+        await board.refresh()
+        await board.refresh()
+        # Full collections (frozen objects unfrozen first) on the 1st and 3rd refresh only.
+        assert unfrozen == [0, 2] and len(read) == 3 and all(r() is None for r in read)
+        assert board.snapshot is not first and board.snapshot.grades == first.grades
 
         async def kafka_away(settings: Any, gt: Any) -> States:
             raise RuntimeError("no broker")
