@@ -1,8 +1,10 @@
 """`larder grade worker`: the Faust adapter over the pure grading fold (:mod:`pipeline.grading.evidence`).
 
 * App id ``<topic prefix>-grading``: its own consumer group and changelog, apart from the detection worker's.
-* One agent reads the alerts topic and the grade-overrides topic; both are keyed by site with Kafka's default
-  partitioner and have the same partition count, so one site's records are in one partition number of each.
+* One agent reads the alerts topic, the grade-overrides topic and the rapid-tests topic (record batches of
+  contract 6 results, for the rollup's pass rate: a passing test opens no alert); all are keyed by site with
+  Kafka's default partitioner and have the same partition count, so one site's records are in one partition
+  number of each. Ticks on the rapid-tests topic (replay's clock) carry nothing for grading and are skipped.
 * One table ``grading-state`` (bytes site id -> :func:`pipeline.grading.evidence.to_bytes`), ``key_type=bytes``,
   ``use_partitioner=True``, as many partitions as the sources: co-partitioned with them, so after a rebalance
   a worker restores exactly the sites of the partitions it now reads (docs/agents.md explains why bytes keys).
@@ -20,7 +22,8 @@
   state is the same; a daily record may repeat.
 * A record that is not JSON, not an alert event or override, whose key is not its site, or that sits in
   another partition than its key's (its state would live in another partition) goes to
-  ``<prefix>.grading-deadletter.v1`` with the reason; nothing stops.
+  ``<prefix>.grading-deadletter.v1`` with the reason; so does a rapid-tests record that is not a batch, and
+  each unusable item of a batch (its own bytes, with its index: the other items still count); nothing stops.
 
 Readers (the CLI, the HTTP endpoint, the console) read the states from the table's changelog topic
 (``<prefix>-grading-grading-state-changelog``, compacted, latest state per site): :mod:`pipeline.grading.store`.
@@ -43,6 +46,7 @@ from pipeline.agents.faust.build import admitted, bytes_table, faust_app, own_pr
 from pipeline.agents.faust.changelog import TableWriter
 from pipeline.agents.faust.continuity import AckGate, Continuity
 from pipeline.agents.faust.durable import Pending, check_continuity, gate_acks
+from pipeline.contracts.records import BadRecord, read_batch
 from pipeline.grading import evidence
 from pipeline.grading.score import DEFAULT_WEIGHTS, Weights, daily
 from pipeline.grading.topics import GradingTopics
@@ -81,6 +85,7 @@ class GradingStats:
     grades: int = 0
     dead_letters: int = 0
     ignored_sites: int = 0
+    rapid_tests: int = 0
 
 
 class SiteStates:
@@ -147,9 +152,10 @@ def make_app(
     data_dir = options.data_dir or settings.data_dir / "grading" / aid
     partitions = topics.base.partitions
     app = faust_app(aid, settings, options, data_dir, partitions)
-    source_names = {topics.base.alerts, topics.overrides}
+    rapid_topic = topics.base.rapid_tests
+    source_names = {topics.base.alerts, topics.overrides, rapid_topic}
     gate = gate_acks(app, source_names)
-    source = raw_topic(app, topics.base.alerts, topics.overrides, partitions=partitions)
+    source = raw_topic(app, topics.base.alerts, topics.overrides, rapid_topic, partitions=partitions)
     table = bytes_table(app, TABLE, partitions)
     # One idempotent acks=all producer for the daily grades, the dead letters and the changelog batches.
     producer = own_producer(app, settings)
@@ -193,23 +199,61 @@ def make_app(
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
     app.on_rebalance_complete.connect(on_rebalanced)  # type: ignore[arg-type]
 
-    async def dead(msg: Any, reason: str) -> None:
+    async def dead(msg: Any, reason: str, item: int | None = None, value: bytes | None = None) -> None:
+        """``item``: the index of an unusable item of a batch record, whose own bytes are ``value``."""
         stats.dead_letters += 1
-        record = {
+        record: dict[str, Any] = {
             "v": 1,
             "source_topic": msg.topic,
             "partition": msg.partition,
             "offset": msg.offset,
             "reason": reason,
             "key_b64": base64.b64encode(msg.key or b"").decode(),
-            "value_b64": base64.b64encode(msg.value or b"").decode(),
+            "value_b64": base64.b64encode(msg.value if value is None else value).decode(),
         }
+        if item is not None:
+            record["item"] = item
         await send(topics.deadletter, msg.key, serde.dumps(record))
+
+    async def on_rapid_tests(event: Any) -> None:
+        """A rapid-tests record batch: each item folded into its own site's state (a batch is one instrument's,
+        so one site's, but only the partition is promised)."""
+        msg = event.message
+        partition = msg.partition
+        try:
+            batch = read_batch(event.value, "rapid_tests")
+        except BadRecord as exc:
+            await dead(msg, f"{exc.code}: {exc}"[:500])
+            return
+        for index, item in enumerate(batch.items):  # a tick has none
+            try:
+                if not isinstance(item, dict):
+                    raise ValueError("item is not an object")
+                site_id = item.get("site")
+                if not isinstance(site_id, str) or not site_id:
+                    raise ValueError(f"item without a site: {site_id!r}")
+                if partition_for(site_id, partitions) != partition:
+                    raise ValueError(f"site {site_id!r} belongs in partition {partition_for(site_id, partitions)}")
+                key = site_id.encode()
+                state = states.get(partition, key, site_id)
+                new = evidence.fold_rapid_test(state, item)
+            except Exception as exc:  # one bad item costs only itself
+                await dead(msg, f"{type(exc).__name__}: {exc}"[:500], index, serde.dumps(item))
+                continue
+            stats.rapid_tests += 1
+            if new is state:
+                stats.unchanged += 1
+            else:
+                stats.folded += 1
+                states.put(partition, key, new)
 
     async def on_event(event: Any) -> None:
         msg = event.message
         partition = msg.partition
         stats.records += 1
+        if msg.topic == rapid_topic:
+            await on_rapid_tests(event)
+            return
         try:
             doc = serde.loads(event.value)
             site_id = doc["site"]

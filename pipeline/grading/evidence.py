@@ -17,11 +17,17 @@ Sources (all on the alerts topic, keyed by site, so one partitioning serves the 
 * ``liveness.offline`` alerts: offline intervals of devices (and of cameras, should a camera liveness rule name
   a camera as subject), for the online share;
 * :class:`Override` records from the grade-overrides topic.
+
+And from the **rapid-tests topic** (contract 6 record batches, keyed by site, the same partitioning): every
+*initial* rapid-test result, passing or not, for the rollup's pass rate (:func:`fold_rapid_test`). A negative
+result opens no alert, so the alerts topic cannot give that figure. One row per result, identified by a 63-bit
+hash of (instrument, ``result_id``), so a redelivered or re-read result counts once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import hashlib
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -116,6 +122,13 @@ class SiteEvidence:
     ignored: int = 0
     #: The day boundary (site-local midnight, ms) of the latest daily grade record emitted (0: none yet).
     graded_ms: int = 0
+    #: Initial rapid-test results of the last ``KEEP_MS`` of test time: :func:`result_key` -> (tested at ms,
+    #: passed). ~30 bytes a result in the table.
+    tests: dict[int, tuple[int, bool]] = field(default_factory=dict)
+    #: Latest ``tested_at`` seen (the rapid tests' own clock: it does not move ``watermark_ms``, so rapid tests
+    #: change neither the daily grade records nor the default ``as_of``) and when their rows were last pruned.
+    tests_ms: int = 0
+    tests_pruned_ms: int = 0
 
 
 def empty(site: str) -> SiteEvidence:
@@ -207,7 +220,16 @@ def fold_alert(state: SiteEvidence, event: dict[str, Any]) -> SiteEvidence:
     alerts[aid] = facts
     # Built directly: ``dataclasses.replace`` costs more than the rest of the fold.
     new = SiteEvidence(
-        state.site, alerts, watermark, state.pruned_at_ms, state.override, state.ignored, state.graded_ms
+        state.site,
+        alerts,
+        watermark,
+        state.pruned_at_ms,
+        state.override,
+        state.ignored,
+        state.graded_ms,
+        state.tests,
+        state.tests_ms,
+        state.tests_pruned_ms,
     )
     return _maybe_prune(new) if watermark - state.pruned_at_ms >= PRUNE_EVERY_MS else new
 
@@ -243,6 +265,60 @@ def fold(state: SiteEvidence, event: dict[str, Any]) -> SiteEvidence:
     return fold_alert(state, event)
 
 
+_RESULTS = ("negative", "positive", "suspect")
+_STAGES = ("initial", "recheck", "lab_confirmed")
+
+
+def result_key(instrument: str, result_id: str) -> int:
+    """A result's identity in the state: 63 bits of BLAKE2b of (instrument, result id). A site keeps a few
+    thousand results, so a collision (~n^2 / 2^64) is not a practical concern; the ids themselves would triple
+    the state."""
+    digest = hashlib.blake2b(f"{instrument}\x1f{result_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def fold_rapid_test(state: SiteEvidence, item: dict[str, Any]) -> SiteEvidence:
+    """Merge one item of a rapid-tests record batch (contract 6 result plus ``instrument``, ``site``, ``ts_ms``).
+
+    Only ``initial`` results are tests of a sample (a ``recheck`` or ``lab_confirmed`` result is a follow-up of
+    the same sample and is not counted again): kept as (tested at, passed = ``result == "negative"``). The same
+    result twice keeps the smaller (time, passed) pair, so any order agrees. ``ValueError`` for an item without
+    the fields the fold needs (the adapter dead-letters it)."""
+    ts, instrument, rid = item.get("ts_ms"), item.get("instrument"), item.get("result_id")
+    result, stage = item.get("result"), item.get("stage", "initial")
+    if type(ts) is not int or type(instrument) is not str or type(rid) is not str:
+        raise ValueError("rapid-test item needs integer ts_ms, string instrument and result_id")
+    if result not in _RESULTS or stage not in _STAGES:
+        raise ValueError(f"rapid-test item with result {result!r} and stage {stage!r}")
+    if stage != "initial":
+        return state
+    latest = max(state.tests_ms, ts)
+    if ts < latest - KEEP_MS:
+        return replace(state, ignored=state.ignored + 1, tests_ms=latest)
+    key = result_key(instrument, rid)
+    row = (ts, result == "negative")
+    old = state.tests.get(key)
+    if old is not None and old <= row:
+        return state if latest == state.tests_ms else replace(state, tests_ms=latest)
+    tests = dict(state.tests)
+    tests[key] = row
+    new = replace(state, tests=tests, tests_ms=latest)
+    if latest - new.tests_pruned_ms >= PRUNE_EVERY_MS:
+        horizon = latest - KEEP_MS
+        new = replace(new, tests={k: r for k, r in tests.items() if r[0] >= horizon}, tests_pruned_ms=latest)
+    return new
+
+
+def rapid_tests_between(state: SiteEvidence, start_ms: int, end_ms: int) -> tuple[int, int]:
+    """(initial rapid tests, of which passed) tested in ``[start_ms, end_ms)``."""
+    n = passed = 0
+    for ts, ok in state.tests.values():
+        if start_ms <= ts < end_ms:
+            n += 1
+            passed += ok
+    return n, passed
+
+
 def _maybe_prune(state: SiteEvidence) -> SiteEvidence:
     if state.watermark_ms - state.pruned_at_ms < PRUNE_EVERY_MS:
         return state
@@ -270,6 +346,9 @@ def to_bytes(state: SiteEvidence) -> bytes:
             "g": state.graded_ms,
             "o": state.override.model_dump() if state.override else None,
             "a": [f.to_row() for f in state.alerts.values()],
+            "t": [[k, ts, ok] for k, (ts, ok) in state.tests.items()],
+            "tm": state.tests_ms,
+            "tp": state.tests_pruned_ms,
         }
     )
 
@@ -278,4 +357,17 @@ def from_bytes(data: bytes) -> SiteEvidence:
     doc = serde.loads(data)
     alerts = {row[0]: Facts.from_row(row) for row in doc["a"]}
     override = Override.model_validate(doc["o"]) if doc["o"] else None
-    return SiteEvidence(doc["site"], alerts, doc["w"], doc["p"], override, doc["i"], doc.get("g", 0))
+    # "t", "tm", "tp" (rapid tests) are absent from states written before the worker read the rapid-tests topic.
+    tests = {k: (ts, bool(ok)) for k, ts, ok in doc.get("t", ())}
+    return SiteEvidence(
+        doc["site"],
+        alerts,
+        doc["w"],
+        doc["p"],
+        override,
+        doc["i"],
+        doc.get("g", 0),
+        tests,
+        doc.get("tm", 0),
+        doc.get("tp", 0),
+    )

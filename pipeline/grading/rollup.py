@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pipeline.grading.evidence import DAY_MS, GRADES, Facts, SiteEvidence, empty
+from pipeline.grading.evidence import DAY_MS, GRADES, Facts, SiteEvidence, empty, rapid_tests_between
 from pipeline.grading.score import (
     DEFAULT_WEIGHTS,
     HYGIENE_PREFIX,
@@ -52,6 +52,9 @@ class SiteView:
     online: float | None
     reporting: bool
     watched: int
+    #: Initial rapid tests of the period (contract 6) and how many of them passed (negative).
+    rapid_tests: int = 0
+    rapid_passed: int = 0
 
 
 def site_view(
@@ -74,7 +77,8 @@ def site_view(
     offline_now = {f.subject for f in facts if f.rule == OFFLINE_RULE and f.resolved_ms is None}
     # Reporting: at least one of its registered devices/cameras is not inside an open offline alert at as_of.
     reporting = bool(watched - offline_now)
-    return SiteView(site_id, facts, grade, online, reporting, len(watched))
+    tests, passed = rapid_tests_between(evidence, end - period_ms, end)
+    return SiteView(site_id, facts, grade, online, reporting, len(watched), tests, passed)
 
 
 def rollup(
@@ -126,6 +130,8 @@ def _group(level: str, key: str, views: list[SiteView], as_of_ms: int, period: s
             if f.rule.startswith(HYGIENE_PREFIX) and f.verdict is not None:
                 judged += 1
                 confirmed += f.verdict == "confirmed"
+    rapid = sum(v.rapid_tests for v in views)
+    rapid_passed = sum(v.rapid_passed for v in views)
     mix = {g: 0 for g in GRADES}
     for v in views:
         mix[v.grade.grade] += 1
@@ -161,6 +167,10 @@ def _group(level: str, key: str, views: list[SiteView], as_of_ms: int, period: s
         "escalated_to_district": to_district,
         "camera_alerts_judged": judged,
         "camera_confirmed_share": confirmed / judged if judged else None,
+        "rapid_tests": rapid,
+        "rapid_tests_passed": rapid_passed,
+        "rapid_test_pass_rate": rapid_passed / rapid if rapid else None,
+        "sites_rapid_tested": sum(1 for v in views if v.rapid_tests),
         "grade_mix": mix,
         "c_d_sites": cd,
     }
@@ -185,6 +195,10 @@ CSV_COLUMNS = (
     "escalated_to_district",
     "camera_alerts_judged",
     "camera_confirmed_share",
+    "rapid_tests",
+    "rapid_tests_passed",
+    "rapid_test_pass_rate",
+    "sites_rapid_tested",
     "grade_A",
     "grade_B",
     "grade_C",

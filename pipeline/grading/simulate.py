@@ -238,6 +238,67 @@ def _rapid_tests(sid: str, site: Any, b: Behaviour, start_ms: int, days: int, rn
     return made
 
 
+def rapid_results(
+    cfg: SiteConfig,
+    truth: list[TruthAlert],
+    start_ms: int,
+    days: int = 30,
+    seed: int = 1,
+    tests_per_day: float = 4.0,
+    duplicates: float = 0.1,
+) -> list[dict[str, Any]]:
+    """The rapid-tests topic's items (contract 6 results as the hooks enrich them) behind ``truth``: per site
+    about ``tests_per_day`` negative initial results; per failed sample of ``truth`` its positive or suspect
+    initial result at the ``rapidtest.positive`` opening, then a negative recheck when that alert resolved, or a
+    positive lab result when ``rapidtest.confirmed`` opened. A share ``duplicates`` of the results is delivered
+    twice (an instrument's retry after a lost answer: the same ``result_id``). In arrival order."""
+    rng = random.Random(seed)
+    confirmed = {a.subject: a.opened_ms for a in truth if a.rule == "rapidtest.confirmed"}
+    failed: dict[str, list[TruthAlert]] = {}
+    for a in truth:
+        if a.rule == "rapidtest.positive":
+            failed.setdefault(a.site, []).append(a)
+    out: list[dict[str, Any]] = []
+    for sid in sorted(cfg.sites):
+        instrument = f"{sid}-rt1"
+        made: list[tuple[int, str, str, str]] = []  # (tested at, sample, result, stage)
+        n = _poisson(rng, tests_per_day * days)
+        for i, t in enumerate(sorted(start_ms + rng.randrange(days * DAY_MS) for _ in range(n))):
+            made.append((t, f"N{i:05d}", "negative", "initial"))
+        for a in failed.get(sid, []):
+            sample = a.subject.split("/", 1)[1]
+            made.append((a.opened_ms, sample, rng.choice(("positive", "suspect")), "initial"))
+            if a.subject in confirmed:
+                made.append((confirmed[a.subject], sample, "positive", "lab_confirmed"))
+            elif a.resolved_ms is not None:
+                made.append((a.resolved_ms, sample, "negative", "recheck"))
+        made.sort()
+        for i, (t, sample, result, stage) in enumerate(made):
+            received = t + rng.randrange(1_000, 120_000)
+            item: dict[str, Any] = {
+                "instrument": instrument,
+                "instrument_type": "enzyme_inhibition",
+                "site": sid,
+                "result_id": f"{instrument}-{i:05d}",
+                "sample_id": sample,
+                "sample_name": "菠菜",
+                "food_category": "vegetable",
+                "test_item": "organophosphate/carbamate",
+                "method": "GB/T 5009.199",
+                "result_type": "qualitative",
+                "result": result,
+                "stage": stage,
+                "operator": "检测员",
+                "ts_ms": t,
+                "received_ms": received,
+            }
+            out.append(item)
+            if rng.random() < duplicates:
+                out.append({**item, "received_ms": received + rng.randrange(1_000, 600_000)})
+    out.sort(key=lambda d: (d["received_ms"], d["site"], d["result_id"]))
+    return out
+
+
 def _poisson(rng: random.Random, lam: float) -> int:
     # Knuth for small means, normal approximation above (rates here are at most ~60 a month).
     if lam > 50:

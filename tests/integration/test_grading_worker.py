@@ -1,5 +1,6 @@
 """`larder grade worker` through real Kafka: a simulated month of alert events in, per-site states in the table's
-changelog out, equal to the pure fold of the same events; while Kafka refuses the table's changelog writes no
+changelog out, equal to the pure fold of the same events (and of a month of rapid-test results on the rapid-tests
+topic, whose pass rate the rollup shows); while Kafka refuses the table's changelog writes no
 source offset is committed (issue 22: Faust committed them anyway, and a worker killed then lost those states);
 killed with -9 and restarted with its local table files gone, it resumes (restores its table from the
 changelog, reads on from its committed offsets) and ends equal to the fold of the whole month; a bad record is
@@ -9,6 +10,7 @@ dead-lettered; the CLI shows the grades, the override and its audit record.
 from __future__ import annotations
 
 import asyncio
+import csv
 import shutil
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from typer.testing import CliRunner
 from pipeline import serde
 from pipeline.alerts.kafkaio import read_to_end
 from pipeline.cli import app
+from pipeline.contracts.records import rapid_tests_value, tick_value
 from pipeline.grading import evidence, score, simulate, store
 from pipeline.grading.evidence import DAY_MS, Override
 from pipeline.grading.topics import GradingTopics
@@ -37,11 +40,29 @@ START = 1_790_035_200_000 - 1_790_035_200_000 % DAY_MS
 DAYS = 30
 
 
-def fold_all(records: list[dict[str, Any]]) -> dict[str, evidence.SiteEvidence]:
+def fold_all(
+    records: list[dict[str, Any]], items: list[dict[str, Any]] | None = None
+) -> dict[str, evidence.SiteEvidence]:
     states: dict[str, evidence.SiteEvidence] = {}
     for e in records:
         states[e["site"]] = evidence.fold(states.get(e["site"]) or evidence.empty(e["site"]), e)
+    for d in items or ():
+        states[d["site"]] = evidence.fold_rapid_test(states.get(d["site"]) or evidence.empty(d["site"]), d)
     return states
+
+
+def rapid_batches(items: list[dict[str, Any]], size: int = 7) -> list[tuple[bytes | None, bytes]]:
+    """The rapid-tests topic's records of ``items``: record batches of one site's consecutive items, keyed by
+    site, as the hooks and the MQTT bridge write them."""
+    out: list[tuple[bytes | None, bytes]] = []
+    run: list[dict[str, Any]] = []
+    for d in [*items, None]:
+        if run and (d is None or d["site"] != run[0]["site"] or len(run) == size):
+            out.append((run[0]["site"].encode(), rapid_tests_value(run)))
+            run = []
+        if d is not None:
+            run.append(d)
+    return out
 
 
 class GradingWorker(WorkerProcess):
@@ -124,7 +145,9 @@ async def until_states(
             got = await store.read_states(settings, gt)
         except RuntimeError:  # the changelog topic is created by the worker at start
             got = {}
-        if {k: (v.alerts, v.override) for k, v in got.items()} == {k: (v.alerts, v.override) for k, v in want.items()}:
+        if {k: (v.alerts, v.override, v.tests) for k, v in got.items()} == {
+            k: (v.alerts, v.override, v.tests) for k, v in want.items()
+        }:
             return got
         await asyncio.sleep(0.5)
     diffs = []
@@ -134,6 +157,7 @@ async def until_states(
         diffs += [f"{k} {a}: want {w.alerts.get(a)} got {g.alerts.get(a)}" for a in differ[:3]]
         diffs += [f"{k}: {len(differ)} alerts differ"] if differ else []
         diffs += [f"{k} override: want {w.override} got {g.override}"] if w.override != g.override else []
+        diffs += [f"{k}: {len(w.tests)} rapid tests wanted, {len(g.tests)} got"] if w.tests != g.tests else []
     raise AssertionError("states never matched the fold:\n" + "\n".join(diffs) + f"\n{worker.tail()}")
 
 
@@ -147,12 +171,23 @@ async def test_grading_worker_resumes_after_kill_and_matches_the_fold(
     sites = tmp_path / "sites.json"
     sites.write_bytes(serde.dumps(doc))
     cfg = SiteConfig.model_validate(doc)
-    events = simulate.events(simulate.simulate(cfg, START, DAYS, seed=4))
+    truth = simulate.simulate(cfg, START, DAYS, seed=4)
+    events = simulate.events(truth)
     half = len(events) // 2
+    # Rapid-test results (some delivered twice), in halves like the alerts; one batch with an unusable item beside
+    # a good one, and a tick (replay's clock), which grading skips.
+    items = simulate.rapid_results(cfg, truth, START, DAYS, seed=5)
+    rhalf = len(items) // 2
+    bad_item = {**items[0], "result": "maybe", "result_id": "rt-broken"}
+    good_item = {**items[0], "result_id": "rt-extra-1", "result": "negative"}
+    rapid1 = [*rapid_batches(items[:rhalf]), (items[0]["site"].encode(), rapid_tests_value([bad_item, good_item]))]
+    rapid1.append((None, tick_value(START + DAYS * DAY_MS)))
+    items1 = [*items[:rhalf], good_item]
     worst = "S00004" if "S00004" in cfg.sites else sorted(cfg.sites)[-1]
     ov = Override(site=worst, grade="B", reason="re-inspected after repairs", by="Wang", at_ms=START + 20 * DAY_MS)
     first = [(e["site"].encode(), serde.dumps(e)) for e in events[:half]]
     await produce(settings, topics.alerts, [*first, (b"S00000", b"not json at all")])
+    await produce(settings, topics.rapid_tests, rapid1)
 
     # Kafka refuses the table's changelog writes (a record-batch limit below any state) until further notice.
     await changelog_refuses_writes(settings, gt, refuse=True)
@@ -178,7 +213,7 @@ async def test_grading_worker_resumes_after_kill_and_matches_the_fold(
         # (The override only now: folded first, it would have made no daily record to wait for above.)
         await produce(settings, gt.overrides, [(worst.encode(), ov.model_dump_json().encode())])
 
-        want1 = fold_all([*events[:half], ov.model_dump()])
+        want1 = fold_all([*events[:half], ov.model_dump()], items1)
         await until_states(settings, gt, want1, worker)
         first_pass_s = time.monotonic() - t0
         # The changelog has every state; the commit follows within its interval (0.5 s).
@@ -194,14 +229,19 @@ async def test_grading_worker_resumes_after_kill_and_matches_the_fold(
         assert committed >= half, (committed, half)
 
         await produce(settings, topics.alerts, [(e["site"].encode(), serde.dumps(e)) for e in events[half:]])
+        await produce(settings, topics.rapid_tests, rapid_batches(items[rhalf:]))
         worker.start()
-        want = fold_all([*events, ov.model_dump()])
+        want = fold_all([*events, ov.model_dump()], [*items1, *items[rhalf:]])
         got = await until_states(settings, gt, want, worker)
         assert sum(len(s.alerts) for s in got.values()) == sum(len(s.alerts) for s in want.values()) > 100
+        assert sum(len(s.tests) for s in got.values()) > 200
 
         dead: list[dict[str, Any]] = []
         await read_to_end(settings, [gt.deadletter], lambda r: dead.append(serde.loads(r.value)))
-        assert len(dead) == 1 and dead[0]["source_topic"] == topics.alerts and "JSONDecodeError" in dead[0]["reason"]
+        by_topic = {d["source_topic"]: d for d in dead}
+        assert len(dead) == 2 and set(by_topic) == {topics.alerts, topics.rapid_tests}, dead
+        assert "JSONDecodeError" in by_topic[topics.alerts]["reason"]
+        assert by_topic[topics.rapid_tests]["item"] == 0 and "'maybe'" in by_topic[topics.rapid_tests]["reason"]
 
         # The daily grade records (history) are those of the pure fold + daily step over each site's records in
         # log order, whatever the restart re-read (a repeat of a day is the same record; readers keep one a day).
@@ -285,6 +325,16 @@ async def test_grading_worker_resumes_after_kill_and_matches_the_fold(
         assert roll.exit_code == 0, roll.output
         lines = roll.stdout.splitlines()
         assert lines[0].startswith("level,unit,period") and len(lines) == 2
+        # The pass rate, counted here from the results produced: each (instrument, result id) once, initial
+        # results of the month ending at as_of, passed = negative.
+        tested = {
+            (d["instrument"], d["result_id"]): d["result"] == "negative"
+            for d in [*items, good_item]
+            if d["stage"] == "initial" and as_of - 30 * DAY_MS < d["ts_ms"] <= as_of
+        }
+        [row] = list(csv.DictReader(lines))
+        assert (int(row["rapid_tests"]), int(row["rapid_tests_passed"])) == (len(tested), sum(tested.values()))
+        assert float(row["rapid_test_pass_rate"]) == sum(tested.values()) / len(tested) < 1
         print(f"first pass {first_pass_s:.1f} s for {half} events; {len(daily)} daily records, {repeats} repeated")
     finally:
         worker.stop()

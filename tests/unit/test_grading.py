@@ -2,7 +2,8 @@
 
 Every figure is checked against an independent computation written here from the simulator's truth rows (when
 each alert opened, was acknowledged and resolved, its peak, verdict, the escalation steps it entered), not
-from the folded evidence: the code under test sees only the alerts-topic records the simulator renders.
+from the folded evidence: the code under test sees only the alerts-topic records the simulator renders, and the
+rapid-tests topic's items (for the pass rate: the oracle counts them straight from the items).
 """
 
 from __future__ import annotations
@@ -30,14 +31,33 @@ def month() -> tuple[SiteConfig, list[simulate.TruthAlert], list[dict[str, Any]]
     cfg = simulate.site_config(N_SITES, seed=3)
     truth = simulate.simulate(cfg, START, DAYS, seed=11)
     events = simulate.events(truth)
-    return cfg, truth, events, fold_all(events)
+    return cfg, truth, events, fold_all(events, rapid_items(cfg, truth))
 
 
-def fold_all(events: list[dict[str, Any]]) -> dict[str, evidence.SiteEvidence]:
+def rapid_items(cfg: SiteConfig, truth: list[simulate.TruthAlert]) -> list[dict[str, Any]]:
+    """The rapid-tests topic's items of the month (deterministic: the tests call it again rather than carry it)."""
+    return simulate.rapid_results(cfg, truth, START, DAYS, seed=12)
+
+
+def fold_all(
+    events: list[dict[str, Any]], items: list[dict[str, Any]] | None = None
+) -> dict[str, evidence.SiteEvidence]:
     states: dict[str, evidence.SiteEvidence] = {}
     for e in events:
         states[e["site"]] = evidence.fold(states.get(e["site"]) or evidence.empty(e["site"]), e)
+    for item in items or ():
+        states[item["site"]] = evidence.fold_rapid_test(states.get(item["site"]) or evidence.empty(item["site"]), item)
     return states
+
+
+def oracle_pass_rate(items: list[dict[str, Any]], sites: list[str], lo: int, hi: int) -> tuple[int, int]:
+    """(initial rapid tests, passed) of ``sites`` tested in [lo, hi), each (instrument, result id) once."""
+    tests = {
+        (d["instrument"], d["result_id"]): d["result"] == "negative"
+        for d in items
+        if d["site"] in sites and d.get("stage", "initial") == "initial" and lo <= d["ts_ms"] < hi
+    }
+    return len(tests), sum(tests.values())
 
 
 # -- the independent oracle ----------------------------------------------------------------------------------
@@ -257,11 +277,16 @@ def test_explanation_names_the_alert_ids_behind_each_factor(month: Any) -> None:
 @pytest.mark.parametrize("level", ["station", "district"])
 def test_rollup_kpis_equal_the_independent_computation(month: Any, period: rollup.Period, level: rollup.Level) -> None:
     cfg, truth, _, states = month
+    items = rapid_items(cfg, truth)
     groups = rollup.rollup(states, cfg, AS_OF, period, level)
     assert sum(g["sites"] for g in groups) == N_SITES
     for g in groups:
         sites = sorted(s for s, site in cfg.sites.items() if getattr(site, level) == g[level])
         want = oracle_rollup(cfg, truth, sites, AS_OF, rollup.PERIOD_MS[period])
+        n, passed = oracle_pass_rate(items, sites, AS_OF + 1 - rollup.PERIOD_MS[period], AS_OF + 1)
+        assert n > 0 and (period != "month" or 0 < passed < n), (g[level], n, passed)  # tested; in a month, failed
+        assert (g["rapid_tests"], g["rapid_tests_passed"]) == (n, passed), g[level]
+        assert g["rapid_test_pass_rate"] == passed / n, g[level]
         for key in ("alerts_opened", "escalated_to_station", "escalated_to_district", "camera_alerts_judged"):
             assert g[key] == want[key], (g[level], key)
         for key in (
@@ -280,6 +305,7 @@ def test_rollup_kpis_equal_the_independent_computation(month: Any, period: rollu
         assert sorted(s["site"] for s in g["c_d_sites"]) == want["c_d"]
     csv_rows = rollup.to_csv_rows(groups)
     assert [r["unit"] for r in csv_rows] == [g[level] for g in groups]
+    assert [r["rapid_test_pass_rate"] for r in csv_rows] == [g["rapid_test_pass_rate"] for g in groups]
 
 
 def test_override_applies_is_shown_and_cleared(month: Any) -> None:
@@ -307,15 +333,19 @@ def test_override_applies_is_shown_and_cleared(month: Any) -> None:
 
 
 def test_replay_is_deterministic_in_any_order_and_with_duplicates(month: Any) -> None:
-    _, _, events, states = month
-    again = fold_all(events)
+    cfg, truth, events, states = month
+    items = rapid_items(cfg, truth)
+    again = fold_all(events, items)
     assert {k: evidence.to_bytes(v) for k, v in again.items()} == {k: evidence.to_bytes(v) for k, v in states.items()}
     rng = random.Random(5)
     shuffled = [*events, *rng.sample(events, len(events) // 5)]  # redelivered records
     rng.shuffle(shuffled)
-    other = fold_all(shuffled)
+    shuffled_items = [*items, *rng.sample(items, len(items) // 5)]
+    rng.shuffle(shuffled_items)
+    other = fold_all(shuffled, shuffled_items)
     for sid, st in states.items():
         assert other[sid].alerts == st.alerts, sid
+        assert other[sid].tests == st.tests and len(st.tests) > 50, sid
     for st in states.values():
         assert evidence.from_bytes(evidence.to_bytes(st)) == st
 

@@ -154,3 +154,68 @@ def test_grade_show_lists_failed_rapid_tests(tmp_path: Any, monkeypatch: pytest.
     table = CliRunner(env={"COLUMNS": "250"}).invoke(app, ["grade", "show", "--sites", str(sites), *as_of])
     assert table.exit_code == 0, table.output
     assert "2 failed, 1 lab-confirmed" in table.stdout
+
+
+# -- the rollup's rapid-test pass rate ---------------------------------------------------------------------------
+
+
+def item(
+    site: str, minute: float, rid: str, verdict: str, stage: str = "initial", instrument: str = "rt-1"
+) -> dict[str, Any]:
+    """A rapid-tests topic item (what the hooks enrich a contract 6 result into)."""
+    return {**result(minute, rid, rid, verdict, stage), "site": site, "instrument": instrument}
+
+
+def test_rollup_pass_rate_counts_initial_results_once_each() -> None:
+    """Two sites of one station with a known mix: the station's pass rate is exactly passed / tested, counted from
+    the items here; rechecks and lab results are follow-ups (not tests), a redelivered result counts once, and a
+    result outside the period is not in it."""
+    from pipeline.grading import rollup
+
+    cfg = simulate.site_config(2, seed=3)  # S00000 and S00001, both of station ST0000 and district D000
+    a, b = "S00000", "S00001"
+    items = [
+        *(item(a, 10 + i, f"a{i}", "negative") for i in range(7)),
+        item(a, 30, "a7", "positive"),
+        item(a, 31, "a8", "suspect"),
+        item(a, 32, "a9", "positive"),
+        item(a, 90, "a10", "negative", stage="recheck"),  # a follow-up of a8: not a test
+        item(a, 300, "a11", "positive", stage="lab_confirmed"),  # a follow-up of a7: not a test
+        item(a, 12, "a2", "negative"),  # a redelivery of a2 (same instrument, same result id)
+        *(item(b, 40 + i, f"b{i}", "negative", instrument="rt-2") for i in range(4)),
+        item(b, 50, "b4", "suspect", instrument="rt-2"),
+        item(b, 50, "a0", "negative", instrument="rt-2"),  # another instrument's "a0": a different result
+        item(b, -2 * 24 * 60, "b-old", "positive", instrument="rt-2"),  # two days before: not in the day
+    ]
+    # Independently: distinct (instrument, result id) of initial results in the day ending at as_of.
+    as_of = T0 + 400 * M
+    lo = as_of + 1 - DAY_MS
+    tested = {(d["instrument"], d["result_id"]): d["result"] == "negative" for d in items
+              if d["stage"] == "initial" and lo <= d["ts_ms"] <= as_of}  # fmt: skip
+    assert (len(tested), sum(tested.values())) == (16, 12)
+    states: dict[str, evidence.SiteEvidence] = {}
+    for d in items:
+        states[d["site"]] = evidence.fold_rapid_test(states.get(d["site"]) or evidence.empty(d["site"]), d)
+    [station] = rollup.rollup(states, cfg, as_of, "day", "station")
+    assert (station["rapid_tests"], station["rapid_tests_passed"]) == (16, 12)
+    assert station["rapid_test_pass_rate"] == 12 / 16
+    assert station["sites_rapid_tested"] == 2
+    [week] = rollup.rollup(states, cfg, as_of, "week", "district")
+    assert (week["rapid_tests"], week["rapid_tests_passed"]) == (17, 12)  # b-old is in the week
+    [row] = rollup.to_csv_rows([station])
+    assert (row["rapid_tests"], row["rapid_tests_passed"], row["rapid_test_pass_rate"]) == (16, 12, 0.75)
+    # No test in the period: no rate (not 0 %, not 100 %).
+    [empty_day] = rollup.rollup(states, cfg, as_of + 3 * DAY_MS, "day", "station")
+    assert (empty_day["rapid_tests"], empty_day["rapid_test_pass_rate"]) == (0, None)
+    # The states survive the table's bytes, and a re-read item changes nothing (the same object: no write).
+    for st in states.values():
+        assert evidence.from_bytes(evidence.to_bytes(st)) == st
+    assert evidence.fold_rapid_test(states[a], items[0]) is states[a]
+
+
+def test_a_rapid_test_item_without_its_fields_is_refused() -> None:
+    good = item(SITE, 1, "x", "negative")
+    for broken in ({**good, "ts_ms": "soon"}, {**good, "result": "maybe"}, {**good, "stage": "final"},
+                   {k: v for k, v in good.items() if k != "result_id"}):  # fmt: skip
+        with pytest.raises(ValueError):
+            evidence.fold_rapid_test(evidence.empty(SITE), broken)
