@@ -36,7 +36,7 @@ import paho.mqtt.client as mqtt
 
 from pipeline import serde
 from pipeline.contracts import records
-from pipeline.contracts.models import MQTT_READINGS_TOPIC
+from pipeline.contracts.models import MQTT_READINGS_TOPIC, ts_to_ms
 from pipeline.contracts.replay import Line
 from pipeline.settings import Settings
 from pipeline.topics import Topics
@@ -154,6 +154,58 @@ def _connack(result: list[Any], done: threading.Event) -> Callable[..., None]:
         done.set()
 
     return on_connect
+
+
+def _newest_ts(payload: Any) -> int | None:
+    """The latest event time a device payload carries (None if none is readable: the bridge refuses those)."""
+    items = payload.get("readings") if isinstance(payload, dict) and "readings" in payload else [payload]
+    best: int | None = None
+    for it in items if isinstance(items, list) else []:
+        try:
+            t = ts_to_ms(it["ts"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if best is None or t > best:
+            best = t
+    return best
+
+
+class SilenceTicks:
+    """The replay clock's extra ticks: one at each device's silence decision the recording reaches (module
+    docstring), unless a tick at or after it was sent first. ``delays``: per device, how long after the newest
+    event time it has sent a tick decides each silence alert (``silence_decisions``)."""
+
+    def __init__(self, delays: dict[str, tuple[int, ...]]) -> None:
+        self.delays = delays
+        self.last_tick = -1
+        #: (decision time, device, the device's message count then): stale once the device sent again.
+        self._decisions: list[tuple[int, str, int]] = []
+        self._messages: dict[str, int] = {}
+        self._newest: dict[str, int] = {}
+
+    def heard(self, device: str, at_ms: int, payload: Any) -> None:
+        """A message of ``device`` sent at ``at_ms`` (recording time)."""
+        delays = self.delays.get(device)
+        if not delays:
+            return
+        n = self._messages[device] = self._messages.get(device, 0) + 1
+        # The detector counts a silence from the newest event time it has seen, which can be later than the
+        # arrival (a logger clock ahead, or a live run publishing just before its readings' times: seen, 346 ms).
+        newest = max(at_ms, _newest_ts(payload) or at_ms, self._newest.get(device, at_ms))
+        self._newest[device] = newest
+        for delay in delays:
+            heapq.heappush(self._decisions, (newest + delay, device, n))
+
+    def ticked(self, now_ms: int) -> None:
+        self.last_tick = max(self.last_tick, now_ms)
+
+    def due(self, scheduled: int | None, until: int) -> int | None:
+        """The earliest tick owed at or before ``until``: the regular ``scheduled`` one or a silence decision."""
+        heap = self._decisions
+        while heap and (heap[0][2] != self._messages[heap[0][1]] or heap[0][0] <= self.last_tick):
+            heapq.heappop(heap)  # the device spoke again, or a tick at or after the decision covered it
+        owed = [t for t in (scheduled, heap[0][0] if heap else None) if t is not None and t <= until]
+        return min(owed) if owed else None
 
 
 def _reading_keys(device: str, payload: Any) -> list[tuple[str, int]]:
@@ -329,21 +381,11 @@ async def drive(
     next_tick: int | None = None
     last_progress = 0.0
     sent_since_tick = False
-    last_tick = -1
-    # (decision time, device, the device's message count then): stale once the device sent again.
-    decisions: list[tuple[int, str, int]] = []
-    heard: dict[str, int] = {}
-
-    def next_due(until: int) -> int | None:
-        """The earliest tick owed at or before ``until``: the regular schedule or a silence decision."""
-        while decisions and (decisions[0][2] != heard[decisions[0][1]] or decisions[0][0] <= last_tick):
-            heapq.heappop(decisions)  # the device spoke again, or a tick at or after it covered it
-        due = [t for t in (next_tick, decisions[0][0] if decisions else None) if t is not None and t <= until]
-        return min(due) if due else None
+    silence = SilenceTicks(silences or {})
 
     async def tick(now_ms: int) -> None:
-        nonlocal sent_since_tick, last_tick
-        last_tick = max(last_tick, now_ms)
+        nonlocal sent_since_tick
+        silence.ticked(now_ms)
         if sent_since_tick:
             # Seeing the readings in Kafka is what orders the tick after them; waiting for the broker's PUBACKs
             # first would only add latency (with Mosquitto's default Nagle, ~40 ms per burst).
@@ -375,7 +417,7 @@ async def drive(
                 next_tick = (line.at_ms // tick_ms + 1) * tick_ms
             assert next_tick is not None
             # Ticks due before this line (the tick schedule depends on the recording only, never on speed).
-            while ticks and (due := next_due(line.at_ms)) is not None:
+            while ticks and (due := silence.due(next_tick, line.at_ms)) is not None:
                 await _pace(speed, wall0, sim0, due)
                 await tick(due)
                 while next_tick <= due:
@@ -383,10 +425,8 @@ async def drive(
                 report()
             await _pace(speed, wall0, sim0, line.at_ms)
             stats.sim_ms = line.at_ms - sim0
-            if line.kind == "mqtt" and silences and line.source in silences:
-                n = heard[line.source] = heard.get(line.source, 0) + 1
-                for delay in silences[line.source]:
-                    heapq.heappush(decisions, (line.at_ms + delay, line.source, n))
+            if line.kind == "mqtt":
+                silence.heard(line.source, line.at_ms, line.body)
             if line.kind == "mqtt":
                 keys = _reading_keys(line.source, line.body)
                 watch.expect(keys)
