@@ -11,8 +11,8 @@
   Silence alerts (offline, gap) follow arrivals, so they are decided by the clock alone: a live worker ticking
   every second decides a silence within a second of it falling due, and a replay ticking every 10 s would miss
   one that ended before the next tick. So the replay clock also ticks at each silence decision the recording
-  reaches (``silences``: per device, the delays after its last message, from
-  :func:`pipeline.detectors.liveness.silence_decisions`) unless a tick already covered it.
+  reaches (``silences``: per device, the delays after the newest event time it sent, from
+  :func:`pipeline.detectors.liveness.silence_decisions`; :class:`SilenceTicks`) unless a tick already covered it.
 
 Pacing: ``speed`` maps recording seconds to wall seconds; ``None`` means as fast as the path takes.
 """
