@@ -241,8 +241,14 @@ async def test_grading_worker_resumes_after_kill_and_matches_the_fold(
 
         dead: list[dict[str, Any]] = []
         await read_to_end(settings, [gt.deadletter], lambda r: dead.append(serde.loads(r.value)))
-        by_topic = {d["source_topic"]: d for d in dead}
-        assert len(dead) == 2 and set(by_topic) == {topics.alerts, topics.rapid_tests}, dead
+        # At least once: a record not yet committed at the kill is read again and its dead letter repeated (seen in
+        # CI for the rapid-test batch); a repeat must be the identical dead letter of the same source record.
+        distinct: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for d in dead:
+            first = distinct.setdefault((d["source_topic"], d["partition"], d["offset"], d.get("item")), d)
+            assert d == first, f"a repeated dead letter differs: {d} != {first}"
+        by_topic = {d["source_topic"]: d for d in distinct.values()}
+        assert len(distinct) == 2 and set(by_topic) == {topics.alerts, topics.rapid_tests}, dead
         assert "JSONDecodeError" in by_topic[topics.alerts]["reason"]
         assert by_topic[topics.rapid_tests]["item"] == 0 and "'maybe'" in by_topic[topics.rapid_tests]["reason"]
 
