@@ -156,11 +156,16 @@ def _connack(result: list[Any], done: threading.Event) -> Callable[..., None]:
     return on_connect
 
 
+def _device_items(payload: Any) -> list[Any]:
+    """The readings of a device payload, as the bridge reads it: one reading, or a store-and-forward batch."""
+    items = payload.get("readings") if isinstance(payload, dict) and "readings" in payload else [payload]
+    return items if isinstance(items, list) else []
+
+
 def _newest_ts(payload: Any) -> int | None:
     """The latest event time a device payload carries (None if none is readable: the bridge refuses those)."""
-    items = payload.get("readings") if isinstance(payload, dict) and "readings" in payload else [payload]
     best: int | None = None
-    for it in items if isinstance(items, list) else []:
+    for it in _device_items(payload):
         try:
             t = ts_to_ms(it["ts"])
         except (KeyError, TypeError, ValueError):
@@ -210,9 +215,8 @@ class SilenceTicks:
 
 def _reading_keys(device: str, payload: Any) -> list[tuple[str, int]]:
     """The (device, seq) pairs a device payload carries (what the bridge will put into Kafka or dead-letter)."""
-    items = payload.get("readings") if isinstance(payload, dict) and "readings" in payload else [payload]
     out = []
-    for it in items if isinstance(items, list) else []:
+    for it in _device_items(payload):
         if isinstance(it, dict) and isinstance(it.get("seq"), int):
             out.append((device, it["seq"]))
     return out
