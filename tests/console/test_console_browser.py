@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -346,14 +346,14 @@ def influx_rows(env: Env, measurement: str) -> list[dict[str, Any]]:
     )
 
 
-def wait_for(check: Any, timeout: float, what: str) -> Any:
+def wait_for(check: Any, timeout: float, what: str, explain: Callable[[], str] | None = None) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         got = check()
         if got:
             return got
         time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}" + (f"\n{explain()}" if explain else ""))
 
 
 # -- tests, in order ---------------------------------------------------------------------------------------------
@@ -399,7 +399,15 @@ def test_excursion_appears_live_ack_stops_escalation_and_lands_in_influx(env: En
 
     page.click(f"#queue tr[data-id='{aid}'] a")
     page.wait_for_url(f"**/alerts/{aid}")
-    page.wait_for_selector("svg.chart path.series")  # the readings came back from InfluxDB
+    # The readings came back from InfluxDB. The alert can outrun the readings sink (the worker alerts on the
+    # records the sink is still batching), and the page draws its chart once: reload, as an operator would.
+    wait_for(
+        lambda: page.reload() and page.locator("svg.chart path.series").count() == 1,
+        90,
+        "the readings in the alert's chart",
+        explain=lambda: f"chart: {page.inner_text('section.card')!r}\nsink log:\n"
+        + env.svc.process("sink").log_text()[-3000:],
+    )
     assert page.locator("svg.chart rect.excursion").count() == 1 and page.locator("svg.chart line.limit").count() >= 1
     wait_for(lambda: page.reload() and page.locator("tr.delivery").count() >= 1, 30, "the operator's SMS row")
     assert "op-S1" in page.inner_text("table.plain")
