@@ -38,14 +38,21 @@ from pipeline.settings import Settings, load_settings
 from pipeline.topics import Topics
 
 
-async def run_group(settings: Settings, workers: int, n: int, d: int, partitions: int, tmp: Path) -> dict[str, Any]:
+async def run_group(
+    settings: Settings, workers: int, n: int, d: int, partitions: int, tmp: Path, standby: int
+) -> dict[str, Any]:
     topics = Topics(prefix=f"bench{uuid.uuid4().hex[:8]}", partitions=partitions)
     await prepare(settings, topics)
     devices = [f"dev-{i:06d}" for i in range(d)]
     batches = record_batches(readings(devices, n), partitions)
     sites = tmp / f"{topics.prefix}-sites.yaml"
     testing.write_site_file(sites, site_doc(devices))
-    env = {**os.environ, "LARDER_TOPIC_PREFIX": topics.prefix, "LARDER_READINGS_PARTITIONS": str(partitions)}
+    env = {
+        **os.environ,
+        "LARDER_TOPIC_PREFIX": topics.prefix,
+        "LARDER_READINGS_PARTITIONS": str(partitions),
+        "LARDER_WORKER_STANDBY_REPLICAS": str(standby),
+    }
     procs: list[tuple[subprocess.Popen[bytes], int, Path]] = []
     try:
         for w in range(workers):
@@ -79,6 +86,7 @@ async def run_group(settings: Settings, workers: int, n: int, d: int, partitions
         cpu = [sum(x.cpu_times()[:2]) - c for x, c in zip(ps, cpu0, strict=True)]
         return {
             "workers": workers,
+            "standby_replicas": standby,
             "readings": n,
             "per_worker": done,
             "wall_s": round(wall, 2),
@@ -103,31 +111,42 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=10_000)
     ap.add_argument("--partitions", type=int, default=6, help="readings partitions (divisible among 1, 2, 3)")
     ap.add_argument("--workers", default="1,2,3", help="comma-separated group sizes")
+    ap.add_argument(
+        "--standby-replicas",
+        default="1",
+        help="comma-separated values of the workers' --standby-replicas to run each group size with (1: the default)",
+    )
     args = ap.parse_args()
     settings = load_settings()
     noise = quiet.check(settings)
     tmp = Path(tempfile.mkdtemp(prefix="larder-scaleout-"))
     runs = []
     try:
-        for k in [int(x) for x in args.workers.split(",")]:
-            say(f"{k} worker(s): {args.readings:,} readings of {args.devices:,} devices, {args.partitions} partitions")
-            r = asyncio.run(run_group(settings, k, args.readings, args.devices, args.partitions, tmp))
-            say(f"  {r['readings_per_cpu_s']:,.0f} readings per worker CPU-second, {r['readings_per_s']:,.0f}/s wall")
-            runs.append(r)
+        for standby in [int(x) for x in args.standby_replicas.split(",")]:
+            for k in [int(x) for x in args.workers.split(",")]:
+                say(
+                    f"{k} worker(s), --standby-replicas {standby}: {args.readings:,} readings of "
+                    f"{args.devices:,} devices, {args.partitions} partitions"
+                )
+                r = asyncio.run(run_group(settings, k, args.readings, args.devices, args.partitions, tmp, standby))
+                say(f"  {r['readings_per_cpu_s']:,.0f} readings per worker CPU-s, {r['readings_per_s']:,.0f}/s wall")
+                runs.append(r)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    base = runs[0]["readings_per_cpu_s"]
     print(
         f"\n`python -m benchmarks.scaleout` on {settings.kafka.brokers} broker(s) (replication factor "
         f"{settings.kafka.replication_factor}), {os.cpu_count()} cores, {args.readings:,} readings of "
         f"{args.devices:,} devices, {args.partitions} partitions{'; NOT A QUIET RUN' if noise else ''}:\n"
     )
-    print("| workers | readings per worker CPU-second | vs one worker | wall readings/s | CPU s per worker |")
-    print("|---|---|---|---|---|")
+    print("| workers | standbys | readings per worker CPU-s | vs one worker | wall readings/s | CPU s per worker |")
+    print("|---|---|---|---|---|---|")
     for r in runs:
+        # Compared with the smallest group of the same standby setting, run the same minutes.
+        base = next(b for b in runs if b["standby_replicas"] == r["standby_replicas"])["readings_per_cpu_s"]
         print(
-            f"| {r['workers']} | {r['readings_per_cpu_s']:,.0f} | {r['readings_per_cpu_s'] / base:.0%} | "
-            f"{r['readings_per_s']:,.0f} | {' / '.join(f'{c:.1f}' for c in r['cpu_s'])} |"
+            f"| {r['workers']} | {r['standby_replicas']} | {r['readings_per_cpu_s']:,.0f} | "
+            f"{r['readings_per_cpu_s'] / base:.0%} | {r['readings_per_s']:,.0f} | "
+            f"{' / '.join(f'{c:.1f}' for c in r['cpu_s'])} |"
         )
     out = {
         "command": "python -m benchmarks.scaleout " + " ".join(sys.argv[1:]),

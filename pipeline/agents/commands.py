@@ -63,6 +63,17 @@ def worker(
         typer.Option("--session-timeout", help="seconds before a dead worker's partitions move (Kafka's min: 6)"),
     ] = 6.0,
     heartbeat_interval: Annotated[float, typer.Option("--heartbeat-interval", help="seconds")] = 1.5,
+    standby_replicas: Annotated[
+        int,
+        typer.Option(
+            "--standby-replicas",
+            envvar="LARDER_WORKER_STANDBY_REPLICAS",
+            min=0,
+            help="warm copies of each table partition that other workers of the group keep from its changelog: "
+            "a failed worker's partitions resume without a restore, at the cost of every copy reading every "
+            "state change (0: restored from the changelog on failover)",
+        ),
+    ] = 1,
     metrics_port: Annotated[
         int,
         typer.Option(
@@ -91,7 +102,7 @@ def worker(
     except Exception as exc:  # a site file or rule error: say which, don't dump a trace
         raise fail(f"cannot build the detectors: {exc}") from None
     mode: ClockMode = "live" if clock == "live" else "replay"
-    options = WorkerOptions(clock=mode, tick_interval_s=tick_interval, **common)
+    options = WorkerOptions(clock=mode, tick_interval_s=tick_interval, standby_replicas=standby_replicas, **common)
     # Topics must exist before the agents subscribe (an agent whose topic is missing may never subscribe).
     from pipeline.kafkaadmin import ensure_topics
 
