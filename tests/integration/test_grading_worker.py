@@ -40,17 +40,6 @@ START = 1_790_035_200_000 - 1_790_035_200_000 % DAY_MS
 DAYS = 30
 
 
-def fold_all(
-    records: list[dict[str, Any]], items: list[dict[str, Any]] | None = None
-) -> dict[str, evidence.SiteEvidence]:
-    states: dict[str, evidence.SiteEvidence] = {}
-    for e in records:
-        states[e["site"]] = evidence.fold(states.get(e["site"]) or evidence.empty(e["site"]), e)
-    for d in items or ():
-        states[d["site"]] = evidence.fold_rapid_test(states.get(d["site"]) or evidence.empty(d["site"]), d)
-    return states
-
-
 def rapid_batches(items: list[dict[str, Any]], size: int = 7) -> list[tuple[bytes | None, bytes]]:
     """The rapid-tests topic's records of ``items``: record batches of one site's consecutive items, keyed by
     site, as the hooks and the MQTT bridge write them."""
@@ -216,7 +205,7 @@ async def test_grading_worker_resumes_after_kill_and_matches_the_fold(
         # (The override only now: folded first, it would have made no daily record to wait for above.)
         await produce(settings, gt.overrides, [(worst.encode(), ov.model_dump_json().encode())])
 
-        want1 = fold_all([*events[:half], ov.model_dump()], items1)
+        want1 = evidence.fold_all([*events[:half], ov.model_dump()], items1)
         await until_states(settings, gt, want1, worker)
         first_pass_s = time.monotonic() - t0
         # The changelog has every state; the commit follows within its interval (0.5 s).
@@ -234,7 +223,7 @@ async def test_grading_worker_resumes_after_kill_and_matches_the_fold(
         await produce(settings, topics.alerts, [(e["site"].encode(), serde.dumps(e)) for e in events[half:]])
         await produce(settings, topics.rapid_tests, rapid_batches(items[rhalf:]))
         worker.start()
-        want = fold_all([*events, ov.model_dump()], [*items1, *items[rhalf:]])
+        want = evidence.fold_all([*events, ov.model_dump()], [*items1, *items[rhalf:]])
         got = await until_states(settings, gt, want, worker)
         assert sum(len(s.alerts) for s in got.values()) == sum(len(s.alerts) for s in want.values()) > 100
         assert sum(len(s.tests) for s in got.values()) > 200
