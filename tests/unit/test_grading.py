@@ -503,3 +503,27 @@ def test_an_override_does_not_move_the_evidence_clock(month: Any) -> None:
     assert st.watermark_ms == states[sid].watermark_ms and st.override == later
     assert score.compute(st, cfg.sites[sid], AS_OF).grade == score.compute(states[sid], cfg.sites[sid], AS_OF).grade
 
+
+def test_grading_worker_counters_are_exported_as_prometheus_metrics() -> None:
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from pipeline.agents.faust.continuity import AckGate, Continuity
+    from pipeline.grading.app import GradingStats
+    from pipeline.grading.metrics import GradingCollector
+
+    stats = GradingStats(records=12, folded=7, unchanged=3, grades=4, dead_letters=2, ignored_sites=1, rapid_tests=5)
+    continuity, gate = Continuity(), AckGate({"alerts"})
+    continuity.rewinds, gate.refused = 6, 8
+    gapp = SimpleNamespace(stats=stats, continuity=continuity, gate=gate)
+    registry = CollectorRegistry()
+    registry.register(GradingCollector(gapp))  # type: ignore[arg-type]
+    text = generate_latest(registry).decode()
+    for name, value in [*vars(stats).items(), ("rewinds", 6), ("skip_acks_refused", 8)]:
+        assert f"larder_grading_{name}_total {float(value)}" in text, name
+    assert "# HELP larder_grading_dead_letters_total records or rapid-test items refused" in text
+    # A worker that has not started its guards yet exports zeros, not an error.
+    bare = CollectorRegistry()
+    bare.register(GradingCollector(SimpleNamespace(stats=GradingStats(), continuity=None, gate=None)))  # type: ignore[arg-type]
+    assert "larder_grading_rewinds_total 0.0" in generate_latest(bare).decode()
