@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from pipeline import serde
 from pipeline.agents.core import Concern, Result, Runner
 from pipeline.contracts import records
@@ -317,3 +319,9 @@ class WorkerProcess:
 
     def stop(self) -> None:
         terminate(self.proc, 20)
+
+
+def scrape_metrics(port: int) -> dict[str, float]:
+    """A worker's Prometheus metrics on 127.0.0.1:``port``: sample (with its labels) -> value."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return {k: float(v) for k, _, v in (ln.rpartition(" ") for ln in text.splitlines() if ln and ln[0] != "#")}

@@ -87,8 +87,9 @@ class Concern(Generic[S, E]):
     on_side_item: Callable[[Any, S, dict[str, Any], int], tuple[S, list[Output]]] | None = None
 
 
-def _counter(meaning: str) -> int:
-    """A counter field, starting at 0, with what it counts: the help text of its Prometheus metric."""
+def counter(meaning: str) -> int:
+    """A counter field, starting at 0, with what it counts: the help text of its Prometheus metric (the stats
+    of the detection worker and of the grading worker, :mod:`pipeline.grading.app`)."""
     return field(default=0, metadata={"help": meaning})
 
 
@@ -97,14 +98,14 @@ class Stats:
     """Counters the worker exports (Prometheus: ``larder_worker_<name>`` per concern, each field's help) and the
     tests read."""
 
-    records: int = _counter("Kafka records (record batches) consumed")
-    items: int = _counter("readings / camera events processed")
-    ticks: int = _counter("tick records processed (timers run)")
-    duplicates: int = _counter("items that were exact duplicates (device, seq) / (camera, event_id)")
-    alerts: int = _counter("alert lifecycle events produced")
-    annotations: int = _counter("annotations produced")
-    table_writes: int = _counter("state table writes (changelog records)")
-    dead_letters: int = _counter("records or items refused to the dead-letter topic")
+    records: int = counter("Kafka records (record batches) consumed")
+    items: int = counter("readings / camera events processed")
+    ticks: int = counter("tick records processed (timers run)")
+    duplicates: int = counter("items that were exact duplicates (device, seq) / (camera, event_id)")
+    alerts: int = counter("alert lifecycle events produced")
+    annotations: int = counter("annotations produced")
+    table_writes: int = counter("state table writes (changelog records)")
+    dead_letters: int = counter("records or items refused to the dead-letter topic")
 
 
 @dataclass

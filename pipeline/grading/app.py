@@ -42,6 +42,7 @@ import faust
 from faust.types import TP
 
 from pipeline import serde
+from pipeline.agents.core import counter
 from pipeline.agents.faust.build import admitted, bytes_table, faust_app, own_producer, raw_topic
 from pipeline.agents.faust.changelog import TableWriter
 from pipeline.agents.faust.continuity import AckGate, Continuity
@@ -79,13 +80,16 @@ class GradingOptions:
 
 @dataclass
 class GradingStats:
-    records: int = 0
-    folded: int = 0
-    unchanged: int = 0
-    grades: int = 0
-    dead_letters: int = 0
-    ignored_sites: int = 0
-    rapid_tests: int = 0
+    """The agent's counters, exported by `larder grade worker --metrics-port` (Prometheus:
+    ``larder_grading_<name>_total``, each field's help; :mod:`pipeline.grading.metrics`)."""
+
+    records: int = counter("Kafka records consumed (alert events, overrides, rapid-test batches)")
+    folded: int = counter("records and rapid-test items that changed a site's state")
+    unchanged: int = counter("records and rapid-test items that left a site's state as it was (repeats)")
+    grades: int = counter("daily grade records published")
+    dead_letters: int = counter("records or rapid-test items refused to the grading dead-letter topic")
+    ignored_sites: int = counter("alert records of sites not in the site file (folded, graded once it names them)")
+    rapid_tests: int = counter("rapid-test results read from batches")
 
 
 class SiteStates:

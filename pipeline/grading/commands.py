@@ -129,6 +129,9 @@ def worker(
         float, typer.Option("--session-timeout", help="seconds before a dead worker's partitions move")
     ] = 30.0,
     heartbeat_interval: Annotated[float, typer.Option("--heartbeat-interval", help="seconds")] = 3.0,
+    metrics_port: Annotated[
+        int, typer.Option("--metrics-port", help="serve Prometheus metrics on 127.0.0.1:PORT (0: off)")
+    ] = 0,
 ) -> None:
     """Fold the alerts and grade-overrides topics into per-site evidence (a Faust table) and publish daily grades."""
 
@@ -141,6 +144,10 @@ def worker(
     ensure_worker_topics(settings, ensure_topics(settings, gt))
     gapp = make_app(settings, gt, cfg, GradingOptions(**common), w)
     console.print(f"[cyan]>[/] grading worker {gapp.app.conf.id} on {settings.kafka.bootstrap_servers}")
+    if metrics_port:
+        from pipeline.grading.metrics import serve
+
+        serve(gapp, metrics_port)
     fworker = faust_worker(gapp.app, log_level)
     fworker.execute_from_commandline()
 

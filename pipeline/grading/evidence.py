@@ -27,6 +27,7 @@ hash of (instrument, ``result_id``), so a redelivered or re-read result counts o
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -307,6 +308,20 @@ def fold_rapid_test(state: SiteEvidence, item: dict[str, Any]) -> SiteEvidence:
         horizon = latest - KEEP_MS
         new = replace(new, tests={k: r for k, r in tests.items() if r[0] >= horizon}, tests_pruned_ms=latest)
     return new
+
+
+def fold_all(records: Iterable[dict[str, Any]], rapid_tests: Iterable[dict[str, Any]] = ()) -> dict[str, SiteEvidence]:
+    """Every site's state after ``records`` (alert events and overrides, :func:`fold`) and then ``rapid_tests``
+    (rapid-tests items, :func:`fold_rapid_test`), each in order into its own site's state: the pure counterpart
+    of what the grading worker's table holds once it has read them."""
+    states: dict[str, SiteEvidence] = {}
+    for record in records:
+        site = record["site"]
+        states[site] = fold(states.get(site) or empty(site), record)
+    for item in rapid_tests:
+        site = item["site"]
+        states[site] = fold_rapid_test(states.get(site) or empty(site), item)
+    return states
 
 
 def rapid_tests_between(state: SiteEvidence, start_ms: int, end_ms: int) -> tuple[int, int]:

@@ -175,7 +175,13 @@ def batch_elements(body: bytes, field: str, limit: int) -> tuple[list[tuple[int 
     return list(enumerate(elements)), []
 
 
-_OPTIONAL_NUMBERS = (("humidity", 0.0, 100.0), ("battery", 0.0, 1.0))
+#: The numeric fields in the model's order: (name, lowest, highest, unit in the reason, required). A required
+#: one may not be missing nor null; an optional one that is null counts as absent.
+_NUMBERS = (
+    ("temp_c", TEMP_MIN_C, TEMP_MAX_C, " °C", True),
+    ("humidity", 0.0, 100.0, "", False),
+    ("battery", 0.0, 1.0, "", False),
+)
 
 
 _UNIX_MAX = 253_402_300_799.0  # 9999-12-31T23:59:59Z: datetime's last second
@@ -229,28 +235,21 @@ def check_reading(
     if seq > SEQ_MAX:
         # Only Python's json (the NaN fallback) reads such a number; orjson refuses the whole message.
         return OUT_OF_RANGE, f"seq: must be <= {SEQ_MAX}, got {seq}"
-    temp = obj.get("temp_c", _MISSING)
-    if temp is _MISSING:
-        return MISSING_FIELD, "temp_c: field required"
-    t = type(temp)
-    if t is not float and t is not int:
-        return WRONG_TYPE, f"temp_c: expected a number, got {t.__name__}"
-    if t is float and not math.isfinite(temp):
-        return NOT_FINITE, f"temp_c: must be finite, got {temp}"
-    if not TEMP_MIN_C <= temp <= TEMP_MAX_C:
-        return OUT_OF_RANGE, f"temp_c: {temp} is outside {TEMP_MIN_C:g}..{TEMP_MAX_C:g} °C"
-    out: dict[str, Any] = {"seq": seq, "ts_ms": ts_ms, "temp_c": float(temp)}
-    for name, lo, hi in _OPTIONAL_NUMBERS:
-        v = obj.get(name)
+    out: dict[str, Any] = {"seq": seq, "ts_ms": ts_ms}
+    for name, lo, hi, unit, required in _NUMBERS:
+        v: Any = obj.get(name)
         if v is None:
-            continue
+            if not required:
+                continue
+            if name not in obj:
+                return MISSING_FIELD, f"{name}: field required"
         t = type(v)
         if t is not float and t is not int:
             return WRONG_TYPE, f"{name}: expected a number, got {t.__name__}"
         if t is float and not math.isfinite(v):
             return NOT_FINITE, f"{name}: must be finite, got {v}"
         if not lo <= v <= hi:
-            return OUT_OF_RANGE, f"{name}: {v} is outside {lo:g}..{hi:g}"
+            return OUT_OF_RANGE, f"{name}: {v} is outside {lo:g}..{hi:g}{unit}"
         out[name] = float(v)
     for name in ("door_open", "defrost"):
         v = obj.get(name)

@@ -165,45 +165,29 @@ def run_and_show(
     title: str,
     extra: tuple[str, ...] = (),
 ) -> RunResult:
-    from pipeline.replay.run import run_lines, run_with_services
+    from pipeline.replay.run import run_recording
     from pipeline.services import CORE
     from pipeline.stack import StackError
 
     display = Display(total_ms, title)
     try:
         with display:
-            if services:
-                return run_with_services(
-                    settings,
-                    lines,
-                    config,
-                    config_path,
-                    prefix=prefix,
-                    clock=clock,
-                    speed=speed,
-                    tick_every_s=tick_every,
-                    truth=truth,
-                    on_progress=display.update,
-                    report=lambda m: console.print(f"[cyan]>[/] {m}"),
-                    names=(*CORE, *extra),
-                    on_watch=lambda w: setattr(display, "watch", w),
-                )
-            topics = Topics(prefix or settings.topic_prefix, settings.readings_partitions)
-
-            return asyncio.run(
-                run_lines(
-                    settings,
-                    topics,
-                    lines,
-                    config,
-                    hooks_url=hooks_url or f"http://127.0.0.1:{settings.ingest.hooks_port}",
-                    speed=speed,
-                    ticks=clock == "replay",
-                    tick_every_s=tick_every,
-                    truth=truth,
-                    on_progress=display.update,
-                    on_watch=lambda w: setattr(display, "watch", w),
-                )
+            return run_recording(
+                settings,
+                lines,
+                config,
+                config_path,
+                services=services,
+                prefix=prefix,
+                hooks_url=hooks_url,
+                clock=clock,
+                speed=speed,
+                tick_every_s=tick_every,
+                truth=truth,
+                on_progress=display.update,
+                report=lambda m: console.print(f"[cyan]>[/] {m}"),
+                names=(*CORE, *extra),
+                on_watch=lambda w: setattr(display, "watch", w),
             )
     except (StackError, RuntimeError, TimeoutError, OSError) as exc:
         raise fail(str(exc)) from None

@@ -150,13 +150,15 @@ async def run_lines(
     return RunResult(topics, stats, alerts, sc, waited, {"send_s": t1 - t0, "drain_s": time.monotonic() - t1})
 
 
-def run_with_services(
+def run_recording(
     settings: Settings,
     lines: Iterable[Line],
     config: SiteConfig,
     config_path: Path,
     *,
+    services: bool = True,
     prefix: str | None = None,
+    hooks_url: str | None = None,
     clock: str = "replay",
     speed: float | None = None,
     tick_every_s: float = 10.0,
@@ -166,15 +168,26 @@ def run_with_services(
     names: tuple[str, ...] | None = None,
     on_watch: Callable[[AlertWatch], Any] | None = None,
 ) -> RunResult:
-    """Start bridge + hooks + worker for ``config`` on fresh topics, send ``lines``, collect and score."""
-    from pipeline.kafkaadmin import ensure_topics
+    """Send ``lines``, collect and score (:func:`run_lines`); ``clock`` "replay" sends ticks along the recording.
+
+    ``services``: start ``names`` (default bridge + hooks + worker) for ``config`` on fresh topics (``prefix``,
+    or a new one) and stop them after the run. Otherwise the running ones are used: topics ``prefix`` (default
+    the settings' topic prefix), hooks at ``hooks_url`` (default the settings' hooks port)."""
     from pipeline.services import CORE, Services
 
-    topics = Topics(prefix or fresh_prefix(), settings.readings_partitions)
-    asyncio.run(ensure_topics(settings, topics))
-    register_devices(settings, config)
-    svc = Services(settings, config_path, topics.prefix, clock=clock, names=names or CORE, report=report)
-    svc.start()
+    svc: Services | None = None
+    if services:
+        from pipeline.kafkaadmin import ensure_topics
+
+        topics = Topics(prefix or fresh_prefix(), settings.readings_partitions)
+        asyncio.run(ensure_topics(settings, topics))
+        register_devices(settings, config)
+        svc = Services(settings, config_path, topics.prefix, clock=clock, names=names or CORE, report=report)
+        svc.start()
+        hooks_url = svc.hooks_url
+    else:
+        topics = Topics(prefix or settings.topic_prefix, settings.readings_partitions)
+        hooks_url = hooks_url or f"http://127.0.0.1:{settings.ingest.hooks_port}"
     try:
         return asyncio.run(
             run_lines(
@@ -182,7 +195,7 @@ def run_with_services(
                 topics,
                 lines,
                 config,
-                hooks_url=svc.hooks_url,
+                hooks_url=hooks_url,
                 speed=speed,
                 ticks=clock == "replay",
                 tick_every_s=tick_every_s,
@@ -192,4 +205,5 @@ def run_with_services(
             )
         )
     finally:
-        svc.stop()
+        if svc is not None:
+            svc.stop()

@@ -20,9 +20,7 @@ def _user(role: str, **scope: list[str]) -> users.User:
 
 def test_snapshot_equals_each_rollup_computed_alone_and_roles_see_their_rows() -> None:
     cfg = simulate.site_config(24, seed=5)
-    states: dict[str, evidence.SiteEvidence] = {}
-    for e in simulate.events(simulate.simulate(cfg, START, 30, seed=2)):
-        states[e["site"]] = evidence.fold(states.get(e["site"]) or evidence.empty(e["site"]), e)
+    states = evidence.fold_all(simulate.events(simulate.simulate(cfg, START, 30, seed=2)))
     snap = grades.compute_snapshot(states, cfg, AS_OF)
     assert set(snap.grades) == set(cfg.sites) and snap.sites_with_evidence == len(states) > 0
     for level in grades.LEVELS:
@@ -63,11 +61,7 @@ def test_the_grades_page_shows_each_units_rapid_test_pass_rate(tmp_path: Any) ->
 
     cfg = simulate.site_config(10, seed=5)
     truth = simulate.simulate(cfg, START, 30, seed=2)
-    states: dict[str, evidence.SiteEvidence] = {}
-    for e in simulate.events(truth):
-        states[e["site"]] = evidence.fold(states.get(e["site"]) or evidence.empty(e["site"]), e)
-    for d in simulate.rapid_results(cfg, truth, START, 30, seed=4):
-        states[d["site"]] = evidence.fold_rapid_test(states.get(d["site"]) or evidence.empty(d["site"]), d)
+    states = evidence.fold_all(simulate.events(truth), simulate.rapid_results(cfg, truth, START, 30, seed=4))
     c = Console(Settings(state_dir=tmp_path), Topics(prefix="x"), cfg, tmp_path / "users.yaml")
     c.grading.snapshot = grades.compute_snapshot(states, cfg, AS_OF)
     admin = _user("admin")
@@ -94,9 +88,7 @@ def test_cached_grade_rows_carry_each_sessions_token_and_follow_the_snapshot(tmp
     from pipeline.topics import Topics
 
     cfg = simulate.site_config(10, seed=5)
-    states: dict[str, evidence.SiteEvidence] = {}
-    for e in simulate.events(simulate.simulate(cfg, START, 30, seed=2)):
-        states[e["site"]] = evidence.fold(states.get(e["site"]) or evidence.empty(e["site"]), e)
+    states = evidence.fold_all(simulate.events(simulate.simulate(cfg, START, 30, seed=2)))
     site = sorted(cfg.sites)[0]
     tricky = Override(site=site, grade="B", reason="see \x00<csrf>\x00 <b>", by="x", at_ms=AS_OF - DAY_MS)
     states[site] = evidence.fold(states.get(site) or evidence.empty(site), tricky.model_dump())

@@ -17,7 +17,7 @@ import pytest
 
 from pipeline import stack
 from pipeline.contracts import rules as R
-from pipeline.replay.run import run_with_services
+from pipeline.replay.run import run_recording
 from pipeline.replay.score import score
 from pipeline.schemas import AlertState
 from pipeline.settings import Settings
@@ -41,7 +41,7 @@ def test_market_morning_meets_its_ground_truth_and_lands_in_influxdb(
     start = (int(time.time() * 1000) - duration_s * 1000 - 60_000) // DAY * DAY
     sc = build("market-morning", start_ms=start)
     write_site_file(tmp_path / "sites.yaml", sc.config_doc)
-    result = run_with_services(
+    result = run_recording(
         live_stack, sc.iter_lines(), sc.config, tmp_path / "sites.yaml", truth=sc.truth, tick_every_s=60
     )
     try:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from pipeline import stack
-from pipeline.replay.run import fresh_prefix, register_devices, run_lines, run_with_services
+from pipeline.replay.run import fresh_prefix, register_devices, run_lines, run_recording
 from pipeline.replay.timeline import identity, read_alerts, wait_processed
 from pipeline.services import Services, larder_argv
 from pipeline.settings import Settings
@@ -149,8 +149,8 @@ def test_live_recording_replays_to_the_same_timeline(live_stack: Settings, tmp_p
     def upto(alerts: list[Any]) -> list[Any]:
         return identity([a for a in alerts if a.at_ms <= cut])
 
-    one_x = run_with_services(live_stack, recorded, config, sites, speed=1.0, tick_every_s=1.0)
-    fastest = run_with_services(live_stack, recorded, config, sites, speed=None, tick_every_s=10.0)
+    one_x = run_recording(live_stack, recorded, config, sites, speed=1.0, tick_every_s=1.0)
+    fastest = run_recording(live_stack, recorded, config, sites, speed=None, tick_every_s=10.0)
     for prefix in (topics.prefix, one_x.topics.prefix, fastest.topics.prefix):
         stack.prune(live_stack, [prefix])  # topics and the worker's table files
     rules = {a.rule for a in live}

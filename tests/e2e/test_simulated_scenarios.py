@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import stack
-from pipeline.replay.run import RunResult, run_with_services
+from pipeline.replay.run import RunResult, run_recording
 from pipeline.replay.score import score
 from pipeline.settings import Settings
 from pipeline.siteconfig import write_site_file
@@ -41,7 +41,7 @@ def past_start(duration_s: float) -> int:
 
 def _run(settings: Settings, sc: Scenario, folder: Path, tick_every_s: float) -> RunResult:
     write_site_file(folder / "sites.yaml", sc.config_doc)
-    return run_with_services(
+    return run_recording(
         settings, sc.iter_lines(), sc.config, folder / "sites.yaml", truth=sc.truth, tick_every_s=tick_every_s
     )
 

@@ -29,26 +29,16 @@ from pipeline.contracts.records import rapid_tests_value, tick_value
 from pipeline.grading import evidence, score, simulate, store
 from pipeline.grading.evidence import DAY_MS, Override
 from pipeline.grading.topics import GradingTopics
+from pipeline.services import free_port
 from pipeline.settings import Settings
 from pipeline.siteconfig import SiteConfig
 from pipeline.topics import Topics
-from tests.agents_support import WorkerProcess
+from tests.agents_support import WorkerProcess, scrape_metrics
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 START = 1_790_035_200_000 - 1_790_035_200_000 % DAY_MS
 DAYS = 30
-
-
-def fold_all(
-    records: list[dict[str, Any]], items: list[dict[str, Any]] | None = None
-) -> dict[str, evidence.SiteEvidence]:
-    states: dict[str, evidence.SiteEvidence] = {}
-    for e in records:
-        states[e["site"]] = evidence.fold(states.get(e["site"]) or evidence.empty(e["site"]), e)
-    for d in items or ():
-        states[d["site"]] = evidence.fold_rapid_test(states.get(d["site"]) or evidence.empty(d["site"]), d)
-    return states
 
 
 def rapid_batches(items: list[dict[str, Any]], size: int = 7) -> list[tuple[bytes | None, bytes]]:
@@ -66,8 +56,8 @@ def rapid_batches(items: list[dict[str, Any]], size: int = 7) -> list[tuple[byte
 
 
 class GradingWorker(WorkerProcess):
-    def __init__(self, tmp: Path, topics: Topics, sites: Path) -> None:
-        super().__init__(["grade", "worker"], topics, sites, tmp / "grading-data", tmp / "grading.log")
+    def __init__(self, tmp: Path, topics: Topics, sites: Path, *args: str) -> None:
+        super().__init__(["grade", "worker"], topics, sites, tmp / "grading-data", tmp / "grading.log", *args)
 
     def start(self) -> None:
         self._spawn()
@@ -191,7 +181,8 @@ async def test_grading_worker_resumes_after_kill_and_matches_the_fold(
     # Kafka refuses the table's changelog writes (a record-batch limit below any state) until further notice.
     await changelog_refuses_writes(settings, gt, refuse=True)
 
-    worker = GradingWorker(tmp_path, topics, sites)
+    metrics_port = free_port()
+    worker = GradingWorker(tmp_path, topics, sites, "--metrics-port", str(metrics_port))
     worker.start()
     try:
         t0 = time.monotonic()
@@ -216,7 +207,7 @@ async def test_grading_worker_resumes_after_kill_and_matches_the_fold(
         # (The override only now: folded first, it would have made no daily record to wait for above.)
         await produce(settings, gt.overrides, [(worst.encode(), ov.model_dump_json().encode())])
 
-        want1 = fold_all([*events[:half], ov.model_dump()], items1)
+        want1 = evidence.fold_all([*events[:half], ov.model_dump()], items1)
         await until_states(settings, gt, want1, worker)
         first_pass_s = time.monotonic() - t0
         # The changelog has every state; the commit follows within its interval (0.5 s).
@@ -231,11 +222,18 @@ async def test_grading_worker_resumes_after_kill_and_matches_the_fold(
         committed = await committed_alerts(settings, f"{topics.prefix}-grading", topics.alerts)
         assert committed >= half, (committed, half)
 
-        await produce(settings, topics.alerts, [(e["site"].encode(), serde.dumps(e)) for e in events[half:]])
+        second = [(e["site"].encode(), serde.dumps(e)) for e in events[half:]]
+        await produce(settings, topics.alerts, second)
         await produce(settings, topics.rapid_tests, rapid_batches(items[rhalf:]))
         worker.start()
-        want = fold_all([*events, ov.model_dump()], [*items1, *items[rhalf:]])
+        want = evidence.fold_all([*events, ov.model_dump()], [*items1, *items[rhalf:]])
         got = await until_states(settings, gt, want, worker)
+        # The restarted worker's counters (from 0 at its start): at least the second half went through it.
+        metrics = scrape_metrics(metrics_port)
+        assert metrics["larder_grading_records_total"] >= len(second) + len(rapid_batches(items[rhalf:]))
+        assert metrics["larder_grading_rapid_tests_total"] >= len(items[rhalf:])
+        assert metrics["larder_grading_folded_total"] > 0 and metrics["larder_grading_grades_total"] > 0
+        assert "larder_grading_rewinds_total" in metrics and "larder_grading_skip_acks_refused_total" in metrics
         assert sum(len(s.alerts) for s in got.values()) == sum(len(s.alerts) for s in want.values()) > 100
         assert sum(len(s.tests) for s in got.values()) > 200
 

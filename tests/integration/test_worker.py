@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -38,6 +37,7 @@ from tests.agents_support import (
     kitchen_event,
     oracle,
     outage_upload_scenario,
+    scrape_metrics,
     tick,
     write_sites,
 )
@@ -230,7 +230,7 @@ async def test_batches_in_alerts_out(live_stack: Settings, topics: Topics, tmp_p
         assert all(d["source"] == "mqtt" for d in dead.values)
         assert {v["site"] for v in alerts.values} == {"S01"}
         assert any(v["rule"].startswith("kitchen.") for v in alerts.values)
-        metrics = _scrape(port)
+        metrics = scrape_metrics(port)
         assert metrics['larder_worker_duplicates_total{concern="devices"}'] == len(serde.loads(resent[0][1])["items"])
         assert metrics['larder_worker_dead_letters_total{concern="devices"}'] == 2
         assert metrics['larder_worker_items_total{concern="kitchens"}'] == 2
@@ -405,11 +405,6 @@ async def test_rebalance_survivor_restores_state(
     finally:
         a.stop()
         b.stop()
-
-
-def _scrape(port: int) -> dict[str, float]:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    return {k: float(v) for k, _, v in (ln.rpartition(" ") for ln in text.splitlines() if ln and ln[0] != "#")}
 
 
 def _rules(steps: list[list[tuple[int, bytes]]], partitions: int, sites: Path) -> set[str]:

@@ -31,23 +31,12 @@ def month() -> tuple[SiteConfig, list[simulate.TruthAlert], list[dict[str, Any]]
     cfg = simulate.site_config(N_SITES, seed=3)
     truth = simulate.simulate(cfg, START, DAYS, seed=11)
     events = simulate.events(truth)
-    return cfg, truth, events, fold_all(events, rapid_items(cfg, truth))
+    return cfg, truth, events, evidence.fold_all(events, rapid_items(cfg, truth))
 
 
 def rapid_items(cfg: SiteConfig, truth: list[simulate.TruthAlert]) -> list[dict[str, Any]]:
     """The rapid-tests topic's items of the month (deterministic: the tests call it again rather than carry it)."""
     return simulate.rapid_results(cfg, truth, START, DAYS, seed=12)
-
-
-def fold_all(
-    events: list[dict[str, Any]], items: list[dict[str, Any]] | None = None
-) -> dict[str, evidence.SiteEvidence]:
-    states: dict[str, evidence.SiteEvidence] = {}
-    for e in events:
-        states[e["site"]] = evidence.fold(states.get(e["site"]) or evidence.empty(e["site"]), e)
-    for item in items or ():
-        states[item["site"]] = evidence.fold_rapid_test(states.get(item["site"]) or evidence.empty(item["site"]), item)
-    return states
 
 
 def oracle_pass_rate(items: list[dict[str, Any]], sites: list[str], lo: int, hi: int) -> tuple[int, int]:
@@ -335,14 +324,14 @@ def test_override_applies_is_shown_and_cleared(month: Any) -> None:
 def test_replay_is_deterministic_in_any_order_and_with_duplicates(month: Any) -> None:
     cfg, truth, events, states = month
     items = rapid_items(cfg, truth)
-    again = fold_all(events, items)
+    again = evidence.fold_all(events, items)
     assert {k: evidence.to_bytes(v) for k, v in again.items()} == {k: evidence.to_bytes(v) for k, v in states.items()}
     rng = random.Random(5)
     shuffled = [*events, *rng.sample(events, len(events) // 5)]  # redelivered records
     rng.shuffle(shuffled)
     shuffled_items = [*items, *rng.sample(items, len(items) // 5)]
     rng.shuffle(shuffled_items)
-    other = fold_all(shuffled, shuffled_items)
+    other = evidence.fold_all(shuffled, shuffled_items)
     for sid, st in states.items():
         assert other[sid].alerts == st.alerts, sid
         assert other[sid].tests == st.tests and len(st.tests) > 50, sid
@@ -513,3 +502,28 @@ def test_an_override_does_not_move_the_evidence_clock(month: Any) -> None:
     st = evidence.fold(states[sid], later.model_dump())
     assert st.watermark_ms == states[sid].watermark_ms and st.override == later
     assert score.compute(st, cfg.sites[sid], AS_OF).grade == score.compute(states[sid], cfg.sites[sid], AS_OF).grade
+
+
+def test_grading_worker_counters_are_exported_as_prometheus_metrics() -> None:
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from pipeline.agents.faust.continuity import AckGate, Continuity
+    from pipeline.grading.app import GradingStats
+    from pipeline.grading.metrics import GradingCollector
+
+    stats = GradingStats(records=12, folded=7, unchanged=3, grades=4, dead_letters=2, ignored_sites=1, rapid_tests=5)
+    continuity, gate = Continuity(), AckGate({"alerts"})
+    continuity.rewinds, gate.refused = 6, 8
+    gapp = SimpleNamespace(stats=stats, continuity=continuity, gate=gate)
+    registry = CollectorRegistry()
+    registry.register(GradingCollector(gapp))  # type: ignore[arg-type]
+    text = generate_latest(registry).decode()
+    for name, value in [*vars(stats).items(), ("rewinds", 6), ("skip_acks_refused", 8)]:
+        assert f"larder_grading_{name}_total {float(value)}" in text, name
+    assert "# HELP larder_grading_dead_letters_total records or rapid-test items refused" in text
+    # A worker that has not started its guards yet exports zeros, not an error.
+    bare = CollectorRegistry()
+    bare.register(GradingCollector(SimpleNamespace(stats=GradingStats(), continuity=None, gate=None)))  # type: ignore[arg-type]
+    assert "larder_grading_rewinds_total 0.0" in generate_latest(bare).decode()

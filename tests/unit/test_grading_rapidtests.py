@@ -193,9 +193,7 @@ def test_rollup_pass_rate_counts_initial_results_once_each() -> None:
     tested = {(d["instrument"], d["result_id"]): d["result"] == "negative" for d in items
               if d["stage"] == "initial" and lo <= d["ts_ms"] <= as_of}  # fmt: skip
     assert (len(tested), sum(tested.values())) == (16, 12)
-    states: dict[str, evidence.SiteEvidence] = {}
-    for d in items:
-        states[d["site"]] = evidence.fold_rapid_test(states.get(d["site"]) or evidence.empty(d["site"]), d)
+    states = evidence.fold_all((), items)
     [station] = rollup.rollup(states, cfg, as_of, "day", "station")
     assert (station["rapid_tests"], station["rapid_tests_passed"]) == (16, 12)
     assert station["rapid_test_pass_rate"] == 12 / 16

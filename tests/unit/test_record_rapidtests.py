@@ -36,6 +36,12 @@ def hook_items(body: bytes, instrument: str, received_ms: int) -> list[dict[str,
     ]
 
 
+def hook_refusals(bad: list[tuple[int | None, str, str, bytes]], instrument: str, received_ms: int) -> list[bytes]:
+    """The dead letters the hook produces for the refused parts ``(index, reason code, reason, bytes)`` of a
+    request."""
+    return records.refusal_dead_letters(bad, source="hook", arrived_ms=received_ms, instrument=instrument)
+
+
 def test_rapid_test_requests_and_refusals_are_recorded_as_replayable_lines() -> None:
     one = serde.dumps(result("r1"))
     batch = serde.dumps({"results": [result("r2", stage="recheck"), result("r3", result="negative", value=10.5)]})
@@ -46,30 +52,14 @@ def test_rapid_test_requests_and_refusals_are_recorded_as_replayable_lines() -> 
     # The hook writes one record per request; a record may hold several requests' results too.
     rec._dispatch(T.rapid_tests, records.rapid_tests_value(items_one + items_batch))
     refused = b'{"result_id": "r4", "tested_at": "yesterday"}'
-    rec._dispatch(
-        T.deadletter,
-        records.dead_letter_value(
-            source="hook",
-            reason_code="bad_timestamp",
-            reason="tested_at: invalid",
-            arrived_ms=RECEIVED + 9_000,
-            payload=refused,
-            instrument="rt-1",
-        ),
-    )
-    # One refused element of an accepted batch: its accepted siblings already stand for the request.
-    rec._dispatch(
-        T.deadletter,
-        records.dead_letter_value(
-            source="hook",
-            reason_code="missing_field",
-            reason="x",
-            arrived_ms=RECEIVED + 5_000,
-            payload=b"{}",
-            instrument="rt-2",
-            index=2,
-        ),
-    )
+    # A whole request refused, then one refused element of an accepted batch: its accepted siblings already
+    # stand for the request.
+    dead = [
+        *hook_refusals([(None, "bad_timestamp", "tested_at: invalid", refused)], "rt-1", RECEIVED + 9_000),
+        *hook_refusals([(2, "missing_field", "x", b"{}")], "rt-2", RECEIVED + 5_000),
+    ]
+    for value in dead:
+        rec._dispatch(T.deadletter, value)
     rec.flush(None)
     lines = [Line.parse(x) for x in out.getvalue().splitlines()]
     assert [(x.at_ms, x.kind, x.source) for x in lines] == [
