@@ -113,8 +113,8 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2,3", help="comma-separated group sizes")
     ap.add_argument(
         "--standby-replicas",
-        default="1",
-        help="comma-separated values of the workers' --standby-replicas to run each group size with (1: the default)",
+        default="0",
+        help="comma-separated values of the workers' --standby-replicas to run each group size with (0: the default)",
     )
     args = ap.parse_args()
     settings = load_settings()

@@ -70,10 +70,10 @@ def worker(
             envvar="LARDER_WORKER_STANDBY_REPLICAS",
             min=0,
             help="warm copies of each table partition that other workers of the group keep from its changelog: "
-            "a failed worker's partitions resume without a restore, at the cost of every copy reading every "
-            "state change (0: restored from the changelog on failover)",
+            "a failed worker's partitions resume without a restore, but each copy costs about twice the CPU of "
+            "the worker's own processing (BENCHMARKS.md); 0: restored from the changelog on failover",
         ),
-    ] = 1,
+    ] = 0,
     metrics_port: Annotated[
         int,
         typer.Option(

@@ -393,14 +393,20 @@ async def test_rebalance_survivor_restores_state(
             first_half = expected(flat(steps[:half]), topics.partitions, sites)
             await alerts.until(lambda v: set(keyed(v)) == set(first_half), 30, first_half)
             b.kill9()
+            killed = time.monotonic()
             # Breaches under way in b's partitions continue in the second half: their delays must keep their
             # original start (the alert id hashes the opening time, so a restarted delay changes the id).
             await produce(live_stack, topics.readings, flat(steps[half:]))
             await a.assigned(want=lambda line: line.split()[0] == "devices=0,1,2,3", timeout=40)
+            took_over = time.monotonic() - killed
             await alerts.until(lambda v: set(keyed(v)) == set(want), 40, want)
+            complete = time.monotonic() - killed
             await alerts.settle(2.0)
         got = keyed(alerts.values)
-        print(f"failover: {repeats(alerts.values)} repeated alert events")
+        print(
+            f"failover: b's partitions on a {took_over:.1f} s after the kill, every alert event after "
+            f"{complete:.1f} s; {repeats(alerts.values)} repeated alert events"
+        )
         assert set(got) == set(want), "lost or invented alert events"
     finally:
         a.stop()

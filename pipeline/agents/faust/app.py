@@ -77,7 +77,12 @@ class WorkerOptions:
     #: Static group membership (KIP-345): a worker restarted with the same id (host + data folder, which no two
     #: workers share) takes its partitions back at once instead of waiting for its dead self's session to end.
     static_membership: bool = True
-    standby_replicas: int = 1
+    #: Warm copies of each table partition on other workers. None by default, as in Kafka Streams: with
+    #: faust-streaming 0.15.3 a standby reads its changelog as one Faust event per record, and a group of two
+    #: workers spent 3x the CPU per reading of one worker with them (34 % of its efficiency), 97 % without
+    #: (`benchmarks.scaleout --standby-replicas 0,1`, BENCHMARKS.md). Without, a failed worker's partitions are
+    #: restored from their changelog by the worker that takes them over.
+    standby_replicas: int = 0
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     #: Changed states are written to the table at most this long after the record that changed them (the
     #: commit interval: Kafka Streams likewise flushes its caching stores at commit time)...
