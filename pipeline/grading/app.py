@@ -68,7 +68,8 @@ class GradingOptions:
     commit_interval_s: float = 2.8
     session_timeout_s: float = 30.0
     heartbeat_interval_s: float = 3.0
-    standby_replicas: int = 1
+    #: None, as the detection worker (its WorkerOptions says why: a Faust standby costs more CPU than the work).
+    standby_replicas: int = 0
     #: Changed site states are written to the table (and their records acked) at most this long after the
     #: record that changed them, as the detection worker does...
     flush_interval_s: float = 2.8
