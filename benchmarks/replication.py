@@ -36,7 +36,7 @@ from benchmarks import quiet, resultfile
 from benchmarks.ingest import Bench
 from pipeline import testing
 from pipeline.kafkaadmin import delete_topics, ensure_topics, prefixed
-from pipeline.services import Services, free_port, free_port_block
+from pipeline.services import Services, free_port
 from pipeline.settings import Settings, load_settings
 from pipeline.stack import influx, kafka, logins
 from pipeline.stack.process import read_pid
@@ -158,21 +158,8 @@ def _child(env: dict[str, str], n: int) -> dict[str, Any]:
 
 
 def _cluster_env(state: Path) -> dict[str, str]:
-    port = free_port_block(9)  # node n: port + 2(n-1), its controller one above; then InfluxDB, Mosquitto
     env = {k: v for k, v in os.environ.items() if not k.startswith("LARDER_") or k == "LARDER_CACHE_DIR"}
-    env.update(
-        {
-            "LARDER_STATE_DIR": str(state),
-            "LARDER_KAFKA__BROKERS": "3",
-            "LARDER_KAFKA__PORT": str(port),
-            "LARDER_KAFKA__CONTROLLER_PORT": str(port + 1),
-            "LARDER_INFLUX__PORT": str(port + 6),
-            "LARDER_INFLUX__RPC_PORT": str(port + 7),
-            "LARDER_MQTT__PORT": str(port + 8),
-            "COLUMNS": "200",
-        }
-    )
-    return env
+    return {**env, **testing.cluster_env(state), "COLUMNS": "200"}
 
 
 def main() -> None:

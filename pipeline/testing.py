@@ -47,7 +47,7 @@ from pipeline.contracts.models import (
 )
 from pipeline.detectors.engine import AlertFactory
 from pipeline.partitioner import partition_for
-from pipeline.services import free_port
+from pipeline.services import free_port, free_port_block
 from pipeline.settings import Settings
 from pipeline.siteconfig import write_site_file
 from pipeline.topics import Topics
@@ -406,6 +406,24 @@ def own_stack_env(state_dir: Path, cache_dir: Path, kafka: int, influx: int, mqt
     }
     env.pop("LARDER_KAFKA__BROKERS", None)  # the stack's own broker, not a cluster named outside
     return env
+
+
+def cluster_env(state_dir: Path, brokers: int = 3) -> dict[str, str]:
+    """The ``LARDER_*`` settings of a ``larder stack up --brokers N`` of a test's or benchmark's own: its state
+    folder and a block of free ports (node n on ``port + 2(n-1)``, its controller one above; then InfluxDB and
+    its RPC, then Mosquitto). Callers drop every other ``LARDER_*`` variable but the cache's, so no setting of
+    the shared stack leaks into the cluster's processes."""
+    port = free_port_block(2 * brokers + 3)
+    influx = port + 2 * brokers
+    return {
+        "LARDER_STATE_DIR": str(state_dir),
+        "LARDER_KAFKA__BROKERS": str(brokers),
+        "LARDER_KAFKA__PORT": str(port),
+        "LARDER_KAFKA__CONTROLLER_PORT": str(port + 1),
+        "LARDER_INFLUX__PORT": str(influx),
+        "LARDER_INFLUX__RPC_PORT": str(influx + 1),
+        "LARDER_MQTT__PORT": str(influx + 2),
+    }
 
 
 def larder(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -63,7 +63,7 @@ from typing import Any
 
 import pytest
 
-from pipeline import siteconfig
+from pipeline import siteconfig, testing
 from pipeline.contracts import records
 from pipeline.contracts.models import Alert, AlertState, Delivery
 from pipeline.contracts.replay import Line
@@ -73,7 +73,7 @@ from pipeline.replay.run import register_devices
 from pipeline.replay.score import score
 from pipeline.replay.send import SendStats, drive
 from pipeline.replay.timeline import wait_processed
-from pipeline.services import Services, free_port_block
+from pipeline.services import Services
 from pipeline.settings import Settings, load_settings
 from pipeline.siteconfig import write_site_file
 from pipeline.stack import influx, kafka
@@ -190,18 +190,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Three KRaft nodes, InfluxDB and Mosquitto of this module's own. The process environment is switched to
     them for the module's duration (every `larder` process the test starts, and load_settings(), see only
     them); the pytest-xdist broker of conftest.py (LARDER_MQTT__BROKER_ID) does not apply to this stack."""
-    port = free_port_block(9)  # node n: port + 2(n-1), its controller one above; then InfluxDB, Mosquitto
     state = tmp_path_factory.mktemp("chaos-state")
     keep = {"LARDER_CACHE_DIR"}
-    own = {
-        "LARDER_STATE_DIR": str(state),
-        "LARDER_KAFKA__BROKERS": "3",
-        "LARDER_KAFKA__PORT": str(port),
-        "LARDER_KAFKA__CONTROLLER_PORT": str(port + 1),
-        "LARDER_INFLUX__PORT": str(port + 6),
-        "LARDER_INFLUX__RPC_PORT": str(port + 7),
-        "LARDER_MQTT__PORT": str(port + 8),
-    }
+    own = testing.cluster_env(state)
     with pytest.MonkeyPatch.context() as mp:
         for k in list(os.environ):
             if k.startswith("LARDER_") and k not in keep:
