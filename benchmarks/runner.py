@@ -27,7 +27,7 @@ from typing import Any
 
 from benchmarks import resultfile
 from benchmarks.e2e import write_site_file
-from pipeline.agents.core import Runner
+from pipeline.agents.core import Runner, settle_gc
 from pipeline.agents.devices import device_concern
 from pipeline.contracts import records
 from pipeline.partitioner import partition_for
@@ -170,6 +170,8 @@ def main() -> None:
         write_site_file(site, devices, "http://127.0.0.1:9/unused")
         concern = device_concern(load(site))
     names = [d for d, _ in devices]
+    warmup = args.every_ms if args.warmup_ms is None else args.warmup_ms
+    traffic_records, _n, split = traffic(names, args.seconds, args.every_ms, args.tick_ms, warmup_ms=warmup)
     load_before = os.getloadavg()
     result: dict[str, Any] = {
         "command": "python -m benchmarks.runner "
@@ -177,11 +179,11 @@ def main() -> None:
         "commit": _commit(),
         "load_avg_before": [round(x, 2) for x in load_before],
     }
-    warmup = args.every_ms if args.warmup_ms is None else args.warmup_ms
-    traffic_records, _n, split = traffic(names, args.seconds, args.every_ms, args.tick_ms, warmup_ms=warmup)
     warm = [d for _p, value in traffic_records[:split] for d in records.batch_items(value, "readings")]
     items = [d for _p, value in traffic_records[split:] for d in records.batch_items(value, "readings")]
     n = len(items)  # what the records carry (the last few ms of readings are never sent)
+    # The worker's collector settings (both measures run under them): its path, not the default thresholds'.
+    settle_gc()
     alone: list[float] = []
     live: list[float] = []
     runner: Runner[Any, Any] | None = None
