@@ -139,7 +139,9 @@ def _commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "pipeline", "benchmarks"], capture_output=True, text=True
+            ["git", "status", "--porcelain", "--untracked-files=no", "pipeline", "benchmarks"],
+            capture_output=True,
+            text=True,
         )
         return out.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
