@@ -18,10 +18,12 @@ cost: decoded items in, one state per device in a dict, ``now_ms`` = the reading
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import subprocess
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +137,24 @@ def live_path(concern: Any, traffic_records: list[tuple[int, bytes]], split: int
     return time.process_time() - start, runner
 
 
+def heap_per_device(concern: Any, traffic_records: list[tuple[int, bytes]], devices: int) -> float:
+    """Python heap the live path holds per device after the traffic (tracemalloc): decoded states, detectors,
+    the timer index, the runner's dicts; no store (the table's bytes live in RocksDB, not on this heap)."""
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    runner: Runner[Any, Any] = Runner(concern, None, PARTITIONS, arrived_ms=lambda: 0)
+    for k, (p, value) in enumerate(traffic_records):
+        runner.on_record(value, p)
+        if k % 500 == 0:
+            runner.flush()
+    runner.flush()
+    gc.collect()
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return used / devices
+
+
 def _commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
@@ -216,6 +236,8 @@ def main() -> None:
         for key, state in runner.states(p)
     )
     print(f"state per device (JSON, in order): median {sizes[len(sizes) // 2]} B, max {sizes[-1]} B")
+    heap = heap_per_device(concern, traffic_records, args.devices)
+    print(f"Python heap of the live path per device (tracemalloc, after the traffic): {heap:,.0f} B")
     result |= {
         "readings": n,
         "warmup_ms": warmup,
@@ -227,6 +249,7 @@ def main() -> None:
         "rounds_live_us": [round(x / n * 1e6, 3) for x in live],
         "state_bytes_median": sizes[len(sizes) // 2],
         "state_bytes_max": sizes[-1],
+        "heap_bytes_per_device": round(heap),
     }
     if args.late_every:
         late_records, n2, late_split = traffic(
