@@ -113,8 +113,9 @@ class Stats:
 class _Timers:
     """One partition's timer index. ``heap`` holds (wake, key) hints, each no later than the subject's true
     wake time (``detector.wake_ms``); ``hint`` the earliest hint per key; ``exact`` each key's wake time as of
-    its latest indexed state (absent: no timer); ``touched`` the keys whose state changed since the last tick
-    (re-indexed then, once however many readings changed them). ``visit_all``: the partition's ticks visit
+    its latest indexed state (absent: no timer); a state changed by a reading or a tick's visit is re-indexed
+    at once; ``touched`` holds the keys to index at the next tick besides (new in the cache, loaded, a visit
+    that failed). ``visit_all``: the partition's ticks visit
     every subject and no index is kept; ``streak``: ticks in a row that argue for switching."""
 
     heap: list[tuple[int, bytes]] = field(default_factory=list)
@@ -237,9 +238,10 @@ class Runner(Generic[S, E]):
         dirty = self._dirty.setdefault(partition, {})
         timers = self._timers_of(partition)
         touched = timers.touched
-        # A changed subject is re-indexed here, while its new state is still in the CPU's caches (at the next
-        # tick, 10,000 subjects later, each wake time was a cache miss: the index cost ~2x as much). Visiting
-        # every subject, no index is kept.
+        # A changed subject is re-indexed here, while its new state is still in the CPU's caches: at the next
+        # tick, thousands of subjects later, each wake time was a cache miss (measured on 10,000 devices: the
+        # index took 6.7 µs a reading that way, 1.1 µs this way; BENCHMARKS.md, issue 24). Visiting every
+        # subject, no index is kept.
         indexed = not timers.visit_all
         heap, hint, exact, wake_fns, push = timers.heap, timers.hint, timers.exact, self._wake_fns, heapq.heappush
         outputs = result.outputs
@@ -337,9 +339,7 @@ class Runner(Generic[S, E]):
                 changed += 1
                 cache[key] = new
                 dirty[key] = new
-            if visit_all:
-                pass
-            else:
+            if not visit_all:
                 # Re-indexed now, while the state is in the CPU's caches (:meth:`_index` written out). A subject
                 # still due (no progress) pops at the next tick and is visited again, as before.
                 wake_ms = wake_fns.get(key, _UNSET)
@@ -392,7 +392,7 @@ class Runner(Generic[S, E]):
         """Pop the subjects whose wake time is ``<= now_ms`` from the partition's timer index."""
         heap, hint, exact = timers.heap, timers.hint, timers.exact
         touched, timers.touched = timers.touched, set()
-        # :meth:`_index` written out (once per changed subject and tick: twice per reading on live traffic).
+        # Subjects changed outside the item and tick loops (new in the cache, loaded, a failed visit): indexed here.
         wake_fns, push = self._wake_fns, heapq.heappush
         for key in touched:
             state = cache.get(key)
