@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import gc
 import importlib
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from pipeline.agents.core import Concern
+from pipeline.agents.core import Concern, settle_gc
 from pipeline.cliutil import console, ensure_worker_topics, fail, faust_options, faust_worker, usage
 from pipeline.settings import Settings, load_settings
 from pipeline.topics import Topics
@@ -117,10 +116,5 @@ def worker(
 
         serve(wapp, metrics_port)
     fworker = faust_worker(wapp.app, log_level)
-    # Start-up objects (Faust, the site file, the rule sets) live for the whole run: keep them out of the
-    # collector's generations, and collect the young one less often. Detectors allocate short-lived objects
-    # per reading; at the default threshold of 700 the full-heap passes cost ~15% of the worker's throughput.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
+    settle_gc()
     fworker.execute_from_commandline()

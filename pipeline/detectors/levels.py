@@ -142,7 +142,17 @@ class LevelsMixin(WorkFields):
     def _ror(self, conds: tuple[Cond | None, ...], t: int, x: float, stale: bool) -> tuple[Cond | None, ...]:
         d = self.d
         win = d.ror_window
-        anchors = () if stale else tuple(a for a in self.ror_anchors if a[0] >= t - win)
+        anchors = self.ror_anchors
+        if stale:
+            anchors = ()
+        elif anchors and anchors[0][0] < t - win:
+            # Anchors are kept in event-time order (readings are applied in it): the ones out of the window are
+            # a prefix. Dropping it is what filtering every anchor did, without a new tuple on most readings.
+            cut = t - win
+            k = 1
+            while k < len(anchors) and anchors[k][0] < cut:
+                k += 1
+            anchors = anchors[k:]
         rate: float | None = None
         for a_ts, a_x in anchors:
             if t - a_ts >= win // 2:

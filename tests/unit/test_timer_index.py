@@ -21,7 +21,10 @@ from pipeline.agents import core
 from pipeline.agents.core import Concern, Runner
 from pipeline.agents.devices import device_concern
 from pipeline.agents.kitchen import kitchen_concern
-from pipeline.detectors.device import DeviceDetector
+from pipeline.contracts import records
+from pipeline.detectors.device import DeviceDetector, silence_due
+from pipeline.detectors.engine import NEG, wake_time
+from pipeline.partitioner import partition_for
 from pipeline.siteconfig import load
 from tests.agents_support import (
     STEP_MS,
@@ -222,3 +225,43 @@ def test_device_arrival_shortcuts_equal_the_general_path(tmp_path_factory: pytes
     concern = device_concern(load(sites))
     records = device_records(plan)
     assert run(concern, records) == run(without_shortcuts(concern), records)
+
+
+def reference_wake_ms(detector: DeviceDetector, state: Any) -> int | None:
+    """``DeviceDetector.wake_ms`` as it was written before it was inlined: the silence deadline, then
+    :func:`~pipeline.detectors.engine.wake_time`."""
+    if state.pending:
+        return NEG
+    due = state.due
+    sd = silence_due(state, detector.hold, detector.gap_ms)
+    if sd is not None and (due is None or sd < due):
+        due = sd
+    return wake_time(state.buf, due, state.frontier, state.max_ts, detector.lateness)
+
+
+@settings(max_examples=300, deadline=None)
+@given(plan=steps)
+def test_device_wake_ms_equals_its_reference(tmp_path_factory: pytest.TempPathFactory, plan: Any) -> None:
+    """The inlined ``wake_ms`` gives the wake time of the reference composition for every state a random stream
+    (late, duplicated, silent, ticked) goes through."""
+    sites = write_sites(tmp_path_factory.mktemp("sites") / "sites.yaml", list(DEVICES))
+    concern = device_concern(load(sites))
+    for _outputs, states in run(concern, device_records(plan)):
+        for key, state in states.items():
+            detector = concern.detector_for(key.decode(), None)
+            assert detector.wake_ms(state) == reference_wake_ms(detector, state)
+
+
+def test_an_item_of_another_partition_is_refused_even_when_its_subject_is_known(tmp_path: Path) -> None:
+    """The partition check runs once per subject (on a cache miss): a subject known in its own partition is
+    still refused in another, and the other partition's cache never gets it."""
+    concern = device_concern(load(write_sites(tmp_path / "sites.yaml", list(DEVICES))))
+    runner: Runner[Any, Any] = Runner(concern, {}, P, arrived_ms=lambda: 0)
+    dev = DEVICES[0]
+    home = partition_for(dev, P)
+    assert not runner.on_record(records.readings_value([device_reading(dev, 1, T0, 4.0)]), home).dead_letters
+    for seq in (2, 3):
+        refused = runner.on_record(records.readings_value([device_reading(dev, seq, T0 + seq, 4.0)]), 1 - home)
+        assert [d.reason_code for d in refused.dead_letters] == ["worker.bad_item"]
+    assert [k for k, _ in runner.states(1 - home)] == []
+    assert [k for k, _ in runner.states(home)] == [dev.encode()]

@@ -10,6 +10,7 @@ with QoS-1 duplicates. The full output lists (alerts with ids and event times, a
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import pairwise
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -231,3 +232,30 @@ def test_kitchen_outputs_do_not_depend_on_arrival_order_or_batching(stream: list
     baseline = _feed(det, det.on_event_dict, in_order, data.draw, final, ticks=False)
     got = _feed(det, det.on_event_dict, _arrival(data.draw, stream, LATENESS_MIN * M), data.draw, final)
     assert got == baseline
+
+
+def _anchors_in_order(s: Any) -> bool:
+    """The rate-of-rise anchors of a state and of its checkpoint are in event-time order."""
+    anchor_sets = [s.ror_anchors] + ([s.ckpt[9]] if s.ckpt is not None else [])
+    return all(all(a[0] <= b[0] for a, b in pairwise(xs)) for xs in anchor_sets)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stream=logger_streams(), data=st.data())
+def test_rate_of_rise_anchors_stay_in_event_time_order(stream: list[dict[str, Any]], data: Any) -> None:
+    """The rate of rise drops the anchors out of its window as a prefix (``LevelsMixin._ror``): that equals
+    filtering them all only while they are in event-time order, through late readings, re-runs, duplicates and
+    ticks at any time. Checked state by state."""
+    first, rest = stream[0], stream[1:]
+    keyed = [(it["ts_ms"] + data.draw(st.integers(0, 4 * LATENESS_MIN * M)), i) for i, it in enumerate(rest)]
+    order = [first, *(rest[i] for _, i in sorted(keyed))]
+    for pos in sorted(data.draw(st.lists(st.integers(0, len(order) - 1), max_size=4)), reverse=True):
+        order.insert(data.draw(st.integers(pos + 1, len(order))), order[pos])
+
+    def checked(s: Any, item: dict[str, Any], now: int) -> tuple[Any, list[Any]]:
+        assert _anchors_in_order(s)
+        new, outs = _DET.on_reading_dict(s, item, now)
+        assert _anchors_in_order(new)
+        return new, outs
+
+    _feed(_DET, checked, order, data.draw, stream[-1]["ts_ms"] + 120 * M)
