@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -411,6 +412,19 @@ def html(report: DailyReport, info: VersionInfo, charts: dict[str, str]) -> str:
     return env.get_template("daily.html").render(**ctx)
 
 
+def _pin_font_timestamps() -> None:
+    """Keep the embedded fonts free of the time of the render.
+
+    WeasyPrint subsets the fonts it embeds with HarfBuzz, or, where ``libharfbuzz-subset0`` is missing
+    (:mod:`pipeline.reports.tools`), with fontTools, which writes the time of the call into each font's ``head``
+    table (its "modified" date): the same record made again a second later had other bytes, so another hash, and
+    a regenerated day was never "unchanged". fontTools takes that date from ``SOURCE_DATE_EPOCH`` when it is set
+    (the reproducible-builds convention), so it is set, once and to one value for the whole process (renders may
+    run in threads); a value the environment already gives is kept. No PDF reader shows an embedded font's date.
+    """
+    os.environ.setdefault("SOURCE_DATE_EPOCH", "0")
+
+
 def pdf(report: DailyReport, info: VersionInfo, caps: dict[str, int]) -> bytes:
     """The PDF. The charts are pictures (see :func:`chart_png`) handed to WeasyPrint by its URL fetcher, not as
     ``data:`` URIs inside the HTML: a chart's base64 text went through the HTML parser character by character.
@@ -418,6 +432,7 @@ def pdf(report: DailyReport, info: VersionInfo, caps: dict[str, int]) -> bytes:
     import weasyprint
     from weasyprint.urls import URLFetcher, URLFetcherResponse
 
+    _pin_font_timestamps()
     urls = chart_urls(report)
     pictures = {urls[a.device]: chart_png(a, report, caps[a.device]) for a in report.assets}
 

@@ -158,3 +158,56 @@ def test_a_reused_chart_figure_draws_the_same_png_as_a_fresh_one() -> None:
     assert render.chart_png(a2, report, 180_000) == first_a2
     assert render.chart_png(a1, report, 180_000) == first_a1  # after a2 in this thread: the figure was reused
     assert render.chart_png(a2, report, 180_000) == first_a2
+
+
+def test_report_tools_name_the_font_subsetter_when_it_cannot_be_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without HarfBuzz's subsetter WeasyPrint embeds fonts through fontTools (most of a render's CPU): `larder stack
+    up` must see it missing and install it like the CJK font."""
+    from pipeline.reports import tools
+
+    assert "libharfbuzz-subset0" in tools.PACKAGES
+    monkeypatch.setattr(tools, "HARFBUZZ_SUBSET_LIB", "libnot-a-harfbuzz-subset.so.0")
+    assert not tools.has_harfbuzz_subset()
+    assert "libharfbuzz-subset0" in tools.missing()
+    monkeypatch.setattr(tools, "HARFBUZZ_SUBSET_LIB", "libharfbuzz.so.0")  # WeasyPrint's own shaping library
+    assert tools.has_harfbuzz_subset()
+    assert "libharfbuzz-subset0" not in tools.missing()
+
+
+def _empty_day() -> tuple[SiteConfig, object, object]:
+    from pipeline.reports.compute import compute
+    from pipeline.reports.model import DayData
+    from pipeline.reports.render import VersionInfo
+
+    cfg = SiteConfig.model_validate(
+        {
+            "sites": {
+                "S1": {
+                    "name": "空站点 Empty site",
+                    "assets": {"a1": {"name": "冷库", "profile": "frozen"}},
+                    "devices": {"d1": {"asset": "a1", "secret": "s" * 16}},
+                }
+            }
+        }
+    )
+    start, end = day_window(date(2026, 11, 23), "Asia/Shanghai")
+    report = compute(cfg, DayData("S1", "2026-11-23", start, end, {}, [], [], []))
+    return cfg, report, VersionInfo("LDR-S1-20261123-v1", 1, end, "0" * 64, None, "")
+
+
+def test_fonts_subset_by_fonttools_do_not_carry_the_time_of_the_render(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without HarfBuzz's subsetter WeasyPrint falls back to fontTools, which stamps each embedded font with the
+    time of the call: a record made again later (here: a clock a day on) must still have the same bytes."""
+    import time
+
+    import weasyprint.pdf.fonts
+
+    from pipeline.reports.service import render_files
+
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    monkeypatch.setattr(weasyprint.pdf.fonts, "harfbuzz_subset", None)  # the fallback, whatever this machine has
+    cfg, report, info = _empty_day()
+    first = render_files(cfg, report, info)  # type: ignore[arg-type]
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 86_400)
+    assert render_files(cfg, report, info) == first  # type: ignore[arg-type]
