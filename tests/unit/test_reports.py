@@ -4,6 +4,8 @@ weights and MKT. (Everything else runs against the real services in tests/integr
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -211,3 +213,83 @@ def test_fonts_subset_by_fonttools_do_not_carry_the_time_of_the_render(monkeypat
     now = time.time()
     monkeypatch.setattr(time, "time", lambda: now + 86_400)
     assert render_files(cfg, report, info) == first  # type: ignore[arg-type]
+
+
+def test_a_batch_gathers_the_next_site_day_while_it_makes_this_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """run_batch's process hands each site-day the data gathered for it (in the gather thread, one query at a time),
+    a site missing from the site file is still reported as failed, and one publisher serves the whole batch."""
+    import asyncio
+    import threading
+
+    from pipeline.reports import service
+    from pipeline.reports.model import DayData
+    from pipeline.siteconfig import write_site_file
+
+    sites = write_site_file(tmp_path / "sites.yaml", {"sites": {"S1": {}, "S2": {"timezone": "UTC"}}})
+    settings = Settings(site_config=sites)
+    gathered: list[tuple[str, str, str]] = []
+    busy = threading.Lock()
+
+    class Source:
+        def __init__(self, *args: object) -> None:
+            pass
+
+        def day(self, site: str, day: date, tz: str) -> DayData:
+            assert busy.acquire(blocking=False), "two gathers at once"
+            try:
+                gathered.append((site, day.isoformat(), threading.current_thread().name))
+                return DayData(site, day.isoformat(), 0, 1, {}, [], [], [])
+            finally:
+                busy.release()
+
+        def close(self) -> None:
+            pass
+
+    publishers: list[object] = []
+
+    class Publisher:
+        def __init__(self, *args: object) -> None:
+            publishers.append(self)
+
+        async def start(self) -> None:
+            pass
+
+        async def close(self) -> None:
+            pass
+
+    made: list[tuple[str, str, DayData | None, object]] = []
+
+    async def generate(settings: Settings, site: str, day: date, **kw: Any) -> str:
+        if site not in ("S1", "S2"):
+            raise service.ReportError(f"site {site!r} is not in the site file")
+        made.append((site, day.isoformat(), kw["data"], kw["publisher"]))
+        return f"{site} {day}"
+
+    async def load(*args: object) -> Ledger:
+        return Ledger()
+
+    monkeypatch.setattr(service, "Source", Source)
+    monkeypatch.setattr(service.L, "Publisher", Publisher)
+    monkeypatch.setattr(service.L, "load", load)
+    monkeypatch.setattr(service, "generate", generate)
+    reported: list[tuple[str, str, str | None]] = []
+    todo = [(s, date(2026, 11, d)) for d in (22, 23) for s in ("S1", "S2", "S9")]
+    done = asyncio.run(
+        service.run_batch(
+            settings, todo, workers=1, progress=lambda i, n, s, d, o, err: reported.append((s, d.isoformat(), err))
+        )
+    )
+    assert len(done) == 4 and len(publishers) == 1
+    assert [(s, d) for s, d, data, _ in made] == [
+        ("S1", "2026-11-22"),
+        ("S2", "2026-11-22"),
+        ("S1", "2026-11-23"),
+        ("S2", "2026-11-23"),
+    ]
+    assert all(data is not None and (data.site, data.date) == (s, d) for s, d, data, _ in made)
+    assert all(pub is publishers[0] for *_, pub in made)
+    assert [(s, d) for s, d, _ in gathered] == [(s, d) for s, d, *_ in made]  # S9: no query
+    assert all(name.startswith("report-gather") for *_, name in gathered)
+    assert [(s, d) for s, d, err in reported if err] == [("S9", "2026-11-22"), ("S9", "2026-11-23")]
