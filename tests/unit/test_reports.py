@@ -293,3 +293,93 @@ def test_a_batch_gathers_the_next_site_day_while_it_makes_this_one(
     assert [(s, d) for s, d, _ in gathered] == [(s, d) for s, d, *_ in made]  # S9: no query
     assert all(name.startswith("report-gather") for *_, name in gathered)
     assert [(s, d) for s, d, err in reported if err] == [("S9", "2026-11-22"), ("S9", "2026-11-23")]
+
+
+def _pdf_images(pdf: bytes) -> list[tuple[int, int, bytes]]:
+    """(width, height, stream bytes) of every image XObject of a PDF as pydyf writes it."""
+    import re
+
+    out = []
+    for m in re.finditer(rb"/Subtype /Image/Width (\d+)/Height (\d+)[^\n]*?/Length (\d+)>>\nstream\n", pdf):
+        out.append((int(m[1]), int(m[2]), pdf[m.end() : m.end() + int(m[3])]))
+    return out
+
+
+def _png_of(width: int, height: int, pixels: bytes) -> bytes:
+    """A PNG file around a PDF image stream of 8-bit RGB rows with PNG predictors (what /Predictor 15 reads)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def test_charts_go_into_the_pdf_as_compressed_and_decode_to_the_same_pixels() -> None:
+    """The charts' PNG pixel data is embedded as it is (WeasyPrint decoded and re-compressed it): the PDF's picture
+    streams are the charts' own bytes, and they decode to the same pixels as the pictures WeasyPrint re-encodes."""
+    import io
+    import math
+
+    from PIL import Image
+
+    from pipeline.reports import render
+    from pipeline.reports.compute import compute
+    from pipeline.reports.model import DayData
+
+    cfg = SiteConfig.model_validate(
+        {
+            "sites": {
+                "S1": {
+                    "assets": {"a1": {"profile": "chilled"}, "a2": {"profile": "frozen"}},
+                    "devices": {"d1": {"asset": "a1", "secret": "s" * 16}, "d2": {"asset": "a2", "secret": "t" * 16}},
+                }
+            }
+        }
+    )
+    start, end = day_window(date(2026, 11, 23), "Asia/Shanghai")
+    readings = {
+        "d1": [Point(start + i * 60_000, 4 + 3 * math.sin(i / 50)) for i in range(1440)],
+        "d2": [Point(start + i * 60_000, -20 + (i % 90) / 10) for i in range(1440) if not 300 <= i < 420],
+    }
+    report = compute(cfg, DayData("S1", "2026-11-23", start, end, readings, [], [], []))
+    info = render.VersionInfo("LDR-S1-20261123-v1", 1, end, "0" * 64, None, "")
+    caps = {"d1": 180_000, "d2": 180_000}
+    charts = [render.chart_png(a, report, caps[a.device]) for a in report.assets]
+    own = [render.png_pixel_data(png) for png in charts]
+    assert all(own)
+
+    embedded = _pdf_images(render.pdf(report, info, caps))
+    reencoded = _pdf_images(render.pdf(report, info, caps, embed_pngs=False))
+    assert [data for _, _, data in embedded] == own
+    assert len(reencoded) == len(charts) and [data for _, _, data in reencoded] != own
+    for (w, h, mine), (w2, h2, theirs), png in zip(embedded, reencoded, charts, strict=True):
+        pixels = Image.open(io.BytesIO(png)).tobytes()
+        assert (w, h) == (w2, h2) == Image.open(io.BytesIO(png)).size
+        assert Image.open(io.BytesIO(_png_of(w, h, mine))).tobytes() == pixels
+        assert Image.open(io.BytesIO(_png_of(w2, h2, theirs))).tobytes() == pixels
+    assert render.pdf(report, info, caps) == render.pdf(report, info, caps)
+
+
+def test_only_plain_rgb_pngs_are_embedded_as_they_are() -> None:
+    import io
+
+    from PIL import Image
+
+    from pipeline.reports.render import png_pixel_data
+
+    def png(mode: str) -> bytes:
+        buf = io.BytesIO()
+        Image.new(mode, (4, 3), "red" if mode != "L" else 128).save(buf, format="PNG")
+        return buf.getvalue()
+
+    assert png_pixel_data(png("RGB"))
+    interlaced = bytearray(png("RGB"))
+    interlaced[28] = 1  # IHDR's interlace method (Pillow writes no interlaced PNG; the parser checks no CRC)
+    assert png_pixel_data(bytes(interlaced)) is None
+    assert png_pixel_data(png("RGBA")) is None
+    assert png_pixel_data(png("L")) is None
+    assert png_pixel_data(png("P")) is None
+    assert png_pixel_data(b"GIF89a") is None
