@@ -454,7 +454,15 @@ def png_pixel_data(png: bytes) -> bytes | None:
 
 @functools.cache
 def _embedded_png_class() -> Any:
+    """The class below, or None where the installed WeasyPrint's raster images are not built the way it relies on
+    (it reaches into them; checked for WeasyPrint 70): then WeasyPrint re-encodes the charts as before."""
+    import inspect
+
     from weasyprint.images import RasterImage
+
+    params = list(inspect.signature(RasterImage.__init__).parameters)
+    if params[:4] != ["self", "pillow_image", "image_id", "image_data"] or not hasattr(RasterImage, "_get_png_data"):
+        return None
 
     class EmbeddedPNG(RasterImage):  # type: ignore[misc]  # WeasyPrint has no type hints
         """A chart as WeasyPrint's own raster image, except that its PNG's compressed pixels go into the PDF as they
@@ -485,10 +493,13 @@ def _embedded_pngs(pictures: dict[str, bytes]) -> dict[str, Any]:
     """WeasyPrint's image cache (``url -> image``) holding the charts as :class:`EmbeddedPNG` s: WeasyPrint looks a
     picture up there before fetching it. A picture the PDF could not hold as it is stays out (fetched, re-encoded)."""
     cache: dict[str, Any] = {}
+    embedded = _embedded_png_class()
+    if embedded is None:
+        return cache
     for url, png in pictures.items():
         pixels = png_pixel_data(png)
         if pixels is not None:
-            cache[url] = _embedded_png_class()(png, pixels, url, cache)
+            cache[url] = embedded(png, pixels, url, cache)
     return cache
 
 
