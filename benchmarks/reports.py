@@ -291,8 +291,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         influx.drop_database(base, prefix)
         asyncio.run(stack.delete_topics(base, stack.prefixed(prefix)))
         shutil.rmtree(tmp, ignore_errors=True)
+    from pipeline.reports import tools
+
     result["machine"] = {
         "cpus": os.cpu_count(),
+        # WeasyPrint's font subsetting: HarfBuzz (libharfbuzz-subset0) or its fontTools fallback, most of a render.
+        "font_subsetter": "harfbuzz" if tools.has_harfbuzz_subset() else "fonttools",
         "python": platform.python_version(),
         "load_avg_end": os.getloadavg(),
         "when": datetime.now(UTC).isoformat(timespec="seconds"),

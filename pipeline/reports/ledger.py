@@ -164,6 +164,46 @@ def signoff_line(s: SignOff) -> str:
     )
 
 
+class Publisher:
+    """Writes ledger records: Kafka first (acks=all, the authority), then InfluxDB; both writes are idempotent, so a
+    retry is safe.
+
+    One per batch, not one per record: a Kafka producer's start (bootstrap, metadata, an idempotent producer id)
+    and stop, and an InfluxDB client, cost more than the one record a site-day publishes."""
+
+    def __init__(self, settings: Settings, topics: Topics, bucket: str | None = None) -> None:
+        self._settings = settings
+        self._topics = topics
+        self._bucket = bucket
+        self._producer: Any = None
+        self._writer: Any = None
+
+    async def start(self) -> None:
+        from pipeline.producer import durable_producer
+        from pipeline.sinks.influx import InfluxWriter
+
+        producer = durable_producer(self._settings)
+        await producer.start()
+        self._producer = producer
+        self._writer = InfluxWriter(self._settings, self._bucket)
+
+    async def publish(self, values: list[ReportRecord | SignOff], lines: list[str]) -> None:
+        assert self._producer is not None, "Publisher.start() first"
+        for v in values:
+            topic = self._topics.reports if isinstance(v, ReportRecord) else self._topics.report_signoffs
+            await self._producer.send_and_wait(topic, serde.dumps(v.model_dump(mode="json")), key=v.key.encode())
+        await asyncio.to_thread(self._writer.write, lines, "ns")
+
+    async def close(self) -> None:
+        try:
+            if self._producer is not None:
+                await self._producer.stop()
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+            self._producer = self._writer = None
+
+
 async def publish(
     settings: Settings,
     topics: Topics,
@@ -171,23 +211,13 @@ async def publish(
     lines: list[str],
     bucket: str | None = None,
 ) -> None:
-    """Kafka first (acks=all, the authority), then InfluxDB; both writes are idempotent, so a retry is safe."""
-    from pipeline.producer import durable_producer
-    from pipeline.sinks.influx import InfluxWriter
-
-    producer = durable_producer(settings)
-    await producer.start()
+    """Publish once, through a :class:`Publisher` of its own (a sign-off, a single record)."""
+    pub = Publisher(settings, topics, bucket)
     try:
-        for v in values:
-            topic = topics.reports if isinstance(v, ReportRecord) else topics.report_signoffs
-            await producer.send_and_wait(topic, serde.dumps(v.model_dump(mode="json")), key=v.key.encode())
+        await pub.start()
+        await pub.publish(values, lines)
     finally:
-        await producer.stop()
-    writer = InfluxWriter(settings, bucket)
-    try:
-        await asyncio.to_thread(writer.write, lines, "ns")
-    finally:
-        writer.close()
+        await pub.close()
 
 
 def influx_records(settings: Settings, site: str, bucket: str | None = None) -> dict[str, str]:

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import io
+import os
+import struct
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -247,9 +250,13 @@ def _mpl() -> None:
 
 
 #: Resolution of the charts in the PDF: 1,248 x 192 pixels for the 10.4 x 1.6 in chart (the width it is shown at on
-#: A4 landscape), 7 pt labels ~12 px high. WeasyPrint decodes and re-compresses every picture (zlib, adaptive PNG
-#: filters) when it writes the PDF, a cost proportional to the pixels: 120 dpi has 36 % fewer than 150.
+#: A4 landscape), 7 pt labels ~12 px high. Compressing the pixels (zlib, adaptive PNG filters) costs in proportion
+#: to them: 120 dpi has 36 % fewer than 150.
 CHART_DPI = 120
+#: zlib level of the charts' PNGs, which the PDF embeds as they are (:class:`_EmbeddedPNG`): level 3 took two thirds
+#: of the CPU of Pillow's default 6 for a 2 % larger picture (a ten-asset day's chart: ~6 against ~9 ms, 29.3 against
+#: 28.8 KB).
+CHART_PNG_LEVEL = 3
 _charts = threading.local()
 
 
@@ -327,9 +334,8 @@ class _Chart:
         ax.set_xlim(0, hours)
         ax.set_xticks([h for h in range(0, int(hours) + 1, 2)])
         ax.set_xticklabels([f"{h:02d}:00" for h in range(0, int(hours) + 1, 2)])
-        # RGB, not matplotlib's RGBA PNG: the figure is opaque, and WeasyPrint re-encodes an RGBA picture twice
-        # (colour, then the alpha channel as a mask). Not compressed (level 0, stored): this PNG never leaves the
-        # process, and WeasyPrint decodes and compresses it again for the PDF anyway.
+        # RGB, not matplotlib's RGBA PNG: the figure is opaque, an RGBA picture would need its alpha channel as a
+        # mask, and the PDF embeds this PNG's compressed pixels as they are (:class:`_EmbeddedPNG`).
         from PIL import Image
 
         self._draw(hours)
@@ -337,7 +343,7 @@ class _Chart:
         w, h = self.canvas.get_width_height(physical=True)
         buf = io.BytesIO()
         Image.frombuffer("RGBA", (w, h), rgba, "raw", "RGBA", 0, 1).convert("RGB").save(
-            buf, format="PNG", compress_level=0
+            buf, format="PNG", compress_level=CHART_PNG_LEVEL
         )
         return buf.getvalue()
 
@@ -411,13 +417,102 @@ def html(report: DailyReport, info: VersionInfo, charts: dict[str, str]) -> str:
     return env.get_template("daily.html").render(**ctx)
 
 
-def pdf(report: DailyReport, info: VersionInfo, caps: dict[str, int]) -> bytes:
+def _pin_font_timestamps() -> None:
+    """Keep the embedded fonts free of the time of the render.
+
+    WeasyPrint subsets the fonts it embeds with HarfBuzz, or, where ``libharfbuzz-subset0`` is missing
+    (:mod:`pipeline.reports.tools`), with fontTools, which writes the time of the call into each font's ``head``
+    table (its "modified" date): the same record made again a second later had other bytes, so another hash, and
+    a regenerated day was never "unchanged". fontTools takes that date from ``SOURCE_DATE_EPOCH`` when it is set
+    (the reproducible-builds convention), so it is set, once and to one value for the whole process (renders may
+    run in threads); a value the environment already gives is kept. No PDF reader shows an embedded font's date.
+    """
+    os.environ.setdefault("SOURCE_DATE_EPOCH", "0")
+
+
+def png_pixel_data(png: bytes) -> bytes | None:
+    """The compressed pixel data of a PNG (its IDAT chunks joined: one zlib stream of filtered rows), if it is one
+    a PDF can hold as it is: 8-bit RGB, not interlaced, no palette or transparency. None for any other."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    chunks: list[bytes] = []
+    at = 8
+    while at + 8 <= len(png):
+        (size,) = struct.unpack(">I", png[at : at + 4])
+        kind, body = png[at + 4 : at + 8], png[at + 8 : at + 8 + size]
+        if kind == b"IHDR":
+            _w, _h, depth, colour, _method, _filters, interlace = struct.unpack(">IIBBBBB", body)
+            if (depth, colour, interlace) != (8, 2, 0):
+                return None
+        elif kind == b"IDAT":
+            chunks.append(body)
+        elif kind in (b"PLTE", b"tRNS"):
+            return None
+        at += 12 + size
+    return b"".join(chunks) or None
+
+
+@functools.cache
+def _embedded_png_class() -> Any:
+    """The class below, or None where the installed WeasyPrint's raster images are not built the way it relies on
+    (it reaches into them; checked for WeasyPrint 70): then WeasyPrint re-encodes the charts as before."""
+    import inspect
+
+    from weasyprint.images import RasterImage
+
+    params = list(inspect.signature(RasterImage.__init__).parameters)
+    if params[:4] != ["self", "pillow_image", "image_id", "image_data"] or not hasattr(RasterImage, "_get_png_data"):
+        return None
+
+    class EmbeddedPNG(RasterImage):  # type: ignore[misc]  # WeasyPrint has no type hints
+        """A chart as WeasyPrint's own raster image, except that its PNG's compressed pixels go into the PDF as they
+        are: WeasyPrint decodes every PNG and compresses its pixels again for the PDF (the same zlib stream of
+        PNG-filtered rows, which a PDF's ``/FlateDecode`` with ``/Predictor 15`` reads), the work done twice for
+        each of a record's ten charts. The image dictionary is WeasyPrint's; only the stream's bytes come from
+        here (``_get_png_data``, the step that re-encoded)."""
+
+        def __init__(self, png: bytes, pixels: bytes, url: str, cache: dict[str, Any]) -> None:
+            from PIL import Image
+            from weasyprint import DEFAULT_OPTIONS
+
+            # The image's id names it in the PDF: from the URL, as WeasyPrint makes it (a deterministic name).
+            image_id = hashlib.md5(url.encode(), usedforsecurity=False).hexdigest()
+            super().__init__(Image.open(io.BytesIO(png)), image_id, png, cache=cache, options=DEFAULT_OPTIONS)
+            self._pixels = pixels
+
+        def _get_png_data(self, pillow_image: Any) -> bytes:
+            if pillow_image.mode != "RGB":  # an alpha channel (not a chart): WeasyPrint's own way
+                data: bytes = RasterImage._get_png_data(pillow_image)
+                return data
+            return self._pixels
+
+    return EmbeddedPNG
+
+
+def _embedded_pngs(pictures: dict[str, bytes]) -> dict[str, Any]:
+    """WeasyPrint's image cache (``url -> image``) holding the charts as :class:`EmbeddedPNG` s: WeasyPrint looks a
+    picture up there before fetching it. A picture the PDF could not hold as it is stays out (fetched, re-encoded)."""
+    cache: dict[str, Any] = {}
+    embedded = _embedded_png_class()
+    if embedded is None:
+        return cache
+    for url, png in pictures.items():
+        pixels = png_pixel_data(png)
+        if pixels is not None:
+            cache[url] = embedded(png, pixels, url, cache)
+    return cache
+
+
+def pdf(report: DailyReport, info: VersionInfo, caps: dict[str, int], *, embed_pngs: bool = True) -> bytes:
     """The PDF. The charts are pictures (see :func:`chart_png`) handed to WeasyPrint by its URL fetcher, not as
     ``data:`` URIs inside the HTML: a chart's base64 text went through the HTML parser character by character.
-    The fetcher serves those pictures and nothing else (the record loads nothing from files or the network)."""
+    The fetcher serves those pictures and nothing else (the record loads nothing from files or the network).
+    ``embed_pngs``: the charts' compressed pixels go into the PDF as they are (:func:`_embedded_pngs`); False lets
+    WeasyPrint decode and re-encode them (the same pixels; for the test that says so)."""
     import weasyprint
     from weasyprint.urls import URLFetcher, URLFetcherResponse
 
+    _pin_font_timestamps()
     urls = chart_urls(report)
     pictures = {urls[a.device]: chart_png(a, report, caps[a.device]) for a in report.assets}
 
@@ -430,6 +525,6 @@ def pdf(report: DailyReport, info: VersionInfo, caps: dict[str, int]) -> bytes:
     document = weasyprint.HTML(
         string=html(report, info, urls), base_url=str(TEMPLATES), url_fetcher=Charts(fail_on_errors=True)
     )
-    out = document.write_pdf()
+    out = document.write_pdf(cache=_embedded_pngs(pictures) if embed_pngs else None)
     assert out is not None
     return bytes(out)

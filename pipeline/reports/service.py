@@ -10,10 +10,12 @@ written again.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -25,7 +27,7 @@ from pipeline.reports import ledger as L
 from pipeline.reports import render
 from pipeline.reports.compute import compute
 from pipeline.reports.gather import Source, data_digest, day_window
-from pipeline.reports.model import GENESIS, DailyReport, ReportRecord, SignOff
+from pipeline.reports.model import GENESIS, DailyReport, DayData, ReportRecord, SignOff
 from pipeline.settings import MIN_RETENTION_DAYS, Settings
 from pipeline.siteconfig import resolve_device_rules
 from pipeline.topics import Topics
@@ -104,8 +106,12 @@ async def generate(
     ledger: L.Ledger | None = None,
     source: Source | None = None,
     bucket: str | None = None,
+    publisher: L.Publisher | None = None,
+    data: DayData | None = None,
 ) -> Outcome:
-    """Make (or re-make) one site-day. ``ledger``/``source`` may be shared across a batch."""
+    """Make (or re-make) one site-day. ``ledger``/``source``/``publisher`` may be shared across a batch; ``data``:
+    the site-day as InfluxDB holds it, when the caller gathered it already (a batch gathers the next site-day while
+    this one renders)."""
     cfg = siteconfig.load(settings.site_config)
     s = _site(cfg, site)
     start_ms, end_ms = day_window(day, s.timezone)
@@ -114,13 +120,16 @@ async def generate(
         raise ReportError(f"{site} {day}: the day has not ended in {s.timezone} yet")
     t = time.perf_counter()
     timings: dict[str, float] = {}
-    own_source = source is None
-    src = source or Source(settings, bucket)
-    try:
-        data = src.day(site, day, s.timezone)
-    finally:
-        if own_source:
-            src.close()
+    if data is None:
+        own_source = source is None
+        src = source or Source(settings, bucket)
+        try:
+            data = src.day(site, day, s.timezone)
+        finally:
+            if own_source:
+                src.close()
+    elif (data.site, data.date) != (site, day.isoformat()):
+        raise ValueError(f"gathered data of {data.site} {data.date} handed to {site} {day}")
     timings["gather_s"] = time.perf_counter() - t
     topics = _topics(settings)
     led = ledger if ledger is not None else await L.load(settings, topics, site)
@@ -187,7 +196,12 @@ async def generate(
         record = stored
     else:
         L.write_files(folder, files, record)
-    await L.publish(settings, topics, [record], [L.report_line(record, start_ms)], bucket)
+    t = time.perf_counter()
+    if publisher is not None:
+        await publisher.publish([record], [L.report_line(record, start_ms)])
+    else:
+        await L.publish(settings, topics, [record], [L.report_line(record, start_ms)], bucket)
+    timings["publish_s"] = time.perf_counter() - t
     led.add(record)
     if out is not None:
         _copy_out(out, files, record)
@@ -551,23 +565,53 @@ def _share_process(settings: Settings, todo: list[tuple[str, date]], bucket: str
 async def _run_share(
     settings: Settings, todo: list[tuple[str, date]], progress: Progress | None, bucket: str | None
 ) -> list[Outcome]:
+    """Site-days one after another (a site's days in order: its hash chain), with one ledger read, one InfluxDB
+    reader and one ledger publisher for all of them. The next site-day's gather (three Flux queries: mostly waiting
+    for InfluxDB) runs in a thread while this one computes, renders and publishes, so the process's core is not
+    idle during it."""
     led = await L.load(settings, _topics(settings))
     src = Source(settings, bucket)
+    pub = L.Publisher(settings, _topics(settings), bucket)
     done: list[Outcome] = []
+    items = sorted(todo, key=lambda x: (x[1], x[0]))
     try:
-        for i, (sid, d) in enumerate(sorted(todo, key=lambda x: (x[1], x[0])), 1):
-            try:
-                o = await generate(settings, sid, d, ledger=led, source=src, bucket=bucket)
-                done.append(o)
-                if progress:
-                    progress(i, len(todo), sid, d, o, None)
-            except Exception as exc:  # a broken site-day is reported and retried on the next pass
-                log.exception("report %s %s failed", sid, d)
-                if progress:
-                    progress(i, len(todo), sid, d, None, f"{type(exc).__name__}: {exc}")
+        await pub.start()
+        with ThreadPoolExecutor(1, thread_name_prefix="report-gather") as pool:
+            ahead = _gather_ahead(pool, settings, src, items[0]) if items else None
+            for i, (sid, d) in enumerate(items, 1):
+                current = ahead
+                # Only this thread's reader queries InfluxDB from here on: generate() is handed the data.
+                ahead = _gather_ahead(pool, settings, src, items[i]) if i < len(items) else None
+                try:
+                    data: DayData | None = None
+                    if current is not None:
+                        data = await asyncio.wrap_future(current)
+                    o = await generate(
+                        settings, sid, d, ledger=led, source=src, bucket=bucket, publisher=pub, data=data
+                    )
+                    done.append(o)
+                    if progress:
+                        progress(i, len(todo), sid, d, o, None)
+                except Exception as exc:  # a broken site-day is reported and retried on the next pass
+                    log.exception("report %s %s failed", sid, d)
+                    if progress:
+                        progress(i, len(todo), sid, d, None, f"{type(exc).__name__}: {exc}")
     finally:
-        src.close()
+        try:
+            await pub.close()
+        finally:
+            src.close()
     return done
+
+
+def _gather_ahead(
+    pool: ThreadPoolExecutor, settings: Settings, src: Source, item: tuple[str, date]
+) -> concurrent.futures.Future[DayData] | None:
+    """The site-day's gather, started in ``pool``; None when the site is not in the site file (then
+    :func:`generate` says so, without a query)."""
+    sid, d = item
+    site = siteconfig.load(settings.site_config).sites.get(sid)
+    return None if site is None else pool.submit(src.day, sid, d, site.timezone)
 
 
 async def serve(

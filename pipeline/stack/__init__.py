@@ -132,6 +132,12 @@ def status(settings: Settings) -> list[ServiceStatus]:
     ]
 
 
+def _report_packages() -> tuple[str, ...]:
+    from pipeline.reports import tools
+
+    return tools.PACKAGES
+
+
 def _report_tools(settings: Settings) -> bool:
     from pipeline.reports import tools
 
@@ -175,8 +181,8 @@ def up(settings: Settings, report: Report = print, *, create_topics: bool = True
 
     if not settings.mqtt.external:
         _step(report, "mosquitto", "installing from apt", lambda: mosquitto.install(settings))
-    # The daily record's CJK font and pdftoppm (pipeline/reports/tools.py), from apt like Mosquitto.
-    _step(report, "report tools", "installing fonts-wqy-zenhei and poppler-utils", lambda: _report_tools(settings))
+    # The daily record's CJK font, pdftoppm and font subsetter (pipeline/reports/tools.py), from apt like Mosquitto.
+    _step(report, "report tools", "installing " + ", ".join(_report_packages()), lambda: _report_tools(settings))
     if settings.kafka.bootstrap is None:
         _step(
             report,

@@ -4,6 +4,8 @@ weights and MKT. (Everything else runs against the real services in tests/integr
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -158,3 +160,226 @@ def test_a_reused_chart_figure_draws_the_same_png_as_a_fresh_one() -> None:
     assert render.chart_png(a2, report, 180_000) == first_a2
     assert render.chart_png(a1, report, 180_000) == first_a1  # after a2 in this thread: the figure was reused
     assert render.chart_png(a2, report, 180_000) == first_a2
+
+
+def test_report_tools_name_the_font_subsetter_when_it_cannot_be_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without HarfBuzz's subsetter WeasyPrint embeds fonts through fontTools (most of a render's CPU): `larder stack
+    up` must see it missing and install it like the CJK font."""
+    from pipeline.reports import tools
+
+    assert "libharfbuzz-subset0" in tools.PACKAGES
+    monkeypatch.setattr(tools, "HARFBUZZ_SUBSET_LIB", "libnot-a-harfbuzz-subset.so.0")
+    assert not tools.has_harfbuzz_subset()
+    assert "libharfbuzz-subset0" in tools.missing()
+    monkeypatch.setattr(tools, "HARFBUZZ_SUBSET_LIB", "libharfbuzz.so.0")  # WeasyPrint's own shaping library
+    assert tools.has_harfbuzz_subset()
+    assert "libharfbuzz-subset0" not in tools.missing()
+
+
+def _empty_day() -> tuple[SiteConfig, object, object]:
+    from pipeline.reports.compute import compute
+    from pipeline.reports.model import DayData
+    from pipeline.reports.render import VersionInfo
+
+    cfg = SiteConfig.model_validate(
+        {
+            "sites": {
+                "S1": {
+                    "name": "空站点 Empty site",
+                    "assets": {"a1": {"name": "冷库", "profile": "frozen"}},
+                    "devices": {"d1": {"asset": "a1", "secret": "s" * 16}},
+                }
+            }
+        }
+    )
+    start, end = day_window(date(2026, 11, 23), "Asia/Shanghai")
+    report = compute(cfg, DayData("S1", "2026-11-23", start, end, {}, [], [], []))
+    return cfg, report, VersionInfo("LDR-S1-20261123-v1", 1, end, "0" * 64, None, "")
+
+
+def test_fonts_subset_by_fonttools_do_not_carry_the_time_of_the_render(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without HarfBuzz's subsetter WeasyPrint falls back to fontTools, which stamps each embedded font with the
+    time of the call: a record made again later (here: a clock a day on) must still have the same bytes."""
+    import time
+
+    import weasyprint.pdf.fonts
+
+    from pipeline.reports.service import render_files
+
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    monkeypatch.setattr(weasyprint.pdf.fonts, "harfbuzz_subset", None)  # the fallback, whatever this machine has
+    cfg, report, info = _empty_day()
+    first = render_files(cfg, report, info)  # type: ignore[arg-type]
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 86_400)
+    assert render_files(cfg, report, info) == first  # type: ignore[arg-type]
+
+
+def test_a_batch_gathers_the_next_site_day_while_it_makes_this_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """run_batch's process hands each site-day the data gathered for it (in the gather thread, one query at a time),
+    a site missing from the site file is still reported as failed, and one publisher serves the whole batch."""
+    import asyncio
+    import threading
+
+    from pipeline.reports import service
+    from pipeline.reports.model import DayData
+    from pipeline.siteconfig import write_site_file
+
+    sites = write_site_file(tmp_path / "sites.yaml", {"sites": {"S1": {}, "S2": {"timezone": "UTC"}}})
+    settings = Settings(site_config=sites)
+    gathered: list[tuple[str, str, str]] = []
+    busy = threading.Lock()
+
+    class Source:
+        def __init__(self, *args: object) -> None:
+            pass
+
+        def day(self, site: str, day: date, tz: str) -> DayData:
+            assert busy.acquire(blocking=False), "two gathers at once"
+            try:
+                gathered.append((site, day.isoformat(), threading.current_thread().name))
+                return DayData(site, day.isoformat(), 0, 1, {}, [], [], [])
+            finally:
+                busy.release()
+
+        def close(self) -> None:
+            pass
+
+    publishers: list[object] = []
+
+    class Publisher:
+        def __init__(self, *args: object) -> None:
+            publishers.append(self)
+
+        async def start(self) -> None:
+            pass
+
+        async def close(self) -> None:
+            pass
+
+    made: list[tuple[str, str, DayData | None, object]] = []
+
+    async def generate(settings: Settings, site: str, day: date, **kw: Any) -> str:
+        if site not in ("S1", "S2"):
+            raise service.ReportError(f"site {site!r} is not in the site file")
+        made.append((site, day.isoformat(), kw["data"], kw["publisher"]))
+        return f"{site} {day}"
+
+    async def load(*args: object) -> Ledger:
+        return Ledger()
+
+    monkeypatch.setattr(service, "Source", Source)
+    monkeypatch.setattr(service.L, "Publisher", Publisher)
+    monkeypatch.setattr(service.L, "load", load)
+    monkeypatch.setattr(service, "generate", generate)
+    reported: list[tuple[str, str, str | None]] = []
+    todo = [(s, date(2026, 11, d)) for d in (22, 23) for s in ("S1", "S2", "S9")]
+    done = asyncio.run(
+        service.run_batch(
+            settings, todo, workers=1, progress=lambda i, n, s, d, o, err: reported.append((s, d.isoformat(), err))
+        )
+    )
+    assert len(done) == 4 and len(publishers) == 1
+    assert [(s, d) for s, d, data, _ in made] == [
+        ("S1", "2026-11-22"),
+        ("S2", "2026-11-22"),
+        ("S1", "2026-11-23"),
+        ("S2", "2026-11-23"),
+    ]
+    assert all(data is not None and (data.site, data.date) == (s, d) for s, d, data, _ in made)
+    assert all(pub is publishers[0] for *_, pub in made)
+    assert [(s, d) for s, d, _ in gathered] == [(s, d) for s, d, *_ in made]  # S9: no query
+    assert all(name.startswith("report-gather") for *_, name in gathered)
+    assert [(s, d) for s, d, err in reported if err] == [("S9", "2026-11-22"), ("S9", "2026-11-23")]
+
+
+def _pdf_images(pdf: bytes) -> list[tuple[int, int, bytes]]:
+    """(width, height, stream bytes) of every image XObject of a PDF as pydyf writes it."""
+    import re
+
+    out = []
+    for m in re.finditer(rb"/Subtype /Image/Width (\d+)/Height (\d+)[^\n]*?/Length (\d+)>>\nstream\n", pdf):
+        out.append((int(m[1]), int(m[2]), pdf[m.end() : m.end() + int(m[3])]))
+    return out
+
+
+def _png_of(width: int, height: int, pixels: bytes) -> bytes:
+    """A PNG file around a PDF image stream of 8-bit RGB rows with PNG predictors (what /Predictor 15 reads)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def test_charts_go_into_the_pdf_as_compressed_and_decode_to_the_same_pixels() -> None:
+    """The charts' PNG pixel data is embedded as it is (WeasyPrint decoded and re-compressed it): the PDF's picture
+    streams are the charts' own bytes, and they decode to the same pixels as the pictures WeasyPrint re-encodes."""
+    import io
+    import math
+
+    from PIL import Image
+
+    from pipeline.reports import render
+    from pipeline.reports.compute import compute
+    from pipeline.reports.model import DayData
+
+    cfg = SiteConfig.model_validate(
+        {
+            "sites": {
+                "S1": {
+                    "assets": {"a1": {"profile": "chilled"}, "a2": {"profile": "frozen"}},
+                    "devices": {"d1": {"asset": "a1", "secret": "s" * 16}, "d2": {"asset": "a2", "secret": "t" * 16}},
+                }
+            }
+        }
+    )
+    start, end = day_window(date(2026, 11, 23), "Asia/Shanghai")
+    readings = {
+        "d1": [Point(start + i * 60_000, 4 + 3 * math.sin(i / 50)) for i in range(1440)],
+        "d2": [Point(start + i * 60_000, -20 + (i % 90) / 10) for i in range(1440) if not 300 <= i < 420],
+    }
+    report = compute(cfg, DayData("S1", "2026-11-23", start, end, readings, [], [], []))
+    info = render.VersionInfo("LDR-S1-20261123-v1", 1, end, "0" * 64, None, "")
+    caps = {"d1": 180_000, "d2": 180_000}
+    charts = [render.chart_png(a, report, caps[a.device]) for a in report.assets]
+    own = [render.png_pixel_data(png) for png in charts]
+    assert all(own)
+
+    embedded = _pdf_images(render.pdf(report, info, caps))
+    reencoded = _pdf_images(render.pdf(report, info, caps, embed_pngs=False))
+    assert [data for _, _, data in embedded] == own
+    assert len(reencoded) == len(charts) and [data for _, _, data in reencoded] != own
+    for (w, h, mine), (w2, h2, theirs), png in zip(embedded, reencoded, charts, strict=True):
+        pixels = Image.open(io.BytesIO(png)).tobytes()
+        assert (w, h) == (w2, h2) == Image.open(io.BytesIO(png)).size
+        assert Image.open(io.BytesIO(_png_of(w, h, mine))).tobytes() == pixels
+        assert Image.open(io.BytesIO(_png_of(w2, h2, theirs))).tobytes() == pixels
+    assert render.pdf(report, info, caps) == render.pdf(report, info, caps)
+
+
+def test_only_plain_rgb_pngs_are_embedded_as_they_are() -> None:
+    import io
+
+    from PIL import Image
+
+    from pipeline.reports.render import png_pixel_data
+
+    def png(mode: str) -> bytes:
+        buf = io.BytesIO()
+        Image.new(mode, (4, 3), "red" if mode != "L" else 128).save(buf, format="PNG")
+        return buf.getvalue()
+
+    assert png_pixel_data(png("RGB"))
+    interlaced = bytearray(png("RGB"))
+    interlaced[28] = 1  # IHDR's interlace method (Pillow writes no interlaced PNG; the parser checks no CRC)
+    assert png_pixel_data(bytes(interlaced)) is None
+    assert png_pixel_data(png("RGBA")) is None
+    assert png_pixel_data(png("L")) is None
+    assert png_pixel_data(png("P")) is None
+    assert png_pixel_data(b"GIF89a") is None
