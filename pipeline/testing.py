@@ -389,19 +389,26 @@ def clear_session(settings: Settings, instance: str) -> None:
         forget_session(settings, instance)
 
 
-def own_stack_env(state_dir: Path, cache_dir: Path, kafka: int, influx: int, mqtt: int) -> dict[str, str]:
-    """The environment of a `larder stack` of a test's own (its state folder, free ports: another stack on this
-    machine may hold any fixed choice), sharing the build cache for a warm start. Kafka's controller listens one
-    above ``kafka``, InfluxDB's RPC one above ``influx``; messages do not wrap."""
-    env = {
-        **os.environ,
+def _stack_vars(state_dir: Path, kafka: int, influx: int, mqtt: int) -> dict[str, str]:
+    """A stack's state folder and ports; Kafka's controller listens one above ``kafka``, InfluxDB's RPC one above
+    ``influx``."""
+    return {
         "LARDER_STATE_DIR": str(state_dir),
-        "LARDER_CACHE_DIR": str(cache_dir),
         "LARDER_KAFKA__PORT": str(kafka),
         "LARDER_KAFKA__CONTROLLER_PORT": str(kafka + 1),
         "LARDER_INFLUX__PORT": str(influx),
         "LARDER_INFLUX__RPC_PORT": str(influx + 1),
         "LARDER_MQTT__PORT": str(mqtt),
+    }
+
+
+def own_stack_env(state_dir: Path, cache_dir: Path, kafka: int, influx: int, mqtt: int) -> dict[str, str]:
+    """The environment of a `larder stack` of a test's own (its state folder, free ports: another stack on this
+    machine may hold any fixed choice), sharing the build cache for a warm start; messages do not wrap."""
+    env = {
+        **os.environ,
+        **_stack_vars(state_dir, kafka, influx, mqtt),
+        "LARDER_CACHE_DIR": str(cache_dir),
         "COLUMNS": "200",
     }
     env.pop("LARDER_KAFKA__BROKERS", None)  # the stack's own broker, not a cluster named outside
@@ -415,15 +422,7 @@ def cluster_env(state_dir: Path, brokers: int = 3) -> dict[str, str]:
     the shared stack leaks into the cluster's processes."""
     port = free_port_block(2 * brokers + 3)
     influx = port + 2 * brokers
-    return {
-        "LARDER_STATE_DIR": str(state_dir),
-        "LARDER_KAFKA__BROKERS": str(brokers),
-        "LARDER_KAFKA__PORT": str(port),
-        "LARDER_KAFKA__CONTROLLER_PORT": str(port + 1),
-        "LARDER_INFLUX__PORT": str(influx),
-        "LARDER_INFLUX__RPC_PORT": str(influx + 1),
-        "LARDER_MQTT__PORT": str(influx + 2),
-    }
+    return {**_stack_vars(state_dir, port, influx, influx + 2), "LARDER_KAFKA__BROKERS": str(brokers)}
 
 
 def larder(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -89,28 +89,12 @@ def test_serve_makes_ended_days_without_a_record_after_the_grace_period() -> Non
 
 
 def test_an_empty_day_renders_and_the_same_input_gives_the_same_bytes() -> None:
-    from pipeline.reports.compute import compute
-    from pipeline.reports.model import DayData
-    from pipeline.reports.render import VersionInfo
     from pipeline.reports.service import render_files
 
-    cfg = SiteConfig.model_validate(
-        {
-            "sites": {
-                "S1": {
-                    "name": "空站点 Empty site",
-                    "assets": {"a1": {"name": "冷库", "profile": "frozen"}},
-                    "devices": {"d1": {"asset": "a1", "secret": "s" * 16}},
-                }
-            }
-        }
-    )
-    start, end = day_window(date(2026, 11, 23), "Asia/Shanghai")
-    report = compute(cfg, DayData("S1", "2026-11-23", start, end, {}, [], [], []))
+    cfg, report, info = _empty_day()
     a = report.assets[0]
     assert (a.expected, a.received, a.completeness_pct, a.mkt_c, a.in_range_pct) == (1440, 0, 0.0, None, None)
     assert (a.low_c, a.high_c) == (None, -18.0)
-    info = VersionInfo("LDR-S1-20261123-v1", 1, end, "0" * 64, None, "")
     first, second = render_files(cfg, report, info), render_files(cfg, report, info)
     assert first == second
     assert (
@@ -119,14 +103,10 @@ def test_an_empty_day_renders_and_the_same_input_gives_the_same_bytes() -> None:
     )
 
 
-def test_a_reused_chart_figure_draws_the_same_png_as_a_fresh_one() -> None:
-    """The PDF's charts share one matplotlib figure per thread (the render cost): a chart drawn after another
-    (other limits, a gap, other values) must be byte-identical to the same chart drawn first, or a record
-    regenerated in a fresh process would not have the same hash."""
+def _two_asset_day() -> tuple[Any, int]:
+    """A chilled and a frozen asset over one Shanghai day (a wave; a saw with a 2-hour gap): the report, day end."""
     import math
-    import threading
 
-    from pipeline.reports import render
     from pipeline.reports.compute import compute
     from pipeline.reports.model import DayData
 
@@ -145,7 +125,18 @@ def test_a_reused_chart_figure_draws_the_same_png_as_a_fresh_one() -> None:
         "d1": [Point(start + i * 60_000, 4 + 3 * math.sin(i / 50)) for i in range(1440)],
         "d2": [Point(start + i * 60_000, -20 + (i % 90) / 10) for i in range(1440) if not 300 <= i < 420],
     }
-    report = compute(cfg, DayData("S1", "2026-11-23", start, end, readings, [], [], []))
+    return compute(cfg, DayData("S1", "2026-11-23", start, end, readings, [], [], [])), end
+
+
+def test_a_reused_chart_figure_draws_the_same_png_as_a_fresh_one() -> None:
+    """The PDF's charts share one matplotlib figure per thread (the render cost): a chart drawn after another
+    (other limits, a gap, other values) must be byte-identical to the same chart drawn first, or a record
+    regenerated in a fresh process would not have the same hash."""
+    import threading
+
+    from pipeline.reports import render
+
+    report, _ = _two_asset_day()
     a1, a2 = report.assets
 
     def fresh(asset: object) -> bytes:
@@ -176,7 +167,7 @@ def test_report_tools_name_the_font_subsetter_when_it_cannot_be_loaded(monkeypat
     assert "libharfbuzz-subset0" not in tools.missing()
 
 
-def _empty_day() -> tuple[SiteConfig, object, object]:
+def _empty_day() -> tuple[SiteConfig, Any, Any]:
     from pipeline.reports.compute import compute
     from pipeline.reports.model import DayData
     from pipeline.reports.render import VersionInfo
@@ -321,30 +312,12 @@ def test_charts_go_into_the_pdf_as_compressed_and_decode_to_the_same_pixels() ->
     """The charts' PNG pixel data is embedded as it is (WeasyPrint decoded and re-compressed it): the PDF's picture
     streams are the charts' own bytes, and they decode to the same pixels as the pictures WeasyPrint re-encodes."""
     import io
-    import math
 
     from PIL import Image
 
     from pipeline.reports import render
-    from pipeline.reports.compute import compute
-    from pipeline.reports.model import DayData
 
-    cfg = SiteConfig.model_validate(
-        {
-            "sites": {
-                "S1": {
-                    "assets": {"a1": {"profile": "chilled"}, "a2": {"profile": "frozen"}},
-                    "devices": {"d1": {"asset": "a1", "secret": "s" * 16}, "d2": {"asset": "a2", "secret": "t" * 16}},
-                }
-            }
-        }
-    )
-    start, end = day_window(date(2026, 11, 23), "Asia/Shanghai")
-    readings = {
-        "d1": [Point(start + i * 60_000, 4 + 3 * math.sin(i / 50)) for i in range(1440)],
-        "d2": [Point(start + i * 60_000, -20 + (i % 90) / 10) for i in range(1440) if not 300 <= i < 420],
-    }
-    report = compute(cfg, DayData("S1", "2026-11-23", start, end, readings, [], [], []))
+    report, end = _two_asset_day()
     info = render.VersionInfo("LDR-S1-20261123-v1", 1, end, "0" * 64, None, "")
     caps = {"d1": 180_000, "d2": 180_000}
     charts = [render.chart_png(a, report, caps[a.device]) for a in report.assets]
