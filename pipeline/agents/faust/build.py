@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol
 import faust
 
 from pipeline.agents.faust.changelog import KafkaBatches
-from pipeline.agents.faust.continuity import Continuity, GroupStarts
+from pipeline.agents.faust.continuity import Continuity
 from pipeline.agents.faust.durable import Pending, clamp_recovery_seeks
 from pipeline.settings import Settings
 
@@ -120,20 +120,13 @@ def own_producer(app: faust.App, settings: Settings, *, start: bool = True) -> K
 
 
 async def admitted(
-    stream: Any,
-    app: faust.App,
-    pending: Pending,
-    continuity: Continuity,
-    *,
-    baseline: bool = False,
-    starts: GroupStarts | None = None,
+    stream: Any, app: faust.App, pending: Pending, continuity: Continuity, *, baseline: bool = False
 ) -> AsyncIterator[Any]:
     """The events of an agent's ``stream`` in offset order, read with manual acks (``pending`` acks them once
     their states are in the changelog). An event after records that never arrived is skipped (not acked) and
     its partition read again from the first missing one. ``continuity.idle_since`` is the time the agent
     started waiting for its next event (``None`` while it handles one). ``baseline``: check each partition's
-    first event against the committed offset (see :meth:`Continuity.baseline`); ``starts``: the same, with the
-    offsets :class:`GroupStarts` fetched when the partition was assigned."""
+    first event against the committed offset (see :meth:`Continuity.baseline`)."""
     manual = stream.noack()
     pending.ack = manual.ack
     continuity.idle_since = time.monotonic()
@@ -142,10 +135,6 @@ async def admitted(
         message = event.message
         if baseline:
             await continuity.baseline(app.consumer, message.tp)
-        elif starts is not None and message.tp not in continuity.expected and message.tp not in continuity.rewinding:
-            start = await starts.start_of(message.tp)
-            if start is not None:
-                continuity.expect({message.tp: start})
         rewind_to = continuity.admit(message.tp, message.offset)
         if rewind_to is not None:
             # Records before this one never arrived: skip it (not acked) and read them all again in order.

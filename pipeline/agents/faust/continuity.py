@@ -11,10 +11,8 @@ skipped the rest of the killed worker's partitions in ~1 run in 7 of
 
 So the agent checks continuity itself, per partition:
 
-* **a baseline**: each newly assigned partition's first offset is expected to be the group's committed one.
-  The detection worker fetches it when a rebalance completes (:class:`GroupStarts`, clients of its own, in the
-  background) and its agent takes it at the partition's first event; the grading worker's agent asks Faust's
-  consumer thread before that event (:meth:`Continuity.baseline`).
+* **a baseline** (the grading worker's agent only): before the first event of a partition since its
+  assignment, it fetches the group's committed offset (:meth:`Continuity.baseline`) and expects that first.
   Without it the first offset delivered became the expectation, so a dropped *first* record went unnoticed:
   measured in the grading worker's restart test (issue 22), a partition committed at 195 delivered 196 first
   (or 96 where 79 was committed), and the restarted worker lost those records' effect for good: 5 failed runs
@@ -104,12 +102,6 @@ class Continuity:
             log.warning("%s[%d]: committed offset unavailable; continuity checked from the first event", *tp)
             return
         self.expected.setdefault(tp, call.result())
-
-    def expect(self, starts: dict[Any, int]) -> None:
-        """Expect each partition's group start first, unless it is expected or being rewound already."""
-        for tp, offset in starts.items():
-            if tp not in self.expected and tp not in self.rewinding:
-                self.expected[tp] = offset
 
     def admit(self, tp: Any, offset: int) -> int | None:
         """``None`` to process the event; else skip it (not acked) and, if >= 0, rewind the partition there."""
@@ -250,104 +242,6 @@ async def _group_start(kafka: Any, tp: Any) -> int:
     if committed is None:
         committed = int((await kafka.beginning_offsets([tp]))[tp])
     return committed
-
-
-class GroupStarts:
-    """Where a consumer group resumes partitions (the committed offset, else the first retained one: the
-    workers' consumers reset to the earliest), asked with an admin client and a group-less consumer of its own
-    on the app's event loop, never through Faust's consumer thread.
-
-    Why: a survivor handed a partition whose first records Faust dropped takes the first offset delivered as its
-    start and never reads them. Asking the consumer's thread at the partition's first event cost 1.5-6 s a call
-    while the thread was busy with the rebalance, and with the agent waiting on it Faust dropped the records it
-    had fetched meanwhile (a restarted worker's first alerts 10-34 s after the kill instead of ~5 s)."""
-
-    def __init__(self, bootstrap_servers: str, group_id: str, timeout_s: float = BASELINE_TIMEOUT_S) -> None:
-        self.bootstrap_servers = bootstrap_servers
-        self.group_id = group_id
-        self.timeout_s = timeout_s
-        self._admin: Any = None
-        self._consumer: Any = None
-        self._starting = asyncio.Lock()
-        #: partition -> its group start, fetched at the last rebalance and not yet taken by its first event.
-        self.known: dict[Any, int] = {}
-        self._task: asyncio.Future[None] | None = None
-
-    def prefetch(self, tps: list[Any]) -> None:
-        """Fetch ``tps``' starts in the background (from the rebalance handler: time spent there, before Faust
-        marks the partitions active, let it drop the records it fetched meanwhile; 4 of 9 failover runs then
-        stalled ~5 s until the stall check re-read them)."""
-        if tps:
-            self._task = asyncio.ensure_future(self._prefetch(tps))
-
-    async def _prefetch(self, tps: list[Any]) -> None:
-        self.known.update(await self.fetch(tps))
-
-    async def start_of(self, tp: Any) -> int | None:
-        """``tp``'s prefetched start (waiting for the fetch under way, at most ``timeout_s``), once; else None."""
-        task = self._task
-        if tp not in self.known and task is not None and not task.done():
-            await asyncio.wait({task}, timeout=self.timeout_s)
-        return self.known.pop(tp, None)
-
-    def forget(self, tps: Any) -> None:
-        for tp in tps:
-            self.known.pop(tp, None)
-
-    async def start(self) -> None:
-        """Connect both clients (at the worker's start: a rebalance then costs one round trip, not a connect;
-        time spent in the rebalance handler widens the window in which Faust drops fetched records)."""
-        from aiokafka import AIOKafkaConsumer
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        async with self._starting:
-            if self._admin is None:
-                admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
-                await admin.start()
-                self._admin = admin
-            if self._consumer is None:
-                consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False)
-                await consumer.start()
-                self._consumer = consumer
-
-    async def fetch(self, tps: list[Any]) -> dict[Any, int]:
-        """Each of ``tps`` (keys as given) -> its group start; ``{}`` (logged) if Kafka does not answer in time,
-        e.g. while the group coordinator moves: continuity is then checked from the first event, as before."""
-        if not tps:
-            return {}
-        try:
-            return await asyncio.wait_for(self._fetch(tps), self.timeout_s)
-        except Exception as exc:  # any failure leaves the check as it was without a baseline
-            log.warning("committed offsets unavailable (%r); continuity checked from the first event", exc)
-            return {}
-
-    async def _fetch(self, tps: list[Any]) -> dict[Any, int]:
-        await self.start()
-        wanted = {TopicPartition(tp.topic, tp.partition): tp for tp in tps}
-        committed = await self._admin.list_consumer_group_offsets(self.group_id, partitions=list(wanted))
-        starts: dict[Any, int] = {}
-        missing: list[TopicPartition] = []
-        for key, tp in wanted.items():
-            meta = committed.get(key)
-            if meta is not None and meta.offset >= 0:
-                starts[tp] = int(meta.offset)
-            else:
-                missing.append(key)
-        if missing:
-            first = await self._consumer.beginning_offsets(missing)
-            starts.update({wanted[key]: int(first[key]) for key in missing})
-        return starts
-
-    async def stop(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        consumer, admin, self._consumer, self._admin = self._consumer, self._admin, None, None
-        with contextlib.suppress(Exception):
-            if consumer is not None:
-                await consumer.stop()
-        with contextlib.suppress(Exception):
-            if admin is not None:
-                await admin.close()
 
 
 def _position(kafka: Any, tp: Any) -> int | None:
