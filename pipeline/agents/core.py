@@ -243,7 +243,6 @@ class Runner(Generic[S, E]):
         # index took 6.7 µs a reading that way, 1.1 µs this way; BENCHMARKS.md, issue 24). Visiting every
         # subject, no index is kept.
         indexed = not timers.visit_all
-        heap, hint, exact, wake_fns, push = timers.heap, timers.hint, timers.exact, self._wake_fns, heapq.heappush
         outputs = result.outputs
         clock = self._clock.get(partition, 0)
         duplicates = 0
@@ -277,19 +276,7 @@ class Runner(Generic[S, E]):
                 cache[key] = new
                 dirty[key] = new
                 if indexed:
-                    # :meth:`_index`, written out: once per reading on live traffic.
-                    wake_ms = wake_fns.get(key, _UNSET)
-                    if wake_ms is _UNSET:
-                        wake_ms = self._wake_fn(key)
-                    wake = NEVER_SKIP if wake_ms is None else wake_ms(new)
-                    if wake is None:
-                        exact.pop(key, None)
-                    else:
-                        exact[key] = wake
-                        old = hint.get(key)
-                        if old is None or wake < old:
-                            push(heap, (wake, key))
-                            hint[key] = wake
+                    self._index(key, new, timers)
             elif not outs and time_field is not None:
                 # The detectors' contract: a (device, seq) / (camera, event_id) duplicate returns the very same
                 # state and no outputs (anything else at least moves the de-dup window or a buffer).
@@ -319,7 +306,6 @@ class Runner(Generic[S, E]):
         touched = set() if visit_all else timers.touched
         dirty = self._dirty.setdefault(partition, {})
         detectors, outputs = self._detectors, result.outputs
-        heap, hint, exact, wake_fns, push = timers.heap, timers.hint, timers.exact, self._wake_fns, heapq.heappush
         changed = 0
         for key in keys:
             state = cache.get(key)
@@ -340,20 +326,9 @@ class Runner(Generic[S, E]):
                 cache[key] = new
                 dirty[key] = new
             if not visit_all:
-                # Re-indexed now, while the state is in the CPU's caches (:meth:`_index` written out). A subject
-                # still due (no progress) pops at the next tick and is visited again, as before.
-                wake_ms = wake_fns.get(key, _UNSET)
-                if wake_ms is _UNSET:
-                    wake_ms = self._wake_fn(key)
-                wake = NEVER_SKIP if wake_ms is None else wake_ms(new)
-                if wake is None:
-                    exact.pop(key, None)
-                else:
-                    exact[key] = wake
-                    old = hint.get(key)
-                    if old is None or wake < old:
-                        push(heap, (wake, key))
-                        hint[key] = wake
+                # Re-indexed now, while the state is in the CPU's caches. A subject still due (no progress) pops
+                # at the next tick and is visited again, as before.
+                self._index(key, new, timers)
             if outs:
                 outputs.extend(outs)
         if visit_all:
