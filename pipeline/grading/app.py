@@ -287,7 +287,7 @@ def make_app(
         states.put(partition, event.key, new)
 
     async def agent(stream: Any) -> None:
-        async for event in admitted(stream, app, pending, continuity, baseline=True):
+        async for event in admitted(stream, app, pending, continuity):
             msg = event.message
             async with lock:
                 await on_event(event)

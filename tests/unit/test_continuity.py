@@ -107,7 +107,7 @@ class FakeKafka:
 
 
 class FakeConsumer:
-    def __init__(self, kafka: FakeKafka) -> None:
+    def __init__(self, kafka: FakeKafka, committed: dict[TP, int] | None = None) -> None:
         kafka_ = kafka
 
         class Thread:
@@ -120,6 +120,8 @@ class FakeConsumer:
                 return await fun()
 
         self._thread = Thread()
+        # What Faust's seek to the committed offsets leaves (no entry for a committed offset of 0 or none).
+        self._committed_offset: dict[TP, int] = dict(committed or {})
         self._read_offset: dict[TP, int | None] = {}
         self._active_partitions: set[TP] = set()
         self._paused_partitions: set[TP] = set()
@@ -264,36 +266,51 @@ def test_repairs_are_exported_as_prometheus_counters() -> None:
 
 async def test_the_first_event_after_an_assignment_is_checked_against_the_committed_offset() -> None:
     """Issue 22: Faust skipped the first record after the committed offset (195) and delivered 196 first; with
-    the committed offset as the baseline that is a gap, rewound to 195, not a new start."""
-    kafka = FakeKafka({A: 200, B: 0}, committed_offsets={A: 195})
-    consumer = FakeConsumer(kafka)
+    the committed offset as the start that is a gap, rewound to 195, not a new start."""
+    kafka = FakeKafka({A: 200, B: 0})
+    consumer = FakeConsumer(kafka, committed={A: 195})
     c = Continuity()
-    await c.baseline(consumer, A)
+    c.start(consumer, A)
     assert c.admit(A, 196) == 195, "196 first: 195 never arrived"
     assert await c.rewind(consumer, A, 195, arrived=196)
     assert kafka.seeks == [(A, 195)]
     assert c.admit(A, 195) is None and c.admit(A, 196) is None
-    # No commit yet: the group reads from the first retained offset, which is expected first.
-    await c.baseline(consumer, B)
+    # No commit (or 0, which Faust leaves out too): the group reads from the earliest.
+    c.start(consumer, B)
     assert c.expected[B] == 0 and c.admit(B, 0) is None
-    # Asked once per assignment: known partitions are not asked again; forgotten ones are.
-    kafka.committed_offsets[A] = 999
-    await c.baseline(consumer, A)
+    # Taken once per assignment: known partitions keep their expectation; forgotten ones start again.
+    consumer._committed_offset[A] = 999
+    c.start(consumer, A)
     assert c.expected[A] == 197
     c.forget([A])
-    await c.baseline(consumer, A)
+    c.start(consumer, A)
     assert c.expected[A] == 999
 
 
+async def test_a_partition_whose_start_was_deleted_by_retention_is_read_from_its_first_retained_offset() -> None:
+    """No commit: 0 is expected, the log begins at 500. One rewind, clamped to 500, then the expectation
+    follows the re-read record (not a second rewind to 0)."""
+    kafka = FakeKafka({A: 520}, beginning=500)
+    consumer = FakeConsumer(kafka)
+    c = Continuity(retry_s=60)
+    c.start(consumer, A)
+    assert c.admit(A, 500) == 0
+    assert await c.rewind(consumer, A, 0, arrived=500)
+    assert kafka.seeks == [(A, 500)]
+    c.rewound_at[A] = 1e18
+    assert c.admit(A, 501) == -1, "fetched before the seek"
+    assert [c.admit(A, o) for o in (500, 501, 502)] == [None] * 3
+    assert c.expected[A] == 503 and A not in c.rewinding
+
+
 async def test_a_redelivery_below_the_committed_offset_is_processed() -> None:
-    kafka = FakeKafka({A: 50}, committed_offsets={A: 40})
     c = Continuity()
-    await c.baseline(FakeConsumer(kafka), A)
+    c.start(FakeConsumer(FakeKafka({A: 50}), committed={A: 40}), A)
     assert [c.admit(A, o) for o in (38, 39, 40, 41)] == [None] * 4
     assert c.expected[A] == 42
 
 
-async def test_without_a_kafka_consumer_the_first_event_sets_the_expectation() -> None:
+def test_without_a_kafka_consumer_the_first_event_sets_the_expectation() -> None:
     c = Continuity()
-    await c.baseline(object(), A)
+    c.start(object(), A)
     assert A not in c.expected and c.admit(A, 7) is None and c.expected[A] == 8

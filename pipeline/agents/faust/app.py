@@ -344,9 +344,6 @@ def _agent_body(
     continuity: Continuity,
 ) -> Callable[[Any], Any]:
     async def agent(stream: Any) -> None:
-        # No committed-offset baseline here (the grading worker has one, continuity.py): with it a restarted
-        # worker stalled on its first event in the failover test (alerts 10-16 s after kill -9, or none for 90 s,
-        # against 5-9 s without), and its stall check already catches records skipped after a restart.
         async for event in admitted(stream, app, pending, continuity):
             message = event.message
             partition = message.partition

@@ -120,21 +120,20 @@ def own_producer(app: faust.App, settings: Settings, *, start: bool = True) -> K
 
 
 async def admitted(
-    stream: Any, app: faust.App, pending: Pending, continuity: Continuity, *, baseline: bool = False
+    stream: Any, app: faust.App, pending: Pending, continuity: Continuity
 ) -> AsyncIterator[Any]:
     """The events of an agent's ``stream`` in offset order, read with manual acks (``pending`` acks them once
     their states are in the changelog). An event after records that never arrived is skipped (not acked) and
     its partition read again from the first missing one. ``continuity.idle_since`` is the time the agent
-    started waiting for its next event (``None`` while it handles one). ``baseline``: check each partition's
-    first event against the committed offset (see :meth:`Continuity.baseline`)."""
+    started waiting for its next event (``None`` while it handles one). A partition's first event since its
+    assignment is checked against the group's committed offset (:meth:`Continuity.start`)."""
     manual = stream.noack()
     pending.ack = manual.ack
     continuity.idle_since = time.monotonic()
     async for event in manual.events():
         continuity.idle_since = None
         message = event.message
-        if baseline:
-            await continuity.baseline(app.consumer, message.tp)
+        continuity.start(app.consumer, message.tp)
         rewind_to = continuity.admit(message.tp, message.offset)
         if rewind_to is not None:
             # Records before this one never arrived: skip it (not acked) and read them all again in order.

@@ -11,13 +11,13 @@ skipped the rest of the killed worker's partitions in ~1 run in 7 of
 
 So the agent checks continuity itself, per partition:
 
-* **a baseline** (the grading worker's agent only): before the first event of a partition since its
-  assignment, it fetches the group's committed offset (:meth:`Continuity.baseline`) and expects that first.
-  Without it the first offset delivered became the expectation, so a dropped *first* record went unnoticed:
-  measured in the grading worker's restart test (issue 22), a partition committed at 195 delivered 196 first
-  (or 96 where 79 was committed), and the restarted worker lost those records' effect for good: 5 failed runs
-  of 10 before this check, 0 of 6 after.
-
+* **a start**: the first event of a partition since its assignment is checked against the group's committed
+  offset (:meth:`Continuity.start`), not taken as the start. Without it a dropped *first* record went unnoticed:
+  measured in the grading worker's restart test (issue 22), a partition committed at 195 delivered 196 first (or
+  96 where 79 was committed), and the restarted worker lost those records' effect for good (5 failed runs of 10);
+  in the chaos test a detection partition moved twice while a broker was down lost 3 true alerts (2026-12-04).
+  The offset is the one Faust itself sought to at the assignment, so checking costs no round trip (asking the
+  consumer's thread instead stalled a restarted worker 5-30 s: BENCHMARKS, "Worker failover after kill -9").
 * **a gap**: an event's offset is beyond the next expected one. The event is not processed (nor acked) and
   the partition is rewound to the expected offset; events beyond it are skipped until it arrives, so the
   records are processed again in log order (a tick processed before the readings it follows would make
@@ -35,7 +35,6 @@ Rewinding clamps to the partition's first retained offset, and happens on the co
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -46,10 +45,6 @@ from typing import Any
 from aiokafka.structs import TopicPartition
 
 log = logging.getLogger(__name__)
-
-#: How long the first event of a partition waits for its committed offset before going on without a baseline.
-BASELINE_TIMEOUT_S = 10.0
-
 
 @dataclass
 class Continuity:
@@ -79,29 +74,19 @@ class Continuity:
             self.rewound_at.pop(tp, None)
             self.suspects.pop(tp, None)
 
-    async def baseline(self, consumer: Any, tp: Any) -> None:
-        """Expect ``tp``'s committed offset (or, with no commit yet, its first retained offset: the group reads
-        from the earliest) if nothing is expected of it yet: call before :meth:`admit` for every event; only the
-        first one after an assignment costs a round trip."""
+    def start(self, consumer: Any, tp: Any) -> None:
+        """Expect ``tp``'s committed offset first if nothing is expected of it yet (call before :meth:`admit`
+        for every event). No round trip: Faust's own seek to the committed offsets, which runs after every
+        assignment before any event is delivered, leaves them in ``consumer._committed_offset`` (without the
+        partitions whose committed offset is 0 or missing: the group reads those from the earliest, and 0 is
+        expected; a rewind clamps it to the first retained offset)."""
         if tp in self.expected or tp in self.rewinding:
             return
         thread: Any = getattr(consumer, "_thread", None)
         if getattr(thread, "_consumer", None) is None:
-            return  # no Kafka consumer running (Faust's test context): nothing to ask
-
-        async def start() -> int:
-            return await _group_start(thread._ensure_consumer(), tp)
-
-        # Not wait_for: cancelling a call into the consumer's thread does not stop it, and wait_for then waits
-        # for the cancellation for ever (seen: a restarted detection worker hung on its first event). Left
-        # running on timeout instead; its result is then ignored.
-        call = asyncio.ensure_future(thread.call_thread(start))
-        done, _ = await asyncio.wait({call}, timeout=BASELINE_TIMEOUT_S)
-        if not done or call.exception() is not None:
-            call.add_done_callback(lambda c: c.cancelled() or c.exception())  # retrieved: no "never retrieved"
-            log.warning("%s[%d]: committed offset unavailable; continuity checked from the first event", *tp)
-            return
-        self.expected.setdefault(tp, call.result())
+            return  # no Kafka consumer running (Faust's test context): the first event sets the expectation
+        committed = consumer._committed_offset.get(tp)
+        self.expected[tp] = committed if committed is not None and committed > 0 else 0
 
     def admit(self, tp: Any, offset: int) -> int | None:
         """``None`` to process the event; else skip it (not acked) and, if >= 0, rewind the partition there."""
@@ -114,6 +99,8 @@ class Continuity:
                 return -1
             if offset == waiting:
                 del self.rewinding[tp]
+                # The target may be past the expectation (clamped to the first retained offset).
+                self.expected[tp] = offset
         expected = self.expected.get(tp)
         if expected is not None and offset > expected:
             self.rewinding[tp] = expected
