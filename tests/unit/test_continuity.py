@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from aiokafka.structs import TopicPartition
 
-from pipeline.agents.faust.continuity import AckGate, Continuity
+from pipeline.agents.faust.continuity import AckGate, Continuity, SeekWatch
 
 
 @dataclass(frozen=True)
@@ -245,7 +246,6 @@ async def test_a_gap_already_sought_back_by_faust_needs_no_seek() -> None:
 
 
 def test_repairs_are_exported_as_prometheus_counters() -> None:
-    from types import SimpleNamespace
 
     from prometheus_client import CollectorRegistry, generate_latest
 
@@ -270,20 +270,20 @@ async def test_the_first_event_after_an_assignment_is_checked_against_the_commit
     kafka = FakeKafka({A: 200, B: 0})
     consumer = FakeConsumer(kafka, committed={A: 195})
     c = Continuity()
-    c.start(consumer, A)
+    c.start(consumer, A, 1)
     assert c.admit(A, 196) == 195, "196 first: 195 never arrived"
     assert await c.rewind(consumer, A, 195, arrived=196)
     assert kafka.seeks == [(A, 195)]
     assert c.admit(A, 195) is None and c.admit(A, 196) is None
     # No commit (or 0, which Faust leaves out too): the group reads from the earliest.
-    c.start(consumer, B)
+    c.start(consumer, B, 1)
     assert c.expected[B] == 0 and c.admit(B, 0) is None
     # Taken once per assignment: known partitions keep their expectation; forgotten ones start again.
     consumer._committed_offset[A] = 999
-    c.start(consumer, A)
+    c.start(consumer, A, 1)
     assert c.expected[A] == 197
     c.forget([A])
-    c.start(consumer, A)
+    c.start(consumer, A, 1)
     assert c.expected[A] == 999
 
 
@@ -293,7 +293,7 @@ async def test_a_partition_whose_start_was_deleted_by_retention_is_read_from_its
     kafka = FakeKafka({A: 520}, beginning=500)
     consumer = FakeConsumer(kafka)
     c = Continuity(retry_s=60)
-    c.start(consumer, A)
+    c.start(consumer, A, 1)
     assert c.admit(A, 500) == 0
     assert await c.rewind(consumer, A, 0, arrived=500)
     assert kafka.seeks == [(A, 500)]
@@ -303,14 +303,43 @@ async def test_a_partition_whose_start_was_deleted_by_retention_is_read_from_its
     assert c.expected[A] == 503 and A not in c.rewinding
 
 
+async def test_events_before_fausts_seek_to_the_committed_offsets_are_skipped() -> None:
+    """Faust resumes its flow during table recovery, before it seeks the assignment to its committed offsets:
+    an event delivered then is skipped (unacked), not taken as the start. The seek reads it again where there
+    is a committed offset; a partition without one (Faust seeks only those with) is sought to the earliest."""
+    consumer = FakeConsumer(FakeKafka({A: 30, B: 12}))
+    seeks = SeekWatch({"readings"})
+    sought: list[tuple[TP, int]] = []
+
+    async def perform_seek() -> None:
+        consumer._committed_offset[A] = 20  # B has no commit: Faust leaves it where it is
+
+    async def seek(tp: TP, offset: int) -> None:
+        sought.append((tp, offset))
+
+    consumer.perform_seek = perform_seek  # type: ignore[attr-defined]
+    consumer.seek = seek  # type: ignore[attr-defined]
+    consumer.assignment = lambda: {A, B, TP("changelog", 0)}  # type: ignore[attr-defined]
+    seeks.install(consumer, SimpleNamespace(consumer_generation_id=3))
+    c = Continuity(seeks=seeks)
+    assert not c.start(consumer, A, 3) and not c.start(consumer, B, 3), "generation 3 not sought yet"
+    assert A not in c.expected and B not in c.expected
+    await consumer.perform_seek()  # type: ignore[attr-defined]
+    assert seeks.generation == 3 and sought == [(B, 0)], "not A (Faust's seek), nor another topic"
+    assert not c.start(consumer, A, 2), "an event of an older generation"
+    assert c.start(consumer, A, 3) and c.expected[A] == 20
+    assert c.admit(A, 25) == 20, "the records from the committed offset must come first"
+    assert c.start(consumer, B, 3) and c.expected[B] == 0
+
+
 async def test_a_redelivery_below_the_committed_offset_is_processed() -> None:
     c = Continuity()
-    c.start(FakeConsumer(FakeKafka({A: 50}), committed={A: 40}), A)
+    c.start(FakeConsumer(FakeKafka({A: 50}), committed={A: 40}), A, 1)
     assert [c.admit(A, o) for o in (38, 39, 40, 41)] == [None] * 4
     assert c.expected[A] == 42
 
 
 def test_without_a_kafka_consumer_the_first_event_sets_the_expectation() -> None:
     c = Continuity()
-    c.start(object(), A)
+    c.start(object(), A, 1)
     assert A not in c.expected and c.admit(A, 7) is None and c.expected[A] == 8

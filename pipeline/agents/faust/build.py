@@ -133,7 +133,9 @@ async def admitted(
     async for event in manual.events():
         continuity.idle_since = None
         message = event.message
-        continuity.start(app.consumer, message.tp)
+        if not continuity.start(app.consumer, message.tp, message.generation_id):
+            continuity.idle_since = time.monotonic()
+            continue  # delivered before Faust's seek to the committed offsets: read again from there
         rewind_to = continuity.admit(message.tp, message.offset)
         if rewind_to is not None:
             # Records before this one never arrived: skip it (not acked) and read them all again in order.

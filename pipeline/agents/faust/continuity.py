@@ -15,9 +15,11 @@ So the agent checks continuity itself, per partition:
   offset (:meth:`Continuity.start`), not taken as the start. Without it a dropped *first* record went unnoticed:
   measured in the grading worker's restart test (issue 22), a partition committed at 195 delivered 196 first (or
   96 where 79 was committed), and the restarted worker lost those records' effect for good (5 failed runs of 10);
-  in the chaos test a detection partition moved twice while a broker was down lost 3 true alerts (2026-12-04).
-  The offset is the one Faust itself sought to at the assignment, so checking costs no round trip (asking the
-  consumer's thread instead stalled a restarted worker 5-30 s: BENCHMARKS, "Worker failover after kill -9").
+  in the chaos test a partition with no commit yet delivered offset 74 first (2026-12-04: 3 true alerts lost in
+  an earlier run). The offset is the one Faust itself seeks to after each assignment (:class:`SeekWatch`), so
+  checking costs no round trip (asking the consumer's thread instead stalled a restarted worker 5-30 s:
+  BENCHMARKS, "Worker failover after kill -9"). Faust delivers some events before that seek (its flow resumes
+  during table recovery): they are skipped unacked, and read again from the offset it seeks to.
 * **a gap**: an event's offset is beyond the next expected one. The event is not processed (nor acked) and
   the partition is rewound to the expected offset; events beyond it are skipped until it arrives, so the
   records are processed again in log order (a tick processed before the readings it follows would make
@@ -46,10 +48,41 @@ from aiokafka.structs import TopicPartition
 
 log = logging.getLogger(__name__)
 
+class SeekWatch:
+    """Which consumer generation Faust last sought to its committed offsets (``Consumer.perform_seek``, after
+    every assignment's table recovery), and the part of that seek Faust leaves out: it seeks only partitions
+    whose committed offset is above 0 (aiokafka's ``seek_to_committed``), so one with no commit (or 0) kept
+    whatever position its fetches reached meanwhile, past records Faust dropped or the agent skipped, and
+    nothing delivered them again until the stall check (seen: a restarted worker whose predecessor had not
+    committed yet waited 6 s for it, 10.5 s from kill -9 to alerts in the failover test). Those are sought to
+    the earliest, the group's start for them. From then on ``consumer._committed_offset`` holds the committed
+    offsets of that assignment (none for the partitions without)."""
+
+    def __init__(self, topics: set[str]) -> None:
+        self.topics = topics
+        self.generation: int | None = None
+
+    def install(self, consumer: Any, app: Any) -> None:
+        perform_seek = consumer.perform_seek
+
+        async def watched_seek() -> None:
+            generation = app.consumer_generation_id
+            await perform_seek()
+            committed = consumer._committed_offset
+            for tp in consumer.assignment():
+                if tp.topic in self.topics and not committed.get(tp):
+                    await consumer.seek(tp, 0)  # out of range (retention): reset to the earliest
+            self.generation = generation
+
+        consumer.perform_seek = watched_seek
+
+
 @dataclass
 class Continuity:
     """Per-partition expected offsets of one agent's source topic (``TP``-like keys: ``topic``, ``partition``)."""
 
+    #: Faust's seeks to the committed offsets (None: the first event of a partition needs no seek first).
+    seeks: SeekWatch | None = None
     stall_s: float = 2.0
     #: partition -> the next offset the agent must see.
     expected: dict[Any, int] = field(default_factory=dict)
@@ -74,19 +107,22 @@ class Continuity:
             self.rewound_at.pop(tp, None)
             self.suspects.pop(tp, None)
 
-    def start(self, consumer: Any, tp: Any) -> None:
-        """Expect ``tp``'s committed offset first if nothing is expected of it yet (call before :meth:`admit`
-        for every event). No round trip: Faust's own seek to the committed offsets, which runs after every
-        assignment before any event is delivered, leaves them in ``consumer._committed_offset`` (without the
-        partitions whose committed offset is 0 or missing: the group reads those from the earliest, and 0 is
-        expected; a rewind clamps it to the first retained offset)."""
+    def start(self, consumer: Any, tp: Any, generation: int) -> bool:
+        """Expect ``tp``'s committed offset first if nothing is expected of it yet; call before :meth:`admit`
+        for every event. False: Faust has not yet sought this assignment (``generation``) to its committed
+        offsets, and the event is to be skipped unacked (the seek reads it again, or, with no commit to seek to,
+        the expectation below finds the gap). With no commit (or 0) the group reads from the earliest: 0 is
+        expected, and a rewind clamps it to the first retained offset."""
         if tp in self.expected or tp in self.rewinding:
-            return
+            return True
         thread: Any = getattr(consumer, "_thread", None)
         if getattr(thread, "_consumer", None) is None:
-            return  # no Kafka consumer running (Faust's test context): the first event sets the expectation
+            return True  # no Kafka consumer running (Faust's test context): the first event sets the expectation
+        if self.seeks is not None and self.seeks.generation != generation:
+            return False
         committed = consumer._committed_offset.get(tp)
         self.expected[tp] = committed if committed is not None and committed > 0 else 0
+        return True
 
     def admit(self, tp: Any, offset: int) -> int | None:
         """``None`` to process the event; else skip it (not acked) and, if >= 0, rewind the partition there."""
@@ -256,6 +292,7 @@ class AckGate:
 
     def __init__(self, topics: set[str]) -> None:
         self.topics = topics
+        self.seeks = SeekWatch(topics)
         self.refused = 0
         self._allowed: set[int] = set()
         self._warned: set[tuple[str, int]] = set()

@@ -138,13 +138,16 @@ def clamp_recovery_seeks(app: faust.App) -> None:
 
 def gate_acks(app: faust.App, topics: Iterable[str]) -> AckGate:
     """Only the agents' own acks commit records of ``topics``: Faust acks the events its streams skip around a
-    rebalance (see :class:`AckGate`). Installed on every consumer the app creates."""
+    rebalance (see :class:`AckGate`); and the gate's ``seeks`` knows when Faust has sought an assignment to its
+    committed offsets, the start the agents check a partition's first event against (:class:`SeekWatch`).
+    Installed on every consumer the app creates."""
     gate = AckGate(set(topics))
     new_consumer = app._new_consumer
 
     def gated_consumer() -> Any:
         consumer = new_consumer()
         gate.install(consumer)
+        gate.seeks.install(consumer, app)
         return consumer
 
     app._new_consumer = gated_consumer  # type: ignore[method-assign]
