@@ -123,6 +123,7 @@ class FakeConsumer:
         self._thread = Thread()
         # What Faust's seek to the committed offsets leaves (no entry for a committed offset of 0 or none).
         self._committed_offset: dict[TP, int] = dict(committed or {})
+        self._acked: dict[TP, list[int]] = {}
         self._read_offset: dict[TP, int | None] = {}
         self._active_partitions: set[TP] = set()
         self._paused_partitions: set[TP] = set()
@@ -330,6 +331,29 @@ async def test_events_before_fausts_seek_to_the_committed_offsets_are_skipped() 
     assert c.start(consumer, A, 3) and c.expected[A] == 20
     assert c.admit(A, 25) == 20, "the records from the committed offset must come first"
     assert c.start(consumer, B, 3) and c.expected[B] == 0
+
+
+async def test_commits_stuck_behind_lost_acks_read_the_hole_again() -> None:
+    """Faust commits up to the first hole in its acked offsets; a hole right after the committed offset (acks
+    it lost) stops the partition's commits for good unless the records are read, and acked, again."""
+    kafka = FakeKafka({A: 532})
+    consumer = FakeConsumer(kafka, committed={A: 245})
+    consumer._acked[A] = [249, 250, 251, 530, 531]
+    c = Continuity(stall_s=2.0, retry_s=60)
+    assert c.commit_hole(consumer, A, now=10.0) is None, "first look"
+    assert c.commit_hole(consumer, A, now=11.9) is None, "not for stall_s yet"
+    assert c.commit_hole(consumer, A, now=12.0) == (245, 249)
+    assert await c.rewind(consumer, A, 245, unacked=249)
+    assert kafka.seeks == [(A, 245)] and c.rewinding[A] == 245
+    # Commits moving on, a hole of one (Faust commits past it), or nothing acked: no hole.
+    consumer._acked[A] = [246, 247]
+    assert c.commit_hole(consumer, A, now=20.0) is None and c.commit_hole(consumer, A, now=30.0) is None
+    consumer._acked[A] = []
+    assert c.commit_hole(consumer, A, now=40.0) is None
+    consumer._acked[A] = [300]
+    c.commit_hole(consumer, A, now=50.0)
+    consumer._committed_offset[A] = 290
+    assert c.commit_hole(consumer, A, now=53.0) is None, "a changed look starts the wait again"
 
 
 async def test_a_redelivery_below_the_committed_offset_is_processed() -> None:

@@ -98,6 +98,8 @@ class Continuity:
     rewinds: int = 0
     #: partition -> ((fetch position, expected offset), when first seen so) while it looks stalled.
     suspects: dict[Any, tuple[tuple[int | None, int | None], float]] = field(default_factory=dict)
+    #: partition -> ((committed offset, lowest acked offset), when first seen so) while its commits look stuck.
+    holes: dict[Any, tuple[tuple[int, int], float]] = field(default_factory=dict)
 
     def forget(self, tps: Any) -> None:
         """The partitions were revoked or (re)assigned: Faust restarts them from the committed offset."""
@@ -106,6 +108,34 @@ class Continuity:
             self.rewinding.pop(tp, None)
             self.rewound_at.pop(tp, None)
             self.suspects.pop(tp, None)
+            self.holes.pop(tp, None)
+
+    def commit_hole(self, consumer: Any, tp: Any, now: float | None = None) -> tuple[int, int] | None:
+        """``(committed, lowest acked)`` if Faust's commits of ``tp`` have been stuck for ``stall_s`` behind
+        offsets whose acks it never got; call every so often whether or not events arrive.
+
+        Faust commits only up to the first hole in a partition's acked offsets (``_new_offset``), and the agent
+        acks every record it processes, in offset order, from the committed offset on; so a hole right after
+        the committed offset is acks Faust lost, and its commits stop there for good: seen in the chaos test
+        (2026-12-04 17:56, a coordinator failover meanwhile), a survivor processed a partition to its end while
+        its commits stayed at 245 with 249 the lowest acked, and the group never caught up. Reading the hole
+        again brings its acks again (the detectors de-duplicate the records)."""
+        now = time.monotonic() if now is None else now
+        acked = consumer._acked.get(tp)
+        committed = consumer._committed_offset.get(tp)
+        lowest = min(acked) if acked else None
+        if not committed or lowest is None or lowest - committed <= 1:  # Faust's own test: it commits past 1
+            self.holes.pop(tp, None)
+            return None
+        look = (committed, lowest)
+        seen = self.holes.get(tp)
+        if seen is None or seen[0] != look:
+            self.holes[tp] = (look, now)
+            return None
+        if now - seen[1] < self.stall_s:
+            return None
+        del self.holes[tp]
+        return look
 
     def start(self, consumer: Any, tp: Any, generation: int) -> bool:
         """Expect ``tp``'s committed offset first if nothing is expected of it yet; call before :meth:`admit`
@@ -180,10 +210,13 @@ class Continuity:
         del self.suspects[tp]
         return await self.rewind(consumer, tp, expected)
 
-    async def rewind(self, consumer: Any, tp: Any, offset: int | None, *, arrived: int | None = None) -> bool:
+    async def rewind(
+        self, consumer: Any, tp: Any, offset: int | None, *, arrived: int | None = None, unacked: int | None = None
+    ) -> bool:
         """Make ``tp`` deliver again from ``offset`` (``None``: its committed offset) if records from there on
         were fetched and never delivered, or are waiting in the log while nothing arrives; False when there
-        was nothing to do. ``arrived``: the offset whose arrival showed a gap (the agent's check)."""
+        was nothing to do. ``arrived``: the offset whose arrival showed a gap (the agent's check);
+        ``unacked``: the lowest acked offset above a hole of lost acks (:meth:`commit_hole`)."""
         thread = consumer._thread
 
         async def seek_back() -> tuple[str, int | None, int | None]:
@@ -234,6 +267,17 @@ class Continuity:
                 target,
             )
             consumer.resume_partitions({tp})
+        elif unacked is not None:
+            log.warning(
+                "%s[%d]: Faust's commits stopped at offset %d: it never got the acks of offsets %d..%d, which the "
+                "agent processed; re-reading from offset %d",
+                tp.topic,
+                tp.partition,
+                target,
+                target,
+                unacked - 1,
+                target,
+            )
         elif arrived is not None:
             log.warning(
                 "%s[%d]: offset %d arrived while %d was expected; re-reading from offset %d",

@@ -156,7 +156,8 @@ def gate_acks(app: faust.App, topics: Iterable[str]) -> AckGate:
 
 async def check_continuity(app: faust.App, watched: Iterable[tuple[Continuity, Callable[[], Iterable[TP]]]]) -> None:
     """Rewind partitions whose fetch position ran past records the agent never received (see
-    :mod:`pipeline.agents.faust.continuity`), once the agent has waited ``stall_s`` for its next event.
+    :mod:`pipeline.agents.faust.continuity`), once the agent has waited ``stall_s`` for its next event, and
+    partitions whose commits are stuck behind acks Faust lost (:meth:`Continuity.commit_hole`), at any time.
     ``watched``: each agent's continuity and a function giving the source partitions it owns now."""
     watched = list(watched)
     consumer = app.consumer
@@ -168,12 +169,16 @@ async def check_continuity(app: faust.App, watched: Iterable[tuple[Continuity, C
             continuity.suspects.clear()
         return
     for continuity, owned in watched:
-        if not continuity.stalled():
+        stalled = continuity.stalled()
+        if not stalled:
             continuity.suspects.clear()  # the agent is getting events: start looking afresh
-            continue
         for tp in owned():
             try:
-                await continuity.check(consumer, tp)
+                hole = continuity.commit_hole(consumer, tp)
+                if hole is not None:
+                    await continuity.rewind(consumer, tp, hole[0], unacked=hole[1])
+                elif stalled:
+                    await continuity.check(consumer, tp)
             except Exception:  # a safety net must never take the worker down
                 log.exception("%s: continuity check failed", tp)
 
