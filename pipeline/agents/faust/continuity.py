@@ -128,14 +128,7 @@ class Continuity:
             self.holes.pop(tp, None)
             return None
         look = (committed, lowest)
-        seen = self.holes.get(tp)
-        if seen is None or seen[0] != look:
-            self.holes[tp] = (look, now)
-            return None
-        if now - seen[1] < self.stall_s:
-            return None
-        del self.holes[tp]
-        return look
+        return look if _held_for(self.holes, tp, look, now, self.stall_s) else None
 
     def start(self, consumer: Any, tp: Any, generation: int) -> bool:
         """Expect ``tp``'s committed offset first if nothing is expected of it yet; call before :meth:`admit`
@@ -200,14 +193,8 @@ class Continuity:
             if highwater is not None and highwater <= position:
                 self.suspects.pop(tp, None)  # all caught up
                 return False
-        look = (position, expected)
-        seen = self.suspects.get(tp)
-        if seen is None or seen[0] != look:
-            self.suspects[tp] = (look, now)
+        if not _held_for(self.suspects, tp, (position, expected), now, self.stall_s):
             return False
-        if now - seen[1] < self.stall_s:
-            return False
-        del self.suspects[tp]
         return await self.rewind(consumer, tp, expected)
 
     async def rewind(
@@ -300,6 +287,18 @@ class Continuity:
         self.rewinding[tp] = target
         self.rewinds += 1
         return True
+
+
+def _held_for(looks: dict[Any, tuple[Any, float]], tp: Any, look: Any, now: float, seconds: float) -> bool:
+    """Whether ``tp`` has looked like ``look`` for ``seconds`` (then forgotten, to start afresh); records it."""
+    seen = looks.get(tp)
+    if seen is None or seen[0] != look:
+        looks[tp] = (look, now)
+        return False
+    if now - seen[1] < seconds:
+        return False
+    del looks[tp]
+    return True
 
 
 async def _group_start(kafka: Any, tp: Any) -> int:
