@@ -44,6 +44,9 @@ _UNSET: Any = object()
 VISIT_ALL_ABOVE = 0.3
 INDEX_BELOW = 0.15
 SWITCH_AFTER = 3
+#: The timer index files wake times in buckets of 2**WAKE_SHIFT ms (256 ms: a 1 s tick takes whole buckets and
+#: looks into at most one that is not all due).
+WAKE_SHIFT = 8
 
 S = TypeVar("S")
 E = TypeVar("E")
@@ -111,15 +114,23 @@ class Stats:
 
 @dataclass
 class _Timers:
-    """One partition's timer index. ``heap`` holds (wake, key) hints, each no later than the subject's true
-    wake time (``detector.wake_ms``); ``hint`` the earliest hint per key; ``exact`` each key's wake time as of
-    its latest indexed state (absent: no timer); a state changed by a reading or a tick's visit is re-indexed
-    at once; ``touched`` holds the keys to index at the next tick besides (new in the cache, loaded, a visit
-    that failed). ``visit_all``: the partition's ticks visit
-    every subject and no index is kept; ``streak``: ticks in a row that argue for switching."""
+    """One partition's timer index. ``hint`` holds the earliest hint per key, no later than the subject's true
+    wake time (``detector.wake_ms``), and ``wheel`` files each hint's key under its bucket
+    (``wake >> WAKE_SHIFT``; ``buckets``: a heap of the wheel's buckets); a key whose hint moved to another
+    bucket stays in the old one (``entries`` counts them all) and is skipped there. ``exact`` holds each key's
+    wake time as of its latest indexed state (absent: no timer); a state changed by a reading or a tick's visit
+    is re-indexed at once; ``touched`` holds the keys to index at the next tick besides (new in the cache,
+    loaded, a visit that failed). ``visit_all``: the partition's ticks visit every subject and no index is
+    kept; ``streak``: ticks in a row that argue for switching.
 
-    heap: list[tuple[int, bytes]] = field(default_factory=list)
+    Why buckets and not a heap of (wake, key): live traffic puts a subject's release (a tick away) in front of
+    thousands of silence deadlines (minutes away), so every push and pop of a heap sifted through its whole
+    depth, ~1 µs a reading (BENCHMARKS.md, issue 24); a bucket costs an append and a dict lookup."""
+
     hint: dict[bytes, int] = field(default_factory=dict)
+    wheel: dict[int, list[bytes]] = field(default_factory=dict)
+    buckets: list[int] = field(default_factory=list)
+    entries: int = 0
     exact: dict[bytes, int] = field(default_factory=dict)
     touched: set[bytes] = field(default_factory=set)
     visit_all: bool = False
@@ -155,7 +166,8 @@ class Runner(Generic[S, E]):
         self._dirty: dict[int, dict[bytes, S]] = {}
         #: partition -> its timer index (:class:`_Timers`), so a tick visits the subjects whose timers are due
         self._timers: dict[int, _Timers] = {}
-        self._wake_fns: dict[bytes, Any] = {}
+        #: detector class -> its ``wake_ms`` (``None``: it has none, every tick visits its subjects).
+        self._wake_fns: dict[type, Any] = {}
 
     # -- partition ownership ---------------------------------------------------------------------------------
 
@@ -186,7 +198,6 @@ class Runner(Generic[S, E]):
         for p in partitions:
             for key in self._cache.pop(p, {}):
                 self._detectors.pop(key, None)
-                self._wake_fns.pop(key, None)
             self._clock.pop(p, None)
             self._loaded.discard(p)
             self._dirty.pop(p, None)
@@ -276,7 +287,7 @@ class Runner(Generic[S, E]):
                 cache[key] = new
                 dirty[key] = new
                 if indexed:
-                    self._index(key, new, timers)
+                    self._index(key, new, timers, detector)
             elif not outs and time_field is not None:
                 # The detectors' contract: a (device, seq) / (camera, event_id) duplicate returns the very same
                 # state and no outputs (anything else at least moves the de-dup window or a buffer).
@@ -328,7 +339,7 @@ class Runner(Generic[S, E]):
             if not visit_all:
                 # Re-indexed now, while the state is in the CPU's caches. A subject still due (no progress) pops
                 # at the next tick and is visited again, as before.
-                self._index(key, new, timers)
+                self._index(key, new, timers, detector)
             if outs:
                 outputs.extend(outs)
         if visit_all:
@@ -357,76 +368,85 @@ class Runner(Generic[S, E]):
                 # Rebuilt from every state: the wake times are exact again.
                 timers = self._timers[partition] = _Timers()
                 for key, state in cache.items():
-                    self._index(key, state, timers)
+                    self._index(key, state, timers, self._detectors.get(key) or self._detector(key, None))
         else:
             timers.streak = timers.streak + 1 if busy_ratio > VISIT_ALL_ABOVE else 0
             if timers.streak >= SWITCH_AFTER:
                 self._timers[partition] = _Timers(visit_all=True)  # no index kept
 
     def _due(self, timers: _Timers, cache: dict[bytes, S], now_ms: int) -> list[bytes]:
-        """Pop the subjects whose wake time is ``<= now_ms`` from the partition's timer index."""
-        heap, hint, exact = timers.heap, timers.hint, timers.exact
+        """Take the subjects whose wake time is ``<= now_ms`` out of the partition's timer index."""
+        hint, exact, wheel, buckets = timers.hint, timers.exact, timers.wheel, timers.buckets
         touched, timers.touched = timers.touched, set()
         # Subjects changed outside the item and tick loops (new in the cache, loaded, a failed visit): indexed here.
-        wake_fns, push = self._wake_fns, heapq.heappush
+        detectors = self._detectors
         for key in touched:
-            state = cache.get(key)
-            wake_ms = wake_fns.get(key, _UNSET)
-            if wake_ms is _UNSET:
-                wake_ms = self._wake_fn(key)
-            wake = None if state is None else NEVER_SKIP if wake_ms is None else wake_ms(state)
-            if wake is None:
-                exact.pop(key, None)
-                continue
-            exact[key] = wake
-            old = hint.get(key)
-            if old is None or wake < old:
-                push(heap, (wake, key))
-                hint[key] = wake
+            self._index(key, cache.get(key), timers, detectors.get(key) or self._detector(key, None))
         due: list[bytes] = []
-        while heap and heap[0][0] <= now_ms:
-            wake, key = heapq.heappop(heap)
-            if hint.get(key) != wake:
-                continue  # superseded by an earlier hint for the same key
-            del hint[key]
-            # Every changed state was re-indexed above, so ``exact`` holds its wake time now; the hint may be
-            # earlier (the state moved on since it was pushed): only a wake time that has come is due.
-            true_wake = exact.get(key)
-            if true_wake is None:
-                continue
-            if true_wake <= now_ms:
-                due.append(key)
-            else:
-                heapq.heappush(heap, (true_wake, key))
-                hint[key] = true_wake
-        # Many superseded hints: rebuild from the live ones. At most ~2 entries a subject: live traffic leaves one
-        # stale hint per reading, and at 4 a subject they took the heap per device over 2 KB (2,069 B, measured).
-        if len(heap) > 2 * len(cache) + 64:
-            heap[:] = [(w, k) for k, w in hint.items()]
-            heapq.heapify(heap)
+        last = now_ms >> WAKE_SHIFT
+        while buckets and buckets[0] <= last:
+            bucket = heapq.heappop(buckets)
+            keys = wheel.pop(bucket)
+            timers.entries -= len(keys)
+            for key in keys:
+                wake = hint.get(key)
+                if wake is None or wake >> WAKE_SHIFT != bucket:
+                    continue  # superseded by an earlier hint (in another bucket), or taken already
+                if wake > now_ms:  # the last bucket is not all due: kept for a later tick
+                    self._file(timers, key, wake)
+                    continue
+                del hint[key]
+                # Every changed state was re-indexed above, so ``exact`` holds its wake time now; the hint may be
+                # earlier (the state moved on since it was filed): only a wake time that has come is due.
+                true_wake = exact.get(key)
+                if true_wake is None:
+                    continue
+                if true_wake <= now_ms:
+                    due.append(key)
+                else:
+                    self._file(timers, key, true_wake)
+            if bucket == last:
+                break  # what the last bucket kept went back into it: not due before the next tick
+        # Many superseded entries: rebuilt from the live hints. At most ~2 entries a subject: live traffic leaves
+        # one stale entry per reading (a heap of them at 4 a subject took the heap per device over 2 KB).
+        if timers.entries > 2 * len(cache) + 64:
+            wheel.clear()
+            buckets.clear()
+            timers.entries = 0
+            for key, wake in hint.items():
+                self._file(timers, key, wake)
         return due
 
-    def _index(self, key: bytes, state: S | None, timers: _Timers) -> None:
-        wake = None if state is None else self._wake(key, state)
+    @staticmethod
+    def _file(timers: _Timers, key: bytes, wake: int) -> None:
+        """File ``key`` under ``wake`` as its hint."""
+        timers.hint[key] = wake
+        bucket = wake >> WAKE_SHIFT
+        keys = timers.wheel.get(bucket)
+        if keys is None:
+            timers.wheel[bucket] = [key]
+            heapq.heappush(timers.buckets, bucket)
+        else:
+            keys.append(key)
+        timers.entries += 1
+
+    def _index(self, key: bytes, state: S | None, timers: _Timers, detector: Detector[S, E]) -> None:
+        if state is None:
+            timers.exact.pop(key, None)
+            return
+        kind = type(detector)
+        wake_ms = self._wake_fns.get(kind, _UNSET)
+        if wake_ms is _UNSET:
+            # A detector without a wake time is visited on every tick (always due).
+            wake_ms = self._wake_fns[kind] = getattr(kind, "wake_ms", None)
+        wake = NEVER_SKIP if wake_ms is None else wake_ms(detector, state)
         if wake is None:
             timers.exact.pop(key, None)
-            return  # no timer: an earlier hint, if any, pops and finds nothing to do
+            return  # no timer: an earlier hint, if any, is taken and finds nothing to do
         timers.exact[key] = wake
         old = timers.hint.get(key)
         if old is None or wake < old:
-            heapq.heappush(timers.heap, (wake, key))
-            timers.hint[key] = wake
-
-    def _wake(self, key: bytes, state: S) -> int | None:
-        wake_ms = self._wake_fns.get(key, _UNSET)
-        if wake_ms is _UNSET:
-            wake_ms = self._wake_fn(key)
-        return NEVER_SKIP if wake_ms is None else wake_ms(state)
-
-    def _wake_fn(self, key: bytes) -> Callable[[S], int | None] | None:
-        # A detector without a wake time is visited on every tick (always due).
-        wake_ms = self._wake_fns[key] = getattr(self._detector(key, None), "wake_ms", None)
-        return wake_ms
+            self._file(timers, key, wake)
 
     def flush(self, partition: int | None = None, keys: Iterable[bytes] | None = None) -> int:
         """Write changed states to the store: of one partition (all when ``None``), only ``keys`` if given.
