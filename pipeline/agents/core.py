@@ -89,6 +89,9 @@ class Concern(Generic[S, E]):
     #: ``on_side_item`` on arrival at the partition's clock: it never moves event time (a verdict is wall-clock).
     side_kind: records.BatchKind | None = None
     on_side_item: Callable[[Any, S, dict[str, Any], int], tuple[S, list[Output]]] | None = None
+    #: The detectors' ``state_to_bytes`` when it does not depend on the subject (the devices'): a flush then
+    #: encodes without looking up each state's detector (a cache miss a state on 10,000 devices).
+    state_to_bytes: Callable[[S], bytes] | None = None
 
 
 def counter(meaning: str) -> int:
@@ -475,19 +478,16 @@ class Runner(Generic[S, E]):
         dirty = self._dirty.get(partition)
         if not dirty:
             return []
-        detectors = self._detectors
-        if keys is None:
-            # The whole partition (the worker's flush at a commit): no per-key pops.
-            out = [
-                (key, (detectors.get(key) or self._detector(key, None)).state_to_bytes(s)) for key, s in dirty.items()
-            ]
-            dirty.clear()
+        # The whole partition (the worker's flush at a commit): no per-key pops.
+        states = dirty.items() if keys is None else [(k, dirty.pop(k)) for k in keys if k in dirty]
+        encode = self.concern.state_to_bytes
+        if encode is None:
+            detectors = self._detectors
+            out = [(key, (detectors.get(key) or self._detector(key, None)).state_to_bytes(s)) for key, s in states]
         else:
-            chosen = [k for k in keys if k in dirty]
-            out = [
-                (key, (detectors.get(key) or self._detector(key, None)).state_to_bytes(dirty.pop(key)))
-                for key in chosen
-            ]
+            out = [(key, encode(s)) for key, s in states]
+        if keys is None:
+            dirty.clear()
         self.stats.table_writes += len(out)
         return out
 
