@@ -359,7 +359,7 @@ class Runner(Generic[S, E]):
 
     def _adapt(self, partition: int, cache: dict[bytes, S], busy: int) -> None:
         """Switch a partition between the timer index and visiting every subject, by how many subjects a tick
-        had work for. The index costs ~5 µs more per visit than a plain visit (heap, wake times), and a plain
+        had work for. The index costs ~5 µs more per visit than a plain visit (buckets, wake times), and a plain
         visit of an idle subject ~2 µs: with most subjects busy at every tick (a reading per device between
         two ticks) visiting all is cheaper; with few (readings every 10-60 s, 1 s ticks; uploads) the index
         is, by far. A few ticks in a row decide, so a burst does not flip it back and forth."""
@@ -411,7 +411,8 @@ class Runner(Generic[S, E]):
             if bucket == last:
                 break  # what the last bucket kept went back into it: not due before the next tick
         # Many superseded entries: rebuilt from the live hints. At most ~2 entries a subject: live traffic leaves
-        # one stale entry per reading (a heap of them at 4 a subject took the heap per device over 2 KB).
+        # one stale entry per reading (at 4 a subject, in the (wake, key) heap this replaced, the Python heap per
+        # device passed 2 KB).
         if timers.entries > 2 * len(cache) + 64:
             wheel.clear()
             buckets.clear()
