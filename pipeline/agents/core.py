@@ -44,6 +44,9 @@ _UNSET: Any = object()
 VISIT_ALL_ABOVE = 0.3
 INDEX_BELOW = 0.15
 SWITCH_AFTER = 3
+#: The timer index files wake times in buckets of 2**WAKE_SHIFT ms (256 ms: a 1 s tick takes whole buckets and
+#: looks into at most one that is not all due).
+WAKE_SHIFT = 8
 
 S = TypeVar("S")
 E = TypeVar("E")
@@ -86,6 +89,9 @@ class Concern(Generic[S, E]):
     #: ``on_side_item`` on arrival at the partition's clock: it never moves event time (a verdict is wall-clock).
     side_kind: records.BatchKind | None = None
     on_side_item: Callable[[Any, S, dict[str, Any], int], tuple[S, list[Output]]] | None = None
+    #: The detectors' ``state_to_bytes`` when it does not depend on the subject (the devices'): a flush then
+    #: encodes without looking up each state's detector (a cache miss a state on 10,000 devices).
+    state_to_bytes: Callable[[S], bytes] | None = None
 
 
 def counter(meaning: str) -> int:
@@ -111,15 +117,23 @@ class Stats:
 
 @dataclass
 class _Timers:
-    """One partition's timer index. ``heap`` holds (wake, key) hints, each no later than the subject's true
-    wake time (``detector.wake_ms``); ``hint`` the earliest hint per key; ``exact`` each key's wake time as of
-    its latest indexed state (absent: no timer); a state changed by a reading or a tick's visit is re-indexed
-    at once; ``touched`` holds the keys to index at the next tick besides (new in the cache, loaded, a visit
-    that failed). ``visit_all``: the partition's ticks visit
-    every subject and no index is kept; ``streak``: ticks in a row that argue for switching."""
+    """One partition's timer index. ``hint`` holds the earliest hint per key, no later than the subject's true
+    wake time (``detector.wake_ms``), and ``wheel`` files each hint's key under its bucket
+    (``wake >> WAKE_SHIFT``; ``buckets``: a heap of the wheel's buckets); a key whose hint moved to another
+    bucket stays in the old one (``entries`` counts them all) and is skipped there. ``exact`` holds each key's
+    wake time as of its latest indexed state (absent: no timer); a state changed by a reading or a tick's visit
+    is re-indexed at once; ``touched`` holds the keys to index at the next tick besides (new in the cache,
+    loaded, a visit that failed). ``visit_all``: the partition's ticks visit every subject and no index is
+    kept; ``streak``: ticks in a row that argue for switching.
 
-    heap: list[tuple[int, bytes]] = field(default_factory=list)
+    Why buckets and not a heap of (wake, key): live traffic puts a subject's release (a tick away) in front of
+    thousands of silence deadlines (minutes away), so every push and pop of a heap sifted through its whole
+    depth, ~1 µs a reading (BENCHMARKS.md, issue 24); a bucket costs an append and a dict lookup."""
+
     hint: dict[bytes, int] = field(default_factory=dict)
+    wheel: dict[int, list[bytes]] = field(default_factory=dict)
+    buckets: list[int] = field(default_factory=list)
+    entries: int = 0
     exact: dict[bytes, int] = field(default_factory=dict)
     touched: set[bytes] = field(default_factory=set)
     visit_all: bool = False
@@ -144,8 +158,9 @@ class Runner(Generic[S, E]):
         self.partitions = partitions
         self.stats = Stats()
         self._arrived_ms = arrived_ms
-        #: partition -> subject key -> decoded state.
-        self._cache: dict[int, dict[bytes, S]] = {}
+        #: partition -> subject key -> [decoded state, its detector]: one lookup for both on every reading and
+        #: visit, and a new state is a list store, not a dict store (on 10,000 devices each was a cache miss).
+        self._cache: dict[int, dict[bytes, list[Any]]] = {}
         #: partitions whose stored states were all decoded by :meth:`load`: a cache miss there is a new subject.
         self._loaded: set[int] = set()
         self._detectors: dict[bytes, Detector[S, E]] = {}
@@ -155,7 +170,8 @@ class Runner(Generic[S, E]):
         self._dirty: dict[int, dict[bytes, S]] = {}
         #: partition -> its timer index (:class:`_Timers`), so a tick visits the subjects whose timers are due
         self._timers: dict[int, _Timers] = {}
-        self._wake_fns: dict[bytes, Any] = {}
+        #: detector class -> its ``wake_ms`` (``None``: it has none, every tick visits its subjects).
+        self._wake_fns: dict[type, Any] = {}
 
     # -- partition ownership ---------------------------------------------------------------------------------
 
@@ -173,7 +189,8 @@ class Runner(Generic[S, E]):
             if target is None or key in target or value is None:
                 continue
             try:
-                target[key] = self._detector(key, None).state_from_bytes(value)
+                detector = self._detector(key, None)
+                target[key] = [detector.state_from_bytes(value), detector]
             except Exception as exc:  # e.g. a device removed from the site file: keep its state, don't tick it
                 log.warning("%s: not loading the state of %s: %s", self.concern.name, key.decode(), exc)
                 continue
@@ -186,7 +203,6 @@ class Runner(Generic[S, E]):
         for p in partitions:
             for key in self._cache.pop(p, {}):
                 self._detectors.pop(key, None)
-                self._wake_fns.pop(key, None)
             self._clock.pop(p, None)
             self._loaded.discard(p)
             self._dirty.pop(p, None)
@@ -247,22 +263,20 @@ class Runner(Generic[S, E]):
         clock = self._clock.get(partition, 0)
         duplicates = 0
         key_field, n = concern.key_field, self.partitions
-        detectors = self._detectors
         for item in items:
             try:
                 subject = item[key_field]
                 key = subject.encode()
-                state = cache.get(key)
-                if state is None:
+                slot = cache.get(key)
+                if slot is None:
                     # Checked once per subject: only a subject of this partition ever enters its cache (here
                     # or by :meth:`load`, which files states by their key's partition).
                     if partition_for(subject, n) != partition:
                         # Its state would be restored to another worker after a rebalance: refuse, don't corrupt.
                         raise ValueError(f"{key_field} {subject!r} does not belong to partition {partition}")
-                    state = self._state(key, item, partition)
-                    cache[key] = state
+                    slot = cache[key] = [self._state(key, item, partition), self._detector(key, item)]
                     touched.add(key)
-                detector = detectors.get(key) or self._detector(key, item)
+                state, detector = slot
                 if time_field is None:
                     new, outs = on_item(detector, state, item, clock)
                 else:
@@ -273,10 +287,10 @@ class Runner(Generic[S, E]):
                 result.dead_letters.append(self._dead(serde.dumps(item), "worker.bad_item", repr(exc), item))
                 continue
             if new is not state:
-                cache[key] = new
+                slot[0] = new
                 dirty[key] = new
                 if indexed:
-                    self._index(key, new, timers)
+                    self._index(key, new, timers, detector)
             elif not outs and time_field is not None:
                 # The detectors' contract: a (device, seq) / (camera, event_id) duplicate returns the very same
                 # state and no outputs (anything else at least moves the de-dup window or a buffer).
@@ -305,14 +319,14 @@ class Runner(Generic[S, E]):
         # Visiting all, nothing is re-indexed: a throwaway set instead of the index's.
         touched = set() if visit_all else timers.touched
         dirty = self._dirty.setdefault(partition, {})
-        detectors, outputs = self._detectors, result.outputs
+        outputs = result.outputs
         changed = 0
         for key in keys:
-            state = cache.get(key)
-            if state is None:
+            slot = cache.get(key)
+            if slot is None:
                 continue
+            state, detector = slot
             try:
-                detector = detectors.get(key) or self._detector(key, None)
                 new, outs = detector.on_tick(state, now_ms)
             except Exception as exc:
                 log.exception("%s: on_tick failed for %s", self.concern.name, key.decode())
@@ -323,12 +337,12 @@ class Runner(Generic[S, E]):
                 continue
             if new is not state:
                 changed += 1
-                cache[key] = new
+                slot[0] = new
                 dirty[key] = new
             if not visit_all:
                 # Re-indexed now, while the state is in the CPU's caches. A subject still due (no progress) pops
                 # at the next tick and is visited again, as before.
-                self._index(key, new, timers)
+                self._index(key, new, timers, detector)
             if outs:
                 outputs.extend(outs)
         if visit_all:
@@ -343,9 +357,9 @@ class Runner(Generic[S, E]):
             timers = self._timers[partition] = _Timers()
         return timers
 
-    def _adapt(self, partition: int, cache: dict[bytes, S], busy: int) -> None:
+    def _adapt(self, partition: int, cache: dict[bytes, list[Any]], busy: int) -> None:
         """Switch a partition between the timer index and visiting every subject, by how many subjects a tick
-        had work for. The index costs ~5 µs more per visit than a plain visit (heap, wake times), and a plain
+        had work for. The index costs ~5 µs more per visit than a plain visit (buckets, wake times), and a plain
         visit of an idle subject ~2 µs: with most subjects busy at every tick (a reading per device between
         two ticks) visiting all is cheaper; with few (readings every 10-60 s, 1 s ticks; uploads) the index
         is, by far. A few ticks in a row decide, so a burst does not flip it back and forth."""
@@ -356,77 +370,87 @@ class Runner(Generic[S, E]):
             if timers.streak >= SWITCH_AFTER:
                 # Rebuilt from every state: the wake times are exact again.
                 timers = self._timers[partition] = _Timers()
-                for key, state in cache.items():
-                    self._index(key, state, timers)
+                for key, (state, detector) in cache.items():
+                    self._index(key, state, timers, detector)
         else:
             timers.streak = timers.streak + 1 if busy_ratio > VISIT_ALL_ABOVE else 0
             if timers.streak >= SWITCH_AFTER:
                 self._timers[partition] = _Timers(visit_all=True)  # no index kept
 
-    def _due(self, timers: _Timers, cache: dict[bytes, S], now_ms: int) -> list[bytes]:
-        """Pop the subjects whose wake time is ``<= now_ms`` from the partition's timer index."""
-        heap, hint, exact = timers.heap, timers.hint, timers.exact
+    def _due(self, timers: _Timers, cache: dict[bytes, list[Any]], now_ms: int) -> list[bytes]:
+        """Take the subjects whose wake time is ``<= now_ms`` out of the partition's timer index."""
+        hint, exact, wheel, buckets = timers.hint, timers.exact, timers.wheel, timers.buckets
         touched, timers.touched = timers.touched, set()
         # Subjects changed outside the item and tick loops (new in the cache, loaded, a failed visit): indexed here.
-        wake_fns, push = self._wake_fns, heapq.heappush
         for key in touched:
-            state = cache.get(key)
-            wake_ms = wake_fns.get(key, _UNSET)
-            if wake_ms is _UNSET:
-                wake_ms = self._wake_fn(key)
-            wake = None if state is None else NEVER_SKIP if wake_ms is None else wake_ms(state)
-            if wake is None:
-                exact.pop(key, None)
-                continue
-            exact[key] = wake
-            old = hint.get(key)
-            if old is None or wake < old:
-                push(heap, (wake, key))
-                hint[key] = wake
-        due: list[bytes] = []
-        while heap and heap[0][0] <= now_ms:
-            wake, key = heapq.heappop(heap)
-            if hint.get(key) != wake:
-                continue  # superseded by an earlier hint for the same key
-            del hint[key]
-            # Every changed state was re-indexed above, so ``exact`` holds its wake time now; the hint may be
-            # earlier (the state moved on since it was pushed): only a wake time that has come is due.
-            true_wake = exact.get(key)
-            if true_wake is None:
-                continue
-            if true_wake <= now_ms:
-                due.append(key)
+            slot = cache.get(key)
+            if slot is None:
+                timers.exact.pop(key, None)
             else:
-                heapq.heappush(heap, (true_wake, key))
-                hint[key] = true_wake
-        # Many superseded hints: rebuild from the live ones. At most ~2 entries a subject: live traffic leaves one
-        # stale hint per reading, and at 4 a subject they took the heap per device over 2 KB (2,069 B, measured).
-        if len(heap) > 2 * len(cache) + 64:
-            heap[:] = [(w, k) for k, w in hint.items()]
-            heapq.heapify(heap)
+                self._index(key, slot[0], timers, slot[1])
+        due: list[bytes] = []
+        last = now_ms >> WAKE_SHIFT
+        while buckets and buckets[0] <= last:
+            bucket = heapq.heappop(buckets)
+            keys = wheel.pop(bucket)
+            timers.entries -= len(keys)
+            for key in keys:
+                wake = hint.get(key)
+                if wake is None or wake >> WAKE_SHIFT != bucket:
+                    continue  # superseded by an earlier hint (in another bucket), or taken already
+                if wake > now_ms:  # the last bucket is not all due: kept for a later tick
+                    self._file(timers, key, wake)
+                    continue
+                del hint[key]
+                # Every changed state was re-indexed above, so ``exact`` holds its wake time now; the hint may be
+                # earlier (the state moved on since it was filed): only a wake time that has come is due.
+                true_wake = exact.get(key)
+                if true_wake is None:
+                    continue
+                if true_wake <= now_ms:
+                    due.append(key)
+                else:
+                    self._file(timers, key, true_wake)
+            if bucket == last:
+                break  # what the last bucket kept went back into it: not due before the next tick
+        # Many superseded entries: rebuilt from the live hints. At most ~2 entries a subject: live traffic leaves
+        # one stale entry per reading (at 4 a subject, in the (wake, key) heap this replaced, the Python heap per
+        # device passed 2 KB).
+        if timers.entries > 2 * len(cache) + 64:
+            wheel.clear()
+            buckets.clear()
+            timers.entries = 0
+            for key, wake in hint.items():
+                self._file(timers, key, wake)
         return due
 
-    def _index(self, key: bytes, state: S | None, timers: _Timers) -> None:
-        wake = None if state is None else self._wake(key, state)
+    @staticmethod
+    def _file(timers: _Timers, key: bytes, wake: int) -> None:
+        """File ``key`` under ``wake`` as its hint."""
+        timers.hint[key] = wake
+        bucket = wake >> WAKE_SHIFT
+        keys = timers.wheel.get(bucket)
+        if keys is None:
+            timers.wheel[bucket] = [key]
+            heapq.heappush(timers.buckets, bucket)
+        else:
+            keys.append(key)
+        timers.entries += 1
+
+    def _index(self, key: bytes, state: S, timers: _Timers, detector: Detector[S, E]) -> None:
+        kind = type(detector)
+        wake_ms = self._wake_fns.get(kind, _UNSET)
+        if wake_ms is _UNSET:
+            # A detector without a wake time is visited on every tick (always due).
+            wake_ms = self._wake_fns[kind] = getattr(kind, "wake_ms", None)
+        wake = NEVER_SKIP if wake_ms is None else wake_ms(detector, state)
         if wake is None:
             timers.exact.pop(key, None)
-            return  # no timer: an earlier hint, if any, pops and finds nothing to do
+            return  # no timer: an earlier hint, if any, is taken and finds nothing to do
         timers.exact[key] = wake
         old = timers.hint.get(key)
         if old is None or wake < old:
-            heapq.heappush(timers.heap, (wake, key))
-            timers.hint[key] = wake
-
-    def _wake(self, key: bytes, state: S) -> int | None:
-        wake_ms = self._wake_fns.get(key, _UNSET)
-        if wake_ms is _UNSET:
-            wake_ms = self._wake_fn(key)
-        return NEVER_SKIP if wake_ms is None else wake_ms(state)
-
-    def _wake_fn(self, key: bytes) -> Callable[[S], int | None] | None:
-        # A detector without a wake time is visited on every tick (always due).
-        wake_ms = self._wake_fns[key] = getattr(self._detector(key, None), "wake_ms", None)
-        return wake_ms
+            self._file(timers, key, wake)
 
     def flush(self, partition: int | None = None, keys: Iterable[bytes] | None = None) -> int:
         """Write changed states to the store: of one partition (all when ``None``), only ``keys`` if given.
@@ -455,19 +479,16 @@ class Runner(Generic[S, E]):
         dirty = self._dirty.get(partition)
         if not dirty:
             return []
-        detectors = self._detectors
-        if keys is None:
-            # The whole partition (the worker's flush at a commit): no per-key pops.
-            out = [
-                (key, (detectors.get(key) or self._detector(key, None)).state_to_bytes(s)) for key, s in dirty.items()
-            ]
-            dirty.clear()
+        # The whole partition (the worker's flush at a commit): no per-key pops.
+        states = dirty.items() if keys is None else [(k, dirty.pop(k)) for k in keys if k in dirty]
+        encode = self.concern.state_to_bytes
+        if encode is None:
+            detectors = self._detectors
+            out = [(key, (detectors.get(key) or self._detector(key, None)).state_to_bytes(s)) for key, s in states]
         else:
-            chosen = [k for k in keys if k in dirty]
-            out = [
-                (key, (detectors.get(key) or self._detector(key, None)).state_to_bytes(dirty.pop(key)))
-                for key in chosen
-            ]
+            out = [(key, encode(s)) for key, s in states]
+        if keys is None:
+            dirty.clear()
         self.stats.table_writes += len(out)
         return out
 
@@ -475,7 +496,7 @@ class Runner(Generic[S, E]):
         return len(self._dirty.get(partition, ()))
 
     def states(self, partition: int) -> Iterator[tuple[bytes, S]]:
-        return iter(sorted(self._cache.get(partition, {}).items()))
+        return iter(sorted((key, slot[0]) for key, slot in self._cache.get(partition, {}).items()))
 
     # -- helpers ---------------------------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ def device_concern(cfg: SiteConfig) -> Concern[DeviceState, Any]:
         detector_for=detector_for,
         origin="mqtt",
         origin_field="device",
+        state_to_bytes=DeviceDetector.state_to_bytes,
     )
 
 

@@ -178,7 +178,8 @@ class DeviceDetector(AlertFactory):
     on_item = on_reading_dict
 
     def on_tick(self, state: DeviceState, now_ms: int) -> tuple[DeviceState, list[Output]]:
-        target = max(state.max_ts, now_ms) - self.lateness
+        max_ts = state.max_ts
+        target = (max_ts if max_ts > now_ms else now_ms) - self.lateness  # not max(): a builtin call per visit
         if state.pending:
             w = _Work(self, state, clock=True)
             w.release(max(target, state.frontier))
@@ -187,7 +188,7 @@ class DeviceDetector(AlertFactory):
             return state, []
         buf = state.buf
         if not (buf and buf[0][0] < target) and (state.due is None or state.due > target):
-            if target < state.max_ts + self.silence_min:  # heard from recently: most ticks end here
+            if target < max_ts + self.silence_min:  # heard from recently: most ticks end here
                 return state, []
             sd = silence_due(state, self.hold, self.gap_ms)
             if sd is None or sd > target:
@@ -226,8 +227,14 @@ class DeviceDetector(AlertFactory):
         need = (due if due > frontier else frontier + 1) + self.lateness
         return need if max_ts < need else NEG
 
-    def state_to_bytes(self, state: DeviceState) -> bytes:
-        return serde.dumps([*state[:3], format(state.seq_bits, "x"), *state[4:]])
+    @staticmethod
+    def state_to_bytes(state: DeviceState) -> bytes:
+        """The same for every device: the runner's flush calls it without the device's detector."""
+        # The bitmap in hex (JSON has no 256-bit integers). ``"%x" %`` on a copy: ~15 % fewer instructions than
+        # ``format`` and a list built from slices (cachegrind); the same bytes.
+        fields: list[Any] = list(state)
+        fields[3] = "%x" % state.seq_bits  # noqa: UP031 (see above)
+        return serde.dumps(fields)
 
     def state_from_bytes(self, data: bytes) -> DeviceState:
         raw = serde.loads(data)
@@ -277,15 +284,16 @@ class DeviceDetector(AlertFactory):
         if len(buf) <= BUFFER_MAX and self.shortcuts and not state.pending:
             # Built positionally (frontier, max_ts, seq_max, seq_bits, buf, ...) by ``tuple.__new__``: a third of
             # the cost of ``_replace`` (the namedtuple's ``__new__`` is a Python function of 27 parameters), and
-            # these are nearly every reading's paths.
+            # these are nearly every reading's paths. A tuple concatenation, not ``(..., *state[5:])``, which
+            # builds a list and a tuple on the way (~1,000 instructions more, cachegrind).
             if target <= state.frontier:
-                return _new_state(DeviceState, (state.frontier, max_ts, sm, bits, buf, *state[5:])), []
+                return _new_state(DeviceState, (state.frontier, max_ts, sm, bits, buf) + state[5:]), []  # noqa: RUF005
             due = state.due
             if buf[0][0] >= target and (due is None or due > target):
                 # The newest reading moves the frontier and nothing is due before it: what ``release`` would do
                 # (no buffered reading, no deadline up to ``target``), without a working copy. A live reading
                 # taken after the last tick lands here, i.e. most of them.
-                return _new_state(DeviceState, (target, max_ts, sm, bits, buf, *state[5:])), []
+                return _new_state(DeviceState, (target, max_ts, sm, bits, buf) + state[5:]), []  # noqa: RUF005
         w = _Work(self, state)
         w.seq_max, w.seq_bits, w.buf, w.max_ts = sm, bits, buf, max_ts
         w.release(target)

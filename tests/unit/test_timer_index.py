@@ -265,3 +265,47 @@ def test_an_item_of_another_partition_is_refused_even_when_its_subject_is_known(
         assert [d.reason_code for d in refused.dead_letters] == ["worker.bad_item"]
     assert [k for k, _ in runner.states(1 - home)] == []
     assert [k for k, _ in runner.states(home)] == [dev.encode()]
+
+
+class WakeIsTheState:
+    """A detector stub whose state is its wake time (``None``: no timer)."""
+
+    def wake_ms(self, state: int | None) -> int | None:
+        return state
+
+
+# Wake times around a few of the index's buckets, a tick's edges included, and the "due now" of late data.
+wakes = st.one_of(st.integers(0, 5 << core.WAKE_SHIFT), st.just(NEG), st.none())
+index_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("index"), st.integers(0, 5), wakes),
+        st.tuples(st.just("tick"), st.integers(-1, 6 << core.WAKE_SHIFT), st.lists(wakes, max_size=6)),
+    ),
+    max_size=300,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=index_ops)
+def test_the_timer_index_takes_exactly_the_subjects_whose_wake_time_has_come(ops: list[Any]) -> None:
+    """The index's buckets (superseded entries left behind, a last bucket only partly due, rebuilds past ~2
+    entries a subject) against the definition: a tick takes every indexed subject whose latest wake time is
+    ``<= now``, and no other; the runner re-indexes what it visited (here: a new random wake time)."""
+    runner: Runner[Any, Any] = Runner(Any, None, 1, arrived_ms=lambda: 0)  # type: ignore[arg-type]
+    timers = runner._timers_of(0)
+    detector: Any = WakeIsTheState()
+    cache: dict[bytes, Any] = {}
+    latest: dict[bytes, int | None] = {}
+    for op, x, y in ops:
+        if op == "index":
+            key = b"s%d" % x
+            cache[key] = latest[key] = y
+            runner._index(key, y, timers, detector)
+            continue
+        due = runner._due(timers, cache, x)
+        assert sorted(due) == sorted(k for k, w in latest.items() if w is not None and w <= x)
+        for key, wake in zip(sorted(due), y + [None] * len(due), strict=False):
+            cache[key] = latest[key] = wake
+            runner._index(key, wake, timers, detector)
+        assert timers.entries == sum(len(keys) for keys in timers.wheel.values())
+        assert sorted(timers.buckets) == sorted(timers.wheel)
