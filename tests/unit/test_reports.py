@@ -128,6 +128,72 @@ def _two_asset_day() -> tuple[Any, int]:
     return compute(cfg, DayData("S1", "2026-11-23", start, end, readings, [], [], [])), end
 
 
+def test_readings_csv_is_what_a_csv_writer_writes() -> None:
+    """readings.csv joins its lines itself (not a csv.writer per row): the same bytes as the writer's, also for ids
+    that must be quoted, overlapping and open excursions, a reading at an excursion's end and an asset without."""
+    import csv
+    import dataclasses
+    import io
+    from zoneinfo import ZoneInfo
+
+    from pipeline.reports import render
+    from pipeline.reports.compute import LEVEL_RULES, in_range
+    from pipeline.reports.model import Excursion
+
+    report, end = _two_asset_day()
+    a1, a2 = report.assets
+    a1 = dataclasses.replace(a1, asset='cold, "main"', device="d1,x")
+    a2 = dataclasses.replace(a2, asset="freezer\nB")
+    t0 = report.start_ms
+
+    def exc(aid: str, rule: str, start: int, stop: int | None) -> Excursion:
+        return Excursion(
+            alert_id=aid,
+            rule=rule,
+            severity="warning",
+            asset=a1.asset,
+            device=a1.device,
+            start_ms=start,
+            alarm_ms=start,
+            end_ms=stop,
+            peak_c=None,
+            limit_c=8.0,
+            retrospective=False,
+            notified=(),
+            ack_by=None,
+            ack_at_ms=None,
+            ack_via=None,
+            corrective_action="",
+            disposition="",
+        )
+
+    excursions = (
+        exc("al,1", "coldchain.high", t0 + 60 * 60_000, t0 + 120 * 60_000),
+        exc('al"2', "coldchain.high", t0 + 90 * 60_000, None),
+        exc("al-3", "coldchain.door", t0, None),  # not a level rule: no reading names it
+    )
+    report = dataclasses.replace(report, assets=(a1, a2), excursions=excursions)
+
+    tz = ZoneInfo(report.timezone)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(render.READINGS_HEADER)
+    for a in report.assets:
+        for p in a.points:
+            ids = ";".join(
+                e.alert_id
+                for e in excursions
+                if e.rule in LEVEL_RULES
+                and e.device == a.device
+                and e.start_ms <= p.ts_ms < (e.end_ms if e.end_ms is not None else end)
+            )
+            ok = str(in_range(p.temp_c, a.low_c, a.high_c)).lower()
+            w.writerow((render.local_iso(p.ts_ms, tz), a.asset, a.device, repr(p.temp_c), ok, ids))
+    want = buf.getvalue().encode()
+    assert render.readings_csv(report) == want
+    assert b'"al,1;al""2"' in want and b',"freezer\nB",d2,' in want
+
+
 def test_a_reused_chart_figure_draws_the_same_png_as_a_fresh_one() -> None:
     """The PDF's charts share one matplotlib figure per thread (the render cost): a chart drawn after another
     (other limits, a gap, other values) must be byte-identical to the same chart drawn first, or a record
