@@ -46,6 +46,33 @@ def test_flux_times_keep_their_milliseconds() -> None:
     assert rfc3339_ms("2026-11-23T02:40:20Z") == _ms(2026, 11, 23, 2, 40, 20)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-11-23T02:40:20Z",
+        "2026-11-23T02:40:20.1Z",
+        "2026-11-23T02:40:20.09Z",
+        "2026-11-23T23:59:59.999999999Z",
+        "2026-11-23T23:59:59.9999999999Z",
+        "2026-11-23T02:40:20.Z",
+        "2024-02-29T00:00:00Z",
+        "1969-12-31T23:59:59.5Z",
+        "2026-11-23T02:40:20",
+        "2026-11-23T02:40:20.5",
+    ],
+)
+def test_rfc3339_fast_path_reads_what_the_general_one_reads(text: str) -> None:
+    from pipeline.reports.gather import _rfc3339_ms
+
+    assert rfc3339_ms(text) == _rfc3339_ms(text)
+
+
+@pytest.mark.parametrize("text", ["2026-11-23T24:00:00Z", "2026-11-23T02:60:00Z", "2026-02-30T02:40:20Z", "x" * 20])
+def test_rfc3339_refuses_what_is_not_a_time(text: str) -> None:
+    with pytest.raises(ValueError):
+        rfc3339_ms(text)
+
+
 def test_held_time_is_capped_by_the_offline_timeout_and_the_day_end() -> None:
     pts = [Point(0, 1.0), Point(60_000, 2.0), Point(600_000, 3.0)]
     assert held(pts, 120_000, 650_000) == [60_000, 120_000, 50_000]
