@@ -614,12 +614,16 @@ def _freeze_heap() -> bool:
     """Keep the objects the first site-day left alive (modules, fonts, the chart figure, the compiled template,
     the clients) out of the cyclic garbage collector's full passes for the rest of the batch.
 
-    A render makes ~10^5 short-lived objects (WeasyPrint's boxes, matplotlib's artists), so the collector ran a
-    full pass about every second site-day, and each pass walked the whole heap of the imported libraries: ~0.12 s
-    of a render's CPU went to it (gc callbacks, ten-asset day), ~0.04 s once that heap is frozen. Undone at the end
-    of the batch (:func:`gc.unfreeze`: the objects are collectable again), so a long-running ``report serve``
-    that runs batches in its own process keeps nothing frozen between passes. False: something else froze the heap
-    (its own choice, left alone)."""
+    A render makes ~10^6 short-lived objects (WeasyPrint's boxes and styles, matplotlib's artists): the collector
+    ran a full pass about every second site-day, and each walked the whole heap of the imported libraries.
+    Measured in gc callbacks over batches of 20 site-days in one process (load 6-10): 0.21-0.25 s of a site-day's
+    ~1.1-1.3 s of CPU went to the collector, ~0.05-0.1 s with that heap frozen; the peak memory is the same (~0.3
+    GB). Raising the young generation's threshold (700 -> 5,000 or 20,000) spared little more and raised the peak to
+    ~0.45 GB: not done.
+
+    Undone at the end of the batch (:func:`gc.unfreeze`: the objects are collectable again), so a long-running
+    ``report serve`` that runs batches in its own process keeps nothing frozen between passes. False: something
+    else froze the heap (its own choice, left alone)."""
     if gc.get_freeze_count():
         return False
     gc.collect()
