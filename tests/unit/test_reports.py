@@ -303,8 +303,10 @@ def test_a_batch_gathers_the_next_site_day_while_it_makes_this_one(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """run_batch's process hands each site-day the data gathered for it (in the gather thread, one query at a time),
-    a site missing from the site file is still reported as failed, and one publisher serves the whole batch."""
+    a site missing from the site file is still reported as failed, and one publisher serves the whole batch. The heap
+    is frozen for the garbage collector after the first site-day, and no longer after the batch."""
     import asyncio
+    import gc
     import threading
 
     from pipeline.reports import service
@@ -344,11 +346,13 @@ def test_a_batch_gathers_the_next_site_day_while_it_makes_this_one(
             pass
 
     made: list[tuple[str, str, DayData | None, object]] = []
+    frozen: list[int] = []
 
     async def generate(settings: Settings, site: str, day: date, **kw: Any) -> str:
         if site not in ("S1", "S2"):
             raise service.ReportError(f"site {site!r} is not in the site file")
         made.append((site, day.isoformat(), kw["data"], kw["publisher"]))
+        frozen.append(gc.get_freeze_count())
         return f"{site} {day}"
 
     async def load(*args: object) -> Ledger:
@@ -377,6 +381,7 @@ def test_a_batch_gathers_the_next_site_day_while_it_makes_this_one(
     assert [(s, d) for s, d, _ in gathered] == [(s, d) for s, d, *_ in made]  # S9: no query
     assert all(name.startswith("report-gather") for *_, name in gathered)
     assert [(s, d) for s, d, err in reported if err] == [("S9", "2026-11-22"), ("S9", "2026-11-23")]
+    assert frozen[0] == 0 and all(frozen[1:]) and gc.get_freeze_count() == 0
 
 
 def _pdf_images(pdf: bytes) -> list[tuple[int, int, bytes]]:
