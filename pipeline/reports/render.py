@@ -394,7 +394,7 @@ def rgb_png(rgba: Any, level: int) -> bytes:
     h, w = pixels.shape[:2]
     rows = np.empty((h, 1 + 3 * w), np.uint8)
     rows[:, 0] = 0  # each row's filter type: None
-    rows[:, 1:] = pixels[:, :, :3].reshape(h, 3 * w)
+    rows[:, 1:].reshape(h, w, 3)[...] = pixels[:, :, :3]  # a view of the rows: the pixels copied once, in place
     header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit RGB, deflate, adaptive filtering, no interlace
     return (
         b"\x89PNG\r\n\x1a\n"
