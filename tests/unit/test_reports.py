@@ -381,7 +381,7 @@ def test_a_batch_gathers_the_next_site_day_while_it_makes_this_one(
     assert [(s, d) for s, d, _ in gathered] == [(s, d) for s, d, *_ in made]  # S9: no query
     assert all(name.startswith("report-gather") for *_, name in gathered)
     assert [(s, d) for s, d, err in reported if err] == [("S9", "2026-11-22"), ("S9", "2026-11-23")]
-    assert frozen[0] == 0 and all(frozen[1:]) and gc.get_freeze_count() == 0
+    assert frozen[0] == 0 and all(frozen[1:]) and gc.get_freeze_count() == 0 and gc.isenabled()
 
 
 def _pdf_images(pdf: bytes) -> list[tuple[int, int, bytes]]:
