@@ -15,6 +15,10 @@ The day's window depends on the site's time zone (23, 24 or 25 hours around dayl
 
 from __future__ import annotations
 
+import csv
+import functools
+import io
+import re
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -52,8 +56,30 @@ def day_window(day: date, tz: str) -> tuple[int, int]:
     return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
 
 
+_FLUX_TIME = re.compile(r"(\d{4}-\d\d-\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d+))?Z", re.ASCII)
+
+
 def rfc3339_ms(text: str) -> int:
-    """Flux's RFC3339Nano time to whole milliseconds (floor), without losing the nanoseconds on the way."""
+    """Flux's RFC3339Nano time to whole milliseconds (floor), without losing the nanoseconds on the way.
+
+    Flux writes UTC as ``YYYY-MM-DDTHH:MM:SS[.fraction]Z``: that form is read field by field, the date through a
+    cache (a day's readings share one or two dates), in ~1.0 instead of ~1.7 µs, for each of a day's 14,400 readings.
+    Anything else takes the general way, which also refuses what is not a time."""
+    m = _FLUX_TIME.fullmatch(text)
+    if m:
+        day, hh, mm, ss, frac = m.groups()
+        h, mi, s = int(hh), int(mm), int(ss)
+        if h < 24 and mi < 60 and s < 60:
+            return _utc_day_ms(day) + ((h * 60 + mi) * 60 + s) * 1000 + (int((frac + "00")[:3]) if frac else 0)
+    return _rfc3339_ms(text)
+
+
+@functools.lru_cache(maxsize=64)
+def _utc_day_ms(day: str) -> int:
+    return _rfc3339_ms(day + "T00:00:00Z")
+
+
+def _rfc3339_ms(text: str) -> int:
     base, _, frac = text.rstrip("Z").partition(".")
     secs = int(datetime.fromisoformat(base).replace(tzinfo=UTC).timestamp())
     ns = int((frac + "000000000")[:9]) if frac else 0
@@ -96,6 +122,34 @@ class Source:
                 continue
             yield dict(zip(header, row, strict=False))
 
+    def columns(self, flux: str, names: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+        """The rows of a query's CSV answer as tuples of the ``names`` columns ("" where a table has no such
+        column): :meth:`rows` for the day's 14,400 readings, without a dict per row, and with the answer read
+        whole and split by one ``csv.reader`` (the client's streaming reader decodes it line by line)."""
+        response = self._query.query_raw(flux, dialect=_DIALECT)
+        try:
+            text = response.data.decode()
+        finally:
+            response.release_conn()
+        at: list[int] = []
+        width = 0
+        header: list[str] | None = None
+        for row in csv.reader(io.StringIO(text, newline="")):
+            if not row:  # a blank line: skipped, as the client's reader does
+                continue
+            if not any(row):
+                header = None
+                continue
+            if header is None or row[1:3] == ["result", "table"]:
+                header = row
+                width = len(header)
+                where = {name: i for i, name in enumerate(header)}  # the last of a repeated name, as a dict() keeps
+                at = [where.get(n, width) for n in names]
+                continue
+            if len(row) < width:  # as zip() does in :meth:`rows`: a short row lacks its last columns
+                row = row + [""] * (width - len(row))
+            yield tuple(row[i] if i < width else "" for i in at)
+
     def pivoted(
         self,
         measurement: str,
@@ -109,6 +163,18 @@ class Source:
         """The points of ``measurement`` in ``[start_ms, end_ms)`` for which the Flux predicate ``where`` (over
         ``r``) holds, pivoted: one row per ``row_key`` with a column per field (only the ``keep`` columns, if
         given)."""
+        return self.rows(self._pivot_flux(measurement, start_ms, end_ms, where, row_key=row_key, keep=keep))
+
+    def _pivot_flux(
+        self,
+        measurement: str,
+        start_ms: int,
+        end_ms: int,
+        where: str,
+        *,
+        row_key: tuple[str, ...] = ("_time",),
+        keep: tuple[str, ...] = (),
+    ) -> str:
         flux = f"""
 from(bucket: {_flux_str(self.bucket)})
   |> range(start: {_flux_time(start_ms)}, stop: {_flux_time(end_ms)})
@@ -116,27 +182,24 @@ from(bucket: {_flux_str(self.bucket)})
   |> pivot(rowKey: {_flux_list(row_key)}, columnKey: ["_field"], valueColumn: "_value")"""
         if keep:
             flux += f"\n  |> keep(columns: {_flux_list(keep)})"
-        return self.rows(flux)
+        return flux
 
     # -- the measurements ------------------------------------------------------------------------------------
 
     def readings(self, site: str, start_ms: int, end_ms: int) -> dict[str, list[Point]]:
-        rows = self.pivoted(
+        keep = ("_time", "device", "temp_c", "delay_ms")
+        flux = self._pivot_flux(
             "reading",
             start_ms,
             end_ms,
             f'r.site == {_flux_str(site)} and (r._field == "temp_c" or r._field == "delay_ms")',
-            keep=("_time", "device", "temp_c", "delay_ms"),
+            keep=keep,
         )
         out: dict[str, list[Point]] = {}
-        for r in rows:
-            temp = r.get("temp_c", "")
+        for ts, device, temp, delay in self.columns(flux, keep):
             if temp == "":
                 continue
-            delay = r.get("delay_ms", "")
-            out.setdefault(r["device"], []).append(
-                Point(rfc3339_ms(r["_time"]), float(temp), int(delay) if delay != "" else None)
-            )
+            out.setdefault(device, []).append(Point(rfc3339_ms(ts), float(temp), int(delay) if delay != "" else None))
         for pts in out.values():
             pts.sort(key=lambda p: p.ts_ms)
         return out

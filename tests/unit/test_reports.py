@@ -46,6 +46,33 @@ def test_flux_times_keep_their_milliseconds() -> None:
     assert rfc3339_ms("2026-11-23T02:40:20Z") == _ms(2026, 11, 23, 2, 40, 20)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-11-23T02:40:20Z",
+        "2026-11-23T02:40:20.1Z",
+        "2026-11-23T02:40:20.09Z",
+        "2026-11-23T23:59:59.999999999Z",
+        "2026-11-23T23:59:59.9999999999Z",
+        "2026-11-23T02:40:20.Z",
+        "2024-02-29T00:00:00Z",
+        "1969-12-31T23:59:59.5Z",
+        "2026-11-23T02:40:20",
+        "2026-11-23T02:40:20.5",
+    ],
+)
+def test_rfc3339_fast_path_reads_what_the_general_one_reads(text: str) -> None:
+    from pipeline.reports.gather import _rfc3339_ms
+
+    assert rfc3339_ms(text) == _rfc3339_ms(text)
+
+
+@pytest.mark.parametrize("text", ["2026-11-23T24:00:00Z", "2026-11-23T02:60:00Z", "2026-02-30T02:40:20Z", "x" * 20])
+def test_rfc3339_refuses_what_is_not_a_time(text: str) -> None:
+    with pytest.raises(ValueError):
+        rfc3339_ms(text)
+
+
 def test_held_time_is_capped_by_the_offline_timeout_and_the_day_end() -> None:
     pts = [Point(0, 1.0), Point(60_000, 2.0), Point(600_000, 3.0)]
     assert held(pts, 120_000, 650_000) == [60_000, 120_000, 50_000]
@@ -126,6 +153,72 @@ def _two_asset_day() -> tuple[Any, int]:
         "d2": [Point(start + i * 60_000, -20 + (i % 90) / 10) for i in range(1440) if not 300 <= i < 420],
     }
     return compute(cfg, DayData("S1", "2026-11-23", start, end, readings, [], [], [])), end
+
+
+def test_readings_csv_is_what_a_csv_writer_writes() -> None:
+    """readings.csv joins its lines itself (not a csv.writer per row): the same bytes as the writer's, also for ids
+    that must be quoted, overlapping and open excursions, a reading at an excursion's end and an asset without."""
+    import csv
+    import dataclasses
+    import io
+    from zoneinfo import ZoneInfo
+
+    from pipeline.reports import render
+    from pipeline.reports.compute import LEVEL_RULES, in_range
+    from pipeline.reports.model import Excursion
+
+    report, end = _two_asset_day()
+    a1, a2 = report.assets
+    a1 = dataclasses.replace(a1, asset='cold, "main"', device="d1,x")
+    a2 = dataclasses.replace(a2, asset="freezer\nB")
+    t0 = report.start_ms
+
+    def exc(aid: str, rule: str, start: int, stop: int | None) -> Excursion:
+        return Excursion(
+            alert_id=aid,
+            rule=rule,
+            severity="warning",
+            asset=a1.asset,
+            device=a1.device,
+            start_ms=start,
+            alarm_ms=start,
+            end_ms=stop,
+            peak_c=None,
+            limit_c=8.0,
+            retrospective=False,
+            notified=(),
+            ack_by=None,
+            ack_at_ms=None,
+            ack_via=None,
+            corrective_action="",
+            disposition="",
+        )
+
+    excursions = (
+        exc("al,1", "coldchain.high", t0 + 60 * 60_000, t0 + 120 * 60_000),
+        exc('al"2', "coldchain.high", t0 + 90 * 60_000, None),
+        exc("al-3", "coldchain.door", t0, None),  # not a level rule: no reading names it
+    )
+    report = dataclasses.replace(report, assets=(a1, a2), excursions=excursions)
+
+    tz = ZoneInfo(report.timezone)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(render.READINGS_HEADER)
+    for a in report.assets:
+        for p in a.points:
+            ids = ";".join(
+                e.alert_id
+                for e in excursions
+                if e.rule in LEVEL_RULES
+                and e.device == a.device
+                and e.start_ms <= p.ts_ms < (e.end_ms if e.end_ms is not None else end)
+            )
+            ok = str(in_range(p.temp_c, a.low_c, a.high_c)).lower()
+            w.writerow((render.local_iso(p.ts_ms, tz), a.asset, a.device, repr(p.temp_c), ok, ids))
+    want = buf.getvalue().encode()
+    assert render.readings_csv(report) == want
+    assert b'"al,1;al""2"' in want and b',"freezer\nB",d2,' in want
 
 
 def test_a_reused_chart_figure_draws_the_same_png_as_a_fresh_one() -> None:
@@ -210,8 +303,10 @@ def test_a_batch_gathers_the_next_site_day_while_it_makes_this_one(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """run_batch's process hands each site-day the data gathered for it (in the gather thread, one query at a time),
-    a site missing from the site file is still reported as failed, and one publisher serves the whole batch."""
+    a site missing from the site file is still reported as failed, and one publisher serves the whole batch. The heap
+    is frozen for the garbage collector after the first site-day, and no longer after the batch."""
     import asyncio
+    import gc
     import threading
 
     from pipeline.reports import service
@@ -251,11 +346,13 @@ def test_a_batch_gathers_the_next_site_day_while_it_makes_this_one(
             pass
 
     made: list[tuple[str, str, DayData | None, object]] = []
+    frozen: list[int] = []
 
     async def generate(settings: Settings, site: str, day: date, **kw: Any) -> str:
         if site not in ("S1", "S2"):
             raise service.ReportError(f"site {site!r} is not in the site file")
         made.append((site, day.isoformat(), kw["data"], kw["publisher"]))
+        frozen.append(gc.get_freeze_count())
         return f"{site} {day}"
 
     async def load(*args: object) -> Ledger:
@@ -284,6 +381,7 @@ def test_a_batch_gathers_the_next_site_day_while_it_makes_this_one(
     assert [(s, d) for s, d, _ in gathered] == [(s, d) for s, d, *_ in made]  # S9: no query
     assert all(name.startswith("report-gather") for *_, name in gathered)
     assert [(s, d) for s, d, err in reported if err] == [("S9", "2026-11-22"), ("S9", "2026-11-23")]
+    assert frozen[0] == 0 and all(frozen[1:]) and gc.get_freeze_count() == 0 and gc.isenabled()
 
 
 def _pdf_images(pdf: bytes) -> list[tuple[int, int, bytes]]:
