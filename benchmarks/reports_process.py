@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -34,6 +33,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from benchmarks import resultfile
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -151,13 +152,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "summary": summary,
         "runs": runs,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_avg_before": load_before,
-            "load_avg_end": os.getloadavg(),
-            "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        },
+        "machine": resultfile.machine(load_before),
         "args": vars(args),
     }
 

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import pickle
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from benchmarks import resultfile
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -134,13 +135,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "readings": args.assets * 1440,
         "summary": summary,
         "runs": runs,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_avg_before": load_before,
-            "load_avg_end": os.getloadavg(),
-            "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        },
+        "machine": resultfile.machine(load_before),
         "args": vars(args),
     }
 
