@@ -25,6 +25,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import rocksdict
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from faust.types import TP
@@ -118,10 +119,7 @@ class TableWriter:
         """Write ``records`` (key, state bytes) of ``partition`` to the local store and send them to the changelog."""
         if not records:
             return
-        store = self.table.data
-        with context():
-            for key, value in records:
-                store[key] = value
+        put_all(self.table.data, partition, records, context)
         future = await self._send(self.topic, partition, records)
         self._inflight.setdefault(partition, []).append((records, future))
 
@@ -150,6 +148,27 @@ class TableWriter:
         for p in partitions:
             for _records, future in self._inflight.pop(p, []):
                 future.add_done_callback(_quiet)
+
+
+def put_all(store: Any, partition: int, records: list[tuple[bytes, bytes]], context: StoreContext) -> None:
+    """Write ``records`` into the table's local ``store`` for ``partition``.
+
+    Faust's RocksDB store puts one key at a time, each looking up the current event (for its partition) and the
+    partition's database: ~6 % of the worker's CPU in py-spy at 10,000 devices. A RocksDB write batch per flush
+    is one call, as Faust itself does when it applies a changelog batch at recovery (``apply_changelog_batch``,
+    the same write batch). The keys and values are raw bytes (the tables' serializers are
+    ``raw``), so nothing is encoded on the way. Other stores (the in-memory one of tests) go key by key."""
+    if not getattr(store, "use_rocksdict", False):
+        with context():
+            for key, value in records:
+                store[key] = value
+        return
+    batch = rocksdict.WriteBatch(raw_mode=True)
+    for key, value in records:
+        batch.put(key, value)
+    store._db_for_partition(partition).write(batch)
+    # Faust's key -> partition index is a 1,000-entry cache its reads fill on a miss (a key's partition never
+    # changes: tables are co-partitioned with their source); recovery does not fill it either.
 
 
 def _quiet(future: asyncio.Future[int]) -> None:
