@@ -23,7 +23,7 @@ import base64
 import gc
 import heapq
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
@@ -551,11 +551,20 @@ def settle_gc() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-class Outputs(Protocol):
-    """Where a record's outputs and dead letters go; ``publish`` returns once they are durable (the Faust
-    adapter's :class:`~pipeline.agents.faust.app.KafkaOutputs` waits for Kafka's acknowledgement)."""
+#: Returns once what :meth:`Outputs.send` handed over is durable (resending until it is).
+Settled = Callable[[], Awaitable[None]]
 
-    async def publish(self, result: Result) -> None: ...
+
+class Outputs(Protocol):
+    """Where a record's outputs and dead letters go. ``send`` hands them over now, in call order, and returns
+    a :data:`Settled` to await later: the Faust adapter (:class:`~pipeline.agents.faust.app.KafkaOutputs`)
+    processes the next record while Kafka acknowledges this one's."""
+
+    async def send(self, result: Result) -> Settled: ...
+
+
+async def settled() -> None:
+    """A :data:`Settled` for nothing outstanding."""
 
 
 @dataclass
@@ -564,8 +573,9 @@ class ListOutputs:
 
     results: list[Result] = field(default_factory=list)
 
-    async def publish(self, result: Result) -> None:
+    async def send(self, result: Result) -> Settled:
         self.results.append(result)
+        return settled
 
 
 def encode_output(output: Output) -> tuple[str, bytes, bytes]:

@@ -74,7 +74,7 @@ async def test_outputs_kafka_does_not_take_at_first_are_sent_again(tmp_path: Pat
     monkeypatch.setattr(asyncio, "sleep", _no_wait)
     batches_ = FlakyBatches()
     topics = Topics(prefix="t", partitions=1)
-    await KafkaOutputs(batches_, topics).publish(result)  # type: ignore[arg-type]
+    await (await KafkaOutputs(batches_, topics).send(result))()  # type: ignore[arg-type]
     sent = [serde.loads(v)["alert_id"] for t, v in batches_.taken if t == topics.alerts]
     # All of them, some twice (the whole set is sent again after a failure; consumers de-duplicate by id).
     assert set(sent) == {o.alert_id for o in result.outputs if hasattr(o, "alert_id")}
@@ -158,3 +158,98 @@ def test_a_verdict_record_reaches_the_kitchen_rules_and_a_bad_one_is_dead_letter
     assert state.hygiene == () and state.frontier < T0 + 86_400_000, "a verdict does not move event time"
     bad = r.on_record(records.kitchen_verdicts_value([{"kitchen": "k1", "alert_id": 7}]), 0)
     assert [d.reason_code for d in bad.dead_letters] == ["worker.bad_item"] and not bad.outputs
+
+
+class FailingAcks(FlakyBatches):
+    """Takes the first ``failing`` records from the producer, but Kafka's acks of them fail; then Kafka takes
+    everything."""
+
+    failing = 0
+
+    async def send_one(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
+        self.calls += 1
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.calls <= self.failing:
+            fut.set_exception(NotEnoughReplicasError())
+        else:
+            fut.set_result(None)
+            self.taken.append((topic, value))
+        return fut
+
+
+async def test_outputs_whose_acks_fail_are_sent_again_when_settled(tmp_path: Path, monkeypatch: Any) -> None:
+    r = runner(tmp_path)
+    for _, v in batches([device_reading("dev-0001", 1, T0, 4.0)], 1):
+        r.on_record(v, 0)
+    result = r.on_record(tick(T0 + 100 * STEP_MS), 0)
+    assert result.outputs
+    monkeypatch.setattr(asyncio, "sleep", _no_wait)
+    batches_ = FailingAcks()
+    batches_.failing = len(result.outputs)
+    topics = Topics(prefix="t", partitions=1)
+    settle = await KafkaOutputs(batches_, topics).send(result)  # type: ignore[arg-type]
+    assert batches_.calls == len(result.outputs) and not batches_.taken  # handed over, not acknowledged yet
+    await settle()
+    sent = [serde.loads(v)["alert_id"] for t, v in batches_.taken if t == topics.alerts]
+    assert set(sent) == {o.alert_id for o in result.outputs if hasattr(o, "alert_id")}
+
+
+class OrderedWriter:
+    """A :class:`TableWriter` stand-in that records what happens in which order."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    async def write(self, partition: int, records: list[tuple[bytes, bytes]], context: Any) -> None:
+        if records:
+            self.log.append(f"write p{partition} " + ",".join(k.decode() for k, _ in records))
+
+    async def settle(self, partition: int) -> None:
+        self.log.append(f"settle p{partition}")
+
+
+class OneDirty:
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+    def take(self, partition: int) -> list[tuple[bytes, bytes]]:
+        return [(self.key, b"state")]
+
+
+async def test_release_writes_states_only_after_their_outputs_are_in_kafka() -> None:
+    """The pipelined outputs (the agent processes the next record while Kafka acknowledges the last one's):
+    the table must never hold a state whose outputs Kafka might not have, and records are acked last."""
+    from pipeline.agents.faust.durable import Pending
+
+    log: list[str] = []
+    pending = Pending(OrderedWriter(log))  # type: ignore[arg-type]
+
+    async def ack(event: Any) -> bool:
+        log.append(f"ack {event}")
+        return True
+
+    pending.ack = ack
+
+    async def settled() -> None:
+        log.append("outputs in kafka")
+
+    pending.hold(0, "r1", 10, flush_interval_s=99, flush_items=99)
+    pending.sent(0, settled, [(b"dev-1", b"after-its-alert")])
+    assert log == []  # nothing written while the outputs may still be on their way
+    await pending.release(OneDirty(b"dev-2"), 0)
+    assert log == ["outputs in kafka", "write p0 dev-1", "write p0 dev-2", "settle p0", "ack r1"]
+
+
+async def test_revoked_partition_forgets_its_unsettled_outputs() -> None:
+    from pipeline.agents.faust.durable import Pending
+
+    log: list[str] = []
+    pending = Pending(OrderedWriter(log))  # type: ignore[arg-type]
+
+    async def never() -> None:
+        raise AssertionError("a revoked partition's outputs are not waited for")
+
+    pending.sent(3, never, [(b"dev-9", b"s")])
+    pending.drop([1, 3])
+    await pending.settle_sent()
+    assert log == []

@@ -27,7 +27,6 @@ never restore a state that claims an output was sent when it was not.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import logging
@@ -39,9 +38,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import faust
+from aiokafka.errors import KafkaError
 from faust.types import TP
 
-from pipeline.agents.core import Concern, Outputs, Result, Runner, Stats, encode_output
+from pipeline.agents.core import Concern, Outputs, Result, Runner, Settled, Stats, encode_output, settled
 from pipeline.agents.faust.build import admitted, bytes_table, faust_app, own_producer, raw_topic
 from pipeline.agents.faust.changelog import KafkaBatches, SendBatch, TableWriter
 from pipeline.agents.faust.continuity import AckGate, Continuity
@@ -97,28 +97,50 @@ class WorkerOptions:
 
 @dataclass
 class KafkaOutputs:
-    """Sends a record's outputs and dead letters and waits until Kafka has acknowledged all of them."""
+    """Sends a record's outputs and dead letters; :meth:`send` hands them to the producer, the :data:`Settled`
+    it returns waits until Kafka has acknowledged all of them (sending the whole set again after a failure)."""
 
     producer: KafkaBatches
     topics: Topics
 
-    async def publish(self, result: Result) -> None:
+    async def send(self, result: Result) -> Settled:
         if not result.outputs and not result.dead_letters:
-            return
+            return settled
         t = self.topics
         names = {"alerts": t.alerts, "annotations": t.annotations, "deadletter": t.deadletter}
-        send = self.producer.send_one
-        # Sent now and awaited: we must know the outputs are in Kafka before the states that produced them
-        # are written to the table.
         records: list[tuple[str, bytes | None, bytes]] = [encode_output(o) for o in result.outputs]
         records += [("deadletter", None, encode(d)) for d in result.dead_letters]
+        what = f"{len(records)} output(s)"
 
         async def send_all() -> None:
-            await asyncio.gather(*[await send(names[which], key, value) for which, key, value in records])
+            await asyncio.gather(*[await self.producer.send_one(names[w], key, value) for w, key, value in records])
 
-        # Until Kafka has every one: the runner already holds the states that produced them, so giving up here
-        # (the agent restarting past this record) would lose the alerts for good.
-        await until_kafka_takes(send_all, f"{len(records)} output(s)")
+        async def again() -> None:
+            # The runner already holds the states that produced them: giving up (the agent restarting past this
+            # record) would lose the alerts for good. A repeat is harmless: consumers de-duplicate by id.
+            await until_kafka_takes(send_all, what)
+
+        try:
+            acks = [await self.producer.send_one(names[w], key, value) for w, key, value in records]
+        except KafkaError as exc:
+            log.warning("Kafka did not take %s (%s); sending again", what, exc)
+            return again
+        for ack in acks:
+            ack.add_done_callback(_retrieved)  # a failure is handled by ``first_time``, or nobody waits
+
+        async def first_time() -> None:
+            try:
+                await asyncio.gather(*acks)
+            except KafkaError as exc:
+                log.warning("Kafka did not take %s (%s); sending again", what, exc)
+                await again()
+
+        return first_time
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 @dataclass
@@ -357,14 +379,19 @@ def _agent_body(
                     log.info("%s: loaded %d states for partition %d", source_name, n, partition)
                 items_before = runner.stats.items
                 result = runner.on_record(event.value, partition)
-                await sink.publish(result)
-                if result.outputs:
-                    # The subjects that just produced outputs are written now, ahead of the ack: the only
-                    # window where a crash repeats an output is until these writes reach the changelog. A
-                    # state ahead of the committed offset is safe: the records read again are exact
-                    # duplicates to it (seq / event_id de-dup) and ticks before its frontier do nothing.
+                # The previous record's outputs were handed to Kafka before this record was processed; they
+                # must be in Kafka (and their subjects' states written) before this one's are sent, so that
+                # outputs keep their order even when a send fails and is repeated.
+                await pending.settle_sent()
+                sent = await sink.send(result)
+                if result.outputs or result.dead_letters:
+                    # The subjects that just produced outputs are written as soon as Kafka has the outputs,
+                    # ahead of the ack: the only window where a crash repeats an output is until these writes
+                    # reach the changelog. Their states are taken now (later records change them again). A
+                    # state ahead of the committed offset is safe: the records read again are exact duplicates
+                    # to it (seq / event_id de-dup) and ticks before its frontier do nothing.
                     subjects = {o.subject.encode() for o in result.outputs}
-                    await pending.writer.write(partition, runner.take(partition, subjects), contextlib.nullcontext)
+                    pending.sent(partition, sent, runner.take(partition, subjects) if subjects else [])
                 items = runner.stats.items - items_before
                 if pending.hold(
                     partition, event, items, flush_interval_s=options.flush_interval_s, flush_items=options.flush_items

@@ -71,6 +71,28 @@ class Pending:
     #: The agent's manual-ack stream's ``ack``, set when the agent starts.
     ack: Callable[[Any], Awaitable[bool]] | None = None
     gate: AckGate | None = None
+    #: The last record's outputs, handed to Kafka and not yet known to be there, and the states of their
+    #: subjects, written once they are: (partition, settled, states). One at a time: a record's outputs are
+    #: sent only once the previous record's are in Kafka (see :meth:`sent`).
+    _sent: tuple[int, Callable[[], Awaitable[None]], list[tuple[bytes, bytes]]] | None = None
+
+    def sent(self, partition: int, settled: Callable[[], Awaitable[None]], states: list[tuple[bytes, bytes]]) -> None:
+        """Outputs of ``partition`` handed to Kafka (``settled`` waits until Kafka has them) and the states of
+        the subjects that produced them, to write after that. The agent goes on with the next record meanwhile
+        and calls :meth:`settle_sent` before it sends more outputs."""
+        assert self._sent is None, "settle_sent() before sending the next record's outputs"
+        self._sent = (partition, settled, states)
+
+    async def settle_sent(self) -> None:
+        """Wait until Kafka has the last record's outputs, then write their subjects' states to the table."""
+        if self._sent is None:
+            return
+        partition, settled, states = self._sent
+        await settled()
+        self._sent = None
+        # The store's partition is explicit (:func:`~pipeline.agents.faust.changelog.put_all`): the current
+        # event may be of another partition by now.
+        await self.writer.write(partition, states, contextlib.nullcontext)
 
     def hold(self, partition: int, event: Any, items: int, *, flush_interval_s: float, flush_items: int) -> bool:
         """Hold ``event`` (carrying ``items`` readings/events) until its partition is released; True when the
@@ -93,6 +115,9 @@ class Pending:
     async def release(self, dirty: Dirty, partition: int) -> None:
         """Write the partition's changed states to the table, wait until Kafka has them, then ack its held
         records (call under the agent's lock): the committed offset never runs ahead of the saved states."""
+        # Outputs first, then the states that produced them, then the rest: the table never holds a state whose
+        # outputs Kafka might not have.
+        await self.settle_sent()
         events = self.events.get(partition)
         if not events:
             return
@@ -108,6 +133,10 @@ class Pending:
 
     def drop(self, partitions: Iterable[int]) -> None:
         # Revoked: never acked, so their records are read again, by the new owner, from the committed offset.
+        partitions = list(partitions)
+        if self._sent is not None and self._sent[0] in partitions:
+            # Its records were never acked: the new owner reads them again and sends the outputs again.
+            self._sent = None
         for p in partitions:
             self.events.pop(p, None)
             self.since.pop(p, None)
