@@ -373,13 +373,14 @@ class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin, HistoryMixi
     this class drives time (release, advance) and calls them in a fixed order, so outputs at one instant come
     out in the same order every time."""
 
-    __slots__ = (*DeviceState._fields, "abandon", "clock", "d", "due_ok", "now", "orig", "out", "retro")
+    __slots__ = (*DeviceState._fields, "abandon", "clock", "d", "due_ok", "later", "now", "orig", "out", "retro")
     d: DeviceDetector  # the rule families (mixins) see it untyped: they cannot import this module
 
     def __init__(self, d: DeviceDetector, s: DeviceState, clock: bool = False) -> None:
         self.d = d
         self.orig = s
         self.out: list[Output] = []
+        self.later = []
         self.now = s.frontier
         #: Driven by the clock (a tick): silence deadlines (not part of the cached ``due``) may fire. Driven by a
         #: reading: they may not (liveness follows arrivals, docs/rules.md).
@@ -418,6 +419,8 @@ class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin, HistoryMixi
         ) = s
 
     def freeze(self) -> DeviceState:
+        if self.later:
+            self.report_later()
         if not self.due_ok:
             self.due = self.next_deadline()
             self.due_ok = True
@@ -505,6 +508,8 @@ class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin, HistoryMixi
     def fire(self, t: int) -> None:
         """Every deadline due at ``t``, family by family."""
         d = self.d
+        if self.later:
+            self.report_later(t)
         self.now = t
         if self.ckpt is None:
             self.ckpt = self.rules_snapshot()  # the state after the last reading, for late readings before t
@@ -525,6 +530,8 @@ class _Work(LevelsMixin, MasksMixin, AggregatesMixin, LivenessMixin, HistoryMixi
         this is the per-reading hot path."""
         d = self.d
         t, seq, x, door, defrost, battery = item
+        if self.later:
+            self.report_later(t)
         prev = self.last_ts
         ls = self.last_seq
         hole = seq > ls + 1 and ls >= 0 and t - prev > d.hole_ms and self.opens_hole(t, seq)

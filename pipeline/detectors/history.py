@@ -108,6 +108,7 @@ class HistoryMixin(WorkFields):
         w = type(self).__new__(type(self))
         w.d = self.d
         w.out = []
+        w.later = []
         w.due_ok = False
         w.due = None
         w.clock = False
@@ -128,6 +129,8 @@ class HistoryMixin(WorkFields):
             w.advance(item[0])
             w.apply(item)
         w.advance(until)
+        if w.later:
+            w.report_later()
         return w
 
     def reevaluate(self, abandon: bool = False) -> None:

@@ -175,6 +175,24 @@ def test_battery_low_with_hysteresis() -> None:
     ]
 
 
+def test_a_resolution_stamped_after_its_instant_comes_after_the_rest_of_that_instant() -> None:
+    """The stuck alert falls due at minute 5 and fires before the reading at minute 5, which clears it: stamped
+    1 ms later (no zero-duration record). The same reading resolves the low battery at minute 5 exactly, so
+    that resolution is reported first: a device's outputs are in event-time order (found by hypothesis)."""
+    f = Feeder(_det(liveness={"stuck_min": 5}))
+    f.r(0, 4.2, battery=0.1)
+    f.series(1, 4, 4.2)
+    f.r(5, 4.5, battery=0.9)
+    f.tick(6)
+    got = [(a.rule, a.state.value, a.at_ms - T0) for a in f.alerts()]
+    assert got == [
+        ("liveness.battery_low", "open", 0),
+        ("liveness.stuck", "open", 5 * M),
+        ("liveness.battery_low", "resolved", 5 * M),
+        ("liveness.stuck", "resolved", 5 * M + 1),
+    ]
+
+
 def test_state_round_trips_and_stays_small() -> None:
     det = DeviceDetector(device_rules())  # everything on: MKT, cumulative, rate of rise
     f = Feeder(det)

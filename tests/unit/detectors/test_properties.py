@@ -13,7 +13,7 @@ from collections.abc import Callable
 from itertools import pairwise
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pipeline import serde
@@ -166,8 +166,34 @@ def test_late_data_within_the_history_bound_ends_with_the_in_order_alerts(
     assert not [a for a in got if isinstance(a, Alert) and a.resolved_at == a.opened_at]
 
 
+def _q(ms: int, temp: float, seq: int, **extra: Any) -> dict[str, Any]:
+    return {"ts_ms": T0 + ms, "seq": seq, "temp_c": temp} | extra
+
+
+#: Found with --hypothesis-seed=47839160226259129401366180521626757201: the stuck alert falls due at the last
+#: reading's instant and fires before it; that reading clears it (stamped 1 ms later) and resolves the low battery
+#: at its own instant, which must be reported first.
+_STUCK_CLEARED_AT_ITS_DEADLINE = [
+    _q(15_000, -3.0, 0, door_open=False, battery=0.1),
+    *(_q(15_000 * (i + 1), -3.0, i) for i in range(1, 5)),
+    _q(90_000, -3.0, 5, door_open=False, defrost=False),
+    _q(105_000, -3.0, 6),
+    _q(120_000, -3.0, 7),
+    _q(135_000, -3.0, 8, defrost=False),
+    _q(150_000, -3.0, 9),
+    _q(165_000, -3.0, 10),
+    _q(180_000, -3.0, 11),
+    _q(195_000, -3.0, 12, door_open=False),
+    _q(210_000, -3.0, 13),
+    _q(225_000, -3.0, 14, door_open=False),
+    _q(255_000, -3.0, 15, door_open=False),
+    _q(315_000, -0.2, 16, battery=0.9),
+]
+
+
 @settings(max_examples=40, deadline=None)
 @given(stream=device_streams())
+@example(stream=_STUCK_CLEARED_AT_ITS_DEADLINE)
 def test_device_alert_lifecycle_is_well_formed(stream: list[dict[str, Any]]) -> None:
     outs = run_device_stream(_DET, stream, final_ms=stream[-1]["ts_ms"] + 120 * M)
     open_ids: dict[str, int] = {}
