@@ -6,8 +6,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from pipeline.detectors.base import Output
-from pipeline.detectors.engine import NEG, Emits
-from pipeline.schemas import Alert, Severity
+from pipeline.detectors.engine import NEG, EmitsInOrder
 
 SEQ_WINDOW = 256
 SEQ_MASK = (1 << SEQ_WINDOW) - 1
@@ -107,7 +106,7 @@ RULE_FIELDS = (
 )
 
 
-class WorkFields(Emits):
+class WorkFields(EmitsInOrder):
     """The attributes of the working copy (declared once for the rule-family mixins; the slots live in ``_Work``)."""
 
     # The device's DeviceDetector (rules and derived constants). Not imported: pipeline.detectors.device
@@ -149,32 +148,6 @@ class WorkFields(Emits):
     retro: bool
     #: In a re-run that gives up the oldest holes (history overflow): holes before this ts are not kept.
     abandon: int
-    #: Resolutions stamped after the instant that resolved them (see :meth:`emit_resolved`), not yet reported.
-    later: list[Alert]
-
-    def emit_resolved(
-        self, rule: str, severity: Severity, *, opened: int, at: int, notify: bool, evidence: dict[str, Any]
-    ) -> None:
-        rec: Alert = self.d.resolve_alert(rule, severity, opened=opened, at=at, notify=notify, evidence=evidence)
-        if rec.at_ms > at:
-            # Resolved at its opening instant (a deadline fires before a reading at the same time, and the
-            # reading clears it), so stamped 1 ms later (no zero-duration record). Reported now, it would come
-            # before the outputs still due at ``at`` (the rest of the reading, deadlines due at it): out of
-            # event-time order, which consumers rely on. It waits until time reaches its stamp.
-            self.later.append(rec)
-        else:
-            self.out.append(rec)
-
-    def report_later(self, t: int | None = None) -> None:
-        """Report the held resolutions stamped at or before ``t`` (all of them: ``None``, the end of a call),
-        before anything at ``t`` is."""
-        later = self.later
-        if t is None or all(a.at_ms <= t for a in later):
-            self.out.extend(later)
-            later.clear()
-        else:
-            self.out.extend(a for a in later if a.at_ms <= t)
-            later[:] = [a for a in later if a.at_ms > t]
 
     def restart_masked_delays(self, t: int) -> None:
         """A mask ended at ``t`` (called by the masks family, implemented by the levels family)."""

@@ -163,6 +163,45 @@ class Emits:
                 self.emit_resolved(rule, severity, opened=opened, at=at, notify=notify, evidence=dict(evidence))
 
 
+class EmitsInOrder(Emits):
+    """:class:`Emits` for a working copy whose alerts can be resolved at the instant they opened: it holds a
+    resolution stamped past that instant until time reaches its stamp, so one subject's outputs stay in event-time
+    order (base.py).
+
+    A deadline fires before an event at the same time (docs/rules.md), so an event at ``t`` can clear what a
+    deadline opened at ``t``; the no-zero-duration rule stamps that resolution ``t + 1``. Reported at once, it
+    would come before what the same instant still emits (the rest of that event, the next events at ``t``,
+    deadlines due at ``t`` after it). Nothing else is stamped past the instant being processed, so holding just
+    these keeps the order without sorting every call's outputs. The held list lives in the working copy only:
+    the durable state never holds it (a call reports everything it holds before it ends).
+
+    The working copy sets :attr:`later` to ``[]``, calls :meth:`report_later` with ``t`` before it fires a
+    deadline or applies an event at ``t``, and without ``t`` when its call (or a re-run) ends."""
+
+    #: Resolutions stamped after the instant that resolved them, not yet reported (oldest first).
+    later: list[Alert]
+
+    def emit_resolved(
+        self, rule: str, severity: Severity, *, opened: int, at: int, notify: bool, evidence: dict[str, Any]
+    ) -> None:
+        rec: Alert = self.d.resolve_alert(rule, severity, opened=opened, at=at, notify=notify, evidence=evidence)
+        if rec.at_ms > at:
+            self.later.append(rec)
+        else:
+            self.out.append(rec)
+
+    def report_later(self, t: int | None = None) -> None:
+        """Report the held resolutions stamped at or before ``t`` (all of them: ``None``, the end of a call),
+        before anything at ``t`` is."""
+        later = self.later
+        if t is None or all(a.at_ms <= t for a in later):
+            self.out.extend(later)
+            later.clear()
+        else:
+            self.out.extend(a for a in later if a.at_ms <= t)
+            later[:] = [a for a in later if a.at_ms > t]
+
+
 class AlertFactory:
     """Alert records for one subject (``site`` and ``subject`` are set by the detector, per device or kitchen).
 

@@ -31,7 +31,16 @@ from pipeline import serde
 from pipeline.contracts import rules as R
 from pipeline.detectors.base import Output
 from pipeline.detectors.calendar import window_state
-from pipeline.detectors.engine import NEG, AlertFactory, BufferedWork, Emits, SeenIds, buffer_event, tuples, wake_time
+from pipeline.detectors.engine import (
+    NEG,
+    AlertFactory,
+    BufferedWork,
+    EmitsInOrder,
+    SeenIds,
+    buffer_event,
+    tuples,
+    wake_time,
+)
 from pipeline.detectors.rules import KitchenRules
 from pipeline.schemas import Alert, KitchenEvent, KitchenEventType, Severity, alert_id, ms_to_iso
 
@@ -224,14 +233,15 @@ class KitchenDetector(AlertFactory):
 _state_fields_of = attrgetter(*KitchenState._fields)
 
 
-class _KWork(BufferedWork, Emits):
-    __slots__ = (*KitchenState._fields, "d", "now", "orig", "out")
+class _KWork(BufferedWork, EmitsInOrder):
+    __slots__ = (*KitchenState._fields, "d", "later", "now", "orig", "out")
     buffer_max = BUFFER_MAX
 
     def __init__(self, d: KitchenDetector, s: KitchenState) -> None:
         self.d = d
         self.orig = s
         self.out: list[Output] = []
+        self.later = []
         self.now = s.frontier
         (
             self.frontier,
@@ -248,6 +258,8 @@ class _KWork(BufferedWork, Emits):
         ) = s
 
     def freeze(self) -> KitchenState:
+        if self.later:
+            self.report_later()
         new = KitchenState._make(_state_fields_of(self))
         return self.orig if new == self.orig else new
 
@@ -309,6 +321,8 @@ class _KWork(BufferedWork, Emits):
 
     def fire(self, t: int) -> None:
         d = self.d
+        if self.later:
+            self.report_later(t)
         self.now = t
         if self.stove_since is not None and d.hours:
             self._update_unattended(t)
@@ -346,6 +360,8 @@ class _KWork(BufferedWork, Emits):
     def apply(self, item: KItem) -> None:
         d = self.d
         t, camera, event_id, typ, zone, conf, count, image_url = item
+        if self.later:
+            self.report_later(t)
         self.now = t
         if typ in (_ON, _OFF):
             if typ == _ON and self.stove_since is None:

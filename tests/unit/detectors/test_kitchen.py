@@ -75,6 +75,24 @@ def test_unattended_resolves_when_the_stove_goes_off_and_not_before_t1() -> None
     assert k.alerts()[-1].evidence["reason"] == "stove_off"
 
 
+def test_a_resolution_stamped_after_its_instant_comes_after_the_rest_of_that_instant() -> None:
+    """The warning falls due at minute 5 and fires before the events at minute 5: a person appears, which
+    clears it (stamped 1 ms later: no zero-duration record), then a rodent is seen, which opens at minute 5
+    exactly. A kitchen's outputs are in event-time order, so the rodent comes first."""
+    k = K()
+    k.e(ev(0, "stove_on"))  # nobody seen at all counts as nobody there
+    k.e(ev(5, "person_present"))
+    k.e(ev(5, "rodent", camera="cam-2"))  # after the person in the (ts, camera, event_id) order
+    k.tick(6)
+    got = [(a.rule, a.state.value, a.at_ms - T0) for a in k.alerts()]
+    assert got == [
+        ("kitchen.unattended", "open", 5 * M),
+        ("kitchen.hygiene.rodent", "open", 5 * M),
+        ("kitchen.unattended", "resolved", 5 * M + 1),
+    ]
+    assert [a.at_ms for a in k.alerts()] == sorted(a.at_ms for a in k.alerts())
+
+
 def test_two_cook_zone_cameras_anyone_present_is_enough_other_zones_ignored() -> None:
     k = K()
     k.e(ev(0, "stove_on"))
