@@ -321,6 +321,8 @@ class Phase:
     #: readings per MQTT message: 1, or a store-and-forward upload ({"readings": [...]})
     batch: int = 1
     published: int = 0
+    #: how long the generator took to publish them (the rates below are over this time)
+    publish_s: float = 0.0
     #: acknowledged by Mosquitto to the load generator (on receipt), in the end; ack_rate counts only those
     #: acknowledged while the phase published
     acked: int = 0
@@ -333,10 +335,73 @@ class Phase:
     worker_rate: float = 0.0
     lag_end: dict[str, int] = field(default_factory=dict)
     lag_max: dict[str, int] = field(default_factory=dict)
+    #: per consumer group, how fast its lag (records) grew while the phase published (:func:`lag_growth`)
+    lag_growth: dict[str, float] = field(default_factory=dict)
+    #: which process held the phase back (:func:`limiting_stage`)
+    limited_by: str = ""
     drained_s: float | None = None
     cpu_pct: dict[str, float] = field(default_factory=dict)
     rss_mb: dict[str, float] = field(default_factory=dict)
     latency_ms: dict[str, Any] = field(default_factory=dict)
+
+
+#: A stage keeps pace when it passes on at least this share of what reached it during the phase.
+KEEPS_PACE = 0.97
+#: A single-threaded process at this share of a core (CPU %) is saturated.
+SATURATED_PCT = 90.0
+
+
+def lag_growth(times: list[float], lags: list[int]) -> float:
+    """Least-squares slope of a consumer's lag over the phase, records per second: ~0 when it keeps up (the lag
+    moves around the commit interval's worth), positive when it falls behind."""
+    n = len(times)
+    if n < 2:
+        return 0.0
+    mt, ml = statistics.fmean(times), statistics.fmean(lags)
+    var = sum((t - mt) ** 2 for t in times)
+    return sum((t - mt) * (v - ml) for t, v in zip(times, lags, strict=True)) / var if var else 0.0
+
+
+def limiting_stage(phase: Phase, cores: int) -> str:
+    """Which process held the phase back, from what each stage passed on while it published, in pipeline
+    order: the first stage that did not keep pace with its input, and whether the machine's cores were all
+    busy (then every process only had a share of them, and more of that stage alone would not help here)."""
+    cpu = phase.cpu_pct
+    busy = sum(cpu.values()) / 100
+    cores_note = f"{busy:.1f} of {cores} cores busy" + (" (all)" if busy >= 0.9 * cores else "")
+
+    def pct(name: str) -> str:
+        return f"{name} {cpu.get(name, 0):.0f}% of a core"
+
+    published_rate = phase.published / (phase.publish_s or phase.duration_s)
+    if published_rate < KEEPS_PACE * phase.offered_rate and phase.ack_rate >= KEEPS_PACE * published_rate:
+        # Everything it wrote was taken: the generator did not offer the rate (its pacing, or its core).
+        return (
+            f"load generator: published {published_rate:,.0f}/s of {phase.offered_rate:,.0f}/s asked, all of it "
+            f"taken downstream ({pct('loadgen')}; {cores_note})"
+        )
+    if phase.ack_rate < KEEPS_PACE * phase.offered_rate:
+        hot = [n for n in ("mosquitto", "loadgen") if cpu.get(n, 0) >= SATURATED_PCT]
+        who = " and ".join(hot) if hot else "load generator + Mosquitto"
+        return (
+            f"{who}: {phase.ack_rate:,.0f}/s of {phase.offered_rate:,.0f}/s offered taken "
+            f"({pct('mosquitto')}, {pct('loadgen')}; {cores_note})"
+        )
+    if phase.in_kafka_rate < KEEPS_PACE * phase.ack_rate:
+        return (
+            f"bridge: {phase.in_kafka_rate:,.0f}/s into Kafka of {phase.ack_rate:,.0f}/s taken "
+            f"({pct('bridge')}; {cores_note})"
+        )
+    if phase.worker_rate < KEEPS_PACE * phase.in_kafka_rate:
+        return (
+            f"worker: {phase.worker_rate:,.0f}/s processed of {phase.in_kafka_rate:,.0f}/s into Kafka "
+            f"({pct('worker')}; {cores_note})"
+        )
+    growing = {g: v for g, v in phase.lag_growth.items() if v > 0.03 * max(1.0, phase.in_kafka_rate)}
+    if growing:
+        names = ", ".join(f"{g} +{v:,.0f} records/s" for g, v in growing.items())
+        return f"a consumer's lag grew ({names}; {cores_note})"
+    return f"none: every stage kept pace ({cores_note})"
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -409,6 +474,7 @@ class Bench:
         processed_sent = await sampler.worker_items() - items0
         await lg.wait_acked(drain_timeout)
         phase.published = lg.stats.published - pub0
+        phase.publish_s = send_s
         phase.acked = lg.stats.acked - ack0
         phase.ack_rate = acked_sent / send_s
         phase.in_kafka_rate = in_kafka_sent / send_s
@@ -416,6 +482,9 @@ class Bench:
         window = [s for s in sampler.samples if s.t >= t0]
         phase.bridge_backlog_max = max((s.bridge_backlog for s in window), default=0)
         phase.lag_max = {g: max((s.lag.get(g, 0) for s in window), default=0) for g in sampler.groups}
+        phase.lag_growth = {
+            g: round(lag_growth([s.t for s in window], [s.lag.get(g, 0) for s in window]), 1) for g in sampler.groups
+        }
         phase.cpu_pct = {k: round(statistics.fmean(s.cpu.get(k, 0.0) for s in window), 1) for k in sampler.procs}
         phase.rss_mb = {k: round(max(s.rss_mb.get(k, 0.0) for s in window), 1) for k in sampler.procs}
         # Drained: how long after the last acknowledged publish until the bridge has every acknowledged reading
@@ -431,6 +500,7 @@ class Bench:
                 break
             await asyncio.sleep(0.5)
         phase.lag_end = sampler.samples[-1].lag
+        phase.limited_by = limiting_stage(phase, psutil.cpu_count() or 1)
         self.phases.append(phase)
         return phase
 
@@ -797,6 +867,10 @@ class Bench:
                 f"{p.worker_rate:,.0f} | {p.bridge_backlog_max:,} | {lags} | "
                 f"{drained} | {cpu} | {p.rss_mb.get('worker', '-')} |"
             )
+        print("\nWhat held each phase back (the first stage that did not keep pace with its input while it published):")
+        for p in self.phases:
+            growth = ", ".join(f"{g} {v:+,.0f}/s" for g, v in p.lag_growth.items())
+            print(f"- {p.name}: {p.limited_by}; lag trend {growth}")
         for p in self.phases:
             if p.latency_ms:
                 print(f"\nlatency publish -> webhook at {p.offered_rate:g} readings/s: {p.latency_ms}")

@@ -1,0 +1,56 @@
+"""The end-to-end benchmark names the process that held each phase back (issue 24): the first stage, in
+pipeline order, that did not keep pace with its input while the phase published."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.e2e import Phase, lag_growth, limiting_stage
+
+CPU = {"bridge": 25.0, "worker": 40.0, "sink": 20.0, "mosquitto": 35.0, "kafka": 9.0, "influxdb": 18.0, "loadgen": 45.0}
+
+
+def phase(**rates: float) -> Phase:
+    p = Phase("ramp@10000/s", 1_000, 10_000, 30)
+    p.ack_rate = p.in_kafka_rate = p.worker_rate = 10_000
+    p.published = 300_000
+    for name, value in rates.items():
+        setattr(p, name, value)
+    p.cpu_pct = dict(CPU)
+    p.lag_growth = {"worker": 0.0, "sink": 0.0}
+    return p
+
+
+def test_the_first_stage_that_falls_behind_is_named() -> None:
+    assert limiting_stage(phase(worker_rate=3_982), 2).startswith("worker: 3,982/s processed of 10,000/s")
+    # Upstream first: a worker behind a bridge that is itself behind is not what held the phase back.
+    assert limiting_stage(phase(in_kafka_rate=8_000, worker_rate=3_000), 2).startswith("bridge:")
+    assert limiting_stage(phase(ack_rate=6_000, in_kafka_rate=6_000, worker_rate=6_000), 2).startswith(
+        "load generator + Mosquitto:"
+    )
+
+
+def test_a_generator_that_did_not_offer_the_rate_is_not_blamed_on_mosquitto() -> None:
+    p = phase(ack_rate=9_150, in_kafka_rate=9_150, worker_rate=9_150)
+    p.published = 274_500  # 9,150/s over the 30 s asked, every one of them acked while publishing
+    assert limiting_stage(p, 2).startswith("load generator: published 9,150/s of 10,000/s asked")
+
+
+def test_a_saturated_single_threaded_front_end_is_named_and_busy_cores_are_said() -> None:
+    p = phase(ack_rate=6_000, in_kafka_rate=6_000, worker_rate=6_000)
+    p.cpu_pct["mosquitto"] = 97.0
+    text = limiting_stage(p, 2)
+    assert text.startswith("mosquitto:") and "2.5 of 2 cores busy (all)" in text
+
+
+def test_a_phase_every_stage_kept_up_with_says_so_unless_a_lag_grew() -> None:
+    assert limiting_stage(phase(worker_rate=9_900), 2).startswith("none: every stage kept pace")
+    p = phase()
+    p.lag_growth = {"larder-sink": 1_200.0}
+    assert limiting_stage(p, 2).startswith("a consumer's lag grew (larder-sink +1,200 records/s")
+
+
+def test_lag_growth_is_the_slope_of_the_lag() -> None:
+    assert lag_growth([0, 1, 2, 3], [100, 1_100, 2_100, 3_100]) == pytest.approx(1_000)
+    assert lag_growth([0, 1, 2, 3], [900, 1_100, 900, 1_100]) == pytest.approx(40)  # flat, around a level
+    assert lag_growth([5.0], [10]) == 0.0
