@@ -53,9 +53,13 @@ async def wait_processed(settings: Settings, topics: Topics, *, timeout: float =
             if not behind:
                 return time.monotonic() - t0
             if time.monotonic() - t0 > timeout:
+                where = ", ".join(
+                    f"{tp.topic}[{tp.partition}] committed {committed[tp].offset if tp in committed else '-'} of {end}"
+                    for tp, end in sorted(behind.items())
+                )
                 raise TimeoutError(
                     f"the worker ({worker_group(topics)}) has not processed {len(behind)} partitions within "
-                    f"{timeout:.0f} s; is `larder worker` running with --clock replay?"
+                    f"{timeout:.0f} s ({where}); is `larder worker` running with --clock replay?"
                 )
             await asyncio.sleep(0.3)
     finally:

@@ -77,7 +77,7 @@ from pipeline.services import Services
 from pipeline.settings import Settings, load_settings
 from pipeline.siteconfig import write_site_file
 from pipeline.stack import influx, kafka
-from pipeline.stack.process import pid_alive, port_open, read_pid, stop_pid, wait_until
+from pipeline.stack.process import pid_alive, port_open, read_pid, stop_pid, tail, wait_until
 from pipeline.testing import read_all
 from pipeline.topics import Topics
 from simulators import LIBRARY, Scenario, build
@@ -513,7 +513,14 @@ async def _run(cluster: Cluster, sc: Scenario, site_file: Path, size: Size, gw: 
         svc.check_alive()
 
         t2 = time.monotonic()
-        await wait_processed(settings, topics, timeout=300)
+        try:
+            await wait_processed(settings, topics, timeout=300)
+        except TimeoutError:
+            # CI keeps only this test's output: what the workers said is the only trace of why.
+            for p in svc.processes:
+                if p.name == "worker":
+                    print(f"[{label}] {p.label} ({p.log}), its last lines:\n{tail(p.log, 120)}", flush=True)
+            raise
         await asyncio.sleep(1.0)  # the worker's last outputs are acked before its offsets are committed
         alerts = await alert_log(settings, topics)
         timings["worker_drain_s"] = time.monotonic() - t2
