@@ -519,7 +519,7 @@ async def _run(cluster: Cluster, sc: Scenario, site_file: Path, size: Size, gw: 
             # CI keeps only this test's output: what the workers said is the only trace of why.
             for p in svc.processes:
                 if p.name == "worker":
-                    print(f"[{label}] {p.label} ({p.log}), its last lines:\n{tail(p.log, 120)}", flush=True)
+                    print(f"[{label}] {p.label} ({p.log}), its last lines:\n{worker_story(p.log)}", flush=True)
             raise
         await asyncio.sleep(1.0)  # the worker's last outputs are acked before its offsets are committed
         alerts = await alert_log(settings, topics)
@@ -557,6 +557,20 @@ async def _run(cluster: Cluster, sc: Scenario, site_file: Path, size: Size, gw: 
         timings,
         chaos.late if chaos else [],
     )
+
+
+#: aiokafka's lines while a broker is down, ten a second: they would hide everything else in a log's tail.
+BROKER_DOWN_NOISE = ("Unable connect to node", "Failed fetch messages from", "Got error produce response")
+
+
+def worker_story(log: Path, lines: int = 80) -> str:
+    """The last ``lines`` lines of a worker's log, without the broker-down noise and tracebacks' bodies."""
+    kept = [
+        line
+        for line in tail(log, 5000).splitlines()
+        if line.startswith("[") and not any(noise in line for noise in BROKER_DOWN_NOISE)
+    ]
+    return "\n".join(kept[-lines:])
 
 
 async def notifications_settled(settings: Settings, topics: Topics) -> list[Delivery]:
