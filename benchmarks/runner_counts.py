@@ -101,7 +101,9 @@ def counted(tree: Path, measure: str, full: bool, tmp: Path) -> dict[str, int]:
         capture_output=True,
         text=True,
         check=True,
-        env=os.environ | {"PYTHONPATH": str(tree)},
+        # One hash seed for every run: string hashes decide dict and set layouts, and with them how many
+        # instructions and misses a run takes (two runs of one path differed by 1-10 % with random seeds).
+        env=os.environ | {"PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"},
     )
     out = {k: int(re.search(rx, run.stderr).group(1).replace(",", "")) for k, rx in COUNTS.items()}  # type: ignore[union-attr]
     out["readings"] = int(re.search(r"readings (\d+)", run.stderr).group(1))  # type: ignore[union-attr]
