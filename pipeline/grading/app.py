@@ -173,7 +173,7 @@ def make_app(
 
     states = SiteStates(table)
     pending = Pending(TableWriter(table, producer.send), gate=gate)
-    continuity = Continuity(seeks=gate.seeks)
+    continuity = Continuity(seeks=gate.seeks, held=pending.holds)
     gapp = GradingApp(app, topics, table, None, gate=gate, continuity=continuity, pending=pending)
     stats = gapp.stats
     # One lock for the agent, the flush timer and the rebalance handlers: a record's read-fold-write of its

@@ -367,3 +367,76 @@ def test_without_a_kafka_consumer_the_first_event_sets_the_expectation() -> None
     c = Continuity()
     c.start(object(), A, 1)
     assert A not in c.expected and c.admit(A, 7) is None and c.expected[A] == 8
+
+
+class FakeCoordinator:
+    """aiokafka's group coordinator: the group's committed offsets on the broker (-1: none)."""
+
+    def __init__(self, committed: dict[TP, int]) -> None:
+        self.committed = committed
+        self.asked = 0
+
+    async def fetch_committed_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, Any]:
+        self.asked += 1
+        by_key = {TopicPartition(tp.topic, tp.partition): o for tp, o in self.committed.items()}
+        return {k: SimpleNamespace(offset=by_key.get(k, -1)) for k in partitions}
+
+
+async def test_a_partition_processed_to_its_end_and_never_committed_is_read_again() -> None:
+    """Faust's ``_commit_offsets`` records offsets as committed even when the commit failed ("already
+    rebalanced"), having removed their acks: the partition's end is then never committed and nothing is acked
+    after it for :meth:`commit_hole` to see. The broker's committed offset decides, while the agent is idle."""
+    kafka = FakeKafka({A: 532, B: 90})
+    kafka._coordinator = FakeCoordinator({A: 500, B: 90})  # type: ignore[attr-defined]
+    consumer = FakeConsumer(kafka, committed={A: 532, B: 90})  # A: Faust's stale view of a failed commit
+    c = Continuity(stall_s=2.0)
+    c.expected.update({A: 532, B: 90})
+    assert await c.uncommitted_tails(consumer, [A, B], now=10.0) == {}, "first look"
+    assert await c.uncommitted_tails(consumer, [A, B], now=11.9) == {}, "not for stall_s yet"
+    assert await c.uncommitted_tails(consumer, [A, B], now=12.0) == {A: 500}, "B is committed to its end"
+    assert consumer._committed_offset[A] == 500, "Faust's view is the broker's again: the re-read acks count"
+    assert await c.rewind(consumer, A, 500, uncommitted=True)
+    assert kafka.seeks == [(A, 500)] and c.rewinding[A] == 500
+
+
+async def test_no_commit_at_all_reads_from_the_group_start() -> None:
+    kafka = FakeKafka({A: 40})
+    kafka._coordinator = FakeCoordinator({})  # type: ignore[attr-defined]
+    consumer = FakeConsumer(kafka)
+    c = Continuity(stall_s=2.0)
+    c.expected[A] = 40
+    await c.uncommitted_tails(consumer, [A], now=0.0)
+    assert await c.uncommitted_tails(consumer, [A], now=2.0) == {A: None}
+    assert await c.rewind(consumer, A, None, uncommitted=True) and kafka.seeks == [(A, 0)]
+
+
+async def test_records_held_acked_or_being_committed_are_not_an_uncommitted_end() -> None:
+    kafka = FakeKafka({A: 532})
+    coordinator = kafka._coordinator = FakeCoordinator({A: 500})  # type: ignore[attr-defined]
+    consumer = FakeConsumer(kafka, committed={A: 500})
+    held: set[int] = {0}
+    c = Continuity(stall_s=2.0, held=lambda p: p in held)
+    c.expected[A] = 532
+    for now in (0.0, 5.0):
+        assert await c.uncommitted_tails(consumer, [A], now=now) == {}, "held by the agent (Pending)"
+    held.clear()
+    consumer._acked[A] = [500, 501]
+    for now in (10.0, 15.0):
+        assert await c.uncommitted_tails(consumer, [A], now=now) == {}, "acked, waiting for the next commit"
+    consumer._acked[A] = []
+    consumer._commit_fut = object()  # type: ignore[attr-defined]
+    for now in (20.0, 25.0):
+        assert await c.uncommitted_tails(consumer, [A], now=now) == {}, "a commit in flight"
+    assert coordinator.asked == 0, "nothing asked of the broker while any of those holds"
+    del consumer._commit_fut  # type: ignore[attr-defined]
+    c.rewinding[A] = 500
+    assert await c.uncommitted_tails(consumer, [A], now=30.0) == {}, "being read again already"
+    del c.rewinding[A]
+    c.expected[A] = 500
+    for now in (40.0, 45.0):
+        assert await c.uncommitted_tails(consumer, [A], now=now) == {}, "committed to what the agent processed"
+    c.expected[A] = 532
+    await c.uncommitted_tails(consumer, [A], now=50.0)
+    coordinator.committed[A] = 510
+    assert await c.uncommitted_tails(consumer, [A], now=53.0) == {}, "the commit moved: the wait starts again"
+    assert await c.uncommitted_tails(consumer, [A], now=55.0) == {A: 510}

@@ -259,7 +259,7 @@ class _Wiring:
         self.tables[concern.name] = table
         self.sources[concern.name] = source
         self.source_names[concern.name] = source_name
-        continuity = self.continuities[concern.name] = Continuity(seeks=self.gate.seeks)
+        continuity = self.continuities[concern.name] = Continuity(seeks=self.gate.seeks, held=pending.holds)
         body = _agent_body(app, source_name, runner, table, self.sink, self.lock, pending, self.options, continuity)
         self.agents[concern.name] = app.agent(source, name=f"{concern.name}-agent")(body)
 

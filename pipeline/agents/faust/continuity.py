@@ -40,7 +40,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +100,11 @@ class Continuity:
     suspects: dict[Any, tuple[tuple[int | None, int | None], float]] = field(default_factory=dict)
     #: partition -> ((committed offset, lowest acked offset), when first seen so) while its commits look stuck.
     holes: dict[Any, tuple[tuple[int, int], float]] = field(default_factory=dict)
+    #: Whether the agent holds records of a partition (by number) not yet acked; set by the app (its Pending).
+    held: Callable[[int], bool] = lambda _partition: False
+    #: partition -> ((the group's committed offset, expected offset), when first seen so) while records the
+    #: idle agent processed look neither held, acked nor committed (:meth:`uncommitted_tails`).
+    tails: dict[Any, tuple[tuple[int | None, int], float]] = field(default_factory=dict)
 
     def forget(self, tps: Any) -> None:
         """The partitions were revoked or (re)assigned: Faust restarts them from the committed offset."""
@@ -109,6 +114,63 @@ class Continuity:
             self.rewound_at.pop(tp, None)
             self.suspects.pop(tp, None)
             self.holes.pop(tp, None)
+            self.tails.pop(tp, None)
+
+    async def uncommitted_tails(
+        self, consumer: Any, tps: Iterable[Any], now: float | None = None
+    ) -> dict[Any, int | None]:
+        """Partitions whose last processed records the group never committed, with the offset to read again
+        from (the group's committed offset, or its start); call while the agent is idle (:meth:`stalled`).
+
+        :meth:`commit_hole` sees lost acks only below acked ones. Lost at a partition's *end*, nothing is acked
+        after them and the commits stop for good, silently: seen once in CI's chaos run (a partition that stayed
+        uncommitted for 300 s after the input ended). One way there is Faust's own: a commit refused because the
+        group "already rebalanced" returns without a crash, yet Faust has removed those acks and recorded the
+        offsets as committed (``Consumer._commit_offsets`` updates ``_committed_offset`` whether or not the
+        commit succeeded); for a partition that comes back with no commit on the broker that stale view stays,
+        and every ack below it is ignored. So the broker's committed offsets are asked (one request on the
+        consumer's thread, only while the agent is idle and nothing of a partition is held or acked) and a
+        partition still behind ``stall_s`` later is read again from there; Faust's view is corrected first, so
+        the re-read records' acks count."""
+        now = time.monotonic() if now is None else now
+        acked, committing = consumer._acked, getattr(consumer, "_commit_fut", None) is not None
+        candidates = [
+            tp
+            for tp in tps
+            if tp in self.expected
+            and tp not in self.rewinding
+            and not acked.get(tp)
+            and not self.held(tp.partition)
+            and not committing
+        ]
+        for tp in set(self.tails) - set(candidates):
+            del self.tails[tp]
+        if not candidates:
+            return {}
+        kafka = getattr(consumer._thread, "_consumer", None)
+        if kafka is None:
+            return {}
+
+        async def ask() -> dict[Any, int | None]:
+            # aiokafka's own TopicPartition: Faust's TP is another namedtuple of the same fields.
+            asked = {tp: TopicPartition(tp.topic, tp.partition) for tp in candidates}
+            found = await kafka._coordinator.fetch_committed_offsets(list(asked.values()))
+            offsets = {tp: found[k].offset if k in found else None for tp, k in asked.items()}
+            return {tp: (o if o is not None and o >= 0 else None) for tp, o in offsets.items()}
+
+        committed = await consumer._thread.call_thread(ask)
+        due: dict[Any, int | None] = {}
+        for tp in candidates:
+            expected = self.expected.get(tp)
+            at = committed.get(tp)
+            if expected is None or (at or 0) >= expected:
+                self.tails.pop(tp, None)
+                continue
+            if _held_for(self.tails, tp, (at, expected), now, self.stall_s):
+                # Faust ignores acks below what it believes committed: its view is the broker's again.
+                consumer._committed_offset[tp] = at if at else None
+                due[tp] = at  # None: no commit, the group's start
+        return due
 
     def commit_hole(self, consumer: Any, tp: Any, now: float | None = None) -> tuple[int, int] | None:
         """``(committed, lowest acked)`` if Faust's commits of ``tp`` have been stuck for ``stall_s`` behind
@@ -198,12 +260,20 @@ class Continuity:
         return await self.rewind(consumer, tp, expected)
 
     async def rewind(
-        self, consumer: Any, tp: Any, offset: int | None, *, arrived: int | None = None, unacked: int | None = None
+        self,
+        consumer: Any,
+        tp: Any,
+        offset: int | None,
+        *,
+        arrived: int | None = None,
+        unacked: int | None = None,
+        uncommitted: bool = False,
     ) -> bool:
         """Make ``tp`` deliver again from ``offset`` (``None``: its committed offset) if records from there on
         were fetched and never delivered, or are waiting in the log while nothing arrives; False when there
         was nothing to do. ``arrived``: the offset whose arrival showed a gap (the agent's check);
-        ``unacked``: the lowest acked offset above a hole of lost acks (:meth:`commit_hole`)."""
+        ``unacked``: the lowest acked offset above a hole of lost acks (:meth:`commit_hole`); ``uncommitted``:
+        records processed to the partition's end and never committed (:meth:`uncommitted_tails`)."""
         thread = consumer._thread
 
         async def seek_back() -> tuple[str, int | None, int | None]:
@@ -254,6 +324,17 @@ class Continuity:
                 target,
             )
             consumer.resume_partitions({tp})
+        elif uncommitted:
+            log.warning(
+                "%s[%d]: the agent processed offsets %d..%d but the group's committed offset stayed at %d (acks or a "
+                "commit Faust lost); re-reading from offset %d",
+                tp.topic,
+                tp.partition,
+                target,
+                (other or target) - 1,
+                target,
+                target,
+            )
         elif unacked is not None:
             log.warning(
                 "%s[%d]: Faust's commits stopped at offset %d: it never got the acks of offsets %d..%d, which the "

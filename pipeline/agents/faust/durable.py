@@ -94,6 +94,10 @@ class Pending:
         # event may be of another partition by now.
         await self.writer.write(partition, states, contextlib.nullcontext)
 
+    def holds(self, partition: int) -> bool:
+        """Whether records or outputs of ``partition`` wait here (not yet acked)."""
+        return bool(self.events.get(partition)) or (self._sent is not None and self._sent[0] == partition)
+
     def hold(self, partition: int, event: Any, items: int, *, flush_interval_s: float, flush_items: int) -> bool:
         """Hold ``event`` (carrying ``items`` readings/events) until its partition is released; True when the
         partition is due now (held for ``flush_interval_s`` or ``flush_items`` items held)."""
@@ -186,8 +190,10 @@ def gate_acks(app: faust.App, topics: Iterable[str]) -> AckGate:
 async def check_continuity(app: faust.App, watched: Iterable[tuple[Continuity, Callable[[], Iterable[TP]]]]) -> None:
     """Rewind partitions whose fetch position ran past records the agent never received (see
     :mod:`pipeline.agents.faust.continuity`), once the agent has waited ``stall_s`` for its next event, and
-    partitions whose commits are stuck behind acks Faust lost (:meth:`Continuity.commit_hole`), at any time.
-    ``watched``: each agent's continuity and a function giving the source partitions it owns now."""
+    partitions whose commits are stuck behind acks Faust lost (:meth:`Continuity.commit_hole`), at any time, and,
+    while the agent is idle, partitions processed to their end that the group never committed
+    (:meth:`Continuity.uncommitted_tails`). ``watched``: each agent's continuity and a function giving the source
+    partitions it owns now."""
     watched = list(watched)
     consumer = app.consumer
     recovering = getattr(app, "in_recovery", False)  # set by Faust's Recovery service
@@ -201,7 +207,9 @@ async def check_continuity(app: faust.App, watched: Iterable[tuple[Continuity, C
         stalled = continuity.stalled()
         if not stalled:
             continuity.suspects.clear()  # the agent is getting events: start looking afresh
-        for tp in owned():
+            continuity.tails.clear()
+        tps = list(owned())
+        for tp in tps:
             try:
                 hole = continuity.commit_hole(consumer, tp)
                 if hole is not None:
@@ -210,6 +218,12 @@ async def check_continuity(app: faust.App, watched: Iterable[tuple[Continuity, C
                     await continuity.check(consumer, tp)
             except Exception:  # a safety net must never take the worker down
                 log.exception("%s: continuity check failed", tp)
+        if stalled:
+            try:
+                for tp, offset in (await continuity.uncommitted_tails(consumer, tps)).items():
+                    await continuity.rewind(consumer, tp, offset, uncommitted=True)
+            except Exception:
+                log.exception("continuity: the check of uncommitted partition ends failed")
 
 
 @contextlib.contextmanager
