@@ -105,6 +105,7 @@ class Continuity:
     #: partition -> ((the group's committed offset, expected offset), when first seen so) while records the
     #: idle agent processed look neither held, acked nor committed (:meth:`uncommitted_tails`).
     tails: dict[Any, tuple[tuple[int | None, int], float]] = field(default_factory=dict)
+    tails_asked: float = float("-inf")
 
     def forget(self, tps: Any) -> None:
         """The partitions were revoked or (re)assigned: Faust restarts them from the committed offset."""
@@ -145,11 +146,12 @@ class Continuity:
         ]
         for tp in set(self.tails) - set(candidates):
             del self.tails[tp]
-        if not candidates:
-            return {}
+        if not candidates or now - self.tails_asked < self.stall_s:
+            return {}  # asked once a stall_s at most: two looks that far apart decide anyway
         kafka = getattr(consumer._thread, "_consumer", None)
         if kafka is None:
             return {}
+        self.tails_asked = now
 
         async def ask() -> dict[Any, int | None]:
             # aiokafka's own TopicPartition: Faust's TP is another namedtuple of the same fields.
