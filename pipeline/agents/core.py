@@ -146,6 +146,23 @@ class Result:
     dead_letters: list[DeadLetter] = field(default_factory=list)
 
 
+#: Table keys of the partitions' clocks: no subject id starts with a NUL byte.
+CLOCK_PREFIX = b"\x00clock/"
+
+
+def clock_key(partition: int) -> bytes:
+    """The table key of ``partition``'s clock (the latest tick time its records carried), written with the
+    partition's states at each flush and read back by :meth:`Runner.load`.
+
+    Items are processed at ``max(partition clock, item time)``, and whether a store-and-forward reading is late
+    depends on it. A worker that took a partition over used to start its clock at 0 and process the records
+    before the next tick at their own times: a chaos run's takeover resolved an offline alert at another
+    instant than the undisturbed run. The clock is written with the states it goes with, so a takeover
+    resumes where the flushed states and the committed offset left off. One key per partition (the memory
+    store is one dict for all partitions)."""
+    return CLOCK_PREFIX + b"%d" % partition
+
+
 class Runner(Generic[S, E]):
     """Detector dispatch plus a decoded-state cache for the subjects of the partitions this worker owns."""
 
@@ -166,6 +183,8 @@ class Runner(Generic[S, E]):
         self._detectors: dict[bytes, Detector[S, E]] = {}
         #: partition -> latest tick time seen (the log's clock for that partition).
         self._clock: dict[int, int] = {}
+        #: partition -> the clock as last handed to the store by :meth:`take` (see :func:`clock_key`).
+        self._clock_taken: dict[int, int] = {}
         #: partition -> states changed since that partition's last :meth:`flush`.
         self._dirty: dict[int, dict[bytes, S]] = {}
         #: partition -> its timer index (:class:`_Timers`), so a tick visits the subjects whose timers are due
@@ -184,6 +203,13 @@ class Runner(Generic[S, E]):
         self._loaded.update(wanted)
         n = 0
         for key, value in items:
+            if key.startswith(CLOCK_PREFIX):
+                p = int(key[len(CLOCK_PREFIX) :])
+                if p in wanted and value is not None:
+                    clock = self._clock_taken[p] = int(value)
+                    if clock > self._clock.get(p, 0):
+                        self._clock[p] = clock
+                continue
             p = partition_for(key.decode(), self.partitions)
             target = wanted.get(p)
             if target is None or key in target or value is None:
@@ -204,13 +230,14 @@ class Runner(Generic[S, E]):
             for key in self._cache.pop(p, {}):
                 self._detectors.pop(key, None)
             self._clock.pop(p, None)
+            self._clock_taken.pop(p, None)
             self._loaded.discard(p)
             self._dirty.pop(p, None)
             self._timers.pop(p, None)
 
     def held_partitions(self) -> set[int]:
         """Partitions this runner holds anything of (states, clock, loaded flag)."""
-        return set(self._cache) | self._loaded | set(self._clock) | set(self._dirty)
+        return set(self._cache) | self._loaded | set(self._clock) | set(self._clock_taken) | set(self._dirty)
 
     def subjects(self) -> int:
         return sum(len(c) for c in self._cache.values())
@@ -453,7 +480,8 @@ class Runner(Generic[S, E]):
             self._file(timers, key, wake)
 
     def flush(self, partition: int | None = None, keys: Iterable[bytes] | None = None) -> int:
-        """Write changed states to the store: of one partition (all when ``None``), only ``keys`` if given.
+        """Write changed states to the store: of one partition (all when ``None``), only ``keys`` if given (and a
+        whole partition's clock, :func:`clock_key`); returns how many states were written.
 
         Call it after the outputs of the records that changed them are durable (see :mod:`pipeline.agents.faust.app`
         for when the agent does). With no store (the benchmark's ceiling) the states are only marked clean.
@@ -470,15 +498,21 @@ class Runner(Generic[S, E]):
                 continue
             for key, value in self.take(p, keys):
                 store[key] = value
-                n += 1
+                n += not key.startswith(CLOCK_PREFIX)
         return n
 
     def take(self, partition: int, keys: Iterable[bytes] | None = None) -> list[tuple[bytes, bytes]]:
         """Remove the partition's changed states (only ``keys`` if given) and return them encoded for the store;
-        the caller writes them (the worker in bulk, :mod:`pipeline.agents.faust.changelog`)."""
+        the caller writes them (the worker in bulk, :mod:`pipeline.agents.faust.changelog`). The whole partition's
+        take also carries its clock when it moved (:func:`clock_key`)."""
         dirty = self._dirty.get(partition)
+        clock = self._clock.get(partition)
+        moved = keys is None and clock is not None and clock != self._clock_taken.get(partition)
+        if moved:
+            assert clock is not None
+            self._clock_taken[partition] = clock
         if not dirty:
-            return []
+            return [(clock_key(partition), b"%d" % clock)] if moved and clock is not None else []
         # The whole partition (the worker's flush at a commit): no per-key pops.
         states = dirty.items() if keys is None else [(k, dirty.pop(k)) for k in keys if k in dirty]
         encode = self.concern.state_to_bytes
@@ -490,6 +524,8 @@ class Runner(Generic[S, E]):
         if keys is None:
             dirty.clear()
         self.stats.table_writes += len(out)
+        if moved and clock is not None:
+            out.append((clock_key(partition), b"%d" % clock))
         return out
 
     def dirty(self, partition: int) -> int:
