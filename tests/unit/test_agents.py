@@ -131,8 +131,7 @@ def test_a_restarted_runner_resumes_the_partition_clock(tmp_path: Path) -> None:
     """Items are processed at max(partition clock, item time), and an upload arriving after the clock moved on
     is the rest of a store-and-forward batch: the logger is heard again at the frontier the clock set. A runner
     restored from the store after the last tick (a takeover, before the next tick is read) must resolve the
-    offline alert where the uninterrupted run did (a chaos run's takeover resolved it at another instant), so
-    the clock is stored with the states."""
+    offline alert where the uninterrupted run did, so the clock is stored with the states."""
     sites = write_sites(tmp_path / "sites.yaml", ["dev-0001"])
     concern = device_concern(load(sites))
     p, m = partition_for("dev-0001", P), 60_000
