@@ -158,9 +158,8 @@ def clock_key(partition: int) -> bytes:
     depends on it. A worker that took a partition over used to start its clock at 0 and process the records
     before the next tick at their own times: a store-and-forward upload read then resolved an offline alert
     5 min earlier than in one uninterrupted run (tests/unit/test_agents.py). The clock is written with the
-    states it goes with, so a takeover
-    resumes where the flushed states and the committed offset left off. One key per partition (the memory
-    store is one dict for all partitions)."""
+    states it goes with, so a takeover resumes where the flushed states and the committed offset left off. One
+    key per partition (the memory store is one dict for all partitions)."""
     return CLOCK_PREFIX + b"%d" % partition
 
 
@@ -238,7 +237,8 @@ class Runner(Generic[S, E]):
 
     def held_partitions(self) -> set[int]:
         """Partitions this runner holds anything of (states, clock, loaded flag)."""
-        return set(self._cache) | self._loaded | set(self._clock) | set(self._clock_taken) | set(self._dirty)
+        # ``_clock_taken`` needs no place here: it is set only where ``_clock`` is.
+        return set(self._cache) | self._loaded | set(self._clock) | set(self._dirty)
 
     def subjects(self) -> int:
         return sum(len(c) for c in self._cache.values())
@@ -508,12 +508,12 @@ class Runner(Generic[S, E]):
         take also carries its clock when it moved (:func:`clock_key`)."""
         dirty = self._dirty.get(partition)
         clock = self._clock.get(partition)
-        moved = keys is None and clock is not None and clock != self._clock_taken.get(partition)
-        if moved:
-            assert clock is not None
+        stamp: list[tuple[bytes, bytes]] = []
+        if keys is None and clock is not None and clock != self._clock_taken.get(partition):
             self._clock_taken[partition] = clock
+            stamp.append((clock_key(partition), b"%d" % clock))
         if not dirty:
-            return [(clock_key(partition), b"%d" % clock)] if moved and clock is not None else []
+            return stamp
         # The whole partition (the worker's flush at a commit): no per-key pops.
         states = dirty.items() if keys is None else [(k, dirty.pop(k)) for k in keys if k in dirty]
         encode = self.concern.state_to_bytes
@@ -525,8 +525,7 @@ class Runner(Generic[S, E]):
         if keys is None:
             dirty.clear()
         self.stats.table_writes += len(out)
-        if moved and clock is not None:
-            out.append((clock_key(partition), b"%d" % clock))
+        out.extend(stamp)
         return out
 
     def dirty(self, partition: int) -> int:

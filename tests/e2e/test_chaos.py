@@ -70,7 +70,7 @@ import pytest
 
 from pipeline import siteconfig, testing
 from pipeline.contracts import records
-from pipeline.contracts.models import Alert, AlertState, Delivery
+from pipeline.contracts.models import Alert, AlertState, Delivery, to_ms
 from pipeline.contracts.replay import Line
 from pipeline.detectors.history import net_alerts
 from pipeline.kafkaadmin import ensure_topics
@@ -654,8 +654,8 @@ def compare_timelines(
 
 
 def _upload_race(a: tuple[Any, ...], b: tuple[Any, ...], uploading: set[str]) -> bool:
-    def ms(iso: str) -> float:
-        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000
+    def ms(iso: str) -> int:
+        return to_ms(datetime.fromisoformat(iso))
 
     same_but_resolution = a[:5] == b[:5] and a[4] == "resolved"
     return (
