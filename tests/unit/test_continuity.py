@@ -440,3 +440,33 @@ async def test_records_held_acked_or_being_committed_are_not_an_uncommitted_end(
     coordinator.committed[A] = 510
     assert await c.uncommitted_tails(consumer, [A], now=53.0) == {}, "the commit moved: the wait starts again"
     assert await c.uncommitted_tails(consumer, [A], now=55.0) == {A: 510}
+
+
+async def test_an_agent_stuck_on_one_event_is_reported_once_with_what_it_awaits() -> None:
+    import asyncio
+
+    from pipeline.agents.faust.continuity import awaiting
+
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def settle() -> None:
+        await never
+
+    async def handle_event() -> None:
+        await settle()
+
+    task = asyncio.create_task(handle_event())
+    await asyncio.sleep(0)
+    chain, ours = awaiting(task)
+    assert chain.startswith("handle_event (test_continuity.py:") and " -> settle (" in chain and "Future" in chain
+    assert not ours, "a test's coroutines are not under pipeline/"
+    task.cancel()
+
+    c = Continuity()
+    c.idle_since, c.busy_since = None, 100.0
+    assert not c.stuck(60.0, now=159.0) and c.stuck(60.0, now=160.0), "after 60 s on one event"
+    assert not c.stuck(60.0, now=200.0), "reported once per event"
+    c.busy_since = 300.0
+    assert c.stuck(60.0, now=361.0), "the next stuck event is reported again"
+    c.idle_since = 400.0
+    assert not c.stuck(60.0, now=1000.0), "waiting for events is not being stuck"

@@ -131,7 +131,7 @@ async def admitted(
     pending.ack = manual.ack
     continuity.idle_since = time.monotonic()
     async for event in manual.events():
-        continuity.idle_since = None
+        continuity.idle_since, continuity.busy_since = None, time.monotonic()
         message = event.message
         if not continuity.start(app.consumer, message.tp, message.generation_id):
             continuity.idle_since = time.monotonic()

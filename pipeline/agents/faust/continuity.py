@@ -95,6 +95,10 @@ class Continuity:
     retry_s: float = 1.0
     #: When the agent last finished an event and began waiting for the next (None while it is processing).
     idle_since: float | None = None
+    #: When the agent took the event it handles now (meaningful while ``idle_since`` is None).
+    busy_since: float | None = None
+    #: The ``busy_since`` of the event last reported as stuck (:func:`stuck_report`), so it is reported once.
+    reported_busy: float | None = None
     rewinds: int = 0
     #: partition -> ((fetch position, expected offset), when first seen so) while it looks stalled.
     suspects: dict[Any, tuple[tuple[int | None, int | None], float]] = field(default_factory=dict)
@@ -231,6 +235,15 @@ class Continuity:
         if expected is None or offset >= expected:
             self.expected[tp] = offset + 1
         return None
+
+    def stuck(self, after_s: float, now: float | None = None) -> bool:
+        """True once per event the agent has been handling for ``after_s`` (to report what it waits for)."""
+        now = time.monotonic() if now is None else now
+        busy = self.busy_since
+        if self.idle_since is not None or busy is None or now - busy < after_s or self.reported_busy == busy:
+            return False
+        self.reported_busy = busy
+        return True
 
     def stalled(self, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
@@ -452,3 +465,22 @@ class AckGate:
             yield
         finally:
             self._allowed.discard(id(message))
+
+
+def awaiting(task: Any) -> tuple[str, bool]:
+    """What ``task`` waits for: its chain of awaits, outermost first, down to the future at its end (one line,
+    for a log: a CI run keeps only a log's lines that start with a timestamp); and whether Larder's own code
+    (``/pipeline/``) is in the chain."""
+    parts: list[str] = []
+    ours = False
+    obj: Any = task.get_coro()
+    while obj is not None and len(parts) < 40:
+        frame = getattr(obj, "cr_frame", None) or getattr(obj, "ag_frame", None) or getattr(obj, "gi_frame", None)
+        if frame is None:
+            parts.append(repr(obj)[:300])  # a future, or a coroutine that finished
+            break
+        path = frame.f_code.co_filename
+        ours = ours or "/pipeline/" in path
+        parts.append(f"{frame.f_code.co_name} ({path.rsplit('/', 1)[-1]}:{frame.f_lineno})")
+        obj = getattr(obj, "cr_await", None) or getattr(obj, "ag_await", None) or getattr(obj, "gi_yieldfrom", None)
+    return " -> ".join(parts), ours

@@ -29,6 +29,7 @@ Used by the detection worker (:mod:`pipeline.agents.faust.app`) and the grading 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -42,9 +43,12 @@ from faust.streams import _current_event
 from faust.types import TP
 
 from pipeline.agents.faust.changelog import TableWriter
-from pipeline.agents.faust.continuity import AckGate, Continuity
+from pipeline.agents.faust.continuity import AckGate, Continuity, awaiting
 
 log = logging.getLogger(__name__)
+
+#: How long the agent may handle one event before :func:`check_continuity` logs what it awaits.
+STUCK_S = 60.0
 
 
 class Dirty(Protocol):
@@ -195,6 +199,16 @@ async def check_continuity(app: faust.App, watched: Iterable[tuple[Continuity, C
     (:meth:`Continuity.uncommitted_tails`). ``watched``: each agent's continuity and a function giving the source
     partitions it owns now."""
     watched = list(watched)
+    for continuity, _ in watched:
+        if continuity.stuck(STUCK_S):
+            # Not a repair: one event held this long means the agent awaits something that does not come (CI's
+            # chaos run once left a partition uncommitted for 300 s without a line in the log). Say what.
+            chains = [chain for chain, ours in map(awaiting, asyncio.all_tasks()) if ours]
+            log.error(
+                "the agent has handled one event for %.0f s; the tasks awaiting: %s",
+                time.monotonic() - (continuity.busy_since or 0.0),
+                " || ".join(chains),
+            )
     consumer = app.consumer
     recovering = getattr(app, "in_recovery", False)  # set by Faust's Recovery service
     held = app.rebalancing or recovering or not getattr(consumer, "flow_active", True)
