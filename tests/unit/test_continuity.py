@@ -73,13 +73,16 @@ class FakeKafka:
     ends: dict[TP, int] = field(default_factory=dict)
     resumed: list[TP] = field(default_factory=list)
     seeks: list[tuple[TP, int]] = field(default_factory=list)
+    #: Partitions awaiting an offset reset (no valid fetch position).
+    unpositioned: set[TP] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         kafka = self
 
         class Assignment:
             def state_value(self, tp: TP) -> Any:
-                return type("State", (), {"position": kafka.positions[tp], "has_valid_position": True})()
+                valid = tp not in kafka.unpositioned
+                return type("State", (), {"position": kafka.positions[tp], "has_valid_position": valid})()
 
         subscription = type("Sub", (), {"assignment": Assignment()})()
         self._fetcher = type("F", (), {"_subscriptions": type("S", (), {"subscription": subscription})()})()
@@ -470,3 +473,56 @@ async def test_an_agent_stuck_on_one_event_is_reported_once_with_what_it_awaits(
     assert c.stuck(60.0, now=361.0), "the next stuck event is reported again"
     c.idle_since = 400.0
     assert not c.stuck(60.0, now=1000.0), "waiting for events is not being stuck"
+
+
+async def test_a_partition_without_progress_is_read_again_whatever_held_it() -> None:
+    """CI's chaos run left a partition committed at 136 of 302 for 300 s with nothing logged: the group's
+    committed offset and the agent's expected offset both still for ``progress_s`` while the log holds records
+    past them. Read again from the committed offset, even with no valid fetch position (awaiting a reset)."""
+    kafka = FakeKafka({A: 136, B: 90}, ends={A: 302, B: 90}, unpositioned={A})
+    coordinator = kafka._coordinator = FakeCoordinator({A: 136, B: 90})  # type: ignore[attr-defined]
+    consumer = FakeConsumer(kafka, committed={A: 136, B: 90})
+    c = Continuity(progress_s=20.0)
+    c.expected.update({A: 171, B: 90})
+    assert await c.without_progress(consumer, [A, B], now=0.0) == {}, "first look"
+    assert await c.without_progress(consumer, [A, B], now=4.0) == {}, "asked every progress_s / 4 at most"
+    assert coordinator.asked == 1
+    c.expected[A] = 172  # the agent processed a record of it: the wait starts again
+    assert await c.without_progress(consumer, [A, B], now=5.0) == {}
+    assert await c.without_progress(consumer, [A, B], now=20.0) == {}, "not still for progress_s yet"
+    due = await c.without_progress(consumer, [A, B], now=25.0)
+    assert list(due) == [A], "B is committed to its log end"
+    offset, report = due[A]
+    assert offset == 136 and "group committed 136, log end 302" in report and "agent expects 172" in report
+    assert "position none (awaiting reset)" in report
+    assert await c.revive(consumer, A, offset, report)
+    assert kafka.seeks == [(A, 136)] and kafka.resumed == [TopicPartition("readings", 0)]
+    assert c.rewinding[A] == 136 and consumer._read_offset[A] == 136 and consumer._committed_offset[A] == 136
+    assert A in consumer._active_partitions
+    assert c.admit(A, 172) == -1 and c.admit(A, 136) is None, "what was fetched before the seek is skipped"
+
+
+async def test_progress_past_the_committed_offset_or_a_moving_commit_is_not_a_stall() -> None:
+    kafka = FakeKafka({A: 300}, ends={A: 302})
+    coordinator = kafka._coordinator = FakeCoordinator({A: 100})  # type: ignore[attr-defined]
+    consumer = FakeConsumer(kafka, committed={A: 100})
+    c = Continuity(progress_s=20.0)
+    for step, now in enumerate(range(0, 100, 5)):
+        c.expected[A] = 200 + step  # records keep being processed; commits lag (a broker down, say)
+        assert await c.without_progress(consumer, [A], now=float(now)) == {}
+    for step, now in enumerate(range(100, 200, 5)):
+        coordinator.committed[A] = 100 + step  # commits move while the agent catches up
+        assert await c.without_progress(consumer, [A], now=float(now)) == {}
+    coordinator.committed[A] = 302
+    for now in (200.0, 230.0):
+        assert await c.without_progress(consumer, [A], now=now) == {}, "committed to its end"
+    c.forget([A])
+    assert A not in c.still
+
+
+async def test_a_revoked_partition_is_not_revived() -> None:
+    kafka = FakeKafka({A: 10})
+    consumer = FakeConsumer(kafka)
+    kafka.positions.clear()  # no longer assigned to this consumer
+    c = Continuity()
+    assert not await c.revive(consumer, A, 5, "report") and kafka.seeks == [] and A not in c.rewinding

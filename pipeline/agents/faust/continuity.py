@@ -110,6 +110,13 @@ class Continuity:
     #: idle agent processed look neither held, acked nor committed (:meth:`uncommitted_tails`).
     tails: dict[Any, tuple[tuple[int | None, int], float]] = field(default_factory=dict)
     tails_asked: float = float("-inf")
+    #: How long a partition may make no progress at all (group's committed offset below the log end, nothing of
+    #: it processed) before :meth:`without_progress` reads it again, whatever held it.
+    progress_s: float = 20.0
+    #: partition -> ((the group's committed offset, expected offset), when first seen so) while its log end is
+    #: past the committed offset (:meth:`without_progress`).
+    still: dict[Any, tuple[tuple[int | None, int | None], float]] = field(default_factory=dict)
+    progress_asked: float = float("-inf")
 
     def forget(self, tps: Any) -> None:
         """The partitions were revoked or (re)assigned: Faust restarts them from the committed offset."""
@@ -120,6 +127,7 @@ class Continuity:
             self.suspects.pop(tp, None)
             self.holes.pop(tp, None)
             self.tails.pop(tp, None)
+            self.still.pop(tp, None)
 
     async def uncommitted_tails(
         self, consumer: Any, tps: Iterable[Any], now: float | None = None
@@ -177,6 +185,94 @@ class Continuity:
                 consumer._committed_offset[tp] = at if at else None
                 due[tp] = at  # None: no commit, the group's start
         return due
+
+    async def without_progress(
+        self, consumer: Any, tps: Iterable[Any], now: float | None = None
+    ) -> dict[Any, tuple[int | None, str]]:
+        """Partitions that made no progress for ``progress_s`` while records wait past the group's committed
+        offset: neither that offset nor the agent's expected offset moved. Returns each with the offset to read
+        again from (the committed one, None: the group's start) and what Kafka, Faust and the agent showed of
+        it (for the log). Call every second or so, outside rebalances and table recovery; the broker is asked
+        (committed offsets, log ends, in one thread call) once every ``progress_s / 4``.
+
+        The net under the specific repairs above, for whatever they do not recognise: CI's chaos run left a
+        partition committed at 136 of 302 (and once at 171 of 836) for 300 s, with nothing logged by any of
+        them. Reading it again from the committed offset is always safe (the detectors de-duplicate); it does
+        not help an agent stuck inside one event (:meth:`stuck` reports that)."""
+        now = time.monotonic() if now is None else now
+        tps = list(tps)
+        for tp in set(self.still) - set(tps):
+            del self.still[tp]
+        kafka = getattr(consumer._thread, "_consumer", None)
+        if not tps or kafka is None or now - self.progress_asked < self.progress_s / 4:
+            return {}
+        self.progress_asked = now
+
+        async def ask() -> tuple[dict[Any, int | None], dict[Any, int], dict[Any, str]]:
+            asked = {tp: TopicPartition(tp.topic, tp.partition) for tp in tps}
+            found = await kafka._coordinator.fetch_committed_offsets(list(asked.values()))
+            committed = {tp: found[k].offset if k in found else None for tp, k in asked.items()}
+            ends = await kafka.end_offsets(tps)
+            return (
+                {tp: (o if o is not None and o >= 0 else None) for tp, o in committed.items()},
+                {tp: int(ends[tp]) for tp in tps},
+                {tp: _fetch_state(kafka, tp) for tp in tps},
+            )
+
+        committed, ends, states = await consumer._thread.call_thread(ask)
+        due: dict[Any, tuple[int | None, str]] = {}
+        for tp in tps:
+            at, end, expected = committed.get(tp), ends[tp], self.expected.get(tp)
+            if end <= (at or 0) or (expected is not None and expected < (at or 0)):
+                self.still.pop(tp, None)  # committed to its end (or Faust's view is still catching up)
+                continue
+            if _held_for(self.still, tp, (at, expected), now, self.progress_s):
+                acked = consumer._acked.get(tp) or []
+                due[tp] = (
+                    at,
+                    f"group committed {at}, log end {end}; aiokafka {states[tp]}; Faust committed "
+                    f"{consumer._committed_offset.get(tp)}, read offset {consumer._read_offset.get(tp)}, "
+                    f"{len(acked)} acked ({min(acked, default=None)}..{max(acked, default=None)}), "
+                    f"active={tp in (consumer._active_partitions or ())} paused={tp in consumer._paused_partitions}; "
+                    f"agent expects {expected}, rewinding to {self.rewinding.get(tp)}, holds={self.held(tp.partition)}",
+                )
+        return due
+
+    async def revive(self, consumer: Any, tp: Any, offset: int | None, report: str) -> bool:
+        """Read ``tp`` again from ``offset`` (None: the group's start) whatever its fetch state: resumed (in
+        aiokafka and Faust), sought there even with no valid position; Faust's view of its committed offset
+        set to ``offset`` so the re-read records' acks count (see :meth:`without_progress`)."""
+        thread = consumer._thread
+
+        async def seek_anyway() -> int | None:
+            kafka = thread._ensure_consumer()
+            if tp not in kafka.assignment():
+                return None  # revoked meanwhile: its next owner reads it from the committed offset
+            start = offset if offset is not None else await _group_start(kafka, tp)
+            target = max(start, (await kafka.beginning_offsets([tp]))[tp])
+            # aiokafka's resume() refuses Faust's TP (another namedtuple of the same fields).
+            kafka.resume(TopicPartition(tp.topic, tp.partition))
+            kafka.seek(tp, target)
+            return int(target)
+
+        target = await thread.call_thread(seek_anyway)
+        if target is None:
+            return False
+        log.warning(
+            "%s[%d]: no progress for %.0f s (%s); re-reading from offset %d",
+            tp.topic,
+            tp.partition,
+            self.progress_s,
+            report,
+            target,
+        )
+        consumer._committed_offset[tp] = offset if offset else None
+        consumer.resume_partitions({tp})
+        consumer._read_offset[tp] = target
+        self.rewound_at[tp] = time.monotonic()
+        self.rewinding[tp] = target
+        self.rewinds += 1
+        return True
 
     def commit_hole(self, consumer: Any, tp: Any, now: float | None = None) -> tuple[int, int] | None:
         """``(committed, lowest acked)`` if Faust's commits of ``tp`` have been stuck for ``stall_s`` behind
@@ -404,6 +500,17 @@ async def _group_start(kafka: Any, tp: Any) -> int:
     if committed is None:
         committed = int((await kafka.beginning_offsets([tp]))[tp])
     return committed
+
+
+def _fetch_state(kafka: Any, tp: Any) -> str:
+    """aiokafka's view of ``tp``, for a log line."""
+    if tp not in kafka.assignment():
+        return "not assigned"
+    state = kafka._fetcher._subscriptions.subscription.assignment.state_value(tp)
+    if state is None:
+        return "no state"
+    position = state.position if state.has_valid_position else "none (awaiting reset)"
+    return f"position {position}, paused={getattr(state, 'paused', '?')}"
 
 
 def _position(kafka: Any, tp: Any) -> int | None:

@@ -194,10 +194,11 @@ def gate_acks(app: faust.App, topics: Iterable[str]) -> AckGate:
 async def check_continuity(app: faust.App, watched: Iterable[tuple[Continuity, Callable[[], Iterable[TP]]]]) -> None:
     """Rewind partitions whose fetch position ran past records the agent never received (see
     :mod:`pipeline.agents.faust.continuity`), once the agent has waited ``stall_s`` for its next event, and
-    partitions whose commits are stuck behind acks Faust lost (:meth:`Continuity.commit_hole`), at any time, and,
+    partitions whose commits are stuck behind acks Faust lost (:meth:`Continuity.commit_hole`), at any time,
     while the agent is idle, partitions processed to their end that the group never committed
-    (:meth:`Continuity.uncommitted_tails`). ``watched``: each agent's continuity and a function giving the source
-    partitions it owns now."""
+    (:meth:`Continuity.uncommitted_tails`), and, at any time, partitions without any progress for a while,
+    whatever the cause (:meth:`Continuity.without_progress`). ``watched``: each agent's continuity and a
+    function giving the source partitions it owns now."""
     watched = list(watched)
     for continuity, _ in watched:
         if continuity.stuck(STUCK_S):
@@ -216,6 +217,7 @@ async def check_continuity(app: faust.App, watched: Iterable[tuple[Continuity, C
         # Faust holds deliveries back on purpose and seeks to the committed offsets afterwards.
         for continuity, _ in watched:
             continuity.suspects.clear()
+            continuity.still.clear()
         return
     for continuity, owned in watched:
         stalled = continuity.stalled()
@@ -238,6 +240,11 @@ async def check_continuity(app: faust.App, watched: Iterable[tuple[Continuity, C
                     await continuity.rewind(consumer, tp, offset, uncommitted=True)
             except Exception:
                 log.exception("continuity: the check of uncommitted partition ends failed")
+        try:
+            for tp, (offset, report) in (await continuity.without_progress(consumer, tps)).items():
+                await continuity.revive(consumer, tp, offset, report)
+        except Exception:
+            log.exception("continuity: the check of partitions without progress failed")
 
 
 @contextlib.contextmanager
