@@ -113,9 +113,9 @@ class Continuity:
     #: How long a partition may make no progress at all (group's committed offset below the log end, nothing of
     #: it processed) before :meth:`without_progress` reads it again, whatever held it.
     progress_s: float = 20.0
-    #: partition -> ((the group's committed offset, expected offset), when first seen so) while its log end is
-    #: past the committed offset (:meth:`without_progress`).
-    still: dict[Any, tuple[tuple[int | None, int | None], float]] = field(default_factory=dict)
+    #: partition -> (the group's committed offset, when first seen so) while its log end is past it
+    #: (:meth:`without_progress`).
+    still: dict[Any, tuple[int | None, float]] = field(default_factory=dict)
     progress_asked: float = float("-inf")
 
     def forget(self, tps: Any) -> None:
@@ -190,7 +190,7 @@ class Continuity:
         self, consumer: Any, tps: Iterable[Any], now: float | None = None
     ) -> dict[Any, tuple[int | None, str]]:
         """Partitions that made no progress for ``progress_s`` while records wait past the group's committed
-        offset: neither that offset nor the agent's expected offset moved. Returns each with the offset to read
+        offset: that offset did not move. Returns each with the offset to read
         again from (the committed one, None: the group's start) and what Kafka, Faust and the agent showed of
         it (for the log). Call every second or so, outside rebalances and table recovery; the broker is asked
         (committed offsets, log ends, in one thread call) once every ``progress_s / 4``.
@@ -223,10 +223,14 @@ class Continuity:
         due: dict[Any, tuple[int | None, str]] = {}
         for tp in tps:
             at, end, expected = committed.get(tp), ends[tp], self.expected.get(tp)
-            if end <= (at or 0) or (expected is not None and expected < (at or 0)):
-                self.still.pop(tp, None)  # committed to its end (or Faust's view is still catching up)
+            if end <= (at or 0):
+                self.still.pop(tp, None)  # committed to its end
                 continue
-            if _held_for(self.still, tp, (at, expected), now, self.progress_s):
+            # The committed offset alone: with records flowing it moves every few seconds (a release every
+            # ``flush_interval_s``, a commit every ``commit_interval_s``); an agent that processes records whose
+            # commits never come is as stuck as one that gets none (seen in the chaos run: a worker expecting
+            # offset 141 while the group's commit stood at 254, neither moving).
+            if _held_for(self.still, tp, at, now, self.progress_s):
                 acked = consumer._acked.get(tp) or []
                 due[tp] = (
                     at,
