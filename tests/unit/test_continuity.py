@@ -477,32 +477,29 @@ async def test_an_agent_stuck_on_one_event_is_reported_once_with_what_it_awaits(
 
 async def test_a_partition_without_progress_is_read_again_whatever_held_it() -> None:
     """CI's chaos run left a partition committed at 136 of 302 for 300 s with nothing logged: the group's
-    committed offset and the agent's expected offset both still for ``progress_s`` while the log holds records
-    past them. Read again from the committed offset, even with no valid fetch position (awaiting a reset)."""
+    committed offset (nearly) still for ``progress_s`` while the log holds more records past it. Read again from
+    the committed offset, even with no valid fetch position (awaiting a reset)."""
     kafka = FakeKafka({A: 136, B: 90}, ends={A: 302, B: 90}, unpositioned={A})
     coordinator = kafka._coordinator = FakeCoordinator({A: 136, B: 90})  # type: ignore[attr-defined]
     consumer = FakeConsumer(kafka, committed={A: 136, B: 90})
     c = Continuity(progress_s=20.0)
     c.expected.update({A: 171, B: 90})
-    assert await c.without_progress(consumer, [A, B], now=0.0) == {}, "first look"
+    assert await c.without_progress(consumer, [A, B], now=0.0) == {}, "the window starts"
     assert await c.without_progress(consumer, [A, B], now=4.0) == {}, "asked every progress_s / 4 at most"
     assert coordinator.asked == 1
-    coordinator.committed[A] = 137  # a commit: the wait starts again
-    assert await c.without_progress(consumer, [A, B], now=5.0) == {}
-    coordinator.committed[A] = 136  # (the fake's broker goes back to where the story started)
-    assert await c.without_progress(consumer, [A, B], now=10.0) == {}
-    c.expected[A] = 172  # records processed whose commits never come are no progress
-    assert await c.without_progress(consumer, [A, B], now=25.0) == {}, "not still for progress_s yet"
-    due = await c.without_progress(consumer, [A, B], now=30.0)
+    coordinator.committed[A] = 140  # crawling: 4 offsets in 20 s, far less than what waits
+    c.expected[A] = 172  # records processed whose commits never come are no progress either
+    assert await c.without_progress(consumer, [A, B], now=10.0) == {}, "not a whole window yet"
+    due = await c.without_progress(consumer, [A, B], now=20.0)
     assert list(due) == [A], "B is committed to its log end"
     offset, report = due[A]
-    assert offset == 136 and "group committed 136, log end 302" in report and "agent expects 172" in report
-    assert "position none (awaiting reset)" in report
+    assert offset == 140 and "group committed 140 (4 more than 20 s before), log end 302" in report
+    assert "agent expects 172" in report and "position none (awaiting reset)" in report
     assert await c.revive(consumer, A, offset, report)
-    assert kafka.seeks == [(A, 136)] and kafka.resumed == [TopicPartition("readings", 0)]
-    assert c.rewinding[A] == 136 and consumer._read_offset[A] == 136 and consumer._committed_offset[A] == 136
+    assert kafka.seeks == [(A, 140)] and kafka.resumed == [TopicPartition("readings", 0)]
+    assert c.rewinding[A] == 140 and consumer._read_offset[A] == 140 and consumer._committed_offset[A] == 140
     assert A in consumer._active_partitions
-    assert c.admit(A, 172) == -1 and c.admit(A, 136) is None, "what was fetched before the seek is skipped"
+    assert c.admit(A, 172) == -1 and c.admit(A, 140) is None, "what was fetched before the seek is skipped"
 
 
 async def test_a_moving_commit_or_one_at_the_log_end_is_not_a_stall() -> None:
@@ -511,11 +508,15 @@ async def test_a_moving_commit_or_one_at_the_log_end_is_not_a_stall() -> None:
     consumer = FakeConsumer(kafka, committed={A: 100})
     c = Continuity(progress_s=20.0)
     for step, now in enumerate(range(0, 100, 5)):
-        coordinator.committed[A] = 100 + step  # commits move while the agent catches up
+        coordinator.committed[A] = 100 + 5 * step  # one offset a second while the agent catches up
         assert await c.without_progress(consumer, [A], now=float(now)) == {}
     coordinator.committed[A] = 302
-    for now in (200.0, 230.0):
+    for now in (200.0, 230.0, 260.0):
         assert await c.without_progress(consumer, [A], now=now) == {}, "committed to its end"
+    for step, now in enumerate((300.0, 325.0, 350.0)):
+        # Live traffic: a few records a window, each committed within seconds.
+        coordinator.committed[A], kafka.ends[A] = 305 + 5 * step, 310 + 5 * step
+        assert await c.without_progress(consumer, [A], now=now) == {}, "nothing much waiting"
     c.forget([A])
     assert A not in c.still
 
@@ -526,3 +527,36 @@ async def test_a_revoked_partition_is_not_revived() -> None:
     kafka.positions.clear()  # no longer assigned to this consumer
     c = Continuity()
     assert not await c.revive(consumer, A, 5, "report") and kafka.seeks == [] and A not in c.rewinding
+
+
+def test_repeated_acks_do_not_slow_fausts_commits_to_a_crawl() -> None:
+    """Faust's own ``Consumer._new_offset`` on an acked list with repeats (a gap it filled in, whose offsets the
+    agent also acked when they were read again): one commit takes the whole run, as without the repeats."""
+    from collections import defaultdict
+
+    from faust.transport.consumer import Consumer
+    from intervaltree import IntervalTree
+
+    from pipeline.agents.faust.durable import commit_past_repeated_acks, runs_of_offsets
+
+    assert list(runs_of_offsets([1, 2, 2, 3, 5, 5, 6, 9])) == [[1, 2, 2, 3], [5, 5, 6], [9]]
+    assert list(runs_of_offsets([])) == []
+
+    def faust_consumer(acked: list[int], gap: tuple[int, int] | None = None) -> Any:
+        gaps: defaultdict[TP, IntervalTree] = defaultdict(IntervalTree)
+        if gap is not None:
+            gaps[A].addi(*gap)
+        return SimpleNamespace(
+            _acked={A: list(acked)},
+            _acked_index={A: set(acked)},
+            _gap=gaps,
+            _committed_offset={A: 38},
+        )
+
+    commit_past_repeated_acks()
+    # 39..41 acked by the agent when re-read, and also a gap (39..41) Faust saw while they were skipped.
+    fake = faust_consumer([38, 39, 40, 41, 42, 43], gap=(39, 42))
+    assert Consumer._new_offset(fake, A) == 44, "the whole run at once"
+    assert fake._acked[A] == []
+    fake = faust_consumer([38, 39, 39, 40, 40, 41, 45])
+    assert Consumer._new_offset(fake, A) == 42 and fake._acked[A] == [45], "the run ends at a real gap"

@@ -23,7 +23,7 @@ import faust
 
 from pipeline.agents.faust.changelog import KafkaBatches
 from pipeline.agents.faust.continuity import Continuity
-from pipeline.agents.faust.durable import Pending, clamp_recovery_seeks
+from pipeline.agents.faust.durable import Pending, clamp_recovery_seeks, commit_past_repeated_acks
 from pipeline.settings import Settings
 
 
@@ -72,6 +72,7 @@ def faust_app(
         **extra,
     )
     clamp_recovery_seeks(app)
+    commit_past_repeated_acks()
     return app
 
 
