@@ -165,11 +165,12 @@ def commit_past_repeated_acks() -> None:
     faust_consumer.consecutive_numbers = runs_of_offsets
 
 
-def runs_of_offsets(offsets: Iterable[int]) -> Iterator[Sequence[int]]:
+def runs_of_offsets(it: Iterable[int]) -> Iterator[Sequence[int]]:
     """Runs of consecutive offsets in a sorted sequence, a repeated offset staying in its run:
-    ``[1, 2, 2, 3, 5]`` -> ``[1, 2, 2, 3]``, ``[5]``."""
+    ``[1, 2, 2, 3, 5]`` -> ``[1, 2, 2, 3]``, ``[5]`` (a drop-in for Faust's ``consecutive_numbers``, same
+    signature)."""
     run: list[int] = []
-    for offset in offsets:
+    for offset in it:
         if run and offset > run[-1] + 1:
             yield run
             run = []
