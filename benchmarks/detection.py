@@ -166,7 +166,11 @@ async def run_faust(
                 break
             if proc.poll() is not None or time.monotonic() > deadline + 600:
                 raise RuntimeError("worker stopped:\n" + log.read_text(errors="replace")[-3000:])
-            await asyncio.sleep(0.02)
+            # Each scrape costs the worker ~1 ms of CPU (it renders all its metrics): at a fixed 20 ms that was
+            # ~6 % of its CPU in this measurement. Fast polls find the start; once it runs, the next poll is
+            # timed to half the remaining work at the rate so far, so the end is still seen within ~10 ms.
+            rate = items / (now - t_idle) if items > 0 else 0.0
+            await asyncio.sleep(0.02 if rate <= 0 else min(0.5, max(0.01, (n - items) / rate / 2)))
         assert ps is not None
         cpu = sum(ps.cpu_times()[:2]) - cpu0
         writes = metric(port, "larder_worker_table_writes_total")

@@ -207,6 +207,9 @@ class OrderedWriter:
     async def settle(self, partition: int) -> None:
         self.log.append(f"settle p{partition}")
 
+    def settled(self, partition: int) -> bool:
+        return True
+
 
 class OneDirty:
     def __init__(self, key: bytes) -> None:
@@ -253,3 +256,129 @@ async def test_revoked_partition_forgets_its_unsettled_outputs() -> None:
     pending.drop([1, 3])
     await pending.settle_sent()
     assert log == []
+
+
+class ChangelogTable:
+    """What :class:`TableWriter` uses of a Faust table: a key-by-key store and the changelog's name."""
+
+    class Store(dict[bytes, bytes]):
+        persisted: dict[Any, int]
+
+        def set_persisted_offset(self, tp: Any, offset: int) -> None:
+            self.persisted[tp] = offset
+
+    class Topic:
+        def get_topic_name(self) -> str:
+            return "states-changelog"
+
+    def __init__(self) -> None:
+        self.data = self.Store()
+        self.data.persisted = {}
+        self.changelog_topic = self.Topic()
+
+
+class Record:
+    """A held event (Faust's current event is a weak reference to it while its states are written)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class HeldAcks:
+    """A :class:`Pending` over a real :class:`TableWriter` whose changelog batches Kafka acknowledges (or
+    refuses) when the test says so."""
+
+    def __init__(self) -> None:
+        from pipeline.agents.faust.changelog import TableWriter
+        from pipeline.agents.faust.durable import Pending
+
+        self.table = ChangelogTable()
+        self.batches: list[asyncio.Future[int]] = []
+        self.writer = TableWriter(self.table, self.send, retry_s=0.0)
+        self.pending = Pending(self.writer)
+        self.acked: list[str] = []
+
+        async def ack(event: Any) -> bool:
+            self.acked.append(event.name)
+            return True
+
+        self.pending.ack = ack
+
+    async def send(self, topic: str, partition: int, records: list[tuple[bytes, bytes]]) -> asyncio.Future[int]:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.batches.append(future)
+        return future
+
+    def hold(self, partition: int, *events: str) -> None:
+        for event in events:
+            self.pending.hold(partition, Record(event), 1, flush_interval_s=99, flush_items=99)
+
+
+async def test_the_agents_release_acks_its_records_once_the_changelog_has_them_without_waiting_for_it() -> None:
+    """The agent flushes and goes on with the next record; the flushed records are acked (committable) only
+    once Kafka has the batch with their states, by a later :meth:`Pending.ack_settled`."""
+    kit = HeldAcks()
+    kit.hold(0, "r1", "r2")
+    await kit.pending.release(OneDirty(b"dev-1"), 0, wait=False)  # returns with the batch unacknowledged
+    assert kit.table.data == {b"dev-1": b"state"} and len(kit.batches) == 1
+    assert kit.acked == [] and kit.pending.holds(0)
+    await kit.pending.ack_settled()
+    assert kit.acked == []  # Kafka has not acknowledged the batch yet
+    kit.batches[0].set_result(41)
+    await kit.pending.ack_settled()
+    assert kit.acked == ["r1", "r2"] and not kit.pending.holds(0)
+    assert list(kit.table.data.persisted.values()) == [41]
+
+
+async def test_a_flushed_batch_kafka_refused_is_sent_again_and_its_records_acked_by_the_timers_wait() -> None:
+    from aiokafka.errors import KafkaTimeoutError
+
+    kit = HeldAcks()
+    kit.hold(2, "r1")
+    await kit.pending.release(OneDirty(b"dev-1"), 2, wait=False)
+    kit.batches[0].set_exception(KafkaTimeoutError())
+    await kit.pending.ack_settled()
+    assert kit.acked == []  # a refused batch is never taken for acknowledged
+    await kit.pending.settle_flushed(older_than_s=60.0)
+    assert kit.acked == [] and len(kit.batches) == 1  # not yet stale: the timer does not wait for it
+
+    async def kafka_takes_the_resend() -> None:
+        while len(kit.batches) < 2:
+            await asyncio.sleep(0)
+        kit.batches[1].set_result(7)
+
+    helper = asyncio.create_task(kafka_takes_the_resend())
+    await kit.pending.settle_flushed(older_than_s=0.0)
+    await helper
+    assert kit.acked == ["r1"] and not kit.pending.holds(2)
+
+
+async def test_records_of_an_earlier_flush_are_acked_before_the_next_ones() -> None:
+    kit = HeldAcks()
+    kit.hold(0, "r1")
+    await kit.pending.release(OneDirty(b"dev-1"), 0, wait=False)
+    kit.hold(0, "r2")
+    kit.batches[0].set_result(1)
+
+    async def acknowledge_the_second() -> None:
+        while len(kit.batches) < 2:
+            await asyncio.sleep(0)
+        kit.batches[1].set_result(2)
+
+    helper = asyncio.create_task(acknowledge_the_second())
+    await kit.pending.release(OneDirty(b"dev-1"), 0)  # the timer's release: waits, and acks in offset order
+    await helper
+    assert kit.acked == ["r1", "r2"]
+
+
+async def test_a_revoked_partition_never_acks_its_flushed_records() -> None:
+    """Its next owner reads them again from the committed offset; an ack now would commit past them."""
+    kit = HeldAcks()
+    kit.hold(1, "r1")
+    await kit.pending.release(OneDirty(b"dev-1"), 1, wait=False)
+    kit.pending.drop([1])
+    kit.writer.drop([1])
+    kit.batches[0].set_result(5)
+    await kit.pending.ack_settled()
+    await kit.pending.settle_flushed(older_than_s=0.0)
+    assert kit.acked == [] and not kit.pending.holds(1)

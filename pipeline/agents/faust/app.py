@@ -331,6 +331,9 @@ class _Wiring:
             for name, pending in self.pendings.items():
                 for partition in pending.due(idle_s=options.flush_idle_s, interval_s=options.flush_interval_s, now=now):
                     await pending.release(self.runners[name], partition)
+                # What the agent flushed without waiting: acked here once Kafka has it, waited for when it has
+                # taken longer than an interval (a failed batch is resent by that wait).
+                await pending.settle_flushed(older_than_s=options.flush_interval_s, now=now)
 
     async def watch_continuity(self) -> None:
         """Rewind partitions whose fetch position ran past records the agent never received (see
@@ -392,12 +395,20 @@ def _agent_body(
                     # to it (seq / event_id de-dup) and ticks before its frontier do nothing.
                     subjects = {o.subject.encode() for o in result.outputs}
                     pending.sent(partition, sent, runner.take(partition, subjects) if subjects else [])
+                    # aiokafka's sender is a task of this loop: left alone it sends these outputs only when the
+                    # agent next waits, i.e. after the next record, which then waits a whole produce round trip
+                    # in settle_sent(). Three turns of the loop (data waiter, sender, request) put them on the
+                    # wire now, and Kafka's ack arrives while the next record is processed.
+                    for _ in range(3):
+                        await asyncio.sleep(0)
                 items = runner.stats.items - items_before
                 if pending.hold(
                     partition, event, items, flush_interval_s=options.flush_interval_s, flush_items=options.flush_items
                 ):
                     # Coalesced: one table write per changed subject per interval, not per record batch. A
-                    # partition that goes quiet is released by the ``larder-flush-idle`` timer instead.
-                    await pending.release(runner, partition)
+                    # partition that goes quiet is released by the ``larder-flush-idle`` timer instead. Not
+                    # waiting for the changelog's ack here: the records are acked once it is in (below).
+                    await pending.release(runner, partition, wait=False)
+                await pending.ack_settled()
 
     return agent

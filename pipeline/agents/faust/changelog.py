@@ -123,6 +123,13 @@ class TableWriter:
         future = await self._send(self.topic, partition, records)
         self._inflight.setdefault(partition, []).append((records, future))
 
+    def settled(self, partition: int) -> bool:
+        """Whether Kafka has acknowledged every batch written for ``partition`` (a failed one: False)."""
+        return all(
+            future.done() and not future.cancelled() and future.exception() is None
+            for _records, future in self._inflight.get(partition, [])
+        )
+
     async def settle(self, partition: int) -> None:
         """Return once Kafka has every batch written for ``partition``; record the persisted offset."""
         inflight = self._inflight.pop(partition, [])

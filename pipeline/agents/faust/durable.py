@@ -16,9 +16,11 @@ So a worker here:
 * keeps changed states in a dirty set of its own (anything with :class:`Dirty`'s ``take``) and holds the
   records that changed them in :class:`Pending`;
 * on :meth:`Pending.release` writes the partition's changed states with a
-  :class:`~pipeline.agents.faust.changelog.TableWriter` (local store + one changelog record batch), waits
-  until Kafka has acknowledged the batch (resending until it is accepted), and only then acks the held
-  records;
+  :class:`~pipeline.agents.faust.changelog.TableWriter` (local store + one changelog record batch), and acks
+  the held records only once Kafka has acknowledged the batch (resending until it is accepted). The timer
+  waits for that ack; the agent does not (``wait=False``): it goes on with the next record and acks the
+  flushed ones when their batches are in (:meth:`Pending.ack_settled`), so the changelog's round trip is not
+  on the hot path;
 * releases when ``flush_interval_s`` has passed or enough items are held (:meth:`Pending.hold`), and from a
   timer when a partition went quiet (:meth:`Pending.due`), so an idle input is committed too;
 * watches :class:`~pipeline.agents.faust.continuity.Continuity` so that records Faust dropped are read again.
@@ -73,6 +75,11 @@ class Pending:
     items: dict[int, int] = field(default_factory=dict)
     #: partition -> when its latest held record arrived.
     last: dict[int, float] = field(default_factory=dict)
+    #: partition -> records whose states are written and whose changelog batches Kafka has not yet
+    #: acknowledged: acked by :meth:`ack_settled` (or a waiting :meth:`release`) once it has.
+    flushed: dict[int, list[Any]] = field(default_factory=dict)
+    #: partition -> when its oldest flushed record was flushed.
+    flushed_at: dict[int, float] = field(default_factory=dict)
     #: The agent's manual-ack stream's ``ack``, set when the agent starts.
     ack: Callable[[Any], Awaitable[bool]] | None = None
     gate: AckGate | None = None
@@ -101,7 +108,11 @@ class Pending:
 
     def holds(self, partition: int) -> bool:
         """Whether records or outputs of ``partition`` wait here (not yet acked)."""
-        return bool(self.events.get(partition)) or (self._sent is not None and self._sent[0] == partition)
+        return (
+            bool(self.events.get(partition))
+            or bool(self.flushed.get(partition))
+            or (self._sent is not None and self._sent[0] == partition)
+        )
 
     def hold(self, partition: int, event: Any, items: int, *, flush_interval_s: float, flush_items: int) -> bool:
         """Hold ``event`` (carrying ``items`` readings/events) until its partition is released; True when the
@@ -121,24 +132,53 @@ class Pending:
             if now - self.last.get(partition, started) >= idle_s or now - started >= interval_s
         ]
 
-    async def release(self, dirty: Dirty, partition: int) -> None:
-        """Write the partition's changed states to the table, wait until Kafka has them, then ack its held
-        records (call under the agent's lock): the committed offset never runs ahead of the saved states."""
+    async def release(self, dirty: Dirty, partition: int, *, wait: bool = True) -> None:
+        """Write the partition's changed states to the table and ack its held records once Kafka has them
+        (call under the agent's lock): the committed offset never runs ahead of the saved states. ``wait``:
+        wait for Kafka's ack here; otherwise the records are acked by a later :meth:`ack_settled`."""
         # Outputs first, then the states that produced them, then the rest: the table never holds a state whose
         # outputs Kafka might not have.
         await self.settle_sent()
         events = self.events.get(partition)
-        if not events:
-            return
-        assert self.ack is not None, "events are held only by a running agent"
-        # The RocksDB store files a write under the *current event's* partition; the agent is in stream
-        # context, the idle timer is not. A held record of this very partition is the correct context.
-        await self.writer.write(partition, dirty.take(partition), lambda: event_context(events[-1]))
+        if events:
+            assert self.ack is not None, "events are held only by a running agent"
+            # The RocksDB store files a write under the *current event's* partition; the agent is in stream
+            # context, the idle timer is not. A held record of this very partition is the correct context.
+            await self.writer.write(partition, dirty.take(partition), lambda: event_context(events[-1]))
+            self.flushed.setdefault(partition, []).extend(events)
+            self.flushed_at.setdefault(partition, time.monotonic())
+            self._forget_held(partition)
+        if wait and self.flushed.get(partition):
+            await self._ack_flushed(partition)
+
+    async def ack_settled(self) -> None:
+        """Ack the flushed records of every partition whose changelog batches Kafka has acknowledged by now;
+        never waits for Kafka (a failed batch is left to the waiting :meth:`release`, which resends it)."""
+        for partition in [p for p in self.flushed if self.writer.settled(p)]:
+            await self._ack_flushed(partition)
+
+    async def settle_flushed(self, *, older_than_s: float = 0.0, now: float | None = None) -> None:
+        """Ack the flushed records whose batches Kafka has; for those flushed ``older_than_s`` ago or earlier
+        and still not acknowledged (a slow broker, a failed batch), wait for Kafka (resending) and ack them."""
+        await self.ack_settled()
+        now = time.monotonic() if now is None else now
+        for partition in [p for p, at in self.flushed_at.items() if now - at >= older_than_s]:
+            await self._ack_flushed(partition)
+
+    async def _ack_flushed(self, partition: int) -> None:
         await self.writer.settle(partition)
-        for done in events:
+        assert self.ack is not None, "events are held only by a running agent"
+        # Popped only now: a revocation meanwhile (drop) leaves nothing to ack.
+        self.flushed_at.pop(partition, None)
+        for done in self.flushed.pop(partition, []):
             with self.gate.allow(done.message) if self.gate else contextlib.nullcontext():
                 await self.ack(done)
-        self.drop([partition])
+
+    def _forget_held(self, partition: int) -> None:
+        self.events.pop(partition, None)
+        self.since.pop(partition, None)
+        self.items.pop(partition, None)
+        self.last.pop(partition, None)
 
     def drop(self, partitions: Iterable[int]) -> None:
         # Revoked: never acked, so their records are read again, by the new owner, from the committed offset.
@@ -147,10 +187,9 @@ class Pending:
             # Its records were never acked: the new owner reads them again and sends the outputs again.
             self._sent = None
         for p in partitions:
-            self.events.pop(p, None)
-            self.since.pop(p, None)
-            self.items.pop(p, None)
-            self.last.pop(p, None)
+            self._forget_held(p)
+            self.flushed.pop(p, None)
+            self.flushed_at.pop(p, None)
 
 
 def commit_past_repeated_acks() -> None:
