@@ -951,7 +951,7 @@ def main() -> None:
         "--uploads",
         default=None,
         help="comma-separated offered rates of store-and-forward phases at the largest device count "
-        "(default 20000,30000; none with --quick or --loadgen python)",
+        "(default 20000,30000; 'none': skip, the default with --quick or --loadgen python)",
     )
     ap.add_argument("--upload-batch", type=int, default=10, help="readings per store-and-forward message (10)")
     ap.add_argument("--phase-s", type=float, default=None, help="seconds per phase (default 20; quick 8)")
@@ -966,12 +966,20 @@ def main() -> None:
     settings = load_settings()
     quick = args.quick
     devices = [int(x) for x in (args.devices or ("500" if quick else "1000,10000")).split(",")]
-    ramp_arg = args.ramp or ("3000" if quick else "5000,10000,20000,30000")
-    ramp = [] if ramp_arg == "none" else [float(x) for x in ramp_arg.split(",")]
+
+    def rates(text: str, option: str) -> list[float]:
+        if text == "none":
+            return []
+        try:
+            return [float(x) for x in text.split(",") if x]
+        except ValueError:
+            ap.error(f"{option}: comma-separated readings/s or 'none', not {text!r}")
+
+    ramp = rates(args.ramp or ("3000" if quick else "5000,10000,20000,30000"), "--ramp")
     phase_s = args.phase_s or (8.0 if quick else 20.0)
     latency_s = args.latency_s or (8.0 if quick else 60.0)
     no_uploads = quick or args.loadgen == "python"
-    uploads = [float(x) for x in (args.uploads or ("" if no_uploads else "20000,30000")).split(",") if x]
+    uploads = rates(args.uploads or ("none" if no_uploads else "20000,30000"), "--uploads")
     bench = Bench(settings, quick, args.loadgen)
     bench.noise = quiet.check(settings)
     # The services run in their own process groups: left running they skew every later measurement.
