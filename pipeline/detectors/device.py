@@ -326,7 +326,10 @@ class DeviceDetector(AlertFactory):
                     "beyond_history": True,
                 },
             )
-            return state._replace(seq_max=sm, seq_bits=bits, late_count=count), [*out, ann]
+            # Positionally, as in ``_arrive`` (``_replace`` goes through the 27-parameter ``__new__``).
+            head = (state.frontier, state.max_ts, sm, bits)
+            fields = head + state[4:LATE_COUNT] + (count,) + state[LATE_COUNT + 1 :]
+            return _new_state(DeviceState, fields), [*out, ann]
         if ts > state.max_ts and (state.offline_open is not None or state.gap_open is not None):
             # Newer than anything heard: the logger is heard again now (in event time: the frontier), even if
             # what it sends is old (an upload, a reordered delivery); its readings go to the rules below.
@@ -335,7 +338,8 @@ class DeviceDetector(AlertFactory):
             state = w.freeze()
             out = [*out, *w.out]
         pending = (*state.pending, item)
-        new = state._replace(seq_max=sm, seq_bits=bits, pending=pending, max_ts=max(state.max_ts, ts))
+        head = (state.frontier, max(state.max_ts, ts), sm, bits)
+        new = _new_state(DeviceState, head + state[4:PENDING] + (pending,))
         if len(pending) >= PENDING_MAX:
             w = _Work(self, new)
             w.release(state.frontier)
@@ -356,6 +360,10 @@ def silence_due(state: DeviceState, hold: int, gap_ms: int) -> int | None:
 def _buf_key(item: BufItem) -> tuple[int, int]:
     return item[0], item[1]
 
+
+#: Positions in :class:`DeviceState` of the fields a late reading changes (built positionally, see ``_late``).
+LATE_COUNT = DeviceState._fields.index("late_count")
+PENDING = DeviceState._fields.index("pending")  # the last field
 
 #: A DeviceState from a tuple of its fields without the namedtuple's Python-level ``__new__`` (what ``_make``
 #: calls after a method lookup): every reading builds one or two.

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.detectors.device import DeviceDetector
+from pipeline.detectors.device import DeviceDetector, _Work
+from pipeline.detectors.device_state import RULE_FIELDS
 from pipeline.detectors.history import net_alerts
 from pipeline.detectors.run import run_device_stream
 from pipeline.schemas import AlertState, Reading, Severity
@@ -201,3 +202,38 @@ def test_state_round_trips_and_stays_small() -> None:
     raw = det.state_to_bytes(f.state)
     assert len(raw) <= 2048, len(raw)
     assert det.state_from_bytes(raw) == f.state
+
+
+def test_a_checkpoint_loads_into_the_rule_fields_by_name() -> None:
+    """``load_rules`` unpacks a checkpoint positionally (fast); it must put each value in the field of that name
+    in :data:`RULE_FIELDS`, and ``rules_snapshot`` take them back in the same order."""
+    det = _det()
+    w = _Work(det, det.initial())
+    ckpt = tuple(object() for _ in RULE_FIELDS)
+    w.load_rules(ckpt)  # type: ignore[arg-type]
+    assert [getattr(w, name) for name in RULE_FIELDS] == list(ckpt)
+    assert w.rules_snapshot() == ckpt
+
+
+def test_a_late_reading_changes_only_its_own_fields() -> None:
+    """The late paths build the new state positionally: beyond the bound only the de-dup window and the late
+    count change; within it, the de-dup window, the newest event time and the pending readings."""
+    f = Feeder(_det(allowed_lateness_min=1))
+    f.series(0, 10, 4.0)
+    before = f.state._asdict()
+    f.r(5.5, 30.0, seq=5500, now_min=10)  # beyond the bound
+    after = f.state._asdict()
+    assert after["late_count"] == before["late_count"] + 1
+    assert {k for k in before if before[k] != after[k]} <= {"seq_max", "seq_bits", "late_count"}
+
+    g = Feeder(_det(allowed_lateness_min=1))
+    for m in [*range(0, 5), *range(6, 12)]:
+        g.r(m, 4.0, seq=m)  # reading 5 missing: a hole it may still fill
+    g.tick(12)  # what the late reading would first do itself: release the buffer up to 12 - 1
+    before = g.state._asdict()
+    g.r(5, 4.0, seq=5, now_min=12)  # within the history bound: waits for the next tick
+    after = g.state._asdict()
+    assert after["pending"] == (*before["pending"], (T0 + 5 * M, 5, 4.0, None, None, None))
+    assert {k for k in before if before[k] != after[k]} == {"seq_bits", "pending"}
+    g.tick(14)
+    assert g.state.pending == () and g.state.hist == ()  # evaluated; the hole closed
