@@ -365,7 +365,9 @@ def lag_growth(times: list[float], lags: list[int]) -> float:
 def limiting_stage(phase: Phase, cores: int) -> str:
     """Which process held the phase back, from what each stage passed on while it published, in pipeline
     order: the first stage that did not keep pace with its input, and whether the machine's cores were all
-    busy (then every process only had a share of them, and more of that stage alone would not help here)."""
+    busy (then every process only had a share of them, and more of that stage alone would not help here).
+    Later stages that also fell behind what reached *them* follow ("then: ..."): on a full machine the first
+    one is rarely the only one."""
     cpu = phase.cpu_pct
     busy = sum(cpu.values()) / 100
     cores_note = f"{busy:.1f} of {cores} cores busy" + (" (all)" if busy >= 0.9 * cores else "")
@@ -373,35 +375,43 @@ def limiting_stage(phase: Phase, cores: int) -> str:
     def pct(name: str) -> str:
         return f"{name} {cpu.get(name, 0):.0f}% of a core"
 
+    behind: list[str] = []
+    worker_behind = phase.worker_rate < KEEPS_PACE * phase.in_kafka_rate
     published_rate = phase.published / (phase.publish_s or phase.duration_s)
     if published_rate < KEEPS_PACE * phase.offered_rate and phase.ack_rate >= KEEPS_PACE * published_rate:
         # Everything it wrote was taken: the generator did not offer the rate (its pacing, or its core).
-        return (
+        behind.append(
             f"load generator: published {published_rate:,.0f}/s of {phase.offered_rate:,.0f}/s asked, all of it "
-            f"taken downstream ({pct('loadgen')}; {cores_note})"
+            f"taken downstream ({pct('loadgen')}"
         )
-    if phase.ack_rate < KEEPS_PACE * phase.offered_rate:
+    elif phase.ack_rate < KEEPS_PACE * phase.offered_rate:
         hot = [n for n in ("mosquitto", "loadgen") if cpu.get(n, 0) >= SATURATED_PCT]
         who = " and ".join(hot) if hot else "load generator + Mosquitto"
-        return (
+        behind.append(
             f"{who}: {phase.ack_rate:,.0f}/s of {phase.offered_rate:,.0f}/s offered taken "
-            f"({pct('mosquitto')}, {pct('loadgen')}; {cores_note})"
+            f"({pct('mosquitto')}, {pct('loadgen')}"
         )
     if phase.in_kafka_rate < KEEPS_PACE * phase.ack_rate:
-        return (
-            f"bridge: {phase.in_kafka_rate:,.0f}/s into Kafka of {phase.ack_rate:,.0f}/s taken "
-            f"({pct('bridge')}; {cores_note})"
+        behind.append(
+            f"bridge: {phase.in_kafka_rate:,.0f}/s into Kafka of {phase.ack_rate:,.0f}/s taken ({pct('bridge')}"
         )
-    if phase.worker_rate < KEEPS_PACE * phase.in_kafka_rate:
-        return (
-            f"worker: {phase.worker_rate:,.0f}/s processed of {phase.in_kafka_rate:,.0f}/s into Kafka "
-            f"({pct('worker')}; {cores_note})"
+    if worker_behind:
+        behind.append(
+            f"worker: {phase.worker_rate:,.0f}/s processed of {phase.in_kafka_rate:,.0f}/s into Kafka ({pct('worker')}"
         )
-    growing = {g: v for g, v in phase.lag_growth.items() if v > 0.03 * max(1.0, phase.in_kafka_rate)}
+    growing = {
+        g: v
+        for g, v in phase.lag_growth.items()
+        # The worker's own lag grows when it is behind: said above already.
+        if v > 0.03 * max(1.0, phase.in_kafka_rate) and not (worker_behind and g.endswith("worker"))
+    }
     if growing:
         names = ", ".join(f"{g} +{v:,.0f} records/s" for g, v in growing.items())
-        return f"a consumer's lag grew ({names}; {cores_note})"
-    return f"none: every stage kept pace ({cores_note})"
+        behind.append(f"a consumer's lag grew ({names}")
+    if not behind:
+        return f"none: every stage kept pace ({cores_note})"
+    first, *then = behind
+    return f"{first}; {cores_note})" + "".join(f"; then {b})" for b in then)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -867,7 +877,10 @@ class Bench:
                 f"{p.worker_rate:,.0f} | {p.bridge_backlog_max:,} | {lags} | "
                 f"{drained} | {cpu} | {p.rss_mb.get('worker', '-')} |"
             )
-        print("\nWhat held each phase back (the first stage that did not keep pace with its input while it published):")
+        print(
+            "\nWhat held each phase back (the first stage that did not keep pace with its input while it published; "
+            "then the later ones that also fell behind):"
+        )
         for p in self.phases:
             growth = ", ".join(f"{g} {v:+,.0f}/s" for g, v in p.lag_growth.items())
             print(f"- {p.name}: {p.limited_by}; lag trend {growth}")

@@ -30,6 +30,20 @@ def test_the_first_stage_that_falls_behind_is_named() -> None:
     )
 
 
+def test_later_stages_that_also_fell_behind_follow_the_first() -> None:
+    """On a full machine Mosquitto can refuse part of the offer *and* the worker fall behind what did get in:
+    both are said, first things first, and the worker's growing lag is not said twice."""
+    p = phase(ack_rate=22_000, in_kafka_rate=22_000, worker_rate=13_000)
+    p.offered_rate = 30_000
+    p.published = 900_000
+    p.lag_growth = {"bench-worker": 14.0, "larder-sink": 0.0}
+    text = limiting_stage(p, 2)
+    assert text.startswith("load generator + Mosquitto: 22,000/s of 30,000/s offered taken")
+    assert text.endswith("; then worker: 13,000/s processed of 22,000/s into Kafka (worker 40% of a core)")
+    assert "lag grew" not in text
+    assert limiting_stage(phase(worker_rate=3_982), 2).count("; then") == 0
+
+
 def test_a_generator_that_did_not_offer_the_rate_is_not_blamed_on_mosquitto() -> None:
     p = phase(ack_rate=9_150, in_kafka_rate=9_150, worker_rate=9_150)
     p.published = 274_500  # 9,150/s over the 30 s asked, every one of them acked while publishing
