@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import os
 import random
@@ -31,6 +32,7 @@ import tempfile
 import time
 import tracemalloc
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,7 +43,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from benchmarks import resultfile
 from pipeline import serde, testing
-from pipeline.agents.core import Runner
+from pipeline.agents.core import Runner, settle_gc
 from pipeline.agents.devices import device_concern
 from pipeline.kafkaadmin import delete_topics, ensure_topics, prefixed
 from pipeline.schemas import Reading
@@ -197,7 +199,25 @@ async def run_faust(
 # -- 2. plain aiokafka ---------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def worker_gc() -> Iterator[None]:
+    """The collector settings ``larder worker`` runs with (:func:`settle_gc`), for the in-process consumers:
+    like with like (this process also holds every generated reading, which the frozen heap leaves out)."""
+    before = gc.get_threshold()
+    settle_gc()
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
+
+
 async def run_plain(settings: Settings, topic: str, cfg: SiteConfig, partitions: int, n: int) -> dict[str, float]:
+    with worker_gc():
+        return await _run_plain(settings, topic, cfg, partitions, n)
+
+
+async def _run_plain(settings: Settings, topic: str, cfg: SiteConfig, partitions: int, n: int) -> dict[str, float]:
     runner: Runner[Any, Any] = Runner(device_concern(cfg), None, partitions, arrived_ms=lambda: 0)
     consumer = AIOKafkaConsumer(
         topic,

@@ -121,8 +121,20 @@ def batch_items(value: bytes | Mapping[str, Any], kind: BatchKind) -> list[Any]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+#: Models whose JSON is their fields as they are (no aliases, serializers or computed fields: unit-tested), so
+#: their values are dumped straight from the fields. They are the worker's outputs, thousands of them in an alert
+#: storm: ``model_dump(mode="json")`` then took 5.7 µs an output against 3.2 µs this way, for the same bytes (3,959
+#: alerts and annotations of ``benchmarks.detection``'s readings).
+PLAIN_JSON_MODELS: tuple[type[Alert | Annotation], ...] = (Alert, Annotation)
+
+
 def encode(record: Record) -> bytes:
-    """The value of a low-rate record (JSON of its model, enums as their values)."""
+    """The value of a record (JSON of its model, enums as their values)."""
+    if type(record) in PLAIN_JSON_MODELS:
+        try:
+            return serde.dumps_plain(record.__dict__)
+        except TypeError:
+            pass  # a datetime or a dataclass in the evidence: pydantic's JSON form of it, below
     return serde.dumps(record.model_dump(mode="json"))
 
 

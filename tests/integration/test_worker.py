@@ -21,6 +21,7 @@ from pipeline.agents.devices import device_concern
 from pipeline.agents.kitchen import kitchen_concern
 from pipeline.contracts import records
 from pipeline.contracts.models import Alert
+from pipeline.partitioner import partition_for
 from pipeline.replay.timeline import wait_processed
 from pipeline.services import free_port
 from pipeline.settings import Settings
@@ -110,6 +111,7 @@ class Collector:
         )
         self.values: list[dict[str, Any]] = []
         self.keys: list[bytes | None] = []
+        self.partitions: list[int] = []
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Collector:
@@ -123,6 +125,7 @@ class Collector:
             for msgs in batch.values():
                 self.values.extend(serde.loads(m.value) for m in msgs)
                 self.keys.extend(m.key for m in msgs)
+                self.partitions.extend(m.partition for m in msgs)
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._task is not None
@@ -230,6 +233,11 @@ async def test_batches_in_alerts_out(live_stack: Settings, topics: Topics, tmp_p
         assert all(d["source"] == "mqtt" for d in dead.values)
         assert {v["site"] for v in alerts.values} == {"S01"}
         assert any(v["rule"].startswith("kitchen.") for v in alerts.values)
+        # Outputs go out in record batches to explicit partitions: the partition Kafka's default partitioner
+        # gives their key (the site), where the notifier's own alert events for that site go too.
+        for out in (alerts, notes):
+            assert set(out.keys) == {b"S01"}
+            assert set(out.partitions) == {partition_for("S01", topics.partitions)}
         metrics = scrape_metrics(port)
         assert metrics['larder_worker_duplicates_total{concern="devices"}'] == len(serde.loads(resent[0][1])["items"])
         assert metrics['larder_worker_dead_letters_total{concern="devices"}'] == 2

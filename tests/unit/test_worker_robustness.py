@@ -10,7 +10,7 @@ from typing import Any
 from aiokafka.errors import KafkaTimeoutError, NotEnoughReplicasError
 
 from pipeline import serde
-from pipeline.agents.core import Runner
+from pipeline.agents.core import Runner, encode_output
 from pipeline.agents.devices import device_concern
 from pipeline.agents.faust.app import KafkaOutputs
 from pipeline.contracts import records
@@ -46,14 +46,17 @@ def test_a_reading_of_the_wrong_types_is_refused_on_arrival_and_its_device_goes_
 
 
 class FlakyBatches:
-    """send_one raises first, then its futures fail, then Kafka takes everything."""
+    """The first hand-over raises, the second's future fails, then Kafka takes everything. Outputs go in record
+    batches (``send_keyed``, a call a topic), dead letters one by one (``send_one``), as :class:`KafkaBatches`."""
 
     def __init__(self) -> None:
         self.calls = 0
+        self.handed = 0
         self.taken: list[tuple[str, bytes]] = []
 
-    async def send_one(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
+    def _hand(self, topic: str, values: list[bytes]) -> asyncio.Future[Any]:
         self.calls += 1
+        self.handed += len(values)
         if self.calls == 1:
             raise KafkaTimeoutError()
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -61,8 +64,14 @@ class FlakyBatches:
             fut.set_exception(NotEnoughReplicasError())
         else:
             fut.set_result(None)
-            self.taken.append((topic, value))
+            self.taken += [(topic, v) for v in values]
         return fut
+
+    async def send_one(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
+        return self._hand(topic, [value])
+
+    async def send_keyed(self, topic: str, records: list[tuple[bytes, bytes]]) -> list[asyncio.Future[Any]]:
+        return [self._hand(topic, [v for _, v in records])]
 
 
 async def test_outputs_kafka_does_not_take_at_first_are_sent_again(tmp_path: Path, monkeypatch: Any) -> None:
@@ -161,19 +170,19 @@ def test_a_verdict_record_reaches_the_kitchen_rules_and_a_bad_one_is_dead_letter
 
 
 class FailingAcks(FlakyBatches):
-    """Takes the first ``failing`` records from the producer, but Kafka's acks of them fail; then Kafka takes
-    everything."""
+    """Takes the first ``failing`` hand-overs, but Kafka's acks of them fail; then Kafka takes everything."""
 
     failing = 0
 
-    async def send_one(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
+    def _hand(self, topic: str, values: list[bytes]) -> asyncio.Future[Any]:
         self.calls += 1
+        self.handed += len(values)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self.calls <= self.failing:
             fut.set_exception(NotEnoughReplicasError())
         else:
             fut.set_result(None)
-            self.taken.append((topic, value))
+            self.taken += [(topic, v) for v in values]
         return fut
 
 
@@ -185,10 +194,10 @@ async def test_outputs_whose_acks_fail_are_sent_again_when_settled(tmp_path: Pat
     assert result.outputs
     monkeypatch.setattr(asyncio, "sleep", _no_wait)
     batches_ = FailingAcks()
-    batches_.failing = len(result.outputs)
     topics = Topics(prefix="t", partitions=1)
+    batches_.failing = len({encode_output(o)[0] for o in result.outputs})  # every first batch: one a topic
     settle = await KafkaOutputs(batches_, topics).send(result)  # type: ignore[arg-type]
-    assert batches_.calls == len(result.outputs) and not batches_.taken  # handed over, not acknowledged yet
+    assert batches_.handed == len(result.outputs) and not batches_.taken  # handed over, not acknowledged yet
     await settle()
     sent = [serde.loads(v)["alert_id"] for t, v in batches_.taken if t == topics.alerts]
     assert set(sent) == {o.alert_id for o in result.outputs if hasattr(o, "alert_id")}

@@ -107,13 +107,25 @@ class KafkaOutputs:
         if not result.outputs and not result.dead_letters:
             return settled
         t = self.topics
-        names = {"alerts": t.alerts, "annotations": t.annotations, "deadletter": t.deadletter}
-        records: list[tuple[str, bytes | None, bytes]] = [encode_output(o) for o in result.outputs]
-        records += [("deadletter", None, encode(d)) for d in result.dead_letters]
-        what = f"{len(records)} output(s)"
+        names = {"alerts": t.alerts, "annotations": t.annotations}
+        keyed: dict[str, list[tuple[bytes, bytes]]] = {}
+        for which, key, value in map(encode_output, result.outputs):
+            keyed.setdefault(names[which], []).append((key, value))
+        letters = [encode(d) for d in result.dead_letters]
+        what = f"{len(result.outputs) + len(letters)} output(s)"
+
+        async def hand_over() -> list[asyncio.Future[Any]]:
+            # The outputs in one record batch per partition (an alert storm is thousands of them); dead
+            # letters, keyless and rare, one record each.
+            acks: list[asyncio.Future[Any]] = []
+            for topic, pairs in keyed.items():
+                acks += await self.producer.send_keyed(topic, pairs)
+            for value in letters:
+                acks.append(await self.producer.send_one(t.deadletter, None, value))
+            return acks
 
         async def send_all() -> None:
-            await asyncio.gather(*[await self.producer.send_one(names[w], key, value) for w, key, value in records])
+            await asyncio.gather(*await hand_over())
 
         async def again() -> None:
             # The runner already holds the states that produced them: giving up (the agent restarting past this
@@ -121,7 +133,7 @@ class KafkaOutputs:
             await until_kafka_takes(send_all, what)
 
         try:
-            acks = [await self.producer.send_one(names[w], key, value) for w, key, value in records]
+            acks = await hand_over()
         except KafkaError as exc:
             log.warning("Kafka did not take %s (%s); sending again", what, exc)
             return again
