@@ -237,3 +237,64 @@ def test_a_late_reading_changes_only_its_own_fields() -> None:
     assert {k for k in before if before[k] != after[k]} == {"seq_bits", "pending"}
     g.tick(14)
     assert g.state.pending == () and g.state.hist == ()  # evaluated; the hole closed
+
+
+def test_the_silent_rerun_shortcut_compares_every_open_alert() -> None:
+    """``_diff`` skips building the open-alert maps when neither re-run reported anything and ``_open_key`` is
+    the same for both. Re-runs fed by real readings rarely differ in open alerts without reporting it, so the
+    property tests do not reach the key; here two working copies with empty outputs are taken from states
+    with every kind of open alert (and none) and every pair must give what the general path gives. A field
+    ``open_alerts`` reads that ``_open_key`` leaves out fails this test."""
+    det = _det(
+        cumulative={"limit": 8.0, "budget_min": 20},
+        mkt={"limit": 5.0, "window_min": 120},
+        rate_of_rise={"limit_c_per_min": 0.5, "window_min": 10, "delay_min": 0},
+        liveness={"stuck_min": 30},
+    )
+    f = Feeder(det)
+    states = [f.state]
+    steps: list[tuple[float, float, dict[str, object]]] = [
+        *[(m, 4.0, {}) for m in range(0, 5)],
+        *[(m, 4.0, {"door_open": True}) for m in range(5, 40)],  # door warning, then critical
+        *[(m, 4.0, {"door_open": False, "battery": 0.1}) for m in range(40, 45)],  # battery low
+        *[(m, 15.0, {"battery": 0.9}) for m in range(45, 120)],  # high, high-high, rate of rise, budget, MKT
+        *[(m, 15.0, {}) for m in range(120, 160)],  # stuck at one value
+    ]
+    for minute, temp, extra in steps:
+        f.r(minute, temp, **extra)
+        states.append(f.state)
+    f.tick(200)
+    states.append(f.state)
+    rules = {a.rule for a in f.alerts()}
+    assert {"coldchain.door_open", "coldchain.high", "liveness.battery_low", "liveness.stuck"} <= rules, rules
+    assert {"coldchain.cumulative", "coldchain.mkt", "coldchain.rate_of_rise"} <= rules, rules
+    at = T0 + 200 * M
+
+    def same_either_way(old: _Work, new: _Work) -> None:
+        old.out, new.out = [], []
+        det.shortcuts = True
+        fast = new._diff(old, new, at)
+        det.shortcuts = False
+        general = new._diff(old, new, at)
+        det.shortcuts = True
+        assert summary(fast) == summary(general), (old.open_alerts(), new.open_alerts())
+
+    # One field at a time: a copy with no alert open against the same copy with one field of an open alert,
+    # so a field the key leaves out is the only difference.
+    fields = ("conds", "door_warn", "door_crit", "stuck", "battery_open", "cum", "mkt")
+    for name in fields:
+        opened = []
+        for st in states:
+            w = _Work(det, det.initial())
+            setattr(w, name, getattr(_Work(det, st), name))
+            if w.open_alerts():
+                opened.append(w)
+        assert opened, f"no state has an alert open through {name}"
+        for w in opened[:: max(1, len(opened) // 5)]:
+            same_either_way(_Work(det, det.initial()), w)
+            same_either_way(w, _Work(det, det.initial()))
+    # And pairs of whole states, as late data leaves them.
+    picked = states[:: max(1, len(states) // 30)]
+    for old_state in picked:
+        for new_state in picked:
+            same_either_way(_Work(det, old_state), _Work(det, new_state))
