@@ -34,7 +34,7 @@ Rules (docs/alerts.md has the full policy):
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -318,14 +318,18 @@ class Router:
             sent[person_id] = (*sent.get(person_id, ()), at_ms)
         return replace(state, tracks=tracks, planned=frozenset(planned), sent=sent, notified_before=before)
 
-    def on_tick(self, state: RouterState, now_ms: int) -> tuple[RouterState, list[Action]]:
+    def on_tick(self, state: RouterState, now_ms: int, busy: Collection[str] = ()) -> tuple[RouterState, list[Action]]:
+        """Advance every alert to ``now_ms`` and send what is due. ``busy``: ids of alerts in messages planned
+        and not yet delivered (the notifier's ledger), whose tracks their delivery still reads."""
         actions: list[Action] = []
         for aid in sorted(state.tracks):
             state, acts = self._advance(state, state.tracks[aid], now_ms)
             actions.extend(acts)
         state, sends = self._flush(state, now_ms)
         actions.extend(sends)
-        return self._forget(state, now_ms), actions
+        # The messages planned just now are not in the ledger yet: their alerts are as busy.
+        planned_now = {p.alert.alert_id for send in sends if isinstance(send, Send) for p in send.items}
+        return self._forget(state, now_ms, planned_now.union(busy)), actions
 
     # -- internals ---------------------------------------------------------------------------------------------
 
@@ -469,12 +473,15 @@ class Router:
                         return p
         return self.config.person(pid)
 
-    def _forget(self, state: RouterState, now_ms: int) -> RouterState:
+    def _forget(self, state: RouterState, now_ms: int, busy: Collection[str] = ()) -> RouterState:
+        """Drop the tracks of alerts resolved ``keep_resolved_ms`` before ``now_ms`` (event time: a resolution
+        uploaded after a long outage is that old on arrival), unless a notification of theirs is still queued or
+        on its way (``busy``): its message is built from the track when it is delivered."""
         horizon = now_ms - self.config.keep_resolved_ms
         old = [aid for aid, t in state.tracks.items() if t.resolved_ms is not None and t.resolved_ms < horizon]
         if not old:
             return state
-        waiting = {p.alert.alert_id for items in state.outbox.values() for p in items}
+        waiting = {p.alert.alert_id for items in state.outbox.values() for p in items}.union(busy)
         gone = set(old) - waiting
         if not gone:
             return state

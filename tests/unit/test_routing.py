@@ -327,3 +327,32 @@ def test_late_alert_enters_every_due_step_at_once() -> None:
 @pytest.mark.parametrize("keys", [["a|0|p", "b|0|p"], ["b|0|p", "a|0|p"]])
 def test_message_id_does_not_depend_on_order(keys: list[str]) -> None:
     assert message_id(keys) == message_id(["a|0|p", "b|0|p"])
+
+
+def test_an_old_resolution_keeps_its_alert_until_its_notice_is_delivered() -> None:
+    """A resolution uploaded after a long outage is older than ``keep_resolved_ms`` on arrival. Its notice is
+    built from the alert's track when it is delivered, so the track stays while the notice is planned now or
+    still on its way (``busy``), and goes once it is not (found by the chaos test run just after midnight UTC,
+    when its scenario's day started over 24 h before: the notices went out without their alerts)."""
+    clock = ManualClock(T0)
+    r = router({"S1": site("S1")}, keep_resolved_ms=60 * MINUTE_MS)
+    a = alert("S1", T0 - 3 * 60 * MINUTE_MS)
+    state, _ = r.on_alert(RouterState(), a, clock.now_ms())
+    for _ in range(12):
+        clock.advance(10 * S)
+        state, _ = r.on_tick(state, clock.now_ms())
+    assert a.alert_id in state.tracks
+    state, acts = r.on_alert(state, resolved(a, T0 - 2 * 60 * MINUTE_MS), clock.now_ms())
+    kinds: list[str] = []
+    while "resolved" not in kinds:
+        clock.advance(10 * S)
+        state, acts = r.on_tick(state, clock.now_ms())
+        kinds += [p.kind for send in acts if isinstance(send, Send) for p in send.items]
+        assert clock.now_ms() < T0 + 10 * MINUTE_MS, "the resolution notice never went out"
+    assert a.alert_id in state.tracks, "planned in this tick: its delivery has not read the track yet"
+    clock.advance(10 * S)
+    state, _ = r.on_tick(state, clock.now_ms(), busy={a.alert_id})
+    assert a.alert_id in state.tracks, "still on its way"
+    clock.advance(10 * S)
+    state, _ = r.on_tick(state, clock.now_ms())
+    assert a.alert_id not in state.tracks, "delivered: forgotten"
