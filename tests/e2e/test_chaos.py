@@ -38,7 +38,7 @@ What the design promises, and so what is checked (docs/ingest.md, docs/agents.md
 
 Two sizes, one test (``size``): ``short`` (a few thousand readings, the broker stopped 15 s) and ``full``
 (100,000 readings, the broker stopped 2 minutes, 10-20 minutes). ``short`` is part of ``make test`` and CI (~3.5
-minutes, in the ``exclusive`` step); ``full`` is marked ``long``. The three defects this test found are fixed
+minutes, in the ``exclusive`` step); ``full`` is marked ``long``. The four defects this test found are fixed
 (BENCHMARKS.md, "Chaos"). ``make chaos`` (``pytest -s tests/e2e/test_chaos.py``) runs both and prints their
 counts.
 
