@@ -31,21 +31,29 @@ class Ledger:
     planned: dict[str, Delivery] = field(default_factory=dict)
     closed: dict[str, Delivery] = field(default_factory=dict)
     attempts: dict[str, int] = field(default_factory=dict)
+    #: Planned messages with no closing record yet, kept as records arrive: the notifier asks at every tick, and
+    #: ``planned`` holds every message ever sent.
+    open: dict[str, Delivery] = field(default_factory=dict)
 
     def apply(self, record: Delivery) -> None:
         mid = record.message_id
         if record.kind == "planned":
             self.planned.setdefault(mid, record)
+            if mid not in self.closed:
+                self.open.setdefault(mid, record)
         elif record.kind == "attempt":
             self.attempts[mid] = max(self.attempts.get(mid, 0), record.attempt or 0)
         else:
             self.closed.setdefault(mid, record)
+            self.open.pop(mid, None)
 
     def in_flight(self) -> list[Delivery]:
         """Planned messages with no closing record, oldest first."""
-        return sorted(
-            (d for mid, d in self.planned.items() if mid not in self.closed), key=lambda d: (d.at_ms, d.message_id)
-        )
+        return sorted(self.open.values(), key=lambda d: (d.at_ms, d.message_id))
+
+    def alerts_in_flight(self) -> set[str]:
+        """Ids of the alerts in messages planned and not yet closed."""
+        return {aid for d in self.open.values() for aid in d.alert_ids}
 
     def delivered(self, message_id: str) -> bool:
         rec = self.closed.get(message_id)

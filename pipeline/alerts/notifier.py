@@ -175,7 +175,9 @@ class Notifier:
                 now = self.clock.now_ms()
                 for rec in batch:
                     await self._on_record(rec, now)
-                self.state, acts = self.router.on_tick(self.state, self.clock.now_ms(), self._busy())
+                # Alerts in messages on their way: their deliveries build the message from the tracks.
+                busy = self.ledger.alerts_in_flight()
+                self.state, acts = self.router.on_tick(self.state, self.clock.now_ms(), busy)
                 await self._execute(acts)
         finally:
             for task in self._tasks.values():
@@ -284,10 +286,6 @@ class Notifier:
                 **fields,
             }
         )
-
-    def _busy(self) -> set[str]:
-        """Alerts in messages planned and not yet closed: their deliveries build the message from the tracks."""
-        return {aid for d in self.ledger.in_flight() for aid in d.alert_ids}
 
     def _items(self, planned: Delivery) -> tuple[Pending, ...]:
         out = []

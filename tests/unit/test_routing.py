@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from pipeline import testing
+from pipeline.alerts.delivery_log import Ledger
 from pipeline.alerts.routing import (
     MINUTE_MS,
     Router,
@@ -19,7 +20,7 @@ from pipeline.alerts.routing import (
     quiet_until,
 )
 from pipeline.clock import ManualClock
-from pipeline.schemas import Ack, Alert, AlertState, ms_to_iso
+from pipeline.schemas import Ack, Alert, AlertState, Delivery, ms_to_iso
 from pipeline.siteconfig import SiteConfig
 
 T0 = int(datetime(2026, 11, 23, 2, 0, tzinfo=UTC).timestamp() * 1000)  # 10:00 in Asia/Shanghai
@@ -356,3 +357,22 @@ def test_an_old_resolution_keeps_its_alert_until_its_notice_is_delivered() -> No
     clock.advance(10 * S)
     state, _ = r.on_tick(state, clock.now_ms())
     assert a.alert_id not in state.tracks, "delivered: forgotten"
+
+
+def test_the_ledger_keeps_the_messages_in_flight_as_records_arrive() -> None:
+    """What the notifier asks at every tick (which alerts are in messages on their way) is kept as the ledger's
+    records arrive, not found by going through every message ever planned."""
+
+    def rec(kind: str, mid: str, at_ms: int, *alerts: str) -> Delivery:
+        return Delivery(kind=kind, message_id=mid, at_ms=at_ms, recipient="r1", alert_ids=list(alerts))  # type: ignore[arg-type]
+
+    led = Ledger()
+    led.apply(rec("planned", "m2", 2, "a2", "a3"))
+    led.apply(rec("planned", "m1", 1, "a1"))
+    led.apply(rec("attempt", "m1", 3))
+    assert [d.message_id for d in led.in_flight()] == ["m1", "m2"] and led.alerts_in_flight() == {"a1", "a2", "a3"}
+    led.apply(rec("delivered", "m2", 4))
+    led.apply(rec("planned", "m2", 2, "a2", "a3"))  # read again (a restart folding the topic): still closed
+    assert [d.message_id for d in led.in_flight()] == ["m1"] and led.alerts_in_flight() == {"a1"}
+    led.apply(rec("failed", "m1", 5))
+    assert led.in_flight() == [] and led.alerts_in_flight() == set()
