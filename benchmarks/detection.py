@@ -55,6 +55,8 @@ ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_700_000_000_000
 STEP_MS = 300_000
 PER_RECORD = 500
+#: The worker's ``larder_worker_busy_<part>_seconds_total`` counters (pipeline.agents.core.Stats).
+BUSY_PARTS = ("detect", "encode", "store", "outputs")
 
 
 def say(msg: str) -> None:
@@ -108,6 +110,11 @@ async def produce(settings: Settings, topic: str, records: list[tuple[int | None
         await producer.stop()
 
 
+def main_thread_cpu(ps: psutil.Process) -> float:
+    """CPU seconds (user + system) of the process's main thread, the one that runs the agents."""
+    return next((t.user_time + t.system_time for t in ps.threads() if t.id == ps.pid), 0.0)
+
+
 # -- 1. Faust ------------------------------------------------------------------------------------------------
 
 
@@ -136,7 +143,7 @@ async def run_faust(
     log = tmp / "worker.log"
     env = {**os.environ, "LARDER_TOPIC_PREFIX": topics.prefix, "LARDER_READINGS_PARTITIONS": str(topics.partitions)}
     args = [sys.executable, "-m", "pipeline.cli", "worker", "--sites", str(sites), "--clock", "replay"]
-    args += ["--data-dir", str(tmp / "faust"), "--metrics-port", str(port), "-l", "warn"]
+    args += ["--data-dir", str(tmp / "faust"), "--metrics-port", str(port), "-l", "warn", "--busy-clock", "cpu"]
     if profile is not None:  # py-spy samples the whole worker; collapsed stacks, one line per stack
         spy = str(Path(sys.executable).parent / "py-spy")
         args = [spy, "record", "--nonblocking", "-r", "250", "-f", "raw", "-o", str(profile), "--", *args]
@@ -149,7 +156,7 @@ async def run_faust(
     try:
         deadline = time.monotonic() + 120
         ps: psutil.Process | None = None
-        rss0 = cpu0 = 0.0
+        rss0 = cpu0 = main0 = 0.0
         # From the last poll that saw nothing processed (CPU and RSS read there too) to the first poll that
         # saw everything: it can only overstate the worker's time, by up to one poll, and is never zero when
         # all of it fits between two polls.
@@ -168,6 +175,7 @@ async def run_faust(
                 t_idle = now
                 if ps is not None:
                     rss0, cpu0 = ps.memory_info().rss, sum(ps.cpu_times()[:2])
+                    main0 = main_thread_cpu(ps)
             if items >= n:
                 break
             if proc.poll() is not None or time.monotonic() > deadline + 600:
@@ -179,14 +187,20 @@ async def run_faust(
             await asyncio.sleep(0.02 if rate <= 0 else min(0.5, max(0.01, (n - items) / rate / 2)))
         assert ps is not None
         cpu = sum(ps.cpu_times()[:2]) - cpu0
+        main = main_thread_cpu(ps) - main0
         writes = metric(port, "larder_worker_table_writes_total")
         rss1 = ps.memory_info().rss
+        # The worker's own split of its CPU (its main thread's, per record or batch): nothing counts before the
+        # window above starts, as nothing was processed before it.
+        busy = {part: metric(port, f"larder_worker_busy_{part}_seconds_total") for part in BUSY_PARTS}
         return {
             "rate": n / (now - t_idle),
             "seconds": now - t_idle,
             "cpu_s": cpu,
             "writes": writes,
             "rss_delta": rss1 - rss0,
+            "main_thread_cpu_s": main,
+            **{f"busy_{part}_s": value for part, value in busy.items()},
         }
     finally:
         # Under py-spy, stop the worker itself: py-spy writes its profile when its target exits.
@@ -198,6 +212,30 @@ async def run_faust(
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def split_line(faust: dict[str, float], plain: dict[str, float], n: int) -> str:
+    """Where each consumer's CPU a reading goes, by the worker's own busy counters and the plain loop's timing of
+    the same ``Runner.on_record``, both by the main thread's CPU clock."""
+
+    def us(seconds: float) -> str:
+        return f"{seconds / n * 1e6:.1f}"
+
+    parts = {part: faust.get(f"busy_{part}_s", -1.0) for part in BUSY_PARTS}
+    if min(parts.values()) < 0 or "busy_detect_s" not in plain:
+        return "- The worker's busy counters were not readable: no split of its time."
+    main = faust.get("main_thread_cpu_s", faust["cpu_s"])
+    rest = main - sum(parts.values())
+    return (
+        f"- Where the time goes, µs a reading (the same round): the detection stage itself (`Runner.on_record`: "
+        f"decoding, dispatch, detectors) {us(parts['detect'])} in the worker, {us(plain['busy_detect_s'])} in the "
+        f"plain loop; in the worker, encoding changed states {us(parts['encode'])}, writing them to RocksDB and "
+        f"the changelog batch {us(parts['store'])}, encoding and handing over outputs {us(parts['outputs'])}, the "
+        f"rest of its main thread (Faust's stream, the event loop, acks and commits) {us(rest)} and its other "
+        f"threads (Faust's consumer thread, the metrics server) {us(faust['cpu_s'] - main)}; the "
+        f"plain loop's rest (fetching) {us(plain['cpu_s'] - plain['busy_detect_s'])}. Both time their parts by the "
+        "main thread's CPU clock (`--busy-clock cpu`)."
+    )
 
 
 # -- 2. plain aiokafka ---------------------------------------------------------------------------------------
@@ -222,7 +260,10 @@ async def run_plain(settings: Settings, topic: str, cfg: SiteConfig, partitions:
 
 
 async def _run_plain(settings: Settings, topic: str, cfg: SiteConfig, partitions: int, n: int) -> dict[str, float]:
-    runner: Runner[Any, Any] = Runner(device_concern(cfg), None, partitions, arrived_ms=lambda: 0)
+    # Timed by the main thread's CPU clock, as the worker's (``--busy-clock cpu``).
+    runner: Runner[Any, Any] = Runner(
+        device_concern(cfg), None, partitions, arrived_ms=lambda: 0, busy_clock=time.thread_time
+    )
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=settings.kafka.bootstrap_servers,
@@ -244,7 +285,12 @@ async def _run_plain(settings: Settings, topic: str, cfg: SiteConfig, partitions
                     runner.on_record(m.value, tp.partition)
                     runner.flush()
         seconds = time.perf_counter() - t_first
-        return {"rate": n / seconds, "seconds": seconds, "cpu_s": time.process_time() - c_first}
+        return {
+            "rate": n / seconds,
+            "seconds": seconds,
+            "cpu_s": time.process_time() - c_first,
+            "busy_detect_s": runner.stats.busy_detect_seconds,
+        }
     finally:
         await consumer.stop()
 
@@ -517,6 +563,7 @@ def run(args: argparse.Namespace) -> None:
             f"- {args.rounds} rounds, plain / Faust CPU a reading (Faust / plain µs): {', '.join(each)}; "
             f"median {ratios[len(ratios) // 2]:.0%}, worst {ratios[0]:.0%}."
         )
+    lines.append(split_line(faust, plain, n))
     if mem:
         lines.append(
             "- Worker memory per monitored device (decoded state in the cache + its detector): Python heap "

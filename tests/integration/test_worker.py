@@ -245,6 +245,9 @@ async def test_batches_in_alerts_out(live_stack: Settings, topics: Topics, tmp_p
         assert metrics['larder_worker_subjects{concern="devices"}'] == 60
         assert 'larder_worker_rewinds_total{concern="devices"}' in metrics
         assert "larder_worker_skip_acks_refused_total" in metrics
+        # Where its time went: the detectors, and the states and alerts it wrote.
+        for part in ("detect", "encode", "store", "outputs"):
+            assert metrics[f'larder_worker_busy_{part}_seconds_total{{concern="devices"}}'] > 0, part
     finally:
         worker.stop()
     assert worker.proc is not None and worker.proc.returncode == 0, "\n".join(worker.lines()[-20:])

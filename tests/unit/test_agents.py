@@ -231,6 +231,30 @@ async def test_faust_agent_with_test_context(tmp_path: Path) -> None:
     assert table[b"d1"] == changelog[-1][3]
     stats = worker.runners["devices"].stats
     assert (stats.records, stats.items, stats.ticks, stats.duplicates) == (4, 6, 1, 2)
+    # Each part the worker times was timed: the records, the state written with the alert, the alert itself.
+    assert min(stats.busy_detect_seconds, stats.busy_encode_seconds, stats.busy_store_seconds) > 0
+    assert stats.busy_outputs_seconds > 0
+
+
+def test_busy_counters_time_each_record_and_each_take_by_the_runners_clock() -> None:
+    """``busy_detect_seconds`` grows by one clock interval a record (ticks, bad records and duplicates too),
+    ``busy_encode_seconds`` by one a take that encodes states, and neither by anything else."""
+    ticks = iter(range(0, 1_000_000, 1))
+
+    def clock() -> float:
+        return float(next(ticks)) ** 2  # each interval longer than the last: a double count would show
+
+    runner: Runner[Any, Any] = Runner(threshold_concern(), {}, P, arrived_ms=lambda: 0, busy_clock=clock)
+    p = partition_for("d1", P)
+    [(_, rec)] = batches([reading("d1", 0, T0, 9.0)], P)
+    runner.on_record(rec, p)  # clock reads 0, 1: 1
+    runner.on_record(b"not json", p)  # 2, 3: 5
+    runner.on_record(tick(T0 + 1_000), p)  # 4, 5: 9
+    assert runner.stats.busy_detect_seconds == 1 + 5 + 9
+    assert runner.stats.busy_encode_seconds == 0
+    assert [k for k, _ in runner.take(p)] == [b"d1", clock_key(p)]  # 6, 7: 13
+    assert runner.take(p) == []  # nothing changed since: nothing encoded, no clock read
+    assert runner.stats.busy_encode_seconds == 13 and runner.stats.busy_detect_seconds == 15
 
 
 def test_shared_rule_classes_behave_like_one_detector_per_device(tmp_path: Path) -> None:

@@ -93,6 +93,9 @@ class WorkerOptions:
     flush_items: int = 20_000
     #: ...or once the partition has had no record for this long (an idle input is committed promptly).
     flush_idle_s: float = 0.5
+    #: The clock of the ``larder_worker_busy_*`` metrics (:class:`~pipeline.agents.core.Stats`): wall time, or the
+    #: main thread's CPU time (exact while the consumer thread waits for the interpreter, a system call a read).
+    busy_clock: Literal["wall", "cpu"] = "wall"
 
 
 @dataclass
@@ -265,8 +268,11 @@ class _Wiring:
         source_name = _sources(topics)[concern.kind]
         source = raw_topic(app, source_name, partitions=topics.partitions)
         table = bytes_table(app, f"{concern.name}-state", topics.partitions)
-        runner: Runner[Any, Any] = Runner(concern, table, topics.partitions, arrived_ms=_arrived_ms)
-        pending = self.pendings[concern.name] = Pending(TableWriter(table, self.changelog), gate=self.gate)
+        clock = time.thread_time if self.options.busy_clock == "cpu" else time.perf_counter
+        runner: Runner[Any, Any] = Runner(concern, table, topics.partitions, arrived_ms=_arrived_ms, busy_clock=clock)
+        pending = self.pendings[concern.name] = Pending(
+            TableWriter(table, self.changelog, stats=runner.stats, clock=clock), gate=self.gate
+        )
         self.runners[concern.name] = runner
         self.tables[concern.name] = table
         self.sources[concern.name] = source
@@ -398,7 +404,9 @@ def _agent_body(
                 # must be in Kafka (and their subjects' states written) before this one's are sent, so that
                 # outputs keep their order even when a send fails and is repeated.
                 await pending.settle_sent()
-                sent = await sink.send(result)
+                start = runner.busy_clock()
+                sent = await sink.send(result)  # hands them over; suspends only when the producer's buffer is full
+                runner.stats.busy_outputs_seconds += runner.busy_clock() - start
                 if result.outputs or result.dead_letters:
                     # The subjects that just produced outputs are written as soon as Kafka has the outputs,
                     # ahead of the ack: the only window where a crash repeats an output is until these writes

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from typing import Any
 
 import rocksdict
@@ -30,6 +31,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from faust.types import TP
 
+from pipeline.agents.core import Stats
 from pipeline.partitioner import partition_for
 from pipeline.producer import MAX_BATCH_BYTES, durable_producer
 from pipeline.settings import Settings
@@ -116,10 +118,21 @@ async def _last_offset(sent: list[tuple[asyncio.Future[Any], int]]) -> int:
 class TableWriter:
     """Bulk writes into one Faust table: local store now, changelog in one record batch, settled on demand."""
 
-    def __init__(self, table: Any, send: SendBatch, *, retry_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        table: Any,
+        send: SendBatch,
+        *,
+        retry_s: float = 0.5,
+        stats: Stats | None = None,
+        clock: Callable[[], float] = perf_counter,
+    ) -> None:
+        """``stats``: where the time spent writing goes (``busy_store_seconds``, by ``clock``), if anywhere."""
         self.table = table
         self._send = send
         self._retry_s = retry_s
+        self._stats = stats
+        self._clock = clock
         #: partition -> batches handed to the producer and not yet settled: (records, future of last offset).
         self._inflight: dict[int, list[tuple[list[tuple[bytes, bytes]], asyncio.Future[int]]]] = {}
 
@@ -131,8 +144,12 @@ class TableWriter:
         """Write ``records`` (key, state bytes) of ``partition`` to the local store and send them to the changelog."""
         if not records:
             return
+        start = self._clock()
         put_all(self.table.data, partition, records, context)
+        # Hands the batch to the producer: it suspends only when the producer's buffer is full.
         future = await self._send(self.topic, partition, records)
+        if self._stats is not None:
+            self._stats.busy_store_seconds += self._clock() - start
         self._inflight.setdefault(partition, []).append((records, future))
 
     def settled(self, partition: int) -> bool:
