@@ -12,7 +12,9 @@ What it measures, each printed and written to ``benchmarks/results/e2e-<stamp>.j
   readings/s the bridge got into Kafka (its ``larder_ingest_accepted_total``, after acks=all), readings/s the
   worker's detectors processed meanwhile (its ``larder_worker_items_total``: a phase is sustained when this
   keeps pace with what went into Kafka), the bridge's backlog, whether the worker's and the sink's consumer lag
-  stayed bounded, CPU and RSS per process;
+  stayed bounded, CPU and RSS per process, and which process held each phase back (for the worker, with the
+  share of the phase its main thread spent in the detection stage, on states and on outputs: its
+  ``larder_worker_busy_*_seconds_total``);
 * **scale**: the same at 1k and 10k devices (one MQTT connection each), worker RSS per device;
 * **uploads**: store-and-forward messages of 10 readings at the largest device count (compiled generator);
 * **baselines**: the run's own last readings through Faust, a plain aiokafka loop and quix-streams.
@@ -200,14 +202,25 @@ class Sample:
 
 
 async def _counter(url: str, series: str) -> int:
+    return int((await _series(url, [series]))[series])
+
+
+async def _series(url: str, names: list[str]) -> dict[str, float]:
+    """The values of ``names`` (full series, labels included) in one scrape of ``url``; 0 for a missing one."""
     import httpx
 
     async with httpx.AsyncClient() as client:
         text = (await client.get(url, timeout=5)).text
+    found = dict.fromkeys(names, 0.0)
     for line in text.splitlines():
-        if line.startswith(series):
-            return int(float(line.split()[-1]))
-    return 0
+        name, _, value = line.rpartition(" ")
+        if name in found:
+            found[name] = float(value)
+    return found
+
+
+#: The worker's busy counters (``larder_worker_busy_<part>_seconds_total``), by part.
+BUSY_PARTS = {"detect": "detection stage", "encode": "encoding states", "store": "writing states", "outputs": "outputs"}
 
 
 class Sampler:
@@ -280,6 +293,12 @@ class Sampler:
         """Readings the worker's detectors have processed (its ``larder_worker_items_total``), cumulative."""
         return await _counter(self.worker_metrics, 'larder_worker_items_total{concern="devices"}')
 
+    async def worker_busy(self) -> dict[str, float]:
+        """Seconds the worker's main thread has spent in each part of its work (:data:`BUSY_PARTS`), cumulative."""
+        series = {part: f'larder_worker_busy_{part}_seconds_total{{concern="devices"}}' for part in BUSY_PARTS}
+        values = await _series(self.worker_metrics, list(series.values()))
+        return {part: values[name] for part, name in series.items()}
+
     async def sample(self, offered: float, acked: int) -> Sample:
         cpu, rss = {}, {}
         for name, p in self.procs.items():
@@ -333,6 +352,9 @@ class Phase:
     #: readings the worker's detectors processed while the phase published, per second: the pipeline sustains
     #: the phase's rate if this keeps pace with in_kafka_rate
     worker_rate: float = 0.0
+    #: share of the publishing time the worker's main thread spent in each part of its work (:data:`BUSY_PARTS`,
+    #: wall time): whether a worker that falls behind is busy with the detectors or with running them
+    worker_busy: dict[str, float] = field(default_factory=dict)
     lag_end: dict[str, int] = field(default_factory=dict)
     lag_max: dict[str, int] = field(default_factory=dict)
     #: per consumer group, how fast its lag (records) grew while the phase published (:func:`lag_growth`)
@@ -398,6 +420,7 @@ def limiting_stage(phase: Phase, cores: int) -> str:
     if worker_behind:
         behind.append(
             f"worker: {phase.worker_rate:,.0f}/s processed of {phase.in_kafka_rate:,.0f}/s into Kafka ({pct('worker')}"
+            + worker_split(phase)
         )
     growing = {
         g: v
@@ -412,6 +435,16 @@ def limiting_stage(phase: Phase, cores: int) -> str:
         return f"none: every stage kept pace ({cores_note})"
     first, *then = behind
     return f"{first}; {cores_note})" + "".join(f"; then {b})" for b in then)
+
+
+def worker_split(phase: Phase) -> str:
+    """What the worker's main thread did with the phase's time (its busy counters, wall time), e.g. ``; share of
+    the phase's wall time its main thread spent in: detection stage 61%, ...``; empty when not read."""
+    if not phase.worker_busy:
+        return ""
+    parts = ", ".join(f"{BUSY_PARTS[part]} {share:.0%}" for part, share in phase.worker_busy.items())
+    # Wall time (the worker's default clock): on a full machine a part also holds the waits for a core.
+    return f"; share of the phase's wall time its main thread spent in: {parts}"
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -460,6 +493,7 @@ class Bench:
         pub0, ack0 = lg.stats.published, lg.stats.acked
         kafka0 = await sampler.in_kafka()
         items0 = await sampler.worker_items()
+        busy0 = await sampler.worker_busy()
         sampler.phase_base = (ack0, kafka0)
         t0 = time.time()
         if phase.batch > 1:
@@ -482,6 +516,7 @@ class Bench:
         acked_sent = lg.stats.acked - ack0
         in_kafka_sent = await sampler.in_kafka() - kafka0
         processed_sent = await sampler.worker_items() - items0
+        busy1 = await sampler.worker_busy()
         await lg.wait_acked(drain_timeout)
         phase.published = lg.stats.published - pub0
         phase.publish_s = send_s
@@ -489,6 +524,7 @@ class Bench:
         phase.ack_rate = acked_sent / send_s
         phase.in_kafka_rate = in_kafka_sent / send_s
         phase.worker_rate = processed_sent / send_s
+        phase.worker_busy = {part: round((busy1[part] - busy0[part]) / send_s, 3) for part in BUSY_PARTS}
         window = [s for s in sampler.samples if s.t >= t0]
         phase.bridge_backlog_max = max((s.bridge_backlog for s in window), default=0)
         phase.lag_max = {g: max((s.lag.get(g, 0) for s in window), default=0) for g in sampler.groups}

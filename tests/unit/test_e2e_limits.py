@@ -68,3 +68,15 @@ def test_lag_growth_is_the_slope_of_the_lag() -> None:
     assert lag_growth([0, 1, 2, 3], [100, 1_100, 2_100, 3_100]) == pytest.approx(1_000)
     assert lag_growth([0, 1, 2, 3], [900, 1_100, 900, 1_100]) == pytest.approx(40)  # flat, around a level
     assert lag_growth([5.0], [10]) == 0.0
+
+
+def test_a_worker_that_falls_behind_says_what_its_time_went_to() -> None:
+    """The worker's busy counters over the phase: whether it is busy with the detectors or with running them."""
+    p = phase(worker_rate=8_000)
+    p.worker_busy = {"detect": 0.612, "encode": 0.041, "store": 0.038, "outputs": 0.004}
+    text = limiting_stage(p, 2)
+    assert text.startswith("worker: 8,000/s processed of 10,000/s into Kafka (worker 40% of a core; share of the")
+    assert "its main thread spent in: detection stage 61%, encoding states 4%, writing states 4%, outputs 0%" in text
+    # Counters not read (an older worker): the line as before.
+    assert "(worker 40% of a core; 1.9 of 2 cores busy" in limiting_stage(phase(worker_rate=8_000), 2)
+    assert "share of" not in limiting_stage(phase(worker_rate=8_000), 2)
