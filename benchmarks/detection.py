@@ -43,7 +43,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from benchmarks import resultfile
 from pipeline import serde, testing
-from pipeline.agents.core import Runner, settle_gc
+from pipeline.agents.core import BUSY_PARTS, Runner, settle_gc
 from pipeline.agents.devices import device_concern
 from pipeline.kafkaadmin import delete_topics, ensure_topics, prefixed
 from pipeline.schemas import Reading
@@ -55,8 +55,6 @@ ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_700_000_000_000
 STEP_MS = 300_000
 PER_RECORD = 500
-#: The worker's ``larder_worker_busy_<part>_seconds_total`` counters (pipeline.agents.core.Stats).
-BUSY_PARTS = ("detect", "encode", "store", "outputs")
 
 
 def say(msg: str) -> None:

@@ -49,6 +49,7 @@ from aiohttp import web
 from benchmarks import quiet
 from benchmarks.loadgen import CompiledLoadGenerator, LoadGenerator, build_compiled
 from pipeline import serde, siteconfig, stack
+from pipeline.agents.core import BUSY_PARTS
 from pipeline.alerts.channels.webhook import sign
 from pipeline.contracts import records
 from pipeline.services import Services, free_port
@@ -219,8 +220,13 @@ async def _series(url: str, names: list[str]) -> dict[str, float]:
     return found
 
 
-#: The worker's busy counters (``larder_worker_busy_<part>_seconds_total``), by part.
-BUSY_PARTS = {"detect": "detection stage", "encode": "encoding states", "store": "writing states", "outputs": "outputs"}
+#: How the report names the parts of the worker's busy counters (``larder_worker_busy_<part>_seconds_total``).
+BUSY_LABELS = {
+    "detect": "detection stage",
+    "encode": "encoding states",
+    "store": "writing states",
+    "outputs": "outputs",
+}
 
 
 class Sampler:
@@ -442,7 +448,7 @@ def worker_split(phase: Phase) -> str:
     the phase's wall time its main thread spent in: detection stage 61%, ...``; empty when not read."""
     if not phase.worker_busy:
         return ""
-    parts = ", ".join(f"{BUSY_PARTS[part]} {share:.0%}" for part, share in phase.worker_busy.items())
+    parts = ", ".join(f"{BUSY_LABELS[part]} {share:.0%}" for part, share in phase.worker_busy.items())
     # Wall time (the worker's default clock): on a full machine a part also holds the waits for a core.
     return f"; share of the phase's wall time its main thread spent in: {parts}"
 

@@ -24,7 +24,7 @@ import gc
 import heapq
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from time import perf_counter
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
@@ -137,6 +137,13 @@ class Stats:
     busy_outputs_seconds: float = seconds(
         "time encoding alerts, annotations and dead letters and appending them to Kafka batches (not waiting for Kafka)"
     )
+
+
+#: The parts the ``busy_<part>_seconds`` counters of :class:`Stats` time, in their order there (read by the
+#: benchmarks that split the worker's time).
+BUSY_PARTS = tuple(
+    f.name.removeprefix("busy_").removesuffix("_seconds") for f in fields(Stats) if f.name.startswith("busy_")
+)
 
 
 @dataclass

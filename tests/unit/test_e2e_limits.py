@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.e2e import Phase, lag_growth, limiting_stage
+from benchmarks.e2e import BUSY_LABELS, Phase, lag_growth, limiting_stage
+from pipeline.agents.core import BUSY_PARTS
 
 CPU = {"bridge": 25.0, "worker": 40.0, "sink": 20.0, "mosquitto": 35.0, "kafka": 9.0, "influxdb": 18.0, "loadgen": 45.0}
 
@@ -77,6 +78,7 @@ def test_a_worker_that_falls_behind_says_what_its_time_went_to() -> None:
     text = limiting_stage(p, 2)
     assert text.startswith("worker: 8,000/s processed of 10,000/s into Kafka (worker 40% of a core; share of the")
     assert "its main thread spent in: detection stage 61%, encoding states 4%, writing states 4%, outputs 0%" in text
+    assert list(BUSY_LABELS) == list(BUSY_PARTS), "every counter the worker has gets a name in the report"
     # Counters not read (an older worker): the line as before.
     assert "(worker 40% of a core; 1.9 of 2 cores busy" in limiting_stage(phase(worker_rate=8_000), 2)
     assert "share of" not in limiting_stage(phase(worker_rate=8_000), 2)
