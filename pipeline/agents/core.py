@@ -25,6 +25,7 @@ import heapq
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
+from operator import itemgetter
 from time import perf_counter
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
@@ -48,6 +49,14 @@ SWITCH_AFTER = 3
 #: The timer index files wake times in buckets of 2**WAKE_SHIFT ms (256 ms: a 1 s tick takes whole buckets and
 #: looks into at most one that is not all due).
 WAKE_SHIFT = 8
+
+#: A subject's cache slot, ``[state, detector, wake, hint, key]``: its decoded state and detector, the timer index's
+#: entries for it (``wake``: the state's wake time as of its latest indexing, ``None``: no timer; ``hint``: the
+#: earliest time it is filed under in the index's wheel, ``None``: not filed) and its key, one bytes object for
+#: every use. One list per subject instead of a dict each for states, detectors, wake times and hints: a reading
+#: and its release read and write these together, and on 10,000 devices every separate dict was a cache miss.
+STATE, DETECTOR, WAKE, HINT, KEY = range(5)
+_by_key = itemgetter(KEY)
 
 S = TypeVar("S")
 E = TypeVar("E")
@@ -148,24 +157,22 @@ BUSY_PARTS = tuple(
 
 @dataclass
 class _Timers:
-    """One partition's timer index. ``hint`` holds the earliest hint per key, no later than the subject's true
-    wake time (``detector.wake_ms``), and ``wheel`` files each hint's key under its bucket
-    (``wake >> WAKE_SHIFT``; ``buckets``: a heap of the wheel's buckets); a key whose hint moved to another
-    bucket stays in the old one (``entries`` counts them all) and is skipped there. ``exact`` holds each key's
-    wake time as of its latest indexed state (absent: no timer); a state changed by a reading or a tick's visit
-    is re-indexed at once; ``touched`` holds the keys to index at the next tick besides (new in the cache,
-    loaded, a visit that failed). ``visit_all``: the partition's ticks visit every subject and no index is
-    kept; ``streak``: ticks in a row that argue for switching.
+    """One partition's timer index. Each subject's slot holds its ``hint``, no later than its true wake time
+    (``detector.wake_ms``), and ``wheel`` files the slot under the hint's bucket (``wake >> WAKE_SHIFT``;
+    ``buckets``: a heap of the wheel's buckets); a slot whose hint moved to another bucket stays in the old one
+    (``entries`` counts them all) and is skipped there. The slot's ``wake`` holds the wake time as of its latest
+    indexed state (``None``: no timer); a state changed by a reading or a tick's visit is re-indexed at once;
+    ``touched`` holds the keys to index at the next tick besides (new in the cache, loaded, a visit that failed).
+    ``visit_all``: the partition's ticks visit every subject and no index is kept; ``streak``: ticks in a row that
+    argue for switching.
 
     Why buckets and not a heap of (wake, key): live traffic puts a subject's release (a tick away) in front of
     thousands of silence deadlines (minutes away), so every push and pop of a heap sifted through its whole
     depth, ~1 µs a reading (BENCHMARKS.md, issue 24); a bucket costs an append and a dict lookup."""
 
-    hint: dict[bytes, int] = field(default_factory=dict)
-    wheel: dict[int, list[bytes]] = field(default_factory=dict)
+    wheel: dict[int, list[list[Any]]] = field(default_factory=dict)
     buckets: list[int] = field(default_factory=list)
     entries: int = 0
-    exact: dict[bytes, int] = field(default_factory=dict)
     touched: set[bytes] = field(default_factory=set)
     visit_all: bool = False
     streak: int = 0
@@ -215,8 +222,7 @@ class Runner(Generic[S, E]):
         self.partitions = partitions
         self.stats = Stats()
         self._arrived_ms = arrived_ms
-        #: partition -> subject key -> [decoded state, its detector]: one lookup for both on every reading and
-        #: visit, and a new state is a list store, not a dict store (on 10,000 devices each was a cache miss).
+        #: partition -> subject key -> its slot (``[state, detector, wake, hint, key]``, see :data:`STATE`).
         self._cache: dict[int, dict[bytes, list[Any]]] = {}
         #: partitions whose stored states were all decoded by :meth:`load`: a cache miss there is a new subject.
         self._loaded: set[int] = set()
@@ -256,7 +262,7 @@ class Runner(Generic[S, E]):
                 continue
             try:
                 detector = self._detector(key, None)
-                target[key] = [detector.state_from_bytes(value), detector]
+                target[key] = [detector.state_from_bytes(value), detector, None, None, key]
             except Exception as exc:  # e.g. a device removed from the site file: keep its state, don't tick it
                 log.warning("%s: not loading the state of %s: %s", self.concern.name, key.decode(), exc)
                 continue
@@ -349,9 +355,12 @@ class Runner(Generic[S, E]):
                     if partition_for(subject, n) != partition:
                         # Its state would be restored to another worker after a rebalance: refuse, don't corrupt.
                         raise ValueError(f"{key_field} {subject!r} does not belong to partition {partition}")
-                    slot = cache[key] = [self._state(key, item, partition), self._detector(key, item)]
+                    slot = cache[key] = [self._state(key, item, partition), self._detector(key, item), None, None, key]
                     touched.add(key)
-                state, detector = slot
+                else:
+                    key = slot[KEY]  # the cache's own key object: the dicts below then match it by identity
+                state = slot[STATE]
+                detector = slot[DETECTOR]
                 if time_field is None:
                     new, outs = on_item(detector, state, item, clock)
                 else:
@@ -362,10 +371,10 @@ class Runner(Generic[S, E]):
                 result.dead_letters.append(self._dead(serde.dumps(item), "worker.bad_item", repr(exc), item))
                 continue
             if new is not state:
-                slot[0] = new
+                slot[STATE] = new
                 dirty[key] = new
                 if indexed:
-                    self._index(key, new, timers, detector)
+                    self._index(slot, timers)
             elif not outs and time_field is not None:
                 # The detectors' contract: a (device, seq) / (camera, event_id) duplicate returns the very same
                 # state and no outputs (anything else at least moves the de-dup window or a buffer).
@@ -390,20 +399,18 @@ class Runner(Generic[S, E]):
         cache = self._cache.setdefault(partition, {})
         timers = self._timers_of(partition)
         visit_all = timers.visit_all
-        keys = sorted(cache) if visit_all else sorted(self._due(timers, cache, now_ms))
+        slots = sorted(cache.values() if visit_all else self._due(timers, cache, now_ms), key=_by_key)
         # Visiting all, nothing is re-indexed: a throwaway set instead of the index's.
         touched = set() if visit_all else timers.touched
         dirty = self._dirty.setdefault(partition, {})
         outputs = result.outputs
         changed = 0
-        for key in keys:
-            slot = cache.get(key)
-            if slot is None:
-                continue
-            state, detector = slot
+        for slot in slots:
+            state = slot[STATE]
             try:
-                new, outs = detector.on_tick(state, now_ms)
+                new, outs = slot[DETECTOR].on_tick(state, now_ms)
             except Exception as exc:
+                key = slot[KEY]
                 log.exception("%s: on_tick failed for %s", self.concern.name, key.decode())
                 result.dead_letters.append(
                     self._dead(key, "worker.tick_error", repr(exc), {self.concern.key_field: key.decode()})
@@ -412,17 +419,17 @@ class Runner(Generic[S, E]):
                 continue
             if new is not state:
                 changed += 1
-                slot[0] = new
-                dirty[key] = new
+                slot[STATE] = new
+                dirty[slot[KEY]] = new
             if not visit_all:
                 # Re-indexed now, while the state is in the CPU's caches. A subject still due (no progress) pops
                 # at the next tick and is visited again, as before.
-                self._index(key, new, timers, detector)
+                self._index(slot, timers)
             if outs:
                 outputs.extend(outs)
         if visit_all:
             timers.touched.clear()  # no index to maintain
-        self._adapt(partition, cache, changed if visit_all else len(keys))
+        self._adapt(partition, cache, changed if visit_all else len(slots))
         self._count(result.outputs)
         return result
 
@@ -445,47 +452,46 @@ class Runner(Generic[S, E]):
             if timers.streak >= SWITCH_AFTER:
                 # Rebuilt from every state: the wake times are exact again.
                 timers = self._timers[partition] = _Timers()
-                for key, (state, detector) in cache.items():
-                    self._index(key, state, timers, detector)
+                for slot in cache.values():
+                    slot[HINT] = None  # filed in no wheel now
+                    self._index(slot, timers)
         else:
             timers.streak = timers.streak + 1 if busy_ratio > VISIT_ALL_ABOVE else 0
             if timers.streak >= SWITCH_AFTER:
                 self._timers[partition] = _Timers(visit_all=True)  # no index kept
 
-    def _due(self, timers: _Timers, cache: dict[bytes, list[Any]], now_ms: int) -> list[bytes]:
-        """Take the subjects whose wake time is ``<= now_ms`` out of the partition's timer index."""
-        hint, exact, wheel, buckets = timers.hint, timers.exact, timers.wheel, timers.buckets
+    def _due(self, timers: _Timers, cache: dict[bytes, list[Any]], now_ms: int) -> list[list[Any]]:
+        """Take the slots of the subjects whose wake time is ``<= now_ms`` out of the partition's timer index."""
+        wheel, buckets = timers.wheel, timers.buckets
         touched, timers.touched = timers.touched, set()
         # Subjects changed outside the item and tick loops (new in the cache, loaded, a failed visit): indexed here.
         for key in touched:
             slot = cache.get(key)
-            if slot is None:
-                timers.exact.pop(key, None)
-            else:
-                self._index(key, slot[0], timers, slot[1])
-        due: list[bytes] = []
+            if slot is not None:
+                self._index(slot, timers)
+        due: list[list[Any]] = []
         last = now_ms >> WAKE_SHIFT
         while buckets and buckets[0] <= last:
             bucket = heapq.heappop(buckets)
-            keys = wheel.pop(bucket)
-            timers.entries -= len(keys)
-            for key in keys:
-                wake = hint.get(key)
+            slots = wheel.pop(bucket)
+            timers.entries -= len(slots)
+            for slot in slots:
+                wake = slot[HINT]
                 if wake is None or wake >> WAKE_SHIFT != bucket:
                     continue  # superseded by an earlier hint (in another bucket), or taken already
                 if wake > now_ms:  # the last bucket is not all due: kept for a later tick
-                    self._file(timers, key, wake)
+                    self._file(timers, slot, wake)
                     continue
-                del hint[key]
-                # Every changed state was re-indexed above, so ``exact`` holds its wake time now; the hint may be
+                slot[HINT] = None
+                # Every changed state was re-indexed above, so ``WAKE`` holds its wake time now; the hint may be
                 # earlier (the state moved on since it was filed): only a wake time that has come is due.
-                true_wake = exact.get(key)
+                true_wake = slot[WAKE]
                 if true_wake is None:
                     continue
                 if true_wake <= now_ms:
-                    due.append(key)
+                    due.append(slot)
                 else:
-                    self._file(timers, key, true_wake)
+                    self._file(timers, slot, true_wake)
             if bucket == last:
                 break  # what the last bucket kept went back into it: not due before the next tick
         # Many superseded entries: rebuilt from the live hints. At most ~2 entries a subject: live traffic leaves
@@ -495,37 +501,38 @@ class Runner(Generic[S, E]):
             wheel.clear()
             buckets.clear()
             timers.entries = 0
-            for key, wake in hint.items():
-                self._file(timers, key, wake)
+            for slot in cache.values():
+                wake = slot[HINT]
+                if wake is not None:
+                    self._file(timers, slot, wake)
         return due
 
     @staticmethod
-    def _file(timers: _Timers, key: bytes, wake: int) -> None:
-        """File ``key`` under ``wake`` as its hint."""
-        timers.hint[key] = wake
+    def _file(timers: _Timers, slot: list[Any], wake: int) -> None:
+        """File ``slot`` under ``wake`` as its hint."""
+        slot[HINT] = wake
         bucket = wake >> WAKE_SHIFT
-        keys = timers.wheel.get(bucket)
-        if keys is None:
-            timers.wheel[bucket] = [key]
+        slots = timers.wheel.get(bucket)
+        if slots is None:
+            timers.wheel[bucket] = [slot]
             heapq.heappush(timers.buckets, bucket)
         else:
-            keys.append(key)
+            slots.append(slot)
         timers.entries += 1
 
-    def _index(self, key: bytes, state: S, timers: _Timers, detector: Detector[S, E]) -> None:
+    def _index(self, slot: list[Any], timers: _Timers) -> None:
+        detector = slot[DETECTOR]
         kind = type(detector)
         wake_ms = self._wake_fns.get(kind, _UNSET)
         if wake_ms is _UNSET:
             # A detector without a wake time is visited on every tick (always due).
             wake_ms = self._wake_fns[kind] = getattr(kind, "wake_ms", None)
-        wake = NEVER_SKIP if wake_ms is None else wake_ms(detector, state)
+        wake = slot[WAKE] = NEVER_SKIP if wake_ms is None else wake_ms(detector, slot[STATE])
         if wake is None:
-            timers.exact.pop(key, None)
             return  # no timer: an earlier hint, if any, is taken and finds nothing to do
-        timers.exact[key] = wake
-        old = timers.hint.get(key)
+        old = slot[HINT]
         if old is None or wake < old:
-            self._file(timers, key, wake)
+            self._file(timers, slot, wake)
 
     def flush(self, partition: int | None = None, keys: Iterable[bytes] | None = None) -> int:
         """Write changed states to the store: of one partition (all when ``None``), only ``keys`` if given (and a
@@ -581,7 +588,7 @@ class Runner(Generic[S, E]):
         return len(self._dirty.get(partition, ()))
 
     def states(self, partition: int) -> Iterator[tuple[bytes, S]]:
-        return iter(sorted((key, slot[0]) for key, slot in self._cache.get(partition, {}).items()))
+        return iter(sorted((key, slot[STATE]) for key, slot in self._cache.get(partition, {}).items()))
 
     # -- helpers ---------------------------------------------------------------------------------------------
 

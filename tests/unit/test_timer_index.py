@@ -294,18 +294,23 @@ def test_the_timer_index_takes_exactly_the_subjects_whose_wake_time_has_come(ops
     runner: Runner[Any, Any] = Runner(Any, None, 1, arrived_ms=lambda: 0)  # type: ignore[arg-type]
     timers = runner._timers_of(0)
     detector: Any = WakeIsTheState()
-    cache: dict[bytes, Any] = {}
+    cache: dict[bytes, list[Any]] = {}
     latest: dict[bytes, int | None] = {}
+
+    def index(key: bytes, wake: int | None) -> None:
+        slot = cache.get(key)
+        if slot is None:
+            slot = cache[key] = [wake, detector, None, None, key]
+        slot[core.STATE] = latest[key] = wake
+        runner._index(slot, timers)
+
     for op, x, y in ops:
         if op == "index":
-            key = b"s%d" % x
-            cache[key] = latest[key] = y
-            runner._index(key, y, timers, detector)
+            index(b"s%d" % x, y)
             continue
-        due = runner._due(timers, cache, x)
-        assert sorted(due) == sorted(k for k, w in latest.items() if w is not None and w <= x)
-        for key, wake in zip(sorted(due), y + [None] * len(due), strict=False):
-            cache[key] = latest[key] = wake
-            runner._index(key, wake, timers, detector)
-        assert timers.entries == sum(len(keys) for keys in timers.wheel.values())
+        due = sorted(slot[core.KEY] for slot in runner._due(timers, cache, x))
+        assert due == sorted(k for k, w in latest.items() if w is not None and w <= x)
+        for key, wake in zip(due, y + [None] * len(due), strict=False):
+            index(key, wake)
+        assert timers.entries == sum(len(slots) for slots in timers.wheel.values())
         assert sorted(timers.buckets) == sorted(timers.wheel)
