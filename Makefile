@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 LINT_DIRS := $(wildcard pipeline simulators tests benchmarks)
-TYPED_DIRS := $(wildcard pipeline simulators benchmarks)
+TYPED_DIRS := $(LINT_DIRS)
 
 .PHONY: demo test chaos lint bench-quick stack-up stack-down venv
 

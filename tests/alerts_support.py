@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,10 +146,10 @@ async def produce(settings: Settings, topic: str, records: list[tuple[str, Any]]
 class Service:
     """A long-running coroutine ``run(stop, ready)`` as a task, stopped cleanly."""
 
-    def __init__(self, run: Callable[[asyncio.Event, asyncio.Event], Awaitable[Any]]) -> None:
+    def __init__(self, run: Callable[[asyncio.Event, asyncio.Event], Coroutine[Any, Any, Any]]) -> None:
         self.stop = asyncio.Event()
         self.ready = asyncio.Event()
-        self.task = asyncio.create_task(run(self.stop, self.ready))
+        self.task: asyncio.Task[Any] = asyncio.create_task(run(self.stop, self.ready))
 
     async def started(self, timeout: float = 30) -> Service:
         done, _ = await asyncio.wait(

@@ -32,7 +32,7 @@ from pipeline.ingest.hooks import validate_events
 from pipeline.ingest.validate import validate_device_payload
 from pipeline.schemas import Alert, AlertState, Annotation, Delivery, Severity, alert_id, ms_to_iso
 from pipeline.sinks import lineproto
-from pipeline.siteconfig import SiteConfig, resolve_device_rules, resolve_kitchen_rules, write_site_file
+from pipeline.siteconfig import Role, SiteConfig, resolve_device_rules, resolve_kitchen_rules, write_site_file
 from simulators.coldchain import DeviceSim, Fault
 from simulators.core import Line, merge
 from simulators.kitchen import KitchenSim
@@ -216,7 +216,8 @@ def _people_side(day: SimDay) -> None:
     opened = high.at_ms
     ev = {"opened_ms": opened}
     # Operator told at once (tier 1), site manager after 15 min (tier 2), who acknowledges at +22 min.
-    for step, (role, after) in enumerate((("operator", 0), ("site_manager", 15 * MIN))):
+    tiers: tuple[tuple[Role, int], ...] = (("operator", 0), ("site_manager", 15 * MIN))
+    for step, (role, after) in enumerate(tiers):
         mid = f"m-test-{step}"
         at = opened + after + 1_500
         day.deliveries += [

@@ -32,7 +32,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 from pipeline import serde
 from pipeline.contracts import records
 from pipeline.contracts.models import Alert, Annotation, DeadLetter
-from pipeline.detectors.base import Detector, Output
+from pipeline.detectors.base import Output, SubjectDetector
 from pipeline.partitioner import partition_for
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class Concern(Generic[S, E]):
     #: Item field holding the event time in ms.
     time_field: str
     on_item: Callable[[Any, S, dict[str, Any], int], tuple[S, list[Output]]]
-    detector_for: Callable[[str, dict[str, Any] | None], Detector[S, E]]
+    detector_for: Callable[[str, dict[str, Any] | None], SubjectDetector[S]]
     #: Where bad items came from, for the dead letter's ``source``.
     origin: Literal["mqtt", "hook"]
     #: Item field naming the producer of the item (device or camera id) for dead letters.
@@ -226,7 +226,7 @@ class Runner(Generic[S, E]):
         self._cache: dict[int, dict[bytes, list[Any]]] = {}
         #: partitions whose stored states were all decoded by :meth:`load`: a cache miss there is a new subject.
         self._loaded: set[int] = set()
-        self._detectors: dict[bytes, Detector[S, E]] = {}
+        self._detectors: dict[bytes, SubjectDetector[S]] = {}
         #: partition -> latest tick time seen (the log's clock for that partition).
         self._clock: dict[int, int] = {}
         #: partition -> the clock as last handed to the store by :meth:`take` (see :func:`clock_key`).
@@ -604,7 +604,7 @@ class Runner(Generic[S, E]):
                 if o.kind == "duplicate":
                     self.stats.duplicates += 1
 
-    def _detector(self, key: bytes, item: dict[str, Any] | None) -> Detector[S, E]:
+    def _detector(self, key: bytes, item: dict[str, Any] | None) -> SubjectDetector[S]:
         detector = self._detectors.get(key)
         if detector is None:
             detector = self._detectors[key] = self.concern.detector_for(key.decode(), item)

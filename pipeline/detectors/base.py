@@ -25,7 +25,7 @@ Rules:
 
 from __future__ import annotations
 
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from pipeline.schemas import Alert, Annotation
 
@@ -34,15 +34,29 @@ S = TypeVar("S")
 E_contra = TypeVar("E_contra", contravariant=True)
 
 
-class Detector(Protocol, Generic[S, E_contra]):
-    """What :class:`pipeline.agents.core.Runner` calls (``on_item`` through its ``Concern``), and tests and
-    simulators besides. Implemented by :class:`~pipeline.detectors.device.DeviceDetector` and
-    :class:`~pipeline.detectors.kitchen.KitchenDetector` on the shared machinery of
-    :mod:`pipeline.detectors.engine`."""
-
-    name: str
+@runtime_checkable
+class SubjectDetector(Protocol, Generic[S]):
+    """What :class:`pipeline.agents.core.Runner` itself calls on a subject's detector. Events reach the detector
+    through its ``Concern.on_item``, and ``wake_ms`` is optional there: the runner looks it up on the detector's
+    class and visits a subject whose detector has none on every tick."""
 
     def initial(self) -> S: ...
+
+    def on_tick(self, state: S, now_ms: int) -> tuple[S, list[Output]]: ...
+
+    def state_to_bytes(self, state: S) -> bytes: ...
+
+    def state_from_bytes(self, data: bytes) -> S: ...
+
+
+@runtime_checkable
+class Detector(SubjectDetector[S], Protocol[S, E_contra]):
+    """A production detector: what the runner calls (:class:`SubjectDetector`), its RecordBatch fast path and
+    timer index included, and what tests and simulators call besides. Implemented by
+    :class:`~pipeline.detectors.device.DeviceDetector` and :class:`~pipeline.detectors.kitchen.KitchenDetector`
+    on the shared machinery of :mod:`pipeline.detectors.engine`."""
+
+    name: str
 
     def on_event(self, state: S, event: E_contra, now_ms: int) -> tuple[S, list[Output]]:
         """One typed event (a ``schemas.Reading`` / ``KitchenEvent``)."""
@@ -53,13 +67,7 @@ class Detector(Protocol, Generic[S, E_contra]):
         item of the wrong types (the runner dead-letters it)."""
         ...
 
-    def on_tick(self, state: S, now_ms: int) -> tuple[S, list[Output]]: ...
-
     def wake_ms(self, state: S) -> int | None:
         """The earliest ``now_ms`` at which :meth:`on_tick` can change ``state`` (``None``: not before the next
         event); the runner's timer index visits the subject only then."""
         ...
-
-    def state_to_bytes(self, state: S) -> bytes: ...
-
-    def state_from_bytes(self, data: bytes) -> S: ...

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Required, TypedDict
 
 import httpx
 import pytest
@@ -51,7 +51,20 @@ PASSWORD = "console-test-pw-1"
 # The excursion opens at event time now - 60 s (see readings()): the manager step falls 40 s after publishing,
 # time enough for the browser to acknowledge first (the control site shows it would have fired).
 MANAGER_AFTER_S = 100
-USERS = {
+
+
+class UserSpec(TypedDict, total=False):
+    """A console user as the test writes it to the users file (``users.User`` without the password hash)."""
+
+    role: Required[users.ConsoleRole]
+    name: str
+    sites: list[str]
+    stations: list[str]
+    districts: list[str]
+    food_safety_officer: bool
+
+
+USERS: dict[str, UserSpec] = {
     "admin": {"role": "admin", "name": "Admin"},
     "district-d1": {"role": "district", "districts": ["Central District"], "name": "Zhang (Central District)"},
     "station-st1": {"role": "station", "stations": ["Huangpu Station"], "name": "Li (Huangpu Station)"},

@@ -196,7 +196,7 @@ def test_overview_counts_by_severity_age_and_scope(tmp_path: Path) -> None:
             return T0 + 30 * 3600_000
 
     c = Console(Settings(state_dir=tmp_path), Topics(prefix="x"), CFG, tmp_path / "users.yaml", clock=Fixed())
-    hours = {"S1": [0.5, 2, 29.9], "S2": [10], "S3": [1]}  # alert ages at "now" in hours
+    hours: dict[str, list[float]] = {"S1": [0.5, 2, 29.9], "S2": [10], "S3": [1]}  # alert ages at "now" in hours
     for site, ages in hours.items():
         for h in ages:
             opened = T0 + int((30 - h) * 3600_000)

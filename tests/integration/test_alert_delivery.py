@@ -50,6 +50,11 @@ async def _ledger(settings: Settings, topics: Topics) -> list[Delivery]:
     return out
 
 
+def _attempt_number(d: Delivery) -> int:
+    assert d.attempt is not None, f"an attempt without its number: {d}"
+    return d.attempt
+
+
 async def _alerts(settings: Settings, topics: Topics) -> list[Alert]:
     out: list[Alert] = []
     await read_to_end(settings, [topics.alerts], lambda r: out.append(Alert.model_validate_json(r.value)))
@@ -111,7 +116,7 @@ async def test_gateway_500_outage_and_restart_deliver_every_notification_once(
     # Attempt numbers continue across the restart: per message they strictly increase and never repeat (a
     # repeat would give two attempts the same InfluxDB point and hide one).
     for mid in {d.message_id for d in planned}:
-        numbers = [d.attempt for d in ledger if d.kind == "attempt" and d.message_id == mid]
+        numbers = [_attempt_number(d) for d in ledger if d.kind == "attempt" and d.message_id == mid]
         assert numbers == sorted(set(numbers)) and len(numbers) >= 2, (mid, numbers)
 
 

@@ -139,7 +139,9 @@ async def test_stack_up_keeps_registrations_and_shrinks_only_when_told(env: Inge
         # Through all of it the first device stayed connected and is still accepted.
         assert not device.lost.is_set(), "a registered device was disconnected"
         topic = f"larder/v1/devices/{dev}/readings"
-        assert device.c.publish(topic, device_payload(0), qos=1).wait_for_publish(5) is None
+        published = device.c.publish(topic, device_payload(0), qos=1)
+        published.wait_for_publish(5)  # returns at the broker's PUBACK, or quietly after 5 s
+        assert published.is_published(), "the broker did not acknowledge the registered device's reading"
     finally:
         device.close()
     assert dev in logins.registered(env.settings)[0]

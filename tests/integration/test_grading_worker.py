@@ -243,8 +243,8 @@ async def test_grading_worker_resumes_after_kill_and_matches_the_fold(
         # CI for the rapid-test batch); a repeat must be the identical dead letter of the same source record.
         distinct: dict[tuple[Any, ...], dict[str, Any]] = {}
         for d in dead:
-            first = distinct.setdefault((d["source_topic"], d["partition"], d["offset"], d.get("item")), d)
-            assert d == first, f"a repeated dead letter differs: {d} != {first}"
+            kept = distinct.setdefault((d["source_topic"], d["partition"], d["offset"], d.get("item")), d)
+            assert d == kept, f"a repeated dead letter differs: {d} != {kept}"
         by_topic = {d["source_topic"]: d for d in distinct.values()}
         assert len(distinct) == 2 and set(by_topic) == {topics.alerts, topics.rapid_tests}, dead
         assert "JSONDecodeError" in by_topic[topics.alerts]["reason"]

@@ -12,6 +12,7 @@ import signal
 import subprocess
 from collections import Counter
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -34,7 +35,15 @@ def _metadata(bootstrap: str) -> dict[str, object]:
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
-def _partitions(bootstrap: str) -> list[dict[str, object]]:
+class PartitionMeta(TypedDict):
+    """One partition in kcat's ``-L -J`` metadata (the fields read here)."""
+
+    leader: int
+    replicas: list[object]
+    isrs: list[object]
+
+
+def _partitions(bootstrap: str) -> list[PartitionMeta]:
     return _metadata(bootstrap)["topics"][0]["partitions"]  # type: ignore[index,no-any-return]
 
 
@@ -95,7 +104,7 @@ def test_three_brokers_replicate_and_survive_a_leader_kill(cluster: dict[str, st
     parts = _partitions(bootstrap)
     assert len(parts) == 4
     for p in parts:
-        assert len(p["replicas"]) == 3 and len(p["isrs"]) == 3, p  # type: ignore[arg-type]
+        assert len(p["replicas"]) == 3 and len(p["isrs"]) == 3, p
     configs = subprocess.run(
         ["kcat", "-b", bootstrap, "-L", "-t", TOPIC], capture_output=True, text=True, timeout=30, check=True
     )
@@ -112,7 +121,7 @@ def test_three_brokers_replicate_and_survive_a_leader_kill(cluster: dict[str, st
 
     # Half the records, then kill -9 the leader of partition 0, the rest while it is down, then restart it.
     asyncio.run(_produce(settings, 0, 10_000))
-    leader = int(parts[0]["leader"])  # type: ignore[call-overload]
+    leader = int(parts[0]["leader"])
     pid_file = tmp_path / "state" / "run" / f"kafka-{leader}.pid"
     pid = int(pid_file.read_text())
     os.killpg(pid, signal.SIGKILL)
@@ -120,8 +129,8 @@ def test_three_brokers_replicate_and_survive_a_leader_kill(cluster: dict[str, st
     asyncio.run(_produce(settings, 10_000, 10_000))
     survivors = f"127.0.0.1:{PORT + 2 * (leader % 3)}"  # a node that is still up
     after = _partitions(survivors)
-    assert all(int(p["leader"]) != leader for p in after), after  # type: ignore[call-overload]
-    assert all(len(p["isrs"]) == 2 for p in after), after  # type: ignore[arg-type]
+    assert all(int(p["leader"]) != leader for p in after), after
+    assert all(len(p["isrs"]) == 2 for p in after), after
 
     again = testing.larder(env, "stack", "up")  # restarts only the dead node
     assert again.returncode == 0, again.stdout + again.stderr

@@ -252,9 +252,9 @@ async def test_daily_record_numbers_versions_and_verify(
             "evidence": {**retro.evidence, "by": "王伟 Wang Wei", "note": "stock checked: within MKT"},
         }
     )
-    w = InfluxWriter(settings)
-    w.write([lineproto.alert_line(retro_ack)], "ns")
-    w.close()
+    writer = InfluxWriter(settings)
+    writer.write([lineproto.alert_line(retro_ack)], "ns")
+    writer.close()
     fix = await service.generate(settings, S.SITE, S.DAY, now_ms=NOW + 2 * 3_600_000, reason="ack entered late")
     assert fix.status == "corrected" and fix.record.version == 2 and fix.record.supersedes == o.record.sha256
     assert fix.record.reason.startswith("ack entered late; data changed since v1")
@@ -320,8 +320,8 @@ async def test_daily_record_numbers_versions_and_verify(
         "COLUMNS": "200",
     }
     cli = [*larder_argv(), "report"]
-    checked = subprocess.run([*cli, "verify", "--site", S.SITE], env=env, capture_output=True, text=True, timeout=120)
-    assert checked.returncode == 1 and "first day that does not match: 2026-11-23" in checked.stderr, checked.stderr
+    verified = subprocess.run([*cli, "verify", "--site", S.SITE], env=env, capture_output=True, text=True, timeout=120)
+    assert verified.returncode == 1 and "first day that does not match: 2026-11-23" in verified.stderr, verified.stderr
     bad = subprocess.run(
         [*cli, "daily", "--site", "nope", "--date", "2026-11-24"], env=env, capture_output=True, text=True, timeout=120
     )

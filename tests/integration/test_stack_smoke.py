@@ -80,8 +80,8 @@ def test_influx_refuses_a_wrong_token(live_stack: Settings, influx_bucket: str) 
     assert err.value.status == 401
 
 
-def _subscribe(settings: Settings, topic: str) -> tuple[mqtt.Client, list[tuple[str, bytes]]]:
-    got: list[tuple[str, bytes]] = []
+def _subscribe(settings: Settings, topic: str) -> tuple[mqtt.Client, list[tuple[str, bytes | bytearray]]]:
+    got: list[tuple[str, bytes | bytearray]] = []
     ready = threading.Event()
     instance = f"smoke-{uuid.uuid4().hex[:6]}"
     logins.register_bridges(settings, [instance])  # a bridge instance's login: the one kind that may read

@@ -179,7 +179,7 @@ def repeats(values: list[dict[str, Any]]) -> int:
 
 def expected(records: list[tuple[int, bytes]], partitions: int, sites: Path) -> Counter[tuple[str, str, int]]:
     result = oracle(records, partitions, device_concern(load(sites)))
-    return Counter((a.alert_id, a.state.value, a.at_ms) for a in result.outputs if hasattr(a, "alert_id"))
+    return Counter((a.alert_id, a.state.value, a.at_ms) for a in result.outputs if isinstance(a, Alert))
 
 
 def flat(steps: list[list[tuple[int, bytes]]]) -> list[tuple[int, bytes]]:
@@ -204,7 +204,7 @@ async def test_batches_in_alerts_out(live_stack: Settings, topics: Topics, tmp_p
         topics.partitions,
     ) + [(p, tick(T0 + 30 * 60_000)) for p in range(topics.partitions)]
     kitchen_want = [
-        o for o in oracle(kitchen, topics.partitions, kitchen_concern(load(sites))).outputs if hasattr(o, "alert_id")
+        o for o in oracle(kitchen, topics.partitions, kitchen_concern(load(sites))).outputs if isinstance(o, Alert)
     ]
     assert kitchen_want, "the kitchen scenario must open an alert"
     bad = [
@@ -264,7 +264,7 @@ async def test_live_clock_ticks_open_alerts_of_silent_devices(
     want = [
         a
         for a in oracle([*records, (records[0][0], tick(now))], topics.partitions, device_concern(load(sites))).outputs
-        if getattr(a, "rule", "") == "liveness.offline"
+        if isinstance(a, Alert) and a.rule == "liveness.offline"
     ]
     assert want
     worker = Worker(topics, tmp_path, "w", "--clock", "live", "--tick-interval", "0.5").start()

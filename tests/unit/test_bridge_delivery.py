@@ -137,9 +137,12 @@ async def test_paho_s_thread_waits_while_the_payload_bytes_in_flight_are_over_th
     upload = serde.dumps({"readings": [{"ts": 1795290000, "seq": i, "temp_c": 3.5} for i in range(40)]})
     assert len(upload) > b.max_inflight_bytes
     handed = threading.Event()
-    second = threading.Thread(
-        target=lambda: (b._on_publishes([("larder/v1/devices/d1/readings", upload, 1, 1, False)]), handed.set())
-    )
+
+    def hand_over() -> None:
+        b._on_publishes([("larder/v1/devices/d1/readings", upload, 1, 1, False)])
+        handed.set()
+
+    second = threading.Thread(target=hand_over)
     second.start()  # paho's thread, one socket read holding one upload: past the bound, it waits
     await asyncio.sleep(0.3)
     assert not handed.is_set() and b.inflight == 1

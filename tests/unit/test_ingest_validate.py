@@ -120,7 +120,7 @@ def test_table_both_implementations(name: str, payload: bytes, code: str | None)
 
 
 def test_one_bad_reading_in_a_batch_refuses_only_itself() -> None:
-    readings = [{**GOOD, "seq": i} for i in range(5)]
+    readings: list[object] = [{**GOOD, "seq": i} for i in range(5)]
     readings[2] = {**GOOD, "seq": 2, "temp_c": 999}
     readings[4] = "garbage"
     fast, ref = both(j({"readings": readings}))

@@ -27,7 +27,7 @@ def remaining_length(n: int) -> bytes:
             return bytes(out)
 
 
-def client_on(sock: socket.socket, seen: list[tuple[str, bytes]]) -> BufferedClient:
+def client_on(sock: socket.socket, seen: list[tuple[str, bytes | bytearray]]) -> BufferedClient:
     c = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, client_id="t", manual_ack=True)
     c.on_message = lambda _c, _u, m: seen.append((m.topic, m.payload))
     sock.setblocking(False)
@@ -38,7 +38,7 @@ def client_on(sock: socket.socket, seen: list[tuple[str, bytes]]) -> BufferedCli
 def test_one_wakeup_handles_every_packet_the_kernel_had() -> None:
     """paho alone parses one packet per select() wake-up; the rest would sit in our buffer unsignalled."""
     a, b = socket.socketpair()
-    seen: list[tuple[str, bytes]] = []
+    seen: list[tuple[str, bytes | bytearray]] = []
     c = client_on(a, seen)
     b.sendall(b"".join(publish(f"larder/v1/devices/d{i}/readings", b'{"seq": %d}' % i, i + 1) for i in range(50)))
     assert c.loop_read() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
@@ -48,7 +48,7 @@ def test_one_wakeup_handles_every_packet_the_kernel_had() -> None:
 
 def test_a_packet_split_across_reads_is_completed_by_the_next_one() -> None:
     a, b = socket.socketpair()
-    seen: list[tuple[str, bytes]] = []
+    seen: list[tuple[str, bytes | bytearray]] = []
     c = client_on(a, seen)
     first = publish("larder/v1/devices/x/readings", b"one", 1)
     second = publish("larder/v1/devices/y/readings", b"two", 2)
@@ -63,7 +63,7 @@ def test_a_packet_split_across_reads_is_completed_by_the_next_one() -> None:
 
 def test_closing_the_socket_discards_buffered_bytes() -> None:
     a, b = socket.socketpair()
-    seen: list[tuple[str, bytes]] = []
+    seen: list[tuple[str, bytes | bytearray]] = []
     c = client_on(a, seen)
     b.sendall(publish("larder/v1/devices/x/readings", b"one", 1)[:5])
     c.loop_read()
@@ -75,7 +75,7 @@ class Recorder:
     """What a client delivered, in delivery order: paho's own callback and the batches."""
 
     def __init__(self) -> None:
-        self.paho: list[tuple[str, bytes]] = []
+        self.paho: list[tuple[str, bytes | bytearray]] = []
         self.batches: list[list[Publish]] = []
         self.order: list[str] = []
 
@@ -139,12 +139,12 @@ def test_other_packets_go_through_paho_in_wire_order(wire: tuple[socket.socket, 
 
 def test_a_publish_split_across_reads_is_left_to_paho(wire: tuple[socket.socket, Recorder, BufferedClient]) -> None:
     b, rec, c = wire
-    wire = b"".join(publish(f"t/{i}", b"p%d" % i, i + 1) for i in range(4))
-    cut = len(wire) - 3
-    b.sendall(wire[:cut])
+    stream = b"".join(publish(f"t/{i}", b"p%d" % i, i + 1) for i in range(4))
+    cut = len(stream) - 3
+    b.sendall(stream[:cut])
     c.loop_read()
     assert rec.order == ["t/0", "t/1", "t/2"]
-    b.sendall(wire[cut:])
+    b.sendall(stream[cut:])
     c.loop_read()
     assert rec.order == ["t/0", "t/1", "t/2", "t/3"]
     assert rec.paho == [("t/0", b"p0"), ("t/3", b"p3")]

@@ -118,9 +118,9 @@ async def test_keyed_outputs_go_where_kafkas_default_partitioner_puts_them() -> 
             return _Producer(n)
 
         async def send(
-            topic: str, partition: int, pairs: list[tuple[bytes, bytes]], sent: list[Any] = sent
+            topic: str, partition: int, records: list[tuple[bytes, bytes]], sent: list[Any] = sent
         ) -> asyncio.Future[int]:
-            sent.append((topic, partition, pairs))
+            sent.append((topic, partition, records))
             fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             fut.set_result(0)
             return fut

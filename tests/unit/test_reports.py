@@ -21,8 +21,8 @@ from pipeline.siteconfig import SiteConfig
 H = 3_600_000
 
 
-def _ms(*args: int) -> int:
-    return int(datetime(*args, tzinfo=UTC).timestamp() * 1000)
+def _ms(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> int:
+    return int(datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp() * 1000)
 
 
 def test_day_window_follows_the_sites_zone_and_daylight_saving() -> None:
@@ -80,7 +80,8 @@ def test_held_time_is_capped_by_the_offline_timeout_and_the_day_end() -> None:
 
 def test_mkt_of_a_constant_temperature_is_that_temperature_and_a_peak_weighs_more() -> None:
     assert mkt([5.0, 5.0], [1, 3]) == pytest.approx(5.0)
-    assert mkt([2.0, 20.0], [1, 1]) > 11.0  # above the arithmetic mean: kinetics weigh the warm hours
+    warm = mkt([2.0, 20.0], [1, 1])
+    assert warm is not None and warm > 11.0  # above the arithmetic mean: kinetics weigh the warm hours
     assert mkt([], []) is None
 
 

@@ -210,6 +210,7 @@ def test_dense_traffic_visits_all_and_sparse_traffic_goes_back_to_the_index(tmp_
 def without_shortcuts(concern: Concern[Any, Any]) -> Concern[Any, Any]:
     def detector_for(key: str, item: dict[str, Any] | None) -> Any:
         detector = concern.detector_for(key, item)
+        assert isinstance(detector, DeviceDetector)  # the only detector with the arrival shortcuts
         detector.shortcuts = False
         return detector
 
@@ -249,6 +250,7 @@ def test_device_wake_ms_equals_its_reference(tmp_path_factory: pytest.TempPathFa
     for _outputs, states in run(concern, device_records(plan)):
         for key, state in states.items():
             detector = concern.detector_for(key.decode(), None)
+            assert isinstance(detector, DeviceDetector)
             assert detector.wake_ms(state) == reference_wake_ms(detector, state)
 
 

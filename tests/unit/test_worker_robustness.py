@@ -147,7 +147,7 @@ def test_a_verdict_record_reaches_the_kitchen_rules_and_a_bad_one_is_dead_letter
     the runner feeds it to the kitchen's detector (a false positive ends the open hygiene episode) at the
     partition's clock, and dead-letters one it cannot apply, as any other item."""
     from pipeline.agents.kitchen import kitchen_concern
-    from pipeline.contracts.models import KitchenVerdict
+    from pipeline.contracts.models import Alert, KitchenVerdict
     from tests.agents_support import kitchen_batches, kitchen_event
 
     cfg = load(write_sites(tmp_path / "sites.yaml", ["dev-0001"], ("k1",)))
@@ -161,6 +161,7 @@ def test_a_verdict_record_reaches_the_kitchen_rules_and_a_bad_one_is_dead_letter
                              by="st-1", at_ms=T0 + 86_400_000)  # fmt: skip
     res = r.on_record(records.kitchen_verdicts_value([verdict.model_dump(mode="json")]), 0)
     (closed,) = res.outputs
+    assert isinstance(closed, Alert)
     assert closed.alert_id == opened.alert_id and closed.state.value == "resolved" and not res.dead_letters
     assert closed.evidence["verdict_by"] == "st-1" and r.stats.duplicates == 0
     (state,) = [s for _, s in r.states(0)]

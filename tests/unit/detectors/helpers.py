@@ -15,8 +15,10 @@ M = 60_000
 T0 = 1_795_305_600_000
 
 
-def device_rules(profile: str = "chilled", **patch: Any) -> DeviceRules:
-    """A profile with the start-up mask off and no lateness unless the test asks for them."""
+def device_rules(profile: str = "chilled", /, **patch: Any) -> DeviceRules:
+    """A profile with the start-up mask off and no lateness unless the test asks for them.
+
+    ``profile`` is positional-only so a ``**patch`` dict of rule sections never reads as the profile name."""
     quiet = {"masks": {"startup_min": 0.0}, "allowed_lateness_min": 0.0}
     return device_rules_from(BUILTIN_PROFILES[profile], quiet, patch, site="S01", device="dev-1", profile=profile)
 
@@ -72,6 +74,18 @@ class Feeder(Run):
 
     def annotations(self, kind: str | None = None) -> list[Annotation]:
         return [a for a in self.out if isinstance(a, Annotation) and (kind is None or a.kind == kind)]
+
+
+def as_alert(o: Output) -> Alert:
+    """``o``, which the test expects to be an alert (narrows ``Alert | Annotation`` for the type checker)."""
+    assert isinstance(o, Alert), o
+    return o
+
+
+def as_annotation(o: Output) -> Annotation:
+    """``o``, which the test expects to be an annotation."""
+    assert isinstance(o, Annotation), o
+    return o
 
 
 def minute_of(ms: int) -> float:

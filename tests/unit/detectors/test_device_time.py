@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from pipeline.detectors.device import DeviceDetector, _Work
 from pipeline.detectors.device_state import RULE_FIELDS
 from pipeline.detectors.history import net_alerts
 from pipeline.detectors.run import run_device_stream
 from pipeline.schemas import AlertState, Reading, Severity
 
-from .helpers import T0, Feeder, M, device_rules, minute_of, reading, summary
+from .helpers import T0, Feeder, M, as_alert, device_rules, minute_of, reading, summary
 
 _QUIET = {"cumulative": {"limit": None}, "mkt": {"limit": None}, "rate_of_rise": {"limit_c_per_min": None}}
 
@@ -113,7 +116,7 @@ def test_offline_after_k_intervals_fires_from_a_tick_at_the_deadline() -> None:
     f = Feeder(_det())  # interval 60 s, k = 2, lateness 0
     f.r(0, 4.0)
     assert f.tick(2 - 1 / M) == []
-    assert [a.rule for a in f.tick(2)] == ["liveness.offline"]  # the deadline is exactly 2 x 60 s
+    assert [as_alert(a).rule for a in f.tick(2)] == ["liveness.offline"]  # the deadline is exactly 2 x 60 s
     f.tick(3)
     (offline,) = f.alerts("liveness.offline")
     assert minute_of(offline.at_ms) == 2 and offline.severity is Severity.WARNING
@@ -253,7 +256,7 @@ def test_the_silent_rerun_shortcut_compares_every_open_alert() -> None:
     )
     f = Feeder(det)
     states = [f.state]
-    steps: list[tuple[float, float, dict[str, object]]] = [
+    steps: list[tuple[float, float, Mapping[str, Any]]] = [
         *[(m, 4.0, {}) for m in range(0, 5)],
         *[(m, 4.0, {"door_open": True}) for m in range(5, 40)],  # door warning, then critical
         *[(m, 4.0, {"door_open": False, "battery": 0.1}) for m in range(40, 45)],  # battery low

@@ -10,7 +10,7 @@ from pipeline.detectors.kitchen import KitchenDetector, KitchenState, Verdict, V
 from pipeline.detectors.run import run_kitchen_stream
 from pipeline.schemas import Alert, AlertState, KitchenEvent, Severity
 
-from .helpers import T0, M, Run, kitchen_rules, minute_of
+from .helpers import T0, M, Run, as_alert, as_annotation, kitchen_rules, minute_of
 
 _n = 0
 
@@ -119,7 +119,7 @@ def test_only_during_service_hours() -> None:
         ("warning", "resolved", 840.0),
         ("critical", "resolved", 840.0),
     ]
-    assert outs[-1].evidence["reason"] == "service_hours_ended"
+    assert as_alert(outs[-1]).evidence["reason"] == "service_hours_ended"
 
 
 def test_hygiene_threshold_dedup_window_and_severity() -> None:
@@ -162,14 +162,16 @@ def test_duplicate_event_id_is_exact_and_returns_the_same_state() -> None:
     again = k.state
     assert k.e(dict(item), now_min=30) == [] and k.state is again  # long after, still not "late"
     other_camera = dict(item, camera="cam-9")
-    assert [o.kind for o in k.e(other_camera, now_min=30)] == ["late"]  # same id, other camera: a new event
+    outs = k.e(other_camera, now_min=30)
+    assert [as_annotation(o).kind for o in outs] == ["late"]  # same id, other camera: a new event
 
 
 def test_late_event_is_annotated_and_counted() -> None:
     k = K(allowed_lateness_min=1)
     k.e(ev(10, "person_present"))
     k.tick(20)
-    (ann,) = k.e(ev(5, "stove_on"), now_min=20)
+    (out,) = k.e(ev(5, "stove_on"), now_min=20)
+    ann = as_annotation(out)
     assert ann.kind == "late" and ann.detail["type"] == "stove_on" and ann.detail["late_count"] == 1
     assert k.state.stove_since is None and k.state.late_count == 1
 

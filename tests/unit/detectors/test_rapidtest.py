@@ -12,6 +12,7 @@ from pipeline.schemas import Alert, AlertState, Severity, alert_id
 from pipeline.testing import rapid_test_item
 
 from . import helpers
+from .helpers import as_alert
 
 T0 = 1_795_334_400_000  # 2026-11-22T08:00:00Z
 M = 60_000
@@ -45,8 +46,8 @@ def test_positive_without_recheck_escalates_after_the_configured_time() -> None:
     assert r.det.wake_ms(r.state) == T0 + 130 * M + 1 + 5 * M
     r.tick(136)
     assert r.alerts()[1:] == [(R.RAPIDTEST_RECHECK_OVERDUE, "critical", "open", 130)]
-    overdue = r.out[-1]
-    assert overdue.evidence["positive_alert_id"] == r.out[0].alert_id
+    overdue = as_alert(r.out[-1])
+    assert overdue.evidence["positive_alert_id"] == as_alert(r.out[0]).alert_id
     assert overdue.alert_id == alert_id(R.RAPIDTEST_RECHECK_OVERDUE, "S01/smp-1", T0 + 130 * M)
     # Nothing more however long it stays unanswered, and a wake time of None: no timer left.
     r.tick(2000)
@@ -79,8 +80,8 @@ def test_negative_recheck_in_time_resolves_without_escalation() -> None:
         (R.RAPIDTEST_POSITIVE, "warning", "open", 10),
         (R.RAPIDTEST_POSITIVE, "warning", "resolved", 70),
     ]
-    resolved = r.out[1]
-    assert resolved.alert_id == r.out[0].alert_id
+    resolved = as_alert(r.out[1])
+    assert resolved.alert_id == as_alert(r.out[0]).alert_id
     assert resolved.evidence["reason"] == "recheck_negative"
     assert resolved.evidence["results"] == ["r1", "r2"]  # results of the same sample linked
 
@@ -114,7 +115,7 @@ def test_lab_confirmed_positive_is_critical_and_supersedes_the_warning() -> None
         (R.RAPIDTEST_CONFIRMED, "critical", "open", 100),
         (R.RAPIDTEST_POSITIVE, "warning", "resolved", 100),
     ]
-    assert r.out[2].evidence["reason"] == "lab_confirmed"
+    assert as_alert(r.out[2]).evidence["reason"] == "lab_confirmed"
     # Only a disposition closes a confirmed positive; a later negative *rapid* recheck does not.
     r.item(res(200, "r3", "smp-1", "negative", "recheck"))
     assert r.alerts()[3:] == []
@@ -123,8 +124,8 @@ def test_lab_confirmed_positive_is_critical_and_supersedes_the_warning() -> None
     )
     r.tick(3000)
     assert r.alerts()[3:] == [(R.RAPIDTEST_CONFIRMED, "critical", "resolved", 210)]
-    assert r.out[-1].evidence["disposition"] == {"action": "destroyed", "quantity_kg": 12.5}
-    assert r.out[-1].evidence["results"] == ["r1", "r2", "r3", "r4"]
+    assert as_alert(r.out[-1]).evidence["disposition"] == {"action": "destroyed", "quantity_kg": 12.5}
+    assert as_alert(r.out[-1]).evidence["results"] == ["r1", "r2", "r3", "r4"]
 
 
 def test_first_result_lab_confirmed_opens_only_the_critical_alert() -> None:
@@ -166,7 +167,7 @@ def test_late_positive_is_applied_retrospectively_and_escalates_at_its_own_deadl
     assert r.state.frontier == T0 + 495 * M
     r.item(res(100, "late-1", "smp-1", "positive"), now_min=500)
     assert r.alerts() == [(R.RAPIDTEST_POSITIVE, "warning", "open", 100)]
-    assert r.out[0].evidence["retrospective"] is True
+    assert as_alert(r.out[0]).evidence["retrospective"] is True
     r.tick(501)
     assert r.alerts()[-1] == (R.RAPIDTEST_RECHECK_OVERDUE, "critical", "open", 160)
 
@@ -233,7 +234,7 @@ def test_notification_text_says_what_was_found_where_and_why_it_cleared() -> Non
     r.tick(70)
     r.item(res(80, "r2", "smp-1", "negative", "recheck", value=12.0, stall="A07"))
     r.tick(200)
-    opened, overdue, resolved = r.out[0], r.out[1], r.out[2]
+    opened, overdue, resolved = as_alert(r.out[0]), as_alert(r.out[1]), as_alert(r.out[2])
     assert overdue.rule == R.RAPIDTEST_RECHECK_OVERDUE and overdue.evidence["sample_name"] == "菠菜"
     person = Person("p1", "Li", "operator", Recipient(name="Li"), 10)
 
