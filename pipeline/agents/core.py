@@ -58,6 +58,12 @@ WAKE_SHIFT = 8
 STATE, DETECTOR, WAKE, HINT, KEY = range(5)
 _by_key = itemgetter(KEY)
 
+
+def new_slot(state: Any, detector: Any, key: bytes) -> list[Any]:
+    """A cache slot (:data:`STATE`) for a subject not in the timer index yet."""
+    return [state, detector, None, None, key]
+
+
 S = TypeVar("S")
 E = TypeVar("E")
 
@@ -262,7 +268,7 @@ class Runner(Generic[S, E]):
                 continue
             try:
                 detector = self._detector(key, None)
-                target[key] = [detector.state_from_bytes(value), detector, None, None, key]
+                target[key] = new_slot(detector.state_from_bytes(value), detector, key)
             except Exception as exc:  # e.g. a device removed from the site file: keep its state, don't tick it
                 log.warning("%s: not loading the state of %s: %s", self.concern.name, key.decode(), exc)
                 continue
@@ -355,7 +361,7 @@ class Runner(Generic[S, E]):
                     if partition_for(subject, n) != partition:
                         # Its state would be restored to another worker after a rebalance: refuse, don't corrupt.
                         raise ValueError(f"{key_field} {subject!r} does not belong to partition {partition}")
-                    slot = cache[key] = [self._state(key, item, partition), self._detector(key, item), None, None, key]
+                    slot = cache[key] = new_slot(self._state(key, item, partition), self._detector(key, item), key)
                     touched.add(key)
                 else:
                     key = slot[KEY]  # the cache's own key object: the dicts below then match it by identity

@@ -53,8 +53,9 @@ class SubjectDetector(Protocol, Generic[S]):
 class Detector(SubjectDetector[S], Protocol[S, E_contra]):
     """A production detector: what the runner calls (:class:`SubjectDetector`), its RecordBatch fast path and
     timer index included, and what tests and simulators call besides. Implemented by
-    :class:`~pipeline.detectors.device.DeviceDetector` and :class:`~pipeline.detectors.kitchen.KitchenDetector`
-    on the shared machinery of :mod:`pipeline.detectors.engine`."""
+    :class:`~pipeline.detectors.device.DeviceDetector`, :class:`~pipeline.detectors.kitchen.KitchenDetector` and
+    :class:`~pipeline.detectors.rapidtest.RapidTestDetector` on the shared machinery of
+    :mod:`pipeline.detectors.engine`."""
 
     name: str
 

@@ -302,7 +302,7 @@ def test_the_timer_index_takes_exactly_the_subjects_whose_wake_time_has_come(ops
     def index(key: bytes, wake: int | None) -> None:
         slot = cache.get(key)
         if slot is None:
-            slot = cache[key] = [wake, detector, None, None, key]
+            slot = cache[key] = core.new_slot(wake, detector, key)
         slot[core.STATE] = latest[key] = wake
         runner._index(slot, timers)
 
