@@ -11,7 +11,8 @@
 * Per record: fold; if the site's event time passed a local midnight, its daily grade record (history) goes to
   ``<prefix>.grades.v1`` and is awaited; the changed state is kept (dirty) and the record held, not acked.
 * Acks never run ahead of the changelog (:mod:`pipeline.agents.faust.durable`, shared with the detection
-  worker): a partition's changed states are written to the table (local store + one changelog record batch)
+  worker): a partition's changed states are written to the table (one changelog record batch, the local store
+  once Kafka has it)
   every ``flush_interval_s`` (or ``flush_items`` records, or when the partition goes quiet), Kafka's ack of the
   batch is awaited, and only then are the held records acked (committable). A worker killed at any point
   restarts from a committed offset whose states are all in the changelog (issue 22: with Faust's

@@ -228,6 +228,9 @@ async def test_faust_agent_with_test_context(tmp_path: Path) -> None:
     assert [(a.state.value, a.at_ms) for a in alerts] == [("open", T0 + 60_000)]
     # Writes are coalesced per flush interval; the subject that produced an output is written at once.
     assert [(t, p_, k) for t, p_, k, _ in changelog] == [(table.changelog_topic.get_topic_name(), p, b"d1")]
+    # The local store takes a batch once Kafka has it, when the partition's records are next acked.
+    assert b"d1" not in table
+    await worker.pendings["devices"].writer.settle(p)
     assert table[b"d1"] == changelog[-1][3]
     stats = worker.runners["devices"].stats
     assert (stats.records, stats.items, stats.ticks, stats.duplicates) == (4, 6, 1, 2)

@@ -12,8 +12,8 @@ Layout (see ``docs/agents.md``):
 * timers: live, a 1 s ``app.timer`` publishes a ``tick`` record into every source partition this worker owns;
   replay (``--clock replay``), only the replay tool's ticks count. Either way timers run when the agent reads
   a tick, in stream context and in log order, so a re-run after a crash re-derives the same outputs.
-* coalesced table writes: a record is acked only once its changed states are in the table (local store and
-  changelog, written in bulk by :mod:`pipeline.agents.faust.changelog`); a partition's held records are released
+* coalesced table writes: a record is acked only once its changed states are in the table (changelog, then
+  local store, written in bulk by :mod:`pipeline.agents.faust.changelog`); a partition's held records are released
   by the agent on a later record once ``flush_interval_s`` passed, or by the ``larder-flush-idle`` timer when
   the partition has gone quiet (otherwise an idle input would never be committed).
 
@@ -169,6 +169,8 @@ class WorkerApp:
     sources: dict[str, Any]
     gate: AckGate | None = None
     continuities: dict[str, Continuity] = field(default_factory=dict)
+    #: Per concern, its records held until their states are in the table (:class:`Pending`).
+    pendings: dict[str, Pending] = field(default_factory=dict)
 
     def stats(self) -> dict[str, Stats]:
         return {name: r.stats for name, r in self.runners.items()}
@@ -206,7 +208,16 @@ def make_app(
     wiring.follow_rebalances(announce)
     wiring.start_timers(clock or WallClock(), producer)
     return WorkerApp(
-        app, topics, options, wiring.runners, wiring.agents, wiring.tables, wiring.sources, gate, wiring.continuities
+        app,
+        topics,
+        options,
+        wiring.runners,
+        wiring.agents,
+        wiring.tables,
+        wiring.sources,
+        gate,
+        wiring.continuities,
+        wiring.pendings,
     )
 
 

@@ -15,6 +15,16 @@ Durability order is the caller's (``pipeline.agents.faust.app``): :meth:`TableWr
 producer, :meth:`TableWriter.settle` waits until Kafka has it, and only then are the records that changed those
 states acknowledged (committable). A batch Kafka refuses is sent again until it is accepted: the same
 key/value pairs, so a repeat is harmless on a compacted changelog.
+
+The local store is written at :meth:`TableWriter.settle`, batch by batch in the order they were sent, once Kafka
+has each: it only ever holds a prefix of the changelog, up to the persisted offset recorded with it. Written
+when the batch was handed over (as Faust's ``table[key] = value`` does), a worker killed before Kafka had it
+restarted with that batch in its files and not in the changelog; Faust's recovery then applied the changelog
+records past the persisted offset (older, acknowledged batches) over it, and the table came back as a mix of
+two moments: some subjects older than the partition's clock (:func:`~pipeline.agents.core.clock_key`) written
+with the newer batch. The records read again after the restart were processed at that clock instead of their
+own times: alerts opened and resolved at one shared time, others never raised (one CI run of the kill -9
+test during store-and-forward re-runs, 2026-12-06: 256 alert events missing, 44 unexpected).
 """
 
 from __future__ import annotations
@@ -116,7 +126,8 @@ async def _last_offset(sent: list[tuple[asyncio.Future[Any], int]]) -> int:
 
 
 class TableWriter:
-    """Bulk writes into one Faust table: local store now, changelog in one record batch, settled on demand."""
+    """Bulk writes into one Faust table: the changelog in one record batch now, the local store once Kafka has
+    it (:meth:`settle`)."""
 
     def __init__(
         self,
@@ -133,37 +144,39 @@ class TableWriter:
         self._retry_s = retry_s
         self._stats = stats
         self._clock = clock
-        #: partition -> batches handed to the producer and not yet settled: (records, future of last offset).
-        self._inflight: dict[int, list[tuple[list[tuple[bytes, bytes]], asyncio.Future[int]]]] = {}
+        #: partition -> batches handed to the producer and not yet settled: (records, future of the last one's
+        #: offset, the context their local store write needs).
+        self._inflight: dict[int, list[tuple[list[tuple[bytes, bytes]], asyncio.Future[int], StoreContext]]] = {}
 
     @property
     def topic(self) -> str:
         return str(self.table.changelog_topic.get_topic_name())
 
     async def write(self, partition: int, records: list[tuple[bytes, bytes]], context: StoreContext) -> None:
-        """Write ``records`` (key, state bytes) of ``partition`` to the local store and send them to the changelog."""
+        """Send ``records`` (key, state bytes) of ``partition`` to the changelog; :meth:`settle` writes them to the
+        local store once Kafka has them."""
         if not records:
             return
         start = self._clock()
-        put_all(self.table.data, partition, records, context)
         # Hands the batch to the producer: it suspends only when the producer's buffer is full.
         future = await self._send(self.topic, partition, records)
         if self._stats is not None:
             self._stats.busy_store_seconds += self._clock() - start
-        self._inflight.setdefault(partition, []).append((records, future))
+        self._inflight.setdefault(partition, []).append((records, future, context))
 
     def settled(self, partition: int) -> bool:
         """Whether Kafka has acknowledged every batch written for ``partition`` (a failed one: False)."""
         return all(
             future.done() and not future.cancelled() and future.exception() is None
-            for _records, future in self._inflight.get(partition, [])
+            for _records, future, _context in self._inflight.get(partition, [])
         )
 
     async def settle(self, partition: int) -> None:
-        """Return once Kafka has every batch written for ``partition``; record the persisted offset."""
+        """Return once Kafka has every batch written for ``partition``; write each to the local store as it is
+        known to be there, in order, and then record the persisted offset (see the module's docstring)."""
         inflight = self._inflight.pop(partition, [])
         last = -1
-        for records, future in inflight:
+        for records, future, context in inflight:
             delay = self._retry_s
             while True:
                 try:
@@ -175,6 +188,10 @@ class TableWriter:
                     delay = min(delay * 2, 10.0)
                     with contextlib.suppress(KafkaError):
                         future = await self._send(self.topic, partition, records)
+            start = self._clock()
+            put_all(self.table.data, partition, records, context)
+            if self._stats is not None:
+                self._stats.busy_store_seconds += self._clock() - start
         if last >= 0:
             # Recovery resumes from here instead of re-reading the whole changelog partition.
             self.table.data.set_persisted_offset(TP(self.topic, partition), last)
@@ -182,7 +199,7 @@ class TableWriter:
     def drop(self, partitions: list[int]) -> None:
         """Forget revoked partitions' unsettled batches (their records were never acked: they are re-read)."""
         for p in partitions:
-            for _records, future in self._inflight.pop(p, []):
+            for _records, future, _context in self._inflight.pop(p, []):
                 future.add_done_callback(_quiet)
 
 

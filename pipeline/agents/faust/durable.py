@@ -16,8 +16,9 @@ So a worker here:
 * keeps changed states in a dirty set of its own (anything with :class:`Dirty`'s ``take``) and holds the
   records that changed them in :class:`Pending`;
 * on :meth:`Pending.release` writes the partition's changed states with a
-  :class:`~pipeline.agents.faust.changelog.TableWriter` (local store + one changelog record batch), and acks
-  the held records only once Kafka has acknowledged the batch (resending until it is accepted). The timer
+  :class:`~pipeline.agents.faust.changelog.TableWriter` (one changelog record batch, then the local store once
+  Kafka has it), and acks the held records only once Kafka has acknowledged the batch (resending until it is
+  accepted). The timer
   waits for that ack; the agent does not (``wait=False``): it goes on with the next record and acks the
   flushed ones when their batches are in (:meth:`Pending.ack_settled`), so the changelog's round trip is not
   on the hot path;
