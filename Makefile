@@ -25,6 +25,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	@$(VENV)/bin/larder stack up
 	@$(VENV)/bin/ruff check $(LINT_DIRS)
+	@$(VENV)/bin/ruff format --check $(LINT_DIRS)
 	@$(VENV)/bin/mypy $(TYPED_DIRS)
 	@$(VENV)/bin/pytest -q -p no:cacheprovider -n 2 --dist loadfile -m 'not exclusive and not long' tests
 	@$(VENV)/bin/pytest -q -p no:cacheprovider -m 'exclusive and not long' tests
@@ -37,6 +38,7 @@ chaos: $(STAMP)
 
 lint: $(STAMP)
 	@$(VENV)/bin/ruff check $(LINT_DIRS)
+	@$(VENV)/bin/ruff format --check $(LINT_DIRS)
 	@$(VENV)/bin/mypy $(TYPED_DIRS)
 
 stack-up: $(STAMP)

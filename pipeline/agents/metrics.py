@@ -15,6 +15,7 @@ from pipeline.agents.core import Runner, Stats
 if TYPE_CHECKING:
     from pipeline.agents.faust.app import WorkerApp
 
+
 class RunnerCollector(Collector):
     def __init__(self, wapp: Callable[[], WorkerApp]) -> None:
         self._wapp = wapp

@@ -67,6 +67,7 @@ def topic_id(template: str, topic: str) -> str | None:
             return ident
     return None
 
+
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
 
 

@@ -13,6 +13,7 @@ from pipeline.siteconfig import SiteConfigError
 if TYPE_CHECKING:
     from pipeline.ingest.bridge import Bridge
 
+
 def bridge(
     sites: SiteOpt = None,
     instance: Annotated[

@@ -332,9 +332,7 @@ def down(c: RabbitCluster, report: Callable[[str], None] = print) -> None:
         report(f"rabbitmq: node {n} stopped")
     epmd = shutil.which("epmd") or next(iter(sorted(Path("/usr/lib/erlang").glob("erts-*/bin/epmd"))), None)
     if epmd:
-        subprocess.run(
-            [str(epmd), "-port", str(c.epmd_port), "-kill"], capture_output=True, check=False, timeout=10
-        )
+        subprocess.run([str(epmd), "-port", str(c.epmd_port), "-kill"], capture_output=True, check=False, timeout=10)
 
 
 def destroy(c: RabbitCluster) -> None:

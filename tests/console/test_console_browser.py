@@ -418,8 +418,9 @@ def test_excursion_appears_live_ack_stops_escalation_and_lands_in_influx(env: En
         lambda: page.reload() and page.locator("svg.chart path.series").count() == 1,
         90,
         "the readings in the alert's chart",
-        explain=lambda: f"chart: {page.inner_text('section.card')!r}\nsink log:\n"
-        + env.svc.process("sink").log_text()[-3000:],
+        explain=lambda: (
+            f"chart: {page.inner_text('section.card')!r}\nsink log:\n" + env.svc.process("sink").log_text()[-3000:]
+        ),
     )
     assert page.locator("svg.chart rect.excursion").count() == 1 and page.locator("svg.chart line.limit").count() >= 1
     wait_for(lambda: page.reload() and page.locator("tr.delivery").count() >= 1, 30, "the operator's SMS row")

@@ -128,9 +128,7 @@ def own_producer(app: faust.App, settings: Settings, *, start: bool = True) -> K
     return producer
 
 
-async def admitted(
-    stream: Any, app: faust.App, pending: Pending, continuity: Continuity
-) -> AsyncIterator[Any]:
+async def admitted(stream: Any, app: faust.App, pending: Pending, continuity: Continuity) -> AsyncIterator[Any]:
     """The events of an agent's ``stream`` in offset order, read with manual acks (``pending`` acks them once
     their states are in the changelog). An event after records that never arrived is skipped (not acked) and
     its partition read again from the first missing one. ``continuity.idle_since`` is the time the agent

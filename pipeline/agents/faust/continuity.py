@@ -48,6 +48,7 @@ from aiokafka.structs import TopicPartition
 
 log = logging.getLogger(__name__)
 
+
 class SeekWatch:
     """Which consumer generation Faust last sought to its committed offsets (``Consumer.perform_seek``, after
     every assignment's table recovery), and the part of that seek Faust leaves out: it seeks only partitions
