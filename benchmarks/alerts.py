@@ -26,6 +26,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from benchmarks import quiet
 from pipeline import stack
 from pipeline.alerts.routing import Router, RouterState, RoutingConfig, Send
 from pipeline.contracts import records
@@ -147,6 +148,7 @@ def _router_bench(n_alerts: int) -> dict[str, Any]:
 
 async def main(args: argparse.Namespace) -> None:
     settings = load_settings()
+    quiet.require_stack(settings)
     topics = Topics(prefix=f"bench{uuid.uuid4().hex[:6]}", partitions=settings.readings_partitions)
     await stack.ensure_topics(settings, topics)
     print(f"filling {args.readings:,} readings ...", flush=True)

@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaProducer
 
+from benchmarks import quiet
 from pipeline import serde, stack
 from pipeline.console import users
 from pipeline.schemas import Alert, AlertState, Delivery, Severity, alert_id, ms_to_iso
@@ -210,6 +211,7 @@ async def live_latency(settings: Settings, topics: Topics, base: str, n: int) ->
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     settings = load_settings()
+    quiet.require_stack(settings)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     prefix = f"b{uuid.uuid4().hex[:8]}"

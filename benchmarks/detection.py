@@ -41,7 +41,7 @@ import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from benchmarks import resultfile
+from benchmarks import quiet, resultfile
 from pipeline import serde, testing
 from pipeline.agents.core import BUSY_PARTS, Runner, settle_gc
 from pipeline.agents.devices import device_concern
@@ -443,6 +443,7 @@ async def prepare(settings: Settings, topics: Topics, *extra: str) -> None:
 
 def run(args: argparse.Namespace) -> None:
     settings = load_settings()
+    quiet.require_stack(settings)
     n, d = args.readings, args.devices
     topics = Topics(prefix=f"bench{uuid.uuid4().hex[:8]}", partitions=settings.readings_partitions)
     single = f"{topics.prefix}.single-readings.v1"

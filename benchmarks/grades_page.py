@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaProducer
 
+from benchmarks import quiet
 from benchmarks.console import bench_users, login, pct, timed
 from pipeline import stack
 from pipeline.grading import evidence, simulate
@@ -43,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     settings = load_settings()
+    quiet.require_stack(settings)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     now = int(time.time() * 1000)

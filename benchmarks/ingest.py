@@ -274,8 +274,7 @@ def main() -> None:
         if not shutil.which(tool):
             sys.exit(f"{tool} not found: run `larder stack up` first")
     settings = load_settings()
-    if not all(s.healthy for s in stack.status(settings)):
-        sys.exit("the stack is not healthy: run `larder stack up` first")
+    quiet.require_stack(settings)
     noise = quiet.check(settings)
 
     with tempfile.TemporaryDirectory(prefix="larder-bench-") as tmp:

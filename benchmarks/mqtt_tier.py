@@ -552,8 +552,7 @@ def main() -> None:
     # log each one.
     logging.getLogger("asyncio").setLevel(logging.ERROR)
     settings = load_settings()
-    if not all(x.healthy for x in stack.status(settings)):
-        sys.exit("the stack is not healthy: run `larder stack up` first")
+    quiet.require_stack(settings)
     noise = quiet.check(settings)
     tiers = [t.strip() for t in args.tiers.split(",") if t.strip()]
     unknown = set(tiers) - {"single", "split", "rabbitmq"}

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from benchmarks import detection, resultfile
+from benchmarks import detection, quiet, resultfile
 from pipeline import serde
 from pipeline.agents.core import Result, Runner, encode_output
 from pipeline.agents.devices import device_concern
@@ -118,7 +118,9 @@ def main() -> None:
     results = storm(args.devices, args.readings)
     n = sum(len(r.outputs) for r in results)
     print(f"{n:,} outputs in {len(results):,} records; {args.rounds} alternating rounds", flush=True)
-    figures = asyncio.run(run(load_settings(), results, args.rounds))
+    settings = load_settings()
+    quiet.require_stack(settings)
+    figures = asyncio.run(run(settings, results, args.rounds))
     print()
     print(f"Outputs of {len(results):,} records ({n:,} alerts and annotations), {args.rounds} rounds each:")
     print()

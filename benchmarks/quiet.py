@@ -12,11 +12,20 @@ from typing import Any
 
 import psutil
 
+from pipeline import stack
 from pipeline.settings import Settings
 from pipeline.stack import mosquitto
 
 _SERVICES = ("bridge", "worker", "notifier", "sink", "hooks")
 _MOSQUITTO_DB_WARN = 64 * 2**20
+
+
+def require_stack(settings: Settings) -> None:
+    """Exit with one line naming what is down, not a connection traceback, when the benchmark needs the running
+    stack and it is not (healthy)."""
+    down = [s.name for s in stack.status(settings) if not s.healthy]
+    if down:
+        sys.exit(f"the stack is not running or not healthy ({', '.join(down)}): run `larder stack up` first")
 
 
 def warnings(settings: Settings) -> list[str]:

@@ -118,6 +118,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     settings = load_settings()
+    quiet.require_stack(settings)
     noise = quiet.check(settings)
     tmp = Path(tempfile.mkdtemp(prefix="larder-scaleout-"))
     runs = []
