@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka.errors import KafkaTimeoutError, NotEnoughReplicasError
+from faust.types import TP
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline import serde
 from pipeline.agents.core import Runner, encode_output
@@ -392,6 +395,55 @@ async def test_a_flushed_batch_kafka_refused_is_sent_again_and_its_records_acked
     await kit.pending.settle_flushed(older_than_s=0.0)
     await helper
     assert kit.acked == ["r1"] and not kit.pending.holds(2)
+
+
+_write = st.lists(st.tuples(st.sampled_from([b"dev-1", b"dev-2", b"dev-3", b"\x00clock/0"]), st.binary(max_size=3)))
+_step: st.SearchStrategy[tuple[str, list[tuple[bytes, bytes]]]] = st.one_of(
+    st.tuples(st.just("write"), _write),  # a flush or a subject written ahead: handed to Kafka
+    st.tuples(st.just("ack"), st.just([])),  # Kafka appends the oldest batch it does not have yet
+    st.tuples(st.just("settle"), st.just([])),  # the agent's ack_settled(): settles once every batch is in
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(steps=st.lists(_step, max_size=30))
+def test_after_a_kill_at_any_point_recovery_restores_exactly_what_the_changelog_holds(
+    steps: list[tuple[str, list[tuple[bytes, bytes]]]],
+) -> None:
+    """Any interleaving of writes, Kafka's appends and settles, then a kill -9: what Faust's recovery makes of the
+    local store (the changelog records past the persisted offset applied over it, in order) is the changelog's
+    own last value per key, never a mix with a batch Kafka does not have."""
+
+    async def run() -> None:
+        kit = HeldAcks()
+        changelog: list[tuple[int, bytes, bytes]] = []  # (offset, key, value) of the batches Kafka appended
+        sent: list[list[tuple[bytes, bytes]]] = []
+        appended = 0
+
+        async def send(topic: str, partition: int, pairs: list[tuple[bytes, bytes]]) -> asyncio.Future[int]:
+            sent.append(pairs)
+            return await kit.send(topic, partition, pairs)
+
+        kit.writer._send = send
+        for op, pairs in steps:
+            if op == "write":
+                await kit.writer.write(0, pairs, contextlib.nullcontext)
+            elif op == "ack" and appended < len(kit.batches):
+                # Kafka appends batches in the order they were sent (one idempotent producer, one partition).
+                changelog += [(len(changelog), k, v) for k, v in sent[appended]]
+                kit.batches[appended].set_result(len(changelog) - 1)
+                appended += 1
+            elif op == "settle" and kit.writer.settled(0):
+                await kit.writer.settle(0)
+        # kill -9 here; the restart's recovery:
+        table = dict(kit.table.data)
+        persisted = kit.table.data.persisted.get(TP("states-changelog", 0), -1)
+        for offset, key, value in changelog:
+            if offset > persisted:
+                table[key] = value
+        assert table == {k: v for _, k, v in changelog}
+
+    asyncio.run(run())
 
 
 async def test_records_of_an_earlier_flush_are_acked_before_the_next_ones() -> None:
