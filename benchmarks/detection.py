@@ -91,9 +91,11 @@ def readings(devices: list[str], n: int, seed: int = 1) -> list[dict[str, Any]]:
     return out
 
 
-def record_batches(items: list[dict[str, Any]], partitions: int) -> list[tuple[int, bytes, bytes]]:
-    """Per partition, in order, records of up to PER_RECORD readings: (partition, key, value)."""
-    return testing.batch_records(items, partitions, per_record=PER_RECORD)
+def record_batches(
+    items: list[dict[str, Any]], partitions: int, per_record: int = PER_RECORD
+) -> list[tuple[int, bytes, bytes]]:
+    """Per partition, in order, records of up to ``per_record`` readings: (partition, key, value)."""
+    return testing.batch_records(items, partitions, per_record=per_record)
 
 
 async def produce(settings: Settings, topic: str, records: list[tuple[int | None, bytes, bytes]]) -> None:
@@ -459,7 +461,7 @@ def run(args: argparse.Namespace) -> None:
         devices = [f"dev-{i:06d}" for i in range(d)]
         step(f"generating {n:,} readings of {d:,} devices")
         items = readings(devices, n)
-        batches = record_batches(items, topics.partitions)
+        batches = record_batches(items, topics.partitions, args.per_record)
         sites = tmp / "sites.yaml"
         testing.write_site_file(sites, site_doc(devices))
         cfg = SiteConfig.model_validate(site_doc(devices))
@@ -520,7 +522,7 @@ def run(args: argparse.Namespace) -> None:
         "",
         "| consumer | input | readings/s | vs plain loop |",
         "|---|---|---|---|",
-        f"| Faust `larder worker`, states in changelogged RocksDB tables | record batches of {PER_RECORD} | "
+        f"| Faust `larder worker`, states in changelogged RocksDB tables | record batches of {args.per_record} | "
         f"{faust['rate']:,.0f} | {faust['rate'] / plain['rate']:.0%} |",
         f"| plain aiokafka `getmany` loop, states in a dict (no durability) | the same batches | "
         f"{plain['rate']:,.0f} | 100% |",
@@ -576,7 +578,7 @@ def run(args: argparse.Namespace) -> None:
         "readings": n,
         "devices": d,
         "partitions": topics.partitions,
-        "per_record": PER_RECORD,
+        "per_record": args.per_record,
         "cpus": os.cpu_count(),
         "faust": faust,
         "plain": plain,
@@ -593,6 +595,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="100,000 readings of 2,000 devices (< 1 min)")
     parser.add_argument("--readings", type=int, default=500_000)
+    parser.add_argument(
+        "--per-record",
+        type=int,
+        default=PER_RECORD,
+        help="readings a record batch (1: the per-message path, one reading a message as in the end to end bench)",
+    )
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--skip-quix", action="store_true")
     parser.add_argument(
