@@ -2,7 +2,9 @@
 (:mod:`pipeline.grading.app`), are built from, so that the settings their guarantees rest on are set in one place:
 
 * :func:`faust_app`: raw bytes in and out, manual acks (no waiting for empty streams), no web server, no
-  autodiscovery, a new group starting at the earliest offsets, its data folder made with its parents;
+  autodiscovery, a new group starting at the earliest offsets, its data folder made with its parents, and
+  messages handed to the streams without Faust's four tasks a message when nothing can block
+  (:mod:`pipeline.agents.faust.delivery`);
 * :func:`raw_topic` / :func:`bytes_table`: sources read as bytes, and tables of bytes keyed by the subject id
   with ``use_partitioner=True`` and the source's partition count, i.e. co-partitioned with the source
   (docs/agents.md says why the keys are bytes);
@@ -23,6 +25,7 @@ import faust
 
 from pipeline.agents.faust.changelog import KafkaBatches
 from pipeline.agents.faust.continuity import Continuity
+from pipeline.agents.faust.delivery import quick_deliveries
 from pipeline.agents.faust.durable import Pending, clamp_recovery_seeks, commit_past_repeated_acks
 from pipeline.settings import Settings
 
@@ -81,6 +84,7 @@ def faust_app(
     )
     clamp_recovery_seeks(app)
     commit_past_repeated_acks()
+    quick_deliveries(app)
     return app
 
 
