@@ -5,6 +5,7 @@ full stream queue is waited on once until the streams drained it."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 from types import SimpleNamespace
 from typing import Any
 
@@ -133,3 +134,16 @@ async def test_a_suspension_while_the_queue_drains_hands_the_delivery_to_faust()
     assert len(kit.faust_calls) == 2  # the drain wait gave way, and the delivery went Faust's way
     assert kit.delivered == [0, 1]  # still blocked on the full queue: the suspension decides, as in Faust
     call.cancel()
+
+
+async def test_a_consumer_stopping_while_the_queue_drains_leaves_no_coroutine_unawaited() -> None:
+    kit = Kit(maxsize=1)
+    await kit.drain_call(0)
+    message = SimpleNamespace(tp=TP0, offset=1)
+    deliver, suspended = kit.on_message(message), kit.consumer.suspend_flow.wait()
+    call = asyncio.ensure_future(kit.consumer.wait_first(deliver, suspended))
+    await asyncio.sleep(0.01)
+    call.cancel()
+    await asyncio.gather(call, return_exceptions=True)
+    # Closed, not left for the garbage collector to report as never awaited.
+    assert inspect.getcoroutinestate(deliver) == inspect.getcoroutinestate(suspended) == inspect.CORO_CLOSED

@@ -82,7 +82,12 @@ def install(consumer: Any, app: Any) -> None:
                 if not held() and any(queue.full() for queue in queues):
                     # While the streams' queue is full every delivery would wait for one free slot, with four
                     # tasks each: wait once (as interruptibly as Faust's own wait) until they took a good part.
-                    await wait_first(_drained(queues), suspend.wait())
+                    try:
+                        await wait_first(_drained(queues), suspend.wait())
+                    except BaseException:  # the consumer stopping: neither coroutine will run now
+                        deliver.close()
+                        suspended.close()
+                        raise
                 if not held() and not any(queue.full() for queue in queues):
                     suspended.close()  # never started: nothing to cancel
                     return WaitResults([deliver], [await deliver], False)
