@@ -308,6 +308,8 @@ class HeldAcks:
 
         self.table = ChangelogTable()
         self.batches: list[asyncio.Future[int]] = []
+        #: The records of each batch handed over, in the order of ``batches``.
+        self.sent: list[list[tuple[bytes, bytes]]] = []
         self.writer = TableWriter(self.table, self.send, retry_s=0.0)
         self.pending = Pending(self.writer)
         self.acked: list[str] = []
@@ -321,6 +323,7 @@ class HeldAcks:
     async def send(self, topic: str, partition: int, records: list[tuple[bytes, bytes]]) -> asyncio.Future[int]:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.batches.append(future)
+        self.sent.append(records)
         return future
 
     def hold(self, partition: int, *events: str) -> None:
@@ -417,20 +420,13 @@ def test_after_a_kill_at_any_point_recovery_restores_exactly_what_the_changelog_
     async def run() -> None:
         kit = HeldAcks()
         changelog: list[tuple[int, bytes, bytes]] = []  # (offset, key, value) of the batches Kafka appended
-        sent: list[list[tuple[bytes, bytes]]] = []
         appended = 0
-
-        async def send(topic: str, partition: int, pairs: list[tuple[bytes, bytes]]) -> asyncio.Future[int]:
-            sent.append(pairs)
-            return await kit.send(topic, partition, pairs)
-
-        kit.writer._send = send
         for op, pairs in steps:
             if op == "write":
                 await kit.writer.write(0, pairs, contextlib.nullcontext)
             elif op == "ack" and appended < len(kit.batches):
                 # Kafka appends batches in the order they were sent (one idempotent producer, one partition).
-                changelog += [(len(changelog), k, v) for k, v in sent[appended]]
+                changelog += [(len(changelog), k, v) for k, v in kit.sent[appended]]
                 kit.batches[appended].set_result(len(changelog) - 1)
                 appended += 1
             elif op == "settle" and kit.writer.settled(0):

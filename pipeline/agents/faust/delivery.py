@@ -74,10 +74,11 @@ def install(consumer: Any, app: Any) -> None:
         )
 
     async def first(*coros: Any, timeout: Any = None) -> WaitResults:
-        if len(coros) == 2 and timeout is None:
+        # The drain loop's call: (the delivery of a message, the wait for this consumer's flow suspension).
+        if len(coros) == 2 and timeout is None and _is_call(coros[1], suspend_wait, suspend):
             deliver, suspended = coros
-            message = _argument(deliver, "message") if _argument(suspended, "self") is suspend else None
-            if getattr(suspended, "cr_code", None) is suspend_wait and message is not None:
+            message = _argument(deliver, "message")
+            if message is not None:
                 queues = [channel.queue for channel in channels.get(message.tp, ())]
                 if not held() and any(queue.full() for queue in queues):
                     # While the streams' queue is full every delivery would wait for one free slot, with four
@@ -94,6 +95,11 @@ def install(consumer: Any, app: Any) -> None:
         return await wait_first(*coros, timeout=timeout)
 
     consumer.wait_first = first
+
+
+def _is_call(coro: Any, code: Any, self: Any) -> bool:
+    """Whether ``coro`` is a call of the method whose code is ``code`` on ``self``, not yet started."""
+    return getattr(coro, "cr_code", None) is code and _argument(coro, "self") is self
 
 
 def _argument(coro: Any, name: str) -> Any:
