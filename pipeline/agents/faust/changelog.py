@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from time import perf_counter
 from typing import Any
 
@@ -148,6 +148,16 @@ class TableWriter:
         #: offset, the context their local store write needs).
         self._inflight: dict[int, list[tuple[list[tuple[bytes, bytes]], asyncio.Future[int], StoreContext]]] = {}
 
+    @contextlib.contextmanager
+    def _storing(self) -> Iterator[None]:
+        """The time spent inside counts as writing states (``busy_store_seconds``), if anything counts it."""
+        start = self._clock()
+        try:
+            yield
+        finally:
+            if self._stats is not None:
+                self._stats.busy_store_seconds += self._clock() - start
+
     @property
     def topic(self) -> str:
         return str(self.table.changelog_topic.get_topic_name())
@@ -157,11 +167,9 @@ class TableWriter:
         local store once Kafka has them."""
         if not records:
             return
-        start = self._clock()
-        # Hands the batch to the producer: it suspends only when the producer's buffer is full.
-        future = await self._send(self.topic, partition, records)
-        if self._stats is not None:
-            self._stats.busy_store_seconds += self._clock() - start
+        with self._storing():
+            # Hands the batch to the producer: it suspends only when the producer's buffer is full.
+            future = await self._send(self.topic, partition, records)
         self._inflight.setdefault(partition, []).append((records, future, context))
 
     def settled(self, partition: int) -> bool:
@@ -188,10 +196,8 @@ class TableWriter:
                     delay = min(delay * 2, 10.0)
                     with contextlib.suppress(KafkaError):
                         future = await self._send(self.topic, partition, records)
-            start = self._clock()
-            put_all(self.table.data, partition, records, context)
-            if self._stats is not None:
-                self._stats.busy_store_seconds += self._clock() - start
+            with self._storing():
+                put_all(self.table.data, partition, records, context)
         if last >= 0:
             # Recovery resumes from here instead of re-reading the whole changelog partition.
             self.table.data.set_persisted_offset(TP(self.topic, partition), last)

@@ -34,20 +34,15 @@ from typing import Any
 import faust
 from mode.services import WaitResults
 
+from pipeline.agents.faust.consumers import on_every_consumer
+
 #: How often a full stream queue is looked at while it drains (:func:`_drained`).
 DRAIN_POLL_S = 0.001
 
 
 def quick_deliveries(app: faust.App) -> None:
     """Install :func:`install` on every consumer ``app`` creates."""
-    new_consumer = app._new_consumer
-
-    def consumer_with_quick_deliveries() -> Any:
-        consumer = new_consumer()
-        install(consumer, app)
-        return consumer
-
-    app._new_consumer = consumer_with_quick_deliveries  # type: ignore[method-assign]
+    on_every_consumer(app, lambda consumer: install(consumer, app))
 
 
 def install(consumer: Any, app: Any) -> None:

@@ -47,6 +47,7 @@ from faust.streams import _current_event
 from faust.types import TP
 
 from pipeline.agents.faust.changelog import TableWriter
+from pipeline.agents.faust.consumers import on_every_consumer
 from pipeline.agents.faust.continuity import AckGate, Continuity, awaiting
 
 log = logging.getLogger(__name__)
@@ -246,15 +247,12 @@ def gate_acks(app: faust.App, topics: Iterable[str]) -> AckGate:
     committed offsets, the start the agents check a partition's first event against (:class:`SeekWatch`).
     Installed on every consumer the app creates."""
     gate = AckGate(set(topics))
-    new_consumer = app._new_consumer
 
-    def gated_consumer() -> Any:
-        consumer = new_consumer()
+    def install(consumer: Any) -> None:
         gate.install(consumer)
         gate.seeks.install(consumer, app)
-        return consumer
 
-    app._new_consumer = gated_consumer  # type: ignore[method-assign]
+    on_every_consumer(app, install)
     return gate
 
 
