@@ -1,7 +1,7 @@
 """What Larder changes in Faust's consumers is installed on each one as the app makes it.
 
-Faust makes its consumer when the app starts (``App._new_consumer``), after Larder has built the app, and a test
-or a restart may make another; so each change is a function of the new consumer, run on every one.
+Faust makes its consumer lazily (``App._new_consumer``, on the first use of ``app.consumer``), after Larder has
+built the app: there is no consumer to change yet, so each change is a function run on the consumer as it is made.
 """
 
 from __future__ import annotations
